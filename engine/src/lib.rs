@@ -1,6 +1,9 @@
 //! IGPO Engine library. See ARCHITECTURE.md for the map.
 pub mod backend;
 pub mod cli;
+pub mod fsutil;
 pub mod model;
+pub mod rng;
+pub mod rollout;
 pub mod tensor;
 pub mod tokenizer;

@@ -1,1 +1,181 @@
-pub fn main() -> i32 { 0 }
+//! The `igpo` command line: parses arguments and calls the library. Nothing
+//! here computes; every error reaches the user as one line and exit code 1.
+
+mod model_cmd;
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::{Parser, Subcommand};
+
+use crate::backend::Cpu;
+use crate::rollout::{generate, GenerateOptions, SamplingParams};
+use crate::tokenizer::{Message, StreamDecoder, Tokenizer};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Parser)]
+#[command(
+    name = "igpo",
+    version,
+    about = "IGPO Engine: RL for multi-turn LLM agents"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stream a reply from a model to one prompt (ChatML).
+    Generate(GenerateArgs),
+    /// Create, convert and describe model folders.
+    #[command(subcommand)]
+    Model(model_cmd::ModelCommand),
+}
+
+/// Which compute device runs the model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Device {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Device, String> {
+        match s {
+            "cpu" => Ok(Device::Cpu),
+            "cuda" => Ok(Device::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Device::Cuda)
+                .ok_or_else(|| format!("unknown device `{s}` (use cpu, cuda or cuda:N)")),
+        }
+    }
+}
+
+/// Only the CPU backend exists so far; say so plainly for `cuda`.
+fn require_cpu(device: &Device) -> Result<Cpu, String> {
+    match device {
+        Device::Cpu => Ok(Cpu),
+        Device::Cuda(n) => Err(format!(
+            "--device cuda:{n}: this build has no CUDA backend yet; use --device cpu"
+        )),
+    }
+}
+
+#[derive(clap::Args)]
+struct GenerateArgs {
+    /// Hugging Face model folder (config.json, *.safetensors, tokenizer.json).
+    #[arg(long)]
+    model: PathBuf,
+    /// User message.
+    #[arg(long)]
+    prompt: String,
+    /// System message (default: the one in the model's chat template, if any).
+    #[arg(long)]
+    system: Option<String>,
+    /// Feed the prompt as plain text, without the chat template.
+    #[arg(long)]
+    raw: bool,
+    #[arg(long, default_value_t = 128)]
+    max_new_tokens: usize,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// 0 = no top-k cut.
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => run_generate(args),
+        Command::Model(cmd) => model_cmd::run(cmd),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("error: {e}");
+            1
+        }
+    }
+}
+
+fn run_generate(a: GenerateArgs) -> CliResult {
+    let backend = require_cpu(&a.device)?;
+    if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
+        return Err(format!("--top-p must be in (0, 1], got {}", a.top_p).into());
+    }
+    if a.temperature < 0.0 || !a.temperature.is_finite() {
+        return Err(format!("--temperature must be >= 0, got {}", a.temperature).into());
+    }
+    let model = crate::model::load(&a.model, backend)?;
+    let tok = Tokenizer::load_dir(&a.model)?;
+    let prompt = if a.raw {
+        tok.encode(&a.prompt)?
+    } else {
+        let mut msgs = vec![];
+        if let Some(s) = &a.system {
+            msgs.push(Message::new("system", s));
+        }
+        msgs.push(Message::new("user", &a.prompt));
+        tok.encode_chat(&msgs, true)?
+    };
+    let mut stop_tokens = model.config.eos_token_ids.clone();
+    stop_tokens.extend(
+        ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| tok.token_id(t)),
+    );
+    let opts = GenerateOptions {
+        max_new_tokens: a.max_new_tokens,
+        sampling: SamplingParams {
+            temperature: a.temperature,
+            top_k: a.top_k,
+            top_p: a.top_p,
+        },
+        stop_tokens,
+        seed: a.seed,
+    };
+    let mut stream = StreamDecoder::new();
+    let mut stdout = std::io::stdout();
+    let mut failure = None;
+    let start = Instant::now();
+    let out = generate(&model, &[prompt.clone()], &opts, |_, id| {
+        match stream.push(&tok, id) {
+            Ok(Some(piece)) => {
+                let _ = stdout.write_all(piece.as_bytes());
+                let _ = stdout.flush();
+            }
+            Ok(None) => {}
+            Err(e) => failure = Some(e),
+        }
+    });
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    println!();
+    eprintln!(
+        "[{} prompt + {} new tokens in {:.2} s, {:.1} tok/s, stop: {:?}]",
+        prompt.len(),
+        out[0].tokens.len(),
+        secs,
+        out[0].tokens.len() as f64 / secs,
+        out[0].stop
+    );
+    Ok(())
+}

@@ -1,1 +1,47 @@
+//! Qwen2 / Llama decoders: configuration, weights in and out, the forward
+//! pass with a KV cache, random initialisation and GGUF import.
 
+mod config;
+mod decoder;
+// pub mod gguf; (enabled once the importer lands)
+pub mod init;
+mod weights;
+
+use std::path::Path;
+
+pub use config::{Arch, ModelConfig};
+pub use decoder::{KvCache, LogitRows, Model, SeqStep};
+pub use weights::{load_weights, save_safetensors, stored_dtype, TensorMap};
+
+use crate::backend::Backend;
+
+/// Errors loading or saving a model; each names the file, field or tensor.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{file}: {msg}")]
+    Config { file: String, msg: String },
+    #[error("{file}: {msg}")]
+    Weights { file: String, msg: String },
+    #[error("{dir}: checkpoint has no tensor `{name}`")]
+    MissingTensor { dir: String, name: String },
+    #[error("{file}: tensor `{name}` has shape {got:?}, expected {expected:?}")]
+    TensorShape {
+        file: String,
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+}
+
+/// Loads a Hugging Face model folder (config.json + safetensors) onto `backend`.
+pub fn load<B: Backend>(dir: &Path, backend: B) -> Result<Model<B>, ModelError> {
+    let config = ModelConfig::load(dir)?;
+    let tensors = load_weights(dir, &config)?;
+    Ok(Model::from_tensors(config, tensors, backend))
+}

@@ -1,0 +1,209 @@
+//! `igpo model ...`: init, inspect, import-gguf.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use super::{CliResult, Device};
+use crate::model::init::{preset, random_weights, write_model_dir, PRESETS};
+use crate::model::{stored_dtype, Arch, ModelConfig};
+use crate::tensor::DType;
+use crate::tokenizer::Tokenizer;
+
+#[derive(Subcommand)]
+pub enum ModelCommand {
+    /// Write a randomly initialised model folder (tests, benchmarks at real shapes).
+    Init(InitArgs),
+    /// Describe a model folder: architecture, size, memory needs.
+    Inspect {
+        dir: PathBuf,
+        /// Device to check the training memory estimate against.
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
+    /// Convert a GGUF checkpoint into a Hugging Face model folder (bf16).
+    ImportGguf { file: PathBuf, out_dir: PathBuf },
+}
+
+#[derive(clap::Args)]
+pub struct InitArgs {
+    /// Output folder.
+    out_dir: PathBuf,
+    /// A real model's shape: qwen2.5-0.5b, qwen2.5-1.5b, qwen2.5-3b, qwen2.5-7b, smollm2-135m.
+    #[arg(long)]
+    preset: Option<String>,
+    /// qwen2 or llama (when no preset).
+    #[arg(long)]
+    arch: Option<String>,
+    #[arg(long)]
+    layers: Option<usize>,
+    #[arg(long)]
+    hidden: Option<usize>,
+    #[arg(long)]
+    heads: Option<usize>,
+    #[arg(long)]
+    kv_heads: Option<usize>,
+    #[arg(long)]
+    intermediate: Option<usize>,
+    /// tokenizer.json to copy into the folder; sets the vocabulary size.
+    #[arg(long)]
+    vocab_from: PathBuf,
+    /// Vocabulary rows (default: the tokenizer's size, or the preset's).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    #[arg(long)]
+    tied: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// On-disk dtype: bf16, f16 or f32.
+    #[arg(long, default_value = "bf16")]
+    dtype: String,
+}
+
+pub fn run(cmd: ModelCommand) -> CliResult {
+    match cmd {
+        ModelCommand::Init(a) => init(a),
+        ModelCommand::Inspect { dir, device } => inspect(&dir, &device),
+        ModelCommand::ImportGguf { file, out_dir } => import_gguf(&file, &out_dir),
+    }
+}
+
+fn import_gguf(file: &std::path::Path, out_dir: &std::path::Path) -> CliResult {
+    let _ = (file, out_dir);
+    Err("import-gguf is not available in this build".into())
+}
+
+fn init(a: InitArgs) -> CliResult {
+    let tok = Tokenizer::from_file(&a.vocab_from)?;
+    let dtype = match a.dtype.as_str() {
+        "bf16" => DType::BF16,
+        "f16" => DType::F16,
+        "f32" => DType::F32,
+        other => return Err(format!("--dtype `{other}`: use bf16, f16 or f32").into()),
+    };
+    let mut config = match &a.preset {
+        Some(name) => preset(name)
+            .ok_or_else(|| format!("unknown --preset `{name}` (known: {})", PRESETS.join(", ")))?,
+        None => {
+            let need = |v: Option<usize>, flag: &str| {
+                v.ok_or_else(|| format!("--{flag} is required without --preset"))
+            };
+            let arch_name = a
+                .arch
+                .as_deref()
+                .ok_or("--arch is required without --preset")?;
+            let arch = Arch::parse(arch_name)
+                .ok_or_else(|| format!("unknown --arch `{arch_name}` (qwen2 or llama)"))?;
+            let hidden = need(a.hidden, "hidden")?;
+            let heads = need(a.heads, "heads")?;
+            let kv = a.kv_heads.unwrap_or(heads);
+            if hidden % heads != 0 || heads % kv != 0 || (hidden / heads) % 2 != 0 {
+                return Err(format!(
+                    "--hidden {hidden} / --heads {heads} / --kv-heads {kv}: hidden must split into heads of even size, heads into kv groups"
+                )
+                .into());
+            }
+            ModelConfig {
+                arch,
+                vocab_size: tok.vocab_size(),
+                hidden_size: hidden,
+                intermediate_size: need(a.intermediate, "intermediate")?,
+                num_layers: need(a.layers, "layers")?,
+                num_heads: heads,
+                num_kv_heads: kv,
+                head_dim: hidden / heads,
+                rms_norm_eps: 1e-6,
+                rope_theta: if arch == Arch::Qwen2 { 1e6 } else { 1e4 },
+                max_position_embeddings: 32768,
+                tie_word_embeddings: a.tied,
+                attention_bias: arch == Arch::Qwen2,
+                bos_token_id: None,
+                eos_token_ids: vec![],
+            }
+        }
+    };
+    if let Some(v) = a.vocab_size {
+        config.vocab_size = v;
+    }
+    if config.vocab_size < tok.vocab_size() {
+        return Err(format!(
+            "vocabulary of {} rows is smaller than the tokenizer's {} tokens",
+            config.vocab_size,
+            tok.vocab_size()
+        )
+        .into());
+    }
+    config.eos_token_ids = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .take(1)
+        .collect();
+    let tensors = random_weights(&config, a.seed);
+    write_model_dir(&a.out_dir, &config, &tensors, dtype, Some(&a.vocab_from))?;
+    println!(
+        "wrote {} ({} parameters, {}) to {}",
+        config.arch.hf_class(),
+        config.num_parameters(),
+        dtype,
+        a.out_dir.display()
+    );
+    Ok(())
+}
+
+const GIB: f64 = (1u64 << 30) as f64;
+
+fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
+    let c = ModelConfig::load(dir)?;
+    let dtype = stored_dtype(dir)?;
+    let n = c.num_parameters() as f64;
+    println!("folder:        {}", dir.display());
+    println!(
+        "architecture:  {} ({})",
+        c.arch.hf_class(),
+        c.arch.model_type()
+    );
+    println!(
+        "shape:         {} layers, hidden {}, MLP {}, heads {} / kv {} x {}, vocab {}",
+        c.num_layers,
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.vocab_size
+    );
+    println!(
+        "extras:        qkv bias {}, tied embeddings {}, rope theta {}, rms eps {}",
+        c.attention_bias, c.tie_word_embeddings, c.rope_theta, c.rms_norm_eps
+    );
+    println!("parameters:    {} ({:.1} M)", c.num_parameters(), n / 1e6);
+    println!(
+        "stored dtype:  {dtype} ({:.2} GiB on disk)",
+        n * dtype.size_of() as f64 / GIB
+    );
+    // Training state per parameter. CPU: f32 weights + grads + AdamW m, v.
+    // GPU: bf16 weights + bf16 grads + f32 master + AdamW m, v, plus a frozen
+    // bf16 reference policy for the KL term.
+    let cpu_train = n * 16.0;
+    let gpu_train = n * (2.0 + 2.0 + 4.0 + 8.0 + 2.0);
+    println!(
+        "inference:     {:.2} GiB on CPU (f32), {:.2} GiB on GPU (bf16), plus KV cache",
+        n * 4.0 / GIB,
+        n * 2.0 / GIB
+    );
+    let kv_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim;
+    println!(
+        "KV cache:      {} values per token ({:.1} KiB f32)",
+        kv_per_token,
+        kv_per_token as f64 * 4.0 / 1024.0
+    );
+    println!(
+        "training:      {:.2} GiB on CPU (f32 weights, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
+        cpu_train / GIB,
+        gpu_train / GIB
+    );
+    if let Device::Cuda(i) = device {
+        println!("device cuda:{i}: no CUDA backend in this build; the GPU estimate above is what it would need");
+    }
+    Ok(())
+}

@@ -1,0 +1,341 @@
+//! Model configuration parsed from a Hugging Face `config.json`.
+
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+
+use super::ModelError;
+
+/// Supported decoder families.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Qwen2 / Qwen2.5: Llama layout plus q/k/v biases.
+    Qwen2,
+    /// Llama (and SmolLM2, which is a Llama).
+    Llama,
+}
+
+impl Arch {
+    pub fn parse(name: &str) -> Option<Arch> {
+        match name {
+            "qwen2" | "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            "llama" | "LlamaForCausalLM" => Some(Arch::Llama),
+            _ => None,
+        }
+    }
+
+    pub fn model_type(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "qwen2",
+            Arch::Llama => "llama",
+        }
+    }
+
+    pub fn hf_class(self) -> &'static str {
+        match self {
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Llama => "LlamaForCausalLM",
+        }
+    }
+}
+
+/// Everything the decoder needs to know about its shape.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    /// q/k/v projections carry a bias (always for Qwen2).
+    pub attention_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+}
+
+fn field<'a>(obj: &'a Map<String, Value>, key: &str, file: &str) -> Result<&'a Value, ModelError> {
+    obj.get(key).ok_or_else(|| ModelError::Config {
+        file: file.to_string(),
+        msg: format!("missing field `{key}`"),
+    })
+}
+
+fn usize_field(obj: &Map<String, Value>, key: &str, file: &str) -> Result<usize, ModelError> {
+    field(obj, key, file)?
+        .as_u64()
+        .filter(|v| *v > 0)
+        .map(|v| v as usize)
+        .ok_or_else(|| ModelError::Config {
+            file: file.to_string(),
+            msg: format!("field `{key}` must be a positive integer"),
+        })
+}
+
+fn token_ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl ModelConfig {
+    /// Reads and validates `dir/config.json`.
+    pub fn load(dir: &Path) -> Result<ModelConfig, ModelError> {
+        let path = dir.join("config.json");
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
+            path: file.clone(),
+            source: e,
+        })?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| ModelError::Config {
+            file: file.clone(),
+            msg: format!("not valid JSON: {e}"),
+        })?;
+        ModelConfig::from_json(&value, &file)
+    }
+
+    /// Parses a Hugging Face config object; `file` names it in errors.
+    pub fn from_json(value: &Value, file: &str) -> Result<ModelConfig, ModelError> {
+        let err = |msg: String| ModelError::Config {
+            file: file.to_string(),
+            msg,
+        };
+        let obj = value
+            .as_object()
+            .ok_or_else(|| err("top level is not a JSON object".into()))?;
+        let declared = obj
+            .get("architectures")
+            .and_then(|a| a.get(0))
+            .and_then(|a| a.as_str())
+            .or_else(|| obj.get("model_type").and_then(|m| m.as_str()))
+            .ok_or_else(|| err("missing field `architectures` (or `model_type`)".into()))?;
+        let arch = Arch::parse(declared).ok_or_else(|| {
+            err(format!(
+                "unknown architecture `{declared}` (supported: Qwen2ForCausalLM, LlamaForCausalLM)"
+            ))
+        })?;
+        if let Some(scaling) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
+            return Err(err(format!(
+                "unsupported `rope_scaling` {scaling} (only plain RoPE)"
+            )));
+        }
+        let rope_type = obj
+            .get("rope_parameters")
+            .and_then(|r| r.get("rope_type"))
+            .and_then(|t| t.as_str());
+        if let Some(t) = rope_type.filter(|t| *t != "default") {
+            return Err(err(format!(
+                "unsupported `rope_parameters.rope_type` `{t}` (only default RoPE)"
+            )));
+        }
+        let hidden_size = usize_field(obj, "hidden_size", file)?;
+        let num_heads = usize_field(obj, "num_attention_heads", file)?;
+        let num_kv_heads = match obj.get("num_key_value_heads") {
+            None | Some(Value::Null) => num_heads,
+            Some(_) => usize_field(obj, "num_key_value_heads", file)?,
+        };
+        let head_dim = match obj.get("head_dim") {
+            None | Some(Value::Null) => hidden_size / num_heads,
+            Some(_) => usize_field(obj, "head_dim", file)?,
+        };
+        if num_heads % num_kv_heads != 0 {
+            return Err(err(format!(
+                "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
+            )));
+        }
+        if head_dim % 2 != 0 {
+            return Err(err(format!("head_dim {head_dim} must be even for RoPE")));
+        }
+        let act = obj
+            .get("hidden_act")
+            .and_then(|v| v.as_str())
+            .unwrap_or("silu");
+        if act != "silu" {
+            return Err(err(format!("unsupported hidden_act `{act}` (only silu)")));
+        }
+        let float = |key: &str, default: f64| -> Result<f64, ModelError> {
+            match obj.get(key) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v
+                    .as_f64()
+                    .ok_or_else(|| err(format!("field `{key}` must be a number"))),
+            }
+        };
+        let attention_bias = match arch {
+            Arch::Qwen2 => true,
+            Arch::Llama => obj
+                .get("attention_bias")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+        };
+        if obj
+            .get("mlp_bias")
+            .and_then(|v| v.as_bool())
+            .unwrap_or(false)
+        {
+            return Err(err("unsupported `mlp_bias: true`".into()));
+        }
+        Ok(ModelConfig {
+            arch,
+            vocab_size: usize_field(obj, "vocab_size", file)?,
+            hidden_size,
+            intermediate_size: usize_field(obj, "intermediate_size", file)?,
+            num_layers: usize_field(obj, "num_hidden_layers", file)?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: float("rms_norm_eps", 1e-6)? as f32,
+            // transformers >= 5 writes `rope_parameters: {rope_theta, rope_type}`.
+            rope_theta: match obj.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
+                Some(v) => v
+                    .as_f64()
+                    .ok_or_else(|| err("`rope_parameters.rope_theta` must be a number".into()))?,
+                None => float("rope_theta", 10000.0)?,
+            },
+            max_position_embeddings: obj
+                .get("max_position_embeddings")
+                .and_then(|v| v.as_u64())
+                .unwrap_or(32768) as usize,
+            tie_word_embeddings: obj
+                .get("tie_word_embeddings")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false),
+            attention_bias,
+            bos_token_id: token_ids(obj.get("bos_token_id")).first().copied(),
+            eos_token_ids: token_ids(obj.get("eos_token_id")),
+        })
+    }
+
+    /// The Hugging Face `config.json` object for this configuration.
+    pub fn to_json(&self) -> Value {
+        let mut v = json!({
+            "architectures": [self.arch.hf_class()],
+            "model_type": self.arch.model_type(),
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "torch_dtype": "bfloat16",
+        });
+        if self.arch == Arch::Llama {
+            v["attention_bias"] = json!(self.attention_bias);
+            v["mlp_bias"] = json!(false);
+        }
+        if let Some(b) = self.bos_token_id {
+            v["bos_token_id"] = json!(b);
+        }
+        match self.eos_token_ids.as_slice() {
+            [] => {}
+            [one] => v["eos_token_id"] = json!(one),
+            many => v["eos_token_id"] = json!(many),
+        }
+        v
+    }
+
+    /// Every parameter tensor the checkpoint must hold: (name, shape).
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (d, i, v) = (self.hidden_size, self.intermediate_size, self.vocab_size);
+        let (q, kv) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
+        for l in 0..self.num_layers {
+            let p = format!("model.layers.{l}");
+            out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+            out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
+            out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
+            out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
+            if self.attention_bias {
+                out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
+                out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
+                out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+            }
+            out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
+            out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+            out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, d]));
+            out.push((format!("{p}.mlp.up_proj.weight"), vec![i, d]));
+            out.push((format!("{p}.mlp.down_proj.weight"), vec![d, i]));
+        }
+        out.push(("model.norm.weight".to_string(), vec![d]));
+        if !self.tie_word_embeddings {
+            out.push(("lm_head.weight".to_string(), vec![v, d]));
+        }
+        out
+    }
+
+    pub fn num_parameters(&self) -> u64 {
+        self.tensor_shapes()
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>() as u64)
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn qwen_json() -> Value {
+        json!({"architectures": ["Qwen2ForCausalLM"], "vocab_size": 100, "hidden_size": 64,
+               "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+               "num_key_value_heads": 2, "tie_word_embeddings": true, "eos_token_id": [1, 2]})
+    }
+
+    #[test]
+    fn parses_qwen2_and_round_trips() {
+        let c = ModelConfig::from_json(&qwen_json(), "config.json").unwrap();
+        assert_eq!(c.arch, Arch::Qwen2);
+        assert!(c.attention_bias);
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.eos_token_ids, vec![1, 2]);
+        let back = ModelConfig::from_json(&c.to_json(), "x").unwrap();
+        assert_eq!(back, c);
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let mut v = qwen_json();
+        v.as_object_mut().unwrap().remove("hidden_size");
+        let e = ModelConfig::from_json(&v, "m/config.json")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m/config.json") && e.contains("hidden_size"),
+            "{e}"
+        );
+        let mut v = qwen_json();
+        v["architectures"] = json!(["GPT2LMHeadModel"]);
+        let e = ModelConfig::from_json(&v, "c").unwrap_err().to_string();
+        assert!(e.contains("unknown architecture `GPT2LMHeadModel`"), "{e}");
+    }
+
+    #[test]
+    fn parameter_count_of_smollm2_shape() {
+        let v = json!({"architectures": ["LlamaForCausalLM"], "vocab_size": 49152, "hidden_size": 576,
+                       "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+                       "num_key_value_heads": 3, "tie_word_embeddings": true});
+        let c = ModelConfig::from_json(&v, "c").unwrap();
+        assert_eq!(c.num_parameters(), 134_515_008);
+    }
+}

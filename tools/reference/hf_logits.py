@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Reference logits from Hugging Face transformers on tiny, deterministically-initialised models.
+
+Produces tests/fixtures/hf/tiny-qwen2.json and tests/fixtures/hf/tiny-llama.json, which the Rust
+engine's tests compare against. Weights are NOT stored: they are a closed-form function of the
+parameter name and the element index (see WEIGHTS_RULE / `rule_values`), which the Rust test
+recomputes identically.
+
+Usage:
+    python tools/reference/hf_logits.py --tokenizer /work/shared/data/qwen2.5-tokenizer.json \
+        --out tests/fixtures/hf
+"""
+
+import argparse
+import json
+import math
+import os
+import sys
+
+import numpy as np
+import torch
+import transformers
+from tokenizers import Tokenizer
+from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+GENERATOR = "tools/reference/hf_logits.py"
+VOCAB = 151936
+PAD_ID = 151643  # <|endoftext|>
+PROBE_IDS = [k * 997 for k in range(math.ceil(VOCAB / 997))]
+
+WEIGHTS_RULE = (
+    "for param with HF name N, flat row-major index i: s=sum(utf8 bytes of N); "
+    "x=2*(splitmix64((s<<32)|i)>>11)*2^-53-1 in f64 (uniform in [-1,1)); N ends with 'norm.weight' -> 1+0.1*x; N ends with '.bias' -> 0.1*x; "
+    "N=='model.embed_tokens.weight' -> x; other 2-D [out,in] weight (incl. untied lm_head.weight) -> x/sqrt(in); "
+    "cast f64->f32 last; tied lm_head = embed_tokens"
+)
+
+PROMPTS = [
+    "Hello, world!",
+    "The capital of France is",
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+    "<|im_start|>assistant\n",
+    "Ünïcödé — 東京 🚀 1234567 def f(x):\n    return x**2",
+]
+PADDED_BATCH = [0, 1, 3]  # prompts 1, 2, 4 (1-based in the spec)
+
+
+def build_models():
+    qwen = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=True,
+        attn_implementation="eager",
+    )
+    llama = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        attention_bias=False,
+        mlp_bias=False,
+        attn_implementation="eager",
+    )
+    return [("tiny-qwen2", Qwen2ForCausalLM, qwen), ("tiny-llama", LlamaForCausalLM, llama)]
+
+
+def splitmix64(v):
+    """SplitMix64 finalizer over uint64 arrays (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = v + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+
+def rule_x(name, idx):
+    """Full-rank pseudo-random values in [-1, 1) for flat indices `idx` of tensor `name`.
+
+    An integer hash (not sin of the index) so every matrix has full rank and
+    Rust reproduces the values bit for bit without depending on libm."""
+    s = np.uint64(sum(name.encode("utf-8")))
+    z = splitmix64((s << np.uint64(32)) | idx.astype(np.uint64))
+    return 2.0 * (z >> np.uint64(11)).astype(np.float64) * 2.0**-53 - 1.0
+
+
+def rule_values(name, shape):
+    """float32 numpy array for parameter `name` of `shape` per the weights rule."""
+    n = int(np.prod(shape))
+    x = rule_x(name, np.arange(n, dtype=np.uint64))
+    if name.endswith("norm.weight"):
+        v = 1.0 + 0.1 * x
+    elif name.endswith(".bias"):
+        v = 0.1 * x
+    elif name == "model.embed_tokens.weight":
+        v = x
+    elif len(shape) == 2:
+        v = x / math.sqrt(shape[1])
+    else:
+        raise ValueError(f"no weights rule for {name} {tuple(shape)}")
+    return v.astype(np.float32).reshape(shape)
+
+
+def fill_weights(model):
+    tied = bool(model.config.tie_word_embeddings)
+    names = []
+    with torch.no_grad():
+        # named_parameters() de-duplicates shared tensors, so a tied lm_head is not visited.
+        for name, p in model.named_parameters():
+            if name == "lm_head.weight" and tied:
+                continue
+            p.copy_(torch.from_numpy(rule_values(name, tuple(p.shape))))
+            names.append(name)
+    if tied:
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr(), "lm_head not tied"
+    else:
+        assert "lm_head.weight" in names
+    # Spot-check a few values against a scalar re-derivation.
+    sd = model.state_dict()
+    for name, idx in [("model.embed_tokens.weight", 12345 * 64 + 7),
+                      ("model.layers.1.self_attn.q_proj.weight", 100),
+                      ("model.layers.0.input_layernorm.weight", 3),
+                      ("model.norm.weight", 63)] + (
+                      [("model.layers.0.self_attn.k_proj.bias", 5)] if "model.layers.0.self_attn.k_proj.bias" in sd else []) + (
+                      [] if tied else [("lm_head.weight", 151935 * 64 + 63)]):
+        t = sd[name]
+        x = float(rule_x(name, np.array([idx], dtype=np.uint64))[0])
+        if name.endswith("norm.weight"):
+            want = 1 + 0.1 * x
+        elif name.endswith(".bias"):
+            want = 0.1 * x
+        elif name == "model.embed_tokens.weight":
+            want = x
+        else:
+            want = x / math.sqrt(t.shape[1])
+        got = t.reshape(-1)[idx].item()
+        assert float(np.float32(want)) == got, (name, idx, want, got)
+    return names
+
+
+def f32(v):
+    """Shortest decimal that round-trips the float32 value, as a Python float."""
+    return float(repr(np.float32(v)).removeprefix("np.float32(").removesuffix(")"))
+
+
+def summarize(logits_row_positions):
+    """logits: [T, V] float32 tensor -> dict of per-position records."""
+    probe = torch.tensor(PROBE_IDS)
+    lg = logits_row_positions
+    top = torch.topk(lg, 5, dim=-1)
+    lse = torch.logsumexp(lg.double(), dim=-1)
+    return {
+        "logits": [[f32(v) for v in row] for row in lg[:, probe].tolist()],
+        "top5_ids": top.indices.tolist(),
+        "top5_logits": [[f32(v) for v in row] for row in top.values.tolist()],
+        "logsumexp": [f32(v) for v in lse.tolist()],
+    }
+
+
+def jsonable_config(cfg):
+    out = {}
+    for k, v in cfg.to_dict().items():
+        try:
+            json.dumps(v)
+        except TypeError:
+            continue
+        out[k] = v
+    return out
+
+
+def run_model(name, cls, cfg, tok):
+    torch.manual_seed(0)
+    model = cls(cfg).to(torch.float32).eval()
+    assert model.config._attn_implementation == "eager", model.config._attn_implementation
+    fill_weights(model)
+
+    enc = [tok.encode(p, add_special_tokens=False).ids for p in PROMPTS]
+    cases = []
+    single_logits = []
+    with torch.no_grad():
+        for k, (text, ids) in enumerate(zip(PROMPTS, enc)):
+            T = len(ids)
+            input_ids = torch.tensor([ids])
+            pos = torch.arange(T).unsqueeze(0)
+            out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                        position_ids=pos, use_cache=False)
+            lg = out.logits[0].float()
+            single_logits.append(lg)
+            row = {"text": text, "ids": ids, "positions": list(range(T))}
+            row.update(summarize(lg))
+            cases.append({"name": f"single_{k + 1}", "rows": [row]})
+
+        # Left-padded batch of prompts 1, 2, 4.
+        seqs = [enc[k] for k in PADDED_BATCH]
+        L = max(len(s) for s in seqs)
+        input_ids = torch.full((len(seqs), L), PAD_ID, dtype=torch.long)
+        mask = torch.zeros((len(seqs), L), dtype=torch.long)
+        for b, s in enumerate(seqs):
+            input_ids[b, L - len(s):] = torch.tensor(s)
+            mask[b, L - len(s):] = 1
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        rows = []
+        max_diff = 0.0
+        for b, k in enumerate(PADDED_BATCH):
+            real = mask[b].bool()
+            lg = out.logits[b][real].float()
+            d = (lg - single_logits[k]).abs().max().item()
+            max_diff = max(max_diff, d)
+            row = {"text": PROMPTS[k], "ids": input_ids[b][real].tolist(),
+                   "positions": position_ids[b][real].tolist(), "pad_left": int(L - len(seqs[b]))}
+            assert row["ids"] == enc[k]
+            row.update(summarize(lg))
+            rows.append(row)
+        cases.append({"name": "padded_left_1_2_4", "padding": "left", "pad_id": PAD_ID,
+                      "position_ids": "cumsum(attention_mask)-1 clamped at 0", "rows": rows})
+        print(f"[{name}] self-check padded vs single: max |diff| over real positions = {max_diff:.3e}")
+        if max_diff > 1e-4:
+            print(f"[{name}] SELF-CHECK FAILED", file=sys.stderr)
+            sys.exit(1)
+
+    return {
+        "model": name,
+        "generator": GENERATOR,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "config": jsonable_config(model.config),
+        "probe_ids": PROBE_IDS,
+        "weights_rule": WEIGHTS_RULE,
+        "pad_id": PAD_ID,
+        "padded_self_check_max_abs_diff": f32(max_diff),
+        "cases": cases,
+    }
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tokenizer", required=True, help="Qwen2.5 tokenizer.json")
+    ap.add_argument("--out", required=True, help="output folder (e.g. tests/fixtures/hf)")
+    ap.add_argument("--only", default=None, help="only this model name")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)  # bitwise-reproducible CPU reductions
+    torch.use_deterministic_algorithms(True)
+    tok = Tokenizer.from_file(args.tokenizer)
+    assert tok.token_to_id("<|im_start|>") == 151644 and tok.token_to_id("<|endoftext|>") == PAD_ID
+
+    os.makedirs(args.out, exist_ok=True)
+    for name, cls, cfg in build_models():
+        if args.only and name != args.only:
+            continue
+        data = run_model(name, cls, cfg, tok)
+        path = os.path.join(args.out, f"{name}.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(data, f, ensure_ascii=False, separators=(",", ":"))
+            f.write("\n")
+        print(f"wrote {path} ({os.path.getsize(path)} bytes)")
+
+
+if __name__ == "__main__":
+    main()
