@@ -1,0 +1,195 @@
+//! Bad input gets one clear error line naming what is wrong, and exit code 1.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn igpo(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_igpo"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Asserts failure with exactly one stderr line that contains every `needle`.
+fn assert_one_line_error(args: &[&str], needles: &[&str]) {
+    let (code, _, err) = igpo(args);
+    assert_eq!(code, 1, "{args:?} should fail; stderr: {err}");
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one error line, got:\n{err}"
+    );
+    assert!(lines[0].starts_with("error: "), "{err}");
+    for n in needles {
+        assert!(
+            lines[0].contains(n),
+            "{args:?}: `{n}` missing from: {}",
+            lines[0]
+        );
+    }
+}
+
+fn tiny_model(dir: &Path) {
+    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
+    let (code, _, err) = igpo(&[
+        "model",
+        "init",
+        "--arch",
+        "qwen2",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--intermediate",
+        "64",
+        "--vocab-from",
+        tok.to_str().unwrap(),
+        "--seed",
+        "3",
+        dir.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "model init failed: {err}");
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("igpo-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn edit_config(dir: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("config.json");
+    let mut v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn init_then_inspect_and_generate_work() {
+    let dir = scratch("ok");
+    tiny_model(&dir);
+    let d = dir.to_str().unwrap();
+    let (code, out, err) = igpo(&["model", "inspect", d]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("Qwen2ForCausalLM") && out.contains("stored dtype:  bf16"),
+        "{out}"
+    );
+    let (code, _, err) = igpo(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt",
+        "hi",
+        "--max-new-tokens",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("new tokens"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn config_errors_name_file_and_field() {
+    let dir = scratch("cfg");
+    tiny_model(&dir);
+    let d = dir.to_str().unwrap();
+    let cfg = dir.join("config.json");
+    let cfg_s = cfg.to_str().unwrap();
+
+    edit_config(&dir, |v| {
+        v["architectures"] = serde_json::json!(["MambaForCausalLM"])
+    });
+    assert_one_line_error(
+        &["model", "inspect", d],
+        &[cfg_s, "unknown architecture `MambaForCausalLM`"],
+    );
+
+    edit_config(&dir, |v| {
+        v["architectures"] = serde_json::json!(["Qwen2ForCausalLM"]);
+        v.as_object_mut().unwrap().remove("num_attention_heads");
+    });
+    assert_one_line_error(
+        &["generate", "--model", d, "--prompt", "x"],
+        &[cfg_s, "num_attention_heads"],
+    );
+
+    std::fs::write(&cfg, "{ not json").unwrap();
+    assert_one_line_error(&["model", "inspect", d], &[cfg_s, "not valid JSON"]);
+
+    std::fs::remove_file(&cfg).unwrap();
+    assert_one_line_error(&["model", "inspect", d], &[cfg_s]);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn weight_errors_name_the_tensor() {
+    let dir = scratch("w");
+    tiny_model(&dir);
+    let d = dir.to_str().unwrap();
+    // Claim a wider MLP than the checkpoint holds: the first mismatching tensor is named.
+    edit_config(&dir, |v| v["intermediate_size"] = serde_json::json!(96));
+    assert_one_line_error(
+        &["generate", "--model", d, "--prompt", "x"],
+        &["mlp", "[64, 32]", "expected [96, 32]"],
+    );
+    // Claim a second layer that the checkpoint lacks.
+    edit_config(&dir, |v| {
+        v["intermediate_size"] = serde_json::json!(64);
+        v["num_hidden_layers"] = serde_json::json!(2);
+    });
+    assert_one_line_error(
+        &["generate", "--model", d, "--prompt", "x"],
+        &["no tensor `model.layers.1."],
+    );
+    // A truncated safetensors file.
+    edit_config(&dir, |v| v["num_hidden_layers"] = serde_json::json!(1));
+    let st = dir.join("model.safetensors");
+    let bytes = std::fs::read(&st).unwrap();
+    std::fs::write(&st, &bytes[..bytes.len() / 2]).unwrap();
+    assert_one_line_error(
+        &["generate", "--model", d, "--prompt", "x"],
+        &["model.safetensors", "truncated"],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bad_flags_are_explained() {
+    assert_one_line_error(
+        &["generate", "--model", "/nonexistent-igpo", "--prompt", "x"],
+        &["/nonexistent-igpo"],
+    );
+    assert_one_line_error(
+        &[
+            "generate", "--model", "/x", "--prompt", "x", "--device", "cuda",
+        ],
+        &["cuda", "no CUDA backend"],
+    );
+    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
+    assert_one_line_error(
+        &[
+            "model",
+            "init",
+            "--preset",
+            "gpt5",
+            "--vocab-from",
+            tok.to_str().unwrap(),
+            "/tmp/igpo-never",
+        ],
+        &["unknown --preset `gpt5`"],
+    );
+}
