@@ -1,5 +1,6 @@
 //! IGPO Engine library. See ARCHITECTURE.md for the map.
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod fsutil;
 pub mod model;

@@ -157,6 +157,105 @@ fn test(args: &[String]) -> Result<()> {
         .env("IGPO_SMOLLM2_GGUF", &gguf))
 }
 
+/// A Python venv under `target/pyenv` with the reference packages
+/// (`tools/reference/requirements.txt`: torch, transformers), made once.
+fn python_env() -> Result<PathBuf> {
+    let env = target().join("pyenv");
+    let python = env.join("bin/python");
+    let stamp = env.join(".installed");
+    if !stamp.exists() {
+        if !python.exists() {
+            run(Command::new("python3").args(["-m", "venv"]).arg(&env))?;
+        }
+        run(Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "-r"])
+            .arg(root().join("tools/reference/requirements.txt")))?;
+        std::fs::write(&stamp, "ok").map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    Ok(python)
+}
+
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `cargo xtask bench`: the engine and PyTorch on the same SmolLM2 weights,
+/// same machine, same run; writes `target/bench/forward.json`.
 fn bench(_args: &[String]) -> Result<()> {
-    Err("bench: not implemented yet".into())
+    let dir = smollm2_dir(&["--release"])?;
+    let out = target().join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let common = [
+        "--prefill-tokens",
+        "512",
+        "--decode-tokens",
+        "32",
+        "--batches",
+        "1,16",
+        "--repeats",
+        "3",
+    ];
+    let ours = out.join("forward-igpo.json");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "igpo",
+            "--",
+            "bench",
+            "forward",
+            "--model",
+        ])
+        .arg(&dir)
+        .args(common)
+        .arg("--out")
+        .arg(&ours))?;
+    let python = python_env()?;
+    let torch = out.join("forward-pytorch.json");
+    run(Command::new(python)
+        .arg(root().join("tools/bench_torch.py"))
+        .arg("--model")
+        .arg(&dir)
+        .args(["--threads", &threads.to_string()])
+        .args(common)
+        .arg("--out")
+        .arg(&torch))?;
+    let (a, b) = (read_json(&ours)?, read_json(&torch)?);
+    let num = |v: &serde_json::Value, path: &[&str]| -> f64 {
+        path.iter()
+            .fold(v, |v, k| &v[*k])
+            .as_f64()
+            .unwrap_or(f64::NAN)
+    };
+    let rows = [
+        ("prefill 512 tokens", vec!["prefill_tokens_per_s"]),
+        ("decode batch 1", vec!["decode_tokens_per_s", "1"]),
+        ("decode batch 16", vec!["decode_tokens_per_s", "16"]),
+    ];
+    let mut ratios = serde_json::Map::new();
+    println!("SmolLM2-135M-Instruct, CPU, {threads} threads (tokens/s)");
+    println!("{:<20} {:>10} {:>10} {:>8}", "", "igpo", "pytorch", "ratio");
+    for (label, path) in &rows {
+        let (x, y) = (num(&a, path), num(&b, path));
+        println!("{label:<20} {x:>10.1} {y:>10.1} {:>7.2}x", x / y);
+        ratios.insert(label.to_string(), serde_json::json!(x / y));
+    }
+    let combined = serde_json::json!({
+        "model": "SmolLM2-135M-Instruct (imported from GGUF Q4_1, bf16 on disk, f32 compute)",
+        "threads": threads,
+        "igpo": a,
+        "pytorch": b,
+        "ratio_igpo_over_pytorch": ratios,
+    });
+    let path = out.join("forward.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&combined).unwrap())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }

@@ -58,6 +58,27 @@ pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: u
     }
 }
 
+/// Dot product with 8 independent partial sums, so the compiler vectorizes it
+/// (a plain `sum()` must keep f32 order and stays scalar). The reduction
+/// order depends only on the length: results do not change with batch size.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
 impl Backend for Cpu {
     type Tensor = Tensor;
 
@@ -174,8 +195,7 @@ impl Backend for Cpu {
                     );
                     for key in span {
                         let kr = &k.data()[key * kv_cols + kvh * d..][..d];
-                        let dot: f32 = qh.iter().zip(kr).map(|(a, b)| a * b).sum();
-                        scores.push((key, dot * scale));
+                        scores.push((key, dot(qh, kr) * scale));
                     }
                 }
                 let max = scores.iter().map(|s| s.1).fold(f32::NEG_INFINITY, f32::max);

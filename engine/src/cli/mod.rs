@@ -33,6 +33,34 @@ enum Command {
     /// Create, convert and describe model folders.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Measure throughput.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Prefill and decode tokens/s of a model's forward pass.
+    Forward {
+        #[arg(long)]
+        model: PathBuf,
+        #[arg(long, default_value_t = 512)]
+        prefill_tokens: usize,
+        #[arg(long, default_value_t = 16)]
+        decode_prompt_tokens: usize,
+        #[arg(long, default_value_t = 32)]
+        decode_tokens: usize,
+        /// Comma-separated decode batch sizes.
+        #[arg(long, default_value = "1,16", value_delimiter = ',')]
+        batches: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the result as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
 }
 
 /// Which compute device runs the model.
@@ -104,6 +132,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Bench(cmd) => run_bench(cmd),
     };
     match result {
         Ok(()) => 0,
@@ -177,5 +206,35 @@ fn run_generate(a: GenerateArgs) -> CliResult {
         out[0].tokens.len() as f64 / secs,
         out[0].stop
     );
+    Ok(())
+}
+
+fn run_bench(cmd: BenchCommand) -> CliResult {
+    let BenchCommand::Forward {
+        model,
+        prefill_tokens,
+        decode_prompt_tokens,
+        decode_tokens,
+        batches,
+        repeats,
+        out,
+        device,
+    } = cmd;
+    let backend = require_cpu(&device)?;
+    let model = crate::model::load(&model, backend)?;
+    let spec = crate::bench::ForwardBenchSpec {
+        prefill_tokens,
+        decode_prompt_tokens,
+        decode_tokens,
+        batches,
+        repeats,
+    };
+    let result = crate::bench::forward_bench(&model, &spec);
+    let json = serde_json::to_string_pretty(&result)?;
+    println!("{json}");
+    if let Some(path) = out {
+        crate::fsutil::write_atomic(&path, json.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     Ok(())
 }
