@@ -1,5 +1,10 @@
 //! CPU reference backend: f32, rayon for data parallelism, `gemm` for GEMMs.
 
+mod attention;
+pub mod gemm;
+
+pub use gemm::matmul_nt;
+
 use std::ops::Range;
 
 use rayon::prelude::*;
@@ -10,53 +15,6 @@ use crate::tensor::Tensor;
 /// The f32 CPU backend. Stateless: threads come from rayon's global pool.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
-
-/// Below this many multiply-adds a GEMM runs on one thread.
-const PARALLEL_GEMM_FLOPS: usize = 1 << 16;
-
-/// `dst[m, n] = x[m, k] @ w[n, k]^T` with the `gemm` crate.
-pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: usize) {
-    assert_eq!(x.len(), m * k);
-    assert_eq!(w.len(), n * k);
-    assert_eq!(dst.len(), m * n);
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        dst.fill(0.0);
-        return;
-    }
-    let parallelism = if m * n * k >= PARALLEL_GEMM_FLOPS {
-        gemm::Parallelism::Rayon(rayon::current_num_threads())
-    } else {
-        gemm::Parallelism::None
-    };
-    // SAFETY: the slices are exactly m*k, n*k and m*n long (asserted above),
-    // and the strides below address them row-major without aliasing.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
-    }
-}
 
 /// Dot product with 8 independent partial sums, so the compiler vectorizes it
 /// (a plain `sum()` must keep f32 order and stays scalar). The reduction
@@ -169,49 +127,9 @@ impl Backend for Cpu {
         s: AttnShape,
         mask: &AttnMask,
     ) -> Tensor {
-        let d = s.head_dim;
         let (m, n) = (q.rows(), k.rows());
-        let kv_cols = s.n_kv_heads * d;
-        assert_eq!(q.cols(), s.n_heads * d, "attention: q columns");
-        assert_eq!(k.cols(), kv_cols, "attention: k columns");
-        assert_eq!(v.rows(), n, "attention: k/v rows");
-        let group = s.n_heads / s.n_kv_heads;
-        let scale = 1.0 / (d as f32).sqrt();
-        let mut out = Tensor::zeros(&[m, s.n_heads * d]);
-        out.data_mut()
-            .par_chunks_mut(d)
-            .enumerate()
-            .for_each(|(idx, o)| {
-                let (j, h) = (idx / s.n_heads, idx % s.n_heads);
-                let kvh = h / group;
-                let qh = &q.data()[j * q.cols() + h * d..][..d];
-                let spans = mask.visible(j);
-                let mut scores: Vec<(usize, f32)> = Vec::new();
-                for span in spans {
-                    assert!(
-                        span.end <= n,
-                        "attention: mask reaches key {} of {n}",
-                        span.end
-                    );
-                    for key in span {
-                        let kr = &k.data()[key * kv_cols + kvh * d..][..d];
-                        scores.push((key, dot(qh, kr) * scale));
-                    }
-                }
-                let max = scores.iter().map(|s| s.1).fold(f32::NEG_INFINITY, f32::max);
-                let mut total = 0.0;
-                for s in scores.iter_mut() {
-                    s.1 = (s.1 - max).exp();
-                    total += s.1;
-                }
-                o.fill(0.0);
-                for (key, w) in scores {
-                    let vr = &v.data()[key * kv_cols + kvh * d..][..d];
-                    let w = w / total;
-                    o.iter_mut().zip(vr).for_each(|(o, v)| *o += w * v);
-                }
-            });
-        out
+        let (out, _lse) = attention::forward(q.data(), k.data(), v.data(), m, n, s, mask);
+        Tensor::from_vec(&[m, s.n_heads * s.head_dim], out)
     }
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Tensor {

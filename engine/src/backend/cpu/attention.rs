@@ -1,0 +1,128 @@
+//! Masked multi-head attention with grouped KV heads on the CPU.
+//!
+//! Per head: `S = scale * Q K^T` by GEMM over a block of query rows, the
+//! mask and a softmax row by row, then `O = P V` by GEMM. Query blocks bound
+//! the score buffer to `BLOCK x keys` per head, so long packed sequences do
+//! not need a `[queries x keys]` matrix per head at once.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Layout};
+use crate::backend::{AttnMask, AttnShape};
+
+const BLOCK: usize = 128;
+
+/// Softmax of `row` restricted to the key ranges `spans` (everything else
+/// becomes 0). Returns the log-sum-exp of the visible scores.
+fn masked_softmax(row: &mut [f32], spans: &[std::ops::Range<usize>]) -> f32 {
+    let mut max = f32::NEG_INFINITY;
+    for s in spans {
+        assert!(
+            s.end <= row.len(),
+            "attention: mask reaches key {} of {}",
+            s.end,
+            row.len()
+        );
+        max = row[s.clone()].iter().cloned().fold(max, f32::max);
+    }
+    let mut keep = vec![false; row.len()];
+    let mut total = 0.0f32;
+    for s in spans {
+        for i in s.clone() {
+            if !keep[i] {
+                keep[i] = true;
+                row[i] = (row[i] - max).exp();
+                total += row[i];
+            }
+        }
+    }
+    for (v, k) in row.iter_mut().zip(&keep) {
+        *v = if *k { *v / total } else { 0.0 };
+    }
+    max + total.ln()
+}
+
+/// Forward attention. `q[m, H*d]`, `k, v[n, KV*d]`; returns `out[m, H*d]`
+/// and the log-sum-exp of every (query, head) `[m, H]` for the backward.
+pub fn forward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    m: usize,
+    n: usize,
+    s: AttnShape,
+    mask: &AttnMask,
+) -> (Vec<f32>, Vec<f32>) {
+    let (h_all, d) = (s.n_heads, s.head_dim);
+    let (q_cols, kv_cols) = (h_all * d, s.n_kv_heads * d);
+    assert_eq!(q.len(), m * q_cols, "attention: q shape");
+    assert_eq!(k.len(), n * kv_cols, "attention: k shape");
+    assert_eq!(v.len(), n * kv_cols, "attention: v shape");
+    let group = h_all / s.n_kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    // One task per (head, query block); each writes its own [rows, d] tile.
+    let tasks: Vec<(usize, usize)> = (0..h_all)
+        .flat_map(|h| (0..m).step_by(BLOCK).map(move |r| (h, r)))
+        .collect();
+    let tiles: Vec<(Vec<f32>, Vec<f32>)> = tasks
+        .par_iter()
+        .map(|&(h, r0)| {
+            let rows = BLOCK.min(m - r0);
+            let g = h / group;
+            let mut scores = vec![0.0f32; rows * n];
+            gemm(
+                (rows, n, d),
+                &mut scores,
+                Layout::row_major(0, n),
+                q,
+                Layout {
+                    offset: r0 * q_cols + h * d,
+                    rs: q_cols,
+                    cs: 1,
+                },
+                k,
+                Layout {
+                    offset: g * d,
+                    rs: kv_cols,
+                    cs: 1,
+                }
+                .t(),
+                scale,
+                false,
+                false,
+            );
+            let lse: Vec<f32> = scores
+                .chunks_mut(n)
+                .enumerate()
+                .map(|(i, row)| masked_softmax(row, &mask.visible(r0 + i)))
+                .collect();
+            let mut tile = vec![0.0f32; rows * d];
+            gemm(
+                (rows, d, n),
+                &mut tile,
+                Layout::row_major(0, d),
+                &scores,
+                Layout::row_major(0, n),
+                v,
+                Layout {
+                    offset: g * d,
+                    rs: kv_cols,
+                    cs: 1,
+                },
+                1.0,
+                false,
+                false,
+            );
+            (tile, lse)
+        })
+        .collect();
+    let mut out = vec![0.0f32; m * q_cols];
+    let mut lse = vec![0.0f32; m * h_all];
+    for (&(h, r0), (tile, l)) in tasks.iter().zip(&tiles) {
+        for (i, row) in tile.chunks(d).enumerate() {
+            out[(r0 + i) * q_cols + h * d..][..d].copy_from_slice(row);
+            lse[(r0 + i) * h_all + h] = l[i];
+        }
+    }
+    (out, lse)
+}

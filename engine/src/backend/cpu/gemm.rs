@@ -1,0 +1,129 @@
+//! Strided f32 GEMM over slices, with bounds checked once per call (the
+//! `gemm` crate takes raw pointers and strides).
+
+/// Where a matrix lives inside a slice: element (r, c) is at
+/// `offset + r * rs + c * cs`.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub offset: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Layout {
+    /// A dense row-major matrix with `cols` columns starting at `offset`.
+    pub fn row_major(offset: usize, cols: usize) -> Layout {
+        Layout {
+            offset,
+            rs: cols,
+            cs: 1,
+        }
+    }
+
+    /// The transpose view of the same storage.
+    pub fn t(self) -> Layout {
+        Layout {
+            offset: self.offset,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+
+    fn check(&self, rows: usize, cols: usize, len: usize, what: &str) {
+        if rows == 0 || cols == 0 {
+            return;
+        }
+        let last = self.offset + (rows - 1) * self.rs + (cols - 1) * self.cs;
+        assert!(
+            last < len,
+            "gemm: {what} [{rows}x{cols}] {self:?} overruns {len} elements"
+        );
+    }
+}
+
+/// Below this many multiply-adds a GEMM runs on one thread.
+const PARALLEL_FLOPS: usize = 1 << 16;
+
+/// `dst[m, n] (+)= scale * a[m, k] @ b[k, n]`, each matrix given by its layout.
+/// With `accumulate` the product is added to `dst`, otherwise it replaces it.
+/// `parallel` lets the GEMM use rayon's pool (off when the caller already
+/// runs GEMMs in parallel).
+#[allow(clippy::too_many_arguments)]
+pub fn gemm(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    dl: Layout,
+    a: &[f32],
+    al: Layout,
+    b: &[f32],
+    bl: Layout,
+    scale: f32,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    dl.check(m, n, dst.len(), "dst");
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                for c in 0..n {
+                    dst[dl.offset + r * dl.rs + c * dl.cs] = 0.0;
+                }
+            }
+        }
+        return;
+    }
+    al.check(m, k, a.len(), "lhs");
+    bl.check(k, n, b.len(), "rhs");
+    let parallelism = if parallel && m * n * k >= PARALLEL_FLOPS {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: `check` proved every addressed element lies inside its slice;
+    // `dst` is borrowed mutably, so it cannot alias `a` or `b`.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr().add(dl.offset),
+            dl.cs as isize,
+            dl.rs as isize,
+            accumulate,
+            a.as_ptr().add(al.offset),
+            al.cs as isize,
+            al.rs as isize,
+            b.as_ptr().add(bl.offset),
+            bl.cs as isize,
+            bl.rs as isize,
+            1.0,
+            scale,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// `dst[m, n] = x[m, k] @ w[n, k]^T` (the `nn.Linear` product).
+pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: usize) {
+    assert_eq!(x.len(), m * k);
+    assert_eq!(w.len(), n * k);
+    assert_eq!(dst.len(), m * n);
+    gemm(
+        (m, n, k),
+        dst,
+        Layout::row_major(0, n),
+        x,
+        Layout::row_major(0, k),
+        w,
+        Layout::row_major(0, k).t(),
+        1.0,
+        false,
+        true,
+    );
+}
