@@ -61,7 +61,34 @@ impl Rope {
     }
 }
 
-/// The ops a decoder-only transformer needs, forward direction.
+/// Per-row outputs of the fused log-prob op (each a `[rows]` vector).
+#[derive(Clone, Debug)]
+pub struct LogProbs<T> {
+    /// `log p(target)`, always <= 0.
+    pub logp: T,
+    /// Log-sum-exp of each row's logits (the backward needs it).
+    pub lse: T,
+    /// Entropy of each row's distribution, when asked for.
+    pub entropy: Option<T>,
+}
+
+/// One AdamW update's hyper-parameters (bias corrections precomputed).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWStep {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// `1 - beta1^t`
+    pub bias_correction1: f32,
+    /// `1 - beta2^t`
+    pub bias_correction2: f32,
+    /// Gradients are multiplied by this first (clipping, accumulation).
+    pub grad_scale: f32,
+}
+
+/// The ops a decoder-only transformer needs, forward and backward.
 ///
 /// Matrices are row-major; "rows" are tokens. Weights follow the Hugging Face
 /// `nn.Linear` layout `[out_features, in_features]`.
@@ -112,4 +139,99 @@ pub trait Backend: Send + Sync {
     fn slice_rows(&self, x: &Self::Tensor, range: Range<usize>) -> Self::Tensor;
     /// Stacks matrices with equal column counts.
     fn concat_rows(&self, parts: &[Self::Tensor]) -> Self::Tensor;
+    fn zeros(&self, shape: &[usize]) -> Self::Tensor;
+
+    // ---- training: forward variants that keep what backward needs, and backwards.
+
+    /// [`Backend::attention`] that also returns the log-sum-exp `[m, H]` of
+    /// every (query, head), which [`Backend::attention_backward`] needs.
+    fn attention_train(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        shape: AttnShape,
+        mask: &AttnMask,
+    ) -> (Self::Tensor, Self::Tensor);
+    /// Returns `(dq, dk, dv)`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_backward(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        out: &Self::Tensor,
+        lse: &Self::Tensor,
+        dout: &Self::Tensor,
+        shape: AttnShape,
+        mask: &AttnMask,
+    ) -> (Self::Tensor, Self::Tensor, Self::Tensor);
+    /// Returns `dx`; adds into `dw` (and `db`).
+    fn linear_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+        dw: &mut Self::Tensor,
+        db: Option<&mut Self::Tensor>,
+    ) -> Self::Tensor;
+    /// Returns `dx`; adds into `dw`.
+    fn rms_norm_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+        eps: f32,
+        dw: &mut Self::Tensor,
+    ) -> Self::Tensor;
+    /// The gradient through [`Backend::rope`]: rotates `dx` back, in place.
+    fn rope_backward(&self, dx: &mut Self::Tensor, positions: &[usize], rope: &Rope);
+    /// Returns `(dgate, dup)`.
+    fn swiglu_backward(
+        &self,
+        gate: &Self::Tensor,
+        up: &Self::Tensor,
+        dy: &Self::Tensor,
+    ) -> (Self::Tensor, Self::Tensor);
+    /// Adds `dy` rows into `dtable` rows `ids` (deterministic order).
+    fn embedding_backward(&self, ids: &[u32], dy: &Self::Tensor, dtable: &mut Self::Tensor);
+
+    /// Fused lm-head + log-softmax + gather of `targets`, `chunk` vocabulary
+    /// rows at a time: `h[rows, d]`, `w[vocab, d]`.
+    fn token_logprobs(
+        &self,
+        h: &Self::Tensor,
+        w: &Self::Tensor,
+        targets: &[u32],
+        chunk: usize,
+        want_entropy: bool,
+    ) -> LogProbs<Self::Tensor>;
+    /// Backward of [`Backend::token_logprobs`]: returns `dh`, adds into `dw`.
+    /// `dentropy` needs `out.entropy`.
+    #[allow(clippy::too_many_arguments)]
+    fn token_logprobs_backward(
+        &self,
+        h: &Self::Tensor,
+        w: &Self::Tensor,
+        targets: &[u32],
+        out: &LogProbs<Self::Tensor>,
+        dlogp: &Self::Tensor,
+        dentropy: Option<&Self::Tensor>,
+        chunk: usize,
+        dw: &mut Self::Tensor,
+    ) -> Self::Tensor;
+
+    /// Sum of squares (f64 accumulation), for global-norm clipping.
+    fn sum_squares(&self, t: &Self::Tensor) -> f64;
+    /// `x *= s`.
+    fn scale(&self, x: &mut Self::Tensor, s: f32);
+    /// One AdamW step on `param` with moment buffers `m`, `v` (f32 master weights).
+    fn adamw(
+        &self,
+        param: &mut Self::Tensor,
+        grad: &Self::Tensor,
+        m: &mut Self::Tensor,
+        v: &mut Self::Tensor,
+        step: &AdamWStep,
+    );
 }

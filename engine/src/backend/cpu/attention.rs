@@ -126,3 +126,144 @@ pub fn forward(
     }
     (out, lse)
 }
+
+/// Probabilities `P` of one block of query rows for one head, recomputed
+/// from the saved log-sum-exp (0 where the mask hides a key).
+#[allow(clippy::too_many_arguments)]
+fn recompute_probs(
+    q: &[f32],
+    k: &[f32],
+    lse: &[f32],
+    (h, g, r0, rows, n): (usize, usize, usize, usize, usize),
+    s: AttnShape,
+    mask: &AttnMask,
+    scale: f32,
+) -> Vec<f32> {
+    let d = s.head_dim;
+    let (q_cols, kv_cols) = (s.n_heads * d, s.n_kv_heads * d);
+    let mut p = vec![0.0f32; rows * n];
+    gemm(
+        (rows, n, d),
+        &mut p,
+        Layout::row_major(0, n),
+        q,
+        Layout { offset: r0 * q_cols + h * d, rs: q_cols, cs: 1 },
+        k,
+        Layout { offset: g * d, rs: kv_cols, cs: 1 }.t(),
+        scale,
+        false,
+        false,
+    );
+    for (i, row) in p.chunks_mut(n).enumerate() {
+        let l = lse[(r0 + i) * s.n_heads + h];
+        let mut keep = vec![false; n];
+        for span in mask.visible(r0 + i) {
+            keep[span].iter_mut().for_each(|k| *k = true);
+        }
+        for (v, k) in row.iter_mut().zip(&keep) {
+            *v = if *k { (*v - l).exp() } else { 0.0 };
+        }
+    }
+    p
+}
+
+/// Gradients of [`forward`]: given `out`, its log-sum-exp and `dout`, returns
+/// `(dq[m, H*d], dk[n, KV*d], dv[n, KV*d])`. Heads run in parallel, each
+/// with private dK/dV partials that are summed per KV group in head order,
+/// so the result is deterministic.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    out: &[f32],
+    lse: &[f32],
+    dout: &[f32],
+    m: usize,
+    n: usize,
+    s: AttnShape,
+    mask: &AttnMask,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (h_all, d) = (s.n_heads, s.head_dim);
+    let (q_cols, kv_cols) = (h_all * d, s.n_kv_heads * d);
+    let group = h_all / s.n_kv_heads;
+    let scale = 1.0 / (d as f32).sqrt();
+    // Per head: (dq tile [m, d], dk [n, d], dv [n, d]).
+    let per_head: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..h_all)
+        .into_par_iter()
+        .map(|h| {
+            let g = h / group;
+            let (mut dq, mut dk, mut dv) = (vec![0.0f32; m * d], vec![0.0f32; n * d], vec![0.0f32; n * d]);
+            for r0 in (0..m).step_by(BLOCK) {
+                let rows = BLOCK.min(m - r0);
+                let p = recompute_probs(q, k, lse, (h, g, r0, rows, n), s, mask, scale);
+                let do_l = Layout { offset: r0 * q_cols + h * d, rs: q_cols, cs: 1 };
+                // dV += P^T dO
+                gemm((n, d, rows), &mut dv, Layout::row_major(0, d), &p, Layout::row_major(0, n).t(), dout, do_l, 1.0, true, false);
+                // dP = dO V^T
+                let mut dp = vec![0.0f32; rows * n];
+                gemm(
+                    (rows, n, d),
+                    &mut dp,
+                    Layout::row_major(0, n),
+                    dout,
+                    do_l,
+                    v,
+                    Layout { offset: g * d, rs: kv_cols, cs: 1 }.t(),
+                    1.0,
+                    false,
+                    false,
+                );
+                // dS = P * (dP - rowsum(dO * O))
+                for i in 0..rows {
+                    let at = (r0 + i) * q_cols + h * d;
+                    let delta: f32 = dout[at..at + d].iter().zip(&out[at..at + d]).map(|(a, b)| a * b).sum();
+                    for (ds, pv) in dp[i * n..(i + 1) * n].iter_mut().zip(&p[i * n..(i + 1) * n]) {
+                        *ds = pv * (*ds - delta);
+                    }
+                }
+                // dQ = scale * dS K ; dK += scale * dS^T Q
+                gemm(
+                    (rows, d, n),
+                    &mut dq,
+                    Layout::row_major(r0 * d, d),
+                    &dp,
+                    Layout::row_major(0, n),
+                    k,
+                    Layout { offset: g * d, rs: kv_cols, cs: 1 },
+                    scale,
+                    false,
+                    false,
+                );
+                gemm(
+                    (n, d, rows),
+                    &mut dk,
+                    Layout::row_major(0, d),
+                    &dp,
+                    Layout::row_major(0, n).t(),
+                    q,
+                    Layout { offset: r0 * q_cols + h * d, rs: q_cols, cs: 1 },
+                    scale,
+                    true,
+                    false,
+                );
+            }
+            (dq, dk, dv)
+        })
+        .collect();
+    let mut dq = vec![0.0f32; m * q_cols];
+    let mut dk = vec![0.0f32; n * kv_cols];
+    let mut dv = vec![0.0f32; n * kv_cols];
+    for (h, (dqh, dkh, dvh)) in per_head.iter().enumerate() {
+        let g = h / group;
+        for i in 0..m {
+            dq[i * q_cols + h * d..][..d].copy_from_slice(&dqh[i * d..(i + 1) * d]);
+        }
+        for j in 0..n {
+            let at = j * kv_cols + g * d;
+            dk[at..at + d].iter_mut().zip(&dkh[j * d..(j + 1) * d]).for_each(|(a, b)| *a += b);
+            dv[at..at + d].iter_mut().zip(&dvh[j * d..(j + 1) * d]).for_each(|(a, b)| *a += b);
+        }
+    }
+    (dq, dk, dv)
+}

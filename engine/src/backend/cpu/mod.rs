@@ -2,6 +2,7 @@
 
 mod attention;
 pub mod gemm;
+mod logprob;
 
 pub use gemm::matmul_nt;
 
@@ -9,7 +10,8 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{AttnMask, AttnShape, Backend, Rope};
+use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, Rope};
+use gemm::{gemm, Layout};
 use crate::tensor::Tensor;
 
 /// The f32 CPU backend. Stateless: threads come from rayon's global pool.
@@ -35,6 +37,34 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
+}
+
+/// RoPE rotation by `sign * position * freq` (sign -1 undoes it: the backward).
+fn rotate(x: &mut Tensor, positions: &[usize], rope: &Rope, sign: f32) {
+    let cols = x.cols();
+    let d = rope.head_dim;
+    let half = d / 2;
+    assert_eq!(positions.len(), x.rows(), "rope: one position per row");
+    assert_eq!(cols % d, 0, "rope: row not a multiple of head_dim");
+    x.data_mut()
+        .par_chunks_mut(cols)
+        .zip(positions.par_iter())
+        .for_each(|(row, &pos)| {
+            for (i, f) in rope.inv_freq.iter().enumerate() {
+                let angle = pos as f32 * f;
+                let (sin, cos) = angle.sin_cos();
+                let sin = sign * sin;
+                for head in row.chunks_mut(d) {
+                    let (a, b) = (head[i], head[i + half]);
+                    head[i] = a * cos - b * sin;
+                    head[i + half] = b * cos + a * sin;
+                }
+            }
+        });
+}
+
+fn vec_tensor(v: Vec<f32>) -> Tensor {
+    Tensor::from_vec(&[v.len()], v)
 }
 
 impl Backend for Cpu {
@@ -98,25 +128,7 @@ impl Backend for Cpu {
     }
 
     fn rope(&self, x: &mut Tensor, positions: &[usize], rope: &Rope) {
-        let cols = x.cols();
-        let d = rope.head_dim;
-        let half = d / 2;
-        assert_eq!(positions.len(), x.rows(), "rope: one position per row");
-        assert_eq!(cols % d, 0, "rope: row not a multiple of head_dim");
-        x.data_mut()
-            .par_chunks_mut(cols)
-            .zip(positions.par_iter())
-            .for_each(|(row, &pos)| {
-                for (i, f) in rope.inv_freq.iter().enumerate() {
-                    let angle = pos as f32 * f;
-                    let (sin, cos) = angle.sin_cos();
-                    for head in row.chunks_mut(d) {
-                        let (a, b) = (head[i], head[i + half]);
-                        head[i] = a * cos - b * sin;
-                        head[i + half] = b * cos + a * sin;
-                    }
-                }
-            });
+        rotate(x, positions, rope, 1.0);
     }
 
     fn attention(
@@ -187,6 +199,165 @@ impl Backend for Cpu {
             data.extend_from_slice(p.data());
         }
         Tensor::from_vec(&[data.len() / c.max(1), c], data)
+    }
+
+    fn zeros(&self, shape: &[usize]) -> Tensor {
+        Tensor::zeros(shape)
+    }
+
+    fn attention_train(&self, q: &Tensor, k: &Tensor, v: &Tensor, s: AttnShape, mask: &AttnMask) -> (Tensor, Tensor) {
+        let (m, n) = (q.rows(), k.rows());
+        let (out, lse) = attention::forward(q.data(), k.data(), v.data(), m, n, s, mask);
+        (
+            Tensor::from_vec(&[m, s.n_heads * s.head_dim], out),
+            Tensor::from_vec(&[m, s.n_heads], lse),
+        )
+    }
+
+    fn attention_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &Tensor,
+        lse: &Tensor,
+        dout: &Tensor,
+        s: AttnShape,
+        mask: &AttnMask,
+    ) -> (Tensor, Tensor, Tensor) {
+        let (m, n) = (q.rows(), k.rows());
+        let (dq, dk, dv) = attention::backward(q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), m, n, s, mask);
+        (
+            Tensor::from_vec(q.shape(), dq),
+            Tensor::from_vec(k.shape(), dk),
+            Tensor::from_vec(v.shape(), dv),
+        )
+    }
+
+    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, dw: &mut Tensor, db: Option<&mut Tensor>) -> Tensor {
+        let (m, k, n) = (x.rows(), x.cols(), w.rows());
+        assert_eq!(dy.shape(), &[m, n], "linear_backward: dy shape");
+        let mut dx = Tensor::zeros(&[m, k]);
+        // dx = dy W
+        gemm((m, k, n), dx.data_mut(), Layout::row_major(0, k), dy.data(), Layout::row_major(0, n), w.data(), Layout::row_major(0, k), 1.0, false, true);
+        // dW += dy^T x
+        gemm((n, k, m), dw.data_mut(), Layout::row_major(0, k), dy.data(), Layout::row_major(0, n).t(), x.data(), Layout::row_major(0, k), 1.0, true, true);
+        if let Some(db) = db {
+            for row in dy.data().chunks(n) {
+                db.data_mut().iter_mut().zip(row).for_each(|(b, g)| *b += g);
+            }
+        }
+        dx
+    }
+
+    fn rms_norm_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, dw: &mut Tensor) -> Tensor {
+        let d = x.cols();
+        let mut dx = Tensor::zeros(x.shape());
+        let inv: Vec<f32> = x
+            .data()
+            .par_chunks(d)
+            .map(|r| 1.0 / (r.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt())
+            .collect();
+        dx.data_mut()
+            .par_chunks_mut(d)
+            .zip(x.data().par_chunks(d))
+            .zip(dy.data().par_chunks(d))
+            .zip(inv.par_iter())
+            .for_each(|(((o, xr), gr), &r)| {
+                // dx = r * (w*dy) - r^3/d * x * sum(w*dy*x)
+                let dot: f32 = xr.iter().zip(gr).zip(w.data()).map(|((x, g), w)| x * g * w).sum();
+                let c = r * r * r * dot / d as f32;
+                for (((o, x), g), w) in o.iter_mut().zip(xr).zip(gr).zip(w.data()) {
+                    *o = r * w * g - c * x;
+                }
+            });
+        for ((xr, gr), r) in x.data().chunks(d).zip(dy.data().chunks(d)).zip(&inv) {
+            dw.data_mut().iter_mut().zip(xr.iter().zip(gr)).for_each(|(dw, (x, g))| *dw += g * x * r);
+        }
+        dx
+    }
+
+    fn rope_backward(&self, dx: &mut Tensor, positions: &[usize], rope: &Rope) {
+        rotate(dx, positions, rope, -1.0);
+    }
+
+    fn swiglu_backward(&self, gate: &Tensor, up: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
+        let mut dg = Tensor::zeros(gate.shape());
+        let mut du = Tensor::zeros(up.shape());
+        dg.data_mut()
+            .par_iter_mut()
+            .zip(du.data_mut().par_iter_mut())
+            .zip(gate.data().par_iter().zip(up.data().par_iter()).zip(dy.data().par_iter()))
+            .for_each(|((dg, du), ((g, u), d))| {
+                let sig = 1.0 / (1.0 + (-g).exp());
+                let silu = g * sig;
+                *du = d * silu;
+                *dg = d * u * sig * (1.0 + g * (1.0 - sig));
+            });
+        (dg, du)
+    }
+
+    fn embedding_backward(&self, ids: &[u32], dy: &Tensor, dtable: &mut Tensor) {
+        let d = dtable.cols();
+        for (&id, row) in ids.iter().zip(dy.data().chunks(d)) {
+            let at = id as usize * d;
+            dtable.data_mut()[at..at + d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    fn token_logprobs(&self, h: &Tensor, w: &Tensor, targets: &[u32], chunk: usize, want_entropy: bool) -> LogProbs<Tensor> {
+        let out = logprob::forward(h.data(), w.data(), targets, h.cols(), chunk, want_entropy);
+        debug_assert!(out.logp.iter().all(|l| l.is_finite() && *l <= 0.0), "log-probs must be finite and <= 0");
+        LogProbs {
+            logp: vec_tensor(out.logp),
+            lse: vec_tensor(out.lse),
+            entropy: out.entropy.map(vec_tensor),
+        }
+    }
+
+    fn token_logprobs_backward(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        targets: &[u32],
+        out: &LogProbs<Tensor>,
+        dlogp: &Tensor,
+        dentropy: Option<&Tensor>,
+        chunk: usize,
+        dw: &mut Tensor,
+    ) -> Tensor {
+        let ent = dentropy.map(|de| {
+            let e = out.entropy.as_ref().expect("token_logprobs_backward: dentropy needs the forward's entropy");
+            (e.data(), de.data())
+        });
+        let dh = logprob::backward(h.data(), w.data(), targets, out.lse.data(), dlogp.data(), ent, h.cols(), chunk, dw.data_mut());
+        Tensor::from_vec(h.shape(), dh)
+    }
+
+    fn sum_squares(&self, t: &Tensor) -> f64 {
+        t.data().par_chunks(4096).map(|c| c.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum()
+    }
+
+    fn scale(&self, x: &mut Tensor, s: f32) {
+        x.data_mut().par_iter_mut().for_each(|v| *v *= s);
+    }
+
+    fn adamw(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, st: &AdamWStep) {
+        assert_eq!(param.shape(), grad.shape(), "adamw: grad shape");
+        let decay = 1.0 - st.lr * st.weight_decay;
+        param
+            .data_mut()
+            .par_iter_mut()
+            .zip(grad.data().par_iter())
+            .zip(m.data_mut().par_iter_mut().zip(v.data_mut().par_iter_mut()))
+            .for_each(|((p, g), (m, v))| {
+                let g = g * st.grad_scale;
+                *m = st.beta1 * *m + (1.0 - st.beta1) * g;
+                *v = st.beta2 * *v + (1.0 - st.beta2) * g * g;
+                let mhat = *m / st.bias_correction1;
+                let vhat = *v / st.bias_correction2;
+                *p = *p * decay - st.lr * mhat / (vhat.sqrt() + st.eps);
+            });
     }
 }
 

@@ -1,0 +1,147 @@
+//! Fused log-probability of chosen tokens: hidden states -> lm-head ->
+//! log-softmax -> gather, one vocabulary chunk at a time, so the
+//! `[tokens x vocab]` logits never exist at once. Optionally the entropy of
+//! each row's distribution. Backward recomputes each chunk's logits.
+
+use rayon::prelude::*;
+
+use super::gemm::{gemm, Layout};
+
+/// Running softmax statistics of one row over the chunks seen so far.
+#[derive(Clone, Copy)]
+struct RowStats {
+    max: f32,
+    /// sum exp(z - max)
+    sum: f64,
+    /// sum exp(z - max) * z  (for the entropy)
+    zsum: f64,
+    target: f32,
+}
+
+/// Logits of rows `h[rows, d]` against vocabulary rows `lo..hi` of `w[vocab, d]`.
+fn chunk_logits(h: &[f32], w: &[f32], rows: usize, d: usize, lo: usize, hi: usize) -> Vec<f32> {
+    let c = hi - lo;
+    let mut z = vec![0.0f32; rows * c];
+    gemm(
+        (rows, c, d),
+        &mut z,
+        Layout::row_major(0, c),
+        h,
+        Layout::row_major(0, d),
+        w,
+        Layout::row_major(lo * d, d).t(),
+        1.0,
+        false,
+        true,
+    );
+    z
+}
+
+/// Result of [`forward`]: per row log p(target), log-sum-exp, entropy.
+pub struct TokenLogProbs {
+    pub logp: Vec<f32>,
+    pub lse: Vec<f32>,
+    pub entropy: Option<Vec<f32>>,
+}
+
+/// `log softmax(h W^T)[target]` per row, vocabulary processed `chunk` rows
+/// of `w` at a time. Extra memory: `rows x chunk` floats.
+pub fn forward(h: &[f32], w: &[f32], targets: &[u32], d: usize, chunk: usize, want_entropy: bool) -> TokenLogProbs {
+    let rows = targets.len();
+    assert_eq!(h.len(), rows * d, "logprob: hidden shape");
+    assert_eq!(w.len() % d, 0, "logprob: lm-head shape");
+    let vocab = w.len() / d;
+    assert!(chunk > 0, "logprob: chunk must be positive");
+    if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+        panic!("logprob: target id {t} is outside the vocabulary ({vocab})");
+    }
+    let mut stats = vec![
+        RowStats {
+            max: f32::NEG_INFINITY,
+            sum: 0.0,
+            zsum: 0.0,
+            target: 0.0
+        };
+        rows
+    ];
+    for lo in (0..vocab).step_by(chunk) {
+        let hi = (lo + chunk).min(vocab);
+        let c = hi - lo;
+        let z = chunk_logits(h, w, rows, d, lo, hi);
+        stats.par_iter_mut().zip(z.par_chunks(c)).zip(targets.par_iter()).for_each(|((st, zr), &t)| {
+            let cmax = zr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let new_max = st.max.max(cmax);
+            let rescale = if st.max == f32::NEG_INFINITY { 0.0 } else { ((st.max - new_max) as f64).exp() };
+            let (mut s, mut zs) = (0.0f64, 0.0f64);
+            for &v in zr {
+                let e = ((v - new_max) as f64).exp();
+                s += e;
+                zs += e * v as f64;
+            }
+            st.sum = st.sum * rescale + s;
+            st.zsum = st.zsum * rescale + zs;
+            st.max = new_max;
+            let t = t as usize;
+            if (lo..hi).contains(&t) {
+                st.target = zr[t - lo];
+            }
+        });
+    }
+    let lse: Vec<f32> = stats.iter().map(|s| s.max + s.sum.ln() as f32).collect();
+    let logp = stats.iter().zip(&lse).map(|(s, l)| (s.target - l).min(0.0)).collect();
+    let entropy = want_entropy.then(|| {
+        stats
+            .iter()
+            .zip(&lse)
+            .map(|(s, l)| (*l as f64 - s.zsum / s.sum).max(0.0) as f32)
+            .collect()
+    });
+    TokenLogProbs { logp, lse, entropy }
+}
+
+/// Backward of [`forward`]: with upstream gradients `dlogp` (and `dentropy`,
+/// which needs the forward's `entropy`), returns `dh[rows, d]` and adds the
+/// lm-head gradient into `dw[vocab, d]`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    h: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    lse: &[f32],
+    dlogp: &[f32],
+    entropy_and_grad: Option<(&[f32], &[f32])>,
+    d: usize,
+    chunk: usize,
+    dw: &mut [f32],
+) -> Vec<f32> {
+    let rows = targets.len();
+    let vocab = w.len() / d;
+    assert_eq!(dw.len(), w.len(), "logprob backward: dw shape");
+    let mut dh = vec![0.0f32; rows * d];
+    for lo in (0..vocab).step_by(chunk) {
+        let hi = (lo + chunk).min(vocab);
+        let c = hi - lo;
+        let mut z = chunk_logits(h, w, rows, d, lo, hi);
+        // z becomes dz in place: dlogp * (onehot - p) + dH * (-p (log p + H)).
+        z.par_chunks_mut(c).enumerate().for_each(|(r, zr)| {
+            let (l, g) = (lse[r], dlogp[r]);
+            let ent = entropy_and_grad.map(|(e, ge)| (e[r], ge[r]));
+            for (j, v) in zr.iter_mut().enumerate() {
+                let logp = *v - l;
+                let p = logp.exp();
+                let mut dz = -g * p;
+                if lo + j == targets[r] as usize {
+                    dz += g;
+                }
+                if let Some((e, ge)) = ent {
+                    dz -= ge * p * (logp + e);
+                }
+                *v = dz;
+            }
+        });
+        // dh += dz W_c ; dW_c += dz^T h
+        gemm((rows, d, c), &mut dh, Layout::row_major(0, d), &z, Layout::row_major(0, c), w, Layout::row_major(lo * d, d), 1.0, true, true);
+        gemm((c, d, rows), dw, Layout::row_major(lo * d, d), &z, Layout::row_major(0, c).t(), h, Layout::row_major(0, d), 1.0, true, true);
+    }
+    dh
+}
