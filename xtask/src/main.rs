@@ -111,7 +111,6 @@ fn smollm2_gguf() -> Result<PathBuf> {
 }
 
 /// The SmolLM2 GGUF imported into a Hugging Face folder under `target/models/`.
-#[allow(dead_code)]
 fn smollm2_dir(profile: &[&str]) -> Result<PathBuf> {
     let gguf = smollm2_gguf()?;
     let dir = target().join("models/smollm2-135m-instruct");
@@ -151,10 +150,12 @@ fn demo(args: &[String]) -> Result<()> {
 
 fn test(args: &[String]) -> Result<()> {
     let gguf = smollm2_gguf()?;
+    let dir = smollm2_dir(&[])?;
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
-        .env("IGPO_SMOLLM2_GGUF", &gguf))
+        .env("IGPO_SMOLLM2_GGUF", &gguf)
+        .env("IGPO_SMOLLM2_DIR", &dir))
 }
 
 /// A Python venv under `target/pyenv` with the reference packages

@@ -69,8 +69,27 @@ pub fn run(cmd: ModelCommand) -> CliResult {
 }
 
 fn import_gguf(file: &std::path::Path, out_dir: &std::path::Path) -> CliResult {
-    let _ = (file, out_dir);
-    Err("import-gguf is not available in this build".into())
+    let start = std::time::Instant::now();
+    let s = crate::model::gguf::import_gguf(file, out_dir)?;
+    for note in &s.notes {
+        eprintln!("note: {note}");
+    }
+    let types: Vec<String> = s
+        .tensor_types
+        .iter()
+        .map(|(t, n)| format!("{n} {t}"))
+        .collect();
+    println!(
+        "imported {} ({} tensors: {}; {} parameters, vocab {}) into {} as bf16 in {:.1} s",
+        s.architecture,
+        s.n_tensors,
+        types.join(", "),
+        s.n_params,
+        s.vocab_size,
+        out_dir.display(),
+        start.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 fn init(a: InitArgs) -> CliResult {

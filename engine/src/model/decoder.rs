@@ -4,31 +4,39 @@
 use super::{Arch, ModelConfig, TensorMap};
 use crate::backend::{AttnMask, AttnShape, Backend, Rope};
 
-struct Layer<T> {
-    input_norm: T,
-    q: T,
-    k: T,
-    v: T,
-    q_bias: Option<T>,
-    k_bias: Option<T>,
-    v_bias: Option<T>,
-    o: T,
-    post_norm: T,
-    gate: T,
-    up: T,
-    down: T,
+/// Indices into [`Model::params`] of one layer's tensors.
+#[derive(Clone, Debug)]
+pub(crate) struct LayerParams {
+    pub input_norm: usize,
+    pub q: usize,
+    pub k: usize,
+    pub v: usize,
+    pub q_bias: Option<usize>,
+    pub k_bias: Option<usize>,
+    pub v_bias: Option<usize>,
+    pub o: usize,
+    pub post_norm: usize,
+    pub gate: usize,
+    pub up: usize,
+    pub down: usize,
 }
 
 /// A decoder-only transformer on backend `B`.
+///
+/// Parameters live in one vector in checkpoint order
+/// ([`ModelConfig::tensor_shapes`]), so gradients and optimizer state are
+/// vectors of the same layout.
 pub struct Model<B: Backend> {
     pub config: ModelConfig,
-    backend: B,
-    embed: B::Tensor,
-    layers: Vec<Layer<B::Tensor>>,
-    norm: B::Tensor,
-    /// `None` when the embedding doubles as the lm-head.
-    lm_head: Option<B::Tensor>,
-    rope: Rope,
+    pub(crate) backend: B,
+    pub(crate) params: Vec<B::Tensor>,
+    pub(crate) names: Vec<String>,
+    pub(crate) layers: Vec<LayerParams>,
+    pub(crate) embed: usize,
+    pub(crate) norm: usize,
+    /// Equals `embed` when the embedding doubles as the lm-head.
+    pub(crate) lm_head: usize,
+    pub(crate) rope: Rope,
 }
 
 /// Keys and values of every layer for one sequence, oldest position first.
@@ -68,45 +76,101 @@ pub enum LogitRows {
 impl<B: Backend> Model<B> {
     /// Uploads host weights (names and shapes already checked by the loader).
     pub fn from_tensors(config: ModelConfig, mut tensors: TensorMap, backend: B) -> Model<B> {
-        let mut take = |name: &str| {
-            let t = tensors
-                .remove(name)
-                .unwrap_or_else(|| panic!("weights were checked, yet `{name}` is missing"));
-            backend.upload(&t)
+        let shapes = config.tensor_shapes();
+        let names: Vec<String> = shapes.iter().map(|(n, _)| n.clone()).collect();
+        let params = names
+            .iter()
+            .map(|name| {
+                let t = tensors
+                    .remove(name)
+                    .unwrap_or_else(|| panic!("weights were checked, yet `{name}` is missing"));
+                backend.upload(&t)
+            })
+            .collect();
+        let idx = |name: &str| {
+            names
+                .iter()
+                .position(|n| n == name)
+                .unwrap_or_else(|| panic!("no parameter `{name}`"))
         };
         let layers = (0..config.num_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let bias = config.attention_bias;
-                Layer {
-                    input_norm: take(&format!("{p}.input_layernorm.weight")),
-                    q: take(&format!("{p}.self_attn.q_proj.weight")),
-                    k: take(&format!("{p}.self_attn.k_proj.weight")),
-                    v: take(&format!("{p}.self_attn.v_proj.weight")),
-                    q_bias: bias.then(|| take(&format!("{p}.self_attn.q_proj.bias"))),
-                    k_bias: bias.then(|| take(&format!("{p}.self_attn.k_proj.bias"))),
-                    v_bias: bias.then(|| take(&format!("{p}.self_attn.v_proj.bias"))),
-                    o: take(&format!("{p}.self_attn.o_proj.weight")),
-                    post_norm: take(&format!("{p}.post_attention_layernorm.weight")),
-                    gate: take(&format!("{p}.mlp.gate_proj.weight")),
-                    up: take(&format!("{p}.mlp.up_proj.weight")),
-                    down: take(&format!("{p}.mlp.down_proj.weight")),
+                LayerParams {
+                    input_norm: idx(&format!("{p}.input_layernorm.weight")),
+                    q: idx(&format!("{p}.self_attn.q_proj.weight")),
+                    k: idx(&format!("{p}.self_attn.k_proj.weight")),
+                    v: idx(&format!("{p}.self_attn.v_proj.weight")),
+                    q_bias: bias.then(|| idx(&format!("{p}.self_attn.q_proj.bias"))),
+                    k_bias: bias.then(|| idx(&format!("{p}.self_attn.k_proj.bias"))),
+                    v_bias: bias.then(|| idx(&format!("{p}.self_attn.v_proj.bias"))),
+                    o: idx(&format!("{p}.self_attn.o_proj.weight")),
+                    post_norm: idx(&format!("{p}.post_attention_layernorm.weight")),
+                    gate: idx(&format!("{p}.mlp.gate_proj.weight")),
+                    up: idx(&format!("{p}.mlp.up_proj.weight")),
+                    down: idx(&format!("{p}.mlp.down_proj.weight")),
                 }
             })
             .collect();
-        let embed = take("model.embed_tokens.weight");
-        let norm = take("model.norm.weight");
-        let lm_head = (!config.tie_word_embeddings).then(|| take("lm_head.weight"));
+        let embed = idx("model.embed_tokens.weight");
+        let norm = idx("model.norm.weight");
+        let lm_head = if config.tie_word_embeddings {
+            embed
+        } else {
+            idx("lm_head.weight")
+        };
         let rope = Rope::new(config.head_dim, config.rope_theta);
         debug_assert!(matches!(config.arch, Arch::Qwen2 | Arch::Llama));
         Model {
             config,
             backend,
-            embed,
+            params,
+            names,
             layers,
+            embed,
             norm,
             lm_head,
             rope,
+        }
+    }
+
+    /// Parameter names in checkpoint order (the layout of gradients).
+    pub fn param_names(&self) -> &[String] {
+        &self.names
+    }
+
+    pub fn params(&self) -> &[B::Tensor] {
+        &self.params
+    }
+
+    pub fn params_mut(&mut self) -> &mut [B::Tensor] {
+        &mut self.params
+    }
+
+    /// Host copies of every parameter, by name (for saving).
+    pub fn to_tensor_map(&self) -> TensorMap {
+        self.names
+            .iter()
+            .zip(&self.params)
+            .map(|(n, p)| (n.clone(), self.backend.download(p)))
+            .collect()
+    }
+
+    /// The lm-head matrix `[vocab, hidden]` (the embedding when tied).
+    pub fn lm_head(&self) -> &B::Tensor {
+        &self.params[self.lm_head]
+    }
+
+    pub(crate) fn p(&self, i: usize) -> &B::Tensor {
+        &self.params[i]
+    }
+
+    pub(crate) fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.config.num_heads,
+            n_kv_heads: self.config.num_kv_heads,
+            head_dim: self.config.head_dim,
         }
     }
 
@@ -158,17 +222,14 @@ impl<B: Backend> Model<B> {
                 c.vocab_size
             );
         }
-        let shape = AttnShape {
-            n_heads: c.num_heads,
-            n_kv_heads: c.num_kv_heads,
-            head_dim: c.head_dim,
-        };
-        let mut x = b.embedding(&self.embed, &ids);
+        let shape = self.attn_shape();
+        let mut x = b.embedding(self.p(self.embed), &ids);
         for (l, layer) in self.layers.iter().enumerate() {
-            let h = b.rms_norm(&x, &layer.input_norm, c.rms_norm_eps);
-            let mut q = b.linear(&h, &layer.q, layer.q_bias.as_ref());
-            let mut k = b.linear(&h, &layer.k, layer.k_bias.as_ref());
-            let v = b.linear(&h, &layer.v, layer.v_bias.as_ref());
+            let bias = |i: Option<usize>| i.map(|i| self.p(i));
+            let h = b.rms_norm(&x, self.p(layer.input_norm), c.rms_norm_eps);
+            let mut q = b.linear(&h, self.p(layer.q), bias(layer.q_bias));
+            let mut k = b.linear(&h, self.p(layer.k), bias(layer.k_bias));
+            let v = b.linear(&h, self.p(layer.v), bias(layer.v_bias));
             b.rope(&mut q, &positions, &self.rope);
             b.rope(&mut k, &positions, &self.rope);
             let mut outs = Vec::with_capacity(steps.len());
@@ -185,12 +246,12 @@ impl<B: Backend> Model<B> {
             } else {
                 b.concat_rows(&outs)
             };
-            let o = b.linear(&attn, &layer.o, None);
+            let o = b.linear(&attn, self.p(layer.o), None);
             b.add_assign(&mut x, &o);
-            let h = b.rms_norm(&x, &layer.post_norm, c.rms_norm_eps);
-            let gate = b.linear(&h, &layer.gate, None);
-            let up = b.linear(&h, &layer.up, None);
-            let mlp = b.linear(&b.swiglu(&gate, &up), &layer.down, None);
+            let h = b.rms_norm(&x, self.p(layer.post_norm), c.rms_norm_eps);
+            let gate = b.linear(&h, self.p(layer.gate), None);
+            let up = b.linear(&h, self.p(layer.up), None);
+            let mlp = b.linear(&b.swiglu(&gate, &up), self.p(layer.down), None);
             b.add_assign(&mut x, &mlp);
         }
         for (s, range) in steps.iter_mut().zip(&bounds) {
@@ -203,7 +264,7 @@ impl<B: Backend> Model<B> {
                 b.gather_rows(&x, &last)
             }
         };
-        let h = b.rms_norm(&x, &self.norm, c.rms_norm_eps);
-        b.linear(&h, self.lm_head.as_ref().unwrap_or(&self.embed), None)
+        let h = b.rms_norm(&x, self.p(self.norm), c.rms_norm_eps);
+        b.linear(&h, self.lm_head(), None)
     }
 }

@@ -1,14 +1,16 @@
 //! Qwen2 / Llama decoders: configuration, weights in and out, the forward
 //! pass with a KV cache, random initialisation and GGUF import.
 
+mod backward;
 mod config;
 mod decoder;
-// pub mod gguf; (enabled once the importer lands)
+pub mod gguf;
 pub mod init;
 mod weights;
 
 use std::path::Path;
 
+pub use backward::{Activations, TrainSeq};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{KvCache, LogitRows, Model, SeqStep};
 pub use weights::{load_weights, save_safetensors, stored_dtype, TensorMap};

@@ -147,9 +147,18 @@ fn recompute_probs(
         &mut p,
         Layout::row_major(0, n),
         q,
-        Layout { offset: r0 * q_cols + h * d, rs: q_cols, cs: 1 },
+        Layout {
+            offset: r0 * q_cols + h * d,
+            rs: q_cols,
+            cs: 1,
+        },
         k,
-        Layout { offset: g * d, rs: kv_cols, cs: 1 }.t(),
+        Layout {
+            offset: g * d,
+            rs: kv_cols,
+            cs: 1,
+        }
+        .t(),
         scale,
         false,
         false,
@@ -193,13 +202,32 @@ pub fn backward(
         .into_par_iter()
         .map(|h| {
             let g = h / group;
-            let (mut dq, mut dk, mut dv) = (vec![0.0f32; m * d], vec![0.0f32; n * d], vec![0.0f32; n * d]);
+            let (mut dq, mut dk, mut dv) = (
+                vec![0.0f32; m * d],
+                vec![0.0f32; n * d],
+                vec![0.0f32; n * d],
+            );
             for r0 in (0..m).step_by(BLOCK) {
                 let rows = BLOCK.min(m - r0);
                 let p = recompute_probs(q, k, lse, (h, g, r0, rows, n), s, mask, scale);
-                let do_l = Layout { offset: r0 * q_cols + h * d, rs: q_cols, cs: 1 };
+                let do_l = Layout {
+                    offset: r0 * q_cols + h * d,
+                    rs: q_cols,
+                    cs: 1,
+                };
                 // dV += P^T dO
-                gemm((n, d, rows), &mut dv, Layout::row_major(0, d), &p, Layout::row_major(0, n).t(), dout, do_l, 1.0, true, false);
+                gemm(
+                    (n, d, rows),
+                    &mut dv,
+                    Layout::row_major(0, d),
+                    &p,
+                    Layout::row_major(0, n).t(),
+                    dout,
+                    do_l,
+                    1.0,
+                    true,
+                    false,
+                );
                 // dP = dO V^T
                 let mut dp = vec![0.0f32; rows * n];
                 gemm(
@@ -209,7 +237,12 @@ pub fn backward(
                     dout,
                     do_l,
                     v,
-                    Layout { offset: g * d, rs: kv_cols, cs: 1 }.t(),
+                    Layout {
+                        offset: g * d,
+                        rs: kv_cols,
+                        cs: 1,
+                    }
+                    .t(),
                     1.0,
                     false,
                     false,
@@ -217,8 +250,15 @@ pub fn backward(
                 // dS = P * (dP - rowsum(dO * O))
                 for i in 0..rows {
                     let at = (r0 + i) * q_cols + h * d;
-                    let delta: f32 = dout[at..at + d].iter().zip(&out[at..at + d]).map(|(a, b)| a * b).sum();
-                    for (ds, pv) in dp[i * n..(i + 1) * n].iter_mut().zip(&p[i * n..(i + 1) * n]) {
+                    let delta: f32 = dout[at..at + d]
+                        .iter()
+                        .zip(&out[at..at + d])
+                        .map(|(a, b)| a * b)
+                        .sum();
+                    for (ds, pv) in dp[i * n..(i + 1) * n]
+                        .iter_mut()
+                        .zip(&p[i * n..(i + 1) * n])
+                    {
                         *ds = pv * (*ds - delta);
                     }
                 }
@@ -230,7 +270,11 @@ pub fn backward(
                     &dp,
                     Layout::row_major(0, n),
                     k,
-                    Layout { offset: g * d, rs: kv_cols, cs: 1 },
+                    Layout {
+                        offset: g * d,
+                        rs: kv_cols,
+                        cs: 1,
+                    },
                     scale,
                     false,
                     false,
@@ -242,7 +286,11 @@ pub fn backward(
                     &dp,
                     Layout::row_major(0, n).t(),
                     q,
-                    Layout { offset: r0 * q_cols + h * d, rs: q_cols, cs: 1 },
+                    Layout {
+                        offset: r0 * q_cols + h * d,
+                        rs: q_cols,
+                        cs: 1,
+                    },
                     scale,
                     true,
                     false,
@@ -261,8 +309,14 @@ pub fn backward(
         }
         for j in 0..n {
             let at = j * kv_cols + g * d;
-            dk[at..at + d].iter_mut().zip(&dkh[j * d..(j + 1) * d]).for_each(|(a, b)| *a += b);
-            dv[at..at + d].iter_mut().zip(&dvh[j * d..(j + 1) * d]).for_each(|(a, b)| *a += b);
+            dk[at..at + d]
+                .iter_mut()
+                .zip(&dkh[j * d..(j + 1) * d])
+                .for_each(|(a, b)| *a += b);
+            dv[at..at + d]
+                .iter_mut()
+                .zip(&dvh[j * d..(j + 1) * d])
+                .for_each(|(a, b)| *a += b);
         }
     }
     (dq, dk, dv)

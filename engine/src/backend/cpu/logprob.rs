@@ -46,7 +46,14 @@ pub struct TokenLogProbs {
 
 /// `log softmax(h W^T)[target]` per row, vocabulary processed `chunk` rows
 /// of `w` at a time. Extra memory: `rows x chunk` floats.
-pub fn forward(h: &[f32], w: &[f32], targets: &[u32], d: usize, chunk: usize, want_entropy: bool) -> TokenLogProbs {
+pub fn forward(
+    h: &[f32],
+    w: &[f32],
+    targets: &[u32],
+    d: usize,
+    chunk: usize,
+    want_entropy: bool,
+) -> TokenLogProbs {
     let rows = targets.len();
     assert_eq!(h.len(), rows * d, "logprob: hidden shape");
     assert_eq!(w.len() % d, 0, "logprob: lm-head shape");
@@ -68,27 +75,39 @@ pub fn forward(h: &[f32], w: &[f32], targets: &[u32], d: usize, chunk: usize, wa
         let hi = (lo + chunk).min(vocab);
         let c = hi - lo;
         let z = chunk_logits(h, w, rows, d, lo, hi);
-        stats.par_iter_mut().zip(z.par_chunks(c)).zip(targets.par_iter()).for_each(|((st, zr), &t)| {
-            let cmax = zr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = st.max.max(cmax);
-            let rescale = if st.max == f32::NEG_INFINITY { 0.0 } else { ((st.max - new_max) as f64).exp() };
-            let (mut s, mut zs) = (0.0f64, 0.0f64);
-            for &v in zr {
-                let e = ((v - new_max) as f64).exp();
-                s += e;
-                zs += e * v as f64;
-            }
-            st.sum = st.sum * rescale + s;
-            st.zsum = st.zsum * rescale + zs;
-            st.max = new_max;
-            let t = t as usize;
-            if (lo..hi).contains(&t) {
-                st.target = zr[t - lo];
-            }
-        });
+        stats
+            .par_iter_mut()
+            .zip(z.par_chunks(c))
+            .zip(targets.par_iter())
+            .for_each(|((st, zr), &t)| {
+                let cmax = zr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let new_max = st.max.max(cmax);
+                let rescale = if st.max == f32::NEG_INFINITY {
+                    0.0
+                } else {
+                    ((st.max - new_max) as f64).exp()
+                };
+                let (mut s, mut zs) = (0.0f64, 0.0f64);
+                for &v in zr {
+                    let e = ((v - new_max) as f64).exp();
+                    s += e;
+                    zs += e * v as f64;
+                }
+                st.sum = st.sum * rescale + s;
+                st.zsum = st.zsum * rescale + zs;
+                st.max = new_max;
+                let t = t as usize;
+                if (lo..hi).contains(&t) {
+                    st.target = zr[t - lo];
+                }
+            });
     }
     let lse: Vec<f32> = stats.iter().map(|s| s.max + s.sum.ln() as f32).collect();
-    let logp = stats.iter().zip(&lse).map(|(s, l)| (s.target - l).min(0.0)).collect();
+    let logp = stats
+        .iter()
+        .zip(&lse)
+        .map(|(s, l)| (s.target - l).min(0.0))
+        .collect();
     let entropy = want_entropy.then(|| {
         stats
             .iter()
@@ -140,8 +159,30 @@ pub fn backward(
             }
         });
         // dh += dz W_c ; dW_c += dz^T h
-        gemm((rows, d, c), &mut dh, Layout::row_major(0, d), &z, Layout::row_major(0, c), w, Layout::row_major(lo * d, d), 1.0, true, true);
-        gemm((c, d, rows), dw, Layout::row_major(lo * d, d), &z, Layout::row_major(0, c).t(), h, Layout::row_major(0, d), 1.0, true, true);
+        gemm(
+            (rows, d, c),
+            &mut dh,
+            Layout::row_major(0, d),
+            &z,
+            Layout::row_major(0, c),
+            w,
+            Layout::row_major(lo * d, d),
+            1.0,
+            true,
+            true,
+        );
+        gemm(
+            (c, d, rows),
+            dw,
+            Layout::row_major(lo * d, d),
+            &z,
+            Layout::row_major(0, c).t(),
+            h,
+            Layout::row_major(0, d),
+            1.0,
+            true,
+            true,
+        );
     }
     dh
 }

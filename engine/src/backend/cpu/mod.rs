@@ -2,6 +2,8 @@
 
 mod attention;
 pub mod gemm;
+#[cfg(test)]
+mod grad_check;
 mod logprob;
 
 pub use gemm::matmul_nt;
@@ -11,8 +13,8 @@ use std::ops::Range;
 use rayon::prelude::*;
 
 use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, Rope};
-use gemm::{gemm, Layout};
 use crate::tensor::Tensor;
+use gemm::{gemm, Layout};
 
 /// The f32 CPU backend. Stateless: threads come from rayon's global pool.
 #[derive(Clone, Copy, Debug, Default)]
@@ -205,7 +207,14 @@ impl Backend for Cpu {
         Tensor::zeros(shape)
     }
 
-    fn attention_train(&self, q: &Tensor, k: &Tensor, v: &Tensor, s: AttnShape, mask: &AttnMask) -> (Tensor, Tensor) {
+    fn attention_train(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        s: AttnShape,
+        mask: &AttnMask,
+    ) -> (Tensor, Tensor) {
         let (m, n) = (q.rows(), k.rows());
         let (out, lse) = attention::forward(q.data(), k.data(), v.data(), m, n, s, mask);
         (
@@ -226,7 +235,18 @@ impl Backend for Cpu {
         mask: &AttnMask,
     ) -> (Tensor, Tensor, Tensor) {
         let (m, n) = (q.rows(), k.rows());
-        let (dq, dk, dv) = attention::backward(q.data(), k.data(), v.data(), out.data(), lse.data(), dout.data(), m, n, s, mask);
+        let (dq, dk, dv) = attention::backward(
+            q.data(),
+            k.data(),
+            v.data(),
+            out.data(),
+            lse.data(),
+            dout.data(),
+            m,
+            n,
+            s,
+            mask,
+        );
         (
             Tensor::from_vec(q.shape(), dq),
             Tensor::from_vec(k.shape(), dk),
@@ -234,14 +254,43 @@ impl Backend for Cpu {
         )
     }
 
-    fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, dw: &mut Tensor, db: Option<&mut Tensor>) -> Tensor {
+    fn linear_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        dw: &mut Tensor,
+        db: Option<&mut Tensor>,
+    ) -> Tensor {
         let (m, k, n) = (x.rows(), x.cols(), w.rows());
         assert_eq!(dy.shape(), &[m, n], "linear_backward: dy shape");
         let mut dx = Tensor::zeros(&[m, k]);
         // dx = dy W
-        gemm((m, k, n), dx.data_mut(), Layout::row_major(0, k), dy.data(), Layout::row_major(0, n), w.data(), Layout::row_major(0, k), 1.0, false, true);
+        gemm(
+            (m, k, n),
+            dx.data_mut(),
+            Layout::row_major(0, k),
+            dy.data(),
+            Layout::row_major(0, n),
+            w.data(),
+            Layout::row_major(0, k),
+            1.0,
+            false,
+            true,
+        );
         // dW += dy^T x
-        gemm((n, k, m), dw.data_mut(), Layout::row_major(0, k), dy.data(), Layout::row_major(0, n).t(), x.data(), Layout::row_major(0, k), 1.0, true, true);
+        gemm(
+            (n, k, m),
+            dw.data_mut(),
+            Layout::row_major(0, k),
+            dy.data(),
+            Layout::row_major(0, n).t(),
+            x.data(),
+            Layout::row_major(0, k),
+            1.0,
+            true,
+            true,
+        );
         if let Some(db) = db {
             for row in dy.data().chunks(n) {
                 db.data_mut().iter_mut().zip(row).for_each(|(b, g)| *b += g);
@@ -250,7 +299,14 @@ impl Backend for Cpu {
         dx
     }
 
-    fn rms_norm_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, dw: &mut Tensor) -> Tensor {
+    fn rms_norm_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        eps: f32,
+        dw: &mut Tensor,
+    ) -> Tensor {
         let d = x.cols();
         let mut dx = Tensor::zeros(x.shape());
         let inv: Vec<f32> = x
@@ -265,14 +321,22 @@ impl Backend for Cpu {
             .zip(inv.par_iter())
             .for_each(|(((o, xr), gr), &r)| {
                 // dx = r * (w*dy) - r^3/d * x * sum(w*dy*x)
-                let dot: f32 = xr.iter().zip(gr).zip(w.data()).map(|((x, g), w)| x * g * w).sum();
+                let dot: f32 = xr
+                    .iter()
+                    .zip(gr)
+                    .zip(w.data())
+                    .map(|((x, g), w)| x * g * w)
+                    .sum();
                 let c = r * r * r * dot / d as f32;
                 for (((o, x), g), w) in o.iter_mut().zip(xr).zip(gr).zip(w.data()) {
                     *o = r * w * g - c * x;
                 }
             });
         for ((xr, gr), r) in x.data().chunks(d).zip(dy.data().chunks(d)).zip(&inv) {
-            dw.data_mut().iter_mut().zip(xr.iter().zip(gr)).for_each(|(dw, (x, g))| *dw += g * x * r);
+            dw.data_mut()
+                .iter_mut()
+                .zip(xr.iter().zip(gr))
+                .for_each(|(dw, (x, g))| *dw += g * x * r);
         }
         dx
     }
@@ -287,7 +351,12 @@ impl Backend for Cpu {
         dg.data_mut()
             .par_iter_mut()
             .zip(du.data_mut().par_iter_mut())
-            .zip(gate.data().par_iter().zip(up.data().par_iter()).zip(dy.data().par_iter()))
+            .zip(
+                gate.data()
+                    .par_iter()
+                    .zip(up.data().par_iter())
+                    .zip(dy.data().par_iter()),
+            )
             .for_each(|((dg, du), ((g, u), d))| {
                 let sig = 1.0 / (1.0 + (-g).exp());
                 let silu = g * sig;
@@ -301,13 +370,26 @@ impl Backend for Cpu {
         let d = dtable.cols();
         for (&id, row) in ids.iter().zip(dy.data().chunks(d)) {
             let at = id as usize * d;
-            dtable.data_mut()[at..at + d].iter_mut().zip(row).for_each(|(a, b)| *a += b);
+            dtable.data_mut()[at..at + d]
+                .iter_mut()
+                .zip(row)
+                .for_each(|(a, b)| *a += b);
         }
     }
 
-    fn token_logprobs(&self, h: &Tensor, w: &Tensor, targets: &[u32], chunk: usize, want_entropy: bool) -> LogProbs<Tensor> {
+    fn token_logprobs(
+        &self,
+        h: &Tensor,
+        w: &Tensor,
+        targets: &[u32],
+        chunk: usize,
+        want_entropy: bool,
+    ) -> LogProbs<Tensor> {
         let out = logprob::forward(h.data(), w.data(), targets, h.cols(), chunk, want_entropy);
-        debug_assert!(out.logp.iter().all(|l| l.is_finite() && *l <= 0.0), "log-probs must be finite and <= 0");
+        debug_assert!(
+            out.logp.iter().all(|l| l.is_finite() && *l <= 0.0),
+            "log-probs must be finite and <= 0"
+        );
         LogProbs {
             logp: vec_tensor(out.logp),
             lse: vec_tensor(out.lse),
@@ -327,22 +409,47 @@ impl Backend for Cpu {
         dw: &mut Tensor,
     ) -> Tensor {
         let ent = dentropy.map(|de| {
-            let e = out.entropy.as_ref().expect("token_logprobs_backward: dentropy needs the forward's entropy");
+            let e = out
+                .entropy
+                .as_ref()
+                .expect("token_logprobs_backward: dentropy needs the forward's entropy");
             (e.data(), de.data())
         });
-        let dh = logprob::backward(h.data(), w.data(), targets, out.lse.data(), dlogp.data(), ent, h.cols(), chunk, dw.data_mut());
+        let dh = logprob::backward(
+            h.data(),
+            w.data(),
+            targets,
+            out.lse.data(),
+            dlogp.data(),
+            ent,
+            h.cols(),
+            chunk,
+            dw.data_mut(),
+        );
         Tensor::from_vec(h.shape(), dh)
     }
 
     fn sum_squares(&self, t: &Tensor) -> f64 {
-        t.data().par_chunks(4096).map(|c| c.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>()).collect::<Vec<_>>().iter().sum()
+        t.data()
+            .par_chunks(4096)
+            .map(|c| c.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>())
+            .collect::<Vec<_>>()
+            .iter()
+            .sum()
     }
 
     fn scale(&self, x: &mut Tensor, s: f32) {
         x.data_mut().par_iter_mut().for_each(|v| *v *= s);
     }
 
-    fn adamw(&self, param: &mut Tensor, grad: &Tensor, m: &mut Tensor, v: &mut Tensor, st: &AdamWStep) {
+    fn adamw(
+        &self,
+        param: &mut Tensor,
+        grad: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        st: &AdamWStep,
+    ) {
         assert_eq!(param.shape(), grad.shape(), "adamw: grad shape");
         let decay = 1.0 - st.lr * st.weight_decay;
         param

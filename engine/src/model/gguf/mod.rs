@@ -56,7 +56,9 @@ pub enum GgufError {
     },
     #[error("{path} is not a GGUF file: it starts with {found}, a GGUF file starts with \"GGUF\"")]
     NotGguf { path: String, found: String },
-    #[error("{path}: unsupported GGUF version {version}{note} (this importer reads versions 2 and 3)")]
+    #[error(
+        "{path}: unsupported GGUF version {version}{note} (this importer reads versions 2 and 3)"
+    )]
     UnsupportedVersion {
         path: String,
         version: u32,
@@ -86,7 +88,7 @@ pub enum GgufError {
         key: String,
         reason: String,
     },
-    #[error("{path}: tensor `{tensor}` has ggml type {ty}, which this importer cannot dequantize (supported: {supported})")]
+    #[error("{path}: tensor `{tensor}` is stored as {ty}, which this importer cannot dequantize (supported: {supported})")]
     UnsupportedTensorType {
         path: String,
         tensor: String,
@@ -116,9 +118,13 @@ pub enum GgufError {
     },
     #[error("{path}: unsupported architecture `{arch}` in general.architecture (supported: llama, qwen2)")]
     UnsupportedArchitecture { path: String, arch: String },
-    #[error("{path}: unsupported tokenizer model {model} in tokenizer.ggml.model (supported: gpt2)")]
+    #[error(
+        "{path}: unsupported tokenizer model {model} in tokenizer.ggml.model (supported: gpt2)"
+    )]
     UnsupportedTokenizer { path: String, model: String },
-    #[error("{path}: unsupported pre-tokenizer `{pre}` in tokenizer.ggml.pre (supported: {supported})")]
+    #[error(
+        "{path}: unsupported pre-tokenizer `{pre}` in tokenizer.ggml.pre (supported: {supported})"
+    )]
     UnsupportedPreTokenizer {
         path: String,
         pre: String,

@@ -1,0 +1,315 @@
+//! Training passes: a forward that keeps what the backward needs, and the
+//! explicit backward of every layer (llm.c style, no autograd).
+//!
+//! The final normed hidden states are the boundary: the caller turns them
+//! into a loss with the fused log-prob op ([`Model::token_logprobs`]) and
+//! hands back their gradient.
+
+use super::Model;
+use crate::backend::{AttnMask, Backend, LogProbs};
+
+/// One sequence of a training batch. Sequences are packed for the GEMMs;
+/// attention runs per sequence under its own mask (causal for plain
+/// sequences, a segment mask for packed ground-truth probes).
+#[derive(Clone, Debug)]
+pub struct TrainSeq<'a> {
+    pub tokens: &'a [u32],
+    pub positions: &'a [usize],
+    pub mask: AttnMask,
+}
+
+impl<'a> TrainSeq<'a> {
+    /// A plain causal sequence at positions `positions` (usually `0..len`).
+    pub fn causal(tokens: &'a [u32], positions: &'a [usize]) -> TrainSeq<'a> {
+        TrainSeq {
+            tokens,
+            positions,
+            mask: AttnMask::Causal { offset: 0 },
+        }
+    }
+}
+
+struct LayerActs<T> {
+    x_in: T,
+    h1: T,
+    q: T,
+    k: T,
+    v: T,
+    attn: T,
+    lse: Vec<T>,
+    x_mid: T,
+    h2: T,
+    gate: T,
+    up: T,
+    act: T,
+}
+
+/// What one training forward kept for its backward.
+pub struct Activations<B: Backend> {
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    bounds: Vec<std::ops::Range<usize>>,
+    masks: Vec<AttnMask>,
+    layers: Vec<LayerActs<B::Tensor>>,
+    x_final: B::Tensor,
+    /// The final normed hidden states `[tokens, hidden]`.
+    pub hidden: B::Tensor,
+}
+
+/// Two distinct mutable elements of a slice.
+fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
+    assert_ne!(a, b);
+    if a < b {
+        let (l, r) = v.split_at_mut(b);
+        (&mut l[a], &mut r[0])
+    } else {
+        let (l, r) = v.split_at_mut(a);
+        (&mut r[0], &mut l[b])
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// Zero gradients, one per parameter, same layout as [`Model::params`].
+    pub fn zero_grads(&self) -> Vec<B::Tensor> {
+        self.params
+            .iter()
+            .map(|p| self.backend.zeros(self.backend.shape(p)))
+            .collect()
+    }
+
+    /// Training forward over packed sequences; returns the activations, whose
+    /// `hidden` field holds the final normed hidden states.
+    pub fn forward_train(&self, seqs: &[TrainSeq<'_>]) -> Activations<B> {
+        let b = &self.backend;
+        let c = &self.config;
+        let shape = self.attn_shape();
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut bounds = Vec::new();
+        for s in seqs {
+            assert_eq!(
+                s.tokens.len(),
+                s.positions.len(),
+                "forward_train: one position per token"
+            );
+            assert!(!s.tokens.is_empty(), "forward_train: empty sequence");
+            let start = ids.len();
+            ids.extend_from_slice(s.tokens);
+            positions.extend_from_slice(s.positions);
+            bounds.push(start..ids.len());
+        }
+        if let Some(bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
+            panic!(
+                "forward_train: token id {bad} is outside the vocabulary ({})",
+                c.vocab_size
+            );
+        }
+        let mut x = b.embedding(self.p(self.embed), &ids);
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for layer in &self.layers {
+            let bias = |i: Option<usize>| i.map(|i| self.p(i));
+            let h1 = b.rms_norm(&x, self.p(layer.input_norm), c.rms_norm_eps);
+            let mut q = b.linear(&h1, self.p(layer.q), bias(layer.q_bias));
+            let mut k = b.linear(&h1, self.p(layer.k), bias(layer.k_bias));
+            let v = b.linear(&h1, self.p(layer.v), bias(layer.v_bias));
+            b.rope(&mut q, &positions, &self.rope);
+            b.rope(&mut k, &positions, &self.rope);
+            let mut outs = Vec::with_capacity(seqs.len());
+            let mut lse = Vec::with_capacity(seqs.len());
+            for (s, r) in seqs.iter().zip(&bounds) {
+                let (o, l) = b.attention_train(
+                    &b.slice_rows(&q, r.clone()),
+                    &b.slice_rows(&k, r.clone()),
+                    &b.slice_rows(&v, r.clone()),
+                    shape,
+                    &s.mask,
+                );
+                outs.push(o);
+                lse.push(l);
+            }
+            let attn = b.concat_rows(&outs);
+            let mut x_mid = b.linear(&attn, self.p(layer.o), None);
+            b.add_assign(&mut x_mid, &x);
+            let h2 = b.rms_norm(&x_mid, self.p(layer.post_norm), c.rms_norm_eps);
+            let gate = b.linear(&h2, self.p(layer.gate), None);
+            let up = b.linear(&h2, self.p(layer.up), None);
+            let act = b.swiglu(&gate, &up);
+            let mut x_out = b.linear(&act, self.p(layer.down), None);
+            b.add_assign(&mut x_out, &x_mid);
+            layers.push(LayerActs {
+                x_in: std::mem::replace(&mut x, x_out),
+                h1,
+                q,
+                k,
+                v,
+                attn,
+                lse,
+                x_mid,
+                h2,
+                gate,
+                up,
+                act,
+            });
+        }
+        let hidden = b.rms_norm(&x, self.p(self.norm), c.rms_norm_eps);
+        Activations {
+            ids,
+            positions,
+            bounds,
+            masks: seqs.iter().map(|s| s.mask.clone()).collect(),
+            layers,
+            x_final: x,
+            hidden,
+        }
+    }
+
+    /// Backward from `d_hidden` (gradient of the final normed hidden states)
+    /// to every parameter; adds into `grads` (layout of [`Model::params`]).
+    pub fn backward(&self, acts: &Activations<B>, d_hidden: &B::Tensor, grads: &mut [B::Tensor]) {
+        let b = &self.backend;
+        let eps = self.config.rms_norm_eps;
+        let shape = self.attn_shape();
+        assert_eq!(
+            grads.len(),
+            self.params.len(),
+            "backward: one gradient per parameter"
+        );
+        let mut dx = b.rms_norm_backward(
+            &acts.x_final,
+            self.p(self.norm),
+            d_hidden,
+            eps,
+            &mut grads[self.norm],
+        );
+        for (layer, a) in self.layers.iter().zip(&acts.layers).rev() {
+            // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid)
+            let d_act = b.linear_backward(
+                &a.act,
+                self.p(layer.down),
+                &dx,
+                &mut grads[layer.down],
+                None,
+            );
+            let (d_gate, d_up) = b.swiglu_backward(&a.gate, &a.up, &d_act);
+            let mut dh2 = b.linear_backward(
+                &a.h2,
+                self.p(layer.gate),
+                &d_gate,
+                &mut grads[layer.gate],
+                None,
+            );
+            b.add_assign(
+                &mut dh2,
+                &b.linear_backward(&a.h2, self.p(layer.up), &d_up, &mut grads[layer.up], None),
+            );
+            let d_norm2 = b.rms_norm_backward(
+                &a.x_mid,
+                self.p(layer.post_norm),
+                &dh2,
+                eps,
+                &mut grads[layer.post_norm],
+            );
+            b.add_assign(&mut dx, &d_norm2);
+            // Attention: x_mid = x_in + o(attn(q, k, v)), q/k/v from h1 = norm(x_in)
+            let d_attn =
+                b.linear_backward(&a.attn, self.p(layer.o), &dx, &mut grads[layer.o], None);
+            let (mut dqs, mut dks, mut dvs) = (vec![], vec![], vec![]);
+            for (i, r) in acts.bounds.iter().enumerate() {
+                let (dq, dk, dv) = b.attention_backward(
+                    &b.slice_rows(&a.q, r.clone()),
+                    &b.slice_rows(&a.k, r.clone()),
+                    &b.slice_rows(&a.v, r.clone()),
+                    &b.slice_rows(&a.attn, r.clone()),
+                    &a.lse[i],
+                    &b.slice_rows(&d_attn, r.clone()),
+                    shape,
+                    &acts.masks[i],
+                );
+                dqs.push(dq);
+                dks.push(dk);
+                dvs.push(dv);
+            }
+            let (mut dq, mut dk, dv) = (
+                b.concat_rows(&dqs),
+                b.concat_rows(&dks),
+                b.concat_rows(&dvs),
+            );
+            b.rope_backward(&mut dq, &acts.positions, &self.rope);
+            b.rope_backward(&mut dk, &acts.positions, &self.rope);
+            let mut dh1 = self.linear_bwd(&a.h1, layer.q, layer.q_bias, &dq, grads);
+            b.add_assign(
+                &mut dh1,
+                &self.linear_bwd(&a.h1, layer.k, layer.k_bias, &dk, grads),
+            );
+            b.add_assign(
+                &mut dh1,
+                &self.linear_bwd(&a.h1, layer.v, layer.v_bias, &dv, grads),
+            );
+            let d_norm1 = b.rms_norm_backward(
+                &a.x_in,
+                self.p(layer.input_norm),
+                &dh1,
+                eps,
+                &mut grads[layer.input_norm],
+            );
+            b.add_assign(&mut dx, &d_norm1);
+        }
+        b.embedding_backward(&acts.ids, &dx, &mut grads[self.embed]);
+    }
+
+    fn linear_bwd(
+        &self,
+        x: &B::Tensor,
+        w: usize,
+        bias: Option<usize>,
+        dy: &B::Tensor,
+        grads: &mut [B::Tensor],
+    ) -> B::Tensor {
+        match bias {
+            Some(bi) => {
+                let (dw, db) = two_mut(grads, w, bi);
+                self.backend.linear_backward(x, self.p(w), dy, dw, Some(db))
+            }
+            None => self
+                .backend
+                .linear_backward(x, self.p(w), dy, &mut grads[w], None),
+        }
+    }
+
+    /// Fused `log p(target)` of every row of `hidden` through the lm-head.
+    pub fn token_logprobs(
+        &self,
+        hidden: &B::Tensor,
+        targets: &[u32],
+        chunk: usize,
+        entropy: bool,
+    ) -> LogProbs<B::Tensor> {
+        self.backend
+            .token_logprobs(hidden, self.lm_head(), targets, chunk, entropy)
+    }
+
+    /// Backward of [`Model::token_logprobs`]: returns `d_hidden` and adds the
+    /// lm-head gradient (the embedding's, when tied) into `grads`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn token_logprobs_backward(
+        &self,
+        hidden: &B::Tensor,
+        targets: &[u32],
+        out: &LogProbs<B::Tensor>,
+        dlogp: &B::Tensor,
+        dentropy: Option<&B::Tensor>,
+        chunk: usize,
+        grads: &mut [B::Tensor],
+    ) -> B::Tensor {
+        self.backend.token_logprobs_backward(
+            hidden,
+            self.lm_head(),
+            targets,
+            out,
+            dlogp,
+            dentropy,
+            chunk,
+            &mut grads[self.lm_head],
+        )
+    }
+}
