@@ -8,3 +8,4 @@ pub mod rng;
 pub mod rollout;
 pub mod tensor;
 pub mod tokenizer;
+pub mod train;

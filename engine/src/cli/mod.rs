@@ -2,6 +2,7 @@
 //! here computes; every error reaches the user as one line and exit code 1.
 
 mod model_cmd;
+mod train_cmd;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ enum Command {
     /// Create, convert and describe model folders.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Supervised fine-tuning on JSONL chat transcripts.
+    Sft(train_cmd::SftArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -132,6 +135,7 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Model(cmd) => model_cmd::run(cmd),
+        Command::Sft(args) => train_cmd::sft(args),
         Command::Bench(cmd) => run_bench(cmd),
     };
     match result {
