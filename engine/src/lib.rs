@@ -2,8 +2,10 @@
 pub mod backend;
 pub mod bench;
 pub mod cli;
+pub mod data;
 pub mod fsutil;
 pub mod model;
+pub mod plugins;
 pub mod rng;
 pub mod rollout;
 pub mod tensor;

@@ -19,7 +19,8 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
-        _ => Err("usage: cargo xtask <demo|test|bench> [args]\n  demo   run the main job on the embedded default\n  test   run the whole test suite (what CI runs)\n  bench  measure the engine against PyTorch on CPU".into()),
+        Some("plugins") => plugins().map(|dir| eprintln!("xtask: plugins in {}", dir.display())),
+        _ => Err("usage: cargo xtask <demo|test|plugins|bench> [args]\n  demo     run the main job on the embedded default\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -149,13 +150,15 @@ fn demo(args: &[String]) -> Result<()> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    let plugin_dir = plugins()?;
     let gguf = smollm2_gguf()?;
     let dir = smollm2_dir(&[])?;
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
         .env("IGPO_SMOLLM2_GGUF", &gguf)
-        .env("IGPO_SMOLLM2_DIR", &dir))
+        .env("IGPO_SMOLLM2_DIR", &dir)
+        .env("IGPO_PLUGIN_DIR", &plugin_dir))
 }
 
 /// A Python venv under `target/pyenv` with the reference packages
@@ -183,7 +186,13 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
 
 /// `cargo xtask bench`: the engine and PyTorch on the same SmolLM2 weights,
 /// same machine, same run; writes `target/bench/forward.json`.
-fn bench(_args: &[String]) -> Result<()> {
+fn bench(args: &[String]) -> Result<()> {
+    match args.first().map(String::as_str) {
+        Some("plugins") => return bench_plugins(),
+        Some("forward") => {}
+        None => bench_plugins()?,
+        Some(other) => return Err(format!("unknown bench `{other}` (forward, plugins)")),
+    }
     let dir = smollm2_dir(&["--release"])?;
     let out = target().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -259,4 +268,143 @@ fn bench(_args: &[String]) -> Result<()> {
         .map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
     Ok(())
+}
+
+/// The Rust guest crates under `plugins/` and the file names they get.
+const RUST_PLUGINS: &[&str] = &[
+    "bm25-search",
+    "qa-reward",
+    "qa-dataset",
+    "echo-tool",
+    "hostile-tool",
+];
+/// componentize-py, pinned (see ../shared/TOOLCHAIN.md).
+const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+
+/// `cargo xtask plugins`: builds every first-party plugin into
+/// `target/plugins/NAME.wasm` (Rust guests with cargo for wasm32-wasip2,
+/// the Python calculator with componentize-py from a cached venv).
+fn plugins() -> Result<PathBuf> {
+    let start = std::time::Instant::now();
+    let out = target().join("plugins");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    // The target, once.
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map_err(|e| format!("cannot run rustup: {e}"))?;
+    if !String::from_utf8_lossy(&installed.stdout)
+        .lines()
+        .any(|l| l.trim() == "wasm32-wasip2")
+    {
+        run(Command::new("rustup").args(["target", "add", "wasm32-wasip2"]))?;
+    }
+    let ws = root().join("plugins");
+    run(cargo()
+        .current_dir(&ws)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(ws.join("target"))
+        .env_remove("CARGO_TARGET_DIR"))?;
+    for name in RUST_PLUGINS {
+        let built = ws
+            .join("target/wasm32-wasip2/release")
+            .join(format!("{}.wasm", name.replace('-', "_")));
+        let dest = out.join(format!("{name}.wasm"));
+        std::fs::copy(&built, &dest)
+            .map_err(|e| format!("{} -> {}: {e}", built.display(), dest.display()))?;
+    }
+    // Python: rebuild only when its inputs changed (10-30 s otherwise).
+    let app = ws.join("calculator-py");
+    let dest = out.join("calculator.wasm");
+    let stamp = out.join("calculator.wasm.inputs");
+    let mut inputs = String::from(COMPONENTIZE_PY);
+    for dir in [&app, &root().join("wit")] {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| format!("{}: {e}", dir.display()))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "py" || x == "wit"))
+            .collect();
+        files.sort();
+        for f in files {
+            inputs.push_str(
+                &std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?,
+            );
+        }
+    }
+    let fingerprint = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        inputs.hash(&mut h);
+        format!("{:016x}", h.finish())
+    };
+    let fresh = dest.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == fingerprint);
+    if !fresh {
+        let venv = target().join("plugins-pyenv");
+        let ready = venv.join(".installed");
+        if !std::fs::read_to_string(&ready).is_ok_and(|s| s == COMPONENTIZE_PY) {
+            if !venv.join("bin/python").exists() {
+                run(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
+            }
+            run(Command::new(venv.join("bin/python")).args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                COMPONENTIZE_PY,
+            ]))?;
+            std::fs::write(&ready, COMPONENTIZE_PY)
+                .map_err(|e| format!("{}: {e}", ready.display()))?;
+        }
+        let _ = std::fs::remove_file(&stamp);
+        run(Command::new(venv.join("bin/componentize-py"))
+            .current_dir(&app)
+            .arg("-d")
+            .arg(root().join("wit"))
+            .args(["-w", "tool", "componentize", "-p"])
+            .arg(&app)
+            .args(["app", "-o"])
+            .arg(&dest))?;
+        std::fs::write(&stamp, fingerprint).map_err(|e| format!("{}: {e}", stamp.display()))?;
+    }
+    eprintln!(
+        "xtask: plugins built in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    Ok(out)
+}
+
+/// Plugin host throughput: a no-op tool call and a BM25 query on the
+/// 12k-passage corpus, one thread and pooled over every core; writes
+/// `target/bench/plugins.json`.
+fn bench_plugins() -> Result<()> {
+    let dir = plugins()?;
+    let out = target().join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let data = root().join("../shared/data");
+    let json = out.join("plugins.json");
+    run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "igpo",
+            "--",
+            "plugin",
+            "bench",
+            "--plugins",
+        ])
+        .arg(&dir)
+        .arg("--data")
+        .arg(&data)
+        .arg("--out")
+        .arg(&json)
+        .env("IGPO_CACHE_DIR", target().join("cache")))
 }

@@ -2,6 +2,7 @@
 //! here computes; every error reaches the user as one line and exit code 1.
 
 mod model_cmd;
+mod plugin_cmd;
 mod train_cmd;
 
 use std::io::Write;
@@ -39,6 +40,12 @@ enum Command {
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Check, describe and call plugin components (.wasm).
+    #[command(subcommand)]
+    Plugin(plugin_cmd::PluginCommand),
+    /// Convert data for plugins (e.g. the search corpus).
+    #[command(subcommand)]
+    Data(plugin_cmd::DataCommand),
 }
 
 #[derive(Subcommand)]
@@ -137,6 +144,8 @@ pub fn main() -> i32 {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Sft(args) => train_cmd::sft(args),
         Command::Bench(cmd) => run_bench(cmd),
+        Command::Plugin(cmd) => plugin_cmd::run(cmd),
+        Command::Data(cmd) => plugin_cmd::run_data(cmd),
     };
     match result {
         Ok(()) => 0,

@@ -1,0 +1,250 @@
+//! `igpo plugin check|describe|call` and `igpo data corpus`: argument
+//! parsing only; the work is in `crate::plugins` and `crate::data`.
+
+use std::path::PathBuf;
+
+use clap::Subcommand;
+
+use crate::plugins::{
+    inspect, DatasetPlugin, PluginHost, PluginSpec, RewardPlugin, SandboxLimits, ToolPlugin,
+    TrajectoryRecord, World,
+};
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+#[derive(Subcommand)]
+pub enum PluginCommand {
+    /// Say which world a component implements and what it says about itself.
+    Check { file: PathBuf },
+    /// Print a component's self-description as JSON.
+    Describe { file: PathBuf },
+    /// Load a component (init with --config) and call it once with --args:
+    /// a tool's arguments, a reward's trajectory, or a dataset's
+    /// `{"split"?: name, "index"?: n}` (no index: its size and splits).
+    Call {
+        file: PathBuf,
+        /// JSON config for `init`.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// JSON arguments.
+        #[arg(long, default_value = "{}")]
+        args: String,
+        /// Directory the plugin may read (read-only, at /data).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Sandbox limits as JSON, e.g. '{"call_timeout_ms": 2000}'.
+        #[arg(long)]
+        limits: Option<String>,
+    },
+    /// Calls/s and p50/p99 latency of a no-op tool call and of a BM25 query
+    /// on the SQuAD + Wikipedia corpus, one thread and pooled over all cores.
+    Bench {
+        /// Folder with echo-tool.wasm and bm25-search.wasm (`cargo xtask plugins`).
+        #[arg(long)]
+        plugins: PathBuf,
+        /// Folder with squad-dev-v1.1.json and wiki-summaries-en.json.
+        #[arg(long)]
+        data: PathBuf,
+        /// Seconds per measurement.
+        #[arg(long, default_value_t = 3.0)]
+        seconds: f64,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Write the search corpus (JSONL {id,title,text}) from SQuAD paragraphs
+    /// and Wikipedia summaries.
+    Corpus {
+        #[arg(long)]
+        squad: Option<PathBuf>,
+        #[arg(long)]
+        wiki: Option<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(text).map_err(|e| format!("{what}: not valid JSON: {e}"))
+}
+
+pub fn run(cmd: PluginCommand) -> CliResult {
+    let host = PluginHost::default();
+    match cmd {
+        PluginCommand::Check { file } => {
+            let d = inspect(&host, &file)?;
+            println!(
+                "{}: implements the `{}` world ({})",
+                file.display(),
+                d.world,
+                d.export
+            );
+            println!("  name:        {}", d.name);
+            println!("  version:     {}", d.version);
+            println!("  description: {}", d.description);
+            println!("  config:      {}", d.config_schema);
+            if let Some(p) = &d.parameters_schema {
+                println!("  arguments:   {p}");
+            }
+        }
+        PluginCommand::Describe { file } => {
+            let d = inspect(&host, &file)?;
+            println!("{}", serde_json::to_string_pretty(&d)?);
+        }
+        PluginCommand::Call {
+            file,
+            config,
+            args,
+            dir,
+            limits,
+        } => {
+            let mut spec = PluginSpec::new(&file).config(parse_json("--config", &config)?);
+            spec.readonly_dir = dir;
+            if let Some(l) = limits {
+                spec.limits = serde_json::from_str::<SandboxLimits>(&l)
+                    .map_err(|e| format!("--limits: {e}"))?;
+            }
+            spec.limits.instances = 1;
+            match inspect(&host, &file)?.world {
+                World::Tool => {
+                    let tool = ToolPlugin::load(&host, &spec)?;
+                    println!("{}", tool.call(&args)?);
+                }
+                World::Reward => {
+                    let t: TrajectoryRecord = serde_json::from_str(&args)
+                        .map_err(|e| format!("--args: not a trajectory: {e}"))?;
+                    let out = RewardPlugin::load(&host, &spec)?.score(&t)?;
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+                World::Dataset => {
+                    let a = parse_json("--args", &args)?;
+                    let split = match &a["split"] {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::String(s) => Some(s.clone()),
+                        _ => return Err("--args: `split` must be a string".into()),
+                    };
+                    let ds = DatasetPlugin::load(&host, &spec)?;
+                    let out = match &a["index"] {
+                        serde_json::Value::Null => serde_json::json!({
+                            "len": ds.len(split.as_deref())?,
+                            "splits": ds.splits(),
+                        }),
+                        v => {
+                            let i = v
+                                .as_u64()
+                                .ok_or("--args: `index` must be a non-negative integer")?;
+                            serde_json::to_value(ds.get(split.as_deref(), i)?)?
+                        }
+                    };
+                    println!("{}", serde_json::to_string_pretty(&out)?);
+                }
+            }
+        }
+        PluginCommand::Bench {
+            plugins,
+            data,
+            seconds,
+            out,
+        } => run_bench(&host, &plugins, &data, seconds, out)?,
+    }
+    Ok(())
+}
+
+fn run_bench(
+    host: &PluginHost,
+    plugins: &std::path::Path,
+    data: &std::path::Path,
+    seconds: f64,
+    out: Option<PathBuf>,
+) -> CliResult {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let duration = std::time::Duration::from_secs_f64(seconds);
+    let limits = SandboxLimits {
+        instances: threads,
+        ..SandboxLimits::default()
+    };
+    let echo = ToolPlugin::load(
+        host,
+        &PluginSpec::new(plugins.join("echo-tool.wasm")).limits(limits.clone()),
+    )?;
+    let squad = data.join("squad-dev-v1.1.json");
+    let corpus_dir = std::env::temp_dir().join(format!("igpo-bench-corpus-{}", std::process::id()));
+    let passages =
+        crate::data::build_corpus(Some(&squad), Some(&data.join("wiki-summaries-en.json")))?;
+    crate::data::write_jsonl(&corpus_dir.join("corpus.jsonl"), &passages)?;
+    let t0 = std::time::Instant::now();
+    let bm25 = ToolPlugin::load(
+        host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&corpus_dir)
+            .limits(limits),
+    );
+    let init_s = t0.elapsed().as_secs_f64();
+    let result = bm25
+        .map_err(Into::into)
+        .and_then(|bm25| bench_rows(&echo, &bm25, &squad, threads, duration));
+    // Pooled instances read the corpus when they start: remove it only now.
+    let _ = std::fs::remove_dir_all(&corpus_dir);
+    let rows = result?;
+    let json = serde_json::json!({
+        "threads": threads,
+        "passages": passages.len(),
+        "bm25_load_and_index_s": init_s,
+        "results": rows,
+    });
+    if let Some(path) = out {
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn bench_rows(
+    echo: &ToolPlugin,
+    bm25: &ToolPlugin,
+    squad: &std::path::Path,
+    threads: usize,
+    duration: std::time::Duration,
+) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
+    use crate::plugins::bench::bench_tool;
+    let questions: Vec<String> = crate::data::squad_questions(squad)?
+        .into_iter()
+        .take(1000)
+        .map(|q| serde_json::json!({ "query": q }).to_string())
+        .collect();
+    let mut rows = vec![];
+    for (label, tool, args) in [
+        ("no-op tool call (echo)", echo, vec!["{}".to_string()]),
+        ("bm25 query, 12k passages", bm25, questions),
+    ] {
+        for t in [1, threads] {
+            let s = bench_tool(tool, &args, t, duration)?;
+            println!(
+                "{label:<26} {t} thread(s): {:>10.0} calls/s  p50 {:>8.1} us  p99 {:>8.1} us  (got {:.0}% of {t} core(s); {:.0} calls per CPU-s)",
+                s.calls_per_s, s.p50_us, s.p99_us, s.cpu_share * 100.0, s.calls_per_cpu_s
+            );
+            rows.push(serde_json::json!({ "what": label, "stats": s }));
+        }
+    }
+    Ok(rows)
+}
+
+pub fn run_data(cmd: DataCommand) -> CliResult {
+    match cmd {
+        DataCommand::Corpus { squad, wiki, out } => {
+            if squad.is_none() && wiki.is_none() {
+                return Err("give --squad and/or --wiki".into());
+            }
+            let passages = crate::data::build_corpus(squad.as_deref(), wiki.as_deref())?;
+            crate::data::write_jsonl(&out, &passages)?;
+            eprintln!("wrote {} passages to {}", passages.len(), out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! The three plugin kinds: generated bindings, their public wrappers and
+//! the plain Rust records the rest of the engine uses.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::component::{HasSelf, InstancePre, Linker};
+use wasmtime::Store;
+
+use super::host::{engine, HostState, PluginDescription, PluginHost, World};
+use super::pool::{prepare, Kind, Pool};
+use super::{truncate_output, PluginError, PluginSpec, ToolError};
+
+mod tool_wit {
+    wasmtime::component::bindgen!({ world: "tool", path: "../wit" });
+}
+mod reward_wit {
+    wasmtime::component::bindgen!({ world: "reward", path: "../wit" });
+}
+mod dataset_wit {
+    wasmtime::component::bindgen!({ world: "dataset", path: "../wit" });
+}
+
+impl tool_wit::igpo::plugins::types::Host for HostState {}
+impl reward_wit::igpo::plugins::types::Host for HostState {}
+impl dataset_wit::igpo::plugins::types::Host for HostState {}
+
+macro_rules! linker {
+    ($world:ty) => {{
+        static LINKER: OnceLock<Linker<HostState>> = OnceLock::new();
+        LINKER.get_or_init(|| {
+            let mut l = Linker::new(engine());
+            wasmtime_wasi::p2::add_to_linker_sync(&mut l).expect("WASI links");
+            <$world>::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s).expect("world links");
+            l
+        })
+    }};
+}
+
+/// What every plugin says about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// JSON Schema (text) of the `init` config.
+    pub config_schema: String,
+}
+
+macro_rules! info_from {
+    ($m:path) => {
+        impl From<$m> for PluginInfo {
+            fn from(i: $m) -> PluginInfo {
+                PluginInfo {
+                    name: i.name,
+                    version: i.version,
+                    description: i.description,
+                    config_schema: i.config_schema,
+                }
+            }
+        }
+    };
+}
+info_from!(tool_wit::igpo::plugins::types::PluginInfo);
+info_from!(reward_wit::igpo::plugins::types::PluginInfo);
+info_from!(dataset_wit::igpo::plugins::types::PluginInfo);
+
+// ---------------------------------------------------------------- tools
+
+impl Kind for tool_wit::Tool {
+    const WORLD: World = World::Tool;
+    type Pre = tool_wit::ToolPre<HostState>;
+    fn linker() -> &'static Linker<HostState> {
+        linker!(tool_wit::Tool)
+    }
+    fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        tool_wit::ToolPre::new(ip)
+    }
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+    fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.igpo_plugins_tool_api().call_init(store, config)
+    }
+}
+
+/// A tool's self-description: what the agent prompt presents.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolInfo {
+    /// The name the agent calls (the plugin's own, or the run's rename).
+    pub name: String,
+    pub plugin: PluginInfo,
+    /// JSON Schema (text) of the call arguments.
+    pub parameters_schema: String,
+}
+
+/// One tool plugin with its pool of sandboxed instances.
+pub struct ToolPlugin {
+    info: ToolInfo,
+    pool: Pool<tool_wit::Tool>,
+}
+
+impl ToolPlugin {
+    /// Loads, links and `init`s one instance (errors here are load errors).
+    pub fn load(host: &PluginHost, spec: &PluginSpec) -> Result<ToolPlugin, PluginError> {
+        let label = spec.path.display().to_string();
+        let mut pool = Pool::<tool_wit::Tool>::load(host, spec, label)?;
+        let d = pool.call("describe", |g, s| {
+            g.igpo_plugins_tool_api().call_describe(s)
+        })?;
+        let plugin = PluginInfo::from(d.info);
+        let name = spec.name.clone().unwrap_or_else(|| plugin.name.clone());
+        let file = spec
+            .path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        pool.label = format!("{name} ({file})");
+        let info = ToolInfo {
+            name,
+            plugin,
+            parameters_schema: d.parameters_schema,
+        };
+        Ok(ToolPlugin { info, pool })
+    }
+
+    pub fn info(&self) -> &ToolInfo {
+        &self.info
+    }
+
+    /// Calls the tool with a JSON arguments text. Output longer than the
+    /// limit is cut and ends with a note.
+    pub fn call(&self, arguments: &str) -> Result<String, ToolError> {
+        let max = self.pool.spec.limits.max_output_bytes;
+        let tool = &self.info.name;
+        match self.pool.call("call", |g, s| {
+            g.igpo_plugins_tool_api().call_call(s, arguments)
+        })? {
+            Ok(out) => Ok(truncate_output(out, max)),
+            Err(tool_wit::exports::igpo::plugins::tool_api::ToolError::InvalidArguments(m)) => {
+                Err(ToolError::InvalidArguments {
+                    tool: tool.clone(),
+                    message: truncate_output(m, max),
+                })
+            }
+            Err(tool_wit::exports::igpo::plugins::tool_api::ToolError::Failed(m)) => {
+                Err(ToolError::Failed {
+                    tool: tool.clone(),
+                    message: truncate_output(m, max),
+                })
+            }
+        }
+    }
+
+    /// Like [`call`](Self::call) for raw bytes (e.g. decoded model output):
+    /// invalid UTF-8 is an error naming the offset, and no guest runs.
+    pub fn call_bytes(&self, arguments: &[u8]) -> Result<String, ToolError> {
+        match std::str::from_utf8(arguments) {
+            Ok(s) => self.call(s),
+            Err(e) => Err(ToolError::Plugin(PluginError::InvalidUtf8 {
+                plugin: self.pool.label.clone(),
+                offset: e.valid_up_to(),
+            })),
+        }
+    }
+}
+
+/// The run's tools by name; `call` is safe from many threads at once.
+#[derive(Clone, Default)]
+pub struct ToolPool {
+    tools: BTreeMap<String, Arc<ToolPlugin>>,
+}
+
+impl ToolPool {
+    /// Loads every tool; two tools with one name is an error.
+    pub fn load(host: &PluginHost, specs: &[PluginSpec]) -> Result<ToolPool, PluginError> {
+        let mut pool = ToolPool::default();
+        for spec in specs {
+            let tool = ToolPlugin::load(host, spec)?;
+            let name = tool.info().name.clone();
+            if pool.tools.contains_key(&name) {
+                return Err(PluginError::Config {
+                    plugin: spec.path.display().to_string(),
+                    message: format!(
+                        "a tool named `{name}` is already loaded; give one a different `name`"
+                    ),
+                });
+            }
+            pool.tools.insert(name, Arc::new(tool));
+        }
+        Ok(pool)
+    }
+
+    pub fn insert(&mut self, tool: ToolPlugin) {
+        self.tools.insert(tool.info().name.clone(), Arc::new(tool));
+    }
+
+    /// The tools' descriptions, by name (for the agent prompt).
+    pub fn infos(&self) -> Vec<&ToolInfo> {
+        self.tools.values().map(|t| t.info()).collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&ToolPlugin> {
+        self.tools.get(name).map(|t| t.as_ref())
+    }
+
+    fn find(&self, name: &str) -> Result<&ToolPlugin, ToolError> {
+        self.get(name).ok_or_else(|| ToolError::UnknownTool {
+            name: name.to_string(),
+            known: self.tools.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// Calls tool `name` with a JSON arguments text.
+    pub fn call(&self, name: &str, arguments: &str) -> Result<String, ToolError> {
+        self.find(name)?.call(arguments)
+    }
+
+    /// Calls tool `name` with raw argument bytes (checked for UTF-8).
+    pub fn call_bytes(&self, name: &str, arguments: &[u8]) -> Result<String, ToolError> {
+        self.find(name)?.call_bytes(arguments)
+    }
+}
+
+// -------------------------------------------------------------- rewards
+
+impl Kind for reward_wit::Reward {
+    const WORLD: World = World::Reward;
+    type Pre = reward_wit::RewardPre<HostState>;
+    fn linker() -> &'static Linker<HostState> {
+        linker!(reward_wit::Reward)
+    }
+    fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        reward_wit::RewardPre::new(ip)
+    }
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+    fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.igpo_plugins_reward_api().call_init(store, config)
+    }
+}
+
+/// One agent turn as the reward plugin sees it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TurnRecord {
+    pub text: String,
+    #[serde(default)]
+    pub tool_name: Option<String>,
+    #[serde(default)]
+    pub tool_arguments: Option<String>,
+    #[serde(default)]
+    pub tool_result: Option<String>,
+    /// The engine's ground-truth probability after this turn.
+    #[serde(default)]
+    pub gt_probability: Option<f64>,
+}
+
+/// A finished trajectory to score.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrajectoryRecord {
+    pub question: String,
+    pub references: Vec<String>,
+    #[serde(default)]
+    pub final_answer: Option<String>,
+    #[serde(default)]
+    pub initial_gt_probability: Option<f64>,
+    #[serde(default)]
+    pub turns: Vec<TurnRecord>,
+}
+
+/// A reward plugin's verdict on one trajectory (already checked: finite,
+/// one turn reward per turn, `details` a JSON object).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RewardOutput {
+    pub outcome: f64,
+    pub turn_rewards: Option<Vec<f64>>,
+    pub details: Option<serde_json::Value>,
+}
+
+/// One reward plugin with its pool of instances.
+pub struct RewardPlugin {
+    info: PluginInfo,
+    pool: Pool<reward_wit::Reward>,
+}
+
+impl RewardPlugin {
+    pub fn load(host: &PluginHost, spec: &PluginSpec) -> Result<RewardPlugin, PluginError> {
+        let pool = Pool::<reward_wit::Reward>::load(host, spec, spec.path.display().to_string())?;
+        let info = pool
+            .call("describe", |g, s| {
+                g.igpo_plugins_reward_api().call_describe(s)
+            })?
+            .into();
+        Ok(RewardPlugin { info, pool })
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Scores one trajectory. Safe from many threads at once.
+    pub fn score(&self, t: &TrajectoryRecord) -> Result<RewardOutput, PluginError> {
+        use reward_wit::exports::igpo::plugins::reward_api as api;
+        let traj = api::Trajectory {
+            question: t.question.clone(),
+            references: t.references.clone(),
+            final_answer: t.final_answer.clone(),
+            initial_gt_probability: t.initial_gt_probability,
+            turns: t
+                .turns
+                .iter()
+                .map(|u| api::Turn {
+                    text: u.text.clone(),
+                    tool_name: u.tool_name.clone(),
+                    tool_arguments: u.tool_arguments.clone(),
+                    tool_result: u.tool_result.clone(),
+                    gt_probability: u.gt_probability,
+                })
+                .collect(),
+        };
+        let plugin = &self.pool.label;
+        let out = self
+            .pool
+            .call("score", |g, s| {
+                g.igpo_plugins_reward_api().call_score(s, &traj)
+            })?
+            .map_err(|message| PluginError::Failed {
+                plugin: plugin.clone(),
+                message,
+            })?;
+        let bad = |message: String| PluginError::InvalidOutput {
+            plugin: plugin.clone(),
+            message,
+        };
+        if !out.outcome.is_finite() {
+            return Err(bad(format!("outcome is {}", out.outcome)));
+        }
+        if let Some(r) = &out.turn_rewards {
+            if r.len() != t.turns.len() {
+                return Err(bad(format!(
+                    "{} turn rewards for {} turns",
+                    r.len(),
+                    t.turns.len()
+                )));
+            }
+            if let Some(i) = r.iter().position(|x| !x.is_finite()) {
+                return Err(bad(format!("turn reward {i} is {}", r[i])));
+            }
+        }
+        let details = match out.details {
+            None => None,
+            Some(d) => match serde_json::from_str::<serde_json::Value>(&d) {
+                Ok(v @ serde_json::Value::Object(_)) => Some(v),
+                _ => {
+                    return Err(bad(format!(
+                        "details is not a JSON object: {}",
+                        truncate_output(d, 200)
+                    )))
+                }
+            },
+        };
+        Ok(RewardOutput {
+            outcome: out.outcome,
+            turn_rewards: out.turn_rewards,
+            details,
+        })
+    }
+}
+
+// ------------------------------------------------------------- datasets
+
+impl Kind for dataset_wit::Dataset {
+    const WORLD: World = World::Dataset;
+    type Pre = dataset_wit::DatasetPre<HostState>;
+    fn linker() -> &'static Linker<HostState> {
+        linker!(dataset_wit::Dataset)
+    }
+    fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
+        dataset_wit::DatasetPre::new(ip)
+    }
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
+        pre.instantiate(store)
+    }
+    fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>> {
+        self.igpo_plugins_dataset_api().call_init(store, config)
+    }
+}
+
+/// One question with its reference answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Example {
+    pub id: String,
+    pub question: String,
+    pub answers: Vec<String>,
+    /// A JSON object (title, context, ...), as the plugin gave it.
+    pub metadata: serde_json::Value,
+}
+
+/// One dataset plugin (a single instance: datasets are read, not hammered).
+pub struct DatasetPlugin {
+    info: PluginInfo,
+    splits: Vec<String>,
+    pool: Pool<dataset_wit::Dataset>,
+}
+
+impl DatasetPlugin {
+    pub fn load(host: &PluginHost, spec: &PluginSpec) -> Result<DatasetPlugin, PluginError> {
+        let mut spec = spec.clone();
+        spec.limits.instances = 1;
+        let pool =
+            Pool::<dataset_wit::Dataset>::load(host, &spec, spec.path.display().to_string())?;
+        let info = pool
+            .call("describe", |g, s| {
+                g.igpo_plugins_dataset_api().call_describe(s)
+            })?
+            .into();
+        let splits = pool.call("splits", |g, s| g.igpo_plugins_dataset_api().call_splits(s))?;
+        Ok(DatasetPlugin { info, splits, pool })
+    }
+
+    pub fn info(&self) -> &PluginInfo {
+        &self.info
+    }
+
+    /// Named splits (empty when the dataset has none).
+    pub fn splits(&self) -> &[String] {
+        &self.splits
+    }
+
+    fn failed(&self, message: String) -> PluginError {
+        PluginError::Failed {
+            plugin: self.pool.label.clone(),
+            message,
+        }
+    }
+
+    /// Examples in `split` (`None` = all).
+    pub fn len(&self, split: Option<&str>) -> Result<u64, PluginError> {
+        let split = split.map(str::to_string);
+        self.pool
+            .call("len", |g, s| {
+                g.igpo_plugins_dataset_api().call_len(s, split.as_deref())
+            })?
+            .map_err(|m| self.failed(m))
+    }
+
+    pub fn is_empty(&self, split: Option<&str>) -> Result<bool, PluginError> {
+        Ok(self.len(split)? == 0)
+    }
+
+    /// Example `index` of `split` (`None` = all).
+    pub fn get(&self, split: Option<&str>, index: u64) -> Result<Example, PluginError> {
+        let e = self
+            .pool
+            .call("get", |g, s| {
+                g.igpo_plugins_dataset_api().call_get(s, split, index)
+            })?
+            .map_err(|m| self.failed(m))?;
+        let metadata = if e.metadata_json.trim().is_empty() {
+            serde_json::Value::Object(Default::default())
+        } else {
+            serde_json::from_str(&e.metadata_json).map_err(|err| PluginError::InvalidOutput {
+                plugin: self.pool.label.clone(),
+                message: format!("example {index}: metadata-json: {err}"),
+            })?
+        };
+        Ok(Example {
+            id: e.id,
+            question: e.question,
+            answers: e.answers,
+            metadata,
+        })
+    }
+
+    /// Every example of `split`, in order.
+    pub fn examples(&self, split: Option<&str>) -> Result<Vec<Example>, PluginError> {
+        (0..self.len(split)?).map(|i| self.get(split, i)).collect()
+    }
+}
+
+// --------------------------------------------------------- inspection
+
+fn json_or_text(s: String) -> serde_json::Value {
+    serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))
+}
+
+/// Finds the world and calls `describe` on a fresh instance (no `init`).
+pub(crate) fn describe(
+    host: &PluginHost,
+    spec: &PluginSpec,
+) -> Result<PluginDescription, PluginError> {
+    let component = host.component(&spec.path)?;
+    let world = host.world_of(&spec.path, &component)?;
+    let label = spec.path.display().to_string();
+    let limits = &spec.limits;
+    type Described = (PluginInfo, Option<String>);
+    let run = |f: &dyn Fn(&mut Store<HostState>) -> wasmtime::Result<Described>| {
+        let mut store = super::host::new_store(spec)?;
+        store.set_epoch_deadline(super::host::ticks(limits.init_timeout));
+        f(&mut store).map_err(|e| {
+            super::host::classify(&label, "describe", limits, limits.init_timeout, &store, e)
+        })
+    };
+    let (info, params) = match world {
+        World::Tool => {
+            let pre = prepare::<tool_wit::Tool>(host, spec)?;
+            run(&|s| {
+                let g = pre.instantiate(&mut *s)?;
+                let d = g.igpo_plugins_tool_api().call_describe(s)?;
+                Ok((d.info.into(), Some(d.parameters_schema)))
+            })?
+        }
+        World::Reward => {
+            let pre = prepare::<reward_wit::Reward>(host, spec)?;
+            run(&|s| {
+                let g = pre.instantiate(&mut *s)?;
+                Ok((g.igpo_plugins_reward_api().call_describe(s)?.into(), None))
+            })?
+        }
+        World::Dataset => {
+            let pre = prepare::<dataset_wit::Dataset>(host, spec)?;
+            run(&|s| {
+                let g = pre.instantiate(&mut *s)?;
+                Ok((g.igpo_plugins_dataset_api().call_describe(s)?.into(), None))
+            })?
+        }
+    };
+    Ok(PluginDescription {
+        world,
+        export: world.export_name(),
+        name: info.name,
+        version: info.version,
+        description: info.description,
+        config_schema: json_or_text(info.config_schema),
+        parameters_schema: params.map(json_or_text),
+    })
+}

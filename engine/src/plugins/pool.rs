@@ -1,0 +1,198 @@
+//! A pool of instances of one component: `call` takes `&self`, runs on an
+//! idle instance (or makes a new one, up to the limit) and throws away any
+//! instance whose call failed at the wasm level.
+
+use std::sync::{Condvar, Mutex};
+
+use wasmtime::component::{InstancePre, Linker};
+use wasmtime::Store;
+
+use super::host::{classify, new_store, one_line, ticks, HostState, PluginHost, World};
+use super::{PluginError, PluginSpec};
+
+/// One world's bindings, as the pool needs them.
+pub(crate) trait Kind: Sized + Send + 'static {
+    const WORLD: World;
+    type Pre: Send + Sync + 'static;
+    fn linker() -> &'static Linker<HostState>;
+    fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
+    fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self>;
+    fn init(
+        &self,
+        store: &mut Store<HostState>,
+        config: &str,
+    ) -> wasmtime::Result<Result<(), String>>;
+}
+
+pub(crate) struct Inst<K> {
+    pub(crate) store: Store<HostState>,
+    pub(crate) guest: K,
+}
+
+struct State<K> {
+    idle: Vec<Inst<K>>,
+    live: usize,
+}
+
+pub(crate) struct Pool<K: Kind> {
+    /// How errors name this plugin: its tool name or file.
+    pub(crate) label: String,
+    pub(crate) spec: PluginSpec,
+    config: String,
+    pre: K::Pre,
+    max: usize,
+    state: Mutex<State<K>>,
+    cv: Condvar,
+}
+
+/// Compiles the component, checks its world and links it (no instance yet).
+pub(crate) fn prepare<K: Kind>(
+    host: &PluginHost,
+    spec: &PluginSpec,
+) -> Result<K::Pre, PluginError> {
+    let component = host.component(&spec.path)?;
+    let world = host.world_of(&spec.path, &component)?;
+    if world != K::WORLD {
+        return Err(PluginError::WrongWorld {
+            path: spec.path.clone(),
+            found: world,
+            expected: K::WORLD,
+        });
+    }
+    let link = |e: wasmtime::Error| PluginError::Link {
+        path: spec.path.clone(),
+        message: one_line(&e),
+    };
+    let ip = K::linker().instantiate_pre(&component).map_err(link)?;
+    K::pre(ip).map_err(link)
+}
+
+impl<K: Kind> Pool<K> {
+    /// Prepares the component and makes (and `init`s) one instance, so a
+    /// bad config fails here, at load.
+    pub(crate) fn load(
+        host: &PluginHost,
+        spec: &PluginSpec,
+        label: String,
+    ) -> Result<Pool<K>, PluginError> {
+        let config = serde_json::to_string(&spec.config).map_err(|e| PluginError::Config {
+            plugin: label.clone(),
+            message: e.to_string(),
+        })?;
+        let pre = prepare::<K>(host, spec)?;
+        let pool = Pool {
+            label,
+            spec: spec.clone(),
+            config,
+            pre,
+            max: spec.limits.instances.max(1),
+            state: Mutex::new(State {
+                idle: vec![],
+                live: 0,
+            }),
+            cv: Condvar::new(),
+        };
+        let first = pool.create()?;
+        let mut st = pool.lock();
+        st.live = 1;
+        st.idle.push(first);
+        drop(st);
+        Ok(pool)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<K>> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn create(&self) -> Result<Inst<K>, PluginError> {
+        let limits = &self.spec.limits;
+        let mut store = new_store(&self.spec)?;
+        store.set_epoch_deadline(ticks(limits.init_timeout));
+        let guest = K::instantiate(&self.pre, &mut store).map_err(|e| {
+            classify(
+                &self.label,
+                "instantiate",
+                limits,
+                limits.init_timeout,
+                &store,
+                e,
+            )
+        })?;
+        store.set_epoch_deadline(ticks(limits.init_timeout));
+        match guest.init(&mut store, &self.config) {
+            Ok(Ok(())) => Ok(Inst { store, guest }),
+            Ok(Err(message)) => Err(PluginError::Init {
+                plugin: self.label.clone(),
+                message,
+            }),
+            Err(e) => Err(classify(
+                &self.label,
+                "init",
+                limits,
+                limits.init_timeout,
+                &store,
+                e,
+            )),
+        }
+    }
+
+    fn checkout(&self) -> Result<Inst<K>, PluginError> {
+        let mut st = self.lock();
+        loop {
+            if let Some(inst) = st.idle.pop() {
+                return Ok(inst);
+            }
+            if st.live < self.max {
+                st.live += 1;
+                drop(st);
+                return self.create().inspect_err(|_| self.retire());
+            }
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn retire(&self) {
+        self.lock().live -= 1;
+        self.cv.notify_one();
+    }
+
+    /// Runs `f` on an instance under the call time limit. A wasm-level
+    /// failure (trap, timeout, memory cap) retires the instance.
+    pub(crate) fn call<R>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&K, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, PluginError> {
+        let mut inst = self.checkout()?;
+        let limits = &self.spec.limits;
+        inst.store.data_mut().limiter.memory_denied = false;
+        inst.store.data().stderr.clear();
+        inst.store.set_epoch_deadline(ticks(limits.call_timeout));
+        match f(&inst.guest, &mut inst.store) {
+            Ok(r) => {
+                self.lock().idle.push(inst);
+                self.cv.notify_one();
+                Ok(r)
+            }
+            Err(e) => {
+                let err = classify(
+                    &self.label,
+                    call,
+                    limits,
+                    limits.call_timeout,
+                    &inst.store,
+                    e,
+                );
+                drop(inst);
+                self.retire();
+                Err(err)
+            }
+        }
+    }
+
+    /// Instances alive now (idle or busy).
+    #[allow(dead_code)]
+    pub(crate) fn live(&self) -> usize {
+        self.lock().live
+    }
+}
