@@ -68,6 +68,16 @@ def decode_once(model, prompt, steps, ckw):
     return dt
 
 
+def train_once(model, opt, ids):
+    """One forward + backward + AdamW step of the next-token loss on `ids`."""
+    t0 = time.perf_counter()
+    out = model(input_ids=ids, labels=ids)
+    out.loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return time.perf_counter() - t0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", required=True, help="Hugging Face model folder")
@@ -79,6 +89,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
     ap.add_argument("--prefill-all-logits", action="store_true")
+    ap.add_argument("--train-seq", type=int, default=512, help="training step: tokens per sequence")
+    ap.add_argument("--train-batch", type=int, default=1, help="training step: sequences (0 skips training)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
 
@@ -133,6 +145,21 @@ def main():
             times = [decode_once(model, prompt, args.decode_tokens, ckw) for _ in range(args.repeats)]
             res["decode_seconds"][str(b)] = times
             res["decode_tokens_per_s"][str(b)] = b * args.decode_tokens / statistics.median(times)
+
+    if args.train_batch > 0:
+        # forward + backward + AdamW on a fresh f32 copy in train mode (dropout is 0 in these configs).
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
+        t = args.train_seq
+        ids = torch.tensor(
+            [[(i * 7919 + r * 31) % vocab for i in range(t)] for r in range(args.train_batch)], dtype=torch.long
+        )
+        train_once(model, opt, ids)  # warm-up (allocates AdamW state)
+        times = [train_once(model, opt, ids) for _ in range(args.repeats)]
+        res["train_seq"] = t
+        res["train_batch"] = args.train_batch
+        res["train_seconds"] = times
+        res["train_tokens_per_s"] = args.train_batch * t / statistics.median(times)
 
     text = json.dumps(res, indent=2)
     print(text)

@@ -7,6 +7,9 @@ use serde::Serialize;
 
 use crate::backend::Backend;
 use crate::model::{LogitRows, Model, SeqStep};
+use crate::train::optim::{AdamW, OptimConfig};
+use crate::train::sft::sft_micro_batch;
+use crate::train::sft_data::SftExample;
 
 /// What to measure.
 #[derive(Clone, Debug)]
@@ -16,6 +19,9 @@ pub struct ForwardBenchSpec {
     pub decode_tokens: usize,
     pub batches: Vec<usize>,
     pub repeats: usize,
+    /// Training step: tokens per sequence and sequences (0 skips training).
+    pub train_seq: usize,
+    pub train_batch: usize,
 }
 
 /// Tokens per second, median over repeats after one warm-up.
@@ -28,6 +34,10 @@ pub struct ForwardBenchResult {
     pub decode_tokens: usize,
     /// Batch size -> decode tokens per second (all rows together).
     pub decode_tokens_per_s: std::collections::BTreeMap<String, f64>,
+    pub train_seq: usize,
+    pub train_batch: usize,
+    /// forward + backward + AdamW tokens per second (the SFT loss).
+    pub train_tokens_per_s: Option<f64>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -94,8 +104,30 @@ fn time_decode<B: Backend>(model: &Model<B>, batch: usize, spec: &ForwardBenchSp
     elapsed
 }
 
-/// Runs the prefill and decode measurements.
-pub fn forward_bench<B: Backend>(model: &Model<B>, spec: &ForwardBenchSpec) -> ForwardBenchResult {
+/// One forward + backward + AdamW step of the next-token loss.
+fn time_train<B: Backend>(model: &mut Model<B>, opt: &mut AdamW<B>, seqs: &[Vec<u32>]) -> f64 {
+    let t = Instant::now();
+    let examples: Vec<SftExample> = seqs
+        .iter()
+        .map(|s| SftExample {
+            tokens: s.clone(),
+            loss_mask: vec![1; s.len()],
+        })
+        .collect();
+    let refs: Vec<&SftExample> = examples.iter().collect();
+    let mut grads = model.zero_grads();
+    sft_micro_batch(model, &refs, 8192, &mut grads);
+    let backend = model.backend().clone();
+    opt.update(&backend, model.params_mut(), &grads, 1e-5, 1);
+    t.elapsed().as_secs_f64()
+}
+
+/// Runs the prefill, decode and (optionally) training measurements.
+/// Training changes the weights: it runs last.
+pub fn forward_bench<B: Backend>(
+    model: &mut Model<B>,
+    spec: &ForwardBenchSpec,
+) -> ForwardBenchResult {
     let repeats = spec.repeats.max(1);
     let ids = bench_ids(spec.prefill_tokens, 0, model.config.vocab_size);
     time_prefill(model, &ids); // warm-up
@@ -106,6 +138,27 @@ pub fn forward_bench<B: Backend>(model: &Model<B>, spec: &ForwardBenchSpec) -> F
         let t = median((0..repeats).map(|_| time_decode(model, b, spec)).collect());
         decode.insert(b.to_string(), (b * spec.decode_tokens) as f64 / t);
     }
+    let mut train = None;
+    if spec.train_batch > 0 {
+        let vocab = model.config.vocab_size;
+        let seqs: Vec<Vec<u32>> = (0..spec.train_batch)
+            .map(|r| bench_ids(spec.train_seq, r * 31, vocab))
+            .collect();
+        let backend = model.backend().clone();
+        let mut opt = AdamW::new(
+            &backend,
+            OptimConfig::default(),
+            model.param_names(),
+            model.params(),
+        );
+        time_train(model, &mut opt, &seqs); // warm-up
+        let t = median(
+            (0..repeats)
+                .map(|_| time_train(model, &mut opt, &seqs))
+                .collect(),
+        );
+        train = Some((spec.train_batch * spec.train_seq) as f64 / t);
+    }
     ForwardBenchResult {
         engine: "igpo".into(),
         backend: model.backend().name(),
@@ -113,5 +166,8 @@ pub fn forward_bench<B: Backend>(model: &Model<B>, spec: &ForwardBenchSpec) -> F
         prefill_tokens_per_s: spec.prefill_tokens as f64 / prefill,
         decode_tokens: spec.decode_tokens,
         decode_tokens_per_s: decode,
+        train_seq: spec.train_seq,
+        train_batch: spec.train_batch,
+        train_tokens_per_s: train,
     }
 }

@@ -208,6 +208,10 @@ fn bench(args: &[String]) -> Result<()> {
         "1,16",
         "--repeats",
         "3",
+        "--train-seq",
+        "512",
+        "--train-batch",
+        "1",
     ];
     let ours = out.join("forward-igpo.json");
     run(cargo()
@@ -247,13 +251,14 @@ fn bench(args: &[String]) -> Result<()> {
         ("prefill 512 tokens", vec!["prefill_tokens_per_s"]),
         ("decode batch 1", vec!["decode_tokens_per_s", "1"]),
         ("decode batch 16", vec!["decode_tokens_per_s", "16"]),
+        ("train 1x512 fwd+bwd+AdamW", vec!["train_tokens_per_s"]),
     ];
     let mut ratios = serde_json::Map::new();
     println!("SmolLM2-135M-Instruct, CPU, {threads} threads (tokens/s)");
-    println!("{:<20} {:>10} {:>10} {:>8}", "", "igpo", "pytorch", "ratio");
+    println!("{:<28} {:>10} {:>10} {:>8}", "", "igpo", "pytorch", "ratio");
     for (label, path) in &rows {
         let (x, y) = (num(&a, path), num(&b, path));
-        println!("{label:<20} {x:>10.1} {y:>10.1} {:>7.2}x", x / y);
+        println!("{label:<28} {x:>10.1} {y:>10.1} {:>7.2}x", x / y);
         ratios.insert(label.to_string(), serde_json::json!(x / y));
     }
     let combined = serde_json::json!({

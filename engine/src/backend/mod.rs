@@ -92,7 +92,7 @@ pub struct AdamWStep {
 ///
 /// Matrices are row-major; "rows" are tokens. Weights follow the Hugging Face
 /// `nn.Linear` layout `[out_features, in_features]`.
-pub trait Backend: Send + Sync {
+pub trait Backend: Clone + Send + Sync {
     /// Device-resident tensor.
     type Tensor: Clone + Send + Sync;
 

@@ -65,6 +65,12 @@ enum BenchCommand {
         batches: Vec<usize>,
         #[arg(long, default_value_t = 3)]
         repeats: usize,
+        /// Training step (forward + backward + AdamW): tokens per sequence.
+        #[arg(long, default_value_t = 512)]
+        train_seq: usize,
+        /// Training step: sequences; 0 skips the training measurement.
+        #[arg(long, default_value_t = 1)]
+        train_batch: usize,
         /// Write the result as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -230,19 +236,23 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
         decode_tokens,
         batches,
         repeats,
+        train_seq,
+        train_batch,
         out,
         device,
     } = cmd;
     let backend = require_cpu(&device)?;
-    let model = crate::model::load(&model, backend)?;
+    let mut model = crate::model::load(&model, backend)?;
     let spec = crate::bench::ForwardBenchSpec {
         prefill_tokens,
         decode_prompt_tokens,
         decode_tokens,
         batches,
         repeats,
+        train_seq,
+        train_batch,
     };
-    let result = crate::bench::forward_bench(&model, &spec);
+    let result = crate::bench::forward_bench(&mut model, &spec);
     let json = serde_json::to_string_pretty(&result)?;
     println!("{json}");
     if let Some(path) = out {
