@@ -116,7 +116,7 @@ fn time_train<B: Backend>(model: &mut Model<B>, opt: &mut AdamW<B>, seqs: &[Vec<
         .collect();
     let refs: Vec<&SftExample> = examples.iter().collect();
     let mut grads = model.zero_grads();
-    sft_micro_batch(model, &refs, 8192, &mut grads);
+    sft_micro_batch(model, &refs, 8192, false, &mut grads);
     let backend = model.backend().clone();
     opt.update(&backend, model.params_mut(), &grads, 1e-5, 1);
     t.elapsed().as_secs_f64()

@@ -79,6 +79,11 @@ fn sft_overfits_a_tiny_task() {
         .unwrap()
         .replace("steps = 6", "steps = 60")
         .replace("grad_accum = 2", "grad_accum = 1");
+    // Also exercises activation recomputation from the run file.
+    let text = text.replace(
+        "logprob_chunk = 20000",
+        "logprob_chunk = 20000\nrecompute_activations = true",
+    );
     std::fs::write(&path, text.replace("micro_batch = 2", "micro_batch = 4")).unwrap();
     let out = run(&path, &SftRunOptions::default());
     let (first, last) = (out.metrics[0].loss, out.metrics.last().unwrap().loss);

@@ -5,6 +5,7 @@
 //! into a loss with the fused log-prob op ([`Model::token_logprobs`]) and
 //! hands back their gradient.
 
+use super::decoder::LayerParams;
 use super::Model;
 use crate::backend::{AttnMask, Backend, LogProbs};
 
@@ -44,13 +45,19 @@ struct LayerActs<T> {
     act: T,
 }
 
+/// What a layer kept: everything, or only its input (recomputed in backward).
+enum Saved<T> {
+    Full(Box<LayerActs<T>>),
+    Input(T),
+}
+
 /// What one training forward kept for its backward.
 pub struct Activations<B: Backend> {
     ids: Vec<u32>,
     positions: Vec<usize>,
     bounds: Vec<std::ops::Range<usize>>,
     masks: Vec<AttnMask>,
-    layers: Vec<LayerActs<B::Tensor>>,
+    layers: Vec<Saved<B::Tensor>>,
     x_final: B::Tensor,
     /// The final normed hidden states `[tokens, hidden]`.
     pub hidden: B::Tensor,
@@ -80,9 +87,15 @@ impl<B: Backend> Model<B> {
     /// Training forward over packed sequences; returns the activations, whose
     /// `hidden` field holds the final normed hidden states.
     pub fn forward_train(&self, seqs: &[TrainSeq<'_>]) -> Activations<B> {
+        self.forward_train_with(seqs, false)
+    }
+
+    /// [`Model::forward_train`]; with `recompute` only each layer's input is
+    /// kept and the layer's activations are recomputed during the backward
+    /// (about one extra forward of compute for a fraction of the memory).
+    pub fn forward_train_with(&self, seqs: &[TrainSeq<'_>], recompute: bool) -> Activations<B> {
         let b = &self.backend;
         let c = &self.config;
-        let shape = self.attn_shape();
         let mut ids = Vec::new();
         let mut positions = Vec::new();
         let mut bounds = Vec::new();
@@ -104,51 +117,16 @@ impl<B: Backend> Model<B> {
                 c.vocab_size
             );
         }
+        let masks: Vec<AttnMask> = seqs.iter().map(|s| s.mask.clone()).collect();
         let mut x = b.embedding(self.p(self.embed), &ids);
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let bias = |i: Option<usize>| i.map(|i| self.p(i));
-            let h1 = b.rms_norm(&x, self.p(layer.input_norm), c.rms_norm_eps);
-            let mut q = b.linear(&h1, self.p(layer.q), bias(layer.q_bias));
-            let mut k = b.linear(&h1, self.p(layer.k), bias(layer.k_bias));
-            let v = b.linear(&h1, self.p(layer.v), bias(layer.v_bias));
-            b.rope(&mut q, &positions, &self.rope);
-            b.rope(&mut k, &positions, &self.rope);
-            let mut outs = Vec::with_capacity(seqs.len());
-            let mut lse = Vec::with_capacity(seqs.len());
-            for (s, r) in seqs.iter().zip(&bounds) {
-                let (o, l) = b.attention_train(
-                    &b.slice_rows(&q, r.clone()),
-                    &b.slice_rows(&k, r.clone()),
-                    &b.slice_rows(&v, r.clone()),
-                    shape,
-                    &s.mask,
-                );
-                outs.push(o);
-                lse.push(l);
-            }
-            let attn = b.concat_rows(&outs);
-            let mut x_mid = b.linear(&attn, self.p(layer.o), None);
-            b.add_assign(&mut x_mid, &x);
-            let h2 = b.rms_norm(&x_mid, self.p(layer.post_norm), c.rms_norm_eps);
-            let gate = b.linear(&h2, self.p(layer.gate), None);
-            let up = b.linear(&h2, self.p(layer.up), None);
-            let act = b.swiglu(&gate, &up);
-            let mut x_out = b.linear(&act, self.p(layer.down), None);
-            b.add_assign(&mut x_out, &x_mid);
-            layers.push(LayerActs {
-                x_in: std::mem::replace(&mut x, x_out),
-                h1,
-                q,
-                k,
-                v,
-                attn,
-                lse,
-                x_mid,
-                h2,
-                gate,
-                up,
-                act,
+            let (acts, x_out) = self.layer_forward(layer, x, &positions, &bounds, &masks);
+            x = x_out;
+            layers.push(if recompute {
+                Saved::Input(acts.x_in)
+            } else {
+                Saved::Full(Box::new(acts))
             });
         }
         let hidden = b.rms_norm(&x, self.p(self.norm), c.rms_norm_eps);
@@ -156,11 +134,69 @@ impl<B: Backend> Model<B> {
             ids,
             positions,
             bounds,
-            masks: seqs.iter().map(|s| s.mask.clone()).collect(),
+            masks,
             layers,
             x_final: x,
             hidden,
         }
+    }
+
+    /// One decoder layer, keeping everything its backward needs.
+    fn layer_forward(
+        &self,
+        layer: &LayerParams,
+        x: B::Tensor,
+        positions: &[usize],
+        bounds: &[std::ops::Range<usize>],
+        masks: &[AttnMask],
+    ) -> (LayerActs<B::Tensor>, B::Tensor) {
+        let b = &self.backend;
+        let eps = self.config.rms_norm_eps;
+        let shape = self.attn_shape();
+        let bias = |i: Option<usize>| i.map(|i| self.p(i));
+        let h1 = b.rms_norm(&x, self.p(layer.input_norm), eps);
+        let mut q = b.linear(&h1, self.p(layer.q), bias(layer.q_bias));
+        let mut k = b.linear(&h1, self.p(layer.k), bias(layer.k_bias));
+        let v = b.linear(&h1, self.p(layer.v), bias(layer.v_bias));
+        b.rope(&mut q, positions, &self.rope);
+        b.rope(&mut k, positions, &self.rope);
+        let mut outs = Vec::with_capacity(bounds.len());
+        let mut lse = Vec::with_capacity(bounds.len());
+        for (mask, r) in masks.iter().zip(bounds) {
+            let (o, l) = b.attention_train(
+                &b.slice_rows(&q, r.clone()),
+                &b.slice_rows(&k, r.clone()),
+                &b.slice_rows(&v, r.clone()),
+                shape,
+                mask,
+            );
+            outs.push(o);
+            lse.push(l);
+        }
+        let attn = b.concat_rows(&outs);
+        let mut x_mid = b.linear(&attn, self.p(layer.o), None);
+        b.add_assign(&mut x_mid, &x);
+        let h2 = b.rms_norm(&x_mid, self.p(layer.post_norm), eps);
+        let gate = b.linear(&h2, self.p(layer.gate), None);
+        let up = b.linear(&h2, self.p(layer.up), None);
+        let act = b.swiglu(&gate, &up);
+        let mut x_out = b.linear(&act, self.p(layer.down), None);
+        b.add_assign(&mut x_out, &x_mid);
+        let acts = LayerActs {
+            x_in: x,
+            h1,
+            q,
+            k,
+            v,
+            attn,
+            lse,
+            x_mid,
+            h2,
+            gate,
+            up,
+            act,
+        };
+        (acts, x_out)
     }
 
     /// Backward from `d_hidden` (gradient of the final normed hidden states)
@@ -181,7 +217,23 @@ impl<B: Backend> Model<B> {
             eps,
             &mut grads[self.norm],
         );
-        for (layer, a) in self.layers.iter().zip(&acts.layers).rev() {
+        for (layer, saved) in self.layers.iter().zip(&acts.layers).rev() {
+            let recomputed;
+            let a = match saved {
+                Saved::Full(a) => a.as_ref(),
+                Saved::Input(x_in) => {
+                    recomputed = self
+                        .layer_forward(
+                            layer,
+                            x_in.clone(),
+                            &acts.positions,
+                            &acts.bounds,
+                            &acts.masks,
+                        )
+                        .0;
+                    &recomputed
+                }
+            };
             // MLP: x_out = x_mid + down(swiglu(gate(h2), up(h2))), h2 = norm(x_mid)
             let d_act = b.linear_backward(
                 &a.act,

@@ -69,6 +69,8 @@ pub struct SftTrainConfig {
     pub keep_last: usize,
     /// Vocabulary rows per chunk of the fused log-prob op.
     pub logprob_chunk: usize,
+    /// Keep only each layer's input and recompute the rest in the backward.
+    pub recompute_activations: bool,
 }
 
 impl Default for SftTrainConfig {
@@ -82,6 +84,7 @@ impl Default for SftTrainConfig {
             checkpoint_every: 50,
             keep_last: 2,
             logprob_chunk: 8192,
+            recompute_activations: false,
         }
     }
 }
@@ -181,6 +184,7 @@ pub fn sft_micro_batch<B: Backend>(
     model: &Model<B>,
     batch: &[&SftExample],
     chunk: usize,
+    recompute: bool,
     grads: &mut [B::Tensor],
 ) -> (f64, usize) {
     let b = model.backend();
@@ -209,7 +213,7 @@ pub fn sft_micro_batch<B: Backend>(
     if n == 0.0 {
         return (0.0, 0);
     }
-    let acts = model.forward_train(&seqs);
+    let acts = model.forward_train_with(&seqs, recompute);
     let out = model.token_logprobs(&acts.hidden, &targets, chunk, false);
     let logp = b.download(&out.logp);
     let loss = logp
@@ -340,7 +344,13 @@ pub fn run_sft(
                 batch.push(&data.examples[state.order[state.data.index as usize] as usize]);
                 state.data.index += 1;
             }
-            let (l, t) = sft_micro_batch(&model, &batch, cfg.train.logprob_chunk, &mut grads);
+            let (l, t) = sft_micro_batch(
+                &model,
+                &batch,
+                cfg.train.logprob_chunk,
+                cfg.train.recompute_activations,
+                &mut grads,
+            );
             loss_sum += l;
             tokens += t;
         }
