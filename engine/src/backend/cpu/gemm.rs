@@ -77,6 +77,33 @@ pub fn gemm(
     }
     al.check(m, k, a.len(), "lhs");
     bl.check(k, n, b.len(), "rhs");
+    if m == 1 && n > 1 {
+        // The `gemm` crate takes a GEMV path for one row, whose reduction
+        // order differs from its GEMM kernels. Run one row as two identical
+        // rows instead, so a row's result never depends on how many rows
+        // share the call (batch invariance: rollout and scoring agree). The
+        // weights are read once either way; decode is bandwidth-bound.
+        let row: Vec<f32> = (0..k).map(|c| a[al.offset + c * al.cs]).collect();
+        let two = [row.as_slice(), row.as_slice()].concat();
+        let mut out = vec![0.0f32; 2 * n];
+        gemm(
+            (2, n, k),
+            &mut out,
+            Layout::row_major(0, n),
+            &two,
+            Layout::row_major(0, k),
+            b,
+            bl,
+            scale,
+            false,
+            parallel,
+        );
+        for (c, v) in out[..n].iter().enumerate() {
+            let d = &mut dst[dl.offset + c * dl.cs];
+            *d = if accumulate { *d + v } else { *v };
+        }
+        return;
+    }
     let parallelism = if parallel && m * n * k >= PARALLEL_FLOPS {
         gemm::Parallelism::Rayon(rayon::current_num_threads())
     } else {
@@ -126,4 +153,31 @@ pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: u
         false,
         true,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row's result does not depend on how many rows share the GEMM
+    /// (batch invariance), one row included.
+    #[test]
+    fn rows_are_bitwise_independent_of_batch_size() {
+        let (n, k) = (576, 576);
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3)
+            .collect();
+        let x: Vec<f32> = (0..64 * k)
+            .map(|i| ((i * 104729 % 997) as f32 - 498.0) * 2e-3)
+            .collect();
+        let row0 = |m: usize| {
+            let mut d = vec![0.0; m * n];
+            matmul_nt(&x[..m * k], &w, &mut d, m, n, k);
+            d[..n].to_vec()
+        };
+        let r1 = row0(1);
+        for m in [2, 3, 8, 16, 17, 64] {
+            assert!(row0(m) == r1, "row 0 changed with {m} rows");
+        }
+    }
 }
