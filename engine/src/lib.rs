@@ -3,6 +3,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod fsutil;
 pub mod model;
 pub mod plugins;

@@ -1,6 +1,7 @@
 //! The `igpo` command line: parses arguments and calls the library. Nothing
 //! here computes; every error reaches the user as one line and exit code 1.
 
+mod agent_cmd;
 mod model_cmd;
 mod plugin_cmd;
 mod train_cmd;
@@ -35,6 +36,10 @@ enum Command {
     /// Create, convert and describe model folders.
     #[command(subcommand)]
     Model(model_cmd::ModelCommand),
+    /// Run the agent over a dataset and write its trajectories (JSONL).
+    Rollout(agent_cmd::RolloutArgs),
+    /// Run the agent over a dataset and report EM / F1, turns, tool calls.
+    Eval(agent_cmd::EvalArgs),
     /// Supervised fine-tuning on JSONL chat transcripts.
     Sft(train_cmd::SftArgs),
     /// Measure throughput.
@@ -149,6 +154,8 @@ pub fn main() -> i32 {
         Command::Generate(args) => run_generate(args),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Sft(args) => train_cmd::sft(args),
+        Command::Rollout(args) => agent_cmd::run_rollout(args),
+        Command::Eval(args) => agent_cmd::run_eval(args),
         Command::Bench(cmd) => run_bench(cmd),
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
         Command::Data(cmd) => plugin_cmd::run_data(cmd),

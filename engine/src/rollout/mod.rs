@@ -1,8 +1,12 @@
-//! Rollouts: sampling and batched generation (the multi-turn agent loop
-//! will live here too).
+//! Rollouts: sampling, batched generation and the multi-turn agent loop.
 
+pub mod agent;
 mod generate;
+pub mod protocol;
 pub mod sampler;
 
+pub use agent::{
+    run_agent, AgentConfig, RolloutStats, Segment, SpanKind, Task, Trajectory, TurnMeta,
+};
 pub use generate::{generate, GenerateOptions, Generation, StopReason};
 pub use sampler::SamplingParams;

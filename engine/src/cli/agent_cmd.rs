@@ -1,0 +1,93 @@
+//! `igpo rollout` and `igpo eval`.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use super::CliResult;
+use crate::eval::{eval, rollout, AgentRunConfig};
+use crate::plugins::PluginHost;
+
+#[derive(clap::Args)]
+pub struct RolloutArgs {
+    /// Run file (TOML): model, agent, tools, dataset.
+    #[arg(long)]
+    config: PathBuf,
+    /// Trajectories as JSON lines.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+#[derive(clap::Args)]
+pub struct EvalArgs {
+    /// One or more run files; several are reported side by side.
+    #[arg(long, required = true, num_args = 1..)]
+    config: Vec<PathBuf>,
+    /// Also write every run's trajectories here (JSONL, one file per config: NAME.jsonl).
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+}
+
+pub fn run_rollout(a: RolloutArgs) -> CliResult {
+    let cfg = AgentRunConfig::load(&a.config)?;
+    let host = PluginHost::default();
+    let (trajs, stats) = rollout(&cfg, &host)?;
+    let mut text = String::new();
+    for t in &trajs {
+        text.push_str(&serde_json::to_string(t)?);
+        text.push('\n');
+    }
+    crate::fsutil::write_atomic(&a.out, text.as_bytes())
+        .map_err(|e| format!("{}: {e}", a.out.display()))?;
+    eprintln!(
+        "wrote {} trajectories to {} ({} tokens generated, {:.1} tok/s, {} tool calls, {:.0}% of wall time waiting on tools)",
+        trajs.len(),
+        a.out.display(),
+        stats.generated_tokens,
+        stats.generated_tokens as f64 / stats.wall_s.max(1e-9),
+        stats.tool_calls,
+        100.0 * stats.waiting_on_tools_s / stats.wall_s.max(1e-9)
+    );
+    Ok(())
+}
+
+pub fn run_eval(a: EvalArgs) -> CliResult {
+    let host = PluginHost::default();
+    let mut rows = vec![];
+    for path in &a.config {
+        let cfg = AgentRunConfig::load(path)?;
+        let (report, trajs) = eval(&cfg, &host)?;
+        if let Some(dir) = &a.out_dir {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let name = path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let mut text = String::new();
+            for t in &trajs {
+                text.push_str(&serde_json::to_string(t)?);
+                text.push('\n');
+            }
+            let out = dir.join(format!("{name}.jsonl"));
+            crate::fsutil::write_atomic(&out, text.as_bytes())
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+        }
+        rows.push((path.display().to_string(), report));
+    }
+    let mut out = std::io::stdout();
+    writeln!(
+        out,
+        "{:<44} {:>5} {:>6} {:>6} {:>8} {:>6} {:>6} {:>10}",
+        "run", "n", "EM", "F1", "answered", "turns", "tools", "truncated"
+    )?;
+    for (name, r) in &rows {
+        writeln!(
+            out,
+            "{:<44} {:>5} {:>6.3} {:>6.3} {:>8.2} {:>6.2} {:>6} {:>10.2}",
+            name, r.examples, r.em, r.f1, r.answered, r.mean_turns, r.tool_calls, r.truncation_rate
+        )?;
+    }
+    for (name, r) in &rows {
+        writeln!(out, "{name}: {}", serde_json::to_string(r)?)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,222 @@
+//! Agent runs over a dataset plugin: `igpo rollout` (trajectories to JSONL)
+//! and `igpo eval` (EM / F1 through the reward plugin, turns, tool calls,
+//! truncation rate).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::Cpu;
+use crate::plugins::{
+    DatasetPlugin, PluginHost, PluginSpec, RewardPlugin, ToolPool, TrajectoryRecord, TurnRecord,
+};
+use crate::rollout::{run_agent, AgentConfig, RolloutStats, Task, Trajectory};
+use crate::tokenizer::Tokenizer;
+
+/// A rollout / eval run file (TOML). Relative paths are relative to it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentRunConfig {
+    /// Hugging Face model folder.
+    pub model: PathBuf,
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// Tool plugins the agent may call (none = closed book).
+    #[serde(default)]
+    pub tools: Vec<PluginSpec>,
+    pub dataset: DatasetConfig,
+    /// Scores answers (`igpo eval`).
+    pub reward: Option<PluginSpec>,
+    /// Rollouts decoding together.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+}
+
+fn default_batch() -> usize {
+    16
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetConfig {
+    pub plugin: PluginSpec,
+    /// Named split (e.g. "dev"); none = the whole dataset.
+    pub split: Option<String>,
+    /// Use the first `limit` examples; 0 = all.
+    #[serde(default)]
+    pub limit: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{path}: {msg}")]
+    Config { path: String, msg: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+fn other<E: std::fmt::Display>(e: E) -> RunError {
+    RunError::Other(e.to_string())
+}
+
+fn rebase(base: &Path, spec: &mut PluginSpec) {
+    if spec.path.is_relative() {
+        spec.path = base.join(&spec.path);
+    }
+    if let Some(d) = spec.readonly_dir.as_mut().filter(|d| d.is_relative()) {
+        *d = base.join(&*d);
+    }
+}
+
+impl AgentRunConfig {
+    pub fn load(path: &Path) -> Result<AgentRunConfig, RunError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| RunError::Config {
+            path: p.clone(),
+            msg: e.to_string(),
+        })?;
+        let mut cfg: AgentRunConfig = toml::from_str(&text).map_err(|e| RunError::Config {
+            path: p.clone(),
+            msg: e.message().to_string(),
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        if cfg.model.is_relative() {
+            cfg.model = base.join(&cfg.model);
+        }
+        cfg.tools.iter_mut().for_each(|t| rebase(base, t));
+        rebase(base, &mut cfg.dataset.plugin);
+        if let Some(r) = cfg.reward.as_mut() {
+            rebase(base, r);
+        }
+        if cfg.batch == 0 {
+            return Err(RunError::Config {
+                path: p,
+                msg: "batch must be >= 1".into(),
+            });
+        }
+        Ok(cfg)
+    }
+}
+
+/// Loads the dataset plugin's examples as agent tasks.
+pub fn load_tasks(host: &PluginHost, cfg: &DatasetConfig) -> Result<Vec<Task>, RunError> {
+    let ds = DatasetPlugin::load(host, &cfg.plugin).map_err(other)?;
+    let split = cfg.split.as_deref();
+    let n = ds.len(split).map_err(other)? as usize;
+    let n = if cfg.limit > 0 { n.min(cfg.limit) } else { n };
+    (0..n)
+        .map(|i| {
+            let e = ds.get(split, i as u64).map_err(other)?;
+            Ok(Task {
+                id: e.id,
+                question: e.question,
+                answers: e.answers,
+            })
+        })
+        .collect()
+}
+
+/// Runs the agent over the configured dataset, `batch` rollouts at a time.
+pub fn rollout(
+    cfg: &AgentRunConfig,
+    host: &PluginHost,
+) -> Result<(Vec<Trajectory>, RolloutStats), RunError> {
+    let model = crate::model::load(&cfg.model, Cpu).map_err(other)?;
+    let tok = Tokenizer::load_dir(&cfg.model).map_err(other)?;
+    let tools = if cfg.tools.is_empty() {
+        None
+    } else {
+        Some(Arc::new(ToolPool::load(host, &cfg.tools).map_err(other)?))
+    };
+    let tasks = load_tasks(host, &cfg.dataset)?;
+    let mut all = Vec::with_capacity(tasks.len());
+    let mut stats = RolloutStats::default();
+    for (c, chunk) in tasks.chunks(cfg.batch).enumerate() {
+        let seed = cfg.seed.wrapping_add((c * cfg.batch) as u64);
+        let (t, s) =
+            run_agent(&model, &tok, tools.clone(), &cfg.agent, chunk, seed).map_err(other)?;
+        all.extend(t);
+        stats.generated_tokens += s.generated_tokens;
+        stats.wall_s += s.wall_s;
+        stats.waiting_on_tools_s += s.waiting_on_tools_s;
+        stats.tool_calls += s.tool_calls;
+    }
+    Ok((all, stats))
+}
+
+/// The record a reward plugin scores.
+pub fn reward_record(t: &Trajectory) -> TrajectoryRecord {
+    TrajectoryRecord {
+        question: t.question.clone(),
+        references: t.answers.clone(),
+        final_answer: t.final_answer.clone(),
+        initial_gt_probability: None,
+        turns: t
+            .turns
+            .iter()
+            .map(|m| TurnRecord {
+                text: m.text.clone(),
+                tool_name: m.tool.clone(),
+                tool_arguments: m.arguments.as_ref().map(|a| a.to_string()),
+                tool_result: m.result.clone(),
+                gt_probability: None,
+            })
+            .collect(),
+    }
+}
+
+/// What `igpo eval` reports.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EvalReport {
+    pub examples: usize,
+    pub f1: f64,
+    pub em: f64,
+    pub answered: f64,
+    pub mean_turns: f64,
+    pub tool_calls: usize,
+    pub truncation_rate: f64,
+    pub reward_failures: usize,
+    pub generated_tokens: usize,
+    pub wall_s: f64,
+}
+
+/// Rolls out the dataset and scores every answer with the reward plugin.
+pub fn eval(
+    cfg: &AgentRunConfig,
+    host: &PluginHost,
+) -> Result<(EvalReport, Vec<Trajectory>), RunError> {
+    let reward_spec = cfg
+        .reward
+        .as_ref()
+        .ok_or_else(|| RunError::Other("eval needs a [reward] plugin".into()))?;
+    let reward = RewardPlugin::load(host, reward_spec).map_err(other)?;
+    let (trajs, stats) = rollout(cfg, host)?;
+    let n = trajs.len().max(1) as f64;
+    let mut r = EvalReport {
+        examples: trajs.len(),
+        tool_calls: stats.tool_calls,
+        generated_tokens: stats.generated_tokens,
+        wall_s: stats.wall_s,
+        ..Default::default()
+    };
+    for t in &trajs {
+        r.mean_turns += t.turns.len() as f64 / n;
+        r.truncation_rate += t.truncated as u8 as f64 / n;
+        r.answered += t.final_answer.is_some() as u8 as f64 / n;
+        match reward.score(&reward_record(t)) {
+            Ok(out) => {
+                let d = out.details.unwrap_or_default();
+                r.f1 += d.get("f1").and_then(|v| v.as_f64()).unwrap_or(out.outcome) / n;
+                r.em += d.get("em").and_then(|v| v.as_f64()).unwrap_or(0.0) / n;
+            }
+            Err(e) => {
+                eprintln!("warning: reward plugin failed on `{}`: {e}", t.id);
+                r.reward_failures += 1;
+            }
+        }
+    }
+    Ok((r, trajs))
+}

@@ -1,0 +1,447 @@
+//! The multi-turn agent loop: many rollouts decode together (continuous
+//! batching); a rollout that calls a tool leaves the batch while its call
+//! runs on the plugin pool and rejoins with the result's tokens spliced in.
+//!
+//! Token in, token out: the trajectory is the exact sampled ids plus the
+//! engine-made ids (prompt, tool results), never re-tokenized.
+
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use super::protocol::{
+    parse_turn, stop_at, system_prompt, tool_result_text, Protocol, ToolSpec, TurnAction,
+};
+use super::sampler::{sample, SamplingParams};
+use crate::backend::Backend;
+use crate::model::{KvCache, LogitRows, Model, SeqStep};
+use crate::plugins::ToolPool;
+use crate::rng::Rng;
+use crate::tokenizer::{Message, Tokenizer, TokenizerError};
+
+/// Agent settings (`[agent]` in a run file).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    pub protocol: Protocol,
+    /// Tool-calling turns allowed before the rollout is cut (the answer turn
+    /// comes on top).
+    pub max_turns: usize,
+    pub max_new_tokens_per_turn: usize,
+    pub max_new_tokens_per_rollout: usize,
+    /// A tool result longer than this many tokens is cut with a marker.
+    pub max_tool_result_tokens: usize,
+    pub temperature: f32,
+    pub top_p: f32,
+    pub top_k: usize,
+    /// Replaces the generated system prompt that presents the tools.
+    pub system_prompt: Option<String>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            protocol: Protocol::ToolCall,
+            max_turns: 4,
+            max_new_tokens_per_turn: 256,
+            max_new_tokens_per_rollout: 1024,
+            max_tool_result_tokens: 512,
+            temperature: 1.0,
+            top_p: 1.0,
+            top_k: 0,
+            system_prompt: None,
+        }
+    }
+}
+
+/// One question for the agent.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    pub id: String,
+    pub question: String,
+    pub answers: Vec<String>,
+}
+
+/// What a span of the token sequence is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum SpanKind {
+    Prompt,
+    /// Tokens the policy sampled in turn `turn` (0-based).
+    Generated {
+        turn: usize,
+    },
+    /// Engine-made tokens after turn `turn`: the tool result (and chat markup).
+    ToolResult {
+        turn: usize,
+    },
+}
+
+/// A half-open range of token positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Segment {
+    #[serde(flatten)]
+    pub kind: SpanKind,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Per-turn metadata.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TurnMeta {
+    pub text: String,
+    pub tool: Option<String>,
+    pub arguments: Option<serde_json::Value>,
+    pub result: Option<String>,
+    /// The call failed (malformed, unknown tool, plugin error or timeout).
+    pub tool_error: bool,
+    pub latency_ms: f64,
+}
+
+/// One finished rollout.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    pub id: String,
+    pub question: String,
+    pub answers: Vec<String>,
+    pub tokens: Vec<u32>,
+    pub segments: Vec<Segment>,
+    /// 1 on sampled tokens, 0 on prompt and tool-result tokens.
+    pub loss_mask: Vec<u8>,
+    /// Log-probability of each sampled token under the sampling distribution
+    /// at rollout time (0 on unsampled tokens).
+    pub sample_logprobs: Vec<f32>,
+    pub turns: Vec<TurnMeta>,
+    pub final_answer: Option<String>,
+    /// Ended by a token or turn limit, without an answer.
+    pub truncated: bool,
+    pub text: String,
+}
+
+/// Wall-clock accounting of one batch of rollouts.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct RolloutStats {
+    pub generated_tokens: usize,
+    pub wall_s: f64,
+    /// Time the decoder sat idle because every live rollout waited on a tool.
+    pub waiting_on_tools_s: f64,
+    pub tool_calls: usize,
+}
+
+struct Live<B: Backend> {
+    traj: Trajectory,
+    cache: KvCache<B>,
+    rng: Rng,
+    /// Tokens to feed at the next forward (prompt, tool result, or the last sample).
+    pending: Vec<u32>,
+    turn_tokens: Vec<u32>,
+    turn_start: usize,
+    generated: usize,
+    state: State,
+}
+
+#[derive(PartialEq)]
+enum State {
+    Decoding,
+    WaitingTool,
+    Done,
+}
+
+/// Runs the agent on every task. Rollout `i` samples from its own RNG
+/// stream (`seed`, `i`) and GEMM rows are batch-invariant, so its trajectory
+/// does not depend on which others share the batch or on tool latency.
+pub fn run_agent<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    tools: Option<Arc<ToolPool>>,
+    cfg: &AgentConfig,
+    tasks: &[Task],
+    seed: u64,
+) -> Result<(Vec<Trajectory>, RolloutStats), TokenizerError> {
+    let start = Instant::now();
+    let specs: Vec<ToolSpec> = tools
+        .as_ref()
+        .map(|p| {
+            p.infos()
+                .into_iter()
+                .map(|i| ToolSpec {
+                    name: i.name.clone(),
+                    description: i.plugin.description.clone(),
+                    parameters: serde_json::from_str(&i.parameters_schema)
+                        .unwrap_or(serde_json::Value::Null),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let search_tool = specs
+        .first()
+        .map(|s| s.name.clone())
+        .unwrap_or_else(|| "search".into());
+    let system = cfg
+        .system_prompt
+        .clone()
+        .unwrap_or_else(|| system_prompt(cfg.protocol, &specs));
+    let end_of_turn: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
+        .iter()
+        .filter_map(|t| tok.token_id(t))
+        .collect();
+    let mut eos = model.config.eos_token_ids.clone();
+    eos.extend(&end_of_turn);
+    let sampling = SamplingParams {
+        temperature: cfg.temperature,
+        top_k: cfg.top_k,
+        top_p: cfg.top_p,
+    };
+    let mut live: Vec<Live<B>> = Vec::with_capacity(tasks.len());
+    for (i, t) in tasks.iter().enumerate() {
+        let prompt = tok.encode_chat(
+            &[
+                Message::new("system", &system),
+                Message::new("user", &t.question),
+            ],
+            true,
+        )?;
+        live.push(Live {
+            traj: Trajectory {
+                id: t.id.clone(),
+                question: t.question.clone(),
+                answers: t.answers.clone(),
+                tokens: prompt.clone(),
+                segments: vec![Segment {
+                    kind: SpanKind::Prompt,
+                    start: 0,
+                    end: prompt.len(),
+                }],
+                loss_mask: vec![0; prompt.len()],
+                sample_logprobs: vec![0.0; prompt.len()],
+                turns: vec![],
+                final_answer: None,
+                truncated: false,
+                text: String::new(),
+            },
+            cache: model.new_cache(),
+            rng: Rng::new(seed.wrapping_add(i as u64)),
+            turn_start: prompt.len(),
+            pending: prompt,
+            turn_tokens: vec![],
+            generated: 0,
+            state: State::Decoding,
+        });
+    }
+    let (tx, rx) = mpsc::channel::<(usize, Result<String, String>, f64)>();
+    let mut stats = RolloutStats::default();
+    let b = model.backend();
+    loop {
+        // Tool results that arrived rejoin the batch.
+        while let Ok((i, result, ms)) = rx.try_recv() {
+            splice_result(&mut live[i], tok, cfg, result, ms)?;
+        }
+        let active: Vec<usize> = (0..live.len())
+            .filter(|&i| live[i].state == State::Decoding)
+            .collect();
+        if active.is_empty() {
+            if live.iter().all(|l| l.state == State::Done) {
+                break;
+            }
+            let idle = Instant::now();
+            let Ok((i, result, ms)) = rx.recv() else {
+                break;
+            };
+            stats.waiting_on_tools_s += idle.elapsed().as_secs_f64();
+            splice_result(&mut live[i], tok, cfg, result, ms)?;
+            continue;
+        }
+        let logits = {
+            let inputs: Vec<Vec<u32>> = active
+                .iter()
+                .map(|&i| std::mem::take(&mut live[i].pending))
+                .collect();
+            let mut caches: Vec<Option<&mut KvCache<B>>> =
+                live.iter_mut().map(|l| Some(&mut l.cache)).collect();
+            let mut steps: Vec<SeqStep<'_, B>> = active
+                .iter()
+                .zip(&inputs)
+                .map(|(&i, t)| SeqStep {
+                    tokens: t,
+                    positions: None,
+                    cache: caches[i].take().expect("once"),
+                })
+                .collect();
+            b.download(&model.forward(&mut steps, LogitRows::Last))
+        };
+        for (row, &i) in active.iter().enumerate() {
+            let l = &mut live[i];
+            let logits_row = logits.row(row);
+            let id = sample(logits_row, &sampling, &mut l.rng);
+            l.traj.tokens.push(id);
+            l.traj.loss_mask.push(1);
+            l.traj
+                .sample_logprobs
+                .push(sampled_logprob(logits_row, id, &sampling));
+            l.turn_tokens.push(id);
+            l.generated += 1;
+            stats.generated_tokens += 1;
+            let ended_by_token = eos.contains(&id);
+            let text = tok.decode(&l.turn_tokens, false)?;
+            let stop = stop_at(cfg.protocol, &text).is_some();
+            let turn_full = l.turn_tokens.len() >= cfg.max_new_tokens_per_turn;
+            let budget_gone = l.generated >= cfg.max_new_tokens_per_rollout;
+            // The sampled token is fed at the next forward (after a tool
+            // result, together with the result's tokens).
+            l.pending = vec![id];
+            if !(ended_by_token || stop || turn_full || budget_gone) {
+                continue;
+            }
+            // The turn is over.
+            let end = l.traj.tokens.len();
+            let turn = l.traj.turns.len();
+            l.traj.segments.push(Segment {
+                kind: SpanKind::Generated { turn },
+                start: l.turn_start,
+                end,
+            });
+            let turn_text = tok.decode(&l.turn_tokens, true)?;
+            l.turn_tokens.clear();
+            let action = parse_turn(cfg.protocol, &turn_text, &search_tool);
+            let mut meta = TurnMeta {
+                text: turn_text,
+                tool: None,
+                arguments: None,
+                result: None,
+                tool_error: false,
+                latency_ms: 0.0,
+            };
+            let tool_turns_used = l
+                .traj
+                .turns
+                .iter()
+                .filter(|t| t.tool.is_some() || t.tool_error)
+                .count();
+            match action {
+                TurnAction::Answer(a) => {
+                    l.traj.final_answer = Some(a);
+                    l.state = State::Done;
+                }
+                _ if budget_gone || tool_turns_used >= cfg.max_turns => {
+                    l.traj.truncated = true;
+                    l.state = State::Done;
+                }
+                TurnAction::ToolCall { name, arguments } => {
+                    meta.tool = Some(name.clone());
+                    meta.arguments = Some(arguments.clone());
+                    l.state = State::WaitingTool;
+                    stats.tool_calls += 1;
+                    let tx = tx.clone();
+                    let pool = tools.clone();
+                    std::thread::spawn(move || {
+                        let t0 = Instant::now();
+                        let r = match pool {
+                            Some(p) => p
+                                .call(&name, &arguments.to_string())
+                                .map_err(|e| e.agent_message()),
+                            None => Err("Error: no tools are available".to_string()),
+                        };
+                        let _ = tx.send((i, r, t0.elapsed().as_secs_f64() * 1e3));
+                    });
+                }
+                TurnAction::Malformed(msg) => {
+                    meta.tool_error = true;
+                    l.state = State::WaitingTool;
+                    let _ = tx.send((i, Err(msg), 0.0));
+                }
+                TurnAction::Nothing => {
+                    // The model neither called a tool nor answered: the
+                    // rollout ends without an answer.
+                    l.traj.truncated = turn_full;
+                    l.state = State::Done;
+                }
+            }
+            l.traj.turns.push(meta);
+            if l.state == State::Done {
+                l.traj.text = tok.decode(&l.traj.tokens, false)?;
+            }
+        }
+    }
+    stats.wall_s = start.elapsed().as_secs_f64();
+    Ok((live.into_iter().map(|l| l.traj).collect(), stats))
+}
+
+/// log p(id) under the distribution actually sampled from (temperature
+/// applied; greedy counts as temperature 1 for the record).
+fn sampled_logprob(logits: &[f32], id: u32, s: &SamplingParams) -> f32 {
+    let t = if s.temperature > 0.0 {
+        s.temperature
+    } else {
+        1.0
+    };
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let lse = max as f64
+        + logits
+            .iter()
+            .map(|v| (((v - max) / t) as f64).exp())
+            .sum::<f64>()
+            .ln()
+            * 1.0;
+    let z = ((logits[id as usize] - max) / t) as f64 + max as f64;
+    ((z - lse) as f32).min(0.0)
+}
+
+/// Appends a tool result (or error) as engine-made tokens and puts the
+/// rollout back into the batch.
+fn splice_result<B: Backend>(
+    l: &mut Live<B>,
+    tok: &Tokenizer,
+    cfg: &AgentConfig,
+    result: Result<String, String>,
+    ms: f64,
+) -> Result<(), TokenizerError> {
+    let turn = l.traj.turns.len() - 1;
+    let (text, error) = match result {
+        Ok(r) => (r, false),
+        Err(e) => (e, true),
+    };
+    let mut body_ids = tok.encode(&text)?;
+    let body = if body_ids.len() > cfg.max_tool_result_tokens {
+        let cut = body_ids.len() - cfg.max_tool_result_tokens;
+        body_ids.truncate(cfg.max_tool_result_tokens);
+        format!(
+            "{}\n[... truncated {cut} tokens]",
+            tok.decode(&body_ids, false)?
+        )
+    } else {
+        text
+    };
+    let meta = &mut l.traj.turns[turn];
+    meta.result = Some(body.clone());
+    meta.tool_error |= error;
+    meta.latency_ms = ms;
+    // In the tool_call protocol the assistant turn must be closed first
+    // unless the model closed it itself with the end-of-turn token.
+    let mut splice = String::new();
+    if cfg.protocol == Protocol::ToolCall {
+        let closed = l
+            .traj
+            .tokens
+            .last()
+            .is_some_and(|&t| Some(t) == tok.token_id("<|im_end|>"));
+        splice.push_str(if closed { "\n" } else { "<|im_end|>\n" });
+    }
+    splice.push_str(&tool_result_text(cfg.protocol, &body));
+    let ids = tok.encode(&splice)?;
+    let start = l.traj.tokens.len();
+    l.traj.tokens.extend(&ids);
+    l.traj.loss_mask.extend(std::iter::repeat_n(0, ids.len()));
+    l.traj
+        .sample_logprobs
+        .extend(std::iter::repeat_n(0.0, ids.len()));
+    l.traj.segments.push(Segment {
+        kind: SpanKind::ToolResult { turn },
+        start,
+        end: l.traj.tokens.len(),
+    });
+    l.turn_start = l.traj.tokens.len();
+    l.pending.extend(ids);
+    l.state = State::Decoding;
+    Ok(())
+}
