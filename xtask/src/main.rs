@@ -189,9 +189,17 @@ fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
 fn bench(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
         Some("plugins") => return bench_plugins(),
+        Some("rollout") => return bench_rollout(),
         Some("forward") => {}
-        None => bench_plugins()?,
-        Some(other) => return Err(format!("unknown bench `{other}` (forward, plugins)")),
+        None => {
+            bench_plugins()?;
+            bench_rollout()?;
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown bench `{other}` (forward, plugins, rollout)"
+            ))
+        }
     }
     let dir = smollm2_dir(&["--release"])?;
     let out = target().join("bench");
@@ -388,6 +396,69 @@ fn plugins() -> Result<PathBuf> {
 /// Plugin host throughput: a no-op tool call and a BM25 query on the
 /// 12k-passage corpus, one thread and pooled over every core; writes
 /// `target/bench/plugins.json`.
+/// `cargo xtask bench rollout`: 16 concurrent SmolLM2 rollouts with the
+/// bm25-search tool over SQuAD (`examples/agent/squad-search.toml`, 16
+/// questions): generated tokens/s and the share of wall time spent waiting
+/// on tools; writes `target/bench/rollout.json`.
+fn bench_rollout() -> Result<()> {
+    smollm2_dir(&["--release"])?;
+    plugins()?;
+    let corpus = target().join("corpus/corpus.jsonl");
+    let shared = root().join("../shared/data");
+    if !corpus.exists() {
+        run(cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "-p",
+                "igpo",
+                "--",
+                "data",
+                "corpus",
+                "--squad",
+            ])
+            .arg(shared.join("squad-dev-v1.1.json"))
+            .arg("--wiki")
+            .arg(shared.join("wiki-summaries-en.json"))
+            .arg("--out")
+            .arg(&corpus))?;
+    }
+    let cfg_text = std::fs::read_to_string(root().join("examples/agent/squad-search.toml"))
+        .map_err(|e| format!("examples/agent/squad-search.toml: {e}"))?
+        .replace("limit = 100", "limit = 16")
+        .replace(
+            "temperature = 0.0   # greedy evaluation",
+            "temperature = 1.0",
+        );
+    let cfg = root().join("examples/agent/.bench-rollout.toml");
+    std::fs::write(&cfg, cfg_text).map_err(|e| format!("{}: {e}", cfg.display()))?;
+    let out = target().join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let stats = out.join("rollout.json");
+    let result = run(cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "-p",
+            "igpo",
+            "--",
+            "rollout",
+            "--config",
+        ])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(out.join("rollout-trajectories.jsonl"))
+        .arg("--stats")
+        .arg(&stats)
+        .env("IGPO_CACHE_DIR", target().join("plugins/.cache")));
+    let _ = std::fs::remove_file(&cfg);
+    result?;
+    println!("{}", std::fs::read_to_string(&stats).unwrap_or_default());
+    Ok(())
+}
+
 fn bench_plugins() -> Result<()> {
     let dir = plugins()?;
     let out = target().join("bench");

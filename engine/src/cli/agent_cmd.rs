@@ -15,6 +15,9 @@ pub struct RolloutArgs {
     /// Trajectories as JSON lines.
     #[arg(long)]
     out: PathBuf,
+    /// Also write throughput numbers (tokens/s, time waiting on tools) as JSON here.
+    #[arg(long)]
+    stats: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -38,6 +41,19 @@ pub fn run_rollout(a: RolloutArgs) -> CliResult {
     }
     crate::fsutil::write_atomic(&a.out, text.as_bytes())
         .map_err(|e| format!("{}: {e}", a.out.display()))?;
+    if let Some(path) = &a.stats {
+        let json = serde_json::json!({
+            "rollouts": trajs.len(),
+            "batch": cfg.batch,
+            "generated_tokens": stats.generated_tokens,
+            "wall_s": stats.wall_s,
+            "generated_tokens_per_s": stats.generated_tokens as f64 / stats.wall_s.max(1e-9),
+            "tool_calls": stats.tool_calls,
+            "waiting_on_tools_share": stats.waiting_on_tools_s / stats.wall_s.max(1e-9),
+        });
+        crate::fsutil::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     eprintln!(
         "wrote {} trajectories to {} ({} tokens generated, {:.1} tok/s, {} tool calls, {:.0}% of wall time waiting on tools)",
         trajs.len(),
@@ -82,8 +98,16 @@ pub fn run_eval(a: EvalArgs) -> CliResult {
     for (name, r) in &rows {
         writeln!(
             out,
-            "{:<44} {:>5} {:>6.3} {:>6.3} {:>8.2} {:>6.2} {:>6} {:>10.2}",
-            name, r.examples, r.em, r.f1, r.answered, r.mean_turns, r.tool_calls, r.truncation_rate
+            "{:<44} {:>5} {:>6.3} {:>6.3} {:>10.3} {:>8.2} {:>6.2} {:>6} {:>10.2}",
+            name,
+            r.examples,
+            r.em,
+            r.f1,
+            r.lenient_f1,
+            r.answered,
+            r.mean_turns,
+            r.tool_calls,
+            r.truncation_rate
         )?;
     }
     for (name, r) in &rows {

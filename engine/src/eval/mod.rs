@@ -174,6 +174,9 @@ pub struct EvalReport {
     pub examples: usize,
     pub f1: f64,
     pub em: f64,
+    /// F1 when a rollout without an `<answer>` is scored on its last turn's
+    /// text instead (an untrained model rarely uses the answer format).
+    pub lenient_f1: f64,
     pub answered: f64,
     pub mean_turns: f64,
     pub tool_calls: usize,
@@ -206,16 +209,32 @@ pub fn eval(
         r.mean_turns += t.turns.len() as f64 / n;
         r.truncation_rate += t.truncated as u8 as f64 / n;
         r.answered += t.final_answer.is_some() as u8 as f64 / n;
-        match reward.score(&reward_record(t)) {
-            Ok(out) => {
-                let d = out.details.unwrap_or_default();
-                r.f1 += d.get("f1").and_then(|v| v.as_f64()).unwrap_or(out.outcome) / n;
-                r.em += d.get("em").and_then(|v| v.as_f64()).unwrap_or(0.0) / n;
+        let f1_of = |rec: &TrajectoryRecord| -> Option<(f64, f64)> {
+            match reward.score(rec) {
+                Ok(out) => {
+                    let d = out.details.unwrap_or_default();
+                    let f1 = d.get("f1").and_then(|v| v.as_f64()).unwrap_or(out.outcome);
+                    Some((f1, d.get("em").and_then(|v| v.as_f64()).unwrap_or(0.0)))
+                }
+                Err(e) => {
+                    eprintln!("warning: reward plugin failed on `{}`: {e}", t.id);
+                    None
+                }
             }
-            Err(e) => {
-                eprintln!("warning: reward plugin failed on `{}`: {e}", t.id);
-                r.reward_failures += 1;
+        };
+        let mut rec = reward_record(t);
+        match f1_of(&rec) {
+            Some((f1, em)) => {
+                r.f1 += f1 / n;
+                r.em += em / n;
+                if t.final_answer.is_none() {
+                    rec.final_answer = t.turns.last().map(|m| m.text.clone());
+                    r.lenient_f1 += f1_of(&rec).map(|x| x.0).unwrap_or(0.0) / n;
+                } else {
+                    r.lenient_f1 += f1 / n;
+                }
             }
+            None => r.reward_failures += 1,
         }
     }
     Ok((r, trajs))
