@@ -92,8 +92,8 @@ pub fn run_eval(a: EvalArgs) -> CliResult {
     let mut out = std::io::stdout();
     writeln!(
         out,
-        "{:<44} {:>5} {:>6} {:>6} {:>8} {:>6} {:>6} {:>10}",
-        "run", "n", "EM", "F1", "answered", "turns", "tools", "truncated"
+        "{:<44} {:>5} {:>6} {:>6} {:>10} {:>8} {:>6} {:>6} {:>10}",
+        "run", "n", "EM", "F1", "lenient F1", "answered", "turns", "tools", "truncated"
     )?;
     for (name, r) in &rows {
         writeln!(

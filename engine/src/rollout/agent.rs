@@ -283,8 +283,10 @@ pub fn run_agent<B: Backend>(
             l.generated += 1;
             stats.generated_tokens += 1;
             let ended_by_token = eos.contains(&id);
-            let text = tok.decode(&l.turn_tokens, false)?;
-            let stop = stop_at(cfg.protocol, &text).is_some();
+            // Every stop tag ends with '>': only then is the turn text decoded
+            // and checked (decoding it after every token would be quadratic).
+            let stop = tok.decode(&[id], false)?.contains('>')
+                && stop_at(cfg.protocol, &tok.decode(&l.turn_tokens, false)?).is_some();
             let turn_full = l.turn_tokens.len() >= cfg.max_new_tokens_per_turn;
             let budget_gone = l.generated >= cfg.max_new_tokens_per_rollout;
             // The sampled token is fed at the next forward (after a tool
