@@ -59,7 +59,6 @@ pub fn forward(
     assert_eq!(k.len(), n * kv_cols, "attention: k shape");
     assert_eq!(v.len(), n * kv_cols, "attention: v shape");
     let group = h_all / s.n_kv_heads;
-    let scale = 1.0 / (d as f32).sqrt();
     // One task per (head, query block); each writes its own [rows, d] tile.
     let tasks: Vec<(usize, usize)> = (0..h_all)
         .flat_map(|h| (0..m).step_by(BLOCK).map(move |r| (h, r)))
@@ -69,28 +68,7 @@ pub fn forward(
         .map(|&(h, r0)| {
             let rows = BLOCK.min(m - r0);
             let g = h / group;
-            let mut scores = vec![0.0f32; rows * n];
-            gemm(
-                (rows, n, d),
-                &mut scores,
-                Layout::row_major(0, n),
-                q,
-                Layout {
-                    offset: r0 * q_cols + h * d,
-                    rs: q_cols,
-                    cs: 1,
-                },
-                k,
-                Layout {
-                    offset: g * d,
-                    rs: kv_cols,
-                    cs: 1,
-                }
-                .t(),
-                scale,
-                false,
-                false,
-            );
+            let mut scores = scaled_scores(q, k, (h, g, r0, rows, n), s);
             let lse: Vec<f32> = scores
                 .chunks_mut(n)
                 .enumerate()
@@ -127,24 +105,20 @@ pub fn forward(
     (out, lse)
 }
 
-/// Probabilities `P` of one block of query rows for one head, recomputed
-/// from the saved log-sum-exp (0 where the mask hides a key).
-#[allow(clippy::too_many_arguments)]
-fn recompute_probs(
+/// `scale * Q K^T` for query rows `r0..r0 + rows` of head `h` (KV head `g`)
+/// against all `n` keys: the one score computation forward and backward share.
+fn scaled_scores(
     q: &[f32],
     k: &[f32],
-    lse: &[f32],
     (h, g, r0, rows, n): (usize, usize, usize, usize, usize),
     s: AttnShape,
-    mask: &AttnMask,
-    scale: f32,
 ) -> Vec<f32> {
     let d = s.head_dim;
     let (q_cols, kv_cols) = (s.n_heads * d, s.n_kv_heads * d);
-    let mut p = vec![0.0f32; rows * n];
+    let mut scores = vec![0.0f32; rows * n];
     gemm(
         (rows, n, d),
-        &mut p,
+        &mut scores,
         Layout::row_major(0, n),
         q,
         Layout {
@@ -159,10 +133,25 @@ fn recompute_probs(
             cs: 1,
         }
         .t(),
-        scale,
+        1.0 / (d as f32).sqrt(),
         false,
         false,
     );
+    scores
+}
+
+/// Probabilities `P` of one block of query rows for one head, recomputed
+/// from the saved log-sum-exp (0 where the mask hides a key).
+#[allow(clippy::too_many_arguments)]
+fn recompute_probs(
+    q: &[f32],
+    k: &[f32],
+    lse: &[f32],
+    (h, g, r0, rows, n): (usize, usize, usize, usize, usize),
+    s: AttnShape,
+    mask: &AttnMask,
+) -> Vec<f32> {
+    let mut p = scaled_scores(q, k, (h, g, r0, rows, n), s);
     for (i, row) in p.chunks_mut(n).enumerate() {
         let l = lse[(r0 + i) * s.n_heads + h];
         let mut keep = vec![false; n];
@@ -209,7 +198,7 @@ pub fn backward(
             );
             for r0 in (0..m).step_by(BLOCK) {
                 let rows = BLOCK.min(m - r0);
-                let p = recompute_probs(q, k, lse, (h, g, r0, rows, n), s, mask, scale);
+                let p = recompute_probs(q, k, lse, (h, g, r0, rows, n), s, mask);
                 let do_l = Layout {
                     offset: r0 * q_cols + h * d,
                     rs: q_cols,
