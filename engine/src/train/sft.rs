@@ -158,6 +158,9 @@ pub struct SftMetrics {
     pub lr: f64,
     /// Loss-bearing tokens in the step.
     pub tokens: usize,
+    /// All tokens run forward and backward in the step (prompts included).
+    pub processed_tokens: usize,
+    /// `processed_tokens` per second of the step.
     pub tokens_per_s: f64,
 }
 
@@ -330,7 +333,7 @@ pub fn run_sft(
     while state.step < total {
         let start = Instant::now();
         let mut grads = model.zero_grads();
-        let (mut loss_sum, mut tokens) = (0.0, 0usize);
+        let (mut loss_sum, mut tokens, mut processed) = (0.0, 0usize, 0usize);
         for _ in 0..cfg.train.grad_accum {
             let mut batch = Vec::with_capacity(cfg.train.micro_batch);
             for _ in 0..cfg.train.micro_batch {
@@ -353,6 +356,7 @@ pub fn run_sft(
             );
             loss_sum += l;
             tokens += t;
+            processed += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
         }
         let lr = cfg.schedule.lr(cfg.optim.lr, state.step + 1, total);
         let stats = {
@@ -367,7 +371,8 @@ pub fn run_sft(
             grad_norm: stats.grad_norm,
             lr,
             tokens,
-            tokens_per_s: tokens as f64 / start.elapsed().as_secs_f64(),
+            processed_tokens: processed,
+            tokens_per_s: processed as f64 / start.elapsed().as_secs_f64(),
         };
         lines = serde_json::to_string(&m).expect("json") + "\n";
         metrics_file
