@@ -63,6 +63,13 @@ fn run(cmd: &mut Command) -> Result<()> {
     }
 }
 
+/// `cargo run --release -p igpo -- ...` (the release binary, built on demand).
+fn igpo_release() -> Command {
+    let mut c = cargo();
+    c.args(["run", "--quiet", "--release", "-p", "igpo", "--"]);
+    c
+}
+
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.current_dir(root());
@@ -134,17 +141,8 @@ fn demo(args: &[String]) -> Result<()> {
         .first()
         .map(String::as_str)
         .unwrap_or("What is the capital of France?");
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "igpo",
-            "--",
-            "generate",
-            "--model",
-        ])
+    run(igpo_release()
+        .args(["generate", "--model"])
         .arg(&dir)
         .args(["--prompt", prompt, "--max-new-tokens", "64"]))
 }
@@ -222,18 +220,8 @@ fn bench(args: &[String]) -> Result<()> {
         "1",
     ];
     let ours = out.join("forward-igpo.json");
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "igpo",
-            "--",
-            "bench",
-            "forward",
-            "--model",
-        ])
+    run(igpo_release()
+        .args(["bench", "forward", "--model"])
         .arg(&dir)
         .args(common)
         .arg("--out")
@@ -406,18 +394,8 @@ fn bench_rollout() -> Result<()> {
     let corpus = target().join("corpus/corpus.jsonl");
     let shared = root().join("../shared/data");
     if !corpus.exists() {
-        run(cargo()
-            .args([
-                "run",
-                "--quiet",
-                "--release",
-                "-p",
-                "igpo",
-                "--",
-                "data",
-                "corpus",
-                "--squad",
-            ])
+        run(igpo_release()
+            .args(["data", "corpus", "--squad"])
             .arg(shared.join("squad-dev-v1.1.json"))
             .arg("--wiki")
             .arg(shared.join("wiki-summaries-en.json"))
@@ -436,17 +414,8 @@ fn bench_rollout() -> Result<()> {
     let out = target().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let stats = out.join("rollout.json");
-    let result = run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "igpo",
-            "--",
-            "rollout",
-            "--config",
-        ])
+    let result = run(igpo_release()
+        .args(["rollout", "--config"])
         .arg(&cfg)
         .arg("--out")
         .arg(out.join("rollout-trajectories.jsonl"))
@@ -465,18 +434,8 @@ fn bench_plugins() -> Result<()> {
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let data = root().join("../shared/data");
     let json = out.join("plugins.json");
-    run(cargo()
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "-p",
-            "igpo",
-            "--",
-            "plugin",
-            "bench",
-            "--plugins",
-        ])
+    run(igpo_release()
+        .args(["plugin", "bench", "--plugins"])
         .arg(&dir)
         .arg("--data")
         .arg(&data)
