@@ -190,11 +190,7 @@ fn run_generate(a: GenerateArgs) -> CliResult {
         tok.encode_chat(&msgs, true)?
     };
     let mut stop_tokens = model.config.eos_token_ids.clone();
-    stop_tokens.extend(
-        ["<|im_end|>", "<|endoftext|>"]
-            .iter()
-            .filter_map(|t| tok.token_id(t)),
-    );
+    stop_tokens.extend(tok.end_of_turn_ids());
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams {

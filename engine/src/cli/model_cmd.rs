@@ -152,11 +152,7 @@ fn init(a: InitArgs) -> CliResult {
         )
         .into());
     }
-    config.eos_token_ids = ["<|im_end|>", "<|endoftext|>"]
-        .iter()
-        .filter_map(|t| tok.token_id(t))
-        .take(1)
-        .collect();
+    config.eos_token_ids = tok.end_of_turn_ids().into_iter().take(1).collect();
     let tensors = random_weights(&config, a.seed);
     write_model_dir(&a.out_dir, &config, &tensors, dtype, Some(&a.vocab_from))?;
     println!(

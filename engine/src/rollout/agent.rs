@@ -182,12 +182,8 @@ pub fn run_agent<B: Backend>(
         .system_prompt
         .clone()
         .unwrap_or_else(|| system_prompt(cfg.protocol, &specs));
-    let end_of_turn: Vec<u32> = ["<|im_end|>", "<|endoftext|>"]
-        .iter()
-        .filter_map(|t| tok.token_id(t))
-        .collect();
     let mut eos = model.config.eos_token_ids.clone();
-    eos.extend(&end_of_turn);
+    eos.extend(tok.end_of_turn_ids());
     let sampling = SamplingParams {
         temperature: cfg.temperature,
         top_k: cfg.top_k,
@@ -378,15 +374,12 @@ fn sampled_logprob(logits: &[f32], id: u32, s: &SamplingParams) -> f32 {
         1.0
     };
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let lse = max as f64
-        + logits
-            .iter()
-            .map(|v| (((v - max) / t) as f64).exp())
-            .sum::<f64>()
-            .ln()
-            * 1.0;
-    let z = ((logits[id as usize] - max) / t) as f64 + max as f64;
-    ((z - lse) as f32).min(0.0)
+    let log_sum: f64 = logits
+        .iter()
+        .map(|v| (((v - max) / t) as f64).exp())
+        .sum::<f64>()
+        .ln();
+    ((((logits[id as usize] - max) / t) as f64 - log_sum) as f32).min(0.0)
 }
 
 /// Appends a tool result (or error) as engine-made tokens and puts the

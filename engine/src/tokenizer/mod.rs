@@ -72,6 +72,15 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
+    /// Ids of the ChatML end-of-turn tokens this vocabulary has
+    /// (`<|im_end|>`, then `<|endoftext|>`).
+    pub fn end_of_turn_ids(&self) -> Vec<u32> {
+        ["<|im_end|>", "<|endoftext|>"]
+            .iter()
+            .filter_map(|t| self.token_id(t))
+            .collect()
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }

@@ -92,18 +92,19 @@ pub fn save_checkpoint<B: Backend>(
     let fin = root.join(format!("step-{}", state.step));
     let tmp = root.join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let tok = tokenizer_dir.join("tokenizer.json");
     write_model_dir(
         &tmp,
         &model.config,
         &model.to_tensor_map(),
         DType::F32,
-        tok.exists().then_some(tok.as_path()),
+        None,
     )?;
-    let tc = tokenizer_dir.join("tokenizer_config.json");
-    if tc.exists() {
-        // Keep the model's own chat template rather than the generic one.
-        fs::copy(&tc, tmp.join("tokenizer_config.json")).map_err(io(&tc))?;
+    // The model's own tokenizer files, chat template included.
+    for name in ["tokenizer.json", "tokenizer_config.json"] {
+        let src = tokenizer_dir.join(name);
+        if src.exists() {
+            fs::copy(&src, tmp.join(name)).map_err(io(&src))?;
+        }
     }
     let b = model.backend();
     let mut moments = TensorMap::new();

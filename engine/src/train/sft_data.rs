@@ -51,17 +51,17 @@ pub fn tokenize_transcript(
 ) -> Result<SftExample, TokenizerError> {
     let mut tokens = vec![];
     let mut loss_mask = vec![];
+    let newline = tok.encode("\n")?;
     for m in messages {
         let header = tok.encode(&format!("<|im_start|>{}\n", m.role))?;
         let body = tok.encode(&format!("{}<|im_end|>", m.content))?;
-        let newline = tok.encode("\n")?;
         let learn = (m.role == "assistant") as u8;
         loss_mask.extend(std::iter::repeat_n(0, header.len()));
         loss_mask.extend(std::iter::repeat_n(learn, body.len()));
         loss_mask.extend(std::iter::repeat_n(0, newline.len()));
         tokens.extend(header);
         tokens.extend(body);
-        tokens.extend(newline);
+        tokens.extend(&newline);
     }
     Ok(SftExample { tokens, loss_mask })
 }

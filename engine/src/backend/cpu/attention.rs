@@ -12,32 +12,38 @@ use crate::backend::{AttnMask, AttnShape};
 
 const BLOCK: usize = 128;
 
-/// Softmax of `row` restricted to the key ranges `spans` (everything else
-/// becomes 0). Returns the log-sum-exp of the visible scores.
-fn masked_softmax(row: &mut [f32], spans: &[std::ops::Range<usize>]) -> f32 {
-    let mut max = f32::NEG_INFINITY;
-    for s in spans {
+/// Marks in `keep` the keys query row `j` may see (`keep.len()` = keys).
+/// The one place the mask is turned into key flags, forward and backward.
+fn visible_keys(mask: &AttnMask, j: usize, keep: &mut [bool]) {
+    keep.fill(false);
+    for span in mask.visible(j) {
         assert!(
-            s.end <= row.len(),
+            span.end <= keep.len(),
             "attention: mask reaches key {} of {}",
-            s.end,
-            row.len()
+            span.end,
+            keep.len()
         );
-        max = row[s.clone()].iter().cloned().fold(max, f32::max);
+        keep[span].fill(true);
     }
-    let mut keep = vec![false; row.len()];
+}
+
+/// Softmax of `row` over the keys flagged in `keep` (the rest become 0).
+/// Returns the log-sum-exp of the visible scores.
+fn masked_softmax(row: &mut [f32], keep: &[bool]) -> f32 {
+    let max = row
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .fold(f32::NEG_INFINITY, |m, (v, _)| m.max(*v));
     let mut total = 0.0f32;
-    for s in spans {
-        for i in s.clone() {
-            if !keep[i] {
-                keep[i] = true;
-                row[i] = (row[i] - max).exp();
-                total += row[i];
-            }
-        }
+    for (v, k) in row.iter_mut().zip(keep) {
+        *v = if *k { (*v - max).exp() } else { 0.0 };
+        total += *v;
     }
-    for (v, k) in row.iter_mut().zip(&keep) {
-        *v = if *k { *v / total } else { 0.0 };
+    for (v, k) in row.iter_mut().zip(keep) {
+        if *k {
+            *v /= total;
+        }
     }
     max + total.ln()
 }
@@ -69,10 +75,14 @@ pub fn forward(
             let rows = BLOCK.min(m - r0);
             let g = h / group;
             let mut scores = scaled_scores(q, k, (h, g, r0, rows, n), s);
+            let mut keep = vec![false; n];
             let lse: Vec<f32> = scores
                 .chunks_mut(n)
                 .enumerate()
-                .map(|(i, row)| masked_softmax(row, &mask.visible(r0 + i)))
+                .map(|(i, row)| {
+                    visible_keys(mask, r0 + i, &mut keep);
+                    masked_softmax(row, &keep)
+                })
                 .collect();
             let mut tile = vec![0.0f32; rows * d];
             gemm(
@@ -152,12 +162,10 @@ fn recompute_probs(
     mask: &AttnMask,
 ) -> Vec<f32> {
     let mut p = scaled_scores(q, k, (h, g, r0, rows, n), s);
+    let mut keep = vec![false; n];
     for (i, row) in p.chunks_mut(n).enumerate() {
         let l = lse[(r0 + i) * s.n_heads + h];
-        let mut keep = vec![false; n];
-        for span in mask.visible(r0 + i) {
-            keep[span].iter_mut().for_each(|k| *k = true);
-        }
+        visible_keys(mask, r0 + i, &mut keep);
         for (v, k) in row.iter_mut().zip(&keep) {
             *v = if *k { (*v - l).exp() } else { 0.0 };
         }
