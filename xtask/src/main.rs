@@ -181,6 +181,11 @@ const DEMO_MODEL: &[&str] = &[
     "0",
 ];
 
+/// The synthetic world of the demo (`igpo data synth` flags; the rest are
+/// its defaults). Half the 2-hop demonstrations are lazy, which leaves the
+/// SFT policy stopping after one search often enough for RL to fix.
+const DEMO_WORLD: &[&str] = &["--seed", "0", "--lazy", "0.5"];
+
 /// Wall time of each stage of the demo, printed at the end.
 struct Stages(Vec<(String, f64)>);
 
@@ -243,7 +248,7 @@ fn demo_search_agent() -> Result<()> {
     };
     stages.time("build igpo (release) + plugins", || {
         run(cargo().args(["build", "--release", "-p", "igpo"]))?;
-        plugins()
+        build_plugins(false)
     })?;
     std::fs::create_dir_all(&demo.dir).map_err(|e| format!("{}: {e}", demo.dir.display()))?;
     let eval_cfg = demo.run_file("eval.toml", "eval.toml", |t| t)?;
@@ -263,7 +268,7 @@ fn demo_search_agent() -> Result<()> {
             .arg(&data)
             .arg("--agent-config")
             .arg(&eval_cfg)
-            .args(["--seed", "0"]))
+            .args(DEMO_WORLD))
     })?;
     stages.time("igpo model init (tiny Qwen2)", || {
         let init = demo.dir.join("init");
@@ -312,7 +317,9 @@ struct EvalSummary {
 fn eval_demo(demo: &Demo, configs: &[&PathBuf], out: &str) -> Result<Vec<EvalSummary>> {
     let out_dir = demo.dir.join(out);
     let mut cmd = demo.igpo();
-    cmd.args(["eval", "--out-dir"]).arg(&out_dir).arg("--config");
+    cmd.args(["eval", "--out-dir"])
+        .arg(&out_dir)
+        .arg("--config");
     cmd.args(configs.iter().map(|c| c.as_os_str()));
     eprintln!("xtask: running igpo eval {}", out);
     let output = cmd
@@ -328,11 +335,20 @@ fn eval_demo(demo: &Demo, configs: &[&PathBuf], out: &str) -> Result<Vec<EvalSum
     }
     let hops = read_jsonl(&demo.dir.join("data/dev.jsonl"))?
         .into_iter()
-        .map(|q| (q["id"].as_str().unwrap_or("").to_string(), q["hops"].as_u64().unwrap_or(0)))
+        .map(|q| {
+            (
+                q["id"].as_str().unwrap_or("").to_string(),
+                q["hops"].as_u64().unwrap_or(0),
+            )
+        })
         .collect::<std::collections::HashMap<_, _>>();
     let mut summaries = vec![];
     for cfg in configs {
-        let stem = cfg.file_stem().unwrap_or_default().to_string_lossy().to_string();
+        let stem = cfg
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
         let report: serde_json::Value = stdout
             .lines()
             .find_map(|l| {
@@ -510,6 +526,12 @@ const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 /// `target/plugins/NAME.wasm` (Rust guests with cargo for wasm32-wasip2,
 /// the Python calculator with componentize-py from a cached venv).
 fn plugins() -> Result<PathBuf> {
+    build_plugins(true)
+}
+
+/// The Rust plugins, and the Python one when `python` (it needs pip and
+/// componentize-py, and the demo does not use it).
+fn build_plugins(python: bool) -> Result<PathBuf> {
     let start = std::time::Instant::now();
     let out = target().join("plugins");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
@@ -568,7 +590,8 @@ fn plugins() -> Result<PathBuf> {
         inputs.hash(&mut h);
         format!("{:016x}", h.finish())
     };
-    let fresh = dest.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == fingerprint);
+    let fresh =
+        !python || dest.exists() && std::fs::read_to_string(&stamp).is_ok_and(|s| s == fingerprint);
     if !fresh {
         let venv = target().join("plugins-pyenv");
         let ready = venv.join(".installed");
