@@ -231,9 +231,8 @@ pub struct Question {
     pub question: String,
     pub answer: String,
     pub hops: Vec<Hop>,
-    /// Kind of the answer (a lazy guess picks an entity of this kind).
-    #[serde(skip)]
-    pub answer_kind: Kind,
+    /// The entity the question is about (the first hop's subject).
+    pub subject: String,
 }
 
 /// The generated world.
@@ -412,7 +411,7 @@ pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
             question,
             answer: entities[at].name.clone(),
             hops,
-            answer_kind: entities[at].kind,
+            subject: name.clone(),
         }
     };
     let mut asked = HashSet::new();
@@ -463,7 +462,9 @@ pub enum Style {
     Full,
     /// 2-hop: answers the intermediate entity after the first search.
     StopsEarly,
-    /// Answers a guess without searching.
+    /// Answers without searching: the question's own entity (always wrong,
+    /// but copied from the context like every other answer, so the answer
+    /// position never teaches noise).
     NoSearch,
 }
 
@@ -513,13 +514,15 @@ pub fn demonstrate(
     q: &Question,
     style: Style,
     tool: &str,
-    guess: &str,
     search: &mut dyn FnMut(&str) -> Result<String, String>,
 ) -> Result<Option<Demo>, SynthError> {
     let mut turns = vec![];
     if style == Style::NoSearch {
         turns.push(DemoTurn {
-            text: format!("<think>I can answer this directly.</think>\n<answer> {guess} </answer>"),
+            text: format!(
+                "<think>I can answer this directly.</think>\n<answer> {} </answer>",
+                q.subject
+            ),
             result: None,
         });
     } else {
@@ -734,13 +737,7 @@ pub fn write_rest(
     let mut demos = vec![];
     let mut skipped = 0;
     for (q, &style) in world.train.iter().zip(&styles) {
-        let pool: Vec<&Entity> = world
-            .entities
-            .iter()
-            .filter(|e| e.kind == q.answer_kind)
-            .collect();
-        let guess = &pick(&mut rng, &pool).name;
-        match demonstrate(q, style, agent.tool_name, guess, &mut lookup)? {
+        match demonstrate(q, style, agent.tool_name, &mut lookup)? {
             Some(d) => demos.push(d),
             None => skipped += 1,
         }
@@ -944,7 +941,7 @@ mod tests {
             .train
             .iter()
             .zip(&styles)
-            .filter_map(|(q, &s)| demonstrate(q, s, "search", "Nobody", &mut search).unwrap())
+            .filter_map(|(q, &s)| demonstrate(q, s, "search", &mut search).unwrap())
             .collect();
         let chat = crate::tokenizer::ChatTemplate::default();
         let mut texts: Vec<String> = world.passages().into_iter().map(|p| p.text).collect();
