@@ -463,8 +463,8 @@ pub enum Style {
     /// 2-hop: answers the intermediate entity after the first search.
     StopsEarly,
     /// Answers without searching: the question's own entity (always wrong,
-    /// but copied from the context like every other answer, so the answer
-    /// position never teaches noise).
+    /// but copied like every other answer: the answer is always the last
+    /// name of the turn's think, so the answer position never teaches noise).
     NoSearch,
 }
 
@@ -520,7 +520,7 @@ pub fn demonstrate(
     if style == Style::NoSearch {
         turns.push(DemoTurn {
             text: format!(
-                "<think>I can answer this directly.</think>\n<answer> {} </answer>",
+                "<think>I guess {0}.</think>\n<answer> {0} </answer>",
                 q.subject
             ),
             result: None,
@@ -1047,6 +1047,11 @@ mod tests {
             if d.style == Style::Full {
                 assert!(last.ends_with(&format!("<answer> {} </answer>", q.answer)));
             }
+            // One copy rule for every style: the answer is the last name
+            // of the answer turn's think.
+            let (think, answer) = last.split_once("</think>\n<answer> ").unwrap();
+            let answer = answer.strip_suffix(" </answer>").unwrap();
+            assert!(think.ends_with(&format!(" {answer}.")), "{last}");
         }
     }
 
