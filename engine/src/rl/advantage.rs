@@ -81,12 +81,26 @@ impl Advantages {
 }
 
 /// The reference's z-score: population std, `(r - mean) / (sqrt(var + 1e-8) + 1e-6)`.
-fn z_scores(values: &[f64]) -> impl Fn(f64) -> f64 {
-    let n = values.len().max(1) as f64;
-    let mean = values.iter().sum::<f64>() / n;
-    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
-    let denom = (var + 1e-8).sqrt() + 1e-6;
-    move |r| (r - mean) / denom
+#[derive(Clone, Copy)]
+struct ZScore {
+    mean: f64,
+    denom: f64,
+}
+
+impl ZScore {
+    fn of(values: &[f64]) -> ZScore {
+        let n = values.len().max(1) as f64;
+        let mean = values.iter().sum::<f64>() / n;
+        let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / n;
+        ZScore {
+            mean,
+            denom: (var + 1e-8).sqrt() + 1e-6,
+        }
+    }
+
+    fn z(self, r: f64) -> f64 {
+        (r - self.mean) / self.denom
+    }
 }
 
 /// `A~_k = a_k + gamma * A~_{k+1}`.
@@ -108,24 +122,22 @@ fn igpo_group(
 ) -> Vec<Vec<f64>> {
     let igs: Vec<f64> = group.iter().flat_map(|r| r.ig.iter().copied()).collect();
     let outcomes: Vec<f64> = group.iter().map(|r| r.outcome).collect();
-    let (z_ig, z_out): (Box<dyn Fn(f64) -> f64>, Box<dyn Fn(f64) -> f64>) =
-        match (norm, with_outcome) {
-            (_, false) => (Box::new(z_scores(&igs)), Box::new(|_| 0.0)),
-            (Normalization::Joint, true) => {
-                let all: Vec<f64> = igs.iter().chain(&outcomes).copied().collect();
-                (Box::new(z_scores(&all)), Box::new(z_scores(&all)))
-            }
-            (Normalization::Separate, true) => {
-                (Box::new(z_scores(&igs)), Box::new(z_scores(&outcomes)))
-            }
-        };
+    // `None`: the outcome is left out (IG only).
+    let (z_ig, z_out) = match (norm, with_outcome) {
+        (_, false) => (ZScore::of(&igs), None),
+        (Normalization::Joint, true) => {
+            let all: Vec<f64> = igs.iter().chain(&outcomes).copied().collect();
+            (ZScore::of(&all), Some(ZScore::of(&all)))
+        }
+        (Normalization::Separate, true) => (ZScore::of(&igs), Some(ZScore::of(&outcomes))),
+    };
     group
         .iter()
         .map(|r| {
             let a: Vec<f64> =
                 r.ig.iter()
-                    .map(|&v| z_ig(v))
-                    .chain([z_out(r.outcome)])
+                    .map(|&v| z_ig.z(v))
+                    .chain([z_out.map_or(0.0, |z| z.z(r.outcome))])
                     .collect();
             discounted(&a, gamma)
         })
@@ -280,9 +292,12 @@ pub fn spread_over_tokens(traj: &Trajectory, turn_adv: &[f64]) -> Vec<f32> {
     for s in &traj.segments {
         if let SpanKind::Generated { turn } = s.kind {
             let a = turn_adv.get(turn).copied().unwrap_or(0.0) as f32;
-            for t in s.start..s.end {
-                if traj.loss_mask[t] == 1 {
-                    out[t] = a;
+            for (o, &m) in out[s.start..s.end]
+                .iter_mut()
+                .zip(&traj.loss_mask[s.start..s.end])
+            {
+                if m == 1 {
+                    *o = a;
                 }
             }
         }

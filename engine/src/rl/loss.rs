@@ -71,21 +71,46 @@ pub struct LossInputs<'a> {
     pub ref_logp: Option<&'a [f32]>,
     pub entropy: Option<&'a [f32]>,
     pub advantage: &'a [f32],
-    /// Index of each token's sequence (0-based, in order).
+    /// Index of each token's sequence (0-based, in order). Sequences are
+    /// whole: a sequence-level ratio is computed over the tokens listed.
     pub seq: &'a [usize],
+    /// Each token's share of the aggregate, from [`token_weights`] over the
+    /// whole mini-batch (a micro-batch passes its slice).
+    pub weight: &'a [f64],
 }
 
-/// What the loss did, averaged like the loss itself.
+/// What the loss did. `loss`, `pg_loss`, `kl` and `entropy` are weighted
+/// like the loss, so the stats of a mini-batch's micro-batches add up.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
 pub struct LossStats {
     pub loss: f64,
     pub pg_loss: f64,
     pub kl: f64,
     pub entropy: f64,
-    /// Share of tokens whose surrogate was clipped (no gradient).
-    pub clip_frac: f64,
-    pub ratio_mean: f64,
+    /// Tokens whose surrogate was clipped (no policy gradient).
+    pub clipped: usize,
+    pub ratio_sum: f64,
     pub tokens: usize,
+}
+
+impl LossStats {
+    pub fn add(&mut self, o: &LossStats) {
+        self.loss += o.loss;
+        self.pg_loss += o.pg_loss;
+        self.kl += o.kl;
+        self.entropy += o.entropy;
+        self.clipped += o.clipped;
+        self.ratio_sum += o.ratio_sum;
+        self.tokens += o.tokens;
+    }
+
+    pub fn clip_frac(&self) -> f64 {
+        self.clipped as f64 / self.tokens.max(1) as f64
+    }
+
+    pub fn ratio_mean(&self) -> f64 {
+        self.ratio_sum / self.tokens.max(1) as f64
+    }
 }
 
 /// Loss value and its gradient with respect to each token's log-prob (and
@@ -119,12 +144,17 @@ pub fn token_weights(agg: Aggregation, seq: &[usize]) -> Vec<f64> {
 pub fn policy_loss(cfg: &LossConfig, sequence_ratio: bool, x: &LossInputs<'_>) -> LossOutput {
     let n = x.logp.len();
     assert!(
-        [x.old_logp.len(), x.advantage.len(), x.seq.len()]
-            .iter()
-            .all(|&l| l == n),
+        [
+            x.old_logp.len(),
+            x.advantage.len(),
+            x.seq.len(),
+            x.weight.len()
+        ]
+        .iter()
+        .all(|&l| l == n),
         "policy_loss: inputs of different lengths"
     );
-    let w = token_weights(cfg.aggregation, x.seq);
+    let w = x.weight;
     // GSPO: per-sequence mean log-ratio.
     let seq_ratio: Vec<f64> = if sequence_ratio {
         let n_seq = x.seq.iter().copied().max().map_or(0, |m| m + 1);
@@ -205,14 +235,13 @@ pub fn policy_loss(cfg: &LossConfig, sequence_ratio: bool, x: &LossInputs<'_>) -
         dlogp[t] = (g * w[t]) as f32;
         stats.loss += w[t] * loss;
         stats.pg_loss += w[t] * pg;
-        stats.clip_frac += !live as u8 as f64 / n.max(1) as f64;
-        stats.ratio_mean += ratio / n.max(1) as f64;
+        stats.clipped += !live as usize;
+        stats.ratio_sum += ratio;
     }
     if sequence_ratio {
         // d ratio_i / d logp_u = ratio_i / |seq i| for every token u of seq i.
-        for t in 0..n {
-            let s = x.seq[t];
-            dlogp[t] += (seq_grad[s] / seq_len[s] as f64) as f32;
+        for (d, &s) in dlogp.iter_mut().zip(x.seq) {
+            *d += (seq_grad[s] / seq_len[s] as f64) as f32;
         }
     }
     LossOutput {
@@ -249,6 +278,7 @@ mod tests {
     }
 
     fn run(cfg: &LossConfig, seqr: bool, c: &Case) -> LossOutput {
+        let w = token_weights(cfg.aggregation, &c.seq);
         policy_loss(
             cfg,
             seqr,
@@ -259,6 +289,7 @@ mod tests {
                 entropy: Some(&c.entropy),
                 advantage: &c.adv,
                 seq: &c.seq,
+                weight: &w,
             },
         )
     }
@@ -283,7 +314,7 @@ mod tests {
                     let out = run(&cfg, seqr, &c);
                     if !seqr {
                         // Some tokens clipped, some live: both branches covered.
-                        assert!(out.stats.clip_frac > 0.0 && out.stats.clip_frac < 1.0);
+                        assert!(out.stats.clip_frac() > 0.0 && out.stats.clip_frac() < 1.0);
                     }
                     let h = 1e-3f32;
                     for t in 0..c.logp.len() {
@@ -321,6 +352,7 @@ mod tests {
             kl_beta: 0.0,
             ..Default::default()
         };
+        let w = token_weights(Aggregation::TokenMean, &c.seq);
         let x = LossInputs {
             logp: &c.logp,
             old_logp: &c.logp,
@@ -328,11 +360,12 @@ mod tests {
             entropy: None,
             advantage: &c.adv,
             seq: &c.seq,
+            weight: &w,
         };
         for seqr in [false, true] {
             let out = policy_loss(&cfg, seqr, &x);
-            assert_eq!(out.stats.ratio_mean, 1.0);
-            assert_eq!(out.stats.clip_frac, 0.0);
+            assert_eq!(out.stats.ratio_mean(), 1.0);
+            assert_eq!(out.stats.clipped, 0);
             // The gradient is -A / N per token (token mean), the policy gradient.
             if !seqr {
                 for (g, a) in out.dlogp.iter().zip(&c.adv) {
@@ -353,6 +386,7 @@ mod tests {
             entropy: None,
             advantage: &a,
             seq: &s,
+            weight: &[1.0],
         };
         let mut cfg = LossConfig {
             kl_beta: 0.0,
