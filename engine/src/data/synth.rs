@@ -9,7 +9,8 @@
 //! - `corpus.jsonl`: `{"id","title","text"}` passages for `bm25-search`;
 //! - `train.jsonl`, `dev.jsonl`: Search-R1 style questions
 //!   (`{"id","question","golden_answers","hops","gold_passages"}`) for
-//!   `qa-dataset`;
+//!   `qa-dataset`; `questions.jsonl`: both, dev last, so that qa-dataset
+//!   with `dev_size` = the dev count gives the same `train` / `dev` splits;
 //! - `sft.jsonl`: `{"messages": [...]}` transcripts for `igpo sft`, one per
 //!   train question whose every hop the search tool retrieves;
 //! - `tokenizer.json`, `tokenizer_config.json`: the BPE with the ChatML
@@ -803,6 +804,12 @@ pub fn write_rest(
         world.train.iter().map(question_line),
     )?;
     write_lines(&out.join("dev.jsonl"), world.dev.iter().map(question_line))?;
+    // Both in one file, dev last: qa-dataset's `dev_size = <dev>` splits it
+    // into the same `train` and `dev` (one dataset block for RL and eval).
+    write_lines(
+        &out.join("questions.jsonl"),
+        world.train.iter().chain(&world.dev).map(question_line),
+    )?;
     let single = world
         .entities
         .iter()
@@ -1225,9 +1232,14 @@ mod tests {
             .config(json!({"k": 2, "format": "{text}"}));
         let host = crate::plugins::PluginHost::new(Some(dir.join(".cache/components")));
         let s = synthesize(&out, &small(), &agent, &spec, &host).unwrap();
-        let _ = std::fs::remove_dir_all(&out);
         assert_eq!(s.skipped_unretrieved, 0);
         assert!(s.hop_retrieval_rate > 0.99, "{}", s.hop_retrieval_rate);
         assert_eq!(s.demonstrations, small().train);
+        let lines = |f: &str| std::fs::read_to_string(out.join(f)).unwrap();
+        assert_eq!(
+            lines("questions.jsonl"),
+            lines("train.jsonl") + &lines("dev.jsonl")
+        );
+        let _ = std::fs::remove_dir_all(&out);
     }
 }
