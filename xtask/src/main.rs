@@ -298,17 +298,85 @@ fn demo_search_agent() -> Result<()> {
         sft_eval[0].f1, sft_eval[1].f1
     );
     if let Some(r) = rl_eval {
-        println!("dev F1 after IGPO: {:.3} greedy", r.f1);
+        println!(
+            "dev F1 after IGPO: {:.3} greedy (before: {:.3})",
+            r.f1, sft_eval[0].f1
+        );
     }
     Ok(())
 }
 
-/// The RL stage of the demo: `igpo train` on target/demo/data/train.jsonl
-/// from the SFT checkpoint, then `eval_demo` of the trained policy.
-/// Returns its greedy dev eval; None while the stage is not wired in.
-fn train_demo(_demo: &Demo, _stages: &mut Stages) -> Result<Option<EvalSummary>> {
-    eprintln!("xtask: (the IGPO training stage is not wired into the demo yet)");
-    Ok(None)
+/// The RL stage of the demo: `igpo train` with IGPO from the SFT checkpoint
+/// (examples/demo/igpo.toml), the same run with `estimator = "grpo"`, the
+/// two runs' dev F1 and zero-advantage ratios side by side, and `eval_demo`
+/// of the IGPO policy. Returns that greedy dev eval.
+fn train_demo(demo: &Demo, stages: &mut Stages) -> Result<Option<EvalSummary>> {
+    let runs = [("igpo", "IGPO"), ("grpo", "GRPO")];
+    for (name, label) in runs {
+        let cfg = demo.run_file("igpo.toml", &format!("{name}.toml"), |t| {
+            t.replace("estimator = \"igpo\"", &format!("estimator = \"{name}\""))
+                .replace("demo/igpo\"", &format!("demo/{name}\""))
+        })?;
+        stages.time(&format!("igpo train ({label})"), || {
+            let _ = std::fs::remove_dir_all(demo.dir.join(name));
+            run(demo.igpo().args(["train", "--config"]).arg(&cfg))
+        })?;
+    }
+    let curves: Vec<(Vec<serde_json::Value>, Vec<serde_json::Value>)> = runs
+        .iter()
+        .map(|(name, _)| {
+            let dir = demo.dir.join(name);
+            Ok((
+                read_jsonl(&dir.join("eval.jsonl"))?,
+                read_jsonl(&dir.join("metrics.jsonl"))?,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    println!("dev F1 (greedy) over training, and the share of zero-advantage groups:");
+    println!("  step   IGPO F1   GRPO F1   IGPO zero-adv   GRPO zero-adv");
+    let zero = |m: &[serde_json::Value], step: u64| {
+        m.iter()
+            .find(|x| x["step"].as_u64() == Some(step))
+            .and_then(|x| x["zero_adv_ratio"].as_f64())
+            .map(|z| format!("{z:.2}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (i, e) in curves[0].0.iter().enumerate() {
+        let step = e["step"].as_u64().unwrap_or(0);
+        let g = curves[1]
+            .0
+            .get(i)
+            .and_then(|x| x["f1"].as_f64())
+            .unwrap_or(f64::NAN);
+        println!(
+            "  {step:>4}   {:>7.3}   {g:>7.3}   {:>13}   {:>13}",
+            e["f1"].as_f64().unwrap_or(f64::NAN),
+            zero(&curves[0].1, step),
+            zero(&curves[1].1, step),
+        );
+    }
+    let mean_zero = |m: &[serde_json::Value]| {
+        m.iter()
+            .filter_map(|x| x["zero_adv_ratio"].as_f64())
+            .sum::<f64>()
+            / m.len().max(1) as f64
+    };
+    println!(
+        "  mean zero-advantage ratio over all steps: IGPO {:.3}, GRPO {:.3}",
+        mean_zero(&curves[0].1),
+        mean_zero(&curves[1].1)
+    );
+    let last = curves[0].1.len();
+    let trained = demo.run_file("eval.toml", "eval-igpo.toml", |t| {
+        t.replace(
+            "demo/sft/checkpoints/step-1000",
+            &format!("demo/igpo/checkpoints/step-{last}"),
+        )
+    })?;
+    let out = stages.time("igpo eval (IGPO model, dev)", || {
+        eval_demo(demo, &[&trained], "eval-igpo")
+    })?;
+    Ok(out.into_iter().next())
 }
 
 /// One eval run of the demo, with what the demo prints about it.
