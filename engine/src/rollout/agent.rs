@@ -388,7 +388,8 @@ pub fn run_agent<B: Backend>(
                     let tx = tx.clone();
                     if matches!(action, TurnAction::Malformed(_)) {
                         // No plugin runs: the parse error is the result.
-                        if let Some(meta) = tool_turn(None, turn_text.clone(), &action) {
+                        if let Some(meta) = tool_turn(tools.as_deref(), turn_text.clone(), &action)
+                        {
                             let _ = tx.send((i, meta));
                         }
                     } else {
@@ -403,7 +404,8 @@ pub fn run_agent<B: Backend>(
                     }
                 }
             }
-            // Placeholder until a tool result arrives (`splice_result`).
+            // A tool turn's record is replaced by `tool_turn`'s when its
+            // result is spliced in.
             l.traj.turns.push(TurnMeta::new(turn_text));
             if l.state == State::Done {
                 l.traj.text = tok.decode(&l.traj.tokens, false)?;
