@@ -42,6 +42,8 @@ enum Command {
     Eval(agent_cmd::EvalArgs),
     /// Supervised fine-tuning on JSONL chat transcripts.
     Sft(train_cmd::SftArgs),
+    /// Train an agent with IGPO or a baseline estimator (`[rl] estimator`).
+    Train(train_cmd::TrainArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -154,6 +156,7 @@ pub fn main() -> i32 {
         Command::Generate(args) => run_generate(args),
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Sft(args) => train_cmd::sft(args),
+        Command::Train(args) => train_cmd::train(args),
         Command::Rollout(args) => agent_cmd::run_rollout(args),
         Command::Eval(args) => agent_cmd::run_eval(args),
         Command::Bench(cmd) => run_bench(cmd),

@@ -1,9 +1,9 @@
-//! `igpo sft`.
+//! `igpo sft` and `igpo train`.
 
 use std::path::PathBuf;
 
 use super::CliResult;
-use crate::train::{run_sft, SftConfig, SftRunOptions};
+use crate::train::{run_sft, run_train, RlRunConfig, RlRunOptions, SftConfig, SftRunOptions};
 
 #[derive(clap::Args)]
 pub struct SftArgs {
@@ -36,6 +36,53 @@ pub fn sft(a: SftArgs) -> CliResult {
             f.loss,
             l.loss,
             cfg.train.run_dir.display()
+        );
+    }
+    if let Some(c) = out.final_checkpoint {
+        println!("checkpoint: {}", c.display());
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TrainArgs {
+    /// Run file (TOML): model, agent, tools, dataset, reward, [rl], [loss], [train].
+    #[arg(long)]
+    config: PathBuf,
+    /// Continue from the newest complete checkpoint of the run folder.
+    #[arg(long)]
+    resume: bool,
+    /// Stop after this step (its checkpoint is written), as if killed.
+    #[arg(long)]
+    stop_after: Option<u64>,
+}
+
+pub fn train(a: TrainArgs) -> CliResult {
+    let cfg = RlRunConfig::load(&a.config)?;
+    let text =
+        std::fs::read_to_string(&a.config).map_err(|e| format!("{}: {e}", a.config.display()))?;
+    let opts = RlRunOptions {
+        resume: a.resume,
+        stop_after: a.stop_after,
+    };
+    let out = run_train(&cfg, &text, &opts)?;
+    if let (Some(f), Some(l)) = (out.metrics.first(), out.metrics.last()) {
+        println!(
+            "train ({:?}): steps {}..{}, training F1 {:.3} -> {:.3}, zero-advantage groups {:.2} -> {:.2}, run folder {}",
+            cfg.rl.estimator,
+            f.step,
+            l.step,
+            f.f1,
+            l.f1,
+            f.zero_adv_ratio,
+            l.zero_adv_ratio,
+            cfg.train.run_dir.display()
+        );
+    }
+    if let (Some(f), Some(l)) = (out.evals.first(), out.evals.last()) {
+        println!(
+            "dev F1 {:.3} (step {}) -> {:.3} (step {}); EM {:.3} -> {:.3}",
+            f.f1, f.step, l.f1, l.step, f.em, l.em
         );
     }
     if let Some(c) = out.final_checkpoint {

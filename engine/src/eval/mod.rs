@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::Cpu;
+use crate::backend::{Backend, Cpu};
+use crate::model::Model;
 use crate::plugins::{
-    DatasetPlugin, PluginHost, PluginSpec, RewardPlugin, ToolPool, TrajectoryRecord, TurnRecord,
+    DatasetPlugin, PluginHost, PluginSpec, RewardOutput, RewardPlugin, ToolPool, TrajectoryRecord,
+    TurnRecord,
 };
 use crate::rollout::{run_agent, AgentConfig, RolloutStats, Task, Trajectory};
 use crate::tokenizer::Tokenizer;
@@ -132,12 +134,25 @@ pub fn rollout(
         Some(Arc::new(ToolPool::load(host, &cfg.tools).map_err(other)?))
     };
     let tasks = load_tasks(host, &cfg.dataset)?;
+    rollout_tasks(&model, &tok, tools, &cfg.agent, &tasks, cfg.batch, cfg.seed)
+}
+
+/// Runs the agent on `tasks` with a model in memory, `batch` rollouts
+/// decoding together; chunk `c` is seeded with `seed + c * batch`.
+pub fn rollout_tasks<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    tools: Option<Arc<ToolPool>>,
+    agent: &AgentConfig,
+    tasks: &[Task],
+    batch: usize,
+    seed: u64,
+) -> Result<(Vec<Trajectory>, RolloutStats), RunError> {
     let mut all = Vec::with_capacity(tasks.len());
     let mut stats = RolloutStats::default();
-    for (c, chunk) in tasks.chunks(cfg.batch).enumerate() {
-        let seed = cfg.seed.wrapping_add((c * cfg.batch) as u64);
-        let (t, s) =
-            run_agent(&model, &tok, tools.clone(), &cfg.agent, chunk, seed).map_err(other)?;
+    for (c, chunk) in tasks.chunks(batch.max(1)).enumerate() {
+        let seed = seed.wrapping_add((c * batch) as u64);
+        let (t, s) = run_agent(model, tok, tools.clone(), agent, chunk, seed).map_err(other)?;
         all.extend(t);
         stats.generated_tokens += s.generated_tokens;
         stats.wall_s += s.wall_s;
@@ -197,6 +212,16 @@ pub fn eval(
         .ok_or_else(|| RunError::Other("eval needs a [reward] plugin".into()))?;
     let reward = RewardPlugin::load(host, reward_spec).map_err(other)?;
     let (trajs, stats) = rollout(cfg, host)?;
+    Ok((score_report(&trajs, &stats, &reward), trajs))
+}
+
+/// EM / F1 (through the reward plugin's `details`, falling back to its
+/// outcome), turns, tool calls and truncation of finished rollouts.
+pub fn score_report(
+    trajs: &[Trajectory],
+    stats: &RolloutStats,
+    reward: &RewardPlugin,
+) -> EvalReport {
     let n = trajs.len().max(1) as f64;
     let mut r = EvalReport {
         examples: trajs.len(),
@@ -205,17 +230,13 @@ pub fn eval(
         wall_s: stats.wall_s,
         ..Default::default()
     };
-    for t in &trajs {
+    for t in trajs {
         r.mean_turns += t.turns.len() as f64 / n;
         r.truncation_rate += t.truncated as u8 as f64 / n;
         r.answered += t.final_answer.is_some() as u8 as f64 / n;
         let f1_of = |rec: &TrajectoryRecord| -> Option<(f64, f64)> {
             match reward.score(rec) {
-                Ok(out) => {
-                    let d = out.details.unwrap_or_default();
-                    let f1 = d.get("f1").and_then(|v| v.as_f64()).unwrap_or(out.outcome);
-                    Some((f1, d.get("em").and_then(|v| v.as_f64()).unwrap_or(0.0)))
-                }
+                Ok(out) => Some(f1_em(&out)),
                 Err(e) => {
                     eprintln!("warning: reward plugin failed on `{}`: {e}", t.id);
                     None
@@ -237,5 +258,13 @@ pub fn eval(
             None => r.reward_failures += 1,
         }
     }
-    Ok((r, trajs))
+    r
+}
+
+/// F1 and EM of a reward plugin's verdict: its `details` when it reports
+/// them, else the outcome as F1.
+pub fn f1_em(out: &RewardOutput) -> (f64, f64) {
+    let d = out.details.clone().unwrap_or_default();
+    let f1 = d.get("f1").and_then(|v| v.as_f64()).unwrap_or(out.outcome);
+    (f1, d.get("em").and_then(|v| v.as_f64()).unwrap_or(0.0))
 }

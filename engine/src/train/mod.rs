@@ -1,10 +1,12 @@
 //! Training: AdamW and schedules, checkpoints that resume exactly, and the
-//! SFT loop (the RL step loop builds on the same pieces).
+//! SFT loop and the RL step loop (`igpo train`) built on the same pieces.
 
 pub mod checkpoint;
 pub mod optim;
+pub mod rl;
 pub mod sft;
 pub mod sft_data;
 
 pub use optim::{AdamW, OptimConfig, ScheduleConfig, ScheduleKind};
+pub use rl::{run_train, RlMetrics, RlOutcome, RlRunConfig, RlRunOptions};
 pub use sft::{run_sft, SftConfig, SftOutcome, SftRunOptions};

@@ -107,6 +107,8 @@ pub enum TrainError {
     Data(#[from] SftDataError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    #[error("{0}")]
+    Other(String),
 }
 
 impl SftConfig {

@@ -1,0 +1,291 @@
+//! Ground-truth scoring: after every turn boundary of a trajectory, how
+//! likely the policy is to write the reference answer next (teacher forced).
+//!
+//! A boundary is a point where the policy is about to write a turn: the end
+//! of the prompt (boundary 0) and the end of each tool result. For each
+//! boundary a *probe* (the probe template with the answer filled in) is
+//! appended after the trajectory; the probe's rows see the trajectory up to
+//! their boundary and their own earlier tokens only (a block mask), at
+//! positions that continue the boundary's. One forward scores every probe of
+//! a rollout, so the shared prefix is computed once.
+
+use std::ops::Range;
+
+use crate::backend::{AttnMask, Backend};
+use crate::model::{Model, TrainSeq};
+use crate::rollout::{SpanKind, Trajectory};
+use crate::tensor::Tensor;
+use crate::tokenizer::{Tokenizer, TokenizerError};
+
+/// The reference's probe: the policy's own answer format after a fixed thought.
+pub const DEFAULT_PROBE_TEMPLATE: &str =
+    "<think>\nNow there's enough information to answer\n</think>\n<answer>\n{answer}\n</answer><|im_end|>";
+
+/// A probe template split at its `{answer}` placeholder. Only the answer
+/// tokens are scored; what follows them cannot change their probabilities
+/// (causal attention), so it is not run.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeTemplate {
+    prefix: String,
+}
+
+impl ProbeTemplate {
+    /// `template` must contain `{answer}` exactly once.
+    pub fn parse(template: &str) -> Result<ProbeTemplate, String> {
+        match template.match_indices("{answer}").count() {
+            1 => Ok(ProbeTemplate {
+                prefix: template[..template.find("{answer}").expect("found")].to_string(),
+            }),
+            n => Err(format!(
+                "probe template must contain `{{answer}}` exactly once (found {n} times)"
+            )),
+        }
+    }
+
+    /// Tokens of the template's prefix and of the answer, encoded apart so
+    /// the answer's tokens are known exactly.
+    pub fn probe(&self, tok: &Tokenizer, answer: &str) -> Result<Probe, TokenizerError> {
+        Ok(Probe {
+            prefix: tok.encode(&self.prefix)?,
+            answer: tok.encode(answer)?,
+        })
+    }
+}
+
+/// One probe's tokens: `prefix` then the scored `answer`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Probe {
+    pub prefix: Vec<u32>,
+    pub answer: Vec<u32>,
+}
+
+/// Token positions where the policy is about to write turn `t`, for
+/// `t = 0..turns` (the prompt's end, then each tool result's end).
+pub fn turn_boundaries(traj: &Trajectory) -> Vec<usize> {
+    let mut out: Vec<usize> = traj
+        .segments
+        .iter()
+        .filter(|s| matches!(s.kind, SpanKind::Prompt | SpanKind::ToolResult { .. }))
+        .map(|s| s.end)
+        .collect();
+    out.truncate(traj.turns.len().max(1));
+    out
+}
+
+/// What to score for one rollout: its tokens, its boundaries, and the
+/// probes (one per reference answer used).
+pub struct ScoreRequest<'a> {
+    pub tokens: &'a [u32],
+    pub boundaries: &'a [usize],
+    pub probes: &'a [Probe],
+}
+
+/// A packed scoring sequence and which of its rows predict answer tokens.
+struct Packed {
+    ids: Vec<u32>,
+    positions: Vec<usize>,
+    spans: Vec<Vec<Range<usize>>>,
+    /// (row, target) per scored answer token, probe-major then boundary.
+    rows: Vec<(usize, u32)>,
+}
+
+fn pack(req: &ScoreRequest<'_>) -> Packed {
+    let base = req.boundaries.iter().copied().max().unwrap_or(0);
+    assert!(
+        base <= req.tokens.len() && req.boundaries.iter().all(|&b| b >= 1),
+        "scoring: boundaries must lie inside the trajectory"
+    );
+    let mut p = Packed {
+        ids: req.tokens[..base].to_vec(),
+        positions: (0..base).collect(),
+        spans: (0..base).map(|j| vec![0..j + 1]).collect(),
+        rows: vec![],
+    };
+    for probe in req.probes {
+        let seq: Vec<u32> = probe.prefix.iter().chain(&probe.answer).copied().collect();
+        let first_scored = probe.prefix.len();
+        for &b in req.boundaries {
+            let start = p.ids.len();
+            // Only the rows up to the last answer token's predictor are needed.
+            let len = seq.len() - 1;
+            for (i, &id) in seq[..len].iter().enumerate() {
+                p.ids.push(id);
+                p.positions.push(b + i);
+                p.spans.push(vec![0..b, start..start + i + 1]);
+            }
+            for (i, &target) in seq.iter().enumerate().skip(first_scored) {
+                // Token i of the probe is predicted by the row before it: the
+                // boundary's last context token for i = 0.
+                let row = if i == 0 { b - 1 } else { start + i - 1 };
+                p.rows.push((row, target));
+            }
+        }
+    }
+    p
+}
+
+/// Mean log-probability of each probe's answer tokens after each boundary:
+/// `out[r][probe][boundary]` for request `r`. One packed forward per request;
+/// all requests share one batched call. No gradient.
+pub fn score<B: Backend>(
+    model: &Model<B>,
+    requests: &[ScoreRequest<'_>],
+    chunk: usize,
+) -> Vec<Vec<Vec<f64>>> {
+    for r in requests {
+        assert!(
+            r.probes.iter().all(|p| !p.answer.is_empty()),
+            "scoring: empty answer probe"
+        );
+    }
+    let packed: Vec<Packed> = requests.iter().map(pack).collect();
+    let seqs: Vec<TrainSeq<'_>> = packed
+        .iter()
+        .map(|p| TrainSeq {
+            tokens: &p.ids,
+            positions: &p.positions,
+            mask: AttnMask::Spans(p.spans.clone()),
+        })
+        .collect();
+    let acts = model.forward_train_with(&seqs, true);
+    // Gather only the rows that predict answer tokens before the lm-head.
+    let b = model.backend();
+    let hidden = b.download(&acts.hidden);
+    let cols = hidden.cols();
+    let (mut rows, mut targets) = (vec![], vec![]);
+    let mut offset = 0;
+    for p in &packed {
+        for &(row, target) in &p.rows {
+            rows.extend_from_slice(hidden.row(offset + row));
+            targets.push(target);
+        }
+        offset += p.ids.len();
+    }
+    let picked = b.upload(&Tensor::from_vec(&[targets.len(), cols], rows));
+    let logp = b.download(&model.token_logprobs(&picked, &targets, chunk, false).logp);
+    let mut logp = logp.data().iter();
+    requests
+        .iter()
+        .map(|r| {
+            r.probes
+                .iter()
+                .map(|probe| {
+                    r.boundaries
+                        .iter()
+                        .map(|_| {
+                            let n = probe.answer.len();
+                            logp.by_ref().take(n).map(|&l| l as f64).sum::<f64>() / n as f64
+                        })
+                        .collect()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+    use crate::model::init::random_weights;
+    use crate::model::{Arch, ModelConfig};
+
+    fn toy_model(vocab: usize, seed: u64) -> Model<Cpu> {
+        let config = ModelConfig {
+            arch: Arch::Qwen2,
+            vocab_size: vocab,
+            hidden_size: 32,
+            intermediate_size: 64,
+            num_layers: 2,
+            num_heads: 4,
+            num_kv_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 10000.0,
+            max_position_embeddings: 256,
+            tie_word_embeddings: false,
+            attention_bias: true,
+            bos_token_id: None,
+            eos_token_ids: vec![0],
+        };
+        Model::from_tensors(config.clone(), random_weights(&config, seed), Cpu)
+    }
+
+    /// The probe scored the slow way: one causal forward of
+    /// `tokens[..b] ++ prefix ++ answer` per boundary.
+    fn naive(model: &Model<Cpu>, tokens: &[u32], b: usize, probe: &Probe) -> f64 {
+        let mut ids = tokens[..b].to_vec();
+        ids.extend(&probe.prefix);
+        ids.extend(&probe.answer);
+        let pos: Vec<usize> = (0..ids.len()).collect();
+        let acts = model.forward_train(&[TrainSeq::causal(&ids, &pos)]);
+        let targets: Vec<u32> = ids[1..].iter().copied().chain([0]).collect();
+        let logp = Cpu.download(&model.token_logprobs(&acts.hidden, &targets, 7, false).logp);
+        let n = probe.answer.len();
+        let first = ids.len() - n - 1;
+        logp.data()[first..first + n]
+            .iter()
+            .map(|&l| l as f64)
+            .sum::<f64>()
+            / n as f64
+    }
+
+    #[test]
+    fn packed_scoring_equals_one_forward_per_prefix() {
+        let model = toy_model(50, 3);
+        let a: Vec<u32> = (0..40).map(|i| (i * 7 + 3) % 50).collect();
+        let b: Vec<u32> = (0..23).map(|i| (i * 11 + 5) % 50).collect();
+        let probes = vec![
+            Probe {
+                prefix: vec![9, 4, 4, 17],
+                answer: vec![31, 2, 8],
+            },
+            // An empty prefix: the first answer token is predicted by the
+            // boundary's last context token.
+            Probe {
+                prefix: vec![],
+                answer: vec![12],
+            },
+        ];
+        let (ba, bb) = (vec![5, 17, 33], vec![23, 1]);
+        let reqs = [
+            ScoreRequest {
+                tokens: &a,
+                boundaries: &ba,
+                probes: &probes,
+            },
+            ScoreRequest {
+                tokens: &b,
+                boundaries: &bb,
+                probes: &probes[..1],
+            },
+        ];
+        let out = score(&model, &reqs, 16);
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].len(), out[1].len()), (2, 1));
+        for (r, req) in reqs.iter().enumerate() {
+            for (k, probe) in req.probes.iter().enumerate() {
+                for (t, &bd) in req.boundaries.iter().enumerate() {
+                    let want = naive(&model, req.tokens, bd, probe);
+                    let got = out[r][k][t];
+                    assert!(
+                        (got - want).abs() < 1e-5,
+                        "request {r} probe {k} boundary {bd}: packed {got} vs naive {want}"
+                    );
+                    assert!(got <= 0.0 && got.is_finite());
+                }
+            }
+        }
+        // The probes differ per boundary: scoring is not constant.
+        assert!((out[0][0][0] - out[0][0][2]).abs() > 1e-6);
+    }
+
+    #[test]
+    fn template_needs_one_placeholder() {
+        assert!(ProbeTemplate::parse(DEFAULT_PROBE_TEMPLATE).is_ok());
+        assert!(ProbeTemplate::parse("<answer></answer>")
+            .unwrap_err()
+            .contains("exactly once"));
+        assert!(ProbeTemplate::parse("{answer} {answer}").is_err());
+    }
+}
