@@ -206,7 +206,11 @@ const TOOL_SFT_SOURCES: &[&str] = &[
     "engine/src/rollout/protocol.rs",
     "engine/src/tensor",
     "engine/src/tokenizer",
-    "engine/src/train",
+    "engine/src/train/checkpoint.rs",
+    "engine/src/train/mod.rs",
+    "engine/src/train/optim.rs",
+    "engine/src/train/sft.rs",
+    "engine/src/train/sft_data.rs",
     "engine/src/cli/plugin_cmd.rs",
     "engine/src/cli/train_cmd.rs",
 ];
