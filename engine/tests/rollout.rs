@@ -9,7 +9,7 @@
 //!   `cargo xtask test` runs (it calls `search`): trajectories are well formed,
 //!   at least one rollout calls the real bm25-search plugin, every tool result
 //!   is the plugin's own output for the same arguments, a seed reproduces
-//!   them exactly, and a `search` call that fails (no such tool, or a plugin
+//!   them exactly (whatever else shares the batch), and a `search` call that fails (no such tool, or a plugin
 //!   that rejects the call) is recorded and the rollout goes on.
 
 mod common;
