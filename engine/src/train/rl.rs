@@ -2,7 +2,7 @@
 //! ground-truth scoring -> rewards -> advantages -> clipped-surrogate
 //! updates -> periodic dev evaluation -> checkpoints (resumable).
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -736,6 +736,18 @@ pub fn run_train(
     let uses_ig = cfg.rl.estimator.uses_information_gain();
     let chunk = cfg.train.logprob_chunk;
     let mut final_checkpoint = None;
+    // On a terminal: a live bar with ETA and the step line above it; in a
+    // log: the step line alone.
+    let bar = if std::io::stderr().is_terminal() {
+        indicatif::ProgressBar::new(total)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps, eta {eta} | {msg}")
+            .expect("template"),
+    );
+    bar.set_position(state.step);
     while state.step < total {
         let step = state.step + 1;
         // Prompts of this step, each G times.
@@ -1007,8 +1019,9 @@ pub fn run_train(
             evals.push(e);
         }
         append_line(&mut metrics_file, &metrics_path, &m)?;
-        eprintln!(
-            "step {step}/{total}: reward {:.3}  f1 {:.3}  answered {:.0}%  turns {:.2}  zero-adv {:.2}  kl {:.4}  clip {:.3}  |g| {:.3}  {}rollout {:.1}s scoring {:.1}s update {:.1}s",
+        let gen_tok_s = m.generated_tokens as f64 / m.rollout_s.max(1e-9);
+        let line = format!(
+            "step {step}/{total}: reward {:.3}  f1 {:.3}  answered {:.0}%  turns {:.2}  zero-adv {:.2}  kl {:.4}  clip {:.3}  |g| {:.3}  {}rollout {:.1}s ({gen_tok_s:.0} tok/s) scoring {:.1}s update {:.1}s",
             m.outcome_reward,
             m.f1,
             100.0 * m.answer_rate,
@@ -1022,6 +1035,16 @@ pub fn run_train(
             m.scoring_s,
             m.update_s,
         );
+        if bar.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            bar.println(line);
+        }
+        bar.set_position(step);
+        bar.set_message(format!(
+            "reward {:.3}, F1 {:.3}, zero-adv {:.2}, {gen_tok_s:.0} tok/s",
+            m.outcome_reward, m.f1, m.zero_adv_ratio
+        ));
         history.push(m);
 
         let ck_every = cfg.train.checkpoint_every;
@@ -1040,6 +1063,7 @@ pub fn run_train(
             break;
         }
     }
+    bar.finish_and_clear();
     Ok(RlOutcome {
         metrics: history,
         evals,
