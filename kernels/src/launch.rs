@@ -1,0 +1,1 @@
+//! Loading the kernels into a CUDA context (filled in below).
