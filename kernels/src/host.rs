@@ -107,6 +107,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::single_range_in_vec_init)]
     fn span_mask_in_csr_form() {
         let m = MaskArgs::from_spans(&[vec![0..3], vec![0..3, 5..6], vec![4..4]], 6).unwrap();
         assert_eq!(
