@@ -90,3 +90,20 @@ fn warnings_and_errors_are_reported() {
     let e = compile_source("bad", bad, &opts).expect_err("must fail");
     assert!(e.to_string().contains("undefined_name"), "{e}");
 }
+
+/// Without a GPU, loading the kernels is a clear error, never cudarc's panic.
+#[test]
+fn no_gpu_is_a_clear_error() {
+    if igpo_kernels::launch::driver_present() {
+        eprintln!("SKIPPED: a CUDA driver is present on this machine");
+        return;
+    }
+    let cache = igpo_kernels::PtxCache::new(std::env::temp_dir().join("igpo-ptx-test"));
+    match igpo_kernels::launch::Kernels::new(0, &cache) {
+        Err(e @ igpo_kernels::Error::NoDriver) => {
+            assert!(e.to_string().contains("no NVIDIA GPU"), "{e}")
+        }
+        Err(e) => panic!("expected NoDriver, got {e}"),
+        Ok(_) => panic!("kernels loaded without a driver"),
+    }
+}
