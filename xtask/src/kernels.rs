@@ -2,8 +2,10 @@
 //! come from NVIDIA's PyPI wheels, installed once under `target/cuda-wheels/`.
 //! `cargo xtask kernels` compiles every `.cu` file to PTX (the igpo-kernels
 //! test) and assembles it with `ptxas -arch=sm_90 -v`, printing registers,
-//! shared memory and spills per kernel; `cargo xtask test` runs it first and
-//! passes the NVRTC location to the test suite.
+//! shared memory and spills per kernel; then it runs the kernels themselves in
+//! the CPU emulator (`kernels/emu`, g++) against reference loops that mirror
+//! the CPU backend. `cargo xtask test` runs all of it first and passes the
+//! NVRTC location to the test suite.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,6 +177,37 @@ fn check(cu: &Path) -> Result<()> {
     print!("{table}");
     let report = target().join("kernels/ptxas.txt");
     std::fs::write(&report, &table).map_err(|e| format!("{}: {e}", report.display()))?;
+    emulate()
+}
+
+/// Compiles `kernels/emu/emu_test.cpp` (the real kernel sources under the CPU
+/// emulator) with g++ and runs it. Without a C++20 compiler it says so and
+/// skips: this check is an extra, the GPU run is the real one.
+fn emulate() -> Result<()> {
+    let start = Instant::now();
+    let emu = crate::root().join("kernels/emu");
+    let exe = target().join("kernels/emu_test");
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "g++".into());
+    let built = Command::new(&cxx)
+        .args(["-std=c++20", "-O1", "-pthread", "-I"])
+        .arg(emu.join("include"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(emu.join("emu_test.cpp"))
+        .status();
+    match built {
+        Err(e) => {
+            eprintln!("xtask: SKIPPED the kernel emulator: cannot run {cxx}: {e}");
+            return Ok(());
+        }
+        Ok(s) if !s.success() => return Err(format!("{cxx} failed on kernels/emu/emu_test.cpp")),
+        Ok(_) => {}
+    }
+    run(&mut Command::new(&exe))?;
+    eprintln!(
+        "xtask: kernels emulated on the CPU in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
     Ok(())
 }
 
