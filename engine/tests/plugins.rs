@@ -282,6 +282,11 @@ fn qa_reward_format_penalty_and_turn_rewards_come_from_config() {
     for (a, b) in tr.iter().zip(want) {
         assert!((a - b).abs() < 1e-12, "{tr:?} != {want:?}");
     }
+    // The engine scores no probe after the answer turn: its IG is 0.
+    let mut u = t.clone();
+    u.turns[2].gt_probability = None;
+    let tr = r.score(&u).unwrap().turn_rewards.unwrap();
+    assert!((tr[0] - 0.3).abs() < 1e-12 && (tr[1] + 0.3).abs() < 1e-12 && tr[2] == 0.0);
     let r = reward(&plugins, json!({"turn_rewards": "zero"}));
     assert_eq!(r.score(&t).unwrap().turn_rewards.unwrap(), vec![0.0; 3]);
 

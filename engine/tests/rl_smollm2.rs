@@ -1,15 +1,17 @@
 //! IGPO against GRPO on the same real rollouts: SmolLM2-135M tuned to call
 //! the search tool (`cargo xtask test` makes it, `IGPO_SMOLLM2_TOOL_DIR`),
 //! SQuAD questions, the real bm25-search / qa-dataset / qa-reward plugins.
-//! Both runs sample the same trajectories (same seed, same weights); IGPO's
-//! information gain keeps every group informative, GRPO's outcome-only
-//! advantage collapses in groups whose answers score the same.
+//! One IGPO step; GRPO's advantages are then computed on the very same
+//! rollouts (their rewards from the step's samples): IGPO's information gain
+//! keeps every group informative, GRPO's outcome-only advantage collapses in
+//! groups whose answers score the same.
 
 mod common;
 mod plugins_support;
 
 use std::path::{Path, PathBuf};
 
+use igpo::rl::{advantages, Estimator, Normalization, RolloutRewards};
 use igpo::train::{run_train, RlMetrics, RlRunConfig, RlRunOptions};
 
 fn tool_model(test: &str) -> Option<PathBuf> {
@@ -24,7 +26,7 @@ fn tool_model(test: &str) -> Option<PathBuf> {
     }
 }
 
-fn one_step(dir: &Path, model: &Path, plugins: &Path, estimator: &str) -> RlMetrics {
+fn one_step(dir: &Path, model: &Path, plugins: &Path) -> RlMetrics {
     let data = common::shared_data();
     let text = format!(
         r#"model = "{model}"
@@ -51,7 +53,7 @@ config = {{ file = "squad-dev-v1.1.json", shuffle = true, seed = 7 }}
 path = "{p}/qa-reward.wasm"
 
 [rl]
-estimator = "{estimator}"
+estimator = "igpo"
 group_size = 3
 prompts_per_step = 3
 
@@ -59,16 +61,17 @@ prompts_per_step = 3
 kl_beta = 0.0
 
 [train]
-run_dir = "run-{estimator}"
+run_dir = "run"
 steps = 1
 micro_batch = 3
 checkpoint_every = 0
+samples_per_step = 9
 "#,
         model = model.display(),
         p = plugins.display(),
         data = data.display(),
     );
-    let path = dir.join(format!("{estimator}.toml"));
+    let path = dir.join("igpo.toml");
     std::fs::write(&path, &text).unwrap();
     let cfg = RlRunConfig::load(&path).unwrap();
     run_train(&cfg, &text, &RlRunOptions::default())
@@ -94,11 +97,8 @@ fn igpo_keeps_groups_informative_where_grpo_collapses() {
     std::fs::create_dir_all(dir.join("corpus")).unwrap();
     igpo::data::write_jsonl(&dir.join("corpus/corpus.jsonl"), &passages).unwrap();
 
-    let igpo = one_step(&dir, &model, &plugins, "igpo");
-    let grpo = one_step(&dir, &model, &plugins, "grpo");
-    eprintln!("igpo: {igpo:?}\ngrpo: {grpo:?}");
-    // The same rollouts: same answers and turns.
-    assert_eq!((igpo.f1, igpo.mean_turns), (grpo.f1, grpo.mean_turns));
+    let igpo = one_step(&dir, &model, &plugins);
+    eprintln!("igpo: {igpo:?}");
     // The tuned model searches, so turns have information gain.
     assert!(
         igpo.mean_turns > 1.0 && !igpo.ig_mean.is_empty(),
@@ -106,13 +106,62 @@ fn igpo_keeps_groups_informative_where_grpo_collapses() {
     );
     assert!(igpo.ig_std[0] > 0.0);
     assert_eq!(igpo.zero_adv_ratio, 0.0);
-    assert!(grpo.zero_adv_ratio >= igpo.zero_adv_ratio);
     // One epoch, one mini-batch: on policy.
-    for m in [&igpo, &grpo] {
-        assert!(
-            (m.ratio_mean - 1.0).abs() < 1e-6 && m.clip_frac == 0.0,
-            "{m:?}"
-        );
-        assert!(m.logprob_delta < 1e-4, "{m:?}");
+    assert!(
+        (igpo.ratio_mean - 1.0).abs() < 1e-6 && igpo.clip_frac == 0.0,
+        "{igpo:?}"
+    );
+    assert!(igpo.logprob_delta < 1e-4, "{igpo:?}");
+
+    // GRPO on the same rollouts: the outcome rewards of the step's samples.
+    let samples = std::fs::read_to_string(dir.join("run/samples/step-1.jsonl")).unwrap();
+    let rewards: Vec<RolloutRewards> = samples
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let tr: Vec<f64> = v["turn_rewards"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap())
+                .collect();
+            assert!(v["gt_probability"].as_array().unwrap().iter().all(|p| {
+                let p = p.as_f64().unwrap();
+                p > 0.0 && p <= 1.0
+            }));
+            RolloutRewards {
+                ig: tr[..tr.len() - 1].to_vec(),
+                outcome: tr[tr.len() - 1],
+            }
+        })
+        .collect();
+    assert_eq!(rewards.len(), 9);
+    let groups: Vec<Vec<RolloutRewards>> = rewards.chunks(3).map(|g| g.to_vec()).collect();
+    let again = advantages(Estimator::Igpo, Normalization::Joint, 1.0, &groups, &[]);
+    let grpo = advantages(Estimator::Grpo, Normalization::Joint, 1.0, &groups, &[]);
+    eprintln!(
+        "zero-advantage groups: igpo {} / grpo {} of {}",
+        again.zero_groups, grpo.zero_groups, grpo.groups
+    );
+    assert_eq!(again.zero_ratio(), igpo.zero_adv_ratio);
+    assert!(grpo.zero_groups >= again.zero_groups);
+    for (g, group) in groups.iter().enumerate() {
+        let same = group.iter().all(|r| r.outcome == group[0].outcome);
+        let igs = group.iter().flat_map(|r| r.ig.iter());
+        let ig_varies = igs
+            .clone()
+            .any(|x| (x - group[0].ig.first().copied().unwrap_or(0.0)).abs() > 1e-9);
+        if same {
+            assert!(grpo.turns[g * 3..g * 3 + 3]
+                .iter()
+                .flatten()
+                .all(|a| *a == 0.0));
+        }
+        if ig_varies {
+            assert!(again.turns[g * 3..g * 3 + 3]
+                .iter()
+                .flatten()
+                .any(|a| *a != 0.0));
+        }
     }
 }

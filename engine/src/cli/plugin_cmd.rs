@@ -65,6 +65,46 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Generate the synthetic multi-hop world of the demo into a folder:
+    /// corpus.jsonl, train.jsonl, dev.jsonl, sft.jsonl (demonstrations with
+    /// real search results), tokenizer.json, synth.json.
+    Synth(SynthArgs),
+}
+
+#[derive(clap::Args)]
+pub struct SynthArgs {
+    /// Output folder (also the search tool's granted directory).
+    #[arg(long)]
+    out: PathBuf,
+    /// The agent run file the demonstrations are made for: its `[agent]`
+    /// (system prompt, protocol, tool-result cap) and its first `[[tools]]`
+    /// entry (the search plugin and its config) are used.
+    #[arg(long)]
+    agent_config: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 150)]
+    people: usize,
+    #[arg(long, default_value_t = 30)]
+    cities: usize,
+    #[arg(long, default_value_t = 20)]
+    companies: usize,
+    #[arg(long, default_value_t = 8)]
+    countries: usize,
+    /// Train questions (each gets one SFT demonstration).
+    #[arg(long, default_value_t = 1200)]
+    train: usize,
+    #[arg(long, default_value_t = 100)]
+    dev: usize,
+    /// Share of 2-hop questions.
+    #[arg(long, default_value_t = 0.6)]
+    two_hop: f64,
+    /// Share of 2-hop demonstrations that are lazy (stop after one hop or do not search).
+    #[arg(long, default_value_t = 0.3)]
+    lazy: f64,
+    /// Most BPE tokens (special tokens included); merges seen once are not learned.
+    #[arg(long, default_value_t = 2048)]
+    vocab_size: usize,
 }
 
 fn parse_json(what: &str, text: &str) -> Result<serde_json::Value, String> {
@@ -245,6 +285,55 @@ pub fn run_data(cmd: DataCommand) -> CliResult {
             crate::data::write_jsonl(&out, &passages)?;
             eprintln!("wrote {} passages to {}", passages.len(), out.display());
         }
+        DataCommand::Synth(a) => synth(a)?,
     }
+    Ok(())
+}
+
+fn synth(a: SynthArgs) -> CliResult {
+    use crate::data::synth::{synthesize, SynthConfig};
+    let cfg = SynthConfig {
+        seed: a.seed,
+        people: a.people,
+        cities: a.cities,
+        companies: a.companies,
+        countries: a.countries,
+        train: a.train,
+        dev: a.dev,
+        two_hop: a.two_hop,
+        lazy: a.lazy,
+        vocab_size: a.vocab_size,
+    };
+    cfg.validate()?;
+    let run = crate::eval::AgentRunConfig::load(&a.agent_config)?;
+    let search = run.tools.first().ok_or_else(|| {
+        format!(
+            "{}: no [[tools]] entry (the search tool the demonstrations call)",
+            a.agent_config.display()
+        )
+    })?;
+    let start = std::time::Instant::now();
+    let s = synthesize(&a.out, &cfg, &run.agent, search, &PluginHost::default())?;
+    eprintln!(
+        "synth: {} passages, {} train + {} dev questions ({} + {} 2-hop), {} demonstrations \
+         ({} stop early, {} do not search, {} skipped), hop retrieval {:.1}%, vocab {}, \
+         {:.0}% of names one token, {:.0} tokens per demonstration (max {}), in {:.1} s -> {}",
+        s.passages,
+        s.train_questions,
+        s.dev_questions,
+        s.two_hop_train,
+        s.two_hop_dev,
+        s.demonstrations,
+        s.stops_early_demonstrations,
+        s.no_search_demonstrations,
+        s.skipped_unretrieved,
+        100.0 * s.hop_retrieval_rate,
+        s.vocab_size,
+        100.0 * s.single_token_names,
+        s.mean_demo_tokens,
+        s.max_demo_tokens,
+        start.elapsed().as_secs_f64(),
+        a.out.display()
+    );
     Ok(())
 }

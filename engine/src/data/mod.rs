@@ -8,6 +8,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod synth;
+
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 

@@ -382,6 +382,37 @@ fn sampled_logprob(logits: &[f32], id: u32, s: &SamplingParams) -> f32 {
     ((((logits[id as usize] - max) / t) as f64 - log_sum) as f32).min(0.0)
 }
 
+/// A tool result as the model reads it: cut to `max_tokens` tokens with a
+/// marker when longer.
+pub fn fit_tool_result(
+    tok: &Tokenizer,
+    text: String,
+    max_tokens: usize,
+) -> Result<String, TokenizerError> {
+    let mut body_ids = tok.encode(&text)?;
+    if body_ids.len() <= max_tokens {
+        return Ok(text);
+    }
+    let cut = body_ids.len() - max_tokens;
+    body_ids.truncate(max_tokens);
+    Ok(format!(
+        "{}\n[... truncated {cut} tokens]",
+        tok.decode(&body_ids, false)?
+    ))
+}
+
+/// The engine-made text spliced in after a tool-calling turn. In the
+/// tool_call protocol the assistant turn must be closed first unless the
+/// model `closed` it itself with the end-of-turn token.
+pub fn splice_text(protocol: Protocol, closed: bool, body: &str) -> String {
+    let mut splice = String::new();
+    if protocol == Protocol::ToolCall {
+        splice.push_str(if closed { "\n" } else { "<|im_end|>\n" });
+    }
+    splice.push_str(&tool_result_text(protocol, body));
+    splice
+}
+
 /// Appends a tool result (or error) as engine-made tokens and puts the
 /// rollout back into the batch.
 fn splice_result<B: Backend>(
@@ -396,34 +427,17 @@ fn splice_result<B: Backend>(
         Ok(r) => (r, false),
         Err(e) => (e, true),
     };
-    let mut body_ids = tok.encode(&text)?;
-    let body = if body_ids.len() > cfg.max_tool_result_tokens {
-        let cut = body_ids.len() - cfg.max_tool_result_tokens;
-        body_ids.truncate(cfg.max_tool_result_tokens);
-        format!(
-            "{}\n[... truncated {cut} tokens]",
-            tok.decode(&body_ids, false)?
-        )
-    } else {
-        text
-    };
+    let body = fit_tool_result(tok, text, cfg.max_tool_result_tokens)?;
     let meta = &mut l.traj.turns[turn];
     meta.result = Some(body.clone());
     meta.tool_error |= error;
     meta.latency_ms = ms;
-    // In the tool_call protocol the assistant turn must be closed first
-    // unless the model closed it itself with the end-of-turn token.
-    let mut splice = String::new();
-    if cfg.protocol == Protocol::ToolCall {
-        let closed = l
-            .traj
-            .tokens
-            .last()
-            .is_some_and(|&t| Some(t) == tok.token_id("<|im_end|>"));
-        splice.push_str(if closed { "\n" } else { "<|im_end|>\n" });
-    }
-    splice.push_str(&tool_result_text(cfg.protocol, &body));
-    let ids = tok.encode(&splice)?;
+    let closed = l
+        .traj
+        .tokens
+        .last()
+        .is_some_and(|&t| Some(t) == tok.token_id("<|im_end|>"));
+    let ids = tok.encode(&splice_text(cfg.protocol, closed, &body))?;
     let start = l.traj.tokens.len();
     l.traj.tokens.extend(&ids);
     l.traj.loss_mask.extend(std::iter::repeat_n(0, ids.len()));

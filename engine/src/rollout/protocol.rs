@@ -402,10 +402,17 @@ fn parse_call_json(content: &str) -> TurnAction {
 pub fn tool_result_text(protocol: Protocol, result: &str) -> String {
     match protocol {
         Protocol::ToolCall => format!(
-            "<|im_start|>user\n<tool_response>\n{result}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
+            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
+            tool_response_content(result)
         ),
         Protocol::SearchTags => format!("\n\n<information>{result}</information>\n\n"),
     }
+}
+
+/// The content of the user message that carries a tool result in the
+/// tool_call protocol (what a chat transcript of the same turn holds).
+pub fn tool_response_content(result: &str) -> String {
+    format!("<tool_response>\n{result}\n</tool_response>")
 }
 
 /// Cuts `result` to at most `max_chars` characters (Unicode scalar values, on

@@ -186,7 +186,13 @@ impl Guest for QaReward {
                     .initial_gt_probability
                     .ok_or("clipped_ig needs initial-gt-probability")?;
                 let mut v = Vec::with_capacity(t.turns.len());
+                let last = t.turns.len().saturating_sub(1);
                 for (i, turn) in t.turns.iter().enumerate() {
+                    // The answer turn ends the rollout: no probe after it.
+                    if i == last && turn.gt_probability.is_none() {
+                        v.push(0.0);
+                        continue;
+                    }
                     let p = turn
                         .gt_probability
                         .ok_or_else(|| format!("clipped_ig: turn {i} has no gt-probability"))?;
