@@ -775,8 +775,14 @@ impl Kernels {
         })
     }
 
-    fn mask_args(mask: &DeviceMask, m: usize) -> Result<(i32, i32)> {
+    fn mask_args(mask: &DeviceMask, m: usize, n: usize) -> Result<(i32, i32)> {
         match mask {
+            DeviceMask::Causal { offset } if *offset < 0 || *offset as usize + m > n => {
+                Err(Error::Invalid(format!(
+                    "attention: causal mask after {offset} cached keys needs {} keys, got {n}",
+                    *offset as i64 + m as i64
+                )))
+            }
             DeviceMask::Causal { offset } => Ok((1, *offset)),
             DeviceMask::Spans { rows, .. } if *rows != m => Err(Error::Invalid(format!(
                 "attention: mask has {rows} rows, the query {m}"
@@ -815,7 +821,7 @@ impl Kernels {
         check_len("attention k", k, kn)?;
         check_len("attention v", v, kn)?;
         check_len("attention lse", lse, dims.m * dims.n_heads)?;
-        let (causal, offset) = Self::mask_args(mask, dims.m)?;
+        let (causal, offset) = Self::mask_args(mask, dims.m, dims.n)?;
         let name = format!("attn_fwd_d{}", dims.head_dim);
         let f = self.f(&name)?;
         let ints = [
@@ -867,7 +873,7 @@ impl Kernels {
         check_len("attention_backward dk", dk, kn)?;
         check_len("attention_backward dv", dv, kn)?;
         check_len("attention_backward lse", lse, dims.m * dims.n_heads)?;
-        let (causal, offset) = Self::mask_args(mask, dims.m)?;
+        let (causal, offset) = Self::mask_args(mask, dims.m, dims.n)?;
         let ints = [
             to_i32(dims.m)?,
             to_i32(dims.n)?,
