@@ -10,7 +10,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaSlice, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
 };
 use cudarc::nvrtc::Ptx;
 use half::bf16;
@@ -799,7 +800,9 @@ impl Kernels {
         }
     }
 
-    /// Forward attention: `out[m, H*D]` and `lse[m, H]`.
+    /// Forward attention: `out[m, H*D]` and `lse[m, H]`. Causal masks go
+    /// through the varlen kernel (see [`Kernels::attention_varlen`]), span
+    /// masks through `attn_fwd_*`.
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -822,6 +825,25 @@ impl Kernels {
         check_len("attention v", v, kn)?;
         check_len("attention lse", lse, dims.m * dims.n_heads)?;
         let (causal, offset) = Self::mask_args(mask, dims.m, dims.n)?;
+        if causal == 1 {
+            // Every causal forward (prefill, training, decode) runs the one
+            // varlen kernel, so a row gets the same bits in all of them.
+            let (kp, _k_read) = k.device_ptr(&self.stream);
+            let (vp, _v_read) = v.device_ptr(&self.stream);
+            let (kd, vd) = (self.upload(&[kp])?, self.upload(&[vp])?);
+            return self.attention_varlen(
+                out,
+                lse,
+                q,
+                &kd,
+                &vd,
+                &[dims.m],
+                &[offset as usize + dims.m],
+                dims.n_heads,
+                dims.n_kv_heads,
+                dims.head_dim,
+            );
+        }
         let name = format!("attn_fwd_d{}", dims.head_dim);
         let f = self.f(&name)?;
         let ints = [
@@ -936,6 +958,78 @@ impl Kernels {
         push_spans(&mut b, mask);
         // SAFETY: as above.
         unsafe { b.launch(Self::attn_grid(dims.m, dims.n_heads)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Forward over several sequences at once, each with its own KV cache
+    /// (`k_ptrs`, `v_ptrs`: device addresses of `[keys[b], KV*D]` bf16) and
+    /// its `rows[b]` query rows packed in `q` (the last positions of the
+    /// sequence: decode when 1, a prefill chunk otherwise). Each row's numbers
+    /// are bit for bit those of [`Kernels::attention`] on that sequence alone.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_varlen(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<bf16>,
+        k_ptrs: &CudaSlice<u64>,
+        v_ptrs: &CudaSlice<u64>,
+        rows: &[usize],
+        keys: &[usize],
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        if rows.len() != keys.len() || rows.is_empty() {
+            return Err(Error::Invalid(format!(
+                "attention_varlen: {} row counts for {} key counts",
+                rows.len(),
+                keys.len()
+            )));
+        }
+        if let Some(b) = (0..rows.len()).find(|&b| rows[b] > keys[b]) {
+            return Err(Error::Invalid(format!(
+                "attention_varlen: sequence {b} has {} query rows but {} keys",
+                rows[b], keys[b]
+            )));
+        }
+        let total: usize = rows.iter().sum();
+        AttnDims {
+            m: total,
+            n: keys.iter().copied().max().unwrap_or(0),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+        .check()?;
+        check_len("attention_varlen q", q, total * n_heads * head_dim)?;
+        check_len("attention_varlen out", out, total * n_heads * head_dim)?;
+        check_len("attention_varlen lse", lse, total * n_heads)?;
+        check_len("attention_varlen k_ptrs", k_ptrs, rows.len())?;
+        check_len("attention_varlen v_ptrs", v_ptrs, rows.len())?;
+        let mut starts = vec![0i32];
+        for &r in rows {
+            starts.push(starts.last().copied().unwrap_or(0) + to_i32(r)?);
+        }
+        let n_keys: Vec<i32> = keys.iter().map(|&k| to_i32(k)).collect::<Result<_>>()?;
+        let (starts_d, keys_d) = (self.upload(&starts)?, self.upload(&n_keys)?);
+        let (h, kv) = (to_i32(n_heads)?, to_i32(n_kv_heads)?);
+        let f = self.f(&format!("attn_fwd_varlen_d{head_dim}"))?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(lse).arg(q).arg(k_ptrs).arg(v_ptrs);
+        b.arg(&starts_d).arg(&keys_d).arg(&h).arg(&kv);
+        let max_rows = rows.iter().copied().max().unwrap_or(1);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                max_rows.div_ceil(ATT_ROWS).max(1) as u32,
+                n_heads as u32,
+                rows.len() as u32,
+            ),
+            block_dim: (ATT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: lengths checked; the caller's pointers describe live caches.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
 

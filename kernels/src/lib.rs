@@ -182,7 +182,13 @@ mod tests {
     fn every_family_lists_its_kernels() {
         let attn = Family::Attention.kernel_names();
         for d in [64, 128] {
-            for k in ["attn_fwd", "attn_bwd_dkdv", "attn_bwd_dq", "attn_decode"] {
+            for k in [
+                "attn_fwd",
+                "attn_fwd_varlen",
+                "attn_bwd_dkdv",
+                "attn_bwd_dq",
+                "attn_decode",
+            ] {
                 assert!(attn.contains(&format!("{k}_d{d}")), "{k}_d{d} in {attn:?}");
             }
         }

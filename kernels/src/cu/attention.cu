@@ -14,7 +14,9 @@
 // base pointers 16-byte aligned (D % 8 == 0). Backward: `attn_bwd_delta`,
 // then `attn_bwd_dkdv_*` (one block per key tile and KV head, summing the
 // query heads of the group in head order: deterministic, no atomics) and
-// `attn_bwd_dq_*`.
+// `attn_bwd_dq_*`. Decode: `attn_fwd_varlen_*` (bitwise the same numbers as the
+// forward, for batch invariance) or `attn_decode_*` (keys split over warps:
+// faster on long caches, not bitwise equal to the forward).
 
 #define ATT_GROUP 8    // threads that share one query (or key) row
 #define ATT_ROWS 16    // query rows per forward / dq block, key rows per dkdv block
@@ -174,6 +176,33 @@ __device__ void attn_fwd(bf16* __restrict__ out, float* __restrict__ lse,
     for (int t = 0; t < DPT; ++t)
         out[(size_t)row * q_cols + h * D + t * ATT_GROUP + g] = to_bf16(o[t] * inv);
     if (g == 0) lse[(size_t)row * n_heads + h] = l > 0.0f ? mx + logf(l) : IGPO_NEG_INF;
+}
+
+// Varlen forward: several sequences in one launch, each with its own KV cache
+// and its query rows at the end of it (causal, offset n_b - m_b): decode
+// (m_b = 1) and batched prefill. Sequence b owns rows q_start[b] ..
+// q_start[b+1] of the packed q / out / lse and keys k_ptrs[b], v_ptrs[b]
+// ([n_keys[b], KV*D]). Every row runs exactly attn_fwd's code (same key tiles
+// from key 0, same order of operations), so a row gets the same bits whether it
+// is decoded, prefilled or scored, alone or in any batch: the log-probs seen at
+// rollout are the ones recomputed for the loss (DESIGN: batch invariance). The
+// launch wrappers send every causal forward here (one sequence: B = 1) and
+// only span masks to attn_fwd_*, so equality never rests on two kernels
+// compiling the same arithmetic the same way.
+// grid (ceil(max_b m_b / ATT_ROWS), H, B), block ATT_THREADS.
+template <int D>
+__device__ void attn_fwd_varlen(bf16* __restrict__ out, float* __restrict__ lse,
+                                const bf16* __restrict__ q, const bf16* const* __restrict__ k_ptrs,
+                                const bf16* const* __restrict__ v_ptrs,
+                                const int* __restrict__ q_start, const int* __restrict__ n_keys,
+                                int n_heads, int n_kv_heads) {
+    const int b = blockIdx.z;
+    const int r0 = q_start[b], m = q_start[b + 1] - r0, n = n_keys[b];
+    if ((int)blockIdx.x * ATT_ROWS >= m) return;  // the whole block: no row of this sequence
+    const size_t qc = (size_t)n_heads * D;
+    Mask mk = {1, n - m, nullptr, nullptr};
+    attn_fwd<D>(out + (size_t)r0 * qc, lse + (size_t)r0 * n_heads, q + (size_t)r0 * qc, k_ptrs[b],
+                v_ptrs[b], m, n, n_heads, n_kv_heads, mk);
 }
 
 // ------------------------------------------------------------ backward
@@ -420,6 +449,12 @@ __device__ void attn_decode(bf16* __restrict__ out, const bf16* __restrict__ q,
         const int* spans) {                                                                        \
         Mask mk = {causal, offset, span_ptr, spans};                                               \
         attn_fwd<D>(out, lse, q, k, v, m, n, n_heads, n_kv_heads, mk);                             \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_fwd_varlen_d##D(               \
+        bf16* out, float* lse, const bf16* q, const bf16* const* k_ptrs,                          \
+        const bf16* const* v_ptrs, const int* q_start, const int* n_keys, int n_heads,            \
+        int n_kv_heads) {                                                                          \
+        attn_fwd_varlen<D>(out, lse, q, k_ptrs, v_ptrs, q_start, n_keys, n_heads, n_kv_heads);    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(ATT_THREADS) attn_bwd_dkdv_d##D(                 \
         bf16* dk, bf16* dv, const bf16* q, const bf16* k, const bf16* v, const bf16* dout,        \
