@@ -19,6 +19,7 @@
 //! which, with the formulas.
 
 pub mod compile;
+pub mod gemm;
 pub mod host;
 pub mod launch;
 

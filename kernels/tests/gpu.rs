@@ -673,3 +673,68 @@ fn attention_matches_the_reference() {
         }
     }
 }
+
+#[test]
+fn cublas_linear_and_its_backward_match_the_reference() {
+    let Some(kn) = gpu() else { return };
+    let blas = igpo_kernels::gemm::Blas::new(kn.stream().clone()).unwrap();
+    let mut r = Rand(21);
+    let (m, n, k) = (37usize, 130usize, 96usize);
+    let (x, w, dy) = (r.bf(m * k, 1.0), r.bf(n * k, 1.0), r.bf(m * n, 1.0));
+    let (xd, wd, dyd) = (
+        kn.upload(&to_bf(&x)).unwrap(),
+        kn.upload(&to_bf(&w)).unwrap(),
+        kn.upload(&to_bf(&dy)).unwrap(),
+    );
+    let mut y = kn.zeros::<f32>(m * n).unwrap();
+    blas.linear(&mut y, &xd, &wd, (m, n, k)).unwrap();
+    let mut want = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum();
+        }
+    }
+    close(
+        "linear (f32 out)",
+        &kn.download(&y).unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+    let mut dx = kn.zeros::<f32>(m * k).unwrap();
+    let mut dw = kn.upload(&vec![0.5f32; n * k]).unwrap();
+    blas.linear_backward(&mut dx, &mut dw, &xd, &wd, &dyd, (m, n, k))
+        .unwrap();
+    let mut want_dx = vec![0.0f64; m * k];
+    let mut want_dw = vec![0.5f64; n * k];
+    for i in 0..m {
+        for t in 0..k {
+            want_dx[i * k + t] = (0..n)
+                .map(|j| dy[i * n + j] as f64 * w[j * k + t] as f64)
+                .sum();
+        }
+    }
+    for j in 0..n {
+        for t in 0..k {
+            want_dw[j * k + t] += (0..m)
+                .map(|i| dy[i * n + j] as f64 * x[i * k + t] as f64)
+                .sum::<f64>();
+        }
+    }
+    close(
+        "linear_backward dx",
+        &kn.download(&dx).unwrap(),
+        &want_dx,
+        1e-4,
+        1e-4,
+    );
+    close(
+        "linear_backward dw (+=)",
+        &kn.download(&dw).unwrap(),
+        &want_dw,
+        1e-4,
+        1e-4,
+    );
+}
