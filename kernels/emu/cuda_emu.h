@@ -1,21 +1,25 @@
 // A small CUDA emulator for checking kernel *logic* on a machine without a
-// GPU: every CUDA thread of a block is an OS thread, __syncthreads and warp
-// shuffles are barriers, __shared__ is a static (blocks run one at a time).
-// It compiles the real kernel sources (src/cu/*.cu) with g++. It says nothing
-// about speed, and little about memory-model subtleties; it does catch wrong
-// indexing, masks, reductions, races on shared memory that a barrier misses
-// (as wrong results), and deadlocks from divergent barriers.
+// GPU. Every CUDA thread of a block is a fiber (ucontext) on one OS thread;
+// a scheduler runs each fiber until it reaches a barrier (__syncthreads,
+// __syncwarp, a warp shuffle), releases a barrier once every live thread of
+// the block (or warp) waits at it, and reports a deadlock when threads wait
+// at different barriers (divergent __syncthreads or shuffles) instead of
+// hanging. Fibers are swept in alternating order (0..n, then n..0) so that a
+// missing barrier shows up as a wrong result. __shared__ is a static (blocks
+// run one after the other). It compiles the real kernel sources
+// (src/cu/*.cu) with g++ and says nothing about speed or the GPU memory model.
 #pragma once
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <barrier>
+#include <cstdio>
+#include <cstdlib>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <thread>
+#include <ucontext.h>
 #include <vector>
 
 struct dim3 {
@@ -56,27 +60,41 @@ inline unsigned __float_as_uint(float f) {
     return v;
 }
 
-// ---- one block's synchronization state
+// ---- the fibers of the running block
+enum EmuState { EMU_RUNNABLE, EMU_WAIT_BLOCK, EMU_WAIT_WARP, EMU_DONE };
+struct EmuFiber {
+    ucontext_t ctx;
+    char* stack = nullptr;
+    EmuState state = EMU_RUNNABLE;
+};
 struct EmuBlock {
     int threads = 0;
-    std::unique_ptr<std::barrier<>> bar;
-    std::vector<std::unique_ptr<std::barrier<>>> warp_bar;
+    std::vector<EmuFiber> fibers;
     std::vector<std::array<uint64_t, 32>> slots;
+    ucontext_t sched;
     int or_flag = 0;
 };
-inline thread_local EmuBlock* emu_block = nullptr;
-inline thread_local int emu_tid = 0;
+inline EmuBlock* emu_block = nullptr;
+inline int emu_tid = 0;
+inline std::function<void()>* emu_kernel = nullptr;
 
-inline void __syncthreads() { emu_block->bar->arrive_and_wait(); }
-inline int __syncthreads_or(int p) {
-    emu_block->bar->arrive_and_wait();
-    if (emu_tid == 0) emu_block->or_flag = 0;
-    emu_block->bar->arrive_and_wait();
-    if (p) __atomic_store_n(&emu_block->or_flag, 1, __ATOMIC_SEQ_CST);
-    emu_block->bar->arrive_and_wait();
-    return __atomic_load_n(&emu_block->or_flag, __ATOMIC_SEQ_CST);
+// The running fiber waits in `state` until the scheduler releases it.
+inline void emu_wait(EmuState state) {
+    EmuFiber& f = emu_block->fibers[emu_tid];
+    f.state = state;
+    swapcontext(&f.ctx, &emu_block->sched);
 }
-inline void __syncwarp(unsigned = 0xffffffffu) { emu_block->warp_bar[emu_tid / 32]->arrive_and_wait(); }
+
+inline void __syncthreads() { emu_wait(EMU_WAIT_BLOCK); }
+inline int __syncthreads_or(int p) {
+    __syncthreads();
+    if (emu_tid == 0) emu_block->or_flag = 0;
+    __syncthreads();
+    if (p) emu_block->or_flag = 1;
+    __syncthreads();
+    return emu_block->or_flag;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { emu_wait(EMU_WAIT_WARP); }
 
 template <class T>
 inline T emu_exchange(T v, int src_lane) {
@@ -85,11 +103,11 @@ inline T emu_exchange(T v, int src_lane) {
     uint64_t bits = 0;
     std::memcpy(&bits, &v, sizeof(T));
     emu_block->slots[warp][lane] = bits;
-    emu_block->warp_bar[warp]->arrive_and_wait();
+    __syncwarp();
     T r;
     const uint64_t got = emu_block->slots[warp][src_lane];
     std::memcpy(&r, &got, sizeof(T));
-    emu_block->warp_bar[warp]->arrive_and_wait();
+    __syncwarp();
     return r;
 }
 template <class T>
@@ -103,63 +121,108 @@ inline T __shfl_up_sync(unsigned, T v, int delta) {
     return lane >= delta ? r : v;
 }
 
+// One OS thread: atomics are plain read-modify-writes.
 template <class T>
 inline T atomicAdd(T* p, T v) {
-    return std::atomic_ref<T>(*p).fetch_add(v);
+    const T old = *p;
+    *p = old + v;
+    return old;
 }
 inline int atomicMin(int* p, int v) {
-    std::atomic_ref<int> a(*p);
-    int old = a.load();
-    while (v < old && !a.compare_exchange_weak(old, v)) {
-    }
+    const int old = *p;
+    if (v < old) *p = v;
     return old;
 }
 inline int atomicMax(int* p, int v) {
-    std::atomic_ref<int> a(*p);
-    int old = a.load();
-    while (v > old && !a.compare_exchange_weak(old, v)) {
-    }
+    const int old = *p;
+    if (v > old) *p = v;
     return old;
 }
 
-// Runs `kernel` (a callable taking no arguments) over the grid, one block at
-// a time: blockDim OS threads, reused for every block, with a barrier between
-// blocks (so `static` shared memory is never used by two blocks at once).
+inline void emu_fiber_main() {
+    (*emu_kernel)();
+    emu_block->fibers[emu_tid].state = EMU_DONE;
+    swapcontext(&emu_block->fibers[emu_tid].ctx, &emu_block->sched);
+}
+
+inline void emu_set_thread(int t) {
+    emu_tid = t;
+    threadIdx = dim3{(unsigned)t % blockDim.x, (unsigned)(t / blockDim.x) % blockDim.y,
+                     (unsigned)(t / (blockDim.x * blockDim.y))};
+}
+
+// Runs `kernel` (a callable taking no arguments) over the grid, block by block.
 template <class F>
 void emu_launch(dim3 grid, dim3 block, F kernel) {
+    constexpr size_t STACK = 256 * 1024;
     gridDim = grid;
     blockDim = block;
     const int n = (int)(block.x * block.y * block.z);
     const int warps = (n + 31) / 32;
-    const size_t blocks = (size_t)grid.x * grid.y * grid.z;
-    std::vector<EmuBlock> bs(blocks);
-    for (auto& b : bs) {
-        b.threads = n;
-        b.bar = std::make_unique<std::barrier<>>(n);
-        for (int w = 0; w < warps; ++w)
-            b.warp_bar.push_back(std::make_unique<std::barrier<>>(std::min(32, n - 32 * w)));
-        b.slots.resize(warps);
-    }
-    std::barrier<> between(n);
-    std::vector<std::thread> ts;
-    ts.reserve(n);
-    for (int t = 0; t < n; ++t) {
-        ts.emplace_back([&, t] {
-            emu_tid = t;
-            threadIdx = dim3{(unsigned)t % block.x, (unsigned)(t / block.x) % block.y,
-                             (unsigned)(t / (block.x * block.y))};
-            for (size_t i = 0; i < blocks; ++i) {
-                EmuBlock& b = bs[i];
-                emu_block = &b;
-                blockIdx = dim3{(unsigned)(i % grid.x), (unsigned)((i / grid.x) % grid.y),
-                                (unsigned)(i / ((size_t)grid.x * grid.y))};
-                kernel();
-                // An exited thread no longer takes part in this block's barriers.
-                b.warp_bar[t / 32]->arrive_and_drop();
-                b.bar->arrive_and_drop();
-                between.arrive_and_wait();
+    std::function<void()> k = kernel;
+    emu_kernel = &k;
+    EmuBlock b;
+    b.threads = n;
+    b.fibers.resize(n);
+    b.slots.resize(warps);
+    for (auto& f : b.fibers) f.stack = (char*)std::malloc(STACK);
+    emu_block = &b;
+    for (unsigned bz = 0; bz < grid.z; ++bz)
+        for (unsigned by = 0; by < grid.y; ++by)
+            for (unsigned bx = 0; bx < grid.x; ++bx) {
+                blockIdx = dim3{bx, by, bz};
+                for (auto& f : b.fibers) {
+                    getcontext(&f.ctx);
+                    f.ctx.uc_stack.ss_sp = f.stack;
+                    f.ctx.uc_stack.ss_size = STACK;
+                    f.ctx.uc_link = nullptr;
+                    makecontext(&f.ctx, emu_fiber_main, 0);
+                    f.state = EMU_RUNNABLE;
+                }
+                bool forward = true;
+                for (;;) {
+                    for (int s = 0; s < n; ++s) {
+                        const int t = forward ? s : n - 1 - s;
+                        if (b.fibers[t].state != EMU_RUNNABLE) continue;
+                        emu_set_thread(t);
+                        swapcontext(&b.sched, &b.fibers[t].ctx);
+                    }
+                    forward = !forward;
+                    // Everyone waits or is done: release what can be released.
+                    int live = 0, at_block = 0;
+                    bool released = false;
+                    for (int w = 0; w < warps; ++w) {
+                        int wl = 0, at_warp = 0;
+                        for (int t = 32 * w; t < std::min(n, 32 * w + 32); ++t) {
+                            const EmuState st = b.fibers[t].state;
+                            if (st == EMU_DONE) continue;
+                            ++wl;
+                            at_warp += st == EMU_WAIT_WARP;
+                            at_block += st == EMU_WAIT_BLOCK;
+                        }
+                        live += wl;
+                        if (wl > 0 && at_warp == wl) {
+                            for (int t = 32 * w; t < std::min(n, 32 * w + 32); ++t)
+                                if (b.fibers[t].state == EMU_WAIT_WARP) b.fibers[t].state = EMU_RUNNABLE;
+                            released = true;
+                        }
+                    }
+                    if (live == 0) break;
+                    if (!released && at_block == live) {
+                        for (auto& f : b.fibers)
+                            if (f.state == EMU_WAIT_BLOCK) f.state = EMU_RUNNABLE;
+                        released = true;
+                    }
+                    if (!released) {
+                        std::fprintf(stderr,
+                                     "emu: deadlock in block (%u,%u,%u): %d live threads, %d at "
+                                     "__syncthreads, the rest at a warp barrier or shuffle with "
+                                     "lanes waiting elsewhere (divergent barrier)\n",
+                                     bx, by, bz, live, at_block);
+                        std::abort();
+                    }
+                }
             }
-        });
-    }
-    for (auto& th : ts) th.join();
+    for (auto& f : b.fibers) std::free(f.stack);
+    emu_block = nullptr;
 }

@@ -1,7 +1,7 @@
 // Runs the real kernels (src/cu/*.cu) in the CPU emulator (cuda_emu.h) on
 // small inputs and compares them with plain reference loops that mirror the
 // CPU backend (engine/src/backend/cpu, engine/src/rollout/sampler.rs).
-// Build and run: `cargo xtask kernels` (g++ -std=c++20 -O1 -pthread).
+// Build and run: `cargo xtask kernels` (g++ -std=c++20 -O1).
 // Exit status 1 when any check fails.
 #include "cuda_emu.h"
 
