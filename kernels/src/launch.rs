@@ -387,6 +387,126 @@ impl Kernels {
         Ok(())
     }
 
+    /// `x += y` on f32 buffers.
+    pub fn add_assign_f32(
+        &self,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        check_len("add_assign_f32 x", x, n)?;
+        check_len("add_assign_f32 y", y, n)?;
+        let n_i = n as i64;
+        let f = self.f("add_assign_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(y).arg(&n_i);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `x *= s` on a bf16 buffer.
+    pub fn scale_bf16(&self, x: &mut CudaSlice<bf16>, s: f32, n: usize) -> Result<()> {
+        check_len("scale_bf16 x", x, n)?;
+        let n_i = n as i64;
+        let f = self.f("scale_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(&s).arg(&n_i);
+        // SAFETY: length checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `out[r, c] += bias[c]` on a `[rows, cols]` bf16 matrix.
+    pub fn add_bias(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        bias: &CudaSlice<bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check_len("add_bias out", out, rows * cols)?;
+        check_len("add_bias bias", bias, cols)?;
+        let (r, c) = (to_i32(rows)?, to_i32(cols)?);
+        let f = self.f("add_bias_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(bias).arg(&r).arg(&c);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// A new bf16 copy of the first `n` values of `x`.
+    pub fn to_bf16(&self, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<bf16>> {
+        check_len("to_bf16 x", x, n)?;
+        let mut out = self.zeros::<bf16>(n)?;
+        let n_i = n as i64;
+        let f = self.f("cast_f32_to_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut out).arg(x).arg(&n_i);
+        // SAFETY: both hold n values.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(out)
+    }
+
+    /// A new f32 copy of the first `n` values of `x`.
+    pub fn to_f32(&self, x: &CudaSlice<bf16>, n: usize) -> Result<CudaSlice<f32>> {
+        check_len("to_f32 x", x, n)?;
+        let mut out = self.zeros::<f32>(n)?;
+        let n_i = n as i64;
+        let f = self.f("cast_bf16_to_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut out).arg(x).arg(&n_i);
+        // SAFETY: both hold n values.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(out)
+    }
+
+    /// Rows `rows` of the `[_, cols]` matrix `x` (bf16 or f32: `kernel` is
+    /// `gather_rows_bf16` or `gather_rows_f32`).
+    fn gather<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        kernel: &str,
+        x: &CudaSlice<T>,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<CudaSlice<T>> {
+        let have = x.len() / cols.max(1);
+        if let Some(r) = rows.iter().find(|&&r| r >= have) {
+            return Err(Error::Invalid(format!(
+                "gather_rows: row {r} of a {have}-row matrix"
+            )));
+        }
+        let idx: Vec<i32> = rows.iter().map(|&r| to_i32(r)).collect::<Result<_>>()?;
+        let idx_d = self.upload(if idx.is_empty() { &[0] } else { &idx })?;
+        let mut out = self.zeros::<T>(rows.len() * cols)?;
+        let (n, c) = (to_i32(rows.len())?, to_i32(cols)?);
+        let f = self.f(kernel)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut out).arg(x).arg(&idx_d).arg(&n).arg(&c);
+        // SAFETY: every row index checked against x.
+        unsafe { b.launch(elem_cfg(rows.len() * cols)) }.map_err(cuda)?;
+        Ok(out)
+    }
+
+    pub fn gather_rows_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<CudaSlice<bf16>> {
+        self.gather("gather_rows_bf16", x, rows, cols)
+    }
+
+    pub fn gather_rows_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<CudaSlice<f32>> {
+        self.gather("gather_rows_f32", x, rows, cols)
+    }
+
     // ------------------------------------------------------------- rope.cu
 
     /// RoPE in place on `x[rows, cols]` (rotate-half), `backward` rotates back.

@@ -170,6 +170,14 @@ extern "C" __global__ void gather_rows_bf16(bf16* __restrict__ out, const bf16* 
     }
 }
 
+extern "C" __global__ void gather_rows_f32(float* __restrict__ out, const float* __restrict__ x,
+                                           const int* __restrict__ rows, int n_rows, int cols) {
+    IGPO_GRID_STRIDE(i, (long long)n_rows * cols) {
+        const long long r = i / cols, c = i % cols;
+        out[i] = x[(size_t)rows[r] * cols + c];
+    }
+}
+
 // Global-norm clipping, pass 1: partial[block] = sum of x^2 over a grid-stride
 // slice, f64 accumulation (mirrors the CPU's f64 sum_squares).
 extern "C" __global__ void sum_squares_partial(double* __restrict__ partial,
