@@ -1,4 +1,4 @@
-//! `igpo plugin check|describe|call` and `igpo data corpus` as a user runs
+//! `igpo plugin check|describe|call|prompt` and `igpo data corpus` as a user runs
 //! them: one clear line on error, exit code 1.
 
 mod common;
@@ -169,5 +169,64 @@ fn data_corpus_writes_12100_passages() {
         text(&out.stderr).starts_with("error: /nonexistent.json: No such file"),
         "{}",
         text(&out.stderr)
+    );
+}
+
+#[test]
+fn plugin_prompt_prints_the_agent_system_prompt() {
+    let Some(plugins) = plugin_dir("plugin_prompt_prints_the_agent_system_prompt") else {
+        return;
+    };
+    let cache = plugins.join(".cache");
+    let files = [
+        plugins.join("hostile-tool.wasm"),
+        plugins.join("echo-tool.wasm"),
+    ];
+    let pool = igpo::plugins::ToolPool::load(
+        &plugins_support::host(&plugins),
+        &files
+            .iter()
+            .map(igpo::plugins::PluginSpec::new)
+            .collect::<Vec<_>>(),
+    )
+    .unwrap();
+    for protocol in [
+        igpo::rollout::protocol::Protocol::ToolCall,
+        igpo::rollout::protocol::Protocol::SearchTags,
+    ] {
+        let name = serde_json::to_value(protocol).unwrap();
+        let out = igpo(
+            &cache,
+            &[
+                "plugin",
+                "prompt",
+                &files[0].display().to_string(),
+                &files[1].display().to_string(),
+                "--protocol",
+                name.as_str().unwrap(),
+            ],
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let cfg = igpo::rollout::AgentConfig {
+            protocol,
+            ..Default::default()
+        };
+        let want = igpo::rollout::agent_system_prompt(&cfg, Some(&pool));
+        assert_eq!(text(&out.stdout), format!("{want}\n"));
+    }
+    let out = igpo(
+        &cache,
+        &[
+            "plugin",
+            "prompt",
+            &files[1].display().to_string(),
+            "--protocol",
+            "xml",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "error: --protocol: `xml` is not one of tool_call, search_tags\n"
     );
 }

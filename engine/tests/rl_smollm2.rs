@@ -33,8 +33,8 @@ fn one_step(dir: &Path, model: &Path, plugins: &Path) -> RlMetrics {
 
 [agent]
 max_turns = 2
-max_new_tokens_per_turn = 64
-max_new_tokens_per_rollout = 128
+max_new_tokens_per_turn = 96
+max_new_tokens_per_rollout = 192
 max_tool_result_tokens = 160
 
 [[tools]]

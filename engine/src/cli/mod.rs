@@ -44,6 +44,9 @@ enum Command {
     Sft(train_cmd::SftArgs),
     /// Train an agent with IGPO or a baseline estimator (`[rl] estimator`).
     Train(train_cmd::TrainArgs),
+    /// Print the `igpo train` run file reference.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -53,6 +56,14 @@ enum Command {
     /// Convert data for plugins (e.g. the search corpus).
     #[command(subcommand)]
     Data(plugin_cmd::DataCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// A commented `igpo train` run file with every key at its default.
+    Default,
+    /// The run file reference as Markdown (docs/config.md).
+    Doc,
 }
 
 #[derive(Subcommand)]
@@ -157,6 +168,14 @@ pub fn main() -> i32 {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Sft(args) => train_cmd::sft(args),
         Command::Train(args) => train_cmd::train(args),
+        Command::Config(ConfigCommand::Default) => {
+            print!("{}", crate::train::config_doc::default_train_toml());
+            Ok(())
+        }
+        Command::Config(ConfigCommand::Doc) => {
+            print!("{}", crate::train::config_doc::config_markdown());
+            Ok(())
+        }
         Command::Rollout(args) => agent_cmd::run_rollout(args),
         Command::Eval(args) => agent_cmd::run_eval(args),
         Command::Bench(cmd) => run_bench(cmd),

@@ -1,4 +1,4 @@
-//! `igpo plugin check|describe|call` and `igpo data corpus`: argument
+//! `igpo plugin check|describe|call|prompt` and `igpo data corpus`: argument
 //! parsing only; the work is in `crate::plugins` and `crate::data`.
 
 use std::path::PathBuf;
@@ -7,8 +7,9 @@ use clap::Subcommand;
 
 use crate::plugins::{
     inspect, DatasetPlugin, PluginHost, PluginSpec, RewardPlugin, SandboxLimits, ToolPlugin,
-    TrajectoryRecord, World,
+    ToolPool, TrajectoryRecord, World,
 };
+use crate::rollout::{agent_system_prompt, AgentConfig};
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -35,6 +36,22 @@ pub enum PluginCommand {
         /// Sandbox limits as JSON, e.g. '{"call_timeout_ms": 2000}'.
         #[arg(long)]
         limits: Option<String>,
+    },
+    /// Print the agent's system prompt presenting these tools (what SFT
+    /// transcripts teaching the protocol must start with).
+    Prompt {
+        /// Tool components, in any order (the prompt lists them by name).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// tool_call or search_tags.
+        #[arg(long, default_value = "tool_call")]
+        protocol: String,
+        /// JSON config for `init` (all tools).
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Directory the tools may read (read-only, at /data).
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Calls/s and p50/p99 latency of a no-op tool call and of a BM25 query
     /// on the SQuAD + Wikipedia corpus, one thread and pooled over all cores.
@@ -182,6 +199,33 @@ pub fn run(cmd: PluginCommand) -> CliResult {
                     println!("{}", serde_json::to_string_pretty(&out)?);
                 }
             }
+        }
+        PluginCommand::Prompt {
+            files,
+            protocol,
+            config,
+            dir,
+        } => {
+            let protocol = serde_json::from_value(serde_json::Value::String(protocol.clone()))
+                .map_err(|_| {
+                    format!("--protocol: `{protocol}` is not one of tool_call, search_tags")
+                })?;
+            let config = parse_json("--config", &config)?;
+            let specs: Vec<PluginSpec> = files
+                .iter()
+                .map(|f| {
+                    let mut spec = PluginSpec::new(f).config(config.clone());
+                    spec.readonly_dir = dir.clone();
+                    spec.limits.instances = 1;
+                    spec
+                })
+                .collect();
+            let pool = ToolPool::load(&host, &specs)?;
+            let cfg = AgentConfig {
+                protocol,
+                ..AgentConfig::default()
+            };
+            println!("{}", agent_system_prompt(&cfg, Some(&pool)));
         }
         PluginCommand::Bench {
             plugins,

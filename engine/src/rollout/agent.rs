@@ -99,6 +99,88 @@ pub struct TurnMeta {
     pub latency_ms: f64,
 }
 
+impl TurnMeta {
+    /// A turn with no tool part (yet).
+    pub fn new(text: String) -> TurnMeta {
+        TurnMeta {
+            text,
+            tool: None,
+            arguments: None,
+            result: None,
+            tool_error: false,
+            latency_ms: 0.0,
+        }
+    }
+
+    /// The turn used one of the `max_turns` tool turns: it called a tool or
+    /// tried to (a malformed call counts too).
+    pub fn used_tool_turn(&self) -> bool {
+        self.tool.is_some() || self.tool_error
+    }
+}
+
+/// The tool step of one finished turn, blocking: a [`TurnAction::ToolCall`]
+/// runs on `pool` (no pool: every call fails), a [`TurnAction::Malformed`]
+/// turn gets its parse error. Returns the turn's metadata with the tool's
+/// full result text, or its error message with `tool_error` set, and the
+/// call's wall time; `None` when the action asks nothing of the tools (an
+/// answer, or plain text). Never panics on what a plugin does: traps,
+/// timeouts and memory blow-ups come back as error messages.
+///
+/// The agent loop runs this on a thread per call and splices the result in
+/// (cut to `max_tool_result_tokens`) when it arrives.
+pub fn tool_turn(pool: Option<&ToolPool>, text: String, action: &TurnAction) -> Option<TurnMeta> {
+    let mut meta = TurnMeta::new(text);
+    let result = match action {
+        TurnAction::ToolCall { name, arguments } => {
+            meta.tool = Some(name.clone());
+            meta.arguments = Some(arguments.clone());
+            let t0 = Instant::now();
+            let r = match pool {
+                Some(p) => p
+                    .call(name, &arguments.to_string())
+                    .map_err(|e| e.agent_message()),
+                None => Err("Error: no tools are available".to_string()),
+            };
+            meta.latency_ms = t0.elapsed().as_secs_f64() * 1e3;
+            r
+        }
+        TurnAction::Malformed(msg) => Err(msg.clone()),
+        TurnAction::Answer(_) | TurnAction::Nothing => return None,
+    };
+    match result {
+        Ok(r) => meta.result = Some(r),
+        Err(e) => {
+            meta.result = Some(e);
+            meta.tool_error = true;
+        }
+    }
+    Some(meta)
+}
+
+/// The tools as the system prompt presents them (sorted by name).
+pub fn tool_specs(pool: &ToolPool) -> Vec<ToolSpec> {
+    pool.infos()
+        .into_iter()
+        .map(|i| ToolSpec {
+            name: i.name.clone(),
+            description: i.plugin.description.clone(),
+            parameters: serde_json::from_str(&i.parameters_schema)
+                .unwrap_or(serde_json::Value::Null),
+        })
+        .collect()
+}
+
+/// The system prompt the agent starts every rollout with: `cfg.system_prompt`
+/// if set, else the protocol's prompt presenting the tools. SFT transcripts
+/// that teach the protocol must start with the same text.
+pub fn agent_system_prompt(cfg: &AgentConfig, pool: Option<&ToolPool>) -> String {
+    cfg.system_prompt.clone().unwrap_or_else(|| {
+        let specs = pool.map(tool_specs).unwrap_or_default();
+        system_prompt(cfg.protocol, &specs)
+    })
+}
+
 /// One finished rollout.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Trajectory {
@@ -160,28 +242,11 @@ pub fn run_agent<B: Backend>(
     seed: u64,
 ) -> Result<(Vec<Trajectory>, RolloutStats), TokenizerError> {
     let start = Instant::now();
-    let specs: Vec<ToolSpec> = tools
+    let search_tool = tools
         .as_ref()
-        .map(|p| {
-            p.infos()
-                .into_iter()
-                .map(|i| ToolSpec {
-                    name: i.name.clone(),
-                    description: i.plugin.description.clone(),
-                    parameters: serde_json::from_str(&i.parameters_schema)
-                        .unwrap_or(serde_json::Value::Null),
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let search_tool = specs
-        .first()
-        .map(|s| s.name.clone())
+        .and_then(|p| p.infos().first().map(|i| i.name.clone()))
         .unwrap_or_else(|| "search".into());
-    let system = cfg
-        .system_prompt
-        .clone()
-        .unwrap_or_else(|| system_prompt(cfg.protocol, &specs));
+    let system = agent_system_prompt(cfg, tools.as_deref());
     let mut eos = model.config.eos_token_ids.clone();
     eos.extend(tok.end_of_turn_ids());
     let sampling = SamplingParams {
@@ -225,13 +290,13 @@ pub fn run_agent<B: Backend>(
             state: State::Decoding,
         });
     }
-    let (tx, rx) = mpsc::channel::<(usize, Result<String, String>, f64)>();
+    let (tx, rx) = mpsc::channel::<(usize, TurnMeta)>();
     let mut stats = RolloutStats::default();
     let b = model.backend();
     loop {
         // Tool results that arrived rejoin the batch.
-        while let Ok((i, result, ms)) = rx.try_recv() {
-            splice_result(&mut live[i], tok, cfg, result, ms)?;
+        while let Ok((i, meta)) = rx.try_recv() {
+            splice_result(&mut live[i], tok, cfg, meta)?;
         }
         let active: Vec<usize> = (0..live.len())
             .filter(|&i| live[i].state == State::Decoding)
@@ -241,11 +306,11 @@ pub fn run_agent<B: Backend>(
                 break;
             }
             let idle = Instant::now();
-            let Ok((i, result, ms)) = rx.recv() else {
+            let Ok((i, meta)) = rx.recv() else {
                 break;
             };
             stats.waiting_on_tools_s += idle.elapsed().as_secs_f64();
-            splice_result(&mut live[i], tok, cfg, result, ms)?;
+            splice_result(&mut live[i], tok, cfg, meta)?;
             continue;
         }
         let logits = {
@@ -302,20 +367,7 @@ pub fn run_agent<B: Backend>(
             let turn_text = tok.decode(&l.turn_tokens, true)?;
             l.turn_tokens.clear();
             let action = parse_turn(cfg.protocol, &turn_text, &search_tool);
-            let mut meta = TurnMeta {
-                text: turn_text,
-                tool: None,
-                arguments: None,
-                result: None,
-                tool_error: false,
-                latency_ms: 0.0,
-            };
-            let tool_turns_used = l
-                .traj
-                .turns
-                .iter()
-                .filter(|t| t.tool.is_some() || t.tool_error)
-                .count();
+            let tool_turns_used = l.traj.turns.iter().filter(|t| t.used_tool_turn()).count();
             match action {
                 TurnAction::Answer(a) => {
                     l.traj.final_answer = Some(a);
@@ -325,37 +377,36 @@ pub fn run_agent<B: Backend>(
                     l.traj.truncated = true;
                     l.state = State::Done;
                 }
-                TurnAction::ToolCall { name, arguments } => {
-                    meta.tool = Some(name.clone());
-                    meta.arguments = Some(arguments.clone());
-                    l.state = State::WaitingTool;
-                    stats.tool_calls += 1;
-                    let tx = tx.clone();
-                    let pool = tools.clone();
-                    std::thread::spawn(move || {
-                        let t0 = Instant::now();
-                        let r = match pool {
-                            Some(p) => p
-                                .call(&name, &arguments.to_string())
-                                .map_err(|e| e.agent_message()),
-                            None => Err("Error: no tools are available".to_string()),
-                        };
-                        let _ = tx.send((i, r, t0.elapsed().as_secs_f64() * 1e3));
-                    });
-                }
-                TurnAction::Malformed(msg) => {
-                    meta.tool_error = true;
-                    l.state = State::WaitingTool;
-                    let _ = tx.send((i, Err(msg), 0.0));
-                }
                 TurnAction::Nothing => {
                     // The model neither called a tool nor answered: the
                     // rollout ends without an answer.
                     l.traj.truncated = turn_full;
                     l.state = State::Done;
                 }
+                TurnAction::ToolCall { .. } | TurnAction::Malformed(_) => {
+                    l.state = State::WaitingTool;
+                    let tx = tx.clone();
+                    if matches!(action, TurnAction::Malformed(_)) {
+                        // No plugin runs: the parse error is the result.
+                        if let Some(meta) = tool_turn(tools.as_deref(), turn_text.clone(), &action)
+                        {
+                            let _ = tx.send((i, meta));
+                        }
+                    } else {
+                        stats.tool_calls += 1;
+                        let pool = tools.clone();
+                        let text = turn_text.clone();
+                        std::thread::spawn(move || {
+                            if let Some(meta) = tool_turn(pool.as_deref(), text, &action) {
+                                let _ = tx.send((i, meta));
+                            }
+                        });
+                    }
+                }
             }
-            l.traj.turns.push(meta);
+            // A tool turn's record is replaced by `tool_turn`'s when its
+            // result is spliced in.
+            l.traj.turns.push(TurnMeta::new(turn_text));
             if l.state == State::Done {
                 l.traj.text = tok.decode(&l.traj.tokens, false)?;
             }
@@ -413,25 +464,20 @@ pub fn splice_text(protocol: Protocol, closed: bool, body: &str) -> String {
     splice
 }
 
-/// Appends a tool result (or error) as engine-made tokens and puts the
+/// Appends a tool result (or error) as engine-made tokens, records the
+/// turn's metadata (its result cut to `max_tool_result_tokens`) and puts the
 /// rollout back into the batch.
 fn splice_result<B: Backend>(
     l: &mut Live<B>,
     tok: &Tokenizer,
     cfg: &AgentConfig,
-    result: Result<String, String>,
-    ms: f64,
+    mut meta: TurnMeta,
 ) -> Result<(), TokenizerError> {
     let turn = l.traj.turns.len() - 1;
-    let (text, error) = match result {
-        Ok(r) => (r, false),
-        Err(e) => (e, true),
-    };
+    let text = meta.result.take().unwrap_or_default();
     let body = fit_tool_result(tok, text, cfg.max_tool_result_tokens)?;
-    let meta = &mut l.traj.turns[turn];
     meta.result = Some(body.clone());
-    meta.tool_error |= error;
-    meta.latency_ms = ms;
+    l.traj.turns[turn] = meta;
     let closed = l
         .traj
         .tokens

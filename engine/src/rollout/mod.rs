@@ -6,7 +6,8 @@ pub mod protocol;
 pub mod sampler;
 
 pub use agent::{
-    run_agent, AgentConfig, RolloutStats, Segment, SpanKind, Task, Trajectory, TurnMeta,
+    agent_system_prompt, run_agent, tool_turn, AgentConfig, RolloutStats, Segment, SpanKind, Task,
+    Trajectory, TurnMeta,
 };
 pub use generate::{generate, GenerateOptions, Generation, StopReason};
 pub use sampler::SamplingParams;

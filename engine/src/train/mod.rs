@@ -2,6 +2,7 @@
 //! SFT loop and the RL step loop (`igpo train`) built on the same pieces.
 
 pub mod checkpoint;
+pub mod config_doc;
 pub mod optim;
 pub mod rl;
 pub mod sft;

@@ -36,3 +36,18 @@ pub fn smollm2_dir(test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// SmolLM2 after the short tool-call SFT `cargo xtask test` runs
+/// (`IGPO_SMOLLM2_TOOL_DIR`): it calls the `search` tool; `None` prints why
+/// the caller skips.
+pub fn smollm2_tool_dir(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("IGPO_SMOLLM2_TOOL_DIR").map(PathBuf::from) {
+        Some(d) if d.join("config.json").exists() => Some(d),
+        _ => {
+            eprintln!(
+                "skipped {test}: IGPO_SMOLLM2_TOOL_DIR is not set (cargo xtask test sets it)"
+            );
+            None
+        }
+    }
+}
