@@ -2,6 +2,8 @@
 //! user and for CI. Everything the commands need (the real SmolLM2 model, the
 //! Python reference packages) is fetched here and cached under `target/`.
 
+mod kernels;
+
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
@@ -20,7 +22,8 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
         Some("plugins") => plugins().map(|dir| eprintln!("xtask: plugins in {}", dir.display())),
-        _ => Err("usage: cargo xtask <demo|test|plugins|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
+        Some("kernels") => kernels::kernels(),
+        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -460,6 +463,7 @@ fn read_jsonl(path: &std::path::Path) -> Result<Vec<serde_json::Value>> {
 }
 
 fn test(args: &[String]) -> Result<()> {
+    let cuda_env = kernels::prepare()?;
     let plugin_dir = plugins()?;
     let gguf = smollm2_gguf()?;
     let dir = smollm2_dir(&[])?;
@@ -470,7 +474,8 @@ fn test(args: &[String]) -> Result<()> {
         .env("IGPO_SMOLLM2_GGUF", &gguf)
         .env("IGPO_SMOLLM2_DIR", &dir)
         .env("IGPO_SMOLLM2_TOOL_DIR", &tool_dir)
-        .env("IGPO_PLUGIN_DIR", &plugin_dir))
+        .env("IGPO_PLUGIN_DIR", &plugin_dir)
+        .envs(cuda_env))
 }
 
 /// The tool-call SFT that makes SmolLM2 follow the agent's protocol for the

@@ -2,9 +2,10 @@
 //!
 //! [`Backend`] names the few ops a decoder needs. The model code is written
 //! once against it; `cpu` is the f32 reference (rayon + the `gemm` crate), and
-//! a CUDA backend plugs in behind the same trait.
+//! `cuda` runs it on an NVIDIA GPU over the `igpo-kernels` crate.
 
 pub mod cpu;
+pub mod cuda;
 
 use std::ops::Range;
 

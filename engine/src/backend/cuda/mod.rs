@@ -1,0 +1,833 @@
+//! The CUDA backend: [`Backend`] on an NVIDIA GPU over `igpo-kernels`.
+//!
+//! NOT YET RUN ON A GPU (see docs/benchmarks.md): it compiles and is checked
+//! op by op against the CPU backend by `tests` below, which skip without a
+//! driver.
+//!
+//! Storage ([`CudaTensor`]): activations and KV caches are bf16; gradients,
+//! optimizer moments and log-prob outputs are f32 (`zeros` makes f32);
+//! everything `upload`ed (weights, and the few host tensors the engine sends
+//! over) keeps an f32 master copy and a bf16 working copy, so AdamW updates
+//! the master and refreshes the copy in one pass. Ops read whatever variant
+//! they get, converting on the fly (bf16 for kernels and GEMMs, f32 for
+//! reductions). The trait is infallible: a CUDA error after start-up panics
+//! with the failing op's message; [`Cuda::new`] is where a missing GPU, driver
+//! or NVRTC becomes a clear error.
+
+use std::ops::{Deref, Range};
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
+use half::bf16;
+use igpo_kernels::gemm::Blas;
+use igpo_kernels::host::MaskArgs;
+use igpo_kernels::launch::{AdamW, AttnDims, Kernels};
+use igpo_kernels::PtxCache;
+
+use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, Rope};
+use crate::tensor::Tensor;
+
+/// What a [`CudaTensor`] holds.
+#[derive(Clone)]
+pub enum Data {
+    Bf16(CudaSlice<bf16>),
+    F32(CudaSlice<f32>),
+    /// Uploaded tensors: f32 master and bf16 working copy.
+    Param {
+        master: CudaSlice<f32>,
+        work: CudaSlice<bf16>,
+    },
+}
+
+/// A device tensor: row-major `shape`, bf16 or f32 storage (see the module
+/// documentation). A bf16 buffer may be longer than the shape (spare rows of
+/// a growing KV cache).
+#[derive(Clone)]
+pub struct CudaTensor {
+    shape: Vec<usize>,
+    data: Data,
+}
+
+impl CudaTensor {
+    fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+    fn cols(&self) -> usize {
+        self.shape.last().copied().unwrap_or(1)
+    }
+    fn rows(&self) -> usize {
+        if self.shape.is_empty() {
+            1
+        } else {
+            self.numel() / self.cols().max(1)
+        }
+    }
+    pub fn data(&self) -> &Data {
+        &self.data
+    }
+}
+
+/// A borrowed or converted buffer.
+enum View<'a, T> {
+    Borrowed(&'a CudaSlice<T>),
+    Owned(CudaSlice<T>),
+}
+
+impl<T> Deref for View<'_, T> {
+    type Target = CudaSlice<T>;
+    fn deref(&self) -> &CudaSlice<T> {
+        match self {
+            View::Borrowed(s) => s,
+            View::Owned(s) => s,
+        }
+    }
+}
+
+/// The CUDA backend of one device.
+#[derive(Clone)]
+pub struct Cuda {
+    k: Arc<Kernels>,
+    blas: Arc<Blas>,
+    ordinal: usize,
+}
+
+/// Panics with the op's name: the trait has no error path once running.
+fn ok<T>(op: &str, r: igpo_kernels::Result<T>) -> T {
+    r.unwrap_or_else(|e| panic!("cuda {op}: {e}"))
+}
+
+impl Cuda {
+    /// Device `ordinal`: loads the driver, compiles (or takes from the PTX
+    /// cache) every kernel for its compute capability. Without a GPU this is
+    /// a clear error, never a panic.
+    pub fn new(ordinal: usize) -> igpo_kernels::Result<Cuda> {
+        let k = Kernels::new(ordinal, &PtxCache::default_location())?;
+        let blas = Blas::new(k.stream().clone())?;
+        Ok(Cuda {
+            k: Arc::new(k),
+            blas: Arc::new(blas),
+            ordinal,
+        })
+    }
+
+    fn stream(&self) -> &Arc<CudaStream> {
+        self.k.stream()
+    }
+
+    fn bf<'a>(&self, t: &'a CudaTensor) -> View<'a, bf16> {
+        match &t.data {
+            Data::Bf16(s) => View::Borrowed(s),
+            Data::Param { work, .. } => View::Borrowed(work),
+            Data::F32(s) => View::Owned(ok("to bf16", self.k.to_bf16(s, t.numel()))),
+        }
+    }
+
+    fn f32v<'a>(&self, t: &'a CudaTensor) -> View<'a, f32> {
+        match &t.data {
+            Data::F32(s) => View::Borrowed(s),
+            Data::Param { master, .. } => View::Borrowed(master),
+            Data::Bf16(s) => View::Owned(ok("to f32", self.k.to_f32(s, t.numel()))),
+        }
+    }
+
+    fn new_bf16(&self, shape: &[usize]) -> CudaTensor {
+        let n: usize = shape.iter().product();
+        CudaTensor {
+            shape: shape.to_vec(),
+            data: Data::Bf16(ok("alloc", self.k.zeros::<bf16>(n))),
+        }
+    }
+
+    /// Makes `t` a bf16 tensor (in place), for ops that rewrite bf16 data.
+    fn make_bf16(&self, t: &mut CudaTensor) {
+        if let Data::Bf16(_) = t.data {
+            return;
+        }
+        let b = match &t.data {
+            Data::F32(s) => ok("to bf16", self.k.to_bf16(s, t.numel())),
+            Data::Param { work, .. } => work.clone(),
+            Data::Bf16(_) => unreachable!(),
+        };
+        t.data = Data::Bf16(b);
+    }
+
+    fn ids(&self, ids: &[u32]) -> CudaSlice<i32> {
+        let v: Vec<i32> = ids.iter().map(|&i| i as i32).collect();
+        ok(
+            "upload ids",
+            self.k.upload(if v.is_empty() { &[0] } else { &v }),
+        )
+    }
+
+    fn mask(&self, mask: &AttnMask, m: usize, n: usize) -> igpo_kernels::launch::DeviceMask {
+        let args = match mask {
+            AttnMask::Causal { offset } => MaskArgs::Causal {
+                offset: *offset as i32,
+            },
+            AttnMask::Spans(spans) => {
+                assert_eq!(spans.len(), m, "attention: one span list per query row");
+                ok("attention mask", MaskArgs::from_spans(spans, n))
+            }
+        };
+        ok("attention mask", self.k.mask(&args))
+    }
+
+    fn dims(q: &CudaTensor, k: &CudaTensor, s: AttnShape) -> AttnDims {
+        AttnDims {
+            m: q.rows(),
+            n: k.rows(),
+            n_heads: s.n_heads,
+            n_kv_heads: s.n_kv_heads,
+            head_dim: s.head_dim,
+        }
+    }
+
+    fn rope_apply(&self, x: &mut CudaTensor, positions: &[usize], rope: &Rope, backward: bool) {
+        self.make_bf16(x);
+        let (rows, cols) = (x.rows(), x.cols());
+        assert_eq!(positions.len(), rows, "rope: one position per row");
+        let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+        let pd = ok(
+            "rope positions",
+            self.k.upload(if pos.is_empty() { &[0] } else { &pos }),
+        );
+        let fd = ok("rope freqs", self.k.upload(&rope.inv_freq));
+        if let Data::Bf16(s) = &mut x.data {
+            ok(
+                "rope",
+                self.k
+                    .rope(s, &pd, &fd, rows, cols, rope.head_dim, backward),
+            );
+        }
+    }
+
+    fn f32_out(&self, v: CudaSlice<f32>, shape: &[usize]) -> CudaTensor {
+        CudaTensor {
+            shape: shape.to_vec(),
+            data: Data::F32(v),
+        }
+    }
+
+    /// `z[rows, c] = h W[lo..lo+c]^T` in f32.
+    fn chunk_logits(
+        &self,
+        z: &mut CudaSlice<f32>,
+        h: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        (rows, d, lo, c): (usize, usize, usize, usize),
+    ) {
+        let wc = w.slice(lo * d..(lo + c) * d);
+        ok(
+            "lm-head chunk",
+            self.blas
+                .gemm(z, h, &wc, (rows, c, d), (false, true), 1.0, 0.0),
+        );
+    }
+}
+
+impl Backend for Cuda {
+    type Tensor = CudaTensor;
+
+    fn name(&self) -> String {
+        let (a, b) = self.k.arch();
+        format!(
+            "cuda:{} (sm_{a}{b}, bf16 + f32 master weights)",
+            self.ordinal
+        )
+    }
+
+    fn upload(&self, t: &Tensor) -> CudaTensor {
+        let n = t.numel();
+        let master = ok(
+            "upload",
+            self.k.upload(if n == 0 { &[0.0] } else { t.data() }),
+        );
+        let work = ok("upload", self.k.to_bf16(&master, n));
+        CudaTensor {
+            shape: t.shape().to_vec(),
+            data: Data::Param { master, work },
+        }
+    }
+
+    fn download(&self, t: &CudaTensor) -> Tensor {
+        let n = t.numel();
+        let data: Vec<f32> = match &t.data {
+            Data::F32(s) | Data::Param { master: s, .. } => {
+                let mut v = ok("download", self.k.download(s));
+                v.truncate(n);
+                v
+            }
+            Data::Bf16(s) => ok("download", self.k.download(s))
+                .into_iter()
+                .take(n)
+                .map(|x| x.to_f32())
+                .collect(),
+        };
+        Tensor::from_vec(&t.shape, data)
+    }
+
+    fn shape<'a>(&self, t: &'a CudaTensor) -> &'a [usize] {
+        &t.shape
+    }
+
+    fn empty_rows(&self, cols: usize) -> CudaTensor {
+        CudaTensor {
+            shape: vec![0, cols],
+            data: Data::Bf16(ok("alloc", self.k.zeros::<bf16>(0))),
+        }
+    }
+
+    fn linear(&self, x: &CudaTensor, w: &CudaTensor, bias: Option<&CudaTensor>) -> CudaTensor {
+        let (m, k) = (x.rows(), x.cols());
+        let n = w.rows();
+        assert_eq!(
+            w.cols(),
+            k,
+            "linear: x has {k} columns, weight {:?}",
+            w.shape
+        );
+        let mut out = self.new_bf16(&[m, n]);
+        let (xb, wb) = (self.bf(x), self.bf(w));
+        if let Data::Bf16(y) = &mut out.data {
+            ok("linear", self.blas.linear(y, &*xb, &*wb, (m, n, k)));
+            if let Some(b) = bias {
+                assert_eq!(b.numel(), n, "linear: bias length");
+                ok("linear bias", self.k.add_bias(y, &self.bf(b), m, n));
+            }
+        }
+        out
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32) -> CudaTensor {
+        let (rows, d) = (x.rows(), x.cols());
+        assert_eq!(w.numel(), d, "rms_norm: weight length");
+        let mut out = self.new_bf16(&x.shape);
+        if let Data::Bf16(o) = &mut out.data {
+            ok(
+                "rms_norm",
+                self.k
+                    .rms_norm(o, None, &self.bf(x), &self.bf(w), rows, d, eps),
+            );
+        }
+        out
+    }
+
+    fn rope(&self, x: &mut CudaTensor, positions: &[usize], rope: &Rope) {
+        self.rope_apply(x, positions, rope, false);
+    }
+
+    fn attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        shape: AttnShape,
+        mask: &AttnMask,
+    ) -> CudaTensor {
+        self.attention_train(q, k, v, shape, mask).0
+    }
+
+    fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
+        assert_eq!(gate.shape, up.shape, "swiglu: shapes");
+        let mut out = self.new_bf16(&gate.shape);
+        if let Data::Bf16(o) = &mut out.data {
+            ok(
+                "swiglu",
+                self.k
+                    .swiglu(o, &self.bf(gate), &self.bf(up), gate.rows(), gate.cols()),
+            );
+        }
+        out
+    }
+
+    fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> CudaTensor {
+        let d = table.cols();
+        let vocab = table.rows();
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= vocab) {
+            panic!("embedding: token id {bad} is outside the vocabulary ({vocab})");
+        }
+        let mut out = self.new_bf16(&[ids.len(), d]);
+        let idd = self.ids(ids);
+        if let Data::Bf16(o) = &mut out.data {
+            ok(
+                "embedding",
+                self.k.embedding(o, &self.bf(table), &idd, ids.len(), d),
+            );
+        }
+        out
+    }
+
+    fn add_assign(&self, x: &mut CudaTensor, y: &CudaTensor) {
+        assert_eq!(x.shape, y.shape, "add_assign: shapes");
+        let n = x.numel();
+        let yb = match &x.data {
+            Data::Bf16(_) => Some(self.bf(y)),
+            _ => None,
+        };
+        match &mut x.data {
+            Data::Bf16(s) => ok(
+                "add_assign",
+                self.k.add_assign(s, &yb.expect("bf16 view"), n),
+            ),
+            Data::F32(s) => ok("add_assign", self.k.add_assign_f32(s, &self.f32v(y), n)),
+            Data::Param { master, work } => {
+                ok(
+                    "add_assign",
+                    self.k.add_assign_f32(master, &self.f32v(y), n),
+                );
+                *work = ok("add_assign", self.k.to_bf16(master, n));
+            }
+        }
+    }
+
+    fn append_rows(&self, dst: &mut CudaTensor, new: &CudaTensor) {
+        assert_eq!(dst.cols(), new.cols(), "append_rows: column mismatch");
+        self.make_bf16(dst);
+        let cols = dst.cols();
+        let (old, add) = (dst.numel(), new.numel());
+        let nb = self.bf(new);
+        if let Data::Bf16(buf) = &mut dst.data {
+            if buf.len() < old + add {
+                // Grow by doubling: decode appends one row at a time.
+                let cap = (old + add).max(2 * buf.len()).max(16 * cols);
+                let mut bigger = ok("append_rows", self.k.zeros::<bf16>(cap));
+                if old > 0 {
+                    ok(
+                        "append_rows",
+                        self.stream()
+                            .memcpy_dtod(&buf.slice(..old), &mut bigger.slice_mut(..old))
+                            .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+                    );
+                }
+                *buf = bigger;
+            }
+            if add > 0 {
+                ok(
+                    "append_rows",
+                    self.stream()
+                        .memcpy_dtod(&nb.slice(..add), &mut buf.slice_mut(old..old + add))
+                        .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+                );
+            }
+        }
+        dst.shape = vec![(old + add) / cols.max(1), cols];
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> CudaTensor {
+        let c = x.cols();
+        let data = match &x.data {
+            Data::Bf16(s) => Data::Bf16(ok("gather_rows", self.k.gather_rows_bf16(s, rows, c))),
+            Data::F32(s) | Data::Param { master: s, .. } => {
+                Data::F32(ok("gather_rows", self.k.gather_rows_f32(s, rows, c)))
+            }
+        };
+        CudaTensor {
+            shape: vec![rows.len(), c],
+            data,
+        }
+    }
+
+    fn slice_rows(&self, x: &CudaTensor, range: Range<usize>) -> CudaTensor {
+        let rows: Vec<usize> = range.collect();
+        self.gather_rows(x, &rows)
+    }
+
+    fn concat_rows(&self, parts: &[CudaTensor]) -> CudaTensor {
+        let c = parts.first().map(|p| p.cols()).unwrap_or(0);
+        let total: usize = parts.iter().map(|p| p.numel()).sum();
+        let all_f32 = parts.iter().all(|p| !matches!(p.data, Data::Bf16(_)));
+        let mut at = 0;
+        let data = if all_f32 && !parts.is_empty() {
+            let mut out = ok("concat_rows", self.k.zeros::<f32>(total));
+            for p in parts {
+                assert_eq!(p.cols(), c, "concat_rows: column mismatch");
+                let n = p.numel();
+                let src = self.f32v(p);
+                ok(
+                    "concat_rows",
+                    self.stream()
+                        .memcpy_dtod(&src.slice(..n), &mut out.slice_mut(at..at + n))
+                        .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+                );
+                at += n;
+            }
+            Data::F32(out)
+        } else {
+            let mut out = ok("concat_rows", self.k.zeros::<bf16>(total));
+            for p in parts {
+                assert_eq!(p.cols(), c, "concat_rows: column mismatch");
+                let n = p.numel();
+                let src = self.bf(p);
+                ok(
+                    "concat_rows",
+                    self.stream()
+                        .memcpy_dtod(&src.slice(..n), &mut out.slice_mut(at..at + n))
+                        .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+                );
+                at += n;
+            }
+            Data::Bf16(out)
+        };
+        CudaTensor {
+            shape: vec![total / c.max(1), c],
+            data,
+        }
+    }
+
+    fn zeros(&self, shape: &[usize]) -> CudaTensor {
+        let n: usize = shape.iter().product();
+        self.f32_out(ok("zeros", self.k.zeros::<f32>(n)), shape)
+    }
+
+    fn attention_train(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        s: AttnShape,
+        mask: &AttnMask,
+    ) -> (CudaTensor, CudaTensor) {
+        let dims = Self::dims(q, k, s);
+        let dm = self.mask(mask, dims.m, dims.n);
+        let mut out = self.new_bf16(&[dims.m, s.n_heads * s.head_dim]);
+        let mut lse = ok("attention", self.k.zeros::<f32>(dims.m * s.n_heads));
+        if let Data::Bf16(o) = &mut out.data {
+            ok(
+                "attention",
+                self.k.attention(
+                    o,
+                    &mut lse,
+                    &self.bf(q),
+                    &self.bf(k),
+                    &self.bf(v),
+                    dims,
+                    &dm,
+                ),
+            );
+        }
+        (out, self.f32_out(lse, &[dims.m, s.n_heads]))
+    }
+
+    fn attention_backward(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        out: &CudaTensor,
+        lse: &CudaTensor,
+        dout: &CudaTensor,
+        s: AttnShape,
+        mask: &AttnMask,
+    ) -> (CudaTensor, CudaTensor, CudaTensor) {
+        let dims = Self::dims(q, k, s);
+        let dm = self.mask(mask, dims.m, dims.n);
+        let (mut dq, mut dk, mut dv) = (
+            self.new_bf16(&q.shape),
+            self.new_bf16(&k.shape),
+            self.new_bf16(&v.shape),
+        );
+        if let (Data::Bf16(a), Data::Bf16(b), Data::Bf16(c)) =
+            (&mut dq.data, &mut dk.data, &mut dv.data)
+        {
+            ok(
+                "attention_backward",
+                self.k.attention_backward(
+                    a,
+                    b,
+                    c,
+                    &self.bf(q),
+                    &self.bf(k),
+                    &self.bf(v),
+                    &self.bf(out),
+                    &self.f32v(lse),
+                    &self.bf(dout),
+                    dims,
+                    &dm,
+                ),
+            );
+        }
+        (dq, dk, dv)
+    }
+
+    fn linear_backward(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        dy: &CudaTensor,
+        dw: &mut CudaTensor,
+        db: Option<&mut CudaTensor>,
+    ) -> CudaTensor {
+        let (m, k, n) = (x.rows(), x.cols(), w.rows());
+        assert_eq!(dy.shape, [m, n], "linear_backward: dy shape");
+        let mut dx = self.new_bf16(&[m, k]);
+        let dyb = self.bf(dy);
+        let Data::F32(dws) = &mut dw.data else {
+            panic!("linear_backward: weight gradients must be f32 (made by zeros)")
+        };
+        if let Data::Bf16(dxs) = &mut dx.data {
+            ok(
+                "linear_backward",
+                self.blas
+                    .linear_backward(dxs, dws, &*self.bf(x), &*self.bf(w), &*dyb, (m, n, k)),
+            );
+        }
+        if let Some(db) = db {
+            let Data::F32(dbs) = &mut db.data else {
+                panic!("linear_backward: bias gradients must be f32 (made by zeros)")
+            };
+            ok(
+                "linear_backward bias",
+                self.k.bias_backward(dbs, &dyb, m, n),
+            );
+        }
+        dx
+    }
+
+    fn rms_norm_backward(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        dy: &CudaTensor,
+        eps: f32,
+        dw: &mut CudaTensor,
+    ) -> CudaTensor {
+        let (rows, d) = (x.rows(), x.cols());
+        let mut dx = self.new_bf16(&x.shape);
+        let Data::F32(dws) = &mut dw.data else {
+            panic!("rms_norm_backward: weight gradients must be f32 (made by zeros)")
+        };
+        if let Data::Bf16(dxs) = &mut dx.data {
+            ok(
+                "rms_norm_backward",
+                self.k.rms_norm_backward(
+                    dxs,
+                    dws,
+                    &self.bf(x),
+                    &self.bf(w),
+                    &self.bf(dy),
+                    rows,
+                    d,
+                    eps,
+                ),
+            );
+        }
+        dx
+    }
+
+    fn rope_backward(&self, dx: &mut CudaTensor, positions: &[usize], rope: &Rope) {
+        self.rope_apply(dx, positions, rope, true);
+    }
+
+    fn swiglu_backward(
+        &self,
+        gate: &CudaTensor,
+        up: &CudaTensor,
+        dy: &CudaTensor,
+    ) -> (CudaTensor, CudaTensor) {
+        let (mut dg, mut du) = (self.new_bf16(&gate.shape), self.new_bf16(&up.shape));
+        if let (Data::Bf16(a), Data::Bf16(b)) = (&mut dg.data, &mut du.data) {
+            ok(
+                "swiglu_backward",
+                self.k.swiglu_backward(
+                    a,
+                    b,
+                    &self.bf(gate),
+                    &self.bf(up),
+                    &self.bf(dy),
+                    gate.rows(),
+                    gate.cols(),
+                ),
+            );
+        }
+        (dg, du)
+    }
+
+    fn embedding_backward(&self, ids: &[u32], dy: &CudaTensor, dtable: &mut CudaTensor) {
+        let (vocab, d) = (dtable.rows(), dtable.cols());
+        let dyb = self.bf(dy);
+        let Data::F32(dt) = &mut dtable.data else {
+            panic!("embedding_backward: the table gradient must be f32 (made by zeros)")
+        };
+        ok(
+            "embedding_backward",
+            self.k.embedding_backward(dt, &dyb, ids, vocab, d),
+        );
+    }
+
+    fn token_logprobs(
+        &self,
+        h: &CudaTensor,
+        w: &CudaTensor,
+        targets: &[u32],
+        chunk: usize,
+        want_entropy: bool,
+    ) -> LogProbs<CudaTensor> {
+        let (rows, d, vocab) = (targets.len(), h.cols(), w.rows());
+        assert_eq!(h.rows(), rows, "logprob: one target per row");
+        assert!(chunk > 0, "logprob: chunk must be positive");
+        if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
+            panic!("logprob: target id {t} is outside the vocabulary ({vocab})");
+        }
+        let (hb, wb) = (self.bf(h), self.bf(w));
+        let td = self.ids(targets);
+        let chunk = chunk.min(vocab.max(1));
+        let mut z = ok("logprob", self.k.zeros::<f32>(rows * chunk));
+        let mut st = ok("logprob", self.k.logprob_state(rows));
+        for lo in (0..vocab).step_by(chunk) {
+            let c = chunk.min(vocab - lo);
+            self.chunk_logits(&mut z, &hb, &wb, (rows, d, lo, c));
+            ok(
+                "logprob",
+                self.k.logprob_chunk(&mut st, &z, &td, rows, c, lo),
+            );
+        }
+        let zeros = || ok("logprob", self.k.zeros::<f32>(rows));
+        let (mut logp, mut lse) = (zeros(), zeros());
+        let mut entropy = want_entropy.then(zeros);
+        let mut viol = ok("logprob", self.k.zeros::<i32>(1));
+        ok(
+            "logprob",
+            self.k
+                .logprob_finalize(&mut logp, &mut lse, entropy.as_mut(), &mut viol, &st, rows),
+        );
+        if cfg!(debug_assertions) {
+            let bad = ok("logprob", self.k.download(&viol))[0];
+            assert_eq!(
+                bad, 0,
+                "log-probs must be finite and <= 0 ({bad} rows were not)"
+            );
+        }
+        LogProbs {
+            logp: self.f32_out(logp, &[rows]),
+            lse: self.f32_out(lse, &[rows]),
+            entropy: entropy.map(|e| self.f32_out(e, &[rows])),
+        }
+    }
+
+    fn token_logprobs_backward(
+        &self,
+        h: &CudaTensor,
+        w: &CudaTensor,
+        targets: &[u32],
+        out: &LogProbs<CudaTensor>,
+        dlogp: &CudaTensor,
+        dentropy: Option<&CudaTensor>,
+        chunk: usize,
+        dw: &mut CudaTensor,
+    ) -> CudaTensor {
+        let (rows, d, vocab) = (targets.len(), h.cols(), w.rows());
+        let (hb, wb) = (self.bf(h), self.bf(w));
+        let td = self.ids(targets);
+        let lse = self.f32v(&out.lse);
+        let dl = self.f32v(dlogp);
+        let ent = dentropy.map(|de| {
+            let e = out
+                .entropy
+                .as_ref()
+                .expect("token_logprobs_backward: dentropy needs the forward's entropy");
+            (self.f32v(e), self.f32v(de))
+        });
+        let Data::F32(dws) = &mut dw.data else {
+            panic!("token_logprobs_backward: the lm-head gradient must be f32 (made by zeros)")
+        };
+        let chunk = chunk.min(vocab.max(1));
+        let mut z = ok("logprob backward", self.k.zeros::<f32>(rows * chunk));
+        let mut dz = ok("logprob backward", self.k.zeros::<bf16>(rows * chunk));
+        let mut dh = ok("logprob backward", self.k.zeros::<f32>(rows * d));
+        for lo in (0..vocab).step_by(chunk) {
+            let c = chunk.min(vocab - lo);
+            self.chunk_logits(&mut z, &hb, &wb, (rows, d, lo, c));
+            ok(
+                "logprob backward",
+                self.k.logprob_chunk_backward(
+                    &mut dz,
+                    &z,
+                    &td,
+                    &lse,
+                    &dl,
+                    ent.as_ref().map(|(e, de)| (&**e, &**de)),
+                    rows,
+                    c,
+                    lo,
+                ),
+            );
+            let wc = wb.slice(lo * d..(lo + c) * d);
+            let dzc = dz.slice(..rows * c);
+            // dh += dz W_c ; dW_c += dz^T h
+            ok(
+                "logprob backward dh",
+                self.blas
+                    .gemm(&mut dh, &dzc, &wc, (rows, d, c), (false, false), 1.0, 1.0),
+            );
+            let mut dwc = dws.slice_mut(lo * d..(lo + c) * d);
+            ok(
+                "logprob backward dW",
+                self.blas
+                    .gemm(&mut dwc, &dzc, &*hb, (c, d, rows), (true, false), 1.0, 1.0),
+            );
+        }
+        self.f32_out(dh, &h.shape)
+    }
+
+    fn sum_squares(&self, t: &CudaTensor) -> f64 {
+        let n = t.numel();
+        if n == 0 {
+            return 0.0;
+        }
+        let mut out = ok("sum_squares", self.k.zeros::<f64>(1));
+        ok(
+            "sum_squares",
+            self.k.sum_squares(&mut out, &self.f32v(t), n),
+        );
+        ok("sum_squares", self.k.download(&out))[0]
+    }
+
+    fn scale(&self, x: &mut CudaTensor, s: f32) {
+        let n = x.numel();
+        match &mut x.data {
+            Data::F32(v) => ok("scale", self.k.scale_f32(v, s, n)),
+            Data::Bf16(v) => ok("scale", self.k.scale_bf16(v, s, n)),
+            Data::Param { master, work } => {
+                ok("scale", self.k.scale_f32(master, s, n));
+                *work = ok("scale", self.k.to_bf16(master, n));
+            }
+        }
+    }
+
+    fn adamw(
+        &self,
+        param: &mut CudaTensor,
+        grad: &CudaTensor,
+        m: &mut CudaTensor,
+        v: &mut CudaTensor,
+        st: &AdamWStep,
+    ) {
+        assert_eq!(param.shape, grad.shape, "adamw: grad shape");
+        let n = param.numel();
+        let g = self.f32v(grad);
+        let (Data::F32(ms), Data::F32(vs)) = (&mut m.data, &mut v.data) else {
+            panic!("adamw: moments must be f32 (made by zeros)")
+        };
+        let hp = AdamW {
+            lr: st.lr,
+            beta1: st.beta1,
+            beta2: st.beta2,
+            eps: st.eps,
+            weight_decay: st.weight_decay,
+            bias_correction1: st.bias_correction1,
+            bias_correction2: st.bias_correction2,
+            grad_scale: st.grad_scale,
+        };
+        match &mut param.data {
+            Data::Param { master, work } => ok(
+                "adamw",
+                self.k.adamw(master, Some(work), &g, ms, vs, None, n, &hp),
+            ),
+            Data::F32(p) => ok("adamw", self.k.adamw(p, None, &g, ms, vs, None, n, &hp)),
+            Data::Bf16(_) => panic!("adamw: a bf16 parameter has no f32 master copy"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

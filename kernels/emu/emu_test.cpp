@@ -1,0 +1,714 @@
+// Runs the real kernels (src/cu/*.cu) in the CPU emulator (cuda_emu.h) on
+// small inputs and compares them with plain reference loops that mirror the
+// CPU backend (engine/src/backend/cpu, engine/src/rollout/sampler.rs).
+// Build and run: `cargo xtask kernels` (g++ -std=c++20 -O1).
+// Exit status 1 when any check fails.
+#include "cuda_emu.h"
+
+#include "../src/cu/common.cuh"
+#include "../src/cu/norm.cu"
+#include "../src/cu/rope.cu"
+#include "../src/cu/mlp.cu"
+#include "../src/cu/embedding.cu"
+#include "../src/cu/optimizer.cu"
+#include "../src/cu/logprob.cu"
+#include "../src/cu/sampling.cu"
+#include "../src/cu/attention.cu"
+
+#include <cstdio>
+#include <map>
+#include <numeric>
+#include <string>
+
+using std::vector;
+
+static int failures = 0;
+
+struct Rand {
+    uint64_t s;
+    explicit Rand(uint64_t seed) : s(seed * 0x9E3779B97F4A7C15ull + 1) {}
+    double uniform() {  // [0, 1)
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        return (double)(s >> 11) * (1.0 / 9007199254740992.0);
+    }
+    float sym(float a = 1.0f) { return (float)((uniform() * 2.0 - 1.0) * a); }
+};
+
+static vector<bf16> to_bf(const vector<float>& v) {
+    vector<bf16> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = to_bf16(v[i]);
+    return o;
+}
+static vector<float> from_bf(const vector<bf16>& v) {
+    vector<float> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = to_f32(v[i]);
+    return o;
+}
+// Random values already representable in bf16.
+static vector<float> rnd_bf(Rand& r, size_t n, float a = 1.0f) {
+    vector<float> v(n);
+    for (auto& x : v) x = to_f32(to_bf16(r.sym(a)));
+    return v;
+}
+
+// |got - want| <= atol + rtol * |want| everywhere.
+template <class G, class W>
+static void check(const std::string& name, const G& got, const W& want, double atol, double rtol) {
+    double worst = 0.0, worst_excess = -1.0;
+    size_t at = 0;
+    bool bad = got.size() != want.size();
+    for (size_t i = 0; !bad && i < got.size(); ++i) {
+        const double g = (double)got[i], w = (double)want[i];
+        const double err = std::fabs(g - w);
+        const double excess = err - (atol + rtol * std::fabs(w));
+        if (!(excess <= 0.0)) bad = true;
+        if (err > worst || std::isnan(err)) worst = err;
+        if (excess > worst_excess || std::isnan(excess)) {
+            worst_excess = excess;
+            at = i;
+        }
+    }
+    if (bad) {
+        ++failures;
+        std::printf("FAIL %-44s max err %.3g (at %zu: got %.6g want %.6g)\n", name.c_str(), worst,
+                    at, at < got.size() ? (double)got[at] : 0.0,
+                    at < want.size() ? (double)want[at] : 0.0);
+    } else {
+        std::printf("ok   %-44s max err %.3g\n", name.c_str(), worst);
+    }
+}
+static void check_true(const std::string& name, bool ok) {
+    if (!ok) ++failures;
+    std::printf("%s %s\n", ok ? "ok  " : "FAIL", name.c_str());
+}
+static double max_abs(const vector<double>& v) {
+    double m = 0.0;
+    for (double x : v) m = std::max(m, std::fabs(x));
+    return m;
+}
+
+// ------------------------------------------------------------------ norm
+static void test_norm() {
+    Rand r(1);
+    const int rows = 300, d = 70;
+    const float eps = 1e-6f;
+    auto x = rnd_bf(r, rows * d, 2.0f), w = rnd_bf(r, d), dy = rnd_bf(r, rows * d);
+    auto xb = to_bf(x), wb = to_bf(w), dyb = to_bf(dy);
+    vector<bf16> out(rows * d);
+    vector<float> rstd(rows);
+    emu_launch({rows}, {64}, [&] { rmsnorm_fwd(out.data(), rstd.data(), xb.data(), wb.data(), rows, d, eps); });
+    vector<double> want(rows * d), want_r(rows);
+    for (int i = 0; i < rows; ++i) {
+        double ss = 0;
+        for (int j = 0; j < d; ++j) ss += (double)x[i * d + j] * x[i * d + j];
+        const double inv = 1.0 / std::sqrt(ss / d + eps);
+        want_r[i] = inv;
+        for (int j = 0; j < d; ++j) want[i * d + j] = x[i * d + j] * inv * w[j];
+    }
+    check("rmsnorm_fwd out", from_bf(out), want, 1e-3, 1.0 / 128);
+    check("rmsnorm_fwd rstd", rstd, want_r, 0, 1e-5);
+
+    // residual + norm
+    auto y = rnd_bf(r, rows * d);
+    auto resid = xb;
+    auto yb = to_bf(y);
+    emu_launch({rows}, {64}, [&] {
+        residual_rmsnorm_fwd(resid.data(), out.data(), nullptr, yb.data(), wb.data(), rows, d, eps);
+    });
+    vector<double> want_sum(rows * d);
+    for (int i = 0; i < rows * d; ++i) want_sum[i] = to_f32(to_bf16(x[i] + y[i]));
+    check("residual_rmsnorm_fwd resid", from_bf(resid), want_sum, 0, 0);
+
+    // backward: dx = r w dy - r^3/d x sum(x dy w); dw += sum dy x r
+    vector<bf16> dx(rows * d);
+    vector<float> rs(rows);
+    emu_launch({rows}, {64}, [&] {
+        rmsnorm_bwd_dx(dx.data(), rs.data(), xb.data(), wb.data(), dyb.data(), rows, d, eps);
+    });
+    const int per = 128, chunks = (rows + per - 1) / per;
+    vector<float> partial(chunks * d), dw(d, 0.5f);
+    emu_launch({(unsigned)((d + 31) / 32), (unsigned)chunks}, {32}, [&] {
+        rmsnorm_bwd_dw_partial(partial.data(), xb.data(), dyb.data(), rs.data(), rows, d, per);
+    });
+    emu_launch({(unsigned)((d + 31) / 32)}, {32}, [&] { colsum_f32(dw.data(), partial.data(), chunks, d); });
+    vector<double> wdx(rows * d), wdw(d, 0.5);
+    for (int i = 0; i < rows; ++i) {
+        const double rr = want_r[i];
+        double dot = 0;
+        for (int j = 0; j < d; ++j) dot += (double)x[i * d + j] * dy[i * d + j] * w[j];
+        const double c = rr * rr * rr * dot / d;
+        for (int j = 0; j < d; ++j) {
+            wdx[i * d + j] = rr * w[j] * dy[i * d + j] - c * x[i * d + j];
+            wdw[j] += (double)dy[i * d + j] * x[i * d + j] * rr;
+        }
+    }
+    check("rmsnorm_bwd dx", from_bf(dx), wdx, 2e-3, 1.0 / 64);
+    check("rmsnorm_bwd dw", dw, wdw, 1e-3, 1e-4);
+
+    // bias gradient column sums, sum of squares, elementwise
+    vector<float> db(d, 0.0f);
+    emu_launch({(unsigned)((d + 31) / 32), (unsigned)chunks}, {32}, [&] {
+        colsum_partial_bf16(partial.data(), dyb.data(), rows, d, per);
+    });
+    emu_launch({(unsigned)((d + 31) / 32)}, {32}, [&] { colsum_f32(db.data(), partial.data(), chunks, d); });
+    vector<double> wdb(d, 0.0);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < d; ++j) wdb[j] += dy[i * d + j];
+    check("colsum (bias grad)", db, wdb, 1e-4, 1e-5);
+
+    vector<float> g(1000);
+    for (auto& v : g) v = r.sym(3.0f);
+    vector<double> part(4), total(1);
+    emu_launch({4}, {64}, [&] { sum_squares_partial(part.data(), g.data(), (long long)g.size()); });
+    emu_launch({1}, {64}, [&] { sum_f64(total.data(), part.data(), 4); });
+    double ss = 0;
+    for (float v : g) ss += (double)v * v;
+    check("sum_squares", total, vector<double>{ss}, 0, 1e-12);
+
+    vector<bf16> a = to_bf(vector<float>{1.5f, -2.0f, 0.25f}), b = to_bf(vector<float>{0.5f, 1.0f, 4.0f});
+    emu_launch({1}, {32}, [&] { add_assign_bf16(a.data(), b.data(), 3); });
+    check("add_assign_bf16", from_bf(a), vector<double>{2.0, -1.0, 4.25}, 0, 0);
+    vector<int> idx{2, 0};
+    vector<bf16> gathered(2 * 1);
+    emu_launch({1}, {32}, [&] { gather_rows_bf16(gathered.data(), a.data(), idx.data(), 2, 1); });
+    check("gather_rows_bf16", from_bf(gathered), vector<double>{4.25, 2.0}, 0, 0);
+}
+
+// ------------------------------------------------------------------ rope
+static void test_rope() {
+    Rand r(2);
+    const int rows = 4, hd = 8, heads = 3, cols = heads * hd, half = hd / 2;
+    vector<int> pos{0, 5, 17, 1000};
+    vector<float> inv(half);
+    for (int i = 0; i < half; ++i) inv[i] = (float)(1.0 / std::pow(10000.0, 2.0 * i / hd));
+    auto x = rnd_bf(r, rows * cols);
+    auto xb = to_bf(x);
+    emu_launch({2}, {32}, [&] { rope_bf16(xb.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f); });
+    vector<double> want(rows * cols);
+    for (int row = 0; row < rows; ++row)
+        for (int h = 0; h < heads; ++h)
+            for (int i = 0; i < half; ++i) {
+                const float ang = (float)pos[row] * inv[i];
+                const double s = std::sin(ang), c = std::cos(ang);
+                const double a = x[row * cols + h * hd + i], b = x[row * cols + h * hd + i + half];
+                want[row * cols + h * hd + i] = a * c - b * s;
+                want[row * cols + h * hd + i + half] = b * c + a * s;
+            }
+    check("rope_bf16 forward", from_bf(xb), want, 2e-3, 1.0 / 128);
+    emu_launch({2}, {32}, [&] { rope_bf16(xb.data(), pos.data(), inv.data(), rows, cols, hd, -1.0f); });
+    check("rope_bf16 backward undoes forward", from_bf(xb), x, 1e-2, 1.0 / 64);
+
+    // q and k in one launch: same as two rope_bf16 calls
+    auto q = to_bf(rnd_bf(r, rows * cols)), k = to_bf(rnd_bf(r, rows * hd));
+    auto q2 = q, k2 = k;
+    emu_launch({3}, {32}, [&] { rope_qk_bf16(q.data(), k.data(), pos.data(), inv.data(), rows, cols, hd, hd, 1.0f); });
+    emu_launch({2}, {32}, [&] { rope_bf16(q2.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f); });
+    emu_launch({2}, {32}, [&] { rope_bf16(k2.data(), pos.data(), inv.data(), rows, hd, hd, 1.0f); });
+    check("rope_qk_bf16 q", from_bf(q), from_bf(q2), 0, 0);
+    check("rope_qk_bf16 k", from_bf(k), from_bf(k2), 0, 0);
+}
+
+// ------------------------------------------------------------------- mlp
+static void test_mlp() {
+    Rand r(3);
+    const int rows = 5, cols = 37;
+    auto gu = rnd_bf(r, rows * 2 * cols, 4.0f), dy = rnd_bf(r, rows * cols);
+    auto gub = to_bf(gu), dyb = to_bf(dy);
+    // fused [rows, 2*cols]: gate = first half of each row, up = second half
+    vector<bf16> out(rows * cols), dgu(rows * 2 * cols);
+    emu_launch({2}, {64}, [&] { swiglu_fwd(out.data(), gub.data(), gub.data() + cols, rows, cols, 2 * cols); });
+    emu_launch({2}, {64}, [&] {
+        swiglu_bwd(dgu.data(), dgu.data() + cols, gub.data(), gub.data() + cols, dyb.data(), rows, cols, 2 * cols);
+    });
+    vector<double> want(rows * cols), wdg(rows * 2 * cols);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < cols; ++j) {
+            const double g = gu[i * 2 * cols + j], u = gu[i * 2 * cols + cols + j], d = dy[i * cols + j];
+            const double sig = 1.0 / (1.0 + std::exp(-g));
+            want[i * cols + j] = g * sig * u;
+            wdg[i * 2 * cols + cols + j] = d * g * sig;
+            wdg[i * 2 * cols + j] = d * u * sig * (1.0 + g * (1.0 - sig));
+        }
+    check("swiglu_fwd (fused gate|up layout)", from_bf(out), want, 1e-3, 1.0 / 128);
+    check("swiglu_bwd dgate|dup", from_bf(dgu), wdg, 1e-3, 1.0 / 128);
+}
+
+// ------------------------------------------------------------- embedding
+static void test_embedding() {
+    Rand r(4);
+    const int vocab = 11, d = 40, n = 9;
+    vector<int> ids{3, 7, 3, 0, 10, 3, 7, 1, 3};
+    auto table = rnd_bf(r, vocab * d), dy = rnd_bf(r, n * d);
+    auto tb = to_bf(table), dyb = to_bf(dy);
+    vector<bf16> out(n * d);
+    emu_launch({2}, {64}, [&] { embedding_fwd(out.data(), tb.data(), ids.data(), n, d); });
+    vector<double> want(n * d);
+    for (int i = 0; i < n; ++i)
+        for (int j = 0; j < d; ++j) want[i * d + j] = table[ids[i] * d + j];
+    check("embedding_fwd", from_bf(out), want, 0, 0);
+    // groups as EmbeddingGroups builds them (ascending id, rows ascending)
+    vector<std::pair<int, int>> order;
+    for (int i = 0; i < n; ++i) order.push_back({ids[i], i});
+    std::sort(order.begin(), order.end());
+    vector<int> uniq, starts, rows;
+    for (int i = 0; i < n; ++i) {
+        if (i == 0 || order[i - 1].first != order[i].first) {
+            uniq.push_back(order[i].first);
+            starts.push_back(i);
+        }
+        rows.push_back(order[i].second);
+    }
+    starts.push_back(n);
+    vector<float> dt(vocab * d, 0.25f), ref(vocab * d, 0.25f);
+    emu_launch({(unsigned)uniq.size()}, {32}, [&] {
+        embedding_bwd(dt.data(), dyb.data(), uniq.data(), starts.data(), rows.data(), (int)uniq.size(), d);
+    });
+    for (int i = 0; i < n; ++i)  // the CPU's sequential loop, f32
+        for (int j = 0; j < d; ++j) ref[ids[i] * d + j] += dy[i * d + j];
+    check("embedding_bwd (bitwise, row order)", dt, ref, 0, 0);
+}
+
+// ------------------------------------------------------------- optimizer
+static void test_adamw() {
+    Rand r(5);
+    const int n = 1000;
+    vector<float> p(n), g(n), m(n), v(n);
+    for (int i = 0; i < n; ++i) {
+        p[i] = r.sym();
+        g[i] = r.sym(0.1f);
+        m[i] = r.sym(0.01f);
+        v[i] = (float)r.uniform() * 1e-3f;
+    }
+    const float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+    const float bc1 = 1.0f - std::pow(b1, 3.0f), bc2 = 1.0f - std::pow(b2, 3.0f);
+    vector<double> sumsq{0.0};
+    for (float x : g) sumsq[0] += (double)x * x;
+    const double avg = 0.5, max_norm = 0.3;
+    vector<float> scale(1);
+    vector<double> norm(1);
+    emu_launch({1}, {32}, [&] { clip_factor(scale.data(), norm.data(), sumsq.data(), avg, max_norm); });
+    const double wnorm = std::sqrt(sumsq[0]) * avg;
+    const double clip = (max_norm > 0 && wnorm > max_norm) ? max_norm / (wnorm + 1e-6) : 1.0;
+    check("clip_factor", scale, vector<double>{(float)(avg * clip)}, 0, 0);
+    check("clip_factor norm", norm, vector<double>{wnorm}, 0, 1e-15);
+    auto P = p, M = m, V = v;
+    vector<bf16> pb(n);
+    emu_launch({4}, {64}, [&] {
+        adamw_step(P.data(), pb.data(), g.data(), M.data(), V.data(), scale.data(), n, lr, b1, b2, eps, wd,
+                   bc1, bc2, 1.0f);
+    });
+    // engine/src/backend/cpu/mod.rs `adamw`, f32 operation for operation
+    const float gs = 1.0f * scale[0], decay = 1.0f - lr * wd;
+    vector<float> wp(n), wm(n), wv(n), wpb(n);
+    for (int i = 0; i < n; ++i) {
+        const float gi = g[i] * gs;
+        wm[i] = b1 * m[i] + (1.0f - b1) * gi;
+        wv[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
+        const float mhat = wm[i] / bc1, vhat = wv[i] / bc2;
+        wp[i] = p[i] * decay - lr * mhat / (std::sqrt(vhat) + eps);
+        wpb[i] = to_f32(to_bf16(wp[i]));
+    }
+    check("adamw_step param", P, wp, 0, 1e-6);
+    check("adamw_step m", M, wm, 0, 1e-6);
+    check("adamw_step v", V, wv, 0, 1e-6);
+    check("adamw_step bf16 copy", from_bf(pb), wpb, 0, 1.0 / 128);
+}
+
+// --------------------------------------------------------------- logprob
+static void test_logprob() {
+    Rand r(6);
+    const int rows = 3, vocab = 1000, chunk = 384;
+    vector<float> z(rows * vocab);
+    for (auto& x : z) x = r.sym(6.0f);
+    z[1 * vocab + 999] = 20.0f;  // a dominant logit in the last, short chunk
+    vector<int> targets{5, 999, 640};
+    vector<float> mx(rows), tl(rows), logp(rows), lse(rows), ent(rows);
+    vector<double> sum(rows), zsum(rows);
+    vector<int> viol(1, 0);
+    emu_launch({1}, {32}, [&] { logprob_init(mx.data(), sum.data(), zsum.data(), tl.data(), rows); });
+    for (int lo = 0; lo < vocab; lo += chunk) {
+        const int c = std::min(chunk, vocab - lo);
+        emu_launch({rows}, {64}, [&] {
+            logprob_chunk_fwd(mx.data(), sum.data(), zsum.data(), tl.data(), z.data() + lo, targets.data(), rows,
+                              c, vocab, lo);
+        });
+    }
+    emu_launch({1}, {32}, [&] {
+        logprob_finalize(logp.data(), lse.data(), ent.data(), viol.data(), mx.data(), sum.data(), zsum.data(),
+                         tl.data(), rows);
+    });
+    vector<double> wl(rows), wlp(rows), we(rows);
+    for (int i = 0; i < rows; ++i) {
+        double m = -1e300;
+        for (int j = 0; j < vocab; ++j) m = std::max(m, (double)z[i * vocab + j]);
+        double s = 0;
+        for (int j = 0; j < vocab; ++j) s += std::exp(z[i * vocab + j] - m);
+        wl[i] = m + std::log(s);
+        wlp[i] = z[i * vocab + targets[i]] - wl[i];
+        double h = 0;
+        for (int j = 0; j < vocab; ++j) {
+            const double lp = z[i * vocab + j] - wl[i];
+            h -= std::exp(lp) * lp;
+        }
+        we[i] = h;
+    }
+    check("logprob lse (3 chunks)", lse, wl, 1e-5, 1e-6);
+    check("logprob logp", logp, wlp, 1e-5, 1e-5);
+    check("logprob entropy", ent, we, 1e-5, 1e-5);
+    check_true("logprob no violations", viol[0] == 0);
+
+    vector<float> dlogp{0.7f, -1.3f, 2.0f}, dent{0.2f, 0.0f, -0.5f};
+    vector<bf16> dz(rows * vocab);
+    for (int lo = 0; lo < vocab; lo += chunk) {
+        const int c = std::min(chunk, vocab - lo);
+        emu_launch({rows}, {64}, [&] {
+            logprob_chunk_bwd(dz.data() + lo, z.data() + lo, targets.data(), lse.data(), dlogp.data(), ent.data(),
+                              dent.data(), rows, c, vocab, vocab, lo);
+        });
+    }
+    vector<double> wdz(rows * vocab);
+    for (int i = 0; i < rows; ++i)
+        for (int j = 0; j < vocab; ++j) {
+            const double lp = z[i * vocab + j] - wl[i], p = std::exp(lp);
+            double d = -dlogp[i] * p + (j == targets[i] ? dlogp[i] : 0.0);
+            d -= dent[i] * p * (lp + we[i]);
+            wdz[i * vocab + j] = d;
+        }
+    check("logprob backward dz", from_bf(dz), wdz, 1e-6, 1.0 / 128);
+}
+
+// -------------------------------------------------------------- sampling
+// engine/src/rollout/sampler.rs `sample`, with the uniform given.
+static int ref_sample(const float* logits, int vocab, float t, int top_k, float top_p, double u) {
+    if (!(t > 0.0f)) {
+        int best = 0;
+        for (int i = 0; i < vocab; ++i)
+            if (logits[i] > logits[best]) best = i;
+        return best;
+    }
+    vector<std::pair<int, float>> cand;
+    for (int i = 0; i < vocab; ++i) cand.push_back({i, logits[i] / t});
+    // Rust's total_cmp: -0.0 sorts below +0.0 (as order_key does).
+    std::sort(cand.begin(), cand.end(), [](auto& a, auto& b) {
+        const unsigned ka = order_key(a.second), kb = order_key(b.second);
+        return ka != kb ? ka > kb : a.first < b.first;
+    });
+    if (top_k > 0 && top_k < vocab) cand.resize(top_k);
+    const float mx = cand[0].second;
+    vector<double> p;
+    for (auto& c : cand) p.push_back(std::exp((double)(c.second - mx)));
+    double tot = std::accumulate(p.begin(), p.end(), 0.0);
+    for (auto& x : p) x /= tot;
+    if (top_p < 1.0f) {
+        double acc = 0;
+        size_t cut = p.size();
+        for (size_t i = 0; i < p.size(); ++i) {
+            acc += p[i];
+            if (acc >= top_p) {
+                cut = i + 1;
+                break;
+            }
+        }
+        p.resize(cut);
+        tot = std::accumulate(p.begin(), p.end(), 0.0);
+        for (auto& x : p) x /= tot;
+    }
+    double acc = 0;
+    for (size_t i = 0; i < p.size(); ++i) {
+        acc += p[i];
+        if (u < acc) return cand[i].first;
+    }
+    return cand[p.size() - 1].first;
+}
+
+static void test_sampling() {
+    Rand r(7);
+    const int vocab = 300, rows = 40;
+    vector<float> base(vocab), ties(vocab);
+    for (int i = 0; i < vocab; ++i) {
+        base[i] = r.sym(4.0f);
+        ties[i] = std::round(r.sym(2.0f));  // many exact ties
+    }
+    struct Cfg {
+        const char* name;
+        float t;
+        int k;
+        float p;
+    } cfgs[] = {{"greedy", 0.0f, 0, 1.0f},        {"t=1", 1.0f, 0, 1.0f},
+                {"t=0.7 top_k=20", 0.7f, 20, 1.0f}, {"t=1 top_p=0.9", 1.0f, 0, 0.9f},
+                {"t=1.3 k=50 p=0.8", 1.3f, 50, 0.8f}, {"top_k=1", 1.0f, 1, 1.0f},
+                {"top_p=0.0001", 1.0f, 0, 0.0001f}};
+    for (const auto* logits : {&base, &ties}) {
+        vector<float> mat(rows * vocab);
+        for (int i = 0; i < rows; ++i) std::copy(logits->begin(), logits->end(), mat.begin() + i * vocab);
+        vector<double> us(rows);
+        for (int i = 0; i < rows; ++i) us[i] = i < rows / 2 ? (i + 0.5) / (rows / 2) : r.uniform();
+        for (const auto& c : cfgs) {
+            vector<int> out(rows, -1), want(rows);
+            emu_launch({rows}, {128}, [&] {
+                sample_rows(out.data(), mat.data(), us.data(), rows, vocab, vocab, c.t, c.k, c.p);
+            });
+            for (int i = 0; i < rows; ++i) want[i] = ref_sample(logits->data(), vocab, c.t, c.k, c.p, us[i]);
+            check(std::string("sample_rows ") + (logits == &ties ? "ties " : "") + c.name, out, want, 0, 0);
+        }
+    }
+    // The launch wrapper's block of 1024 threads (32 warps in every reduction).
+    const int few = 4;
+    vector<float> mat(few * vocab);
+    for (int i = 0; i < few; ++i) std::copy(base.begin(), base.end(), mat.begin() + i * vocab);
+    vector<double> us{0.01, 0.3, 0.77, 0.999};
+    vector<int> out(few), want(few);
+    emu_launch({few}, {1024}, [&] { sample_rows(out.data(), mat.data(), us.data(), few, vocab, vocab, 1.3f, 50, 0.8f); });
+    for (int i = 0; i < few; ++i) want[i] = ref_sample(base.data(), vocab, 1.3f, 50, 0.8f, us[i]);
+    check("sample_rows 1024 threads k=50 p=0.8", out, want, 0, 0);
+}
+
+// ------------------------------------------------------------- attention
+struct AttnCase {
+    int m, n, H, KV, D;
+    bool causal;
+    int offset;
+    vector<int> span_ptr, spans;
+};
+
+static bool ref_visible(const AttnCase& c, int row, int key) {
+    if (c.causal) return key <= c.offset + row;
+    for (int s = c.span_ptr[row]; s < c.span_ptr[row + 1]; ++s)
+        if (key >= c.spans[2 * s] && key < c.spans[2 * s + 1]) return true;
+    return false;
+}
+
+static void test_attention_case(const std::string& name, const AttnCase& c, uint64_t seed) {
+    Rand r(seed);
+    const int qc = c.H * c.D, kc = c.KV * c.D, group = c.H / c.KV;
+    auto q = rnd_bf(r, c.m * qc), k = rnd_bf(r, c.n * kc), v = rnd_bf(r, c.n * kc), dout = rnd_bf(r, c.m * qc);
+    auto qb = to_bf(q), kb = to_bf(k), vb = to_bf(v), dob = to_bf(dout);
+    vector<bf16> out(c.m * qc);
+    vector<float> lse(c.m * c.H);
+    const int* sp = c.causal ? nullptr : c.span_ptr.data();
+    const int* ss = c.causal ? nullptr : c.spans.data();
+    const dim3 qgrid{(unsigned)((c.m + ATT_ROWS - 1) / ATT_ROWS), (unsigned)c.H};
+    emu_launch(qgrid, {ATT_THREADS}, [&] {
+        if (c.D == 64)
+            attn_fwd_d64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV, c.causal,
+                         c.offset, sp, ss);
+        else
+            attn_fwd_d128(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV,
+                          c.causal, c.offset, sp, ss);
+    });
+    // reference in f64
+    const double scale = 1.0 / std::sqrt((double)c.D);
+    vector<double> wo(c.m * qc, 0.0), wl(c.m * c.H), dq(c.m * qc, 0.0), dk(c.n * kc, 0.0), dv(c.n * kc, 0.0);
+    vector<char> empty_row(c.m * c.H, 0);
+    for (int h = 0; h < c.H; ++h) {
+        const int g = h / group;
+        for (int i = 0; i < c.m; ++i) {
+            vector<double> s(c.n, 0.0), p(c.n, 0.0);
+            double mx = -1e300;
+            bool any = false;
+            for (int j = 0; j < c.n; ++j) {
+                if (!ref_visible(c, i, j)) continue;
+                double dot = 0;
+                for (int t = 0; t < c.D; ++t) dot += (double)q[i * qc + h * c.D + t] * k[j * kc + g * c.D + t];
+                s[j] = dot * scale;
+                mx = std::max(mx, s[j]);
+                any = true;
+            }
+            if (!any) {
+                empty_row[i * c.H + h] = 1;
+                wl[i * c.H + h] = -INFINITY;
+                continue;
+            }
+            double tot = 0;
+            for (int j = 0; j < c.n; ++j)
+                if (ref_visible(c, i, j)) tot += std::exp(s[j] - mx);
+            wl[i * c.H + h] = mx + std::log(tot);
+            for (int j = 0; j < c.n; ++j)
+                if (ref_visible(c, i, j)) p[j] = std::exp(s[j] - wl[i * c.H + h]);
+            for (int j = 0; j < c.n; ++j)
+                for (int t = 0; t < c.D; ++t) wo[i * qc + h * c.D + t] += p[j] * v[j * kc + g * c.D + t];
+            // gradients
+            vector<double> dp(c.n, 0.0);
+            double delta = 0;
+            for (int t = 0; t < c.D; ++t) delta += (double)dout[i * qc + h * c.D + t] * wo[i * qc + h * c.D + t];
+            for (int j = 0; j < c.n; ++j) {
+                if (p[j] == 0.0) continue;
+                for (int t = 0; t < c.D; ++t) {
+                    dp[j] += (double)dout[i * qc + h * c.D + t] * v[j * kc + g * c.D + t];
+                    dv[j * kc + g * c.D + t] += p[j] * dout[i * qc + h * c.D + t];
+                }
+                const double ds = p[j] * (dp[j] - delta);
+                for (int t = 0; t < c.D; ++t) {
+                    dq[i * qc + h * c.D + t] += scale * ds * k[j * kc + g * c.D + t];
+                    dk[j * kc + g * c.D + t] += scale * ds * q[i * qc + h * c.D + t];
+                }
+            }
+        }
+    }
+    check(name + " fwd out", from_bf(out), wo, 4e-3, 1.0 / 64);
+    vector<double> lse_d(lse.begin(), lse.end());
+    bool lse_ok = true;
+    double lse_err = 0;
+    for (int i = 0; i < c.m * c.H; ++i) {
+        if (empty_row[i]) {
+            lse_ok = lse_ok && std::isinf(lse_d[i]) && lse_d[i] < 0;
+        } else {
+            lse_err = std::max(lse_err, std::fabs(lse_d[i] - wl[i]));
+        }
+    }
+    check_true(name + " fwd lse (max err " + std::to_string(lse_err) + ")", lse_ok && lse_err < 1e-4);
+
+    // backward through the three kernels, fed the kernel's own forward
+    vector<float> delta(c.m * c.H);
+    const int warps = c.m * c.H;
+    emu_launch({(unsigned)((warps + 3) / 4)}, {128}, [&] {
+        attn_bwd_delta(delta.data(), out.data(), dob.data(), c.m, c.H, c.D);
+    });
+    vector<bf16> gq(c.m * qc), gk(c.n * kc), gv(c.n * kc);
+    const dim3 kgrid{(unsigned)((c.n + ATT_ROWS - 1) / ATT_ROWS), (unsigned)c.KV};
+    emu_launch(kgrid, {ATT_THREADS}, [&] {
+        if (c.D == 64)
+            attn_bwd_dkdv_d64(gk.data(), gv.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
+                              delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+        else
+            attn_bwd_dkdv_d128(gk.data(), gv.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
+                               delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+    });
+    emu_launch(qgrid, {ATT_THREADS}, [&] {
+        if (c.D == 64)
+            attn_bwd_dq_d64(gq.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), c.m,
+                            c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+        else
+            attn_bwd_dq_d128(gq.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(),
+                             c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+    });
+    check(name + " bwd dq", from_bf(gq), dq, 2e-2 * max_abs(dq), 1.0 / 32);
+    check(name + " bwd dk", from_bf(gk), dk, 2e-2 * max_abs(dk), 1.0 / 32);
+    check(name + " bwd dv", from_bf(gv), dv, 2e-2 * max_abs(dv), 1.0 / 32);
+}
+
+static void test_attention() {
+    // prefill after 8 cached keys, two key tiles, GQA 4 -> 2
+    AttnCase causal{70, 78, 4, 2, 64, true, 8, {}, {}};
+    test_attention_case("attention causal d64 GQA", causal, 11);
+    // IGPO scoring layout: a shared prefix of 20, then probes of 5 rows that
+    // each see the prefix and themselves causally; one row sees nothing.
+    AttnCase spans{40, 40, 2, 1, 64, false, 0, {0}, {}};
+    for (int j = 0; j < 40; ++j) {
+        if (j == 33) {
+            spans.span_ptr.push_back(spans.span_ptr.back());
+            continue;
+        }
+        if (j < 20) {
+            spans.spans.insert(spans.spans.end(), {0, j + 1});
+            spans.span_ptr.push_back(spans.span_ptr.back() + 1);
+        } else {
+            const int probe0 = 20 + (j - 20) / 5 * 5;
+            spans.spans.insert(spans.spans.end(), {0, 20, probe0, j + 1});
+            spans.span_ptr.push_back(spans.span_ptr.back() + 2);
+        }
+    }
+    test_attention_case("attention spans d64 (probes, empty row)", spans, 12);
+    AttnCase big{33, 100, 2, 2, 128, true, 67, {}, {}};
+    test_attention_case("attention causal d128", big, 13);
+}
+
+static void test_decode() {
+    Rand r(14);
+    const int B = 3, H = 4, KV = 2, D = 64, qc = H * D, kc = KV * D;
+    vector<int> lens{1, 40, 70};
+    vector<vector<bf16>> ks, vs;
+    vector<vector<float>> kf, vf;
+    for (int b = 0; b < B; ++b) {
+        kf.push_back(rnd_bf(r, lens[b] * kc));
+        vf.push_back(rnd_bf(r, lens[b] * kc));
+        ks.push_back(to_bf(kf[b]));
+        vs.push_back(to_bf(vf[b]));
+    }
+    vector<const bf16*> kp, vp;
+    for (int b = 0; b < B; ++b) {
+        kp.push_back(ks[b].data());
+        vp.push_back(vs[b].data());
+    }
+    auto q = rnd_bf(r, B * qc);
+    auto qb = to_bf(q);
+    vector<bf16> out(B * qc);
+    emu_launch({B, H}, {128}, [&] { attn_decode_d64(out.data(), qb.data(), kp.data(), vp.data(), lens.data(), H, KV); });
+    vector<double> want(B * qc, 0.0);
+    const double scale = 1.0 / std::sqrt((double)D);
+    for (int b = 0; b < B; ++b)
+        for (int h = 0; h < H; ++h) {
+            const int g = h / (H / KV);
+            vector<double> s(lens[b]);
+            double mx = -1e300;
+            for (int j = 0; j < lens[b]; ++j) {
+                double dot = 0;
+                for (int t = 0; t < D; ++t) dot += (double)q[b * qc + h * D + t] * kf[b][j * kc + g * D + t];
+                s[j] = dot * scale;
+                mx = std::max(mx, s[j]);
+            }
+            double tot = 0;
+            for (double x : s) tot += std::exp(x - mx);
+            for (int j = 0; j < lens[b]; ++j)
+                for (int t = 0; t < D; ++t)
+                    want[b * qc + h * D + t] += std::exp(s[j] - mx) / tot * vf[b][j * kc + g * D + t];
+        }
+    check("attn_decode_d64 (3 caches, GQA)", from_bf(out), want, 4e-3, 1.0 / 64);
+}
+
+// Varlen forward = attn_fwd on each sequence alone, bit for bit (decode rows,
+// a prefill chunk after a cache, a fresh prompt), in one launch.
+static void test_varlen() {
+    Rand r(15);
+    const int H = 4, KV = 2, D = 64, qc = H * D, kc = KV * D;
+    vector<int> m{1, 5, 20}, n{1, 40, 20};
+    vector<int> q_start{0};
+    for (int x : m) q_start.push_back(q_start.back() + x);
+    const int rows = q_start.back();
+    auto q = to_bf(rnd_bf(r, rows * qc));
+    vector<vector<bf16>> ks, vs;
+    vector<const bf16*> kp, vp;
+    for (size_t b = 0; b < m.size(); ++b) {
+        ks.push_back(to_bf(rnd_bf(r, n[b] * kc)));
+        vs.push_back(to_bf(rnd_bf(r, n[b] * kc)));
+    }
+    for (size_t b = 0; b < m.size(); ++b) {
+        kp.push_back(ks[b].data());
+        vp.push_back(vs[b].data());
+    }
+    vector<bf16> out(rows * qc);
+    vector<float> lse(rows * H);
+    const int max_m = *std::max_element(m.begin(), m.end());
+    emu_launch({(unsigned)((max_m + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H, (unsigned)m.size()}, {ATT_THREADS}, [&] {
+        attn_fwd_varlen_d64(out.data(), lse.data(), q.data(), kp.data(), vp.data(), q_start.data(), n.data(), H, KV);
+    });
+    vector<float> want_o, got_o, want_l, got_l;
+    for (size_t b = 0; b < m.size(); ++b) {
+        vector<bf16> o1(m[b] * qc);
+        vector<float> l1(m[b] * H);
+        emu_launch({(unsigned)((m[b] + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H}, {ATT_THREADS}, [&] {
+            attn_fwd_d64(o1.data(), l1.data(), q.data() + q_start[b] * qc, ks[b].data(), vs[b].data(), m[b], n[b], H,
+                         KV, 1, n[b] - m[b], nullptr, nullptr);
+        });
+        for (auto v : from_bf(o1)) want_o.push_back(v);
+        for (auto v : l1) want_l.push_back(v);
+    }
+    check("attn_fwd_varlen_d64 out == attn_fwd per sequence", from_bf(out), want_o, 0, 0);
+    check("attn_fwd_varlen_d64 lse == attn_fwd per sequence", lse, want_l, 0, 0);
+}
+
+int main(int argc, char** argv) {
+    std::map<std::string, void (*)()> tests{{"norm", test_norm},         {"rope", test_rope},
+                                            {"mlp", test_mlp},           {"embedding", test_embedding},
+                                            {"adamw", test_adamw},       {"logprob", test_logprob},
+                                            {"sampling", test_sampling}, {"attention", test_attention},
+                                            {"decode", test_decode},     {"varlen", test_varlen}};
+    for (auto& [name, f] : tests) {
+        if (argc > 1 && name != argv[1]) continue;
+        f();
+    }
+    std::printf("%s: %d failing checks\n", failures ? "FAILED" : "passed", failures);
+    return failures ? 1 : 0;
+}

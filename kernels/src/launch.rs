@@ -1,0 +1,1219 @@
+//! Typed launch wrappers: every kernel of `src/cu` behind a Rust function that
+//! checks buffer lengths against the dimensions before launching (a kernel
+//! never reads or writes out of bounds because of a wrong length), picks the
+//! grid, and passes arguments in the order the kernel declares them.
+//!
+//! Nothing here runs without an NVIDIA GPU: [`Kernels::new`] checks for the
+//! driver and NVRTC first and returns [`Error::NoDriver`] / [`Error::NoNvrtc`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
+    PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use half::bf16;
+
+use crate::compile::{load_nvrtc, CompileOptions, PtxCache};
+use crate::host::{to_i32, EmbeddingGroups, MaskArgs};
+use crate::{Error, Family, Result};
+
+/// A null device pointer for the kernels' optional arguments.
+static NULL: u64 = 0;
+
+/// Threads of the row kernels (one block per row) and of elementwise kernels.
+const ROW_THREADS: u32 = 256;
+const ELEM_THREADS: u32 = 256;
+/// Rows summed by one block of the deterministic column sums.
+const COLSUM_ROWS: usize = 256;
+/// attention.cu: 8 threads per row x 16 rows.
+const ATT_ROWS: usize = 16;
+const ATT_THREADS: u32 = 128;
+const SAMPLE_THREADS: u32 = 1024;
+
+/// Whether the CUDA driver library can be opened (cudarc panics otherwise).
+pub fn driver_present() -> bool {
+    // SAFETY: only tries to open libcuda by its usual names.
+    unsafe { cudarc::driver::sys::is_culib_present() }
+}
+
+fn cuda<E: std::fmt::Debug>(e: E) -> Error {
+    Error::Cuda(format!("{e:?}"))
+}
+
+fn check_len<T>(what: &str, s: &CudaSlice<T>, want: usize) -> Result<()> {
+    if s.len() < want {
+        return Err(Error::Invalid(format!(
+            "{what}: buffer holds {} elements, the launch needs {want}",
+            s.len()
+        )));
+    }
+    Ok(())
+}
+
+fn elem_cfg(n: usize) -> LaunchConfig {
+    let blocks = n.div_ceil(ELEM_THREADS as usize).clamp(1, 1 << 16) as u32;
+    LaunchConfig {
+        grid_dim: (blocks, 1, 1),
+        block_dim: (ELEM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (rows.max(1) as u32, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// AdamW hyper-parameters of one step (the engine's `AdamWStep`).
+#[derive(Clone, Copy, Debug)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bias_correction1: f32,
+    pub bias_correction2: f32,
+    pub grad_scale: f32,
+}
+
+/// Attention geometry (the engine's `AttnShape`).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    /// Query rows.
+    pub m: usize,
+    /// Key rows.
+    pub n: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl AttnDims {
+    fn check(&self) -> Result<()> {
+        if !(self.head_dim == 64 || self.head_dim == 128) {
+            return Err(Error::Invalid(format!(
+                "attention: head_dim {} has no kernel (64 or 128)",
+                self.head_dim
+            )));
+        }
+        if self.n_kv_heads == 0 || !self.n_heads.is_multiple_of(self.n_kv_heads) {
+            return Err(Error::Invalid(format!(
+                "attention: {} query heads do not group over {} KV heads",
+                self.n_heads, self.n_kv_heads
+            )));
+        }
+        to_i32(self.m * self.n_heads * self.head_dim)?;
+        to_i32(self.n * self.n_kv_heads * self.head_dim)?;
+        Ok(())
+    }
+}
+
+/// An attention mask on the device.
+pub enum DeviceMask {
+    Causal {
+        offset: i32,
+    },
+    Spans {
+        span_ptr: CudaSlice<i32>,
+        spans: CudaSlice<i32>,
+        rows: usize,
+    },
+}
+
+/// Running statistics of the chunked log-prob forward (one entry per row).
+pub struct LogprobState {
+    pub run_max: CudaSlice<f32>,
+    pub run_sum: CudaSlice<f64>,
+    pub run_zsum: CudaSlice<f64>,
+    pub target_logit: CudaSlice<f32>,
+}
+
+/// The compiled kernels of every family, loaded into one CUDA context.
+pub struct Kernels {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    funcs: HashMap<String, CudaFunction>,
+    arch: (u32, u32),
+}
+
+impl Kernels {
+    /// Compiles (or takes from `cache`) every family for device `ordinal`'s
+    /// compute capability and loads it.
+    pub fn new(ordinal: usize, cache: &PtxCache) -> Result<Kernels> {
+        if !driver_present() {
+            return Err(Error::NoDriver);
+        }
+        load_nvrtc()?;
+        let ctx = CudaContext::new(ordinal).map_err(cuda)?;
+        let (major, minor) = ctx.compute_capability().map_err(cuda)?;
+        let arch = (major as u32, minor as u32);
+        let opts = CompileOptions::for_arch(arch.0, arch.1);
+        let mut funcs = HashMap::new();
+        for family in Family::ALL {
+            let ptx = cache.get_or_compile(family, &opts)?;
+            let module = ctx.load_module(Ptx::from_src(ptx)).map_err(cuda)?;
+            for name in family.kernel_names() {
+                let f = module.load_function(&name).map_err(cuda)?;
+                funcs.insert(name, f);
+            }
+        }
+        let stream = ctx.default_stream();
+        Ok(Kernels {
+            ctx,
+            stream,
+            funcs,
+            arch,
+        })
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// Compute capability the kernels were compiled for.
+    pub fn arch(&self) -> (u32, u32) {
+        self.arch
+    }
+
+    fn f(&self, name: &str) -> Result<&CudaFunction> {
+        self.funcs
+            .get(name)
+            .ok_or_else(|| Error::Invalid(format!("kernel `{name}` is not loaded")))
+    }
+
+    pub fn upload<T: DeviceRepr>(&self, host: &[T]) -> Result<CudaSlice<T>> {
+        self.stream.clone_htod(host).map_err(cuda)
+    }
+
+    pub fn zeros<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        n: usize,
+    ) -> Result<CudaSlice<T>> {
+        self.stream.alloc_zeros(n.max(1)).map_err(cuda)
+    }
+
+    pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.stream.clone_dtoh(dev).map_err(cuda)
+    }
+
+    // ------------------------------------------------------------- norm.cu
+
+    /// `out = rmsnorm(x) * w` per row; `rstd` (1/rms per row) when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        rstd: Option<&mut CudaSlice<f32>>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        check_len("rms_norm out", out, rows * d)?;
+        check_len("rms_norm x", x, rows * d)?;
+        check_len("rms_norm w", w, d)?;
+        let (rows_i, d_i) = (to_i32(rows)?, to_i32(d)?);
+        let f = self.f("rmsnorm_fwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out);
+        match rstd {
+            Some(r) => {
+                check_len("rms_norm rstd", r, rows)?;
+                b.arg(r)
+            }
+            None => b.arg(&NULL),
+        };
+        b.arg(x).arg(w).arg(&rows_i).arg(&d_i).arg(&eps);
+        // SAFETY: lengths checked above; argument order as in norm.cu.
+        unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Backward of [`Kernels::rms_norm`]: writes `dx`, adds into `dw` (f32),
+    /// deterministic (row chunks summed in order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_backward(
+        &self,
+        dx: &mut CudaSlice<bf16>,
+        dw: &mut CudaSlice<f32>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        dy: &CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+        eps: f32,
+    ) -> Result<()> {
+        for (what, s) in [("x", x), ("dy", dy)] {
+            check_len(&format!("rms_norm_backward {what}"), s, rows * d)?;
+        }
+        check_len("rms_norm_backward dx", dx, rows * d)?;
+        check_len("rms_norm_backward w", w, d)?;
+        check_len("rms_norm_backward dw", dw, d)?;
+        let (rows_i, d_i) = (to_i32(rows)?, to_i32(d)?);
+        let mut rstd = self.zeros::<f32>(rows)?;
+        let f = self.f("rmsnorm_bwd_dx")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dx).arg(&mut rstd).arg(x).arg(w).arg(dy);
+        b.arg(&rows_i).arg(&d_i).arg(&eps);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
+        let chunks = rows.div_ceil(COLSUM_ROWS).max(1);
+        let mut partial = self.zeros::<f32>(chunks * d)?;
+        let per = to_i32(COLSUM_ROWS)?;
+        let f = self.f("rmsnorm_bwd_dw_partial")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut partial).arg(x).arg(dy).arg(&rstd);
+        b.arg(&rows_i).arg(&d_i).arg(&per);
+        let cfg = LaunchConfig {
+            grid_dim: (d.div_ceil(ELEM_THREADS as usize) as u32, chunks as u32, 1),
+            block_dim: (ELEM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: partial holds chunks * d.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        self.colsum(dw, &partial, chunks, d)
+    }
+
+    /// `dst[c] += sum_k partial[k, c]`, chunks in order.
+    fn colsum(
+        &self,
+        dst: &mut CudaSlice<f32>,
+        partial: &CudaSlice<f32>,
+        chunks: usize,
+        d: usize,
+    ) -> Result<()> {
+        let (chunks_i, d_i) = (to_i32(chunks)?, to_i32(d)?);
+        let f = self.f("colsum_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dst).arg(partial).arg(&chunks_i).arg(&d_i);
+        let cfg = LaunchConfig {
+            grid_dim: (d.div_ceil(ELEM_THREADS as usize) as u32, 1, 1),
+            block_dim: (ELEM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: callers check dst (d) and partial (chunks * d).
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Bias gradient: `db[c] += sum_r dy[r, c]` (deterministic).
+    pub fn bias_backward(
+        &self,
+        db: &mut CudaSlice<f32>,
+        dy: &CudaSlice<bf16>,
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
+        check_len("bias_backward dy", dy, rows * d)?;
+        check_len("bias_backward db", db, d)?;
+        let chunks = rows.div_ceil(COLSUM_ROWS).max(1);
+        let mut partial = self.zeros::<f32>(chunks * d)?;
+        let (rows_i, d_i, per) = (to_i32(rows)?, to_i32(d)?, to_i32(COLSUM_ROWS)?);
+        let f = self.f("colsum_partial_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut partial).arg(dy).arg(&rows_i).arg(&d_i).arg(&per);
+        let cfg = LaunchConfig {
+            grid_dim: (d.div_ceil(ELEM_THREADS as usize) as u32, chunks as u32, 1),
+            block_dim: (ELEM_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        self.colsum(db, &partial, chunks, d)
+    }
+
+    /// `x += y` (bf16, f32 arithmetic).
+    pub fn add_assign(&self, x: &mut CudaSlice<bf16>, y: &CudaSlice<bf16>, n: usize) -> Result<()> {
+        check_len("add_assign x", x, n)?;
+        check_len("add_assign y", y, n)?;
+        let n_i = n as i64;
+        let f = self.f("add_assign_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(y).arg(&n_i);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `x *= s` on an f32 buffer (gradients).
+    pub fn scale_f32(&self, x: &mut CudaSlice<f32>, s: f32, n: usize) -> Result<()> {
+        check_len("scale x", x, n)?;
+        let n_i = n as i64;
+        let f = self.f("scale_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(&s).arg(&n_i);
+        // SAFETY: length checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Sum of squares of an f32 buffer, f64 accumulation, deterministic; the
+    /// result stays on the device (`out[0]`).
+    pub fn sum_squares(
+        &self,
+        out: &mut CudaSlice<f64>,
+        x: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        check_len("sum_squares x", x, n)?;
+        check_len("sum_squares out", out, 1)?;
+        let cfg = elem_cfg(n);
+        let blocks = cfg.grid_dim.0 as usize;
+        let mut partial = self.zeros::<f64>(blocks)?;
+        let n_i = n as i64;
+        let f = self.f("sum_squares_partial")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut partial).arg(x).arg(&n_i);
+        // SAFETY: partial has one slot per block.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        let count = to_i32(blocks)?;
+        let f = self.f("sum_f64")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(&partial).arg(&count);
+        // SAFETY: one block reads `blocks` partials.
+        unsafe { b.launch(rows_cfg(1, 1024)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `x += y` on f32 buffers.
+    pub fn add_assign_f32(
+        &self,
+        x: &mut CudaSlice<f32>,
+        y: &CudaSlice<f32>,
+        n: usize,
+    ) -> Result<()> {
+        check_len("add_assign_f32 x", x, n)?;
+        check_len("add_assign_f32 y", y, n)?;
+        let n_i = n as i64;
+        let f = self.f("add_assign_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(y).arg(&n_i);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `x *= s` on a bf16 buffer.
+    pub fn scale_bf16(&self, x: &mut CudaSlice<bf16>, s: f32, n: usize) -> Result<()> {
+        check_len("scale_bf16 x", x, n)?;
+        let n_i = n as i64;
+        let f = self.f("scale_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(&s).arg(&n_i);
+        // SAFETY: length checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `out[r, c] += bias[c]` on a `[rows, cols]` bf16 matrix.
+    pub fn add_bias(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        bias: &CudaSlice<bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        check_len("add_bias out", out, rows * cols)?;
+        check_len("add_bias bias", bias, cols)?;
+        let (r, c) = (to_i32(rows)?, to_i32(cols)?);
+        let f = self.f("add_bias_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(bias).arg(&r).arg(&c);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// A new bf16 copy of the first `n` values of `x`.
+    pub fn to_bf16(&self, x: &CudaSlice<f32>, n: usize) -> Result<CudaSlice<bf16>> {
+        check_len("to_bf16 x", x, n)?;
+        let mut out = self.zeros::<bf16>(n)?;
+        let n_i = n as i64;
+        let f = self.f("cast_f32_to_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut out).arg(x).arg(&n_i);
+        // SAFETY: both hold n values.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(out)
+    }
+
+    /// A new f32 copy of the first `n` values of `x`.
+    pub fn to_f32(&self, x: &CudaSlice<bf16>, n: usize) -> Result<CudaSlice<f32>> {
+        check_len("to_f32 x", x, n)?;
+        let mut out = self.zeros::<f32>(n)?;
+        let n_i = n as i64;
+        let f = self.f("cast_bf16_to_f32")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut out).arg(x).arg(&n_i);
+        // SAFETY: both hold n values.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(out)
+    }
+
+    /// Rows `rows` of the `[_, cols]` matrix `x` (bf16 or f32: `kernel` is
+    /// `gather_rows_bf16` or `gather_rows_f32`).
+    fn gather<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+        &self,
+        kernel: &str,
+        x: &CudaSlice<T>,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<CudaSlice<T>> {
+        let have = x.len() / cols.max(1);
+        if let Some(r) = rows.iter().find(|&&r| r >= have) {
+            return Err(Error::Invalid(format!(
+                "gather_rows: row {r} of a {have}-row matrix"
+            )));
+        }
+        let idx: Vec<i32> = rows.iter().map(|&r| to_i32(r)).collect::<Result<_>>()?;
+        let idx_d = self.upload(if idx.is_empty() { &[0] } else { &idx })?;
+        let mut out = self.zeros::<T>(rows.len() * cols)?;
+        let (n, c) = (to_i32(rows.len())?, to_i32(cols)?);
+        let f = self.f(kernel)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut out).arg(x).arg(&idx_d).arg(&n).arg(&c);
+        // SAFETY: every row index checked against x.
+        unsafe { b.launch(elem_cfg(rows.len() * cols)) }.map_err(cuda)?;
+        Ok(out)
+    }
+
+    pub fn gather_rows_bf16(
+        &self,
+        x: &CudaSlice<bf16>,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<CudaSlice<bf16>> {
+        self.gather("gather_rows_bf16", x, rows, cols)
+    }
+
+    pub fn gather_rows_f32(
+        &self,
+        x: &CudaSlice<f32>,
+        rows: &[usize],
+        cols: usize,
+    ) -> Result<CudaSlice<f32>> {
+        self.gather("gather_rows_f32", x, rows, cols)
+    }
+
+    // ------------------------------------------------------------- rope.cu
+
+    /// RoPE in place on `x[rows, cols]` (rotate-half), `backward` rotates back.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        x: &mut CudaSlice<bf16>,
+        positions: &CudaSlice<i32>,
+        inv_freq: &CudaSlice<f32>,
+        rows: usize,
+        cols: usize,
+        head_dim: usize,
+        backward: bool,
+    ) -> Result<()> {
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || !cols.is_multiple_of(head_dim) {
+            return Err(Error::Invalid(format!(
+                "rope: row of {cols} is not whole heads of even size {head_dim}"
+            )));
+        }
+        check_len("rope x", x, rows * cols)?;
+        check_len("rope positions", positions, rows)?;
+        check_len("rope inv_freq", inv_freq, head_dim / 2)?;
+        let (r, c, h) = (to_i32(rows)?, to_i32(cols)?, to_i32(head_dim)?);
+        let sign: f32 = if backward { -1.0 } else { 1.0 };
+        let f = self.f("rope_bf16")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(x).arg(positions).arg(inv_freq);
+        b.arg(&r).arg(&c).arg(&h).arg(&sign);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(rows * cols / 2)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    // -------------------------------------------------------------- mlp.cu
+
+    /// `out = silu(gate) * up` on `[rows, cols]` matrices.
+    pub fn swiglu(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        gate: &CudaSlice<bf16>,
+        up: &CudaSlice<bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        for (what, s) in [("gate", gate), ("up", up)] {
+            check_len(&format!("swiglu {what}"), s, rows * cols)?;
+        }
+        check_len("swiglu out", out, rows * cols)?;
+        let (r, c) = (to_i32(rows)?, to_i32(cols)?);
+        let f = self.f("swiglu_fwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(gate).arg(up).arg(&r).arg(&c).arg(&c);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn swiglu_backward(
+        &self,
+        dgate: &mut CudaSlice<bf16>,
+        dup: &mut CudaSlice<bf16>,
+        gate: &CudaSlice<bf16>,
+        up: &CudaSlice<bf16>,
+        dy: &CudaSlice<bf16>,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        for (what, s) in [("gate", gate), ("up", up), ("dy", dy)] {
+            check_len(&format!("swiglu_backward {what}"), s, rows * cols)?;
+        }
+        check_len("swiglu_backward dgate", dgate, rows * cols)?;
+        check_len("swiglu_backward dup", dup, rows * cols)?;
+        let (r, c) = (to_i32(rows)?, to_i32(cols)?);
+        let f = self.f("swiglu_bwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dgate).arg(dup).arg(gate).arg(up).arg(dy);
+        b.arg(&r).arg(&c).arg(&c);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    // -------------------------------------------------------- embedding.cu
+
+    pub fn embedding(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        table: &CudaSlice<bf16>,
+        ids: &CudaSlice<i32>,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        check_len("embedding out", out, n * d)?;
+        check_len("embedding ids", ids, n)?;
+        let (n_i, d_i) = (to_i32(n)?, to_i32(d)?);
+        let f = self.f("embedding_fwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(table).arg(ids).arg(&n_i).arg(&d_i);
+        // SAFETY: out/ids checked; ids < vocab is the caller's contract
+        // (checked on the host when the ids are made).
+        unsafe { b.launch(elem_cfg(n * d)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `dtable[ids[r]] += dy[r]` in row order per id (deterministic).
+    pub fn embedding_backward(
+        &self,
+        dtable: &mut CudaSlice<f32>,
+        dy: &CudaSlice<bf16>,
+        ids: &[u32],
+        vocab: usize,
+        d: usize,
+    ) -> Result<()> {
+        let groups = EmbeddingGroups::new(ids, vocab)?;
+        check_len("embedding_backward dtable", dtable, vocab * d)?;
+        check_len("embedding_backward dy", dy, ids.len() * d)?;
+        if groups.ids.is_empty() {
+            return Ok(());
+        }
+        let uniq = self.upload(&groups.ids)?;
+        let starts = self.upload(&groups.starts)?;
+        let rows = self.upload(&groups.rows)?;
+        let (g, d_i) = (to_i32(groups.ids.len())?, to_i32(d)?);
+        let f = self.f("embedding_bwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dtable).arg(dy).arg(&uniq).arg(&starts).arg(&rows);
+        b.arg(&g).arg(&d_i);
+        // SAFETY: ids checked against vocab by EmbeddingGroups.
+        unsafe { b.launch(rows_cfg(groups.ids.len(), ROW_THREADS)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    // -------------------------------------------------------- optimizer.cu
+
+    /// One fused AdamW step on f32 master weights; refreshes the bf16 copy
+    /// when given. `scale_dev` (one f32 on the device, e.g. from
+    /// `clip_factor`) multiplies `grad_scale`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        &self,
+        master: &mut CudaSlice<f32>,
+        param_bf16: Option<&mut CudaSlice<bf16>>,
+        grad: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        scale_dev: Option<&CudaSlice<f32>>,
+        n: usize,
+        st: &AdamW,
+    ) -> Result<()> {
+        check_len("adamw master", master, n)?;
+        check_len("adamw grad", grad, n)?;
+        check_len("adamw m", m, n)?;
+        check_len("adamw v", v, n)?;
+        let n_i = n as i64;
+        let f = self.f("adamw_step")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(master);
+        match param_bf16 {
+            Some(p) => {
+                check_len("adamw param_bf16", p, n)?;
+                b.arg(p)
+            }
+            None => b.arg(&NULL),
+        };
+        b.arg(grad).arg(m).arg(v);
+        match scale_dev {
+            Some(s) => {
+                check_len("adamw scale_dev", s, 1)?;
+                b.arg(s)
+            }
+            None => b.arg(&NULL),
+        };
+        b.arg(&n_i)
+            .arg(&st.lr)
+            .arg(&st.beta1)
+            .arg(&st.beta2)
+            .arg(&st.eps)
+            .arg(&st.weight_decay)
+            .arg(&st.bias_correction1)
+            .arg(&st.bias_correction2)
+            .arg(&st.grad_scale);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Gradient scale on the device from the summed squares (see optimizer.cu).
+    pub fn clip_factor(
+        &self,
+        out: &mut CudaSlice<f32>,
+        norm_out: Option<&mut CudaSlice<f64>>,
+        sumsq: &CudaSlice<f64>,
+        avg: f64,
+        max_norm: f64,
+    ) -> Result<()> {
+        check_len("clip_factor out", out, 1)?;
+        check_len("clip_factor sumsq", sumsq, 1)?;
+        let f = self.f("clip_factor")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out);
+        match norm_out {
+            Some(n) => b.arg(n),
+            None => b.arg(&NULL),
+        };
+        b.arg(sumsq).arg(&avg).arg(&max_norm);
+        // SAFETY: one thread, lengths checked.
+        unsafe { b.launch(rows_cfg(1, 32)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    // ---------------------------------------------------------- logprob.cu
+
+    pub fn logprob_state(&self, rows: usize) -> Result<LogprobState> {
+        let mut st = LogprobState {
+            run_max: self.zeros(rows)?,
+            run_sum: self.zeros(rows)?,
+            run_zsum: self.zeros(rows)?,
+            target_logit: self.zeros(rows)?,
+        };
+        let r = to_i32(rows)?;
+        let f = self.f("logprob_init")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut st.run_max)
+            .arg(&mut st.run_sum)
+            .arg(&mut st.run_zsum)
+            .arg(&mut st.target_logit)
+            .arg(&r);
+        // SAFETY: every buffer has `rows` entries.
+        unsafe { b.launch(elem_cfg(rows)) }.map_err(cuda)?;
+        Ok(st)
+    }
+
+    /// Folds the logits `z[rows, c]` of vocabulary ids `lo..lo + c` into `st`.
+    pub fn logprob_chunk(
+        &self,
+        st: &mut LogprobState,
+        z: &CudaSlice<f32>,
+        targets: &CudaSlice<i32>,
+        rows: usize,
+        c: usize,
+        lo: usize,
+    ) -> Result<()> {
+        check_len("logprob z", z, rows * c)?;
+        check_len("logprob targets", targets, rows)?;
+        check_len("logprob state", &st.run_max, rows)?;
+        let (r, c_i, lo_i) = (to_i32(rows)?, to_i32(c)?, to_i32(lo)?);
+        let f = self.f("logprob_chunk_fwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut st.run_max)
+            .arg(&mut st.run_sum)
+            .arg(&mut st.run_zsum)
+            .arg(&mut st.target_logit)
+            .arg(z)
+            .arg(targets)
+            .arg(&r)
+            .arg(&c_i)
+            .arg(&c_i)
+            .arg(&lo_i);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `logp`, `lse` and optionally the entropy from the final state; counts
+    /// rows whose log-prob was positive or non-finite into `violations[0]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_finalize(
+        &self,
+        logp: &mut CudaSlice<f32>,
+        lse: &mut CudaSlice<f32>,
+        entropy: Option<&mut CudaSlice<f32>>,
+        violations: &mut CudaSlice<i32>,
+        st: &LogprobState,
+        rows: usize,
+    ) -> Result<()> {
+        check_len("logprob logp", logp, rows)?;
+        check_len("logprob lse", lse, rows)?;
+        check_len("logprob violations", violations, 1)?;
+        check_len("logprob state", &st.run_max, rows)?;
+        let r = to_i32(rows)?;
+        let f = self.f("logprob_finalize")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(logp).arg(lse);
+        match entropy {
+            Some(e) => {
+                check_len("logprob entropy", e, rows)?;
+                b.arg(e)
+            }
+            None => b.arg(&NULL),
+        };
+        b.arg(violations)
+            .arg(&st.run_max)
+            .arg(&st.run_sum)
+            .arg(&st.run_zsum)
+            .arg(&st.target_logit)
+            .arg(&r);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(elem_cfg(rows)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// `dz[rows, c]` (bf16) of chunk `lo` from its recomputed logits `z`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprob_chunk_backward(
+        &self,
+        dz: &mut CudaSlice<bf16>,
+        z: &CudaSlice<f32>,
+        targets: &CudaSlice<i32>,
+        lse: &CudaSlice<f32>,
+        dlogp: &CudaSlice<f32>,
+        entropy: Option<(&CudaSlice<f32>, &CudaSlice<f32>)>,
+        rows: usize,
+        c: usize,
+        lo: usize,
+    ) -> Result<()> {
+        check_len("logprob_backward dz", dz, rows * c)?;
+        check_len("logprob_backward z", z, rows * c)?;
+        for (what, s) in [("lse", lse), ("dlogp", dlogp)] {
+            check_len(&format!("logprob_backward {what}"), s, rows)?;
+        }
+        check_len("logprob_backward targets", targets, rows)?;
+        let (r, c_i, lo_i) = (to_i32(rows)?, to_i32(c)?, to_i32(lo)?);
+        let f = self.f("logprob_chunk_bwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dz).arg(z).arg(targets).arg(lse).arg(dlogp);
+        match entropy {
+            Some((e, de)) => {
+                check_len("logprob_backward entropy", e, rows)?;
+                check_len("logprob_backward dentropy", de, rows)?;
+                b.arg(e).arg(de)
+            }
+            None => b.arg(&NULL).arg(&NULL),
+        };
+        b.arg(&r).arg(&c_i).arg(&c_i).arg(&c_i).arg(&lo_i);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    // --------------------------------------------------------- sampling.cu
+
+    /// One token per row of `logits[rows, vocab]`; `uniforms[r]` in [0, 1)
+    /// from the host's seeded Rng.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sample(
+        &self,
+        out: &mut CudaSlice<i32>,
+        logits: &CudaSlice<f32>,
+        uniforms: &CudaSlice<f64>,
+        rows: usize,
+        vocab: usize,
+        temperature: f32,
+        top_k: usize,
+        top_p: f32,
+    ) -> Result<()> {
+        check_len("sample out", out, rows)?;
+        check_len("sample logits", logits, rows * vocab)?;
+        check_len("sample uniforms", uniforms, rows)?;
+        let (r, v) = (to_i32(rows)?, to_i32(vocab)?);
+        let k = to_i32(top_k.min(vocab))?;
+        let f = self.f("sample_rows")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(logits).arg(uniforms);
+        b.arg(&r)
+            .arg(&v)
+            .arg(&v)
+            .arg(&temperature)
+            .arg(&k)
+            .arg(&top_p);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(rows_cfg(rows, SAMPLE_THREADS)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    // -------------------------------------------------------- attention.cu
+
+    /// A mask on the device for `m` query rows over `n` keys.
+    pub fn mask(&self, mask: &MaskArgs) -> Result<DeviceMask> {
+        Ok(match mask {
+            MaskArgs::Causal { offset } => DeviceMask::Causal { offset: *offset },
+            MaskArgs::Spans { span_ptr, spans } => DeviceMask::Spans {
+                span_ptr: self.upload(span_ptr)?,
+                spans: self.upload(if spans.is_empty() { &[0, 0] } else { spans })?,
+                rows: span_ptr.len() - 1,
+            },
+        })
+    }
+
+    fn mask_args(mask: &DeviceMask, m: usize, n: usize) -> Result<(i32, i32)> {
+        match mask {
+            DeviceMask::Causal { offset } if *offset < 0 || *offset as usize + m > n => {
+                Err(Error::Invalid(format!(
+                    "attention: causal mask after {offset} cached keys needs {} keys, got {n}",
+                    *offset as i64 + m as i64
+                )))
+            }
+            DeviceMask::Causal { offset } => Ok((1, *offset)),
+            DeviceMask::Spans { rows, .. } if *rows != m => Err(Error::Invalid(format!(
+                "attention: mask has {rows} rows, the query {m}"
+            ))),
+            DeviceMask::Spans { .. } => Ok((0, 0)),
+        }
+    }
+
+    fn attn_grid(rows: usize, heads: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (rows.div_ceil(ATT_ROWS).max(1) as u32, heads as u32, 1),
+            block_dim: (ATT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        }
+    }
+
+    /// Forward attention: `out[m, H*D]` and `lse[m, H]`. Causal masks go
+    /// through the varlen kernel (see [`Kernels::attention_varlen`]), span
+    /// masks through `attn_fwd_*`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        dims: AttnDims,
+        mask: &DeviceMask,
+    ) -> Result<()> {
+        dims.check()?;
+        let (qn, kn) = (
+            dims.m * dims.n_heads * dims.head_dim,
+            dims.n * dims.n_kv_heads * dims.head_dim,
+        );
+        check_len("attention q", q, qn)?;
+        check_len("attention out", out, qn)?;
+        check_len("attention k", k, kn)?;
+        check_len("attention v", v, kn)?;
+        check_len("attention lse", lse, dims.m * dims.n_heads)?;
+        let (causal, offset) = Self::mask_args(mask, dims.m, dims.n)?;
+        if causal == 1 {
+            // Every causal forward (prefill, training, decode) runs the one
+            // varlen kernel, so a row gets the same bits in all of them.
+            let (kp, _k_read) = k.device_ptr(&self.stream);
+            let (vp, _v_read) = v.device_ptr(&self.stream);
+            let (kd, vd) = (self.upload(&[kp])?, self.upload(&[vp])?);
+            return self.attention_varlen(
+                out,
+                lse,
+                q,
+                &kd,
+                &vd,
+                &[dims.m],
+                &[offset as usize + dims.m],
+                dims.n_heads,
+                dims.n_kv_heads,
+                dims.head_dim,
+            );
+        }
+        let name = format!("attn_fwd_d{}", dims.head_dim);
+        let f = self.f(&name)?;
+        let ints = [
+            to_i32(dims.m)?,
+            to_i32(dims.n)?,
+            to_i32(dims.n_heads)?,
+            to_i32(dims.n_kv_heads)?,
+        ];
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(lse).arg(q).arg(k).arg(v);
+        for i in &ints {
+            b.arg(i);
+        }
+        b.arg(&causal).arg(&offset);
+        push_spans(&mut b, mask);
+        // SAFETY: lengths and head size checked above.
+        unsafe { b.launch(Self::attn_grid(dims.m, dims.n_heads)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Backward attention: `dq`, `dk`, `dv` (overwritten, bf16).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_backward(
+        &self,
+        dq: &mut CudaSlice<bf16>,
+        dk: &mut CudaSlice<bf16>,
+        dv: &mut CudaSlice<bf16>,
+        q: &CudaSlice<bf16>,
+        k: &CudaSlice<bf16>,
+        v: &CudaSlice<bf16>,
+        out: &CudaSlice<bf16>,
+        lse: &CudaSlice<f32>,
+        dout: &CudaSlice<bf16>,
+        dims: AttnDims,
+        mask: &DeviceMask,
+    ) -> Result<()> {
+        dims.check()?;
+        let (qn, kn) = (
+            dims.m * dims.n_heads * dims.head_dim,
+            dims.n * dims.n_kv_heads * dims.head_dim,
+        );
+        for (what, s) in [("q", q), ("out", out), ("dout", dout)] {
+            check_len(&format!("attention_backward {what}"), s, qn)?;
+        }
+        for (what, s) in [("k", k), ("v", v)] {
+            check_len(&format!("attention_backward {what}"), s, kn)?;
+        }
+        check_len("attention_backward dq", dq, qn)?;
+        check_len("attention_backward dk", dk, kn)?;
+        check_len("attention_backward dv", dv, kn)?;
+        check_len("attention_backward lse", lse, dims.m * dims.n_heads)?;
+        let (causal, offset) = Self::mask_args(mask, dims.m, dims.n)?;
+        let ints = [
+            to_i32(dims.m)?,
+            to_i32(dims.n)?,
+            to_i32(dims.n_heads)?,
+            to_i32(dims.n_kv_heads)?,
+        ];
+        let rows_heads = dims.m * dims.n_heads;
+        let mut delta = self.zeros::<f32>(rows_heads)?;
+        let (m_i, h_i, d_i) = (ints[0], ints[2], to_i32(dims.head_dim)?);
+        let f = self.f("attn_bwd_delta")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut delta)
+            .arg(out)
+            .arg(dout)
+            .arg(&m_i)
+            .arg(&h_i)
+            .arg(&d_i);
+        let warps_per_block = 8usize;
+        let cfg = LaunchConfig {
+            grid_dim: (rows_heads.div_ceil(warps_per_block).max(1) as u32, 1, 1),
+            block_dim: (32 * warps_per_block as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: one warp per (row, head); lengths checked above.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+
+        let name = format!("attn_bwd_dkdv_d{}", dims.head_dim);
+        let f = self.f(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut *dk)
+            .arg(&mut *dv)
+            .arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(dout)
+            .arg(lse)
+            .arg(&delta);
+        for i in &ints {
+            b.arg(i);
+        }
+        b.arg(&causal).arg(&offset);
+        push_spans(&mut b, mask);
+        // SAFETY: as above.
+        unsafe { b.launch(Self::attn_grid(dims.n, dims.n_kv_heads)) }.map_err(cuda)?;
+
+        let name = format!("attn_bwd_dq_d{}", dims.head_dim);
+        let f = self.f(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dq)
+            .arg(q)
+            .arg(k)
+            .arg(v)
+            .arg(dout)
+            .arg(lse)
+            .arg(&delta);
+        for i in &ints {
+            b.arg(i);
+        }
+        b.arg(&causal).arg(&offset);
+        push_spans(&mut b, mask);
+        // SAFETY: as above.
+        unsafe { b.launch(Self::attn_grid(dims.m, dims.n_heads)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Forward over several sequences at once, each with its own KV cache
+    /// (`k_ptrs`, `v_ptrs`: device addresses of `[keys[b], KV*D]` bf16) and
+    /// its `rows[b]` query rows packed in `q` (the last positions of the
+    /// sequence: decode when 1, a prefill chunk otherwise). Each row's numbers
+    /// are bit for bit those of [`Kernels::attention`] on that sequence alone.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_varlen(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<bf16>,
+        k_ptrs: &CudaSlice<u64>,
+        v_ptrs: &CudaSlice<u64>,
+        rows: &[usize],
+        keys: &[usize],
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        if rows.len() != keys.len() || rows.is_empty() {
+            return Err(Error::Invalid(format!(
+                "attention_varlen: {} row counts for {} key counts",
+                rows.len(),
+                keys.len()
+            )));
+        }
+        if let Some(b) = (0..rows.len()).find(|&b| rows[b] > keys[b]) {
+            return Err(Error::Invalid(format!(
+                "attention_varlen: sequence {b} has {} query rows but {} keys",
+                rows[b], keys[b]
+            )));
+        }
+        let total: usize = rows.iter().sum();
+        AttnDims {
+            m: total,
+            n: keys.iter().copied().max().unwrap_or(0),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+        .check()?;
+        check_len("attention_varlen q", q, total * n_heads * head_dim)?;
+        check_len("attention_varlen out", out, total * n_heads * head_dim)?;
+        check_len("attention_varlen lse", lse, total * n_heads)?;
+        check_len("attention_varlen k_ptrs", k_ptrs, rows.len())?;
+        check_len("attention_varlen v_ptrs", v_ptrs, rows.len())?;
+        let mut starts = vec![0i32];
+        for &r in rows {
+            starts.push(starts.last().copied().unwrap_or(0) + to_i32(r)?);
+        }
+        let n_keys: Vec<i32> = keys.iter().map(|&k| to_i32(k)).collect::<Result<_>>()?;
+        let (starts_d, keys_d) = (self.upload(&starts)?, self.upload(&n_keys)?);
+        let (h, kv) = (to_i32(n_heads)?, to_i32(n_kv_heads)?);
+        let f = self.f(&format!("attn_fwd_varlen_d{head_dim}"))?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(lse).arg(q).arg(k_ptrs).arg(v_ptrs);
+        b.arg(&starts_d).arg(&keys_d).arg(&h).arg(&kv);
+        let max_rows = rows.iter().copied().max().unwrap_or(1);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                max_rows.div_ceil(ATT_ROWS).max(1) as u32,
+                n_heads as u32,
+                rows.len() as u32,
+            ),
+            block_dim: (ATT_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: lengths checked; the caller's pointers describe live caches.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Decode: one query per sequence over its own KV cache. `k_ptrs`,
+    /// `v_ptrs` hold the device addresses of each sequence's cache
+    /// (`[lens[b], KV*D]` bf16), `lens` their lengths.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_decode(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        q: &CudaSlice<bf16>,
+        k_ptrs: &CudaSlice<u64>,
+        v_ptrs: &CudaSlice<u64>,
+        lens: &CudaSlice<i32>,
+        batch: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        AttnDims {
+            m: batch,
+            n: 0,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        }
+        .check()?;
+        check_len("decode q", q, batch * n_heads * head_dim)?;
+        check_len("decode out", out, batch * n_heads * head_dim)?;
+        for (what, s) in [("k_ptrs", k_ptrs), ("v_ptrs", v_ptrs)] {
+            check_len(&format!("decode {what}"), s, batch)?;
+        }
+        check_len("decode lens", lens, batch)?;
+        let (h, kv) = (to_i32(n_heads)?, to_i32(n_kv_heads)?);
+        let name = format!("attn_decode_d{head_dim}");
+        let f = self.f(&name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out)
+            .arg(q)
+            .arg(k_ptrs)
+            .arg(v_ptrs)
+            .arg(lens)
+            .arg(&h)
+            .arg(&kv);
+        let cfg = LaunchConfig {
+            grid_dim: (batch as u32, n_heads as u32, 1),
+            block_dim: (128, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: the caller's pointers and lengths describe live caches.
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
+        Ok(())
+    }
+}
+
+fn push_spans<'a>(b: &mut cudarc::driver::LaunchArgs<'a>, mask: &'a DeviceMask) {
+    match mask {
+        DeviceMask::Causal { .. } => {
+            b.arg(&NULL).arg(&NULL);
+        }
+        DeviceMask::Spans {
+            span_ptr, spans, ..
+        } => {
+            b.arg(span_ptr).arg(spans);
+        }
+    }
+}

@@ -1,0 +1,740 @@
+//! The kernels on a real GPU through the launch wrappers, against plain Rust
+//! reference loops that mirror the CPU backend (the same cases as the CPU
+//! emulator in `emu/`, plus what only a GPU shows: argument order of every
+//! wrapper, alignment, the real memory model). Skipped, with the reason
+//! printed, where there is no NVIDIA driver; run under
+//! `compute-sanitizer --tool memcheck cargo test -p igpo-kernels --test gpu`
+//! on a GPU machine.
+
+#![allow(clippy::needless_range_loop, clippy::single_range_in_vec_init)]
+
+use half::bf16;
+use igpo_kernels::host::MaskArgs;
+use igpo_kernels::launch::{driver_present, AdamW, AttnDims, Kernels};
+use igpo_kernels::PtxCache;
+
+fn gpu() -> Option<Kernels> {
+    if !driver_present() {
+        eprintln!("SKIPPED: no CUDA driver (libcuda.so.1) on this machine");
+        return None;
+    }
+    match Kernels::new(0, &PtxCache::default_location()) {
+        Ok(k) => Some(k),
+        Err(e) => panic!("a driver is present but the kernels do not load: {e}"),
+    }
+}
+
+struct Rand(u64);
+impl Rand {
+    fn uniform(&mut self) -> f64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// `n` values in [-a, a), already representable in bf16.
+    fn bf(&mut self, n: usize, a: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| bf16::from_f32(((self.uniform() * 2.0 - 1.0) as f32) * a).to_f32())
+            .collect()
+    }
+}
+
+fn to_bf(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
+}
+fn from_bf(v: &[bf16]) -> Vec<f32> {
+    v.iter().map(|x| x.to_f32()).collect()
+}
+
+/// |got - want| <= atol + rtol |want| everywhere.
+fn close(name: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    assert_eq!(got.len(), want.len(), "{name}: lengths");
+    let mut worst = 0.0f64;
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let err = (g as f64 - w).abs();
+        assert!(
+            err <= atol + rtol * w.abs(),
+            "{name}: element {i}: got {g}, want {w}"
+        );
+        worst = worst.max(err);
+    }
+    eprintln!("{name}: max error {worst:.3e}");
+}
+
+#[test]
+fn norm_rope_mlp_embedding_adamw_match_the_reference() {
+    let Some(k) = gpu() else { return };
+    let mut r = Rand(0x1234_5678);
+    // RMSNorm forward and backward
+    let (rows, d, eps) = (300usize, 896usize, 1e-6f32);
+    let (x, w, dy) = (r.bf(rows * d, 2.0), r.bf(d, 1.0), r.bf(rows * d, 1.0));
+    let (xd, wd, dyd) = (
+        k.upload(&to_bf(&x)).unwrap(),
+        k.upload(&to_bf(&w)).unwrap(),
+        k.upload(&to_bf(&dy)).unwrap(),
+    );
+    let mut out = k.zeros::<bf16>(rows * d).unwrap();
+    k.rms_norm(&mut out, None, &xd, &wd, rows, d, eps).unwrap();
+    let mut want = vec![0.0f64; rows * d];
+    let mut want_dx = vec![0.0f64; rows * d];
+    let mut want_dw = vec![0.0f64; d];
+    for i in 0..rows {
+        let xr = &x[i * d..(i + 1) * d];
+        let ss: f64 = xr.iter().map(|&v| v as f64 * v as f64).sum();
+        let inv = 1.0 / (ss / d as f64 + eps as f64).sqrt();
+        let dot: f64 = (0..d)
+            .map(|j| xr[j] as f64 * dy[i * d + j] as f64 * w[j] as f64)
+            .sum();
+        let c = inv * inv * inv * dot / d as f64;
+        for j in 0..d {
+            want[i * d + j] = xr[j] as f64 * inv * w[j] as f64;
+            want_dx[i * d + j] = inv * w[j] as f64 * dy[i * d + j] as f64 - c * xr[j] as f64;
+            want_dw[j] += dy[i * d + j] as f64 * xr[j] as f64 * inv;
+        }
+    }
+    close(
+        "rms_norm",
+        &from_bf(&k.download(&out).unwrap()),
+        &want,
+        1e-3,
+        1.0 / 128.0,
+    );
+    let mut dx = k.zeros::<bf16>(rows * d).unwrap();
+    let mut dw = k.zeros::<f32>(d).unwrap();
+    k.rms_norm_backward(&mut dx, &mut dw, &xd, &wd, &dyd, rows, d, eps)
+        .unwrap();
+    close(
+        "rms_norm_backward dx",
+        &from_bf(&k.download(&dx).unwrap()),
+        &want_dx,
+        2e-3,
+        1.0 / 64.0,
+    );
+    close(
+        "rms_norm_backward dw",
+        &k.download(&dw).unwrap(),
+        &want_dw,
+        1e-3,
+        1e-4,
+    );
+
+    // RoPE: forward against the formula, backward undoes it
+    let (rows, hd, heads) = (5usize, 64usize, 3usize);
+    let cols = hd * heads;
+    let pos: Vec<i32> = vec![0, 1, 17, 1000, 32767];
+    let inv: Vec<f32> = (0..hd / 2)
+        .map(|i| (1.0 / 1e6f64.powf(2.0 * i as f64 / hd as f64)) as f32)
+        .collect();
+    let x = r.bf(rows * cols, 1.0);
+    let mut xd = k.upload(&to_bf(&x)).unwrap();
+    let (pd, fd) = (k.upload(&pos).unwrap(), k.upload(&inv).unwrap());
+    k.rope(&mut xd, &pd, &fd, rows, cols, hd, false).unwrap();
+    let mut want = vec![0.0f64; rows * cols];
+    for row in 0..rows {
+        for h in 0..heads {
+            for i in 0..hd / 2 {
+                let ang = pos[row] as f32 * inv[i];
+                let (s, c) = (ang.sin() as f64, ang.cos() as f64);
+                let at = row * cols + h * hd;
+                let (a, b) = (x[at + i] as f64, x[at + i + hd / 2] as f64);
+                want[at + i] = a * c - b * s;
+                want[at + i + hd / 2] = b * c + a * s;
+            }
+        }
+    }
+    close(
+        "rope",
+        &from_bf(&k.download(&xd).unwrap()),
+        &want,
+        2e-3,
+        1.0 / 128.0,
+    );
+    k.rope(&mut xd, &pd, &fd, rows, cols, hd, true).unwrap();
+    let back: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+    close(
+        "rope backward",
+        &from_bf(&k.download(&xd).unwrap()),
+        &back,
+        1e-2,
+        1.0 / 64.0,
+    );
+
+    // SwiGLU
+    let n = 4864usize;
+    let (g, u, dy) = (r.bf(n, 4.0), r.bf(n, 1.0), r.bf(n, 1.0));
+    let (gd, ud, dyd) = (
+        k.upload(&to_bf(&g)).unwrap(),
+        k.upload(&to_bf(&u)).unwrap(),
+        k.upload(&to_bf(&dy)).unwrap(),
+    );
+    let mut out = k.zeros::<bf16>(n).unwrap();
+    let (mut dg, mut du) = (k.zeros::<bf16>(n).unwrap(), k.zeros::<bf16>(n).unwrap());
+    k.swiglu(&mut out, &gd, &ud, 1, n).unwrap();
+    k.swiglu_backward(&mut dg, &mut du, &gd, &ud, &dyd, 1, n)
+        .unwrap();
+    let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
+    let want: Vec<f64> = (0..n)
+        .map(|i| g[i] as f64 * sig(g[i] as f64) * u[i] as f64)
+        .collect();
+    let want_du: Vec<f64> = (0..n)
+        .map(|i| dy[i] as f64 * g[i] as f64 * sig(g[i] as f64))
+        .collect();
+    let want_dg: Vec<f64> = (0..n)
+        .map(|i| {
+            let s = sig(g[i] as f64);
+            dy[i] as f64 * u[i] as f64 * s * (1.0 + g[i] as f64 * (1.0 - s))
+        })
+        .collect();
+    close(
+        "swiglu",
+        &from_bf(&k.download(&out).unwrap()),
+        &want,
+        1e-3,
+        1.0 / 128.0,
+    );
+    close(
+        "swiglu dup",
+        &from_bf(&k.download(&du).unwrap()),
+        &want_du,
+        1e-3,
+        1.0 / 128.0,
+    );
+    close(
+        "swiglu dgate",
+        &from_bf(&k.download(&dg).unwrap()),
+        &want_dg,
+        1e-3,
+        1.0 / 128.0,
+    );
+
+    // Embedding forward and the deterministic backward (bitwise = row order)
+    let (vocab, d) = (50usize, 96usize);
+    let ids: Vec<u32> = vec![3, 7, 3, 0, 49, 3, 7, 1, 3];
+    let table = r.bf(vocab * d, 1.0);
+    let dy = r.bf(ids.len() * d, 1.0);
+    let td = k.upload(&to_bf(&table)).unwrap();
+    let idd = k
+        .upload(&ids.iter().map(|&i| i as i32).collect::<Vec<_>>())
+        .unwrap();
+    let mut out = k.zeros::<bf16>(ids.len() * d).unwrap();
+    k.embedding(&mut out, &td, &idd, ids.len(), d).unwrap();
+    let want: Vec<f64> = ids
+        .iter()
+        .flat_map(|&i| {
+            table[i as usize * d..(i as usize + 1) * d]
+                .iter()
+                .map(|&v| v as f64)
+        })
+        .collect();
+    close(
+        "embedding",
+        &from_bf(&k.download(&out).unwrap()),
+        &want,
+        0.0,
+        0.0,
+    );
+    let mut dt = k.upload(&vec![0.25f32; vocab * d]).unwrap();
+    k.embedding_backward(&mut dt, &k.upload(&to_bf(&dy)).unwrap(), &ids, vocab, d)
+        .unwrap();
+    let mut ref_dt = vec![0.25f32; vocab * d];
+    for (r_, &i) in ids.iter().enumerate() {
+        for j in 0..d {
+            ref_dt[i as usize * d + j] += dy[r_ * d + j];
+        }
+    }
+    assert_eq!(
+        k.download(&dt).unwrap(),
+        ref_dt,
+        "embedding_backward is bitwise"
+    );
+
+    // AdamW with the clip factor on the device
+    let n = 100_003usize;
+    let p: Vec<f32> = (0..n).map(|_| r.uniform() as f32 - 0.5).collect();
+    let g: Vec<f32> = (0..n).map(|_| (r.uniform() as f32 - 0.5) * 0.01).collect();
+    let (mut pd, gd) = (k.upload(&p).unwrap(), k.upload(&g).unwrap());
+    let (mut md, mut vd) = (k.zeros::<f32>(n).unwrap(), k.zeros::<f32>(n).unwrap());
+    let mut pb = k.zeros::<bf16>(n).unwrap();
+    let mut ss = k.zeros::<f64>(1).unwrap();
+    k.sum_squares(&mut ss, &gd, n).unwrap();
+    let want_ss: f64 = g.iter().map(|&v| v as f64 * v as f64).sum();
+    let got_ss = k.download(&ss).unwrap()[0];
+    assert!(
+        (got_ss - want_ss).abs() <= 1e-12 * want_ss,
+        "{got_ss} vs {want_ss}"
+    );
+    let mut scale = k.zeros::<f32>(1).unwrap();
+    k.clip_factor(&mut scale, None, &ss, 0.5, 0.1).unwrap();
+    let norm = want_ss.sqrt() * 0.5;
+    let clip = if norm > 0.1 { 0.1 / (norm + 1e-6) } else { 1.0 };
+    let s = (0.5 * clip) as f32;
+    let st = AdamW {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        bias_correction1: 0.1,
+        bias_correction2: 0.05,
+        grad_scale: 1.0,
+    };
+    k.adamw(
+        &mut pd,
+        Some(&mut pb),
+        &gd,
+        &mut md,
+        &mut vd,
+        Some(&scale),
+        n,
+        &st,
+    )
+    .unwrap();
+    let want: Vec<f64> = (0..n)
+        .map(|i| {
+            let gi = g[i] * s;
+            let m = (1.0 - st.beta1) * gi;
+            let v = (1.0 - st.beta2) * gi * gi;
+            let upd =
+                st.lr * (m / st.bias_correction1) / ((v / st.bias_correction2).sqrt() + st.eps);
+            (p[i] * (1.0 - st.lr * st.weight_decay) - upd) as f64
+        })
+        .collect();
+    close("adamw", &k.download(&pd).unwrap(), &want, 1e-7, 1e-6);
+    close(
+        "adamw bf16 copy",
+        &from_bf(&k.download(&pb).unwrap()),
+        &want,
+        1e-7,
+        1.0 / 128.0,
+    );
+}
+
+#[test]
+fn logprob_and_sampling_match_the_reference() {
+    let Some(k) = gpu() else { return };
+    let mut r = Rand(99);
+    let (rows, vocab, chunk) = (4usize, 151_936usize, 32_768usize);
+    let z: Vec<f32> = (0..rows * vocab)
+        .map(|_| (r.uniform() as f32 - 0.5) * 12.0)
+        .collect();
+    let targets: Vec<i32> = vec![0, 151_935, 77_777, 32_768];
+    let td = k.upload(&targets).unwrap();
+    let mut st = k.logprob_state(rows).unwrap();
+    for lo in (0..vocab).step_by(chunk) {
+        let c = chunk.min(vocab - lo);
+        let zc: Vec<f32> = (0..rows)
+            .flat_map(|i| z[i * vocab + lo..i * vocab + lo + c].iter().copied())
+            .collect();
+        k.logprob_chunk(&mut st, &k.upload(&zc).unwrap(), &td, rows, c, lo)
+            .unwrap();
+    }
+    let (mut lp, mut lse, mut ent) = (
+        k.zeros::<f32>(rows).unwrap(),
+        k.zeros::<f32>(rows).unwrap(),
+        k.zeros::<f32>(rows).unwrap(),
+    );
+    let mut viol = k.zeros::<i32>(1).unwrap();
+    k.logprob_finalize(&mut lp, &mut lse, Some(&mut ent), &mut viol, &st, rows)
+        .unwrap();
+    let (mut wl, mut wlp, mut we) = (vec![0.0; rows], vec![0.0; rows], vec![0.0; rows]);
+    for i in 0..rows {
+        let zr = &z[i * vocab..(i + 1) * vocab];
+        let m = zr.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+        let s: f64 = zr.iter().map(|&v| (v as f64 - m).exp()).sum();
+        wl[i] = m + s.ln();
+        wlp[i] = zr[targets[i] as usize] as f64 - wl[i];
+        we[i] = -zr
+            .iter()
+            .map(|&v| {
+                let l = v as f64 - wl[i];
+                l.exp() * l
+            })
+            .sum::<f64>();
+    }
+    close("logprob lse", &k.download(&lse).unwrap(), &wl, 1e-5, 1e-6);
+    close("logprob logp", &k.download(&lp).unwrap(), &wlp, 1e-4, 1e-5);
+    close(
+        "logprob entropy",
+        &k.download(&ent).unwrap(),
+        &we,
+        1e-4,
+        1e-5,
+    );
+    assert_eq!(k.download(&viol).unwrap()[0], 0);
+
+    // Sampling: the same id as the CPU sampler for the same uniform.
+    let vocab = 4096usize;
+    let logits: Vec<f32> = (0..vocab)
+        .map(|_| (r.uniform() as f32 - 0.5) * 8.0)
+        .collect();
+    let rows = 64usize;
+    let mat: Vec<f32> = (0..rows).flat_map(|_| logits.iter().copied()).collect();
+    let us: Vec<f64> = (0..rows).map(|i| (i as f64 + 0.5) / rows as f64).collect();
+    let (md, ud) = (k.upload(&mat).unwrap(), k.upload(&us).unwrap());
+    for &(t, top_k, top_p) in &[
+        (0.0f32, 0usize, 1.0f32),
+        (1.0, 0, 1.0),
+        (0.7, 40, 1.0),
+        (1.0, 0, 0.9),
+        (1.2, 100, 0.8),
+    ] {
+        let mut out = k.zeros::<i32>(rows).unwrap();
+        k.sample(&mut out, &md, &ud, rows, vocab, t, top_k, top_p)
+            .unwrap();
+        let got = k.download(&out).unwrap();
+        for (i, &u) in us.iter().enumerate() {
+            assert_eq!(
+                got[i],
+                ref_sample(&logits, t, top_k, top_p, u) as i32,
+                "t={t} k={top_k} p={top_p} u={u}"
+            );
+        }
+    }
+}
+
+/// engine/src/rollout/sampler.rs `sample` with the uniform given.
+fn ref_sample(logits: &[f32], t: f32, top_k: usize, top_p: f32, u: f64) -> u32 {
+    if t <= 0.0 {
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        return best as u32;
+    }
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v / t))
+        .collect();
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    if top_k > 0 && top_k < cand.len() {
+        cand.truncate(top_k);
+    }
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut cut = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= top_p as f64 {
+                cut = i + 1;
+                break;
+            }
+        }
+        probs.truncate(cut);
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+    }
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return cand[i].0;
+        }
+    }
+    cand[probs.len() - 1].0
+}
+
+/// f64 attention forward and backward for one case.
+#[allow(clippy::type_complexity)]
+fn ref_attention(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    dims: AttnDims,
+    visible: &dyn Fn(usize, usize) -> bool,
+) -> (Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (m, n, hh, kv, d) = (dims.m, dims.n, dims.n_heads, dims.n_kv_heads, dims.head_dim);
+    let (qc, kc, group) = (hh * d, kv * d, hh / kv);
+    let scale = 1.0 / (d as f64).sqrt();
+    let mut out = vec![0.0; m * qc];
+    let mut lse = vec![f64::NEG_INFINITY; m * hh];
+    let (mut dq, mut dk, mut dv) = (vec![0.0; m * qc], vec![0.0; n * kc], vec![0.0; n * kc]);
+    for h in 0..hh {
+        let g = h / group;
+        for i in 0..m {
+            let keys: Vec<usize> = (0..n).filter(|&j| visible(i, j)).collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let s: Vec<f64> = keys
+                .iter()
+                .map(|&j| {
+                    (0..d)
+                        .map(|t| q[i * qc + h * d + t] as f64 * k[j * kc + g * d + t] as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let l = mx + s.iter().map(|x| (x - mx).exp()).sum::<f64>().ln();
+            lse[i * hh + h] = l;
+            let p: Vec<f64> = s.iter().map(|x| (x - l).exp()).collect();
+            for (&j, &pj) in keys.iter().zip(&p) {
+                for t in 0..d {
+                    out[i * qc + h * d + t] += pj * v[j * kc + g * d + t] as f64;
+                }
+            }
+            let delta: f64 = (0..d)
+                .map(|t| dout[i * qc + h * d + t] as f64 * out[i * qc + h * d + t])
+                .sum();
+            for (&j, &pj) in keys.iter().zip(&p) {
+                let dp: f64 = (0..d)
+                    .map(|t| dout[i * qc + h * d + t] as f64 * v[j * kc + g * d + t] as f64)
+                    .sum();
+                let ds = pj * (dp - delta);
+                for t in 0..d {
+                    dv[j * kc + g * d + t] += pj * dout[i * qc + h * d + t] as f64;
+                    dq[i * qc + h * d + t] += scale * ds * k[j * kc + g * d + t] as f64;
+                    dk[j * kc + g * d + t] += scale * ds * q[i * qc + h * d + t] as f64;
+                }
+            }
+        }
+    }
+    (out, lse, dq, dk, dv)
+}
+
+fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |a, b| a.max(b.abs()))
+}
+
+#[test]
+fn attention_matches_the_reference() {
+    let Some(kn) = gpu() else { return };
+    let mut r = Rand(7);
+    // (dims, mask): causal after a cache, IGPO probes with one empty row, d128
+    let mut spans: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
+    for j in 0..150usize {
+        spans.push(if j == 133 {
+            vec![]
+        } else if j < 100 {
+            vec![0..j + 1]
+        } else {
+            let p0 = 100 + (j - 100) / 10 * 10;
+            vec![0..100, p0..j + 1]
+        });
+    }
+    let cases = vec![
+        (
+            AttnDims {
+                m: 200,
+                n: 264,
+                n_heads: 14,
+                n_kv_heads: 2,
+                head_dim: 64,
+            },
+            MaskArgs::Causal { offset: 64 },
+        ),
+        (
+            AttnDims {
+                m: 150,
+                n: 150,
+                n_heads: 4,
+                n_kv_heads: 2,
+                head_dim: 64,
+            },
+            MaskArgs::from_spans(&spans, 150).unwrap(),
+        ),
+        (
+            AttnDims {
+                m: 70,
+                n: 70,
+                n_heads: 12,
+                n_kv_heads: 2,
+                head_dim: 128,
+            },
+            MaskArgs::Causal { offset: 0 },
+        ),
+    ];
+    for (dims, mask) in cases {
+        let (qc, kc) = (
+            dims.n_heads * dims.head_dim,
+            dims.n_kv_heads * dims.head_dim,
+        );
+        let (q, k, v, dout) = (
+            r.bf(dims.m * qc, 1.0),
+            r.bf(dims.n * kc, 1.0),
+            r.bf(dims.n * kc, 1.0),
+            r.bf(dims.m * qc, 1.0),
+        );
+        let visible = |i: usize, j: usize| match &mask {
+            MaskArgs::Causal { offset } => j <= *offset as usize + i,
+            MaskArgs::Spans { span_ptr, spans } => (span_ptr[i]..span_ptr[i + 1]).any(|s| {
+                j >= spans[2 * s as usize] as usize && j < spans[2 * s as usize + 1] as usize
+            }),
+        };
+        let (wo, wl, wdq, wdk, wdv) = ref_attention(&q, &k, &v, &dout, dims, &visible);
+        let dm = kn.mask(&mask).unwrap();
+        let (qd, kd, vd, dod) = (
+            kn.upload(&to_bf(&q)).unwrap(),
+            kn.upload(&to_bf(&k)).unwrap(),
+            kn.upload(&to_bf(&v)).unwrap(),
+            kn.upload(&to_bf(&dout)).unwrap(),
+        );
+        let mut out = kn.zeros::<bf16>(dims.m * qc).unwrap();
+        let mut lse = kn.zeros::<f32>(dims.m * dims.n_heads).unwrap();
+        kn.attention(&mut out, &mut lse, &qd, &kd, &vd, dims, &dm)
+            .unwrap();
+        let name = format!("attention m={} n={} d={}", dims.m, dims.n, dims.head_dim);
+        close(
+            &format!("{name} out"),
+            &from_bf(&kn.download(&out).unwrap()),
+            &wo,
+            4e-3,
+            1.0 / 64.0,
+        );
+        let got_l = kn.download(&lse).unwrap();
+        for (i, (&g, &w)) in got_l.iter().zip(&wl).enumerate() {
+            if w.is_infinite() {
+                assert!(g.is_infinite() && g < 0.0, "{name} lse {i}: {g}");
+            } else {
+                assert!((g as f64 - w).abs() < 1e-4, "{name} lse {i}: {g} vs {w}");
+            }
+        }
+        let (mut dq, mut dk, mut dv) = (
+            kn.zeros::<bf16>(dims.m * qc).unwrap(),
+            kn.zeros::<bf16>(dims.n * kc).unwrap(),
+            kn.zeros::<bf16>(dims.n * kc).unwrap(),
+        );
+        kn.attention_backward(
+            &mut dq, &mut dk, &mut dv, &qd, &kd, &vd, &out, &lse, &dod, dims, &dm,
+        )
+        .unwrap();
+        for (what, got, want) in [("dq", &dq, &wdq), ("dk", &dk, &wdk), ("dv", &dv, &wdv)] {
+            close(
+                &format!("{name} {what}"),
+                &from_bf(&kn.download(got).unwrap()),
+                want,
+                2e-2 * max_abs(want),
+                1.0 / 32.0,
+            );
+        }
+        // Decode of the last row (causal cases): same bits as the forward.
+        if let MaskArgs::Causal { .. } = mask {
+            let last = dims.m - 1;
+            let q_last = kn.upload(&to_bf(&q[last * qc..])).unwrap();
+            use cudarc::driver::DevicePtr;
+            let (kp, _a) = kd.device_ptr(kn.stream());
+            let (vp, _b) = vd.device_ptr(kn.stream());
+            let (kpd, vpd) = (kn.upload(&[kp]).unwrap(), kn.upload(&[vp]).unwrap());
+            let mut o1 = kn.zeros::<bf16>(qc).unwrap();
+            let mut l1 = kn.zeros::<f32>(dims.n_heads).unwrap();
+            kn.attention_varlen(
+                &mut o1,
+                &mut l1,
+                &q_last,
+                &kpd,
+                &vpd,
+                &[1],
+                &[dims.n],
+                dims.n_heads,
+                dims.n_kv_heads,
+                dims.head_dim,
+            )
+            .unwrap();
+            let full = kn.download(&out).unwrap();
+            assert_eq!(
+                kn.download(&o1).unwrap(),
+                full[last * qc..].to_vec(),
+                "{name}: decode row != forward row"
+            );
+            assert_eq!(
+                kn.download(&l1).unwrap(),
+                got_l[last * dims.n_heads..].to_vec()
+            );
+            let lens = kn.upload(&[dims.n as i32]).unwrap();
+            let mut o2 = kn.zeros::<bf16>(qc).unwrap();
+            kn.attention_decode(
+                &mut o2,
+                &q_last,
+                &kpd,
+                &vpd,
+                &lens,
+                1,
+                dims.n_heads,
+                dims.n_kv_heads,
+                dims.head_dim,
+            )
+            .unwrap();
+            close(
+                &format!("{name} attn_decode"),
+                &from_bf(&kn.download(&o2).unwrap()),
+                &wo[last * qc..],
+                4e-3,
+                1.0 / 64.0,
+            );
+        }
+    }
+}
+
+#[test]
+fn cublas_linear_and_its_backward_match_the_reference() {
+    let Some(kn) = gpu() else { return };
+    let blas = igpo_kernels::gemm::Blas::new(kn.stream().clone()).unwrap();
+    let mut r = Rand(21);
+    let (m, n, k) = (37usize, 130usize, 96usize);
+    let (x, w, dy) = (r.bf(m * k, 1.0), r.bf(n * k, 1.0), r.bf(m * n, 1.0));
+    let (xd, wd, dyd) = (
+        kn.upload(&to_bf(&x)).unwrap(),
+        kn.upload(&to_bf(&w)).unwrap(),
+        kn.upload(&to_bf(&dy)).unwrap(),
+    );
+    let mut y = kn.zeros::<f32>(m * n).unwrap();
+    blas.linear(&mut y, &xd, &wd, (m, n, k)).unwrap();
+    let mut want = vec![0.0f64; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            want[i * n + j] = (0..k)
+                .map(|t| x[i * k + t] as f64 * w[j * k + t] as f64)
+                .sum();
+        }
+    }
+    close(
+        "linear (f32 out)",
+        &kn.download(&y).unwrap(),
+        &want,
+        1e-4,
+        1e-4,
+    );
+    let mut dx = kn.zeros::<f32>(m * k).unwrap();
+    let mut dw = kn.upload(&vec![0.5f32; n * k]).unwrap();
+    blas.linear_backward(&mut dx, &mut dw, &xd, &wd, &dyd, (m, n, k))
+        .unwrap();
+    let mut want_dx = vec![0.0f64; m * k];
+    let mut want_dw = vec![0.5f64; n * k];
+    for i in 0..m {
+        for t in 0..k {
+            want_dx[i * k + t] = (0..n)
+                .map(|j| dy[i * n + j] as f64 * w[j * k + t] as f64)
+                .sum();
+        }
+    }
+    for j in 0..n {
+        for t in 0..k {
+            want_dw[j * k + t] += (0..m)
+                .map(|i| dy[i * n + j] as f64 * x[i * k + t] as f64)
+                .sum::<f64>();
+        }
+    }
+    close(
+        "linear_backward dx",
+        &kn.download(&dx).unwrap(),
+        &want_dx,
+        1e-4,
+        1e-4,
+    );
+    close(
+        "linear_backward dw (+=)",
+        &kn.download(&dw).unwrap(),
+        &want_dw,
+        1e-4,
+        1e-4,
+    );
+}
