@@ -42,12 +42,21 @@ impl ProbeTemplate {
         }
     }
 
-    /// Tokens of the template's prefix and of the answer, encoded apart so
-    /// the answer's tokens are known exactly.
+    /// The probe's tokens: prefix and answer encoded together (as the
+    /// policy would write them: a byte-level BPE merges the space before a
+    /// word into the word's token), split at the first token that covers
+    /// any byte of the answer.
     pub fn probe(&self, tok: &Tokenizer, answer: &str) -> Result<Probe, TokenizerError> {
+        let text = format!("{}{answer}", self.prefix);
+        let at = self.prefix.len();
+        let toks = tok.encode_with_offsets(&text)?;
+        let split = toks
+            .iter()
+            .position(|(_, r)| r.end > at)
+            .unwrap_or(toks.len());
         Ok(Probe {
-            prefix: tok.encode(&self.prefix)?,
-            answer: tok.encode(answer)?,
+            prefix: toks[..split].iter().map(|t| t.0).collect(),
+            answer: toks[split..].iter().map(|t| t.0).collect(),
         })
     }
 }
@@ -278,6 +287,35 @@ mod tests {
         }
         // The probes differ per boundary: scoring is not constant.
         assert!((out[0][0][0] - out[0][0][2]).abs() > 1e-6);
+    }
+
+    #[test]
+    fn probe_tokens_are_those_of_the_whole_text() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/qwen2.5-tokenizer.json");
+        let tok = Tokenizer::from_file(&path).expect("the Qwen2.5 tokenizer of ../shared/data");
+        for (template, answer) in [
+            ("<answer> {answer} </answer>", "Paris"),
+            (DEFAULT_PROBE_TEMPLATE, "Merritt Island"),
+        ] {
+            let t = ProbeTemplate::parse(template).unwrap();
+            let p = t.probe(&tok, answer).unwrap();
+            let whole = tok
+                .encode(&template.replace("{answer}", answer)[..t.prefix.len() + answer.len()])
+                .unwrap();
+            let joined: Vec<u32> = p.prefix.iter().chain(&p.answer).copied().collect();
+            assert_eq!(joined, whole, "{template}");
+            assert!(!p.answer.is_empty());
+            // The answer's tokens decode to the answer (with the space the
+            // BPE merged into its first token).
+            assert_eq!(tok.decode(&p.answer, false).unwrap().trim(), answer);
+        }
+        // " Paris" is one token: the space belongs to the answer.
+        let p = ProbeTemplate::parse("<answer> {answer}")
+            .unwrap()
+            .probe(&tok, "Paris")
+            .unwrap();
+        assert_eq!(p.answer, tok.encode(" Paris").unwrap());
     }
 
     #[test]

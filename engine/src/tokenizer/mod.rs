@@ -61,6 +61,22 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
+    /// Token ids of `text` with the byte range of `text` each one covers.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<Vec<(u32, std::ops::Range<usize>)>, TokenizerError> {
+        let e = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        Ok(e.get_ids()
+            .iter()
+            .zip(e.get_offsets())
+            .map(|(&id, &(a, b))| (id, a..b))
+            .collect())
+    }
+
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
         self.inner
             .decode(ids, skip_special)
