@@ -44,6 +44,8 @@ enum Command {
     Sft(train_cmd::SftArgs),
     /// Train an agent with IGPO or a baseline estimator (`[rl] estimator`).
     Train(train_cmd::TrainArgs),
+    /// Write an HTML report comparing run folders of `igpo train`.
+    Report(train_cmd::ReportArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -157,6 +159,7 @@ pub fn main() -> i32 {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Sft(args) => train_cmd::sft(args),
         Command::Train(args) => train_cmd::train(args),
+        Command::Report(args) => train_cmd::report(args),
         Command::Rollout(args) => agent_cmd::run_rollout(args),
         Command::Eval(args) => agent_cmd::run_eval(args),
         Command::Bench(cmd) => run_bench(cmd),

@@ -1,0 +1,260 @@
+//! Reading a run folder written by `igpo train`: `metrics.jsonl`,
+//! `eval.jsonl`, the last `samples/step-N.jsonl` and `config.toml`.
+//!
+//! The report reads only the fields it draws (a view of the train loop's
+//! records), so a run written before a new metric existed still renders.
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+use super::ReportError;
+
+/// One line of `metrics.jsonl` (the fields the report draws).
+#[derive(Clone, Debug, Deserialize)]
+pub struct StepMetrics {
+    pub step: u64,
+    pub outcome_reward: f64,
+    pub f1: f64,
+    pub mean_turns: f64,
+    #[serde(default)]
+    pub ig_mean: Vec<f64>,
+    #[serde(default)]
+    pub ig_std: Vec<f64>,
+    pub gt_entropy_drop: f64,
+    pub zero_adv_ratio: f64,
+    pub kl: f64,
+    pub entropy: f64,
+    pub clip_frac: f64,
+    pub cum_grad_tokens: usize,
+    pub rollout_s: f64,
+    pub scoring_s: f64,
+    pub update_s: f64,
+}
+
+/// One line of `eval.jsonl`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DevPoint {
+    pub step: u64,
+    pub cum_grad_tokens: usize,
+    pub f1: f64,
+    #[serde(default)]
+    pub em: f64,
+}
+
+/// One line of `samples/step-N.jsonl`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SampleLine {
+    #[serde(default)]
+    pub id: String,
+    pub question: String,
+    #[serde(default)]
+    pub answers: Vec<String>,
+    #[serde(default)]
+    pub final_answer: Option<String>,
+    #[serde(default)]
+    pub f1: f64,
+    #[serde(default)]
+    pub outcome_reward: f64,
+    /// `p_0..p_{T-1}`; empty when the estimator does not score turns.
+    #[serde(default)]
+    pub gt_probability: Vec<f64>,
+    #[serde(default)]
+    pub turn_rewards: Vec<f64>,
+    #[serde(default)]
+    pub text: String,
+}
+
+impl SampleLine {
+    /// Information gain of each tool-calling turn: `p_{k+1} - p_k`
+    /// (empty when the run did not score the ground truth).
+    pub fn information_gain(&self) -> Vec<f64> {
+        self.gt_probability
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .collect()
+    }
+
+    /// The assistant turns' texts, in order (ChatML transcripts); empty when
+    /// the text has no ChatML assistant blocks.
+    pub fn assistant_turns(&self) -> Vec<&str> {
+        const OPEN: &str = "<|im_start|>assistant\n";
+        self.text
+            .split(OPEN)
+            .skip(1)
+            .map(|t| t.split("<|im_end|>").next().unwrap_or(t).trim())
+            .collect()
+    }
+}
+
+/// Everything the report needs from one run folder.
+#[derive(Clone, Debug)]
+pub struct RunData {
+    pub dir: PathBuf,
+    /// The legend: the folder name (plus its parent when two runs share it).
+    pub name: String,
+    /// `[rl] estimator` of the run's `config.toml` (`?` when absent).
+    pub estimator: String,
+    /// The dev set: dataset file of the run file (or the plugin's name) and split.
+    pub dataset: String,
+    pub metrics: Vec<StepMetrics>,
+    pub evals: Vec<DevPoint>,
+    /// The last step that wrote samples, and its samples.
+    pub samples: Option<(u64, Vec<SampleLine>)>,
+}
+
+impl RunData {
+    /// Name and estimator, as the legend shows them.
+    pub fn label(&self) -> String {
+        format!("{} ({})", self.name, self.estimator)
+    }
+
+    /// True when the run scored the ground truth after every turn (IGPO and
+    /// friends); GRPO-style runs log zeros there.
+    pub fn scored(&self) -> bool {
+        self.metrics.iter().any(|m| {
+            m.gt_entropy_drop != 0.0 || m.ig_std.iter().chain(&m.ig_mean).any(|&v| v != 0.0)
+        })
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, ReportError> {
+    std::fs::read_to_string(path).map_err(|e| ReportError::Io {
+        path: path.display().to_string(),
+        source: e,
+    })
+}
+
+/// Parses a JSON-lines file; blank lines are skipped, anything else that
+/// does not parse names the file and line.
+fn read_jsonl<T: DeserializeOwned>(path: &Path) -> Result<Vec<T>, ReportError> {
+    let text = read_text(path)?;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let v = serde_json::from_str(line).map_err(|e| ReportError::Malformed {
+            path: path.display().to_string(),
+            line: i + 1,
+            message: e.to_string(),
+        })?;
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// The newest `samples/step-N.jsonl` of a run, if any.
+fn last_samples(dir: &Path) -> Result<Option<(u64, Vec<SampleLine>)>, ReportError> {
+    let sdir = dir.join("samples");
+    let Ok(entries) = std::fs::read_dir(&sdir) else {
+        return Ok(None);
+    };
+    let last = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let n = name
+                .strip_prefix("step-")?
+                .strip_suffix(".jsonl")?
+                .parse()
+                .ok()?;
+            Some((n, e.path()))
+        })
+        .max_by_key(|(n, _)| *n);
+    match last {
+        Some((n, path)) => Ok(Some((n, read_jsonl(&path)?))),
+        None => Ok(None),
+    }
+}
+
+/// Estimator and dev-set label from the run's copy of its run file.
+fn describe(dir: &Path) -> Result<(String, String), ReportError> {
+    let path = dir.join("config.toml");
+    if !path.is_file() {
+        return Ok(("?".into(), "dev".into()));
+    }
+    let v: toml::Value = toml::from_str(&read_text(&path)?).map_err(|e| ReportError::Config {
+        path: path.display().to_string(),
+        message: e.message().to_string(),
+    })?;
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .try_fold(&v, |v, k| v.get(k))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    let estimator = get(&["rl", "estimator"]).unwrap_or_else(|| "igpo".into());
+    let data = get(&["dataset", "plugin", "config", "file"]).or_else(|| {
+        get(&["dataset", "plugin", "path"]).map(|p| {
+            Path::new(&p)
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or(p)
+        })
+    });
+    let split = get(&["eval", "split"]).unwrap_or_else(|| "dev".into());
+    let dataset = match data {
+        Some(d) => format!("{d} ({split})"),
+        None => split,
+    };
+    Ok((estimator, dataset))
+}
+
+/// Reads one run folder.
+pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
+    if !dir.is_dir() {
+        return Err(ReportError::MissingRun(dir.display().to_string()));
+    }
+    let metrics_path = dir.join("metrics.jsonl");
+    if !metrics_path.is_file() {
+        return Err(ReportError::NotARun(dir.display().to_string()));
+    }
+    let metrics: Vec<StepMetrics> = read_jsonl(&metrics_path)?;
+    let eval_path = dir.join("eval.jsonl");
+    let evals = if eval_path.is_file() {
+        read_jsonl(&eval_path)?
+    } else {
+        Vec::new()
+    };
+    let (estimator, dataset) = describe(dir)?;
+    let name = dir
+        .canonicalize()
+        .unwrap_or_else(|_| dir.to_path_buf())
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| dir.display().to_string());
+    Ok(RunData {
+        dir: dir.to_path_buf(),
+        name,
+        estimator,
+        dataset,
+        metrics,
+        evals,
+        samples: last_samples(dir)?,
+    })
+}
+
+/// Reads every run folder; two runs with the same folder name are told
+/// apart by their parent folder.
+pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>, ReportError> {
+    let mut runs = dirs
+        .iter()
+        .map(|d| load_run(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let names: Vec<String> = runs.iter().map(|r| r.name.clone()).collect();
+    for r in runs.iter_mut() {
+        if names.iter().filter(|n| **n == r.name).count() > 1 {
+            if let Some(parent) = r
+                .dir
+                .canonicalize()
+                .ok()
+                .and_then(|p| p.parent().and_then(|p| p.file_name()).map(|s| s.to_owned()))
+            {
+                r.name = format!("{}/{}", parent.to_string_lossy(), r.name);
+            }
+        }
+    }
+    Ok(runs)
+}
