@@ -29,7 +29,7 @@ h1 { font-size: 24px; margin: 0 0 4px; }
 h2 { font-size: 19px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 .sub { color: #666; font-size: 13px; margin: 0 0 14px; }
-.legend { display: flex; flex-wrap: wrap; gap: 8px 22px; margin: 10px 0; font-size: 14px; }
+.legend { position: sticky; top: 0; z-index: 1; background: #fafafa; padding: 6px 0; display: flex; flex-wrap: wrap; gap: 8px 22px; margin: 10px 0; font-size: 14px; }
 .legend span.sw { display: inline-block; width: 22px; height: 4px; vertical-align: middle; margin-right: 6px; border-radius: 2px; }
 .grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(600px, 1fr)); gap: 14px; }
 figure { margin: 0; background: #fff; border: 1px solid #e3e3e3; border-radius: 6px; padding: 6px; }
@@ -66,9 +66,9 @@ fn per_step(runs: &[RunData], f: impl Fn(&super::load::StepMetrics) -> f64) -> V
 }
 
 fn figure(out: &mut String, svg: &str, caption: &str) {
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<figure>{svg}<figcaption>{}</figcaption></figure>\n",
+        "<figure>{svg}<figcaption>{}</figcaption></figure>",
         escape(caption)
     );
 }
@@ -467,9 +467,9 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
             plot::hex(c)
         );
     }
-    let _ = write!(
+    let _ = writeln!(
         out,
-        "<figure>{svg}<figcaption>{cap}<br>Seconds per phase summed over steps: rollout (generation and tool calls), scoring (ground-truth probes after every turn), update (old/ref log-probs and PPO updates).</figcaption></figure>\n"
+        "<figure>{svg}<figcaption>{cap}<br>Seconds per phase summed over steps: rollout (generation and tool calls), scoring (ground-truth probes after every turn), update (old/ref log-probs and PPO updates).</figcaption></figure>"
     );
     out.push_str("</div>\n<table id=\"time-table\"><tr><th>run</th><th>rollout s</th><th>scoring s</th><th>update s</th><th>per step s</th></tr>\n");
     for (r, (name, t)) in runs.iter().zip(&rows) {
