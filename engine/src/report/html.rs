@@ -49,6 +49,15 @@ details pre { white-space: pre-wrap; font-size: 11.5px; max-width: 900px; backgr
 .note { font-size: 12.5px; color: #666; }
 "#;
 
+/// A time that was not a number counts as 0 in sums.
+fn finite(v: f64) -> f64 {
+    if v.is_finite() {
+        v
+    } else {
+        0.0
+    }
+}
+
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
     v.map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "–".into())
@@ -258,7 +267,7 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         let secs: f64 = r
             .metrics
             .iter()
-            .map(|m| m.rollout_s + m.scoring_s + m.update_s)
+            .map(|m| finite(m.rollout_s) + finite(m.scoring_s) + finite(m.update_s))
             .sum();
         let _ = writeln!(
             out,
@@ -453,7 +462,11 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         .iter()
         .map(|r| {
             let t = r.metrics.iter().fold([0.0; 3], |a, m| {
-                [a[0] + m.rollout_s, a[1] + m.scoring_s, a[2] + m.update_s]
+                [
+                    a[0] + finite(m.rollout_s),
+                    a[1] + finite(m.scoring_s),
+                    a[2] + finite(m.update_s),
+                ]
             });
             (r.label(), t)
         })
@@ -493,4 +506,44 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
     }
     out.push_str("</body></html>\n");
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup() {
+        assert_eq!(
+            escape(r#"<a href="x">'&'</a>"#),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+    }
+
+    #[test]
+    fn turn_gists() {
+        assert_eq!(
+            turn_gist(
+                r#"<think>hm</think><tool_call>{"name": "search", "arguments": {"query": "who?"}}</tool_call>"#
+            ),
+            "search: who?"
+        );
+        assert_eq!(
+            turn_gist("<think>so</think>\n<answer> Paris </answer>"),
+            "answer: Paris"
+        );
+        assert_eq!(
+            turn_gist("<think>only thinking</think>"),
+            "<think>only thinking</think>"
+        );
+        assert_eq!(turn_gist(&"x".repeat(200)).chars().count(), 111);
+    }
+
+    #[test]
+    fn gain_colours() {
+        assert_eq!(ig_style(0.5, 1.0).0, "ig-pos");
+        assert_eq!(ig_style(-0.5, 1.0).0, "ig-neg");
+        assert_eq!(ig_style(0.0, 1.0).0, "ig-zero");
+        assert!(ig_style(1.0, 1.0).1.contains("0.85"));
+    }
 }

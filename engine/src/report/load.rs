@@ -11,25 +11,42 @@ use serde::Deserialize;
 
 use super::ReportError;
 
+/// A metric that was NaN or infinite is written as `null` (JSON has no
+/// NaN); it reads back as NaN and the figures leave that point out.
+fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
+}
+
 /// One line of `metrics.jsonl` (the fields the report draws).
 #[derive(Clone, Debug, Deserialize)]
 pub struct StepMetrics {
     pub step: u64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub outcome_reward: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub f1: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub mean_turns: f64,
     #[serde(default)]
-    pub ig_mean: Vec<f64>,
+    pub ig_mean: Vec<Option<f64>>,
     #[serde(default)]
-    pub ig_std: Vec<f64>,
+    pub ig_std: Vec<Option<f64>>,
+    #[serde(deserialize_with = "nan_if_null")]
     pub gt_entropy_drop: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub zero_adv_ratio: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub kl: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub entropy: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub clip_frac: f64,
     pub cum_grad_tokens: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub rollout_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub scoring_s: f64,
+    #[serde(deserialize_with = "nan_if_null")]
     pub update_s: f64,
 }
 
@@ -38,8 +55,9 @@ pub struct StepMetrics {
 pub struct DevPoint {
     pub step: u64,
     pub cum_grad_tokens: usize,
+    #[serde(deserialize_with = "nan_if_null")]
     pub f1: f64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "nan_if_null")]
     pub em: f64,
 }
 
@@ -114,7 +132,12 @@ impl RunData {
     /// friends); GRPO-style runs log zeros there.
     pub fn scored(&self) -> bool {
         self.metrics.iter().any(|m| {
-            m.gt_entropy_drop != 0.0 || m.ig_std.iter().chain(&m.ig_mean).any(|&v| v != 0.0)
+            (m.gt_entropy_drop != 0.0 && !m.gt_entropy_drop.is_nan())
+                || m.ig_std
+                    .iter()
+                    .chain(&m.ig_mean)
+                    .flatten()
+                    .any(|&v| v != 0.0)
         })
     }
 }
@@ -257,4 +280,44 @@ pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>, ReportError> {
         }
     }
     Ok(runs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(gt: &[f64], text: &str) -> SampleLine {
+        serde_json::from_value(serde_json::json!({
+            "question": "q", "gt_probability": gt, "text": text
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn information_gain_is_the_change_of_p() {
+        let s = sample(&[0.1, 0.4, 0.25], "");
+        let ig = s.information_gain();
+        assert_eq!(ig.len(), 2);
+        assert!((ig[0] - 0.3).abs() < 1e-12 && (ig[1] + 0.15).abs() < 1e-12);
+        assert!(sample(&[], "").information_gain().is_empty());
+    }
+
+    #[test]
+    fn assistant_turns_of_a_chatml_transcript() {
+        let text = "<|im_start|>user\nq<|im_end|>\n<|im_start|>assistant\n<tool_call>a</tool_call><|im_end|>\n<|im_start|>user\n<tool_response>r</tool_response><|im_end|>\n<|im_start|>assistant\n<answer> x </answer>";
+        assert_eq!(
+            sample(&[], text).assistant_turns(),
+            vec!["<tool_call>a</tool_call>", "<answer> x </answer>"]
+        );
+        assert!(sample(&[], "plain").assistant_turns().is_empty());
+    }
+
+    #[test]
+    fn null_metrics_read_as_nan() {
+        let line = r#"{"step":1,"outcome_reward":null,"f1":0.5,"mean_turns":2.0,"gt_entropy_drop":0.0,"zero_adv_ratio":0.0,"kl":null,"entropy":0.1,"clip_frac":0.0,"cum_grad_tokens":10,"rollout_s":1.0,"scoring_s":0.0,"update_s":1.0}"#;
+        let m: StepMetrics = serde_json::from_str(line).unwrap();
+        assert!(m.kl.is_nan() && m.outcome_reward.is_nan() && m.f1 == 0.5);
+        // A missing field is still an error.
+        assert!(serde_json::from_str::<StepMetrics>(r#"{"step":1}"#).is_err());
+    }
 }
