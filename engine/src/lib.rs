@@ -7,6 +7,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod model;
 pub mod plugins;
+pub mod report;
 pub mod rl;
 pub mod rng;
 pub mod rollout;

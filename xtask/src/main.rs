@@ -311,8 +311,9 @@ fn demo_search_agent() -> Result<()> {
 
 /// The RL stage of the demo: `igpo train` with IGPO from the SFT checkpoint
 /// (examples/demo/igpo.toml), the same run with `estimator = "grpo"`, the
-/// two runs' dev F1 and zero-advantage ratios side by side, and `eval_demo`
-/// of the IGPO policy. Returns that greedy dev eval.
+/// two runs' dev F1 and zero-advantage ratios side by side (and as
+/// `target/demo/report.html` by `igpo report`), and `eval_demo` of the IGPO
+/// policy. Returns that greedy dev eval.
 fn train_demo(demo: &Demo, stages: &mut Stages) -> Result<Option<EvalSummary>> {
     let runs = [("igpo", "IGPO"), ("grpo", "GRPO")];
     for (name, label) in runs {
@@ -369,6 +370,12 @@ fn train_demo(demo: &Demo, stages: &mut Stages) -> Result<Option<EvalSummary>> {
         mean_zero(&curves[0].1),
         mean_zero(&curves[1].1)
     );
+    // The same comparison as a page (README: `igpo report`).
+    let report = demo.dir.join("report.html");
+    let mut cmd = demo.igpo();
+    cmd.arg("report");
+    cmd.args(runs.iter().map(|(name, _)| demo.dir.join(name)));
+    run(cmd.arg("--out").arg(&report))?;
     let last = curves[0].1.len();
     let trained = demo.run_file("eval.toml", "eval-igpo.toml", |t| {
         t.replace(

@@ -47,6 +47,8 @@ enum Command {
     /// Print the `igpo train` run file reference.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Write an HTML report comparing run folders of `igpo train`.
+    Report(train_cmd::ReportArgs),
     /// Measure throughput.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -176,6 +178,7 @@ pub fn main() -> i32 {
             print!("{}", crate::train::config_doc::config_markdown());
             Ok(())
         }
+        Command::Report(args) => train_cmd::report(args),
         Command::Rollout(args) => agent_cmd::run_rollout(args),
         Command::Eval(args) => agent_cmd::run_eval(args),
         Command::Bench(cmd) => run_bench(cmd),

@@ -1,4 +1,4 @@
-//! `igpo sft` and `igpo train`.
+//! `igpo sft`, `igpo train` and `igpo report`.
 
 use std::path::PathBuf;
 
@@ -88,5 +88,22 @@ pub fn train(a: TrainArgs) -> CliResult {
     if let Some(c) = out.final_checkpoint {
         println!("checkpoint: {}", c.display());
     }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ReportArgs {
+    /// Run folders of `igpo train` (metrics.jsonl, eval.jsonl, samples/, config.toml).
+    #[arg(required = true)]
+    runs: Vec<PathBuf>,
+    /// The HTML file to write.
+    #[arg(long, default_value = "report.html")]
+    out: PathBuf,
+}
+
+pub fn report(a: ReportArgs) -> CliResult {
+    let runs = crate::report::write_report(&a.runs, &a.out)?;
+    let names: Vec<String> = runs.iter().map(|r| r.label()).collect();
+    println!("report: {} -> {}", names.join(" vs "), a.out.display());
     Ok(())
 }
