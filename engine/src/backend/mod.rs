@@ -236,3 +236,16 @@ pub trait Backend: Clone + Send + Sync {
         step: &AdamWStep,
     );
 }
+
+/// The inverse of [`Backend::gather_rows`] (through the host; a device op
+/// when a backend needs it fast): `src` rows placed at `rows` of a zero
+/// `[n, cols]` tensor.
+pub fn scatter_rows<B: Backend>(b: &B, src: &B::Tensor, rows: &[usize], n: usize) -> B::Tensor {
+    let host = b.download(src);
+    let cols = host.cols();
+    let mut out = vec![0.0f32; n * cols];
+    for (i, &r) in rows.iter().enumerate() {
+        out[r * cols..(r + 1) * cols].copy_from_slice(host.row(i));
+    }
+    b.upload(&crate::tensor::Tensor::from_vec(&[n, cols], out))
+}

@@ -64,7 +64,8 @@ fn other<E: std::fmt::Display>(e: E) -> RunError {
     RunError::Other(e.to_string())
 }
 
-fn rebase(base: &Path, spec: &mut PluginSpec) {
+/// Makes a plugin's paths relative to the run file's folder `base`.
+pub(crate) fn rebase(base: &Path, spec: &mut PluginSpec) {
     if spec.path.is_relative() {
         spec.path = base.join(&spec.path);
     }

@@ -14,7 +14,6 @@ use std::ops::Range;
 use crate::backend::{AttnMask, Backend};
 use crate::model::{Model, TrainSeq};
 use crate::rollout::{SpanKind, Trajectory};
-use crate::tensor::Tensor;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// The reference's probe: the policy's own answer format after a fixed thought.
@@ -157,20 +156,18 @@ pub fn score<B: Backend>(
         })
         .collect();
     let acts = model.forward_train_with(&seqs, true);
-    // Gather only the rows that predict answer tokens before the lm-head.
+    // Only the rows that predict answer tokens go through the lm-head.
     let b = model.backend();
-    let hidden = b.download(&acts.hidden);
-    let cols = hidden.cols();
     let (mut rows, mut targets) = (vec![], vec![]);
     let mut offset = 0;
     for p in &packed {
         for &(row, target) in &p.rows {
-            rows.extend_from_slice(hidden.row(offset + row));
+            rows.push(offset + row);
             targets.push(target);
         }
         offset += p.ids.len();
     }
-    let picked = b.upload(&Tensor::from_vec(&[targets.len(), cols], rows));
+    let picked = b.gather_rows(&acts.hidden, &rows);
     let logp = b.download(&model.token_logprobs(&picked, &targets, chunk, false).logp);
     let mut logp = logp.data().iter();
     requests

@@ -13,10 +13,11 @@ use super::checkpoint::{
     list_checkpoints, load_checkpoint_state, save_checkpoint, DataPosition, TrainerState,
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
-use super::sft::TrainError;
+use super::sft::{shuffled, TrainError};
 use crate::backend::{Backend, Cpu};
 use crate::eval::{
-    f1_em, load_tasks, reward_record, rollout_tasks, score_report, DatasetConfig, EvalReport,
+    f1_em, load_tasks, rebase, reward_record, rollout_tasks, score_report, DatasetConfig,
+    EvalReport,
 };
 use crate::model::{Model, TrainSeq};
 use crate::plugins::{PluginHost, PluginSpec, RewardPlugin, ToolPool};
@@ -167,15 +168,6 @@ impl Default for RlTrainConfig {
             recompute_activations: false,
             samples_per_step: 4,
         }
-    }
-}
-
-fn rebase(base: &Path, spec: &mut PluginSpec) {
-    if spec.path.is_relative() {
-        spec.path = base.join(&spec.path);
-    }
-    if let Some(d) = spec.readonly_dir.as_mut().filter(|d| d.is_relative()) {
-        *d = base.join(&*d);
     }
 }
 
@@ -363,39 +355,6 @@ fn other<E: std::fmt::Display>(e: E) -> TrainError {
     TrainError::Other(e.to_string())
 }
 
-fn shuffled(n: usize, rng: &mut Rng) -> Vec<u64> {
-    let mut order: Vec<u64> = (0..n as u64).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
-}
-
-/// Rows `rows` of `t` as a new tensor. Only loss rows go through the
-/// lm-head: prompts and tool results are most of an agent's tokens.
-fn gather_rows<B: Backend>(b: &B, t: &B::Tensor, rows: &[usize]) -> B::Tensor {
-    let host = b.download(t);
-    let cols = host.cols();
-    let mut out = Vec::with_capacity(rows.len() * cols);
-    for &r in rows {
-        out.extend_from_slice(host.row(r));
-    }
-    b.upload(&Tensor::from_vec(&[rows.len(), cols], out))
-}
-
-/// The inverse of [`gather_rows`]: `src` rows placed at `rows` of a zero
-/// `[n, cols]` tensor.
-fn scatter_rows<B: Backend>(b: &B, src: &B::Tensor, rows: &[usize], n: usize) -> B::Tensor {
-    let host = b.download(src);
-    let cols = host.cols();
-    let mut out = vec![0.0f32; n * cols];
-    for (i, &r) in rows.iter().enumerate() {
-        out[r * cols..(r + 1) * cols].copy_from_slice(host.row(i));
-    }
-    b.upload(&Tensor::from_vec(&[n, cols], out))
-}
-
 /// Causal sequences of the trajectories, and per row the next token.
 fn causal_rows(trajs: &[&Trajectory]) -> (Vec<Vec<usize>>, Vec<u32>) {
     let positions: Vec<Vec<usize>> = trajs
@@ -426,7 +385,7 @@ pub fn sequence_logprobs<B: Backend>(
     let acts = model.forward_train_with(&seqs, true);
     let rows = loss_rows(trajs);
     let b = model.backend();
-    let hidden = gather_rows(b, &acts.hidden, &rows);
+    let hidden = b.gather_rows(&acts.hidden, &rows);
     let picked: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
     let logp = b.download(&model.token_logprobs(&hidden, &picked, chunk, false).logp);
     let mut out: Vec<Vec<f32>> = trajs.iter().map(|t| vec![0.0f32; t.tokens.len()]).collect();
@@ -495,7 +454,7 @@ fn update_mini_batch(
             continue;
         }
         let acts = model.forward_train_with(&seqs, recompute);
-        let hidden = gather_rows(&Cpu, &acts.hidden, &rows);
+        let hidden = Cpu.gather_rows(&acts.hidden, &rows);
         let picked: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
         let out = model.token_logprobs(&hidden, &picked, chunk, true);
         let logp = Cpu.download(&out.logp).into_data();
@@ -544,7 +503,7 @@ fn update_mini_batch(
             chunk,
             &mut grads,
         );
-        let d_hidden = scatter_rows(&Cpu, &d_picked, &rows, targets.len());
+        let d_hidden = crate::backend::scatter_rows(&Cpu, &d_picked, &rows, targets.len());
         model.backward(&acts, &d_hidden, &mut grads);
     }
     let params = model.params_mut();

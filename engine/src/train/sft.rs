@@ -238,7 +238,8 @@ pub fn sft_micro_batch<B: Backend>(
     (loss, n as usize)
 }
 
-fn shuffled(n: usize, rng: &mut Rng) -> Vec<u64> {
+/// A seeded permutation of `0..n` (Fisher-Yates), the data order of a pass.
+pub(crate) fn shuffled(n: usize, rng: &mut Rng) -> Vec<u64> {
     let mut order: Vec<u64> = (0..n as u64).collect();
     for i in (1..n).rev() {
         let j = (rng.next_u64() % (i as u64 + 1)) as usize;
