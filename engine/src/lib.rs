@@ -11,6 +11,7 @@ pub mod report;
 pub mod rl;
 pub mod rng;
 pub mod rollout;
+pub mod runfile;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

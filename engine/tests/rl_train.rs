@@ -297,4 +297,32 @@ fn bad_run_files_fail_with_one_line_before_any_work() {
             "case {i}: work started"
         );
     }
+    // `--set` overrides go through the same checks as the file itself.
+    let good_path = dir.join("good.toml");
+    std::fs::write(&good_path, &good).unwrap();
+    let sets = [
+        ("rl.group_size=1", "rl.group_size must be >= 2"),
+        ("rl.bogus=1", "unknown field `bogus`"),
+        (
+            "reward.path=no-such-plugin.wasm",
+            "reward.path: plugin file",
+        ),
+        ("rl.group_size", "expected key=value"),
+    ];
+    for (set, needle) in sets {
+        let (code, err) = igpo_cli(&[
+            "train",
+            "--config",
+            good_path.to_str().unwrap(),
+            "--set",
+            set,
+        ]);
+        assert_eq!(code, 1, "--set {set}: {err}");
+        assert_eq!(err.lines().count(), 1, "--set {set}: {err}");
+        assert!(err.contains(needle), "--set {set}: {err}");
+        assert!(
+            !dir.join("run/metrics.jsonl").exists(),
+            "--set {set}: work started"
+        );
+    }
 }

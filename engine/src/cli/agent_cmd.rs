@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::CliResult;
 use crate::eval::{eval, rollout, AgentRunConfig};
 use crate::plugins::PluginHost;
+use crate::runfile::RunFile;
 
 #[derive(clap::Args)]
 pub struct RolloutArgs {
@@ -18,6 +19,10 @@ pub struct RolloutArgs {
     /// Also write throughput numbers (tokens/s, time waiting on tools) as JSON here.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Change a key of the run file as if it were written there
+    /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -28,10 +33,14 @@ pub struct EvalArgs {
     /// Also write every run's trajectories here (JSONL, one file per config: NAME.jsonl).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// Change a key of every run file as if it were written there
+    /// (repeatable): `--set eval.limit=8`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 pub fn run_rollout(a: RolloutArgs) -> CliResult {
-    let cfg = AgentRunConfig::load(&a.config)?;
+    let cfg = AgentRunConfig::from_run_file(&RunFile::read(&a.config, &a.set)?)?;
     let host = PluginHost::default();
     let (trajs, stats) = rollout(&cfg, &host)?;
     let mut text = String::new();
@@ -70,7 +79,7 @@ pub fn run_eval(a: EvalArgs) -> CliResult {
     let host = PluginHost::default();
     let mut rows = vec![];
     for path in &a.config {
-        let cfg = AgentRunConfig::load(path)?;
+        let cfg = AgentRunConfig::from_run_file(&RunFile::read(path, &a.set)?)?;
         let (report, trajs) = eval(&cfg, &host)?;
         if let Some(dir) = &a.out_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use super::CliResult;
+use crate::runfile::RunFile;
 use crate::train::{run_sft, run_train, RlRunConfig, RlRunOptions, SftConfig, SftRunOptions};
 
 #[derive(clap::Args)]
@@ -16,17 +17,20 @@ pub struct SftArgs {
     /// Stop after this step (its checkpoint is written), as if killed.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Change a key of the run file as if it were written there
+    /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 pub fn sft(a: SftArgs) -> CliResult {
-    let cfg = SftConfig::load(&a.config)?;
-    let text =
-        std::fs::read_to_string(&a.config).map_err(|e| format!("{}: {e}", a.config.display()))?;
+    let file = RunFile::read(&a.config, &a.set)?;
+    let cfg = SftConfig::from_run_file(&file)?;
     let opts = SftRunOptions {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = run_sft(&cfg, &text, &opts)?;
+    let out = run_sft(&cfg, &file.text, &opts)?;
     let (first, last) = (out.metrics.first(), out.metrics.last());
     if let (Some(f), Some(l)) = (first, last) {
         println!(
@@ -55,17 +59,20 @@ pub struct TrainArgs {
     /// Stop after this step (its checkpoint is written), as if killed.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// Change a key of the run file as if it were written there
+    /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
 }
 
 pub fn train(a: TrainArgs) -> CliResult {
-    let cfg = RlRunConfig::load(&a.config)?;
-    let text =
-        std::fs::read_to_string(&a.config).map_err(|e| format!("{}: {e}", a.config.display()))?;
+    let file = RunFile::read(&a.config, &a.set)?;
+    let cfg = RlRunConfig::from_run_file(&file)?;
     let opts = RlRunOptions {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = run_train(&cfg, &text, &opts)?;
+    let out = run_train(&cfg, &file.text, &opts)?;
     if let (Some(f), Some(l)) = (out.metrics.first(), out.metrics.last()) {
         println!(
             "train ({:?}): steps {}..{}, training F1 {:.3} -> {:.3}, zero-advantage groups {:.2} -> {:.2}, run folder {}",

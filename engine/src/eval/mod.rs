@@ -14,6 +14,7 @@ use crate::plugins::{
     TurnRecord,
 };
 use crate::rollout::{run_agent, AgentConfig, RolloutStats, Task, Trajectory};
+use crate::runfile::{RunFile, RunFileError};
 use crate::tokenizer::Tokenizer;
 
 /// A rollout / eval run file (TOML). Relative paths are relative to it.
@@ -60,6 +61,15 @@ pub enum RunError {
     Other(String),
 }
 
+impl From<RunFileError> for RunError {
+    fn from(e: RunFileError) -> RunError {
+        RunError::Config {
+            path: e.path,
+            msg: e.msg,
+        }
+    }
+}
+
 fn other<E: std::fmt::Display>(e: E) -> RunError {
     RunError::Other(e.to_string())
 }
@@ -76,16 +86,14 @@ pub(crate) fn rebase(base: &Path, spec: &mut PluginSpec) {
 
 impl AgentRunConfig {
     pub fn load(path: &Path) -> Result<AgentRunConfig, RunError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| RunError::Config {
-            path: p.clone(),
-            msg: e.to_string(),
-        })?;
-        let mut cfg: AgentRunConfig = toml::from_str(&text).map_err(|e| RunError::Config {
-            path: p.clone(),
-            msg: e.message().to_string(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        AgentRunConfig::from_run_file(&RunFile::read(path, &[])?)
+    }
+
+    /// The config of a run file (with its `--set` overrides applied).
+    pub fn from_run_file(file: &RunFile) -> Result<AgentRunConfig, RunError> {
+        let p = file.path.display().to_string();
+        let mut cfg: AgentRunConfig = file.parse()?;
+        let base = file.base();
         if cfg.model.is_relative() {
             cfg.model = base.join(&cfg.model);
         }

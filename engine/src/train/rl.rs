@@ -30,6 +30,7 @@ use crate::rl::{
 use crate::rng::Rng;
 use crate::rollout::protocol::tags_balanced;
 use crate::rollout::{AgentConfig, Task, Trajectory};
+use crate::runfile::RunFile;
 use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
 
@@ -174,22 +175,19 @@ impl Default for RlTrainConfig {
 impl RlRunConfig {
     /// Reads and checks a run file: every error here comes before any work.
     pub fn load(path: &Path) -> Result<RlRunConfig, TrainError> {
-        let p = path.display().to_string();
+        let file = RunFile::read(path, &[]).map_err(TrainError::from)?;
+        RlRunConfig::from_run_file(&file)
+    }
+
+    /// The config of a run file (with its `--set` overrides applied).
+    pub fn from_run_file(file: &RunFile) -> Result<RlRunConfig, TrainError> {
+        let p = file.path.display().to_string();
         let bad = |msg: String| TrainError::Config {
             path: p.clone(),
             msg,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-            path: p.clone(),
-            source: e,
-        })?;
-        let mut cfg: RlRunConfig = toml::from_str(&text).map_err(|e| {
-            bad(e.message().to_string()
-                + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
-                    .unwrap_or_default())
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let mut cfg: RlRunConfig = file.parse()?;
+        let base = file.base();
         for p in [&mut cfg.model, &mut cfg.train.run_dir] {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -16,6 +16,7 @@ use super::sft_data::{load_sft_jsonl, SftDataError, SftExample};
 use crate::backend::{Backend, Cpu};
 use crate::model::{Model, ModelError, TrainSeq};
 use crate::rng::Rng;
+use crate::runfile::{RunFile, RunFileError};
 use crate::tensor::Tensor;
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
@@ -111,22 +112,27 @@ pub enum TrainError {
     Other(String),
 }
 
+impl From<RunFileError> for TrainError {
+    fn from(e: RunFileError) -> TrainError {
+        TrainError::Config {
+            path: e.path,
+            msg: e.msg,
+        }
+    }
+}
+
 impl SftConfig {
     /// Reads a TOML run file; relative paths are relative to its folder.
     pub fn load(path: &Path) -> Result<SftConfig, TrainError> {
-        let p = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::Io {
-            path: p.clone(),
-            source: e,
-        })?;
-        let mut cfg: SftConfig = toml::from_str(&text).map_err(|e| TrainError::Config {
-            path: p.clone(),
-            msg: e.message().to_string()
-                + &e.span()
-                    .map(|s| format!(" (at byte {})", s.start))
-                    .unwrap_or_default(),
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
+        let file = RunFile::read(path, &[]).map_err(TrainError::from)?;
+        SftConfig::from_run_file(&file)
+    }
+
+    /// The config of a run file (with its `--set` overrides applied).
+    pub fn from_run_file(file: &RunFile) -> Result<SftConfig, TrainError> {
+        let p = file.path.display().to_string();
+        let mut cfg: SftConfig = file.parse()?;
+        let base = file.base();
         for p in [&mut cfg.model, &mut cfg.data.train, &mut cfg.train.run_dir] {
             if p.is_relative() {
                 *p = base.join(&*p);
