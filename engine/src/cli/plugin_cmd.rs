@@ -53,6 +53,17 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+    /// Start a new tool plugin project (Rust or Python) that builds as is:
+    /// a word counter to replace with your tool.
+    New {
+        /// The tool's name (lowercase letters, digits, '-').
+        name: String,
+        #[arg(long, value_enum)]
+        lang: crate::plugins::scaffold::PluginLang,
+        /// The project folder to create (default: ./NAME).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Calls/s and p50/p99 latency of a no-op tool call and of a BM25 query
     /// on the SQuAD + Wikipedia corpus, one thread and pooled over all cores.
     Bench {
@@ -146,6 +157,22 @@ pub fn run(cmd: PluginCommand) -> CliResult {
             if let Some(p) = &d.parameters_schema {
                 println!("  arguments:   {p}");
             }
+        }
+        PluginCommand::New { name, lang, out } => {
+            use crate::plugins::scaffold::{build_command, built_component, new_plugin};
+            let out = out.unwrap_or_else(|| PathBuf::from(&name));
+            for f in new_plugin(&name, lang, &out)? {
+                println!("wrote {}", f.display());
+            }
+            println!(
+                "build:  cd {} && {}",
+                out.display(),
+                build_command(&name, lang)
+            );
+            println!(
+                "check:  igpo plugin check {}",
+                out.join(built_component(&name, lang)).display()
+            );
         }
         PluginCommand::Describe { file } => {
             let d = inspect(&host, &file)?;

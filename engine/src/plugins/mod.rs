@@ -32,6 +32,7 @@ pub mod bench;
 mod host;
 mod kinds;
 mod pool;
+pub mod scaffold;
 mod stderr;
 
 use std::path::PathBuf;
