@@ -3,6 +3,7 @@
 //! Python reference packages) is fetched here and cached under `target/`.
 
 mod kernels;
+mod readme;
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
@@ -23,7 +24,8 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("plugins") => plugins().map(|dir| eprintln!("xtask: plugins in {}", dir.display())),
         Some("kernels") => kernels::kernels(),
-        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
+        Some("readme") => readme::check(),
+        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -482,7 +484,15 @@ fn test(args: &[String]) -> Result<()> {
         .env("IGPO_SMOLLM2_DIR", &dir)
         .env("IGPO_SMOLLM2_TOOL_DIR", &tool_dir)
         .env("IGPO_PLUGIN_DIR", &plugin_dir)
-        .envs(cuda_env))
+        .envs(cuda_env))?;
+    // Last: the README, as a new user runs it (skipped when only some tests
+    // were asked for).
+    match args.is_empty() {
+        true => readme::check(),
+        false => Ok(eprintln!(
+            "xtask: README check skipped (test arguments given)"
+        )),
+    }
 }
 
 /// The tool-call SFT that makes SmolLM2 follow the agent's protocol for the
