@@ -298,7 +298,12 @@ pub fn config_markdown() -> String {
          is stale). `igpo config default > run.toml` prints the same keys as a commented run \
          file. Unknown keys are errors; relative paths are relative to the run file. `igpo sft` \
          files share `[optim]` and `[schedule]`; `igpo eval` / `igpo rollout` files share \
-         `model`, `[agent]`, `[[tools]]`, `[dataset]` and `[reward]`.\n",
+         `model`, `[agent]`, `[[tools]]`, `[dataset]` and `[reward]`.\n\n\
+         Any key can be changed for one run without editing the file: `igpo train --config \
+         run.toml --set rl.group_size=8 --set tools.0.config.k=3` (a dotted path, array \
+         entries by index; the value is TOML, or a plain string when it does not parse as \
+         TOML; paths stay relative to the run file). The run folder's `config.toml` records \
+         the result.\n",
     );
     for s in train_sections() {
         let title = if s.header.is_empty() {
