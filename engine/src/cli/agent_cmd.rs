@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::CliResult;
+use super::{open_device, CliResult, Device};
 use crate::eval::{eval, rollout, AgentRunConfig};
 use crate::plugins::PluginHost;
 
@@ -18,6 +18,9 @@ pub struct RolloutArgs {
     /// Also write throughput numbers (tokens/s, time waiting on tools) as JSON here.
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 #[derive(clap::Args)]
@@ -28,12 +31,16 @@ pub struct EvalArgs {
     /// Also write every run's trajectories here (JSONL, one file per config: NAME.jsonl).
     #[arg(long)]
     out_dir: Option<PathBuf>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 pub fn run_rollout(a: RolloutArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let cfg = AgentRunConfig::load(&a.config)?;
     let host = PluginHost::default();
-    let (trajs, stats) = rollout(&cfg, &host)?;
+    let (trajs, stats) = crate::with_backend!(backend, b => rollout(b, &cfg, &host))?;
     let mut text = String::new();
     for t in &trajs {
         text.push_str(&serde_json::to_string(t)?);
@@ -67,11 +74,12 @@ pub fn run_rollout(a: RolloutArgs) -> CliResult {
 }
 
 pub fn run_eval(a: EvalArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let host = PluginHost::default();
     let mut rows = vec![];
     for path in &a.config {
         let cfg = AgentRunConfig::load(path)?;
-        let (report, trajs) = eval(&cfg, &host)?;
+        let (report, trajs) = crate::with_backend!(backend.clone(), b => eval(b, &cfg, &host))?;
         if let Some(dir) = &a.out_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let name = path

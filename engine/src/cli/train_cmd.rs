@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::CliResult;
+use super::{open_device, CliResult, Device};
 use crate::train::{run_sft, run_train, RlRunConfig, RlRunOptions, SftConfig, SftRunOptions};
 
 #[derive(clap::Args)]
@@ -16,9 +16,13 @@ pub struct SftArgs {
     /// Stop after this step (its checkpoint is written), as if killed.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 pub fn sft(a: SftArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let cfg = SftConfig::load(&a.config)?;
     let text =
         std::fs::read_to_string(&a.config).map_err(|e| format!("{}: {e}", a.config.display()))?;
@@ -26,7 +30,7 @@ pub fn sft(a: SftArgs) -> CliResult {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = run_sft(&cfg, &text, &opts)?;
+    let out = crate::with_backend!(backend, b => run_sft(b, &cfg, &text, &opts))?;
     let (first, last) = (out.metrics.first(), out.metrics.last());
     if let (Some(f), Some(l)) = (first, last) {
         println!(
@@ -55,9 +59,13 @@ pub struct TrainArgs {
     /// Stop after this step (its checkpoint is written), as if killed.
     #[arg(long)]
     stop_after: Option<u64>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 pub fn train(a: TrainArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let cfg = RlRunConfig::load(&a.config)?;
     let text =
         std::fs::read_to_string(&a.config).map_err(|e| format!("{}: {e}", a.config.display()))?;
@@ -65,7 +73,7 @@ pub fn train(a: TrainArgs) -> CliResult {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = run_train(&cfg, &text, &opts)?;
+    let out = crate::with_backend!(backend, b => run_train(b, &cfg, &text, &opts))?;
     if let (Some(f), Some(l)) = (out.metrics.first(), out.metrics.last()) {
         println!(
             "train ({:?}): steps {}..{}, training F1 {:.3} -> {:.3}, zero-advantage groups {:.2} -> {:.2}, run folder {}",
