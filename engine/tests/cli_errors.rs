@@ -173,12 +173,6 @@ fn bad_flags_are_explained() {
         &["generate", "--model", "/nonexistent-igpo", "--prompt", "x"],
         &["/nonexistent-igpo"],
     );
-    assert_one_line_error(
-        &[
-            "generate", "--model", "/x", "--prompt", "x", "--device", "cuda",
-        ],
-        &["cuda", "no CUDA backend"],
-    );
     let tok = common::shared_data().join("qwen2.5-tokenizer.json");
     assert_one_line_error(
         &[

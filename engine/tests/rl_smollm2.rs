@@ -11,6 +11,7 @@ mod plugins_support;
 
 use std::path::{Path, PathBuf};
 
+use igpo::backend::Cpu;
 use igpo::rl::{advantages, Estimator, Normalization, RolloutRewards};
 use igpo::train::{run_train, RlMetrics, RlRunConfig, RlRunOptions};
 
@@ -74,7 +75,7 @@ samples_per_step = 9
     let path = dir.join("igpo.toml");
     std::fs::write(&path, &text).unwrap();
     let cfg = RlRunConfig::load(&path).unwrap();
-    run_train(&cfg, &text, &RlRunOptions::default())
+    run_train(Cpu, &cfg, &text, &RlRunOptions::default())
         .unwrap()
         .metrics
         .remove(0)

@@ -8,6 +8,7 @@ mod plugins_support;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use igpo::backend::Cpu;
 use igpo::model::init::{random_weights, write_model_dir};
 use igpo::model::{Arch, ModelConfig};
 use igpo::tensor::DType;
@@ -126,7 +127,7 @@ keep_last = 5
 fn train(path: &Path, opts: RlRunOptions) -> Vec<RlMetrics> {
     let cfg = RlRunConfig::load(path).unwrap();
     let text = std::fs::read_to_string(path).unwrap();
-    run_train(&cfg, &text, &opts).unwrap().metrics
+    run_train(Cpu, &cfg, &text, &opts).unwrap().metrics
 }
 
 fn read_metrics(run: &Path) -> Vec<RlMetrics> {

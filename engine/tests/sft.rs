@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
+use igpo::backend::Cpu;
 use igpo::model::init::{random_weights, write_model_dir};
 use igpo::model::{Arch, ModelConfig};
 use igpo::tensor::DType;
@@ -67,7 +68,7 @@ fn write_run(dir: &Path, extra: &str, data: &str) -> PathBuf {
 
 fn run(path: &Path, opts: &SftRunOptions) -> igpo::train::SftOutcome {
     let cfg = SftConfig::load(path).unwrap();
-    run_sft(&cfg, &std::fs::read_to_string(path).unwrap(), opts).unwrap()
+    run_sft(Cpu, &cfg, &std::fs::read_to_string(path).unwrap(), opts).unwrap()
 }
 
 #[test]
@@ -192,7 +193,7 @@ fn bad_transcript_line_stops_before_training_or_is_skipped() {
     let data = format!("{TRANSCRIPTS}{{\"messages\": [oops\n");
     let path = write_run(&dir, "", &data);
     let cfg = SftConfig::load(&path).unwrap();
-    let e = run_sft(&cfg, "", &SftRunOptions::default())
+    let e = run_sft(Cpu, &cfg, "", &SftRunOptions::default())
         .err()
         .expect("must fail")
         .to_string();
@@ -211,6 +212,7 @@ fn bad_transcript_line_stops_before_training_or_is_skipped() {
     .unwrap();
     let cfg = SftConfig::load(&path).unwrap();
     let out = run_sft(
+        Cpu,
         &cfg,
         "",
         &SftRunOptions {

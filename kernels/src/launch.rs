@@ -39,6 +39,41 @@ pub fn driver_present() -> bool {
     unsafe { cudarc::driver::sys::is_culib_present() }
 }
 
+/// Name and memory of one device, as the driver reports them.
+#[derive(Clone, Debug)]
+pub struct DeviceMemory {
+    pub name: String,
+    /// Bytes free right now (other processes' allocations excluded).
+    pub free: usize,
+    pub total: usize,
+}
+
+/// Checks the driver and that device `ordinal` exists (cudarc panics or
+/// reports an opaque code otherwise).
+fn check_device(ordinal: usize) -> Result<()> {
+    if !driver_present() {
+        return Err(Error::NoDriver);
+    }
+    let count = CudaContext::device_count().map_err(cuda)?.max(0) as usize;
+    if ordinal >= count {
+        return Err(Error::NoDevice { ordinal, count });
+    }
+    Ok(())
+}
+
+/// Free and total memory of device `ordinal`, without compiling or loading
+/// any kernel (NVRTC is not needed). Without a driver: [`Error::NoDriver`].
+pub fn device_memory(ordinal: usize) -> Result<DeviceMemory> {
+    check_device(ordinal)?;
+    let ctx = CudaContext::new(ordinal).map_err(cuda)?;
+    let (free, total) = ctx.mem_get_info().map_err(cuda)?;
+    Ok(DeviceMemory {
+        name: ctx.name().map_err(cuda)?,
+        free,
+        total,
+    })
+}
+
 fn cuda<E: std::fmt::Debug>(e: E) -> Error {
     Error::Cuda(format!("{e:?}"))
 }
@@ -147,9 +182,7 @@ impl Kernels {
     /// Compiles (or takes from `cache`) every family for device `ordinal`'s
     /// compute capability and loads it.
     pub fn new(ordinal: usize, cache: &PtxCache) -> Result<Kernels> {
-        if !driver_present() {
-            return Err(Error::NoDriver);
-        }
+        check_device(ordinal)?;
         load_nvrtc()?;
         let ctx = CudaContext::new(ordinal).map_err(cuda)?;
         let (major, minor) = ctx.compute_capability().map_err(cuda)?;

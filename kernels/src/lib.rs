@@ -34,6 +34,8 @@ pub enum Error {
         "the CUDA driver (libcuda.so.1) is not available: no NVIDIA GPU or driver on this machine"
     )]
     NoDriver,
+    #[error("there is no CUDA device {ordinal}: the driver sees {count}")]
+    NoDevice { ordinal: usize, count: usize },
     #[error("NVRTC failed to compile {family}.cu for {arch} ({status}):\n{log}")]
     Compile {
         family: &'static str,

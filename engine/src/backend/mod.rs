@@ -6,12 +6,15 @@
 
 pub mod cpu;
 pub mod cuda;
+mod device;
 
 use std::ops::Range;
 
 use crate::tensor::Tensor;
 
 pub use cpu::Cpu;
+pub use cuda::Cuda;
+pub use device::{parse_meminfo, AnyBackend, Device, DeviceError, DeviceMemory, Fit};
 
 /// Which keys each query row of an attention call may see.
 ///

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use super::CliResult;
+use super::{open_device, CliResult, Device};
 use crate::eval::{eval, rollout, AgentRunConfig};
 use crate::plugins::PluginHost;
 use crate::runfile::RunFile;
@@ -23,6 +23,9 @@ pub struct RolloutArgs {
     /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 #[derive(clap::Args)]
@@ -34,15 +37,19 @@ pub struct EvalArgs {
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// Change a key of every run file as if it were written there
-    /// (repeatable): `--set eval.limit=8`.
+    /// (repeatable): `--set dataset.limit=8`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 pub fn run_rollout(a: RolloutArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let cfg = AgentRunConfig::from_run_file(&RunFile::read(&a.config, &a.set)?)?;
     let host = PluginHost::default();
-    let (trajs, stats) = rollout(&cfg, &host)?;
+    let (trajs, stats) = crate::with_backend!(backend, b => rollout(b, &cfg, &host))?;
     let mut text = String::new();
     for t in &trajs {
         text.push_str(&serde_json::to_string(t)?);
@@ -76,11 +83,12 @@ pub fn run_rollout(a: RolloutArgs) -> CliResult {
 }
 
 pub fn run_eval(a: EvalArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let host = PluginHost::default();
     let mut rows = vec![];
     for path in &a.config {
         let cfg = AgentRunConfig::from_run_file(&RunFile::read(path, &a.set)?)?;
-        let (report, trajs) = eval(&cfg, &host)?;
+        let (report, trajs) = crate::with_backend!(backend.clone(), b => eval(b, &cfg, &host))?;
         if let Some(dir) = &a.out_dir {
             std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
             let name = path

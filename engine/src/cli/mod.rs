@@ -10,9 +10,10 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
+use clap::error::ErrorKind;
 use clap::{Parser, Subcommand};
 
-use crate::backend::Cpu;
+use crate::backend::{AnyBackend, Backend, Device};
 use crate::rollout::{generate, GenerateOptions, SamplingParams};
 use crate::tokenizer::{Message, StreamDecoder, Tokenizer};
 
@@ -94,41 +95,18 @@ enum BenchCommand {
         /// Write the result as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// cpu, or cuda[:N].
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
 }
 
-/// Which compute device runs the model.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    Cuda(usize),
-}
-
-impl std::str::FromStr for Device {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Device, String> {
-        match s {
-            "cpu" => Ok(Device::Cpu),
-            "cuda" => Ok(Device::Cuda(0)),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Device::Cuda)
-                .ok_or_else(|| format!("unknown device `{s}` (use cpu, cuda or cuda:N)")),
-        }
-    }
-}
-
-/// Only the CPU backend exists so far; say so plainly for `cuda`.
-fn require_cpu(device: &Device) -> Result<Cpu, String> {
-    match device {
-        Device::Cpu => Ok(Cpu),
-        Device::Cuda(n) => Err(format!(
-            "--device cuda:{n}: this build has no CUDA backend yet; use --device cpu"
-        )),
-    }
+/// Opens the backend `--device` names, before any other work (plugins,
+/// models). Without a GPU, `cuda:N` is one line naming the device.
+pub(crate) fn open_device(device: &Device) -> Result<AnyBackend, String> {
+    device
+        .open()
+        .map_err(|e| format!("--device {e}; use --device cpu"))
 }
 
 #[derive(clap::Args)]
@@ -164,7 +142,22 @@ struct GenerateArgs {
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // A bad value (`--device bogus`) is one line, like every other error;
+        // clap's usage hint stays for missing or unknown arguments.
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::InvalidValue | ErrorKind::ValueValidation
+            ) =>
+        {
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
+            return 2;
+        }
+        Err(e) => e.exit(),
+    };
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Model(cmd) => model_cmd::run(cmd),
@@ -195,7 +188,11 @@ pub fn main() -> i32 {
 }
 
 fn run_generate(a: GenerateArgs) -> CliResult {
-    let backend = require_cpu(&a.device)?;
+    let backend = open_device(&a.device)?;
+    crate::with_backend!(backend, b => generate_on(b, a))
+}
+
+fn generate_on<B: Backend>(backend: B, a: GenerateArgs) -> CliResult {
     if !(0.0..=1.0).contains(&a.top_p) || a.top_p == 0.0 {
         return Err(format!("--top-p must be in (0, 1], got {}", a.top_p).into());
     }
@@ -269,8 +266,7 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
         out,
         device,
     } = cmd;
-    let backend = require_cpu(&device)?;
-    let mut model = crate::model::load(&model, backend)?;
+    let backend = open_device(&device)?;
     let spec = crate::bench::ForwardBenchSpec {
         prefill_tokens,
         decode_prompt_tokens,
@@ -280,7 +276,10 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
         train_seq,
         train_batch,
     };
-    let result = crate::bench::forward_bench(&mut model, &spec);
+    let result = crate::with_backend!(backend, b => {
+        let mut model = crate::model::load(&model, b)?;
+        crate::bench::forward_bench(&mut model, &spec)
+    });
     let json = serde_json::to_string_pretty(&result)?;
     println!("{json}");
     if let Some(path) = out {

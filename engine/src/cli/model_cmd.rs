@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::Subcommand;
 
 use super::{CliResult, Device};
+use crate::backend::Fit;
 use crate::model::init::{preset, random_weights, write_model_dir, PRESETS};
 use crate::model::{stored_dtype, Arch, ModelConfig};
 use crate::tensor::DType;
@@ -14,10 +15,13 @@ use crate::tokenizer::Tokenizer;
 pub enum ModelCommand {
     /// Write a randomly initialised model folder (tests, benchmarks at real shapes).
     Init(InitArgs),
-    /// Describe a model folder: architecture, size, memory needs.
+    /// Describe a model folder: architecture, size, memory needs, and
+    /// whether training state fits on `--device` (cpu: MemAvailable; cuda:N:
+    /// free GPU memory). Without a GPU, `cuda:N` prints the description, then
+    /// fails with one line.
     Inspect {
         dir: PathBuf,
-        /// Device to check the training memory estimate against.
+        /// Device to check the training memory estimate against: cpu, or cuda[:N].
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
@@ -196,11 +200,8 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         "stored dtype:  {dtype} ({:.2} GiB on disk)",
         n * dtype.size_of() as f64 / GIB
     );
-    // Training state per parameter. CPU: f32 weights + grads + AdamW m, v.
-    // GPU: bf16 weights + bf16 grads + f32 master + AdamW m, v, plus a frozen
-    // bf16 reference policy for the KL term.
-    let cpu_train = n * 16.0;
-    let gpu_train = n * (2.0 + 2.0 + 4.0 + 8.0 + 2.0);
+    let cpu_train = n * Device::Cpu.training_bytes_per_param() as f64;
+    let gpu_train = n * Device::Cuda(0).training_bytes_per_param() as f64;
     println!(
         "inference:     {:.2} GiB on CPU (f32), {:.2} GiB on GPU (bf16), plus KV cache",
         n * 4.0 / GIB,
@@ -217,8 +218,23 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         cpu_train / GIB,
         gpu_train / GIB
     );
-    if let Device::Cuda(i) = device {
-        println!("device cuda:{i}: no CUDA backend in this build; the GPU estimate above is what it would need");
+    let needs = c.num_parameters() * device.training_bytes_per_param();
+    match device.memory() {
+        Ok(mem) => {
+            if let Some(name) = &mem.name {
+                println!("device:        {device} ({name})");
+            }
+            println!("{}", Fit::new(needs, &mem).line(device));
+        }
+        Err(e) if *device == Device::Cpu => {
+            println!("fits on cpu for training: unknown ({e})")
+        }
+        Err(e) => {
+            return Err(format!(
+                "--device {e}; cannot tell whether it fits (the GPU estimate above is what training needs)"
+            )
+            .into())
+        }
     }
     Ok(())
 }

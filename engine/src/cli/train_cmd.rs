@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use super::CliResult;
+use super::{open_device, CliResult, Device};
 use crate::runfile::RunFile;
 use crate::train::{run_sft, run_train, RlRunConfig, RlRunOptions, SftConfig, SftRunOptions};
 
@@ -21,16 +21,20 @@ pub struct SftArgs {
     /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 pub fn sft(a: SftArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let file = RunFile::read(&a.config, &a.set)?;
     let cfg = SftConfig::from_run_file(&file)?;
     let opts = SftRunOptions {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = run_sft(&cfg, &file.text, &opts)?;
+    let out = crate::with_backend!(backend, b => run_sft(b, &cfg, &file.text, &opts))?;
     let (first, last) = (out.metrics.first(), out.metrics.last());
     if let (Some(f), Some(l)) = (first, last) {
         println!(
@@ -63,16 +67,20 @@ pub struct TrainArgs {
     /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// cpu, or cuda[:N].
+    #[arg(long, default_value = "cpu")]
+    device: Device,
 }
 
 pub fn train(a: TrainArgs) -> CliResult {
+    let backend = open_device(&a.device)?;
     let file = RunFile::read(&a.config, &a.set)?;
     let cfg = RlRunConfig::from_run_file(&file)?;
     let opts = RlRunOptions {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = run_train(&cfg, &file.text, &opts)?;
+    let out = crate::with_backend!(backend, b => run_train(b, &cfg, &file.text, &opts))?;
     if let (Some(f), Some(l)) = (out.metrics.first(), out.metrics.last()) {
         println!(
             "train ({:?}): steps {}..{}, training F1 {:.3} -> {:.3}, zero-advantage groups {:.2} -> {:.2}, run folder {}",

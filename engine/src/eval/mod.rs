@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{Backend, Cpu};
+use crate::backend::Backend;
 use crate::model::Model;
 use crate::plugins::{
     DatasetPlugin, PluginHost, PluginSpec, RewardOutput, RewardPlugin, ToolPool, TrajectoryRecord,
@@ -130,12 +130,14 @@ pub fn load_tasks(host: &PluginHost, cfg: &DatasetConfig) -> Result<Vec<Task>, R
         .collect()
 }
 
-/// Runs the agent over the configured dataset, `batch` rollouts at a time.
-pub fn rollout(
+/// Runs the agent over the configured dataset on `backend`, `batch`
+/// rollouts at a time.
+pub fn rollout<B: Backend>(
+    backend: B,
     cfg: &AgentRunConfig,
     host: &PluginHost,
 ) -> Result<(Vec<Trajectory>, RolloutStats), RunError> {
-    let model = crate::model::load(&cfg.model, Cpu).map_err(other)?;
+    let model = crate::model::load(&cfg.model, backend).map_err(other)?;
     let tok = Tokenizer::load_dir(&cfg.model).map_err(other)?;
     let tools = if cfg.tools.is_empty() {
         None
@@ -210,8 +212,10 @@ pub struct EvalReport {
     pub wall_s: f64,
 }
 
-/// Rolls out the dataset and scores every answer with the reward plugin.
-pub fn eval(
+/// Rolls out the dataset on `backend` and scores every answer with the
+/// reward plugin.
+pub fn eval<B: Backend>(
+    backend: B,
     cfg: &AgentRunConfig,
     host: &PluginHost,
 ) -> Result<(EvalReport, Vec<Trajectory>), RunError> {
@@ -220,7 +224,7 @@ pub fn eval(
         .as_ref()
         .ok_or_else(|| RunError::Other("eval needs a [reward] plugin".into()))?;
     let reward = RewardPlugin::load(host, reward_spec).map_err(other)?;
-    let (trajs, stats) = rollout(cfg, host)?;
+    let (trajs, stats) = rollout(backend, cfg, host)?;
     Ok((score_report(&trajs, &stats, &reward), trajs))
 }
 

@@ -14,7 +14,7 @@ use super::checkpoint::{
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
 use super::sft::{shuffled, TrainError};
-use crate::backend::{Backend, Cpu};
+use crate::backend::Backend;
 use crate::eval::{
     f1_em, load_tasks, rebase, reward_record, rollout_tasks, score_report, DatasetConfig,
     EvalReport,
@@ -416,9 +416,9 @@ fn loss_rows(trajs: &[&Trajectory]) -> Vec<usize> {
 
 /// One optimizer update on a mini-batch of samples; adds into `stats`.
 #[allow(clippy::too_many_arguments)]
-fn update_mini_batch(
-    model: &mut Model<Cpu>,
-    opt: &mut AdamW<Cpu>,
+fn update_mini_batch<B: Backend>(
+    model: &mut Model<B>,
+    opt: &mut AdamW<B>,
     batch: &[&Sample],
     loss_cfg: &LossConfig,
     sequence_ratio: bool,
@@ -428,6 +428,7 @@ fn update_mini_batch(
     lr: f64,
     stats: &mut LossStats,
 ) -> f64 {
+    let b = model.backend().clone();
     // Aggregation weights over the whole mini-batch.
     let seq_of: Vec<usize> = batch
         .iter()
@@ -452,11 +453,11 @@ fn update_mini_batch(
             continue;
         }
         let acts = model.forward_train_with(&seqs, recompute);
-        let hidden = Cpu.gather_rows(&acts.hidden, &rows);
+        let hidden = b.gather_rows(&acts.hidden, &rows);
         let picked: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
         let out = model.token_logprobs(&hidden, &picked, chunk, true);
-        let logp = Cpu.download(&out.logp).into_data();
-        let ent = Cpu
+        let logp = b.download(&out.logp).into_data();
+        let ent = b
             .download(out.entropy.as_ref().expect("entropy asked for"))
             .into_data();
         let (mut old, mut reference, mut adv, mut seq) = (vec![], vec![], vec![], vec![]);
@@ -489,9 +490,9 @@ fn update_mini_batch(
         );
         stats.add(&lo.stats);
         let n = rows.len();
-        let dlogp = Cpu.upload(&Tensor::from_vec(&[n], lo.dlogp));
+        let dlogp = b.upload(&Tensor::from_vec(&[n], lo.dlogp));
         let dent = (loss_cfg.entropy_coef > 0.0)
-            .then(|| Cpu.upload(&Tensor::from_vec(&[n], lo.dentropy.expect("entropy given"))));
+            .then(|| b.upload(&Tensor::from_vec(&[n], lo.dentropy.expect("entropy given"))));
         let d_picked = model.token_logprobs_backward(
             &hidden,
             &picked,
@@ -501,11 +502,11 @@ fn update_mini_batch(
             chunk,
             &mut grads,
         );
-        let d_hidden = crate::backend::scatter_rows(&Cpu, &d_picked, &rows, targets.len());
+        let d_hidden = crate::backend::scatter_rows(&b, &d_picked, &rows, targets.len());
         model.backward(&acts, &d_hidden, &mut grads);
     }
     let params = model.params_mut();
-    opt.update(&Cpu, params, &grads, lr, 1).grad_norm
+    opt.update(&b, params, &grads, lr, 1).grad_norm
 }
 
 /// A sample line of `samples/step-N.jsonl`.
@@ -568,8 +569,10 @@ fn reopen_log<T: Serialize + for<'de> Deserialize<'de>>(
     Ok((kept, file))
 }
 
-/// Runs (or resumes) an RL job on the CPU backend.
-pub fn run_train(
+/// Runs (or resumes) an RL job on `backend` (the policy, its reference
+/// copy, AdamW state and every rollout live there).
+pub fn run_train<B: Backend>(
+    backend: B,
     cfg: &RlRunConfig,
     config_text: &str,
     opts: &RlRunOptions,
@@ -619,13 +622,18 @@ pub fn run_train(
         .as_ref()
         .map(|(_, d)| d.clone())
         .unwrap_or_else(|| cfg.model.clone());
-    let mut model = crate::model::load(&weights_dir, Cpu)?;
+    let mut model = crate::model::load(&weights_dir, backend.clone())?;
     let reference = if cfg.loss.kl_beta > 0.0 {
-        Some(crate::model::load(&cfg.model, Cpu)?)
+        Some(crate::model::load(&cfg.model, backend.clone())?)
     } else {
         None
     };
-    let mut opt = AdamW::new(&Cpu, cfg.optim.clone(), model.param_names(), model.params());
+    let mut opt = AdamW::new(
+        &backend,
+        cfg.optim.clone(),
+        model.param_names(),
+        model.params(),
+    );
     let mut rng = Rng::new(cfg.train.seed);
     let mut state = TrainerState {
         step: 0,
@@ -649,7 +657,7 @@ pub fn run_train(
     let (mut evals, mut eval_file) = reopen_log::<DevEval>(&eval_path, keep_to, |m| m.step)?;
     let mut cum_tokens = history.last().map_or(0, |m| m.cum_grad_tokens);
 
-    let dev_eval = |model: &Model<Cpu>, step: u64, cum: usize| -> Result<DevEval, TrainError> {
+    let dev_eval = |model: &Model<B>, step: u64, cum: usize| -> Result<DevEval, TrainError> {
         let e = cfg.eval.as_ref().expect("eval configured");
         let agent = AgentConfig {
             temperature: e.temperature,

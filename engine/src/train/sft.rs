@@ -13,7 +13,7 @@ use super::checkpoint::{
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
 use super::sft_data::{load_sft_jsonl, SftDataError, SftExample};
-use crate::backend::{Backend, Cpu};
+use crate::backend::Backend;
 use crate::model::{Model, ModelError, TrainSeq};
 use crate::rng::Rng;
 use crate::runfile::{RunFile, RunFileError};
@@ -254,8 +254,10 @@ pub(crate) fn shuffled(n: usize, rng: &mut Rng) -> Vec<u64> {
     order
 }
 
-/// Runs (or resumes) an SFT job on the CPU backend.
-pub fn run_sft(
+/// Runs (or resumes) an SFT job on `backend` (weights, gradients and AdamW
+/// state live there).
+pub fn run_sft<B: Backend>(
+    backend: B,
     cfg: &SftConfig,
     config_text: &str,
     opts: &SftRunOptions,
@@ -289,8 +291,13 @@ pub fn run_sft(
         .as_ref()
         .map(|(_, d)| d.clone())
         .unwrap_or_else(|| cfg.model.clone());
-    let mut model = crate::model::load(&weights_dir, Cpu)?;
-    let mut opt = AdamW::new(&Cpu, cfg.optim.clone(), model.param_names(), model.params());
+    let mut model = crate::model::load(&weights_dir, backend.clone())?;
+    let mut opt = AdamW::new(
+        &backend,
+        cfg.optim.clone(),
+        model.param_names(),
+        model.params(),
+    );
     let mut rng = Rng::new(cfg.train.seed);
     let mut state = TrainerState {
         step: 0,
@@ -370,7 +377,7 @@ pub fn run_sft(
         let lr = cfg.schedule.lr(cfg.optim.lr, state.step + 1, total);
         let stats = {
             let params = model.params_mut();
-            opt.update(&Cpu, params, &grads, lr, cfg.train.grad_accum)
+            opt.update(&backend, params, &grads, lr, cfg.train.grad_accum)
         };
         state.step += 1;
         state.rng = rng.state();
