@@ -10,6 +10,9 @@
 //!   [`rewrites`]: a README command listed there runs as its rewrite instead.
 //!   Every rewrite must match a README command, so editing one of those
 //!   commands fails here until the table follows.
+//! - Folders the walkthrough creates under `target/` ([`MOVED`]) are made
+//!   under `target/readme/` instead, so a user's own copies are never
+//!   touched and every run starts clean.
 //! - `cargo xtask test` itself is skipped (it is what is running).
 
 use std::path::{Path, PathBuf};
@@ -80,6 +83,9 @@ fn strip_comment(line: &str) -> String {
     }
     line.trim_end().to_string()
 }
+
+/// Paths of the walkthrough that run under the scratch folder instead.
+const MOVED: &[&str] = &["target/my-plugins/"];
 
 /// README commands that run differently here, and why. `None`: skipped.
 fn rewrites(scratch: &Path) -> Vec<(&'static str, Option<String>)> {
@@ -182,7 +188,12 @@ fn script(readme: &str, scratch: &Path, gpu: bool) -> Result<String> {
                 continue;
             }
             Some((_, Some(r))) => r.clone(),
-            None => c.key.clone(),
+            None => MOVED.iter().fold(c.key.clone(), |line, dir| {
+                line.replace(
+                    dir,
+                    &format!("{}/{}", scratch.display(), &dir["target/".len()..]),
+                )
+            }),
         };
         s.push_str(&format!(
             "echo {} >&2\n",
@@ -308,5 +319,9 @@ igpo train --config r.toml --device cuda
         assert!(s.contains("(skipped) cargo xtask test"));
         assert!(!s.lines().any(|l| l == "cargo xtask test"));
         assert!(s.contains("--set train.run_dir=/scratch/runs/squad-igpo"));
+        assert!(s.contains("--out /scratch/my-plugins/word-count\n"));
+        assert!(!s
+            .lines()
+            .any(|l| !l.starts_with("echo") && l.contains("target/my-plugins")));
     }
 }
