@@ -521,7 +521,7 @@ pub fn demonstrate(
     if style == Style::NoSearch {
         turns.push(DemoTurn {
             text: format!(
-                "<think>I guess {0}.</think>\n<answer> {0} </answer>",
+                "<think>The answer is {0}.</think>\n<answer> {0} </answer>",
                 q.subject
             ),
             result: None,
@@ -549,7 +549,7 @@ pub fn demonstrate(
         }
         let answer = &q.hops[searched - 1].answer;
         turns.push(DemoTurn {
-            text: format!("<think>{note}</think>\n<answer> {answer} </answer>"),
+            text: format!("<think>The answer is {answer}.</think>\n<answer> {answer} </answer>"),
             result: None,
         });
     }
