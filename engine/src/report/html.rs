@@ -135,10 +135,15 @@ fn turn_gist(turn: &str) -> String {
     s
 }
 
+/// Gains smaller than this (in p, or nats for `log_prob_diff`) are shown as
+/// no change: a 2-hop question's first search moves p by ~1e-7, which is
+/// not a loss worth a red chip.
+const IG_NEGLIGIBLE: f64 = 1e-3;
+
 /// Background of an information-gain chip: green for a gain, red for a
 /// loss, the strength relative to the largest |gain| in the table.
 fn ig_style(ig: f64, scale: f64) -> (&'static str, String) {
-    if ig == 0.0 || scale <= 0.0 {
+    if ig.abs() < IG_NEGLIGIBLE || scale <= 0.0 {
         return ("ig-zero", String::new());
     }
     let a = 0.15 + 0.7 * (ig.abs() / scale).min(1.0);
@@ -500,7 +505,7 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
     out.push_str("</table>\n");
 
     // Sampled trajectories.
-    out.push_str("<h2 id=\"samples\">Sampled trajectories (last step)</h2>\n<p class=\"note\">Each tool turn is coloured by its information gain: <span class=\"turn ig-pos\" style=\"background: rgba(44,160,44,0.6)\">green: the turn raised p(ground truth)</span> <span class=\"turn ig-neg\" style=\"background: rgba(214,39,40,0.6)\">red: it lowered it</span>; strength relative to the largest |gain| in the table.</p>\n");
+    out.push_str("<h2 id=\"samples\">Sampled trajectories (last step)</h2>\n<p class=\"note\">Each tool turn is coloured by its information gain: <span class=\"turn ig-pos\" style=\"background: rgba(44,160,44,0.6)\">green: the turn raised p(ground truth)</span> <span class=\"turn ig-neg\" style=\"background: rgba(214,39,40,0.6)\">red: it lowered it</span> <span class=\"turn ig-zero\">grey: |gain| &lt; 0.001</span>; strength relative to the largest |gain| in the table.</p>\n");
     for (i, r) in runs.iter().enumerate() {
         samples_table(&mut out, r, &plot::hex(plot::run_color(i)));
     }
@@ -544,6 +549,8 @@ mod tests {
         assert_eq!(ig_style(0.5, 1.0).0, "ig-pos");
         assert_eq!(ig_style(-0.5, 1.0).0, "ig-neg");
         assert_eq!(ig_style(0.0, 1.0).0, "ig-zero");
+        assert_eq!(ig_style(-2.6e-7, 1.0).0, "ig-zero");
+        assert_eq!(ig_style(0.002, 1.0).0, "ig-pos");
         assert!(ig_style(1.0, 1.0).1.contains("0.85"));
     }
 }
