@@ -2,6 +2,7 @@
 //! user and for CI. Everything the commands need (the real SmolLM2 model, the
 //! Python reference packages) is fetched here and cached under `target/`.
 
+mod gpu_kit;
 mod kernels;
 mod readme;
 
@@ -24,8 +25,9 @@ fn main() -> ExitCode {
         Some("bench") => bench(&args[1..]),
         Some("plugins") => plugins().map(|dir| eprintln!("xtask: plugins in {}", dir.display())),
         Some("kernels") => kernels::kernels(),
+        Some("gpu-kit") => gpu_kit::gpu_kit(),
         Some("readme") => readme::check(),
-        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
+        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -340,13 +340,13 @@ pub struct RlOutcome {
 }
 
 /// A scored rollout ready for the update.
-struct Sample {
-    traj: Trajectory,
+pub(crate) struct Sample {
+    pub(crate) traj: Trajectory,
     /// Per-token advantage (0 off the loss mask).
-    adv: Vec<f32>,
+    pub(crate) adv: Vec<f32>,
     /// Old (and reference) log-prob of token `j` at index `j` (0 off the mask).
-    old: Vec<f32>,
-    reference: Vec<f32>,
+    pub(crate) old: Vec<f32>,
+    pub(crate) reference: Vec<f32>,
 }
 
 fn other<E: std::fmt::Display>(e: E) -> TrainError {
@@ -428,6 +428,34 @@ fn update_mini_batch<B: Backend>(
     lr: f64,
     stats: &mut LossStats,
 ) -> f64 {
+    let grads = mini_batch_grads(
+        model,
+        batch,
+        loss_cfg,
+        sequence_ratio,
+        micro,
+        chunk,
+        recompute,
+        stats,
+    );
+    let b = model.backend().clone();
+    let params = model.params_mut();
+    opt.update(&b, params, &grads, lr, 1).grad_norm
+}
+
+/// The policy-loss gradient of a mini-batch (summed over its micro-batches
+/// of `micro` samples); adds into `stats`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn mini_batch_grads<B: Backend>(
+    model: &Model<B>,
+    batch: &[&Sample],
+    loss_cfg: &LossConfig,
+    sequence_ratio: bool,
+    micro: usize,
+    chunk: usize,
+    recompute: bool,
+    stats: &mut LossStats,
+) -> Vec<B::Tensor> {
     let b = model.backend().clone();
     // Aggregation weights over the whole mini-batch.
     let seq_of: Vec<usize> = batch
@@ -505,8 +533,7 @@ fn update_mini_batch<B: Backend>(
         let d_hidden = crate::backend::scatter_rows(&b, &d_picked, &rows, targets.len());
         model.backward(&acts, &d_hidden, &mut grads);
     }
-    let params = model.params_mut();
-    opt.update(&b, params, &grads, lr, 1).grad_norm
+    grads
 }
 
 /// A sample line of `samples/step-N.jsonl`.

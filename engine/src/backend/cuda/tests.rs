@@ -216,3 +216,414 @@ fn backward_ops_and_logprobs_match_the_cpu() {
     let ss = g.sum_squares(&g.upload(&gr));
     assert!((ss - c.sum_squares(&gr)).abs() <= 1e-9 * ss.max(1e-30));
 }
+
+// ---- One whole training step, CPU vs CUDA, through the generic code ----
+
+use crate::model::{init::random_weights, Arch, Model, ModelConfig, TensorMap};
+use crate::rl::{LossConfig, LossStats};
+use crate::rollout::Trajectory;
+use crate::train::optim::{AdamW, OptimConfig};
+use crate::train::rl::{mini_batch_grads, sequence_logprobs, Sample};
+use crate::train::sft::sft_micro_batch;
+use crate::train::sft_data::SftExample;
+
+const STEP_LR: f64 = 1e-3;
+const STEP_CHUNK: usize = 128; // vocabulary 300: chunks of 128, 128, 44
+
+/// A tiny Qwen2 (2 layers, hidden 128, 2 heads of 64 over 1 KV head: GQA,
+/// tied embeddings, q/k/v biases, vocabulary 300). Weights std 0.06 (so the
+/// next-token distributions are not flat), rounded to bf16 so both backends
+/// start from the same values and differ only by bf16 activations.
+fn tiny_model() -> (ModelConfig, TensorMap) {
+    let config = ModelConfig {
+        arch: Arch::Qwen2,
+        vocab_size: 300,
+        hidden_size: 128,
+        intermediate_size: 256,
+        num_layers: 2,
+        num_heads: 2,
+        num_kv_heads: 1,
+        head_dim: 64,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1e6,
+        max_position_embeddings: 256,
+        tie_word_embeddings: true,
+        attention_bias: true,
+        bos_token_id: None,
+        eos_token_ids: vec![0],
+    };
+    let mut rng = Rng::new(11);
+    let mut tensors = random_weights(&config, 7);
+    let mut names: Vec<String> = tensors.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let t = tensors.get_mut(&name).unwrap();
+        let is_bias = name.ends_with(".bias");
+        for v in t.data_mut() {
+            let x = if is_bias {
+                0.02 * rng.normal() as f32
+            } else if name.ends_with("norm.weight") {
+                *v + 0.1 * rng.normal() as f32
+            } else {
+                *v * 3.0
+            };
+            *v = half::bf16::from_f32(x).to_f32();
+        }
+    }
+    (config, tensors)
+}
+
+/// Token sequences with a prompt (no loss), a tool result in the middle
+/// (no loss) and sampled tokens (loss) around it.
+fn step_sequences(rng: &mut Rng) -> Vec<(Vec<u32>, Vec<u8>)> {
+    [37usize, 50, 64, 29]
+        .iter()
+        .map(|&n| {
+            let tokens: Vec<u32> = (0..n).map(|_| (rng.next_u64() % 300) as u32).collect();
+            let mask: Vec<u8> = (0..n)
+                .map(|j| u8::from(j >= 9 && !(n / 2..n / 2 + 6).contains(&j)))
+                .collect();
+            (tokens, mask)
+        })
+        .collect()
+}
+
+fn trajectory(tokens: Vec<u32>, loss_mask: Vec<u8>) -> Trajectory {
+    Trajectory {
+        id: "t".into(),
+        question: String::new(),
+        answers: vec![],
+        sample_logprobs: vec![0.0; tokens.len()],
+        tokens,
+        segments: vec![],
+        loss_mask,
+        turns: vec![],
+        final_answer: None,
+        truncated: false,
+        text: String::new(),
+    }
+}
+
+/// What one step did on one backend, downloaded.
+struct StepOut {
+    loss: f64,
+    stats: LossStats,
+    /// Per-sequence log-probs of the loss tokens before the update (RL only).
+    old_logp: Vec<Vec<f32>>,
+    grads: Vec<Tensor>,
+    grad_norm: f64,
+    params: Vec<Tensor>,
+}
+
+fn finish_step<B: Backend>(
+    mut model: Model<B>,
+    grads: Vec<B::Tensor>,
+    accumulated: usize,
+) -> StepOut {
+    let b = model.backend().clone();
+    let host_grads = grads.iter().map(|g| b.download(g)).collect();
+    let config = OptimConfig {
+        lr: STEP_LR,
+        ..OptimConfig::default()
+    };
+    let names = model.param_names().to_vec();
+    let mut opt = AdamW::new(&b, config, &names, model.params());
+    let grad_norm = opt
+        .update(&b, model.params_mut(), &grads, STEP_LR, accumulated)
+        .grad_norm;
+    StepOut {
+        loss: 0.0,
+        stats: LossStats::default(),
+        old_logp: vec![],
+        grads: host_grads,
+        grad_norm,
+        params: model.params().iter().map(|p| b.download(p)).collect(),
+    }
+}
+
+/// One SFT step (`sft_micro_batch` over two micro-batches, activation
+/// recomputation on, then AdamW) on `b`.
+fn sft_step<B: Backend>(b: B, config: &ModelConfig, tensors: &TensorMap) -> StepOut {
+    let model = Model::from_tensors(config.clone(), tensors.clone(), b);
+    let examples: Vec<SftExample> = step_sequences(&mut Rng::new(5))
+        .into_iter()
+        .map(|(tokens, loss_mask)| SftExample { tokens, loss_mask })
+        .collect();
+    let refs: Vec<&SftExample> = examples.iter().collect();
+    let mut grads = model.zero_grads();
+    let mut loss = 0.0;
+    for part in refs.chunks(2) {
+        loss += sft_micro_batch(&model, part, STEP_CHUNK, true, &mut grads).0;
+    }
+    let mut out = finish_step(model, grads, 2);
+    out.loss = loss / 2.0;
+    out
+}
+
+/// The inputs of the RL update, made once on the CPU: old log-probs (the
+/// CPU's, perturbed by up to 0.1 so ratios are not 1 yet stay inside the
+/// clip range), reference log-probs, and per-token advantages.
+fn rl_samples(config: &ModelConfig, tensors: &TensorMap) -> Vec<Sample> {
+    let mut rng = Rng::new(9);
+    let trajs: Vec<Trajectory> = step_sequences(&mut rng)
+        .into_iter()
+        .map(|(t, m)| trajectory(t, m))
+        .collect();
+    let cpu = Model::from_tensors(config.clone(), tensors.clone(), Cpu);
+    let refs: Vec<&Trajectory> = trajs.iter().collect();
+    let logp = sequence_logprobs(&cpu, &refs, STEP_CHUNK);
+    trajs
+        .into_iter()
+        .zip(logp)
+        .map(|(traj, lp)| {
+            let mut jitter = |on: bool, x: f32, a: f64| {
+                if on {
+                    x + ((rng.uniform() * 2.0 - 1.0) * a) as f32
+                } else {
+                    0.0
+                }
+            };
+            let on: Vec<bool> = traj.loss_mask.iter().map(|&m| m == 1).collect();
+            let old: Vec<f32> = lp
+                .iter()
+                .zip(&on)
+                .map(|(&l, &o)| jitter(o, l, 0.1))
+                .collect();
+            let reference = old
+                .iter()
+                .zip(&on)
+                .map(|(&l, &o)| jitter(o, l, 0.1))
+                .collect();
+            let adv = on.iter().map(|&o| jitter(o, 0.0, 1.5)).collect();
+            Sample {
+                traj,
+                adv,
+                old,
+                reference,
+            }
+        })
+        .collect()
+}
+
+/// One RL update (old log-probs recomputed, clipped surrogate + low-var KL +
+/// entropy bonus, token-mean over two micro-batches, AdamW) on `b`.
+fn rl_step<B: Backend>(
+    b: B,
+    config: &ModelConfig,
+    tensors: &TensorMap,
+    samples: &[Sample],
+) -> StepOut {
+    let model = Model::from_tensors(config.clone(), tensors.clone(), b);
+    let trajs: Vec<&Trajectory> = samples.iter().map(|s| &s.traj).collect();
+    let old_logp = sequence_logprobs(&model, &trajs, STEP_CHUNK);
+    let loss_cfg = LossConfig {
+        kl_beta: 0.05,
+        entropy_coef: 0.01,
+        ..LossConfig::default()
+    };
+    let batch: Vec<&Sample> = samples.iter().collect();
+    let mut stats = LossStats::default();
+    let grads = mini_batch_grads(
+        &model, &batch, &loss_cfg, false, 2, STEP_CHUNK, false, &mut stats,
+    );
+    let mut out = finish_step(model, grads, 1);
+    out.loss = stats.loss;
+    out.stats = stats;
+    out.old_logp = old_logp;
+    out
+}
+
+fn norm<'a>(v: impl Iterator<Item = &'a f32>) -> f64 {
+    v.map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt()
+}
+
+/// `||a - b|| / ||b||`.
+fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0.0f64, 0.0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += (*x as f64 - *y as f64).powi(2);
+        den += (*y as f64).powi(2);
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+/// Compares two steps; every check is printed, all failures reported at once.
+fn compare_steps(what: &str, names: &[String], start: &TensorMap, g: &StepOut, c: &StepOut) {
+    let mut fails = vec![];
+    let mut check = |name: String, ok: bool, detail: String| {
+        eprintln!("{what} {name}: {detail} {}", if ok { "ok" } else { "FAIL" });
+        if !ok {
+            fails.push(format!("{name}: {detail}"));
+        }
+    };
+    let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(1e-12);
+    check(
+        "loss".into(),
+        rel(g.loss, c.loss) <= 2e-2,
+        format!(
+            "cuda {:.6} cpu {:.6} (rel {:.2e} <= 2e-2)",
+            g.loss,
+            c.loss,
+            rel(g.loss, c.loss)
+        ),
+    );
+    for (name, x, y) in [
+        ("pg_loss", g.stats.pg_loss, c.stats.pg_loss),
+        ("kl", g.stats.kl, c.stats.kl),
+        ("entropy", g.stats.entropy, c.stats.entropy),
+    ] {
+        if y != 0.0 {
+            // kl is small and a difference of log-probs: absolute 1e-3 too.
+            let ok = rel(x, y) <= 2e-2 || (x - y).abs() <= 1e-3;
+            check(
+                name.into(),
+                ok,
+                format!("cuda {x:.6} cpu {y:.6} (rel {:.2e})", rel(x, y)),
+            );
+        }
+    }
+    if g.stats.tokens != c.stats.tokens || g.stats.clipped != c.stats.clipped {
+        check(
+            "tokens/clipped".into(),
+            false,
+            format!(
+                "cuda {}/{} cpu {}/{}",
+                g.stats.tokens, g.stats.clipped, c.stats.tokens, c.stats.clipped
+            ),
+        );
+    }
+    for (i, (x, y)) in g.old_logp.iter().zip(&c.old_logp).enumerate() {
+        let worst = x
+            .iter()
+            .zip(y)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        check(
+            format!("old log-probs seq {i}"),
+            worst <= 5e-2,
+            format!("max |diff| {worst:.3e} <= 5e-2"),
+        );
+    }
+    check(
+        "grad_norm".into(),
+        rel(g.grad_norm, c.grad_norm) <= 2e-2,
+        format!(
+            "cuda {:.6} cpu {:.6} (rel {:.2e} <= 2e-2)",
+            g.grad_norm,
+            c.grad_norm,
+            rel(g.grad_norm, c.grad_norm)
+        ),
+    );
+    // Each gradient within 5% (L2) of the CPU's; a gradient that is tiny
+    // next to the whole (cancellations, e.g. the k bias) within 0.1% of the
+    // whole gradient's norm.
+    let total = norm(c.grads.iter().flat_map(|t| t.data()));
+    for (i, name) in names.iter().enumerate() {
+        let (gd, cd) = (g.grads[i].data(), c.grads[i].data());
+        let diff = norm(
+            gd.iter()
+                .zip(cd)
+                .map(|(a, b)| a - b)
+                .collect::<Vec<_>>()
+                .iter(),
+        );
+        let own = norm(cd.iter());
+        check(
+            format!("grad {name}"),
+            diff <= 5e-2 * own + 1e-3 * total,
+            format!(
+                "rel L2 {:.2e}, |diff| {diff:.2e} <= 5e-2 x {own:.2e} + 1e-3 x {total:.2e}",
+                rel_l2(gd, cd)
+            ),
+        );
+    }
+    // AdamW's first step moves each weight by about lr * sign(grad), so a
+    // weight whose gradient is within bf16 noise of 0 may move the other way:
+    // bound the share of such weights, and every move by 2 lr + decay.
+    for (i, name) in names.iter().enumerate() {
+        let p0 = start[name].data();
+        let (pg, pc) = (g.params[i].data(), c.params[i].data());
+        let mut flipped = 0usize;
+        let mut worst = 0.0f64;
+        for k in 0..p0.len() {
+            let dg = pg[k] as f64 - p0[k] as f64;
+            let dc = pc[k] as f64 - p0[k] as f64;
+            let d = (dg - dc).abs();
+            worst = worst.max(d);
+            if d > 0.5 * STEP_LR {
+                flipped += 1;
+            }
+        }
+        let share = flipped as f64 / p0.len() as f64;
+        check(
+            format!("update {name}"),
+            share <= 0.1 && worst <= 2.1 * STEP_LR,
+            format!(
+                "moved differently {:.2}% <= 10%, max |diff| {worst:.2e} <= {:.1e}",
+                100.0 * share,
+                2.1 * STEP_LR
+            ),
+        );
+    }
+    assert!(
+        fails.is_empty(),
+        "{what}: {} checks failed:\n{}",
+        fails.len(),
+        fails.join("\n")
+    );
+}
+
+/// The CPU half must be a real step: finite, non-zero, every gradient set.
+fn check_cpu_step(what: &str, c: &StepOut, names: &[String]) {
+    assert!(
+        c.loss.is_finite() && c.loss != 0.0,
+        "{what}: cpu loss {}",
+        c.loss
+    );
+    assert!(
+        c.grad_norm.is_finite() && c.grad_norm > 0.0,
+        "{what}: grad norm {}",
+        c.grad_norm
+    );
+    for (g, name) in c.grads.iter().zip(names) {
+        assert!(
+            g.data().iter().any(|v| *v != 0.0),
+            "{what}: zero gradient for {name}"
+        );
+    }
+    eprintln!(
+        "{what}: cpu loss {:.6}, grad norm {:.6}",
+        c.loss, c.grad_norm
+    );
+    for (g, name) in c.grads.iter().zip(names) {
+        eprintln!("{what}: cpu |grad {name}| = {:.3e}", norm(g.data().iter()));
+    }
+}
+
+#[test]
+fn train_step_sft_matches_the_cpu() {
+    let (config, tensors) = tiny_model();
+    let c = sft_step(Cpu, &config, &tensors);
+    let names = Model::from_tensors(config.clone(), tensors.clone(), Cpu)
+        .param_names()
+        .to_vec();
+    check_cpu_step("sft step", &c, &names);
+    let Some(g) = gpu() else { return };
+    let gs = sft_step(g, &config, &tensors);
+    compare_steps("sft step", &names, &tensors, &gs, &c);
+}
+
+#[test]
+fn train_step_rl_matches_the_cpu() {
+    let (config, tensors) = tiny_model();
+    let samples = rl_samples(&config, &tensors);
+    let c = rl_step(Cpu, &config, &tensors, &samples);
+    let names = Model::from_tensors(config.clone(), tensors.clone(), Cpu)
+        .param_names()
+        .to_vec();
+    check_cpu_step("rl step", &c, &names);
+    assert_eq!(c.stats.clipped, 0, "old log-probs within the clip range");
+    let Some(g) = gpu() else { return };
+    let gs = rl_step(g, &config, &tensors, &samples);
+    compare_steps("rl step", &names, &tensors, &gs, &c);
+}
