@@ -489,11 +489,11 @@ fn test(args: &[String]) -> Result<()> {
         .envs(cuda_env))?;
     // Last: the README, as a new user runs it (skipped when only some tests
     // were asked for).
-    match args.is_empty() {
-        true => readme::check(),
-        false => Ok(eprintln!(
-            "xtask: README check skipped (test arguments given)"
-        )),
+    if args.is_empty() {
+        readme::check()
+    } else {
+        eprintln!("xtask: README check skipped (test arguments given)");
+        Ok(())
     }
 }
 
