@@ -235,6 +235,14 @@ fn train_resumes_exactly_and_grpo_collapses_on_equal_outcomes() {
     let g = train(&path, RlRunOptions::default());
     assert_eq!(g[0].zero_adv_ratio, 1.0);
     assert_eq!(g[0].pg_loss, 0.0);
+    // GRPO does not reward with p_t, but scores it (score_baselines) for the
+    // report: every sample has p_0.
+    let samples = std::fs::read_to_string(run.join("samples/step-1.jsonl")).unwrap();
+    for line in samples.lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let p = v["gt_probability"].as_array().unwrap();
+        assert!(!p.is_empty() && p[0].as_f64().unwrap() > 0.0, "{line}");
+    }
 }
 
 fn igpo_cli(args: &[&str]) -> (i32, String) {

@@ -187,6 +187,7 @@ pub fn train_sections() -> Vec<Section> {
                 key("ig_form", "\"prob_diff\" | \"log_prob_diff\"", "Information gain as the change of p = exp(mean log-prob) of the answer, or of the mean log-prob itself."),
                 key("probe_template", "string", "What follows a turn boundary when the ground truth is scored; `{answer}` marks the scored answer tokens."),
                 key("probe_answers", "\"first\" | \"max\"", "Probe the first reference answer, or every one and take the most probable."),
+                key("score_baselines", "bool", "Also score the ground truth after every turn for estimators that do not reward with it (grpo, rloo, reinforce_pp, gspo): never a reward there, but the ground-truth entropy figure and the samples then compare runs; one packed forward per rollout."),
                 key("format_penalty", "float", "Outcome reward of a rollout that never answered or left a tag unbalanced."),
                 key("rollout_batch", "integer", "Rollouts decoding together."),
             ],

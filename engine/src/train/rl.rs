@@ -80,6 +80,9 @@ pub struct RlConfig {
     /// `{answer}` marks the scored answer.
     pub probe_template: String,
     pub probe_answers: ProbeAnswers,
+    /// Score p_t for estimators that do not reward with it too (for the
+    /// ground-truth entropy figure and the samples; never a reward there).
+    pub score_baselines: bool,
     /// Outcome reward of a rollout that never answered or broke its tags.
     pub format_penalty: f64,
     /// Rollouts decoding together.
@@ -97,6 +100,7 @@ impl Default for RlConfig {
             ig_form: IgForm::ProbDiff,
             probe_template: DEFAULT_PROBE_TEMPLATE.to_string(),
             probe_answers: ProbeAnswers::First,
+            score_baselines: true,
             format_penalty: -2.0,
             rollout_batch: 16,
         }
@@ -725,7 +729,9 @@ pub fn run_train<B: Backend>(
 
     let total = cfg.train.steps;
     let g = cfg.rl.group_size;
-    let uses_ig = cfg.rl.estimator.uses_information_gain();
+    // Baselines (GRPO, ...) ignore p_t in their advantages; scoring it anyway
+    // lets a report compare how much each run's turns inform the policy.
+    let score_gt = cfg.rl.estimator.uses_information_gain() || cfg.rl.score_baselines;
     let chunk = cfg.train.logprob_chunk;
     let mut final_checkpoint = None;
     // On a terminal: a live bar with ETA and the step line above it; in a
@@ -775,7 +781,7 @@ pub fn run_train<B: Backend>(
         // Ground-truth probabilities after every turn boundary.
         let t1 = Instant::now();
         let mut p: Vec<Vec<f64>> = vec![vec![]; trajs.len()];
-        if uses_ig {
+        if score_gt {
             let bounds: Vec<Vec<usize>> = trajs.iter().map(turn_boundaries).collect();
             let probes: Vec<Vec<Probe>> = trajs
                 .iter()
