@@ -8,20 +8,12 @@ mod common;
 mod plugins_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 fn igpo(args: &[&str], cache: Option<&Path>) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_igpo"));
-    cmd.args(args);
-    if let Some(c) = cache {
-        cmd.env("IGPO_CACHE_DIR", c);
+    match cache {
+        Some(c) => common::igpo_env(args, &[("IGPO_CACHE_DIR", c)]),
+        None => common::igpo(args),
     }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// Whether this process can open CUDA device 0 (then the no-GPU checks
@@ -57,33 +49,8 @@ struct Inputs {
 
 fn inputs(name: &str, plugins: &Path) -> Inputs {
     let dir = scratch(name);
-    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
     let model = dir.join("model");
-    let (code, _, err) = igpo(
-        &[
-            "model",
-            "init",
-            "--arch",
-            "qwen2",
-            "--layers",
-            "1",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--kv-heads",
-            "1",
-            "--intermediate",
-            "64",
-            "--vocab-from",
-            tok.to_str().unwrap(),
-            "--dtype",
-            "f32",
-            model.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert_eq!(code, 0, "model init failed: {err}");
+    common::init_tiny_model(&model, &["--dtype", "f32"]);
     std::fs::write(
         dir.join("sft.jsonl"),
         r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}

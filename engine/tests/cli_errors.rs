@@ -2,20 +2,8 @@
 
 mod common;
 
+use common::igpo;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-fn igpo(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 /// Asserts failure with exactly one stderr line that contains every `needle`.
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {
@@ -38,29 +26,7 @@ fn assert_one_line_error(args: &[&str], needles: &[&str]) {
 }
 
 fn tiny_model(dir: &Path) {
-    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
-    let (code, _, err) = igpo(&[
-        "model",
-        "init",
-        "--arch",
-        "qwen2",
-        "--layers",
-        "1",
-        "--hidden",
-        "32",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--intermediate",
-        "64",
-        "--vocab-from",
-        tok.to_str().unwrap(),
-        "--seed",
-        "3",
-        dir.to_str().unwrap(),
-    ]);
-    assert_eq!(code, 0, "model init failed: {err}");
+    common::init_tiny_model(dir, &["--seed", "3"]);
 }
 
 fn scratch(name: &str) -> PathBuf {

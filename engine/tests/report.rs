@@ -3,8 +3,9 @@
 //! with one series per run and one point per step (or dev evaluation), text
 //! from runs is escaped, and bad input gets one clear error line.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use igpo::report::{hex, load_runs, render, run_color, write_report, PHASES};
 
@@ -186,15 +187,10 @@ fn text_from_runs_is_escaped() {
     assert!(html.contains("class=\"turn ig-pos\""));
 }
 
+/// (exit code, stderr) of `igpo ARGS`.
 fn igpo(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = common::igpo(args);
+    (code, err)
 }
 
 #[test]

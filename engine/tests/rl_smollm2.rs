@@ -9,23 +9,11 @@
 mod common;
 mod plugins_support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use igpo::backend::Cpu;
 use igpo::rl::{advantages, Estimator, Normalization, RolloutRewards};
 use igpo::train::{run_train, RlMetrics, RlRunConfig, RlRunOptions};
-
-fn tool_model(test: &str) -> Option<PathBuf> {
-    match std::env::var_os("IGPO_SMOLLM2_TOOL_DIR").map(PathBuf::from) {
-        Some(d) if d.join("config.json").exists() => Some(d),
-        _ => {
-            eprintln!(
-                "skipped {test}: IGPO_SMOLLM2_TOOL_DIR is not set (cargo xtask test sets it)"
-            );
-            None
-        }
-    }
-}
 
 fn one_step(dir: &Path, model: &Path, plugins: &Path) -> RlMetrics {
     let data = common::shared_data();
@@ -84,7 +72,7 @@ samples_per_step = 9
 #[test]
 fn igpo_keeps_groups_informative_where_grpo_collapses() {
     let (Some(model), Some(plugins)) = (
-        tool_model("igpo_keeps_groups_informative_where_grpo_collapses"),
+        common::smollm2_tool_dir("igpo_keeps_groups_informative_where_grpo_collapses"),
         plugins_support::plugin_dir("igpo_keeps_groups_informative_where_grpo_collapses"),
     ) else {
         return;

@@ -6,7 +6,6 @@ mod common;
 mod plugins_support;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use igpo::backend::Cpu;
 use igpo::model::init::{random_weights, write_model_dir};
@@ -245,15 +244,10 @@ fn train_resumes_exactly_and_grpo_collapses_on_equal_outcomes() {
     }
 }
 
+/// (exit code, stderr) of `igpo ARGS`.
 fn igpo_cli(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = common::igpo(args);
+    (code, err)
 }
 
 #[test]

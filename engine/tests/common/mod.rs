@@ -51,3 +51,51 @@ pub fn smollm2_tool_dir(test: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// Runs this package's `igpo` binary with `envs` set: (exit code, stdout,
+/// stderr).
+pub fn igpo_env(args: &[&str], envs: &[(&str, &std::path::Path)]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_igpo"))
+        .args(args)
+        .envs(envs.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs this package's `igpo` binary: (exit code, stdout, stderr).
+pub fn igpo(args: &[&str]) -> (i32, String, String) {
+    igpo_env(args, &[])
+}
+
+/// `igpo model init` of a 1-layer, hidden-32 Qwen2 with the real Qwen2.5
+/// tokenizer into `dir`, plus `extra` flags (e.g. `--dtype f32`).
+pub fn init_tiny_model(dir: &std::path::Path, extra: &[&str]) {
+    let tok = shared_data().join("qwen2.5-tokenizer.json");
+    let mut args = vec![
+        "model",
+        "init",
+        "--arch",
+        "qwen2",
+        "--layers",
+        "1",
+        "--hidden",
+        "32",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--intermediate",
+        "64",
+        "--vocab-from",
+        tok.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    args.push(dir.to_str().unwrap());
+    let (code, _, err) = igpo(&args);
+    assert_eq!(code, 0, "model init failed: {err}");
+}
