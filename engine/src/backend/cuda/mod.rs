@@ -17,7 +17,7 @@
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
+use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
@@ -128,6 +128,30 @@ impl Cuda {
             Data::Param { master, .. } => View::Borrowed(master),
             Data::Bf16(s) => View::Owned(ok("to f32", self.k.to_f32(s, t.numel()))),
         }
+    }
+
+    /// The parts' elements end to end in one new buffer of `total`, each
+    /// part read through `view` (its own storage, or a converted copy).
+    fn concat_slices<T: DeviceRepr + ValidAsZeroBits>(
+        &self,
+        parts: &[CudaTensor],
+        total: usize,
+        view: for<'a> fn(&Cuda, &'a CudaTensor) -> View<'a, T>,
+    ) -> CudaSlice<T> {
+        let mut out = ok("concat_rows", self.k.zeros::<T>(total));
+        let mut at = 0;
+        for p in parts {
+            let n = p.numel();
+            let src = view(self, p);
+            ok(
+                "concat_rows",
+                self.stream()
+                    .memcpy_dtod(&src.slice(..n), &mut out.slice_mut(at..at + n))
+                    .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+            );
+            at += n;
+        }
+        out
     }
 
     fn new_bf16(&self, shape: &[usize]) -> CudaTensor {
@@ -436,37 +460,13 @@ impl Backend for Cuda {
         let c = parts.first().map(|p| p.cols()).unwrap_or(0);
         let total: usize = parts.iter().map(|p| p.numel()).sum();
         let all_f32 = parts.iter().all(|p| !matches!(p.data, Data::Bf16(_)));
-        let mut at = 0;
+        for p in parts {
+            assert_eq!(p.cols(), c, "concat_rows: column mismatch");
+        }
         let data = if all_f32 && !parts.is_empty() {
-            let mut out = ok("concat_rows", self.k.zeros::<f32>(total));
-            for p in parts {
-                assert_eq!(p.cols(), c, "concat_rows: column mismatch");
-                let n = p.numel();
-                let src = self.f32v(p);
-                ok(
-                    "concat_rows",
-                    self.stream()
-                        .memcpy_dtod(&src.slice(..n), &mut out.slice_mut(at..at + n))
-                        .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
-                );
-                at += n;
-            }
-            Data::F32(out)
+            Data::F32(self.concat_slices(parts, total, Cuda::f32v))
         } else {
-            let mut out = ok("concat_rows", self.k.zeros::<bf16>(total));
-            for p in parts {
-                assert_eq!(p.cols(), c, "concat_rows: column mismatch");
-                let n = p.numel();
-                let src = self.bf(p);
-                ok(
-                    "concat_rows",
-                    self.stream()
-                        .memcpy_dtod(&src.slice(..n), &mut out.slice_mut(at..at + n))
-                        .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
-                );
-                at += n;
-            }
-            Data::Bf16(out)
+            Data::Bf16(self.concat_slices(parts, total, Cuda::bf))
         };
         CudaTensor {
             shape: vec![total / c.max(1), c],
