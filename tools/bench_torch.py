@@ -1,21 +1,33 @@
 #!/usr/bin/env python3
-"""PyTorch (Hugging Face transformers) side of `cargo xtask bench`.
+"""PyTorch (Hugging Face transformers) side of `cargo xtask bench`: the same measurements as
+`igpo bench forward` and `igpo bench score`, written as JSON with the same keys.
 
-    python tools/bench_torch.py --model DIR --threads 2 --prefill-tokens 512 --decode-tokens 32 \
-        --batches 1,16 --repeats 3 --out FILE.json
+    python tools/bench_torch.py forward --model DIR [--device cpu|cuda] [--threads 2] \
+        [--prefill-tokens 512] [--decode-tokens 32] [--batches 1,16] [--decode loop|generate] \
+        [--train-seq 512] [--train-batch 1] [--repeats 3] [--out FILE.json]
+    python tools/bench_torch.py score [--device cpu|cuda] --tokens 8192 --hidden 896 \
+        [--vocab 151936] [--repeats 3] [--out FILE.json]
 
-Loads a Hugging Face model folder (LlamaForCausalLM / Qwen2ForCausalLM via AutoModelForCausalLM) in
-float32 on CPU, `torch.set_num_threads(threads)`, and under `torch.inference_mode()` measures:
+forward: loads a Hugging Face model folder (AutoModelForCausalLM). CPU: float32, `torch.set_num_threads`.
+CUDA: bfloat16 weights for prefill and decode; training on a float32 copy under
+`torch.autocast(bfloat16)` with fused AdamW (the engine's layout: bf16 compute, f32 master weights and
+optimizer state). Medians over repeats after one warm-up; on CUDA every timing ends with a synchronize.
 
-- prefill: one forward over 1 x N tokens (ids `(i*7919) % vocab`) into a fresh DynamicCache, with
-  logits computed for the last position only (`logits_to_keep=1`, as `generate` does; pass
-  `--prefill-all-logits` to compute the lm_head over all N positions). tokens/s = N / time,
-  median over repeats after one warm-up.
-- decode for each batch size B: prefill a 16-token prompt per row (rows differ), then a manual greedy
-  loop feeding one token per row per step with the DynamicCache; only the decode steps are timed.
-  tokens/s = B * steps / time, median over repeats after one warm-up.
+- prefill: one forward over 1 x N tokens (ids `(i*7919) % vocab`) into a fresh DynamicCache, logits for
+  the last position only (`logits_to_keep=1`, as `generate` does). tokens/s = N / time.
+- decode at each batch size B (16-token prompts, rows differ), greedy:
+  `--decode loop` (default on CPU): a manual loop feeding one token per row per step with the
+  DynamicCache; only the decode steps are timed.
+  `--decode generate` (default on CUDA): transformers `generate` (greedy, `min_new_tokens` =
+  `max_new_tokens` so every row makes N tokens); decode time = time(N tokens) - time(1 token), which
+  removes the prompt prefill as the loop does. tokens/s = B * (N - 1) / decode time.
+- train: forward + backward + AdamW of the next-token loss on B x T tokens.
 
-Attention implementation: `sdpa` by default (`--attn eager` to switch); recorded in the output.
+score: the lm-head log-prob of chosen tokens the unfused way, as verl/TRL compute it:
+`log_softmax((h @ W.T).float(), -1).gather(-1, ids)` with h [tokens, hidden] and W [vocab, hidden] in
+bfloat16 (float32 on CPU); forward alone (no grad), and forward + backward of the sum into h and W.
+Peak memory = the most allocated during the op minus what was allocated before it
+(`torch.cuda.max_memory_allocated`; on CPU the process's resident set, VmHWM - VmRSS).
 """
 
 import argparse
@@ -31,6 +43,75 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM, DynamicCache
 
 
+# ---------------------------------------------------------------------------- timing, memory
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(device, fn):
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def median_time(device, fn, repeats):
+    fn()  # warm-up
+    times = [timed(device, fn) for _ in range(max(repeats, 1))]
+    return statistics.median(times), times
+
+
+def proc_status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return None
+
+
+def peak_bytes(device, fn):
+    """The most memory held while `fn` runs, above what was held before."""
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        base = proc_status("VmRSS:")
+        fn()
+        peak = proc_status("VmHWM:")
+        return None if base is None or peak is None else max(peak - base, 0)
+    except OSError:
+        return None
+
+
+def describe(device, threads):
+    d = {
+        "engine": "pytorch",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "device": str(device),
+        "cpu": platform.processor() or platform.machine(),
+    }
+    if device.type == "cuda":
+        d["gpu"] = torch.cuda.get_device_name(device)
+        d["cuda"] = torch.version.cuda
+    else:
+        d["threads"] = torch.get_num_threads()
+    return d
+
+
+# ---------------------------------------------------------------------------- forward
+
+
 def cache_kwarg(model):
     # transformers >= 5.2x renamed `past_key_values` to `cache` (old name deprecated until 5.40).
     params = inspect.signature(model.forward).parameters
@@ -44,56 +125,206 @@ def new_cache(model):
         return DynamicCache()
 
 
-def prefill_once(model, ids, ckw, all_logits):
-    cache = new_cache(model)
-    kw = {ckw: cache, "use_cache": True}
-    if not all_logits:
-        kw["logits_to_keep"] = 1
-    t0 = time.perf_counter()
-    out = model(input_ids=ids, **kw)
-    _ = out.logits[:, -1].argmax(-1)
-    return time.perf_counter() - t0
+def load_model(path, dtype, attn):
+    # transformers >= 4.56 takes `dtype`; older ones only `torch_dtype`.
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
+    except TypeError:
+        return AutoModelForCausalLM.from_pretrained(path, torch_dtype=dtype, attn_implementation=attn)
 
 
-def decode_once(model, prompt, steps, ckw):
+def prefill_once(model, ids, ckw):
+    out = model(input_ids=ids, use_cache=True, logits_to_keep=1, **{ckw: new_cache(model)})
+    return out.logits[:, -1].argmax(-1)
+
+
+def decode_loop(model, prompt, steps, ckw, device):
+    """Seconds of `steps` greedy decode steps after the prompt's prefill."""
     cache = new_cache(model)
     out = model(input_ids=prompt, use_cache=True, logits_to_keep=1, **{ckw: cache})
     nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(steps):
         out = model(input_ids=nxt, use_cache=True, logits_to_keep=1, **{ckw: cache})
         nxt = out.logits[:, -1].argmax(-1, keepdim=True)
+    sync(device)
     dt = time.perf_counter() - t0
     assert cache.get_seq_length() == prompt.shape[1] + steps
     return dt
 
 
-def train_once(model, opt, ids):
+def generate_once(model, prompt, new_tokens, pad_id):
+    out = model.generate(
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad_id,
+    )
+    made = out.shape[1] - prompt.shape[1]
+    assert made == new_tokens, f"generate made {made} tokens, asked {new_tokens}"
+    return out
+
+
+def train_once(model, opt, ids, device):
     """One forward + backward + AdamW step of the next-token loss on `ids`."""
-    t0 = time.perf_counter()
-    out = model(input_ids=ids, labels=ids)
+    if device.type == "cuda":
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out = model(input_ids=ids, labels=ids)
+    else:
+        out = model(input_ids=ids, labels=ids)
     out.loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return time.perf_counter() - t0
+
+
+def bench_forward(args, device):
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    decode_mode = args.decode or ("generate" if cuda else "loop")
+    cfg = AutoConfig.from_pretrained(args.model)
+    model = load_model(args.model, dtype, args.attn).to(device).eval()
+    vocab = model.config.vocab_size
+    ckw = cache_kwarg(model)
+    batches = [int(b) for b in args.batches.split(",") if b]
+    res = describe(device, args.threads)
+    res.update(
+        {
+            "model": args.model,
+            "architecture": (cfg.architectures or [type(model).__name__])[0],
+            "dtype": str(dtype).replace("torch.", ""),
+            "attn_implementation": model.config._attn_implementation,
+            "prefill_tokens": args.prefill_tokens,
+            "decode_tokens": args.decode_tokens,
+            "decode_prompt_tokens": args.decode_prompt_tokens,
+            "decode_mode": decode_mode,
+            "repeats": args.repeats,
+        }
+    )
+
+    with torch.inference_mode():
+        n = args.prefill_tokens
+        ids = torch.tensor([[(i * 7919) % vocab for i in range(n)]], dtype=torch.long, device=device)
+        t, times = median_time(device, lambda: prefill_once(model, ids, ckw), args.repeats)
+        res["prefill_seconds"] = times
+        res["prefill_tokens_per_s"] = n / t
+
+        res["decode_tokens_per_s"] = {}
+        res["decode_seconds"] = {}
+        p, steps = args.decode_prompt_tokens, args.decode_tokens
+        pad_id = model.config.pad_token_id if model.config.pad_token_id is not None else 0
+        for b in batches:
+            prompt = torch.tensor(
+                [[(i * 7919 + r * 104729 + 1) % vocab for i in range(p)] for r in range(b)],
+                dtype=torch.long,
+                device=device,
+            )
+            if decode_mode == "loop":
+                decode_loop(model, prompt, min(steps, 4), ckw, device)  # warm-up
+                times = [decode_loop(model, prompt, steps, ckw, device) for _ in range(args.repeats)]
+                made = b * steps
+            else:
+                full, _ = median_time(device, lambda: generate_once(model, prompt, steps, pad_id), args.repeats)
+                first, _ = median_time(device, lambda: generate_once(model, prompt, 1, pad_id), args.repeats)
+                times = [full - first]
+                made = b * (steps - 1)
+            res["decode_seconds"][str(b)] = times
+            res["decode_tokens_per_s"][str(b)] = made / statistics.median(times)
+
+    if args.train_batch > 0:
+        # A fresh float32 copy in train mode (dropout is 0 in these configs).
+        del model
+        if cuda:
+            torch.cuda.empty_cache()
+        model = load_model(args.model, torch.float32, args.attn).to(device)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01, **({"fused": True} if cuda else {}))
+        t = args.train_seq
+        ids = torch.tensor(
+            [[(i * 7919 + r * 31) % vocab for i in range(t)] for r in range(args.train_batch)],
+            dtype=torch.long,
+            device=device,
+        )
+        secs, times = median_time(device, lambda: train_once(model, opt, ids, device), args.repeats)
+        res["train_seq"] = t
+        res["train_batch"] = args.train_batch
+        res["train_precision"] = "autocast bfloat16, float32 weights and AdamW" if cuda else "float32"
+        res["train_seconds"] = times
+        res["train_tokens_per_s"] = args.train_batch * t / secs
+        if cuda:
+            res["train_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return res
+
+
+# ---------------------------------------------------------------------------- score
+
+
+def bench_score(args, device):
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    t, d, v = args.tokens, args.hidden, args.vocab
+    g = torch.Generator().manual_seed(0)
+    h = (torch.rand(t, d, generator=g) * 3.4 - 1.7).to(device=device, dtype=dtype)
+    w = ((torch.rand(v, d, generator=g) * 3.4 - 1.7) * 0.02).to(device=device, dtype=dtype)
+    ids = torch.tensor([(i * 7919) % v for i in range(t)], dtype=torch.long, device=device)
+
+    def forward():
+        with torch.no_grad():
+            logits = h @ w.T
+            return torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+
+    hg = h.clone().requires_grad_(True)
+    wg = w.clone().requires_grad_(True)
+
+    def forward_backward():
+        logits = hg @ wg.T
+        logp = torch.log_softmax(logits.float(), dim=-1).gather(-1, ids[:, None]).squeeze(-1)
+        logp.sum().backward()
+        hg.grad = None
+        wg.grad = None
+
+    res = describe(device, args.threads)
+    res.update({"tokens": t, "hidden": d, "vocab": v, "dtype": str(dtype).replace("torch.", "")})
+    res["forward_seconds"], _ = median_time(device, forward, args.repeats)
+    res["forward_peak_bytes"] = peak_bytes(device, forward)
+    res["forward_backward_seconds"], _ = median_time(device, forward_backward, args.repeats)
+    res["forward_backward_peak_bytes"] = peak_bytes(device, forward_backward)
+    res["full_logits_f32_bytes"] = t * v * 4
+    return res
+
+
+# ---------------------------------------------------------------------------- main
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="Hugging Face model folder")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--prefill-tokens", type=int, default=512)
-    ap.add_argument("--decode-tokens", type=int, default=32, help="decode steps per row")
-    ap.add_argument("--decode-prompt-tokens", type=int, default=16)
-    ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
-    ap.add_argument("--prefill-all-logits", action="store_true")
-    ap.add_argument("--train-seq", type=int, default=512, help="training step: tokens per sequence")
-    ap.add_argument("--train-batch", type=int, default=1, help="training step: sequences (0 skips training)")
-    ap.add_argument("--out", default=None)
+    sub = ap.add_subparsers(dest="what", required=True)
+    fw = sub.add_parser("forward", help="prefill, decode and a training step of a model")
+    fw.add_argument("--model", required=True, help="Hugging Face model folder")
+    fw.add_argument("--prefill-tokens", type=int, default=512)
+    fw.add_argument("--decode-tokens", type=int, default=32, help="decode steps per row")
+    fw.add_argument("--decode-prompt-tokens", type=int, default=16)
+    fw.add_argument("--batches", default="1,16")
+    fw.add_argument("--decode", choices=["loop", "generate"], default=None)
+    fw.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
+    fw.add_argument("--train-seq", type=int, default=512, help="training step: tokens per sequence")
+    fw.add_argument("--train-batch", type=int, default=1, help="training step: sequences (0 skips training)")
+    sc = sub.add_parser("score", help="log_softmax(...).gather(...) on a [tokens, vocab] lm head")
+    sc.add_argument("--tokens", type=int, default=4096)
+    sc.add_argument("--hidden", type=int, default=896)
+    sc.add_argument("--vocab", type=int, default=151936)
+    for p in (fw, sc):
+        p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+        p.add_argument("--threads", type=int, default=2, help="CPU threads")
+        p.add_argument("--repeats", type=int, default=3)
+        p.add_argument("--out", default=None)
     args = ap.parse_args()
 
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch sees no CUDA device")
     torch.set_num_threads(args.threads)
     try:
         torch.set_num_interop_threads(1)
@@ -101,66 +332,7 @@ def main():
         pass
     torch.manual_seed(0)
 
-    cfg = AutoConfig.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model, dtype=torch.float32, attn_implementation=args.attn
-    ).eval()
-    vocab = model.config.vocab_size
-    ckw = cache_kwarg(model)
-    batches = [int(b) for b in args.batches.split(",") if b]
-
-    res = {
-        "engine": "pytorch",
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "threads": torch.get_num_threads(),
-        "model": args.model,
-        "architecture": (cfg.architectures or [type(model).__name__])[0],
-        "dtype": "float32",
-        "attn_implementation": model.config._attn_implementation,
-        "prefill_tokens": args.prefill_tokens,
-        "prefill_logits": "all" if args.prefill_all_logits else "last",
-        "decode_steps": args.decode_tokens,
-        "decode_prompt_tokens": args.decode_prompt_tokens,
-        "repeats": args.repeats,
-        "cpu": platform.processor() or platform.machine(),
-    }
-
-    with torch.inference_mode():
-        n = args.prefill_tokens
-        ids = torch.tensor([[(i * 7919) % vocab for i in range(n)]], dtype=torch.long)
-        prefill_once(model, ids, ckw, args.prefill_all_logits)  # warm-up
-        times = [prefill_once(model, ids, ckw, args.prefill_all_logits) for _ in range(args.repeats)]
-        res["prefill_seconds"] = times
-        res["prefill_tokens_per_s"] = n / statistics.median(times)
-
-        res["decode_tokens_per_s"] = {}
-        res["decode_seconds"] = {}
-        p = args.decode_prompt_tokens
-        for b in batches:
-            prompt = torch.tensor(
-                [[(i * 7919 + r * 104729 + 1) % vocab for i in range(p)] for r in range(b)], dtype=torch.long
-            )
-            decode_once(model, prompt, min(args.decode_tokens, 4), ckw)  # warm-up
-            times = [decode_once(model, prompt, args.decode_tokens, ckw) for _ in range(args.repeats)]
-            res["decode_seconds"][str(b)] = times
-            res["decode_tokens_per_s"][str(b)] = b * args.decode_tokens / statistics.median(times)
-
-    if args.train_batch > 0:
-        # forward + backward + AdamW on a fresh f32 copy in train mode (dropout is 0 in these configs).
-        model.train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-5, weight_decay=0.01)
-        t = args.train_seq
-        ids = torch.tensor(
-            [[(i * 7919 + r * 31) % vocab for i in range(t)] for r in range(args.train_batch)], dtype=torch.long
-        )
-        train_once(model, opt, ids)  # warm-up (allocates AdamW state)
-        times = [train_once(model, opt, ids) for _ in range(args.repeats)]
-        res["train_seq"] = t
-        res["train_batch"] = args.train_batch
-        res["train_seconds"] = times
-        res["train_tokens_per_s"] = args.train_batch * t / statistics.median(times)
-
+    res = bench_forward(args, device) if args.what == "forward" else bench_score(args, device)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

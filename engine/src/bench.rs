@@ -1,12 +1,16 @@
-//! Throughput measurements of the model forward (what `igpo bench forward`
-//! reports and `cargo xtask bench` compares with PyTorch).
+//! Throughput measurements (what `igpo bench forward` and `igpo bench score`
+//! report and `cargo xtask bench` compares with PyTorch): prefill, decode and
+//! a training step of a model, and the fused lm-head log-prob of chosen
+//! tokens. GPU work is asynchronous: every timing ends with
+//! [`Backend::synchronize`] or a download.
 
 use std::time::Instant;
 
 use serde::Serialize;
 
 use crate::backend::Backend;
-use crate::model::{LogitRows, Model, SeqStep};
+use crate::model::{LogitRows, Model, ModelConfig, SeqStep};
+use crate::tensor::Tensor;
 use crate::train::optim::{AdamW, OptimConfig};
 use crate::train::sft::sft_micro_batch;
 use crate::train::sft_data::SftExample;
@@ -38,6 +42,26 @@ pub struct ForwardBenchResult {
     pub train_batch: usize,
     /// forward + backward + AdamW tokens per second (the SFT loss).
     pub train_tokens_per_s: Option<f64>,
+    /// Parameters of the model (embedding included).
+    pub parameters: u64,
+    /// [`train_flops_per_token`] at `train_seq`: achieved FLOP/s is this
+    /// times `train_tokens_per_s`, MFU that over the device's peak.
+    pub train_flops_per_token: f64,
+}
+
+/// FLOPs of one training step (forward + backward) per token, PaLM's
+/// convention (Chowdhery et al. 2022, appendix B): 6 per weight that every
+/// token multiplies (every linear layer and the lm head; the embedding lookup
+/// is no matmul) plus 12 x layers x attention width x sequence for the
+/// attention scores and their weighted sum (causal masking not discounted).
+/// PyTorch's side of the benchmark is divided by the same number.
+pub fn train_flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
+    let d = c.hidden_size as f64;
+    let q = (c.num_heads * c.head_dim) as f64;
+    let kv = (c.num_kv_heads * c.head_dim) as f64;
+    let layer = d * q + 2.0 * d * kv + q * d + 3.0 * d * c.intermediate_size as f64;
+    let matmul = c.num_layers as f64 * layer + c.vocab_size as f64 * d;
+    6.0 * matmul + 12.0 * c.num_layers as f64 * q * seq as f64
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -89,12 +113,14 @@ fn time_decode<B: Backend>(model: &Model<B>, batch: usize, spec: &ForwardBenchSp
                     cache,
                 })
                 .collect();
-            model
-                .backend()
-                .download(&model.forward(&mut steps, LogitRows::Last))
+            model.forward(&mut steps, LogitRows::Last)
         };
-        next = (0..batch)
-            .map(|r| vec![crate::rollout::sampler::argmax(logits.row(r))])
+        // Greedy, on the device (as `rollout::generate` samples).
+        next = model
+            .backend()
+            .sample_rows(&logits, &Default::default(), &vec![0.0; batch])
+            .into_iter()
+            .map(|id| vec![id])
             .collect();
         if step > 0 {
             // step 0 is the prompt prefill
@@ -119,6 +145,7 @@ fn time_train<B: Backend>(model: &mut Model<B>, opt: &mut AdamW<B>, seqs: &[Vec<
     sft_micro_batch(model, &refs, 8192, false, &mut grads);
     let backend = model.backend().clone();
     opt.update(&backend, model.params_mut(), &grads, 1e-5, 1);
+    backend.synchronize();
     t.elapsed().as_secs_f64()
 }
 
@@ -169,5 +196,143 @@ pub fn forward_bench<B: Backend>(
         train_seq: spec.train_seq,
         train_batch: spec.train_batch,
         train_tokens_per_s: train,
+        parameters: model.config.num_parameters(),
+        train_flops_per_token: train_flops_per_token(&model.config, spec.train_seq),
+    }
+}
+
+/// The fused scoring op alone: `token_logprobs` of `tokens` rows of hidden
+/// states against a `[vocab, hidden]` lm head.
+#[derive(Clone, Debug)]
+pub struct ScoreBenchSpec {
+    pub tokens: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    /// Vocabulary rows per lm-head chunk (the engine's default is 8192).
+    pub chunk: usize,
+    pub repeats: usize,
+}
+
+/// Median seconds after one warm-up; peak bytes the op held above what was
+/// in use before it (inputs excluded, outputs and gradients included).
+#[derive(Clone, Debug, Serialize)]
+pub struct ScoreBenchResult {
+    pub engine: String,
+    pub backend: String,
+    pub tokens: usize,
+    pub hidden: usize,
+    pub vocab: usize,
+    pub chunk: usize,
+    /// Log-probs of the chosen tokens (no entropy): the scoring pass.
+    pub forward_seconds: f64,
+    pub forward_peak_bytes: Option<u64>,
+    /// The same, then the backward into the hidden states and an f32 lm-head
+    /// gradient (allocated inside the measurement): the training pass.
+    pub forward_backward_seconds: f64,
+    pub forward_backward_peak_bytes: Option<u64>,
+    /// What the `[tokens, vocab]` logits alone take in f32: the unfused op
+    /// holds at least this.
+    pub full_logits_f32_bytes: u64,
+}
+
+/// Deterministic values of about unit size (hidden states after the final
+/// norm) scaled by `scale`: the op's cost does not depend on them.
+fn bench_values(n: usize, salt: u64, scale: f32) -> Vec<f32> {
+    let mut rng = crate::rng::Rng::new(salt);
+    (0..n)
+        .map(|_| scale * (2.0 * rng.uniform() as f32 - 1.0) * 1.7)
+        .collect()
+}
+
+/// Times [`Backend::token_logprobs`] and its backward and measures their
+/// peak memory.
+pub fn score_bench<B: Backend>(b: &B, spec: &ScoreBenchSpec) -> ScoreBenchResult {
+    let (t, d, v) = (spec.tokens, spec.hidden, spec.vocab);
+    let h = b.upload(&Tensor::from_vec(&[t, d], bench_values(t * d, 1, 1.0)));
+    let w = b.upload(&Tensor::from_vec(&[v, d], bench_values(v * d, 2, 0.02)));
+    let targets = bench_ids(t, 0, v);
+    let dlogp = b.upload(&Tensor::from_vec(&[t], vec![1.0; t]));
+    let forward = || {
+        let out = b.token_logprobs(&h, &w, &targets, spec.chunk, false);
+        b.synchronize();
+        out
+    };
+    let forward_backward = || {
+        let out = b.token_logprobs(&h, &w, &targets, spec.chunk, false);
+        let mut dw = b.zeros(&[v, d]);
+        let dh =
+            b.token_logprobs_backward(&h, &w, &targets, &out, &dlogp, None, spec.chunk, &mut dw);
+        b.synchronize();
+        (dh, dw)
+    };
+    // Time one closure; then measure its peak once more, alone.
+    let measure = |f: &dyn Fn()| -> (f64, Option<u64>) {
+        f(); // warm-up
+        let secs = median(
+            (0..spec.repeats.max(1))
+                .map(|_| {
+                    let start = Instant::now();
+                    f();
+                    start.elapsed().as_secs_f64()
+                })
+                .collect(),
+        );
+        b.synchronize();
+        b.reset_peak_memory();
+        let before = b.memory_usage();
+        f();
+        let peak = b
+            .memory_usage()
+            .zip(before)
+            .map(|(after, before)| after.peak.saturating_sub(before.in_use));
+        (secs, peak)
+    };
+    let (forward_seconds, forward_peak_bytes) = measure(&|| drop(forward()));
+    let (forward_backward_seconds, forward_backward_peak_bytes) =
+        measure(&|| drop(forward_backward()));
+    ScoreBenchResult {
+        engine: "igpo".into(),
+        backend: b.name(),
+        tokens: t,
+        hidden: d,
+        vocab: v,
+        chunk: spec.chunk,
+        forward_seconds,
+        forward_peak_bytes,
+        forward_backward_seconds,
+        forward_backward_peak_bytes,
+        full_logits_f32_bytes: (t * v * 4) as u64,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::Cpu;
+
+    #[test]
+    fn flops_per_token_of_a_known_shape() {
+        // Qwen2.5-0.5B: 24 layers, d 896, 14 heads x 64, 2 kv heads, ffn 4864,
+        // vocab 151936. Matmul weights: 24 x (896*896*2 + 2*896*128 + 3*896*4864)
+        // + 151936*896 = 493,961,216; attention 12*24*896*2048.
+        let c = crate::model::init::preset("qwen2.5-0.5b").unwrap();
+        let f = train_flops_per_token(&c, 2048);
+        let want = 6.0 * 493_961_216.0 + 12.0 * 24.0 * 896.0 * 2048.0;
+        assert!((f - want).abs() < 1.0, "{f} vs {want}");
+    }
+
+    #[test]
+    fn score_bench_runs_and_counts_the_logits_it_never_holds() {
+        let spec = ScoreBenchSpec {
+            tokens: 64,
+            hidden: 32,
+            vocab: 5000,
+            chunk: 1024,
+            repeats: 1,
+        };
+        let r = score_bench(&Cpu, &spec);
+        assert!(r.forward_seconds > 0.0 && r.forward_backward_seconds > 0.0);
+        assert_eq!(r.full_logits_f32_bytes, 64 * 5000 * 4);
+        assert!(r.backend.starts_with("cpu"));
     }
 }

@@ -48,6 +48,14 @@ pub struct DeviceMemory {
     pub total: usize,
 }
 
+/// Device memory held by the engine's buffers, bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUsage {
+    pub in_use: u64,
+    /// The most in use at once since the last reset.
+    pub peak: u64,
+}
+
 /// Checks the driver and that device `ordinal` exists (cudarc panics or
 /// reports an opaque code otherwise).
 fn check_device(ordinal: usize) -> Result<()> {
@@ -238,6 +246,71 @@ impl Kernels {
 
     pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
         self.stream.clone_dtoh(dev).map_err(cuda)
+    }
+
+    /// Waits for everything queued on the stream.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize().map_err(cuda)
+    }
+
+    /// Bytes of device memory the engine's buffers hold: now and the highest
+    /// since the last [`Kernels::reset_peak_memory`]. Every buffer comes from
+    /// the stream-ordered allocator, so the device's memory pool counts them
+    /// (cuBLAS's own workspace is not included). `None` where the device has
+    /// no memory pools (cudarc then allocates synchronously, uncounted).
+    pub fn memory_usage(&self) -> Result<Option<MemoryUsage>> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(None);
+        }
+        self.stream.synchronize().map_err(cuda)?;
+        let pool = self.memory_pool()?;
+        let attr = |a| -> Result<u64> {
+            let mut v = 0u64;
+            // SAFETY: `pool` is the device's current pool; both attributes are u64.
+            unsafe {
+                cudarc::driver::sys::cuMemPoolGetAttribute(pool, a, (&mut v as *mut u64).cast())
+                    .result()
+                    .map_err(cuda)?
+            };
+            Ok(v)
+        };
+        use cudarc::driver::sys::CUmemPool_attribute::*;
+        Ok(Some(MemoryUsage {
+            in_use: attr(CU_MEMPOOL_ATTR_USED_MEM_CURRENT)?,
+            peak: attr(CU_MEMPOOL_ATTR_USED_MEM_HIGH)?,
+        }))
+    }
+
+    /// Starts a new peak: the high-water mark becomes what is in use now.
+    pub fn reset_peak_memory(&self) -> Result<()> {
+        if !self.ctx.has_async_alloc() {
+            return Ok(());
+        }
+        self.stream.synchronize().map_err(cuda)?;
+        let pool = self.memory_pool()?;
+        let mut zero = 0u64;
+        // SAFETY: resetting USED_MEM_HIGH takes a u64 that must be 0.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_USED_MEM_HIGH,
+                (&mut zero as *mut u64).cast(),
+            )
+            .result()
+            .map_err(cuda)
+        }
+    }
+
+    fn memory_pool(&self) -> Result<cudarc::driver::sys::CUmemoryPool> {
+        self.ctx.bind_to_thread().map_err(cuda)?;
+        let mut pool = std::ptr::null_mut();
+        // SAFETY: writes the current pool of our device into `pool`.
+        unsafe {
+            cudarc::driver::sys::cuDeviceGetMemPool(&mut pool, self.ctx.cu_device())
+                .result()
+                .map_err(cuda)?
+        };
+        Ok(pool)
     }
 
     // ------------------------------------------------------------- norm.cu

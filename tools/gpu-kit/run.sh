@@ -10,14 +10,17 @@
 #   a  the kernels' GPU tests (kernels/tests/gpu.rs)
 #   b  the CUDA backend against the CPU backend, op by op (backend::cuda::tests)
 #   d  one SFT step and one RL step, CUDA vs CPU (backend::cuda::tests::train_step_*)
+#   e  tools/bench_side_by_side.sh: igpo and PyTorch on the Qwen2.5-0.5B shape
+#      (prefill, decode at batch 1/64/256, a training step at 2048 tokens with
+#      MFU, fused scoring vs log_softmax+gather); tables in $OUT/bench/
 #   c  a and b under compute-sanitizer memcheck
-#   e  `igpo bench forward --device cuda` on Qwen2.5-0.5B (and 1.5B if time is left)
-# (d runs before c: it takes seconds, c can take minutes.) A failure is recorded
+#   e  the same bench on the 1.5B shape if the budget has room left
+# (d and e run before c: c can take minutes.) A failure is recorded
 # and the script goes on; it ends with a PASS/FAIL/SKIPPED table and exits 1 if
 # anything failed or timed out, 2 if there is no GPU.
 #
 # Environment: OUT (default /tmp/gpu-check-out), GPU_CHECK_BUDGET_S (total
-# seconds for the steps, default 450), GPU_KIT_ALLOW_NO_GPU=1 (run the steps
+# seconds for the steps, default 500), GPU_KIT_ALLOW_NO_GPU=1 (run the steps
 # without a GPU: they print SKIPPED; to test this script on a CPU machine).
 
 set -u -o pipefail
@@ -29,7 +32,7 @@ OUT="${OUT:-/tmp/gpu-check-out}"
 mkdir -p "$OUT"
 LOG="$OUT/gpu-check.log"
 : >"$LOG"
-BUDGET="${GPU_CHECK_BUDGET_S:-450}"
+BUDGET="${GPU_CHECK_BUDGET_S:-500}"
 START=$SECONDS
 WORK="$(mktemp -d /tmp/igpo-gpu-kit.XXXXXX)"
 trap 'rm -rf "$WORK"' EXIT
@@ -228,31 +231,26 @@ TT=(--test-threads=1 --nocapture)
 step a-kernels-gpu 60 -- "$KT" "${TT[@]}"
 step b-backend-cuda 75 -- "$ET" backend::cuda "${TT[@]}" --skip train_step
 step d-train-step 45 -- "$ET" backend::cuda::tests::train_step "${TT[@]}"
+# The issue's side by side with PyTorch (the machine's python3 has torch):
+# tools/bench_side_by_side.sh, the same script `cargo xtask bench --device cuda`
+# runs; each half under its own timeout so one slow half loses only itself.
+BENCH=(env IGPO="$BIN/igpo" OUT="$OUT/bench" PYTHON=python3 DEVICE=cuda REPEATS=2 HALF_TIMEOUT=60
+    TOKENIZER="$KIT/tokenizer.json" bash "$ROOT/tools/bench_side_by_side.sh")
+if [ "$GPU" = 1 ]; then
+    step e-bench-0.5b 150 -- "${BENCH[@]}" qwen2.5-0.5b
+else
+    record e-bench-0.5b SKIPPED 0 "no GPU"
+fi
 if [ -n "$SANITIZER" ]; then
     MC=("$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 30)
-    step c1-memcheck-kernels 120 -- "${MC[@]}" "$KT" "${TT[@]}"
-    step c2-memcheck-backend 100 -- "${MC[@]}" "$ET" backend::cuda "${TT[@]}"
+    step c1-memcheck-kernels 90 -- "${MC[@]}" "$KT" "${TT[@]}"
+    step c2-memcheck-backend 80 -- "${MC[@]}" "$ET" backend::cuda "${TT[@]}"
 else
     record c1-memcheck-kernels SKIPPED 0 "no compute-sanitizer"
     record c2-memcheck-backend SKIPPED 0 "no compute-sanitizer"
 fi
 if [ "$GPU" = 1 ]; then
-    bench() { # PRESET
-        local dir="$WORK/model-$1"
-        "$BIN/igpo" model init "$dir" --preset "$1" --vocab-from "$KIT/tokenizer.json" &&
-            "$BIN/igpo" bench forward --model "$dir" --device cuda \
-                --prefill-tokens 512 --decode-tokens 32 --batches 1,16,64 --repeats 3 \
-                --train-seq 512 --train-batch 1 --out "$OUT/bench-$1.json"
-        local rc=$?
-        rm -rf "$dir"
-        return $rc
-    }
-    export -f bench
-    export WORK BIN KIT OUT
-    step e-bench-0.5b 90 -- bash -c 'bench qwen2.5-0.5b'
-    step e-bench-1.5b 100 optional -- bash -c 'bench qwen2.5-1.5b'
-else
-    record e-bench-0.5b SKIPPED 0 "no GPU"
+    step e-bench-1.5b 150 optional -- "${BENCH[@]}" qwen2.5-1.5b
 fi
 
 summary

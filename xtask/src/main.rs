@@ -27,7 +27,7 @@ fn main() -> ExitCode {
         Some("kernels") => kernels::kernels(),
         Some("gpu-kit") => gpu_kit::gpu_kit(),
         Some("readme") => readme::check(),
-        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward` or `bench plugins` runs one part)".into()),
+        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward|plugins|rollout` runs one part;\n           `bench --device cuda`: Qwen2.5-0.5B/1.5B shapes on the GPU beside PyTorch)".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -719,35 +719,84 @@ fn python_env() -> Result<PathBuf> {
     Ok(python)
 }
 
-fn read_json(path: &std::path::Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// `cargo xtask bench`: the engine and PyTorch on the same SmolLM2 weights,
-/// same machine, same run; writes `target/bench/forward.json`.
+/// `cargo xtask bench [forward|plugins|rollout] [--device cuda[:N]]`.
+/// CPU: the engine and PyTorch on the same SmolLM2 weights, same machine,
+/// same run (`target/bench/forward.*`), then the plugin host and rollouts.
+/// `--device cuda`: both engines on random weights of the Qwen2.5-0.5B and
+/// 1.5B shapes on the GPU (`tools/bench_side_by_side.sh`, `target/bench/cuda/`).
 fn bench(args: &[String]) -> Result<()> {
-    match args.first().map(String::as_str) {
+    let mut what = None;
+    let mut device = String::from("cpu");
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--device" => {
+                device = it
+                    .next()
+                    .ok_or("--device needs a value (cpu, cuda, cuda:N)")?
+                    .clone()
+            }
+            s if s.starts_with("--device=") => device = s["--device=".len()..].to_string(),
+            "forward" | "plugins" | "rollout" if what.is_none() => what = Some(a.as_str()),
+            other => {
+                return Err(format!(
+                    "unknown bench argument `{other}` (forward, plugins, rollout; --device cpu|cuda[:N])"
+                ))
+            }
+        }
+    }
+    if device != "cpu" {
+        if !(device == "cuda" || device.starts_with("cuda:")) {
+            return Err(format!("--device {device}: use cpu, cuda or cuda:N"));
+        }
+        if what.is_some_and(|w| w != "forward") {
+            return Err("--device cuda measures the model side by side with PyTorch; plugins and rollout are CPU benches".into());
+        }
+        return bench_cuda(&device);
+    }
+    match what {
         Some("plugins") => return bench_plugins(),
         Some("rollout") => return bench_rollout(),
-        Some("forward") => {}
+        Some(_) => {}
         None => {
             bench_plugins()?;
             bench_rollout()?;
         }
-        Some(other) => {
-            return Err(format!(
-                "unknown bench `{other}` (forward, plugins, rollout)"
-            ))
-        }
     }
+    bench_forward_cpu()
+}
+
+/// Builds the release `igpo` and returns its path.
+fn igpo_release_binary() -> Result<PathBuf> {
+    run(cargo().args(["build", "--quiet", "--release", "-p", "igpo"]))?;
+    Ok(target().join("release/igpo"))
+}
+
+/// The engine and PyTorch on SmolLM2-135M, CPU, every core: prefill, decode,
+/// a training step and the scoring op, through the same scripts as the GPU
+/// side by side.
+fn bench_forward_cpu() -> Result<()> {
     let dir = smollm2_dir(&["--release"])?;
+    let igpo = igpo_release_binary()?;
     let out = target().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
-        .unwrap_or(1);
-    let common = [
+        .unwrap_or(1)
+        .to_string();
+    let python = python_env()?;
+    let torch = |what: &str| {
+        let mut c = Command::new(&python);
+        c.arg(root().join("tools/bench_torch.py")).args([
+            what,
+            "--device",
+            "cpu",
+            "--threads",
+            &threads,
+        ]);
+        c
+    };
+    let forward = [
         "--prefill-tokens",
         "512",
         "--decode-tokens",
@@ -761,55 +810,82 @@ fn bench(args: &[String]) -> Result<()> {
         "--train-batch",
         "1",
     ];
-    let ours = out.join("forward-igpo.json");
-    run(igpo_release()
+    // SmolLM2: hidden 576, vocabulary 49152.
+    let score = [
+        "--tokens",
+        "2048",
+        "--hidden",
+        "576",
+        "--vocab",
+        "49152",
+        "--repeats",
+        "3",
+    ];
+    let file = |name: &str| out.join(name);
+    run(Command::new(&igpo)
         .args(["bench", "forward", "--model"])
         .arg(&dir)
-        .args(common)
+        .args(forward)
         .arg("--out")
-        .arg(&ours))?;
-    let python = python_env()?;
-    let torch = out.join("forward-pytorch.json");
-    run(Command::new(python)
-        .arg(root().join("tools/bench_torch.py"))
+        .arg(file("forward-igpo.json")))?;
+    run(torch("forward")
         .arg("--model")
         .arg(&dir)
-        .args(["--threads", &threads.to_string()])
-        .args(common)
+        .args(forward)
         .arg("--out")
-        .arg(&torch))?;
-    let (a, b) = (read_json(&ours)?, read_json(&torch)?);
-    let num = |v: &serde_json::Value, path: &[&str]| -> f64 {
-        path.iter()
-            .fold(v, |v, k| &v[*k])
-            .as_f64()
-            .unwrap_or(f64::NAN)
+        .arg(file("forward-pytorch.json")))?;
+    run(Command::new(&igpo)
+        .args(["bench", "score"])
+        .args(score)
+        .arg("--out")
+        .arg(file("score-igpo.json")))?;
+    run(torch("score")
+        .args(score)
+        .arg("--out")
+        .arg(file("score-pytorch.json")))?;
+    run(Command::new("python3")
+        .arg(root().join("tools/bench_compare.py"))
+        .arg("--title")
+        .arg(format!("SmolLM2-135M-Instruct, CPU, {threads} threads"))
+        .arg("--forward")
+        .args([file("forward-igpo.json"), file("forward-pytorch.json")])
+        .arg("--score")
+        .args([file("score-igpo.json"), file("score-pytorch.json")])
+        .arg("--out")
+        .arg(file("forward.json"))
+        .arg("--markdown")
+        .arg(file("forward.md")))?;
+    println!("wrote {}", file("forward.md").display());
+    Ok(())
+}
+
+/// `cargo xtask bench --device cuda`: `tools/bench_side_by_side.sh` on the
+/// Qwen2.5-0.5B and 1.5B shapes with the release `igpo`. PyTorch: the
+/// machine's python3 when it imports torch with CUDA (GPU machines have it),
+/// else the `target/pyenv` one.
+fn bench_cuda(device: &str) -> Result<()> {
+    let igpo = igpo_release_binary()?;
+    let has_torch = Command::new("python3")
+        .args([
+            "-c",
+            "import torch, transformers; assert torch.cuda.is_available()",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    let python = if has_torch {
+        PathBuf::from("python3")
+    } else {
+        python_env()?
     };
-    let rows = [
-        ("prefill 512 tokens", vec!["prefill_tokens_per_s"]),
-        ("decode batch 1", vec!["decode_tokens_per_s", "1"]),
-        ("decode batch 16", vec!["decode_tokens_per_s", "16"]),
-        ("train 1x512 fwd+bwd+AdamW", vec!["train_tokens_per_s"]),
-    ];
-    let mut ratios = serde_json::Map::new();
-    println!("SmolLM2-135M-Instruct, CPU, {threads} threads (tokens/s)");
-    println!("{:<28} {:>10} {:>10} {:>8}", "", "igpo", "pytorch", "ratio");
-    for (label, path) in &rows {
-        let (x, y) = (num(&a, path), num(&b, path));
-        println!("{label:<28} {x:>10.1} {y:>10.1} {:>7.2}x", x / y);
-        ratios.insert(label.to_string(), serde_json::json!(x / y));
-    }
-    let combined = serde_json::json!({
-        "model": "SmolLM2-135M-Instruct (imported from GGUF Q4_1, bf16 on disk, f32 compute)",
-        "threads": threads,
-        "igpo": a,
-        "pytorch": b,
-        "ratio_igpo_over_pytorch": ratios,
-    });
-    let path = out.join("forward.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&combined).unwrap())
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    println!("wrote {}", path.display());
+    let out = target().join("bench/cuda");
+    run(Command::new("bash")
+        .arg(root().join("tools/bench_side_by_side.sh"))
+        .args(["qwen2.5-0.5b", "qwen2.5-1.5b"])
+        .env("IGPO", &igpo)
+        .env("OUT", &out)
+        .env("PYTHON", &python)
+        .env("DEVICE", device))?;
+    println!("wrote {}/*.md", out.display());
     Ok(())
 }
 

@@ -92,6 +92,34 @@ pub struct AdamWStep {
     pub grad_scale: f32,
 }
 
+/// Sampling settings. `temperature == 0` means greedy.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep only the `top_k` most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches `top_p`.
+    pub top_p: f32,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 0.0,
+            top_k: 0,
+            top_p: 1.0,
+        }
+    }
+}
+
+/// Memory a backend holds, bytes: now, and the most at once since the last
+/// [`Backend::reset_peak_memory`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryUsage {
+    pub in_use: u64,
+    pub peak: u64,
+}
+
 /// The ops a decoder-only transformer needs, forward and backward.
 ///
 /// Matrices are row-major; "rows" are tokens. Weights follow the Hugging Face
@@ -106,6 +134,25 @@ pub trait Backend: Clone + Send + Sync {
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];
     /// An empty `[0, cols]` matrix (e.g. a fresh KV cache).
     fn empty_rows(&self, cols: usize) -> Self::Tensor;
+
+    /// Memory in use now and at most since [`Backend::reset_peak_memory`]
+    /// (what a benchmark reports as an op's peak); `None` where the backend
+    /// cannot tell.
+    fn memory_usage(&self) -> Option<MemoryUsage>;
+    /// Starts a new peak from what is in use now.
+    fn reset_peak_memory(&self);
+    /// One token id per row of `logits[rows, vocab]` (what `Model::forward`
+    /// returns) under `params`, row `r` drawn with `uniforms[r]` in [0, 1)
+    /// (ignored when greedy): only the ids leave the device.
+    fn sample_rows(
+        &self,
+        logits: &Self::Tensor,
+        params: &SamplingParams,
+        uniforms: &[f64],
+    ) -> Vec<u32>;
+    /// Waits until every queued op has finished (for timing; the CPU
+    /// backend runs ops to completion anyway).
+    fn synchronize(&self);
 
     /// `x[m, k] @ w[n, k]^T (+ bias[n])` -> `[m, n]`.
     fn linear(

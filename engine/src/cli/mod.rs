@@ -99,6 +99,30 @@ enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
+    /// Time and peak memory of the fused lm-head log-prob of chosen tokens
+    /// (forward, and forward + backward) on random inputs of a given shape.
+    Score {
+        /// Token rows scored at once.
+        #[arg(long, default_value_t = 4096)]
+        tokens: usize,
+        /// Hidden size (896: Qwen2.5-0.5B, 1536: 1.5B).
+        #[arg(long, default_value_t = 896)]
+        hidden: usize,
+        /// Vocabulary size (Qwen2.5: 151936).
+        #[arg(long, default_value_t = 151936)]
+        vocab: usize,
+        /// Vocabulary rows per lm-head chunk.
+        #[arg(long, default_value_t = 8192)]
+        chunk: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the result as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, or cuda[:N].
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
 }
 
 /// Opens the backend `--device` names, before any other work (plugins,
@@ -254,33 +278,61 @@ fn generate_on<B: Backend>(backend: B, a: GenerateArgs) -> CliResult {
 }
 
 fn run_bench(cmd: BenchCommand) -> CliResult {
-    let BenchCommand::Forward {
-        model,
-        prefill_tokens,
-        decode_prompt_tokens,
-        decode_tokens,
-        batches,
-        repeats,
-        train_seq,
-        train_batch,
-        out,
-        device,
-    } = cmd;
-    let backend = open_device(&device)?;
-    let spec = crate::bench::ForwardBenchSpec {
-        prefill_tokens,
-        decode_prompt_tokens,
-        decode_tokens,
-        batches,
-        repeats,
-        train_seq,
-        train_batch,
+    let (json, out) = match cmd {
+        BenchCommand::Forward {
+            model,
+            prefill_tokens,
+            decode_prompt_tokens,
+            decode_tokens,
+            batches,
+            repeats,
+            train_seq,
+            train_batch,
+            out,
+            device,
+        } => {
+            let backend = open_device(&device)?;
+            let spec = crate::bench::ForwardBenchSpec {
+                prefill_tokens,
+                decode_prompt_tokens,
+                decode_tokens,
+                batches,
+                repeats,
+                train_seq,
+                train_batch,
+            };
+            let result = crate::with_backend!(backend, b => {
+                let mut model = crate::model::load(&model, b)?;
+                crate::bench::forward_bench(&mut model, &spec)
+            });
+            (serde_json::to_string_pretty(&result)?, out)
+        }
+        BenchCommand::Score {
+            tokens,
+            hidden,
+            vocab,
+            chunk,
+            repeats,
+            out,
+            device,
+        } => {
+            if tokens == 0 || hidden == 0 || vocab == 0 || chunk == 0 {
+                return Err(
+                    "bench score: --tokens, --hidden, --vocab and --chunk must be positive".into(),
+                );
+            }
+            let backend = open_device(&device)?;
+            let spec = crate::bench::ScoreBenchSpec {
+                tokens,
+                hidden,
+                vocab,
+                chunk,
+                repeats,
+            };
+            let result = crate::with_backend!(backend, b => crate::bench::score_bench(&b, &spec));
+            (serde_json::to_string_pretty(&result)?, out)
+        }
     };
-    let result = crate::with_backend!(backend, b => {
-        let mut model = crate::model::load(&model, b)?;
-        crate::bench::forward_bench(&mut model, &spec)
-    });
-    let json = serde_json::to_string_pretty(&result)?;
     println!("{json}");
     if let Some(path) = out {
         crate::fsutil::write_atomic(&path, json.as_bytes())

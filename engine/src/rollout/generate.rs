@@ -1,7 +1,7 @@
 //! Plain (single-turn) generation: batched decoding with a KV cache per
 //! sequence. The multi-turn agent loop builds on the same pieces.
 
-use super::sampler::{sample, SamplingParams};
+use super::sampler::{draws, SamplingParams};
 use crate::backend::Backend;
 use crate::model::{LogitRows, Model, SeqStep};
 use crate::rng::Rng;
@@ -70,11 +70,22 @@ pub fn generate<B: Backend>(
                     cache: cache_refs[i].take().expect("each sequence once"),
                 });
             }
-            b.download(&model.forward(&mut steps, LogitRows::Last))
+            model.forward(&mut steps, LogitRows::Last)
         };
+        // Sampled where the logits are: only the ids come back from a GPU.
+        let uniforms: Vec<f64> = active
+            .iter()
+            .map(|&i| {
+                if draws(&opts.sampling) {
+                    rngs[i].uniform()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let ids = b.sample_rows(&logits, &opts.sampling, &uniforms);
         let mut still = Vec::with_capacity(active.len());
-        for (row, &i) in active.iter().enumerate() {
-            let id = sample(logits.row(row), &opts.sampling, &mut rngs[i]);
+        for (&id, &i) in ids.iter().zip(&active) {
             outs[i].tokens.push(id);
             on_token(i, id);
             if opts.stop_tokens.contains(&id) {

@@ -1,88 +1,23 @@
-//! Next-token sampling: greedy, or temperature / top-k / top-p from a seeded RNG.
+//! Next-token sampling: greedy, or temperature / top-k / top-p from a seeded
+//! RNG. The algorithm is the CPU backend's reference op
+//! (`backend::cpu::sampling`, mirrored by the CUDA kernel); this draws its
+//! uniform.
 
 use crate::rng::Rng;
 
-/// Sampling settings. `temperature == 0` means greedy.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SamplingParams {
-    pub temperature: f32,
-    /// Keep only the `top_k` most likely tokens; 0 keeps all.
-    pub top_k: usize,
-    /// Keep the smallest set of tokens whose probability reaches `top_p`.
-    pub top_p: f32,
+pub use crate::backend::cpu::sampling::{argmax, sample_with_uniform};
+pub use crate::backend::SamplingParams;
+
+/// Whether `params` draws at all (greedy uses no random number).
+pub fn draws(params: &SamplingParams) -> bool {
+    params.temperature > 0.0
 }
 
-impl Default for SamplingParams {
-    fn default() -> Self {
-        SamplingParams {
-            temperature: 0.0,
-            top_k: 0,
-            top_p: 1.0,
-        }
-    }
-}
-
-/// Index of the largest logit (the lowest index wins ties, so greedy decoding
-/// is deterministic).
-pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
-
-/// Draws one token id from `logits` under `params`.
+/// Draws one token id from `logits` under `params` (one uniform from `rng`
+/// unless greedy).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
-    if params.temperature <= 0.0 {
-        return argmax(logits);
-    }
-    let t = params.temperature;
-    // Candidates sorted by logit, highest first (ties by id for determinism).
-    let mut cand: Vec<(u32, f32)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &v)| (i as u32, v / t))
-        .collect();
-    let keep = if params.top_k > 0 {
-        params.top_k.min(cand.len())
-    } else {
-        cand.len()
-    };
-    if keep < cand.len() {
-        cand.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        cand.truncate(keep);
-    }
-    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-    let max = cand[0].1;
-    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
-    let total: f64 = probs.iter().sum();
-    probs.iter_mut().for_each(|p| *p /= total);
-    if params.top_p < 1.0 {
-        let mut acc = 0.0;
-        let mut cut = probs.len();
-        for (i, p) in probs.iter().enumerate() {
-            acc += p;
-            if acc >= params.top_p as f64 {
-                cut = i + 1;
-                break;
-            }
-        }
-        probs.truncate(cut);
-        let total: f64 = probs.iter().sum();
-        probs.iter_mut().for_each(|p| *p /= total);
-    }
-    let u = rng.uniform();
-    let mut acc = 0.0;
-    for (i, p) in probs.iter().enumerate() {
-        acc += p;
-        if u < acc {
-            return cand[i].0;
-        }
-    }
-    cand[probs.len() - 1].0
+    let u = if draws(params) { rng.uniform() } else { 0.0 };
+    sample_with_uniform(logits, params, u)
 }
 
 #[cfg(test)]

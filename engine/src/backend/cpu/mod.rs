@@ -5,6 +5,9 @@ pub mod gemm;
 #[cfg(test)]
 mod grad_check;
 mod logprob;
+mod memory;
+pub mod sampling;
+pub use memory::CountingAllocator;
 
 pub use gemm::matmul_nt;
 
@@ -12,7 +15,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, Rope};
+use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, MemoryUsage, Rope, SamplingParams};
 use crate::tensor::Tensor;
 use gemm::{gemm, Layout};
 
@@ -74,6 +77,27 @@ impl Backend for Cpu {
 
     fn name(&self) -> String {
         format!("cpu (f32, {} threads)", rayon::current_num_threads())
+    }
+
+    fn memory_usage(&self) -> Option<MemoryUsage> {
+        memory::process_memory()
+    }
+
+    fn reset_peak_memory(&self) {
+        memory::reset_process_peak();
+    }
+
+    fn synchronize(&self) {}
+
+    fn sample_rows(&self, logits: &Tensor, params: &SamplingParams, uniforms: &[f64]) -> Vec<u32> {
+        assert_eq!(
+            logits.rows(),
+            uniforms.len(),
+            "sample_rows: one uniform per row"
+        );
+        (0..logits.rows())
+            .map(|r| sampling::sample_with_uniform(logits.row(r), params, uniforms[r]))
+            .collect()
     }
 
     fn upload(&self, t: &Tensor) -> Tensor {

@@ -24,7 +24,7 @@ use igpo_kernels::host::MaskArgs;
 use igpo_kernels::launch::{AdamW, AttnDims, Kernels};
 use igpo_kernels::PtxCache;
 
-use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, Rope};
+use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, MemoryUsage, Rope, SamplingParams};
 use crate::tensor::Tensor;
 
 /// What a [`CudaTensor`] holds.
@@ -258,6 +258,55 @@ impl Backend for Cuda {
             "cuda:{} (sm_{a}{b}, bf16 + f32 master weights)",
             self.ordinal
         )
+    }
+
+    fn memory_usage(&self) -> Option<MemoryUsage> {
+        ok("memory usage", self.k.memory_usage()).map(|m| MemoryUsage {
+            in_use: m.in_use,
+            peak: m.peak,
+        })
+    }
+
+    fn reset_peak_memory(&self) {
+        ok("reset peak memory", self.k.reset_peak_memory());
+    }
+
+    fn synchronize(&self) {
+        ok("synchronize", self.k.synchronize());
+    }
+
+    fn sample_rows(
+        &self,
+        logits: &CudaTensor,
+        params: &SamplingParams,
+        uniforms: &[f64],
+    ) -> Vec<u32> {
+        let (rows, vocab) = (logits.rows(), logits.cols());
+        assert_eq!(rows, uniforms.len(), "sample_rows: one uniform per row");
+        if rows == 0 {
+            return vec![];
+        }
+        let z = self.f32v(logits);
+        let u = ok("sample", self.k.upload(uniforms));
+        let mut out = ok("sample", self.k.zeros::<i32>(rows));
+        ok(
+            "sample",
+            self.k.sample(
+                &mut out,
+                &z,
+                &u,
+                rows,
+                vocab,
+                params.temperature,
+                params.top_k,
+                params.top_p,
+            ),
+        );
+        ok("sample", self.k.download(&out))
+            .into_iter()
+            .take(rows)
+            .map(|id| id as u32)
+            .collect()
     }
 
     fn upload(&self, t: &Tensor) -> CudaTensor {

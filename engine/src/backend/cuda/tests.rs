@@ -130,6 +130,58 @@ fn forward_ops_match_the_cpu() {
 }
 
 #[test]
+fn sample_rows_matches_the_cpu_reference() {
+    let Some(g) = gpu() else { return };
+    let c = Cpu;
+    let mut rng = Rng::new(5);
+    // bf16 logits out of a linear layer, as `forward` makes them; the CPU
+    // samples from the same values.
+    let (h, w) = (
+        rand(&mut rng, &[48, 64], 1.0),
+        rand(&mut rng, &[3001, 64], 0.3),
+    );
+    let dev = g.linear(&g.upload(&h), &g.upload(&w), None);
+    let logits = g.download(&dev);
+    let uniforms: Vec<f64> = (0..48).map(|_| rng.uniform()).collect();
+    let greedy = SamplingParams::default();
+    assert_eq!(
+        g.sample_rows(&dev, &greedy, &uniforms),
+        c.sample_rows(&logits, &greedy, &uniforms),
+        "greedy: argmax, lowest id on ties"
+    );
+    for params in [
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+        },
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 20,
+            top_p: 1.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.9,
+        },
+    ] {
+        let (got, want) = (
+            g.sample_rows(&dev, &params, &uniforms),
+            c.sample_rows(&logits, &params, &uniforms),
+        );
+        // The kernel sums mass in 32.32 fixed point, the CPU in f64: a
+        // uniform that falls within ~1e-9 of a boundary may pick a neighbour.
+        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        eprintln!("{params:?}: {same}/48 rows pick the CPU's token");
+        assert!(
+            same >= 46,
+            "{params:?}: only {same}/48 rows agree: {got:?} vs {want:?}"
+        );
+    }
+}
+
+#[test]
 fn backward_ops_and_logprobs_match_the_cpu() {
     let Some(g) = gpu() else { return };
     let c = Cpu;

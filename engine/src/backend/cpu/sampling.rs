@@ -1,0 +1,69 @@
+//! The CPU reference of `Backend::sample_rows` (kernels/src/cu/sampling.cu
+//! mirrors it): greedy, or temperature / top-k / top-p with one uniform draw
+//! that the caller supplies from its seeded `Rng`.
+
+use crate::backend::SamplingParams;
+
+/// Index of the largest logit (the lowest index wins ties, so greedy decoding
+/// is deterministic).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// One token id from `logits` under `params`; `uniform` in [0, 1) picks it
+/// (unused when greedy).
+pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, uniform: f64) -> u32 {
+    if params.temperature <= 0.0 {
+        return argmax(logits);
+    }
+    let t = params.temperature;
+    // Candidates sorted by logit, highest first (ties by id for determinism).
+    let mut cand: Vec<(u32, f32)> = logits
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| (i as u32, v / t))
+        .collect();
+    let keep = if params.top_k > 0 {
+        params.top_k.min(cand.len())
+    } else {
+        cand.len()
+    };
+    if keep < cand.len() {
+        cand.select_nth_unstable_by(keep - 1, |a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        cand.truncate(keep);
+    }
+    cand.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let max = cand[0].1;
+    let mut probs: Vec<f64> = cand.iter().map(|c| ((c.1 - max) as f64).exp()).collect();
+    let total: f64 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    if params.top_p < 1.0 {
+        let mut acc = 0.0;
+        let mut cut = probs.len();
+        for (i, p) in probs.iter().enumerate() {
+            acc += p;
+            if acc >= params.top_p as f64 {
+                cut = i + 1;
+                break;
+            }
+        }
+        probs.truncate(cut);
+        let total: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|p| *p /= total);
+    }
+    let u = uniform;
+    let mut acc = 0.0;
+    for (i, p) in probs.iter().enumerate() {
+        acc += p;
+        if u < acc {
+            return cand[i].0;
+        }
+    }
+    cand[probs.len() - 1].0
+}

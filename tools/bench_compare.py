@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""Side-by-side table of the engine and PyTorch from the JSON files that `igpo bench forward|score` and
+`tools/bench_torch.py forward|score` write (one run, one machine), with the ratios.
+
+    python3 tools/bench_compare.py --title "Qwen2.5-0.5B shape, H200" \
+        --forward IGPO.json TORCH.json [--score IGPO.json TORCH.json] [--peak-tflops 989] \
+        [--out COMBINED.json] [--markdown TABLE.md]
+
+Ratios are "how many times better igpo is": throughput igpo / pytorch, time pytorch / igpo, memory
+pytorch / igpo; above 1 the engine wins. MFU = tokens/s x training FLOPs per token (igpo's
+`train_flops_per_token`, PaLM's formula, the same number for both sides) / the device's peak
+(`--peak-tflops`; dense bf16 of an H100 SXM or H200 is 989 TFLOP/s). Standard library only.
+"""
+
+import argparse
+import json
+import math
+
+
+def load(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d or d[k] is None:
+            return None
+        d = d[k]
+    return float(d)
+
+
+def fmt(x, unit):
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if unit == "MiB":
+        x /= 2**20
+        return f"{x:,.0f}" if x >= 10 else f"{x:.3g}"
+    if unit == "ms":
+        return f"{x * 1e3:,.1f}"
+    if unit == "%":
+        return f"{x * 100:.1f}"
+    return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3g}"
+
+
+def rows(forward, score, peak_tflops):
+    """(label, unit, igpo, pytorch, better-when) for every measurement both files hold."""
+    out = []
+    if forward:
+        a, b = forward
+        out.append((f"prefill 1x{int(get(a, 'prefill_tokens') or 0)}", "tokens/s",
+                    get(a, "prefill_tokens_per_s"), get(b, "prefill_tokens_per_s"), "higher"))
+        for batch in sorted(a.get("decode_tokens_per_s", {}), key=int):
+            out.append((f"decode batch {batch}", "tokens/s", get(a, "decode_tokens_per_s", batch),
+                        get(b, "decode_tokens_per_s", batch), "higher"))
+        ta, tb = get(a, "train_tokens_per_s"), get(b, "train_tokens_per_s")
+        if ta is not None or tb is not None:
+            seq, batch = int(get(a, "train_seq") or 0), int(get(a, "train_batch") or 0)
+            out.append((f"train {batch}x{seq} fwd+bwd+AdamW", "tokens/s", ta, tb, "higher"))
+            flops = get(a, "train_flops_per_token")
+            if flops:
+                tf = [None if x is None else x * flops / 1e12 for x in (ta, tb)]
+                out.append(("train achieved", "TFLOP/s", tf[0], tf[1], "higher"))
+                if peak_tflops:
+                    out.append(("train MFU", "%", *[None if x is None else x / peak_tflops for x in tf], "higher"))
+    if score:
+        a, b = score
+        shape = f"{int(get(a, 'tokens') or 0)}x{int(get(a, 'vocab') or 0)}"
+        out.append((f"score {shape} forward", "ms", get(a, "forward_seconds"), get(b, "forward_seconds"), "lower"))
+        out.append((f"score {shape} fwd+bwd", "ms", get(a, "forward_backward_seconds"),
+                    get(b, "forward_backward_seconds"), "lower"))
+        out.append((f"score {shape} forward peak", "MiB", get(a, "forward_peak_bytes"),
+                    get(b, "forward_peak_bytes"), "lower"))
+        out.append((f"score {shape} fwd+bwd peak", "MiB", get(a, "forward_backward_peak_bytes"),
+                    get(b, "forward_backward_peak_bytes"), "lower"))
+    return out
+
+
+def ratio(x, y, better):
+    if x is None or y is None or x <= 0 or y <= 0:
+        return None
+    return x / y if better == "higher" else y / x
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--title", default="igpo vs PyTorch")
+    ap.add_argument("--forward", nargs=2, metavar=("IGPO", "TORCH"))
+    ap.add_argument("--score", nargs=2, metavar=("IGPO", "TORCH"))
+    ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--out", help="combined JSON (inputs, table, ratios)")
+    ap.add_argument("--markdown", help="write the table here too")
+    args = ap.parse_args()
+    if not args.forward and not args.score:
+        ap.error("give --forward and/or --score")
+    forward = tuple(load(p) for p in args.forward) if args.forward else None
+    score = tuple(load(p) for p in args.score) if args.score else None
+
+    table = rows(forward, score, args.peak_tflops)
+    lines = [f"### {args.title}", "", "| measurement | unit | igpo | pytorch | igpo better by |",
+             "|---|---|---:|---:|---:|"]
+    result = []
+    for label, unit, x, y, better in table:
+        r = ratio(x, y, better)
+        lines.append(f"| {label} | {unit} | {fmt(x, unit)} | {fmt(y, unit)} | "
+                     f"{'n/a' if r is None else f'{r:.2f}x'} |")
+        result.append({"measurement": label, "unit": unit, "igpo": x, "pytorch": y, "better": better,
+                       "igpo_better_by": r})
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(text + "\n")
+    if args.out:
+        combined = {"title": args.title, "peak_tflops": args.peak_tflops, "table": result,
+                    "forward": {"igpo": forward[0], "pytorch": forward[1]} if forward else None,
+                    "score": {"igpo": score[0], "pytorch": score[1]} if score else None}
+        with open(args.out, "w") as f:
+            json.dump(combined, f, indent=2)
+            f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

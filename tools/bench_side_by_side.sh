@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# The engine and PyTorch side by side on random weights of real model shapes:
+# what `cargo xtask bench --device cuda` runs, and the GPU kit's bench step
+# (tools/gpu-kit/run.sh), so both measure the same things the same way.
+#
+#     IGPO=target/release/igpo OUT=target/bench/cuda PYTHON=python3 DEVICE=cuda \
+#         bash tools/bench_side_by_side.sh qwen2.5-0.5b [qwen2.5-1.5b ...]
+#
+# For each preset: `igpo model init` writes random weights (bf16 safetensors +
+# config.json + the Qwen2.5 tokenizer) that both engines load; then
+#   igpo bench forward  /  bench_torch.py forward   (prefill, decode, training step)
+#   igpo bench score    /  bench_torch.py score     (fused log-prob vs log_softmax+gather)
+#   bench_compare.py: the table with ratios and MFU -> $OUT/PRESET.md, $OUT/PRESET.json
+# Sizes come from the environment (defaults: the issue's GPU measurements):
+#   PREFILL=2048 DECODE_TOKENS=32 BATCHES=1,64,256 TRAIN_SEQ=2048 TRAIN_BATCH=1
+#   SCORE_TOKENS=8192 REPEATS=3 PEAK_TFLOPS (default: from the GPU's name)
+#   HALF_TIMEOUT (seconds for each half; unset: no limit)
+# A failed half is reported and the other half still runs; exit 1 if any failed.
+
+set -u -o pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+IGPO="${IGPO:-$ROOT/target/release/igpo}"
+OUT="${OUT:-$ROOT/target/bench/side-by-side}"
+PYTHON="${PYTHON:-python3}"
+DEVICE="${DEVICE:-cuda}"
+TOKENIZER="${TOKENIZER:-$ROOT/tools/gpu-kit/tokenizer.json}"
+PREFILL="${PREFILL:-2048}"
+DECODE_TOKENS="${DECODE_TOKENS:-32}"
+BATCHES="${BATCHES:-1,64,256}"
+TRAIN_SEQ="${TRAIN_SEQ:-2048}"
+TRAIN_BATCH="${TRAIN_BATCH:-1}"
+SCORE_TOKENS="${SCORE_TOKENS:-8192}"
+REPEATS="${REPEATS:-3}"
+THREADS="${THREADS:-$(nproc)}"
+
+[ $# -ge 1 ] || { echo "usage: bench_side_by_side.sh PRESET [PRESET...]" >&2; exit 2; }
+mkdir -p "$OUT"
+if [ -z "${PEAK_TFLOPS:-}" ] && [ "${DEVICE%%:*}" = cuda ]; then
+    # Dense bf16 tensor-core peak of the device (datasheet numbers).
+    case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" in
+    *H100* | *H200* | *H800* | *H20*) PEAK_TFLOPS=989 ;;
+    *A100* | *A800*) PEAK_TFLOPS=312 ;;
+    *L40S*) PEAK_TFLOPS=362 ;;
+    *) PEAK_TFLOPS= ;;
+    esac
+fi
+FAILED=0
+half() { # LABEL COMMAND...: runs one half, keeps going when it fails
+    local label=$1
+    shift
+    echo "== $label: $*"
+    local t0=$SECONDS
+    [ -n "${HALF_TIMEOUT:-}" ] && set -- timeout -k 5 "$HALF_TIMEOUT" "$@"
+    if "$@"; then
+        echo "== $label: done in $((SECONDS - t0)) s"
+    else
+        echo "== $label: FAILED (exit $?) after $((SECONDS - t0)) s"
+        FAILED=1
+    fi
+}
+
+for preset in "$@"; do
+    model="$OUT/model-$preset"
+    rm -rf "$model" "$OUT/$preset"-*.json "$OUT/$preset.json" "$OUT/$preset.md"
+    half "$preset: random weights" "$IGPO" model init "$model" --preset "$preset" --vocab-from "$TOKENIZER"
+    [ -f "$model/config.json" ] || { FAILED=1; continue; }
+    dim=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["hidden_size"])' "$model/config.json")
+    vocab=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$model/config.json")
+    fw=(--prefill-tokens "$PREFILL" --decode-tokens "$DECODE_TOKENS" --batches "$BATCHES"
+        --repeats "$REPEATS" --train-seq "$TRAIN_SEQ" --train-batch "$TRAIN_BATCH")
+    sc=(--tokens "$SCORE_TOKENS" --hidden "$dim" --vocab "$vocab" --repeats "$REPEATS")
+    half "$preset: igpo forward" "$IGPO" bench forward --model "$model" --device "$DEVICE" "${fw[@]}" \
+        --out "$OUT/$preset-forward-igpo.json"
+    half "$preset: pytorch forward" "$PYTHON" "$ROOT/tools/bench_torch.py" forward --model "$model" \
+        --device "$DEVICE" --threads "$THREADS" "${fw[@]}" --out "$OUT/$preset-forward-pytorch.json"
+    half "$preset: igpo score" "$IGPO" bench score --device "$DEVICE" "${sc[@]}" \
+        --out "$OUT/$preset-score-igpo.json"
+    half "$preset: pytorch score" "$PYTHON" "$ROOT/tools/bench_torch.py" score --device "$DEVICE" \
+        --threads "$THREADS" "${sc[@]}" --out "$OUT/$preset-score-pytorch.json"
+    rm -rf "$model"
+    compare=(--title "$preset shape, random weights, $DEVICE")
+    [ -f "$OUT/$preset-forward-igpo.json" ] && [ -f "$OUT/$preset-forward-pytorch.json" ] &&
+        compare+=(--forward "$OUT/$preset-forward-igpo.json" "$OUT/$preset-forward-pytorch.json")
+    [ -f "$OUT/$preset-score-igpo.json" ] && [ -f "$OUT/$preset-score-pytorch.json" ] &&
+        compare+=(--score "$OUT/$preset-score-igpo.json" "$OUT/$preset-score-pytorch.json")
+    [ -n "${PEAK_TFLOPS:-}" ] && compare+=(--peak-tflops "$PEAK_TFLOPS")
+    if [ ${#compare[@]} -gt 2 ]; then
+        half "$preset: table" "$PYTHON" "$ROOT/tools/bench_compare.py" "${compare[@]}" \
+            --out "$OUT/$preset.json" --markdown "$OUT/$preset.md"
+    fi
+done
+exit "$FAILED"
