@@ -126,7 +126,7 @@ pub fn gpu_kit() -> Result<()> {
     }
     println!(
         "GPU session: device tool run, command `bash .gpu-kit/run.sh`, carry [\".gpu-kit\"], \
-         timeout_s 540; it writes $OUT/gpu-check.log"
+         timeout_s 560; it writes $OUT/gpu-check.log"
     );
     Ok(())
 }
