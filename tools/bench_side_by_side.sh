@@ -64,8 +64,7 @@ for preset in "$@"; do
     rm -rf "$model" "$OUT/$preset"-*.json "$OUT/$preset.json" "$OUT/$preset.md"
     half "$preset: random weights" "$IGPO" model init "$model" --preset "$preset" --vocab-from "$TOKENIZER"
     [ -f "$model/config.json" ] || { FAILED=1; continue; }
-    dim=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["hidden_size"])' "$model/config.json")
-    vocab=$("$PYTHON" -c 'import json,sys; print(json.load(open(sys.argv[1]))["vocab_size"])' "$model/config.json")
+    read -r dim vocab < <("$PYTHON" -c 'import json,sys; c = json.load(open(sys.argv[1])); print(c["hidden_size"], c["vocab_size"])' "$model/config.json")
     fw=(--prefill-tokens "$PREFILL" --decode-tokens "$DECODE_TOKENS" --batches "$BATCHES"
         --repeats "$REPEATS" --train-seq "$TRAIN_SEQ" --train-batch "$TRAIN_BATCH")
     sc=(--tokens "$SCORE_TOKENS" --hidden "$dim" --vocab "$vocab" --repeats "$REPEATS")

@@ -64,6 +64,13 @@ pub fn train_flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
     6.0 * matmul + 12.0 * c.num_layers as f64 * q * seq as f64
 }
 
+/// Median of `repeats` runs of `run` (each returns its seconds) after one
+/// warm-up run.
+fn warm_median(repeats: usize, mut run: impl FnMut() -> f64) -> f64 {
+    run();
+    median((0..repeats.max(1)).map(|_| run()).collect())
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
     xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
@@ -157,12 +164,10 @@ pub fn forward_bench<B: Backend>(
 ) -> ForwardBenchResult {
     let repeats = spec.repeats.max(1);
     let ids = bench_ids(spec.prefill_tokens, 0, model.config.vocab_size);
-    time_prefill(model, &ids); // warm-up
-    let prefill = median((0..repeats).map(|_| time_prefill(model, &ids)).collect());
+    let prefill = warm_median(repeats, || time_prefill(model, &ids));
     let mut decode = std::collections::BTreeMap::new();
     for &b in &spec.batches {
-        time_decode(model, b, spec); // warm-up
-        let t = median((0..repeats).map(|_| time_decode(model, b, spec)).collect());
+        let t = warm_median(repeats, || time_decode(model, b, spec));
         decode.insert(b.to_string(), (b * spec.decode_tokens) as f64 / t);
     }
     let mut train = None;
@@ -178,12 +183,7 @@ pub fn forward_bench<B: Backend>(
             model.param_names(),
             model.params(),
         );
-        time_train(model, &mut opt, &seqs); // warm-up
-        let t = median(
-            (0..repeats)
-                .map(|_| time_train(model, &mut opt, &seqs))
-                .collect(),
-        );
+        let t = warm_median(repeats, || time_train(model, &mut opt, &seqs));
         train = Some((spec.train_batch * spec.train_seq) as f64 / t);
     }
     ForwardBenchResult {
@@ -267,16 +267,11 @@ pub fn score_bench<B: Backend>(b: &B, spec: &ScoreBenchSpec) -> ScoreBenchResult
     };
     // Time one closure; then measure its peak once more, alone.
     let measure = |f: &dyn Fn()| -> (f64, Option<u64>) {
-        f(); // warm-up
-        let secs = median(
-            (0..spec.repeats.max(1))
-                .map(|_| {
-                    let start = Instant::now();
-                    f();
-                    start.elapsed().as_secs_f64()
-                })
-                .collect(),
-        );
+        let secs = warm_median(spec.repeats, || {
+            let start = Instant::now();
+            f();
+            start.elapsed().as_secs_f64()
+        });
         b.synchronize();
         b.reset_peak_memory();
         let before = b.memory_usage();
