@@ -127,7 +127,7 @@ fn time_decode<B: Backend>(model: &Model<B>, batch: usize, spec: &ForwardBenchSp
             .backend()
             .sample_rows(&logits, &Default::default(), &vec![0.0; batch])
             .into_iter()
-            .map(|id| vec![id])
+            .map(|s| vec![s.id])
             .collect();
         if step > 0 {
             // step 0 is the prompt prefill

@@ -380,7 +380,16 @@ static void test_logprob() {
 }
 
 // -------------------------------------------------------------- sampling
-// engine/src/rollout/sampler.rs `sample`, with the uniform given.
+// log softmax(logits / t)[id] over the whole row in double (t <= 0 counts as 1).
+static double ref_logprob(const float* logits, int vocab, float t, int id) {
+    const double tt = t > 0.0f ? (double)t : 1.0;
+    double mx = -INFINITY, s = 0.0;
+    for (int i = 0; i < vocab; ++i) mx = std::max(mx, logits[i] / tt);
+    for (int i = 0; i < vocab; ++i) s += std::exp(logits[i] / tt - mx);
+    return logits[id] / tt - mx - std::log(s);
+}
+
+// engine/src/backend/cpu/sampling.rs `sample_with_uniform`.
 static int ref_sample(const float* logits, int vocab, float t, int top_k, float top_p, double u) {
     if (!(t > 0.0f)) {
         int best = 0;
@@ -447,11 +456,18 @@ static void test_sampling() {
         for (int i = 0; i < rows; ++i) us[i] = i < rows / 2 ? (i + 0.5) / (rows / 2) : r.uniform();
         for (const auto& c : cfgs) {
             vector<int> out(rows, -1), want(rows);
+            vector<float> lp(rows, 1.0f);
+            vector<double> want_lp(rows);
             emu_launch({rows}, {128}, [&] {
-                sample_rows(out.data(), mat.data(), us.data(), rows, vocab, vocab, c.t, c.k, c.p);
+                sample_rows(out.data(), lp.data(), mat.data(), us.data(), rows, vocab, vocab, c.t, c.k, c.p);
             });
-            for (int i = 0; i < rows; ++i) want[i] = ref_sample(logits->data(), vocab, c.t, c.k, c.p, us[i]);
-            check(std::string("sample_rows ") + (logits == &ties ? "ties " : "") + c.name, out, want, 0, 0);
+            for (int i = 0; i < rows; ++i) {
+                want[i] = ref_sample(logits->data(), vocab, c.t, c.k, c.p, us[i]);
+                want_lp[i] = ref_logprob(logits->data(), vocab, c.t, out[i] < 0 ? 0 : out[i]);
+            }
+            const std::string name = std::string("sample_rows ") + (logits == &ties ? "ties " : "") + c.name;
+            check(name, out, want, 0, 0);
+            check(name + " logprob", lp, want_lp, 1e-5, 1e-5);
         }
     }
     // The launch wrapper's block of 1024 threads (32 warps in every reduction).
@@ -460,9 +476,17 @@ static void test_sampling() {
     for (int i = 0; i < few; ++i) std::copy(base.begin(), base.end(), mat.begin() + i * vocab);
     vector<double> us{0.01, 0.3, 0.77, 0.999};
     vector<int> out(few), want(few);
-    emu_launch({few}, {1024}, [&] { sample_rows(out.data(), mat.data(), us.data(), few, vocab, vocab, 1.3f, 50, 0.8f); });
-    for (int i = 0; i < few; ++i) want[i] = ref_sample(base.data(), vocab, 1.3f, 50, 0.8f, us[i]);
+    vector<float> lp(few);
+    vector<double> want_lp(few);
+    emu_launch({few}, {1024}, [&] {
+        sample_rows(out.data(), lp.data(), mat.data(), us.data(), few, vocab, vocab, 1.3f, 50, 0.8f);
+    });
+    for (int i = 0; i < few; ++i) {
+        want[i] = ref_sample(base.data(), vocab, 1.3f, 50, 0.8f, us[i]);
+        want_lp[i] = ref_logprob(base.data(), vocab, 1.3f, want[i]);
+    }
     check("sample_rows 1024 threads k=50 p=0.8", out, want, 0, 0);
+    check("sample_rows 1024 threads logprob", lp, want_lp, 1e-5, 1e-5);
 }
 
 // ------------------------------------------------------------- attention

@@ -958,9 +958,12 @@ impl Kernels {
     /// One token per row of `logits[rows, vocab]`; `uniforms[r]` in [0, 1)
     /// from the host's seeded Rng.
     #[allow(clippy::too_many_arguments)]
+    /// `out[r]` = the id sampled from row `r`, `out_logprob[r]` its
+    /// log-probability under softmax(logits / temperature) over the whole row.
     pub fn sample(
         &self,
         out: &mut CudaSlice<i32>,
+        out_logprob: &mut CudaSlice<f32>,
         logits: &CudaSlice<f32>,
         uniforms: &CudaSlice<f64>,
         rows: usize,
@@ -970,13 +973,14 @@ impl Kernels {
         top_p: f32,
     ) -> Result<()> {
         check_len("sample out", out, rows)?;
+        check_len("sample out_logprob", out_logprob, rows)?;
         check_len("sample logits", logits, rows * vocab)?;
         check_len("sample uniforms", uniforms, rows)?;
         let (r, v) = (to_i32(rows)?, to_i32(vocab)?);
         let k = to_i32(top_k.min(vocab))?;
         let f = self.f("sample_rows")?;
         let mut b = self.stream.launch_builder(f);
-        b.arg(out).arg(logits).arg(uniforms);
+        b.arg(out).arg(out_logprob).arg(logits).arg(uniforms);
         b.arg(&r)
             .arg(&v)
             .arg(&v)

@@ -363,7 +363,8 @@ fn logprob_and_sampling_match_the_reference() {
     );
     assert_eq!(k.download(&viol).unwrap()[0], 0);
 
-    // Sampling: the same id as the CPU sampler for the same uniform.
+    // Sampling: the same id as the CPU sampler for the same uniform, and its
+    // log-probability under softmax(logits / t) over the whole row.
     let vocab = 4096usize;
     let logits: Vec<f32> = (0..vocab)
         .map(|_| (r.uniform() as f32 - 0.5) * 8.0)
@@ -380,20 +381,45 @@ fn logprob_and_sampling_match_the_reference() {
         (1.2, 100, 0.8),
     ] {
         let mut out = k.zeros::<i32>(rows).unwrap();
-        k.sample(&mut out, &md, &ud, rows, vocab, t, top_k, top_p)
-            .unwrap();
-        let got = k.download(&out).unwrap();
+        let mut out_lp = k.zeros::<f32>(rows).unwrap();
+        k.sample(
+            &mut out,
+            &mut out_lp,
+            &md,
+            &ud,
+            rows,
+            vocab,
+            t,
+            top_k,
+            top_p,
+        )
+        .unwrap();
+        let (got, got_lp) = (k.download(&out).unwrap(), k.download(&out_lp).unwrap());
         for (i, &u) in us.iter().enumerate() {
             assert_eq!(
                 got[i],
                 ref_sample(&logits, t, top_k, top_p, u) as i32,
                 "t={t} k={top_k} p={top_p} u={u}"
             );
+            let want = ref_logprob(&logits, t, got[i] as usize);
+            assert!(
+                (got_lp[i] as f64 - want).abs() < 1e-4,
+                "t={t} k={top_k} p={top_p} u={u}: logprob {} vs {want}",
+                got_lp[i]
+            );
         }
     }
 }
 
-/// engine/src/rollout/sampler.rs `sample` with the uniform given.
+/// log softmax(logits / t)[id] in f64 (t <= 0 counts as 1).
+fn ref_logprob(logits: &[f32], t: f32, id: usize) -> f64 {
+    let t = if t > 0.0 { t as f64 } else { 1.0 };
+    let z: Vec<f64> = logits.iter().map(|&v| v as f64 / t).collect();
+    let max = z.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    z[id] - max - z.iter().map(|v| (v - max).exp()).sum::<f64>().ln()
+}
+
+/// engine/src/backend/cpu/sampling.rs `sample_with_uniform`.
 fn ref_sample(logits: &[f32], t: f32, top_k: usize, top_p: f32, u: f64) -> u32 {
     if t <= 0.0 {
         let mut best = 0;

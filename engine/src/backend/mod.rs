@@ -112,6 +112,16 @@ impl Default for SamplingParams {
     }
 }
 
+/// One token drawn by [`Backend::sample_rows`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SampledToken {
+    pub id: u32,
+    /// log p(id) under softmax(logits / temperature) over the whole row,
+    /// before the top-k / top-p cut (greedy counts as temperature 1): what a
+    /// rollout records as the sampling policy's log-probability.
+    pub logprob: f32,
+}
+
 /// Memory a backend holds, bytes: now, and the most at once since the last
 /// [`Backend::reset_peak_memory`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -141,15 +151,16 @@ pub trait Backend: Clone + Send + Sync {
     fn memory_usage(&self) -> Option<MemoryUsage>;
     /// Starts a new peak from what is in use now.
     fn reset_peak_memory(&self);
-    /// One token id per row of `logits[rows, vocab]` (what `Model::forward`
+    /// One token per row of `logits[rows, vocab]` (what `Model::forward`
     /// returns) under `params`, row `r` drawn with `uniforms[r]` in [0, 1)
-    /// (ignored when greedy): only the ids leave the device.
+    /// (ignored when greedy): only the ids and their log-probabilities leave
+    /// the device, never the logits.
     fn sample_rows(
         &self,
         logits: &Self::Tensor,
         params: &SamplingParams,
         uniforms: &[f64],
-    ) -> Vec<u32>;
+    ) -> Vec<SampledToken>;
     /// Waits until every queued op has finished (for timing; the CPU
     /// backend runs ops to completion anyway).
     fn synchronize(&self);

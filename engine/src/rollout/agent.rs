@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::protocol::{
     parse_turn, stop_at, system_prompt, tool_result_text, Protocol, ToolSpec, TurnAction,
 };
-use super::sampler::{sample, SamplingParams};
+use super::sampler::{draws, SamplingParams};
 use crate::backend::Backend;
 use crate::model::{KvCache, LogitRows, Model, SeqStep};
 use crate::plugins::ToolPool;
@@ -313,7 +313,19 @@ pub fn run_agent<B: Backend>(
             splice_result(&mut live[i], tok, cfg, meta)?;
             continue;
         }
-        let logits = {
+        // Sampled where the logits are: only ids and log-probabilities come
+        // back from a GPU. Rollout `i` draws from its own RNG stream.
+        let uniforms: Vec<f64> = active
+            .iter()
+            .map(|&i| {
+                if draws(&sampling) {
+                    live[i].rng.uniform()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let sampled = {
             let inputs: Vec<Vec<u32>> = active
                 .iter()
                 .map(|&i| std::mem::take(&mut live[i].pending))
@@ -329,17 +341,18 @@ pub fn run_agent<B: Backend>(
                     cache: caches[i].take().expect("once"),
                 })
                 .collect();
-            b.download(&model.forward(&mut steps, LogitRows::Last))
+            b.sample_rows(
+                &model.forward(&mut steps, LogitRows::Last),
+                &sampling,
+                &uniforms,
+            )
         };
-        for (row, &i) in active.iter().enumerate() {
+        for (&i, s) in active.iter().zip(sampled) {
             let l = &mut live[i];
-            let logits_row = logits.row(row);
-            let id = sample(logits_row, &sampling, &mut l.rng);
+            let id = s.id;
             l.traj.tokens.push(id);
             l.traj.loss_mask.push(1);
-            l.traj
-                .sample_logprobs
-                .push(sampled_logprob(logits_row, id, &sampling));
+            l.traj.sample_logprobs.push(s.logprob);
             l.turn_tokens.push(id);
             l.generated += 1;
             stats.generated_tokens += 1;
@@ -414,23 +427,6 @@ pub fn run_agent<B: Backend>(
     }
     stats.wall_s = start.elapsed().as_secs_f64();
     Ok((live.into_iter().map(|l| l.traj).collect(), stats))
-}
-
-/// log p(id) under the distribution actually sampled from (temperature
-/// applied; greedy counts as temperature 1 for the record).
-fn sampled_logprob(logits: &[f32], id: u32, s: &SamplingParams) -> f32 {
-    let t = if s.temperature > 0.0 {
-        s.temperature
-    } else {
-        1.0
-    };
-    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let log_sum: f64 = logits
-        .iter()
-        .map(|v| (((v - max) / t) as f64).exp())
-        .sum::<f64>()
-        .ln();
-    ((((logits[id as usize] - max) / t) as f64 - log_sum) as f32).min(0.0)
 }
 
 /// A tool result as the model reads it: cut to `max_tokens` tokens with a

@@ -85,7 +85,7 @@ pub fn generate<B: Backend>(
             .collect();
         let ids = b.sample_rows(&logits, &opts.sampling, &uniforms);
         let mut still = Vec::with_capacity(active.len());
-        for (&id, &i) in ids.iter().zip(&active) {
+        for (&i, id) in active.iter().zip(ids.iter().map(|s| s.id)) {
             outs[i].tokens.push(id);
             on_token(i, id);
             if opts.stop_tokens.contains(&id) {

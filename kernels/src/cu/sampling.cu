@@ -1,6 +1,6 @@
 // Next-token sampling on the GPU: greedy, or temperature / top-k / top-p with
 // one uniform draw per row that the host's seeded Rng supplies (so a seed
-// reproduces a run on either backend). Mirrors engine/src/rollout/sampler.rs:
+// reproduces a run on either backend). Mirrors engine/src/backend/cpu/sampling.rs:
 //   temperature <= 0: argmax, lowest id on ties;
 //   otherwise z = logit / temperature, candidates ordered by (z desc, id asc),
 //   keep the first top_k (0 = all), p = softmax over the kept, keep the
@@ -188,13 +188,30 @@ __device__ Cut select_first(const float* row, int vocab, float temperature, floa
     return c;
 }
 
-// out[r] = sampled id of row r of logits[rows, vocab] (row stride ld).
-// uniforms[r] in [0, 1) from the host Rng (ignored when greedy).
-extern "C" __global__ void sample_rows(int* __restrict__ out, const float* __restrict__ logits,
+// log p(id) under softmax(z) over the whole row, z = logit / temperature and
+// zmax = max z: the rollout's record of the distribution it sampled from
+// (before the top-k / top-p cut; greedy counts as temperature 1). Mirrors
+// engine/src/backend/cpu/sampling.rs `sampled_logprob`. Every thread calls it.
+__device__ float row_logprob(const float* row, int vocab, float temperature, float zmax, int id,
+                             double* dscratch) {
+    double s = 0.0;
+    for (int i = threadIdx.x; i < vocab; i += blockDim.x)
+        s += (double)expf(scaled_logit(row, i, temperature) - zmax);
+    s = block_sum_f64(s, dscratch);
+    const double lp = (double)(scaled_logit(row, id, temperature) - zmax) - log(s);
+    return (float)(lp < 0.0 ? lp : 0.0);
+}
+
+// out[r] = sampled id of row r of logits[rows, vocab] (row stride ld) and
+// out_logprob[r] its log-probability (see row_logprob). uniforms[r] in [0, 1)
+// from the host Rng (ignored when greedy).
+extern "C" __global__ void sample_rows(int* __restrict__ out, float* __restrict__ out_logprob,
+                                       const float* __restrict__ logits,
                                        const double* __restrict__ uniforms, int rows, int vocab,
                                        int ld, float temperature, int top_k, float top_p) {
     __shared__ SampleShared sh;
     __shared__ float fscratch[32];
+    __shared__ double dscratch[32];
     __shared__ int iscratch[32];
     const int r = blockIdx.x;
     if (r >= rows) return;
@@ -221,7 +238,14 @@ extern "C" __global__ void sample_rows(int* __restrict__ out, const float* __res
             cand = lane < warps ? iscratch[lane] : vocab;
             for (int o = 16; o > 0; o >>= 1)
                 cand = min(cand, __shfl_xor_sync(IGPO_FULL_MASK, cand, o));
-            if (lane == 0) out[r] = cand < vocab ? cand : 0;
+            if (lane == 0) sh.id = cand < vocab ? cand : 0;
+        }
+        __syncthreads();
+        const int id = sh.id;
+        const float lp = row_logprob(row, vocab, 1.0f, m, id, dscratch);
+        if (threadIdx.x == 0) {
+            out[r] = id;
+            out_logprob[r] = lp;
         }
         return;
     }
@@ -253,5 +277,9 @@ extern "C" __global__ void sample_rows(int* __restrict__ out, const float* __res
     u64 t = (u64)floor(uniforms[r] * (double)total);
     if (t >= total) t = total - 1ull;
     const Cut pick = select_first(row, vocab, temperature, zmax, true, t + 1ull, limit, sh, &cum);
-    if (threadIdx.x == 0) out[r] = pick.id;
+    const float lp = row_logprob(row, vocab, temperature, zmax, pick.id, dscratch);
+    if (threadIdx.x == 0) {
+        out[r] = pick.id;
+        out_logprob[r] = lp;
+    }
 }

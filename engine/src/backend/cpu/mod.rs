@@ -15,7 +15,10 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, MemoryUsage, Rope, SamplingParams};
+use super::{
+    AdamWStep, AttnMask, AttnShape, Backend, LogProbs, MemoryUsage, Rope, SampledToken,
+    SamplingParams,
+};
 use crate::tensor::Tensor;
 use gemm::{gemm, Layout};
 
@@ -89,14 +92,26 @@ impl Backend for Cpu {
 
     fn synchronize(&self) {}
 
-    fn sample_rows(&self, logits: &Tensor, params: &SamplingParams, uniforms: &[f64]) -> Vec<u32> {
+    fn sample_rows(
+        &self,
+        logits: &Tensor,
+        params: &SamplingParams,
+        uniforms: &[f64],
+    ) -> Vec<SampledToken> {
         assert_eq!(
             logits.rows(),
             uniforms.len(),
             "sample_rows: one uniform per row"
         );
         (0..logits.rows())
-            .map(|r| sampling::sample_with_uniform(logits.row(r), params, uniforms[r]))
+            .map(|r| {
+                let row = logits.row(r);
+                let id = sampling::sample_with_uniform(row, params, uniforms[r]);
+                SampledToken {
+                    id,
+                    logprob: sampling::sampled_logprob(row, id, params),
+                }
+            })
             .collect()
     }
 

@@ -4,6 +4,24 @@
 
 use crate::backend::SamplingParams;
 
+/// log p(id) under softmax(logits / temperature) over the whole row (greedy
+/// counts as temperature 1): the log-probability a rollout records for a
+/// sampled token (`SampledToken::logprob`). Summed in f64.
+pub fn sampled_logprob(logits: &[f32], id: u32, params: &SamplingParams) -> f32 {
+    let t = if params.temperature > 0.0 {
+        params.temperature
+    } else {
+        1.0
+    };
+    let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum: f64 = logits
+        .iter()
+        .map(|v| (((v - max) / t) as f64).exp())
+        .sum::<f64>()
+        .ln();
+    ((((logits[id as usize] - max) / t) as f64 - log_sum) as f32).min(0.0)
+}
+
 /// Index of the largest logit (the lowest index wins ties, so greedy decoding
 /// is deterministic).
 pub fn argmax(logits: &[f32]) -> u32 {

@@ -24,7 +24,10 @@ use igpo_kernels::host::MaskArgs;
 use igpo_kernels::launch::{AdamW, AttnDims, Kernels};
 use igpo_kernels::PtxCache;
 
-use super::{AdamWStep, AttnMask, AttnShape, Backend, LogProbs, MemoryUsage, Rope, SamplingParams};
+use super::{
+    AdamWStep, AttnMask, AttnShape, Backend, LogProbs, MemoryUsage, Rope, SampledToken,
+    SamplingParams,
+};
 use crate::tensor::Tensor;
 
 /// What a [`CudaTensor`] holds.
@@ -280,7 +283,7 @@ impl Backend for Cuda {
         logits: &CudaTensor,
         params: &SamplingParams,
         uniforms: &[f64],
-    ) -> Vec<u32> {
+    ) -> Vec<SampledToken> {
         let (rows, vocab) = (logits.rows(), logits.cols());
         assert_eq!(rows, uniforms.len(), "sample_rows: one uniform per row");
         if rows == 0 {
@@ -288,11 +291,13 @@ impl Backend for Cuda {
         }
         let z = self.f32v(logits);
         let u = ok("sample", self.k.upload(uniforms));
-        let mut out = ok("sample", self.k.zeros::<i32>(rows));
+        let mut ids = ok("sample", self.k.zeros::<i32>(rows));
+        let mut logprobs = ok("sample", self.k.zeros::<f32>(rows));
         ok(
             "sample",
             self.k.sample(
-                &mut out,
+                &mut ids,
+                &mut logprobs,
                 &z,
                 &u,
                 rows,
@@ -302,10 +307,15 @@ impl Backend for Cuda {
                 params.top_p,
             ),
         );
-        ok("sample", self.k.download(&out))
-            .into_iter()
+        let ids = ok("sample", self.k.download(&ids));
+        let logprobs = ok("sample", self.k.download(&logprobs));
+        ids.into_iter()
+            .zip(logprobs)
             .take(rows)
-            .map(|id| id as u32)
+            .map(|(id, logprob)| SampledToken {
+                id: id as u32,
+                logprob,
+            })
             .collect()
     }
 

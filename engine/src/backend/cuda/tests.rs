@@ -144,11 +144,13 @@ fn sample_rows_matches_the_cpu_reference() {
     let logits = g.download(&dev);
     let uniforms: Vec<f64> = (0..48).map(|_| rng.uniform()).collect();
     let greedy = SamplingParams::default();
-    assert_eq!(
+    let ids = |s: &[SampledToken]| s.iter().map(|t| t.id).collect::<Vec<_>>();
+    let (got, want) = (
         g.sample_rows(&dev, &greedy, &uniforms),
         c.sample_rows(&logits, &greedy, &uniforms),
-        "greedy: argmax, lowest id on ties"
     );
+    assert_eq!(ids(&got), ids(&want), "greedy: argmax, lowest id on ties");
+    same_logprobs(&got, &want);
     for params in [
         SamplingParams {
             temperature: 1.0,
@@ -172,12 +174,30 @@ fn sample_rows_matches_the_cpu_reference() {
         );
         // The kernel sums mass in 32.32 fixed point, the CPU in f64: a
         // uniform that falls within ~1e-9 of a boundary may pick a neighbour.
-        let same = got.iter().zip(&want).filter(|(a, b)| a == b).count();
+        let same = got.iter().zip(&want).filter(|(a, b)| a.id == b.id).count();
         eprintln!("{params:?}: {same}/48 rows pick the CPU's token");
         assert!(
             same >= 46,
-            "{params:?}: only {same}/48 rows agree: {got:?} vs {want:?}"
+            "{params:?}: only {same}/48 rows agree: {:?} vs {:?}",
+            ids(&got),
+            ids(&want)
         );
+        same_logprobs(&got, &want);
+    }
+}
+
+/// Where both backends drew the same token, they record the same
+/// log-probability (f32 on the GPU, f64 sums on the CPU).
+fn same_logprobs(got: &[SampledToken], want: &[SampledToken]) {
+    for (g, c) in got.iter().zip(want).filter(|(a, b)| a.id == b.id) {
+        assert!(
+            (g.logprob - c.logprob).abs() < 1e-4 * (1.0 + c.logprob.abs()),
+            "token {}: logprob {} on the GPU, {} on the CPU",
+            g.id,
+            g.logprob,
+            c.logprob
+        );
+        assert!(g.logprob <= 0.0);
     }
 }
 
