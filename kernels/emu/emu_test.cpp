@@ -723,12 +723,80 @@ static void test_varlen() {
     check("attn_fwd_varlen_d64 lse == attn_fwd per sequence", lse, want_l, 0, 0);
 }
 
+// kv_append puts each sequence's new rows after its cached ones (an empty
+// sequence in the middle), touching nothing past them; then the varlen
+// forward over the appended caches equals attn_fwd on each sequence alone.
+static void test_kv_append() {
+    Rand r(16);
+    const int H = 4, KV = 2, D = 64, qc = H * D, kc = KV * D;
+    vector<int> old{3, 0, 7, 2}, m{1, 0, 4, 1};
+    vector<int> q_start{0}, n;
+    for (size_t b = 0; b < m.size(); ++b) {
+        q_start.push_back(q_start.back() + m[b]);
+        n.push_back(old[b] + m[b]);
+    }
+    const int rows = q_start.back(), cap = 16;
+    const bf16 sentinel = to_bf(vector<float>{7.0f})[0];
+    vector<vector<bf16>> ks, vs;
+    for (size_t b = 0; b < m.size(); ++b) {
+        ks.push_back(vector<bf16>(cap * kc, sentinel));
+        vs.push_back(vector<bf16>(cap * kc, sentinel));
+        auto ko = to_bf(rnd_bf(r, old[b] * kc)), vo = to_bf(rnd_bf(r, old[b] * kc));
+        std::copy(ko.begin(), ko.end(), ks[b].begin());
+        std::copy(vo.begin(), vo.end(), vs[b].begin());
+    }
+    auto want_k = ks, want_v = vs;
+    auto k_new = to_bf(rnd_bf(r, rows * kc)), v_new = to_bf(rnd_bf(r, rows * kc));
+    for (size_t b = 0; b < m.size(); ++b)
+        for (int i = 0; i < m[b] * kc; ++i) {
+            want_k[b][old[b] * kc + i] = k_new[q_start[b] * kc + i];
+            want_v[b][old[b] * kc + i] = v_new[q_start[b] * kc + i];
+        }
+    vector<bf16*> kp, vp;
+    for (size_t b = 0; b < m.size(); ++b) {
+        kp.push_back(ks[b].data());
+        vp.push_back(vs[b].data());
+    }
+    // Two blocks of 64 threads: the grid-stride loop wraps.
+    emu_launch({2}, {64}, [&] {
+        kv_append(kp.data(), vp.data(), q_start.data(), n.data(), k_new.data(), v_new.data(), (int)m.size(), kc);
+    });
+    bool same = true;
+    for (size_t b = 0; b < m.size(); ++b)
+        same = same && from_bf(ks[b]) == from_bf(want_k[b]) && from_bf(vs[b]) == from_bf(want_v[b]);
+    check_true("kv_append: new rows after the cached ones, nothing else written", same);
+
+    auto q = to_bf(rnd_bf(r, rows * qc));
+    vector<const bf16*> kcp(kp.begin(), kp.end()), vcp(vp.begin(), vp.end());
+    vector<bf16> out(rows * qc);
+    vector<float> lse(rows * H);
+    const int max_m = *std::max_element(m.begin(), m.end());
+    emu_launch({(unsigned)((max_m + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H, (unsigned)m.size()}, {ATT_THREADS}, [&] {
+        attn_fwd_varlen_d64(out.data(), lse.data(), q.data(), kcp.data(), vcp.data(), q_start.data(), n.data(), H, KV);
+    });
+    vector<float> want_o, want_l;
+    for (size_t b = 0; b < m.size(); ++b) {
+        if (m[b] == 0) continue;
+        vector<bf16> o1(m[b] * qc);
+        vector<float> l1(m[b] * H);
+        emu_launch({(unsigned)((m[b] + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H}, {ATT_THREADS}, [&] {
+            attn_fwd_d64(o1.data(), l1.data(), q.data() + q_start[b] * qc, ks[b].data(), vs[b].data(), m[b], n[b], H,
+                         KV, 1, n[b] - m[b], nullptr, nullptr);
+        });
+        for (auto v : from_bf(o1)) want_o.push_back(v);
+        for (auto v : l1) want_l.push_back(v);
+    }
+    check("kv_append + attn_fwd_varlen_d64 out == attn_fwd per sequence", from_bf(out), want_o, 0, 0);
+    check("kv_append + attn_fwd_varlen_d64 lse == attn_fwd per sequence", lse, want_l, 0, 0);
+}
+
 int main(int argc, char** argv) {
     std::map<std::string, void (*)()> tests{{"norm", test_norm},         {"rope", test_rope},
                                             {"mlp", test_mlp},           {"embedding", test_embedding},
                                             {"adamw", test_adamw},       {"logprob", test_logprob},
                                             {"sampling", test_sampling}, {"attention", test_attention},
-                                            {"decode", test_decode},     {"varlen", test_varlen}};
+                                            {"decode", test_decode},     {"varlen", test_varlen},
+                                            {"kv_append", test_kv_append}};
     for (auto& [name, f] : tests) {
         if (argc > 1 && name != argv[1]) continue;
         f();

@@ -1210,50 +1210,88 @@ impl Kernels {
         n_kv_heads: usize,
         head_dim: usize,
     ) -> Result<()> {
-        if rows.len() != keys.len() || rows.is_empty() {
-            return Err(Error::Invalid(format!(
-                "attention_varlen: {} row counts for {} key counts",
-                rows.len(),
-                keys.len()
-            )));
-        }
-        if let Some(b) = (0..rows.len()).find(|&b| rows[b] > keys[b]) {
-            return Err(Error::Invalid(format!(
-                "attention_varlen: sequence {b} has {} query rows but {} keys",
-                rows[b], keys[b]
-            )));
-        }
-        let total: usize = rows.iter().sum();
-        AttnDims {
-            m: total,
-            n: keys.iter().copied().max().unwrap_or(0),
-            n_heads,
-            n_kv_heads,
-            head_dim,
-        }
-        .check()?;
-        check_len("attention_varlen q", q, total * n_heads * head_dim)?;
-        check_len("attention_varlen out", out, total * n_heads * head_dim)?;
-        check_len("attention_varlen lse", lse, total * n_heads)?;
+        let batch = VarlenBatch::new(self, rows, keys, n_heads, n_kv_heads, head_dim)?;
+        check_len("attention_varlen q", q, batch.total * n_heads * head_dim)?;
         check_len("attention_varlen k_ptrs", k_ptrs, rows.len())?;
         check_len("attention_varlen v_ptrs", v_ptrs, rows.len())?;
-        let mut starts = vec![0i32];
-        for &r in rows {
-            starts.push(starts.last().copied().unwrap_or(0) + to_i32(r)?);
+        self.launch_varlen(out, lse, q, k_ptrs, v_ptrs, &batch)
+    }
+
+    /// Decode and batched prefill of many sequences in two launches: appends
+    /// sequence `b`'s `rows[b]` new key and value rows (packed in `k_new`,
+    /// `v_new` `[sum rows, KV*D]`) to its cache at device addresses
+    /// `k_ptrs[b]`, `v_ptrs[b]`, which hold `keys[b] - rows[b]` rows and
+    /// capacity for `keys[b]`, then runs [`Kernels::attention_varlen`] over
+    /// every sequence. A per-sequence loop costs ~6 launches per sequence
+    /// and layer (slices, two appends, attention, concat); this costs two
+    /// plus four small uploads whatever the batch.
+    #[allow(clippy::too_many_arguments)]
+    pub fn cached_attention(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<bf16>,
+        k_new: &CudaSlice<bf16>,
+        v_new: &CudaSlice<bf16>,
+        k_ptrs: &[u64],
+        v_ptrs: &[u64],
+        rows: &[usize],
+        keys: &[usize],
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<()> {
+        let batch = VarlenBatch::new(self, rows, keys, n_heads, n_kv_heads, head_dim)?;
+        if k_ptrs.len() != rows.len() || v_ptrs.len() != rows.len() {
+            return Err(Error::Invalid(format!(
+                "cached_attention: {} sequences but {} key and {} value caches",
+                rows.len(),
+                k_ptrs.len(),
+                v_ptrs.len()
+            )));
         }
-        let n_keys: Vec<i32> = keys.iter().map(|&k| to_i32(k)).collect::<Result<_>>()?;
-        let (starts_d, keys_d) = (self.upload(&starts)?, self.upload(&n_keys)?);
-        let (h, kv) = (to_i32(n_heads)?, to_i32(n_kv_heads)?);
-        let f = self.f(&format!("attn_fwd_varlen_d{head_dim}"))?;
+        let kc = n_kv_heads * head_dim;
+        check_len("cached_attention q", q, batch.total * n_heads * head_dim)?;
+        check_len("cached_attention k_new", k_new, batch.total * kc)?;
+        check_len("cached_attention v_new", v_new, batch.total * kc)?;
+        let (kd, vd) = (self.upload(k_ptrs)?, self.upload(v_ptrs)?);
+        let (b_count, cols) = (to_i32(rows.len())?, to_i32(kc)?);
+        let f = self.f("kv_append")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&kd).arg(&vd).arg(&batch.starts).arg(&batch.n_keys);
+        b.arg(k_new).arg(v_new).arg(&b_count).arg(&cols);
+        // SAFETY: lengths checked; the caller reserved `keys[b]` rows behind
+        // each pointer (the kernel writes rows keys[b] - rows[b] .. keys[b]).
+        unsafe { b.launch(elem_cfg(batch.total * kc)) }.map_err(cuda)?;
+        self.launch_varlen(out, lse, q, &kd, &vd, &batch)
+    }
+
+    fn launch_varlen(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        lse: &mut CudaSlice<f32>,
+        q: &CudaSlice<bf16>,
+        k_ptrs: &CudaSlice<u64>,
+        v_ptrs: &CudaSlice<u64>,
+        batch: &VarlenBatch,
+    ) -> Result<()> {
+        let d = batch.dims;
+        check_len(
+            "attention_varlen out",
+            out,
+            batch.total * d.n_heads * d.head_dim,
+        )?;
+        check_len("attention_varlen lse", lse, batch.total * d.n_heads)?;
+        let (h, kv) = (to_i32(d.n_heads)?, to_i32(d.n_kv_heads)?);
+        let f = self.f(&format!("attn_fwd_varlen_d{}", d.head_dim))?;
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(lse).arg(q).arg(k_ptrs).arg(v_ptrs);
-        b.arg(&starts_d).arg(&keys_d).arg(&h).arg(&kv);
-        let max_rows = rows.iter().copied().max().unwrap_or(1);
+        b.arg(&batch.starts).arg(&batch.n_keys).arg(&h).arg(&kv);
         let cfg = LaunchConfig {
             grid_dim: (
-                max_rows.div_ceil(ATT_ROWS).max(1) as u32,
-                n_heads as u32,
-                rows.len() as u32,
+                batch.max_rows.div_ceil(ATT_ROWS).max(1) as u32,
+                d.n_heads as u32,
+                batch.count as u32,
             ),
             block_dim: (ATT_THREADS, 1, 1),
             shared_mem_bytes: 0,
@@ -1312,6 +1350,64 @@ impl Kernels {
         // SAFETY: the caller's pointers and lengths describe live caches.
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
+    }
+}
+
+/// The per-sequence geometry of a varlen launch, checked and on the device.
+struct VarlenBatch {
+    count: usize,
+    total: usize,
+    max_rows: usize,
+    dims: AttnDims,
+    /// q_start: `count + 1` prefix sums of the row counts.
+    starts: CudaSlice<i32>,
+    n_keys: CudaSlice<i32>,
+}
+
+impl VarlenBatch {
+    fn new(
+        k: &Kernels,
+        rows: &[usize],
+        keys: &[usize],
+        n_heads: usize,
+        n_kv_heads: usize,
+        head_dim: usize,
+    ) -> Result<VarlenBatch> {
+        if rows.len() != keys.len() || rows.is_empty() {
+            return Err(Error::Invalid(format!(
+                "attention_varlen: {} row counts for {} key counts",
+                rows.len(),
+                keys.len()
+            )));
+        }
+        if let Some(b) = (0..rows.len()).find(|&b| rows[b] > keys[b]) {
+            return Err(Error::Invalid(format!(
+                "attention_varlen: sequence {b} has {} query rows but {} keys",
+                rows[b], keys[b]
+            )));
+        }
+        let total: usize = rows.iter().sum();
+        let dims = AttnDims {
+            m: total,
+            n: keys.iter().copied().max().unwrap_or(0),
+            n_heads,
+            n_kv_heads,
+            head_dim,
+        };
+        dims.check()?;
+        let mut starts = vec![0i32];
+        for &r in rows {
+            starts.push(starts.last().copied().unwrap_or(0) + to_i32(r)?);
+        }
+        let n_keys: Vec<i32> = keys.iter().map(|&n| to_i32(n)).collect::<Result<_>>()?;
+        Ok(VarlenBatch {
+            count: rows.len(),
+            total,
+            max_rows: rows.iter().copied().max().unwrap_or(1),
+            dims,
+            starts: k.upload(&starts)?,
+            n_keys: k.upload(&n_keys)?,
+        })
     }
 }
 

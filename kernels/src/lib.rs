@@ -196,6 +196,7 @@ mod tests {
             }
         }
         assert!(attn.contains(&"attn_bwd_delta".to_string()));
+        assert!(attn.contains(&"kv_append".to_string()));
         for f in Family::ALL {
             let names = f.kernel_names();
             assert!(!names.is_empty(), "{}: no kernels found", f.name());

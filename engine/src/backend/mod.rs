@@ -112,6 +112,37 @@ impl Default for SamplingParams {
     }
 }
 
+/// [`Backend::cached_attention`] one sequence at a time out of the
+/// backend's basic ops (the reference every backend's override must match).
+pub fn cached_attention_per_sequence<B: Backend>(
+    b: &B,
+    q: &B::Tensor,
+    k: &B::Tensor,
+    v: &B::Tensor,
+    caches: &mut [(&mut B::Tensor, &mut B::Tensor)],
+    bounds: &[Range<usize>],
+    shape: AttnShape,
+) -> B::Tensor {
+    assert_eq!(
+        caches.len(),
+        bounds.len(),
+        "cached_attention: one cache per sequence"
+    );
+    let mut outs = Vec::with_capacity(bounds.len());
+    for ((kc, vc), range) in caches.iter_mut().zip(bounds) {
+        let offset = b.shape(kc)[0];
+        b.append_rows(kc, &b.slice_rows(k, range.clone()));
+        b.append_rows(vc, &b.slice_rows(v, range.clone()));
+        let qs = b.slice_rows(q, range.clone());
+        outs.push(b.attention(&qs, kc, vc, shape, &AttnMask::Causal { offset }));
+    }
+    if outs.len() == 1 {
+        outs.pop().expect("one")
+    } else {
+        b.concat_rows(&outs)
+    }
+}
+
 /// One token drawn by [`Backend::sample_rows`].
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SampledToken {
@@ -187,6 +218,28 @@ pub trait Backend: Clone + Send + Sync {
         shape: AttnShape,
         mask: &AttnMask,
     ) -> Self::Tensor;
+    /// Causal attention of several sequences against their KV caches, what
+    /// a decode or prefill step of `Model::forward` runs per layer: sequence
+    /// `s` owns rows `bounds[s]` of the stacked `q[rows, H*d]` and
+    /// `k, v[rows, KV*d]`; its new key and value rows are first appended to
+    /// `caches[s]`, then its queries attend to the whole cache (query `j` of
+    /// the sequence sees cache rows `..= old_len + j`). Returns `[rows, H*d]`.
+    /// The default is [`cached_attention_per_sequence`]; the CUDA backend runs
+    /// the whole batch in two launches.
+    fn cached_attention(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        caches: &mut [(&mut Self::Tensor, &mut Self::Tensor)],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> Self::Tensor
+    where
+        Self: Sized,
+    {
+        cached_attention_per_sequence(self, q, k, v, caches, bounds, shape)
+    }
     /// `silu(gate) * up`, elementwise.
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;
     /// Rows of `table[vocab, d]` picked by `ids`.

@@ -2,7 +2,7 @@
 //! with its own KV cache.
 
 use super::{Arch, ModelConfig, TensorMap};
-use crate::backend::{AttnMask, AttnShape, Backend, Rope};
+use crate::backend::{AttnShape, Backend, Rope};
 
 /// Indices into [`Model::params`] of one layer's tensors.
 #[derive(Clone, Debug)]
@@ -193,7 +193,8 @@ impl<B: Backend> Model<B> {
     /// `[rows, vocab]` for the rows chosen by `rows`.
     ///
     /// All sequences share the GEMMs (their tokens are stacked); attention
-    /// runs per sequence over its own cache with a causal mask.
+    /// (`Backend::cached_attention`) appends each sequence's keys and values
+    /// to its own cache and attends causally over it.
     pub fn forward(&self, steps: &mut [SeqStep<'_, B>], rows: LogitRows) -> B::Tensor {
         let b = &self.backend;
         let c = &self.config;
@@ -232,20 +233,14 @@ impl<B: Backend> Model<B> {
             let v = b.linear(&h, self.p(layer.v), bias(layer.v_bias));
             b.rope(&mut q, &positions, &self.rope);
             b.rope(&mut k, &positions, &self.rope);
-            let mut outs = Vec::with_capacity(steps.len());
-            for (s, range) in steps.iter_mut().zip(&bounds) {
-                let (kc, vc) = &mut s.cache.layers[l];
-                let offset = s.cache.len;
-                b.append_rows(kc, &b.slice_rows(&k, range.clone()));
-                b.append_rows(vc, &b.slice_rows(&v, range.clone()));
-                let qs = b.slice_rows(&q, range.clone());
-                outs.push(b.attention(&qs, kc, vc, shape, &AttnMask::Causal { offset }));
-            }
-            let attn = if outs.len() == 1 {
-                outs.pop().unwrap()
-            } else {
-                b.concat_rows(&outs)
-            };
+            let mut caches: Vec<_> = steps
+                .iter_mut()
+                .map(|s| {
+                    let (kc, vc) = &mut s.cache.layers[l];
+                    (kc, vc)
+                })
+                .collect();
+            let attn = b.cached_attention(&q, &k, &v, &mut caches, &bounds, shape);
             let o = b.linear(&attn, self.p(layer.o), None);
             b.add_assign(&mut x, &o);
             let h = b.rms_norm(&x, self.p(layer.post_norm), c.rms_norm_eps);

@@ -14,9 +14,10 @@
 // base pointers 16-byte aligned (D % 8 == 0). Backward: `attn_bwd_delta`,
 // then `attn_bwd_dkdv_*` (one block per key tile and KV head, summing the
 // query heads of the group in head order: deterministic, no atomics) and
-// `attn_bwd_dq_*`. Decode: `attn_fwd_varlen_*` (bitwise the same numbers as the
-// forward, for batch invariance) or `attn_decode_*` (keys split over warps:
-// faster on long caches, not bitwise equal to the forward).
+// `attn_bwd_dq_*`. Decode: `kv_append` then `attn_fwd_varlen_*` over every
+// sequence of the batch (bitwise the same numbers as the forward, for batch
+// invariance) or `attn_decode_*` (keys split over warps: faster on long
+// caches, not bitwise equal to the forward).
 
 #define ATT_GROUP 8    // threads that share one query (or key) row
 #define ATT_ROWS 16    // query rows per forward / dq block, key rows per dkdv block
@@ -203,6 +204,36 @@ __device__ void attn_fwd_varlen(bf16* __restrict__ out, float* __restrict__ lse,
     Mask mk = {1, n - m, nullptr, nullptr};
     attn_fwd<D>(out + (size_t)r0 * qc, lse + (size_t)r0 * n_heads, q + (size_t)r0 * qc, k_ptrs[b],
                 v_ptrs[b], m, n, n_heads, n_kv_heads, mk);
+}
+
+// KV-cache append for the sequences of one varlen launch, in one launch:
+// packed row r of k_new / v_new ([q_start[batch], cols] bf16) belongs to the
+// sequence b with q_start[b] <= r < q_start[b+1] and lands at row
+// n_keys[b] - m_b + (r - q_start[b]) of its cache (k_ptrs[b], v_ptrs[b]), so
+// after it every cache holds n_keys[b] rows, the new ones last: exactly what
+// attn_fwd_varlen then reads. The host reserved the capacity. Sequences with
+// no rows are allowed (equal starts).
+extern "C" __global__ void kv_append(bf16* const* __restrict__ k_ptrs,
+                                     bf16* const* __restrict__ v_ptrs,
+                                     const int* __restrict__ q_start,
+                                     const int* __restrict__ n_keys,
+                                     const bf16* __restrict__ k_new,
+                                     const bf16* __restrict__ v_new, int batch, int cols) {
+    const long long total = (long long)q_start[batch] * cols;
+    IGPO_GRID_STRIDE(i, total) {
+        const int r = (int)(i / cols), c = (int)(i % cols);
+        // The last sequence whose first row is <= r (skips empty sequences).
+        int lo = 0, hi = batch - 1;
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) >> 1;
+            if (q_start[mid] <= r) lo = mid;
+            else hi = mid - 1;
+        }
+        const int m_b = q_start[lo + 1] - q_start[lo];
+        const long long row = (long long)n_keys[lo] - m_b + (r - q_start[lo]);
+        k_ptrs[lo][row * cols + c] = k_new[i];
+        v_ptrs[lo][row * cols + c] = v_new[i];
+    }
 }
 
 // ------------------------------------------------------------ backward

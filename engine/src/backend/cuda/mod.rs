@@ -17,7 +17,7 @@
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
@@ -176,6 +176,29 @@ impl Cuda {
             Data::Bf16(_) => unreachable!(),
         };
         t.data = Data::Bf16(b);
+    }
+
+    /// Room for `extra` more rows in `dst` (made bf16: a KV cache) without
+    /// moving it again, growing by doubling: decode appends one row at a time.
+    fn reserve_rows(&self, dst: &mut CudaTensor, extra: usize) {
+        self.make_bf16(dst);
+        let cols = dst.cols();
+        let (old, need) = (dst.numel(), dst.numel() + extra * cols);
+        if let Data::Bf16(buf) = &mut dst.data {
+            if buf.len() < need {
+                let cap = need.max(2 * buf.len()).max(16 * cols);
+                let mut bigger = ok("append_rows", self.k.zeros::<bf16>(cap));
+                if old > 0 {
+                    ok(
+                        "append_rows",
+                        self.stream()
+                            .memcpy_dtod(&buf.slice(..old), &mut bigger.slice_mut(..old))
+                            .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+                    );
+                }
+                *buf = bigger;
+            }
+        }
     }
 
     fn ids(&self, ids: &[u32]) -> CudaSlice<i32> {
@@ -465,35 +488,93 @@ impl Backend for Cuda {
 
     fn append_rows(&self, dst: &mut CudaTensor, new: &CudaTensor) {
         assert_eq!(dst.cols(), new.cols(), "append_rows: column mismatch");
-        self.make_bf16(dst);
-        let cols = dst.cols();
+        self.reserve_rows(dst, new.rows());
         let (old, add) = (dst.numel(), new.numel());
         let nb = self.bf(new);
-        if let Data::Bf16(buf) = &mut dst.data {
-            if buf.len() < old + add {
-                // Grow by doubling: decode appends one row at a time.
-                let cap = (old + add).max(2 * buf.len()).max(16 * cols);
-                let mut bigger = ok("append_rows", self.k.zeros::<bf16>(cap));
-                if old > 0 {
-                    ok(
-                        "append_rows",
-                        self.stream()
-                            .memcpy_dtod(&buf.slice(..old), &mut bigger.slice_mut(..old))
-                            .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
-                    );
+        if let (Data::Bf16(buf), true) = (&mut dst.data, add > 0) {
+            ok(
+                "append_rows",
+                self.stream()
+                    .memcpy_dtod(&nb.slice(..add), &mut buf.slice_mut(old..old + add))
+                    .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+            );
+        }
+        dst.shape = vec![(old + add) / dst.cols().max(1), dst.cols()];
+    }
+
+    fn cached_attention(
+        &self,
+        q: &CudaTensor,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        caches: &mut [(&mut CudaTensor, &mut CudaTensor)],
+        bounds: &[Range<usize>],
+        s: AttnShape,
+    ) -> CudaTensor {
+        assert_eq!(
+            caches.len(),
+            bounds.len(),
+            "cached_attention: one cache per sequence"
+        );
+        let kv_cols = s.n_kv_heads * s.head_dim;
+        let total = q.rows();
+        assert!(
+            bounds.first().is_some_and(|r| r.start == 0)
+                && bounds.windows(2).all(|w| w[0].end == w[1].start)
+                && bounds.last().is_some_and(|r| r.end == total),
+            "cached_attention: sequences must own consecutive rows 0..{total}: {bounds:?}"
+        );
+        assert_eq!(
+            (k.rows(), k.cols(), v.rows(), v.cols()),
+            (total, kv_cols, total, kv_cols),
+            "cached_attention: k and v must be [{total}, {kv_cols}]"
+        );
+        let rows: Vec<usize> = bounds.iter().map(|r| r.len()).collect();
+        let mut keys = Vec::with_capacity(rows.len());
+        let (mut k_ptrs, mut v_ptrs) = (
+            Vec::with_capacity(rows.len()),
+            Vec::with_capacity(rows.len()),
+        );
+        for ((kc, vc), &add) in caches.iter_mut().zip(&rows) {
+            assert!(
+                kc.cols() == kv_cols && vc.cols() == kv_cols && kc.rows() == vc.rows(),
+                "cached_attention: a cache is not [len, {kv_cols}]"
+            );
+            self.reserve_rows(kc, add);
+            self.reserve_rows(vc, add);
+            keys.push(kc.rows() + add);
+            for (cache, ptrs) in [(&**kc, &mut k_ptrs), (&**vc, &mut v_ptrs)] {
+                if let Data::Bf16(buf) = &cache.data {
+                    ptrs.push(buf.device_ptr(self.stream()).0);
                 }
-                *buf = bigger;
-            }
-            if add > 0 {
-                ok(
-                    "append_rows",
-                    self.stream()
-                        .memcpy_dtod(&nb.slice(..add), &mut buf.slice_mut(old..old + add))
-                        .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
-                );
             }
         }
-        dst.shape = vec![(old + add) / cols.max(1), cols];
+        let mut out = self.new_bf16(&[total, s.n_heads * s.head_dim]);
+        let mut lse = ok("cached_attention", self.k.zeros::<f32>(total * s.n_heads));
+        if let Data::Bf16(o) = &mut out.data {
+            ok(
+                "cached_attention",
+                self.k.cached_attention(
+                    o,
+                    &mut lse,
+                    &self.bf(q),
+                    &self.bf(k),
+                    &self.bf(v),
+                    &k_ptrs,
+                    &v_ptrs,
+                    &rows,
+                    &keys,
+                    s.n_heads,
+                    s.n_kv_heads,
+                    s.head_dim,
+                ),
+            );
+        }
+        for ((kc, vc), &n) in caches.iter_mut().zip(&keys) {
+            kc.shape = vec![n, kv_cols];
+            vc.shape = vec![n, kv_cols];
+        }
+        out
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> CudaTensor {

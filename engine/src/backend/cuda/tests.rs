@@ -129,6 +129,91 @@ fn forward_ops_match_the_cpu() {
     }
 }
 
+/// One step of `cached_attention` on a batch, as decode and prefill run it.
+#[allow(clippy::type_complexity)]
+fn cached_step<B: Backend>(
+    b: &B,
+    caches: &mut [(B::Tensor, B::Tensor)],
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    new: &[usize],
+    shape: AttnShape,
+    batched: bool,
+) -> Tensor {
+    let mut bounds = vec![];
+    let mut at = 0;
+    for &n in new {
+        bounds.push(at..at + n);
+        at += n;
+    }
+    let (q, k, v) = (b.upload(q), b.upload(k), b.upload(v));
+    let mut refs: Vec<(&mut B::Tensor, &mut B::Tensor)> =
+        caches.iter_mut().map(|(k, v)| (k, v)).collect();
+    let out = if batched {
+        b.cached_attention(&q, &k, &v, &mut refs, &bounds, shape)
+    } else {
+        crate::backend::cached_attention_per_sequence(b, &q, &k, &v, &mut refs, &bounds, shape)
+    };
+    b.download(&out)
+}
+
+#[test]
+fn cached_attention_of_a_batch_matches_one_sequence_at_a_time() {
+    let Some(g) = gpu() else { return };
+    let c = Cpu;
+    let mut rng = Rng::new(9);
+    let shape = AttnShape {
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 64,
+    };
+    let (qc, kc) = (4 * 64, 2 * 64);
+    // An empty cache (prefill), a short one, one past the 16-row initial
+    // capacity (uploaded caches have no spare room: the first append grows).
+    let old = [0usize, 5, 37];
+    let cpu_caches: Vec<(Tensor, Tensor)> = old
+        .iter()
+        .map(|&n| (rand(&mut rng, &[n, kc], 1.0), rand(&mut rng, &[n, kc], 1.0)))
+        .collect();
+    let on_gpu = |caches: &[(Tensor, Tensor)]| -> Vec<(CudaTensor, CudaTensor)> {
+        caches
+            .iter()
+            .map(|(k, v)| (g.upload(k), g.upload(v)))
+            .collect()
+    };
+    let (mut cpu, mut batched, mut single) =
+        (cpu_caches.clone(), on_gpu(&cpu_caches), on_gpu(&cpu_caches));
+    // A prefill chunk plus two decodes, then a decode step for everyone.
+    for new in [vec![3usize, 1, 1], vec![1, 1, 1], vec![2, 1, 4]] {
+        let rows: usize = new.iter().sum();
+        let (q, k, v) = (
+            rand(&mut rng, &[rows, qc], 1.0),
+            rand(&mut rng, &[rows, kc], 1.0),
+            rand(&mut rng, &[rows, kc], 1.0),
+        );
+        let want = cached_step(&c, &mut cpu, (&q, &k, &v), &new, shape, true);
+        let got = cached_step(&g, &mut batched, (&q, &k, &v), &new, shape, true);
+        let one = cached_step(&g, &mut single, (&q, &k, &v), &new, shape, false);
+        assert!(
+            got.data() == one.data(),
+            "{new:?}: the batched launch must give the per-sequence bits"
+        );
+        assert_close(&format!("cached attention {new:?}"), &got, &want, 2e-2);
+        for (i, ((kb, vb), (ks, vs))) in batched.iter().zip(&single).enumerate() {
+            let (kb, vb, ks, vs) = (
+                g.download(kb),
+                g.download(vb),
+                g.download(ks),
+                g.download(vs),
+            );
+            assert_eq!(kb.shape(), cpu[i].0.shape(), "cache {i} length");
+            assert!(
+                kb.data() == ks.data() && vb.data() == vs.data(),
+                "cache {i} contents"
+            );
+        }
+    }
+}
+
 #[test]
 fn sample_rows_matches_the_cpu_reference() {
     let Some(g) = gpu() else { return };
