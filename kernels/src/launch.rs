@@ -956,10 +956,10 @@ impl Kernels {
     // --------------------------------------------------------- sampling.cu
 
     /// One token per row of `logits[rows, vocab]`; `uniforms[r]` in [0, 1)
-    /// from the host's seeded Rng.
+    /// from the host's seeded Rng. `out[r]` = the id sampled from row `r`,
+    /// `out_logprob[r]` its log-probability under softmax(logits /
+    /// temperature) over the whole row.
     #[allow(clippy::too_many_arguments)]
-    /// `out[r]` = the id sampled from row `r`, `out_logprob[r]` its
-    /// log-probability under softmax(logits / temperature) over the whole row.
     pub fn sample(
         &self,
         out: &mut CudaSlice<i32>,
@@ -1225,8 +1225,14 @@ impl Kernels {
     /// every sequence. A per-sequence loop costs ~6 launches per sequence
     /// and layer (slices, two appends, attention, concat); this costs two
     /// plus four small uploads whatever the batch.
+    ///
+    /// # Safety
+    /// `k_ptrs[b]` and `v_ptrs[b]` must be live bf16 device buffers of this
+    /// context with room for `keys[b] * KV*D` elements, holding the
+    /// sequence's cached rows, and nothing else may use them until the
+    /// launches are done: the kernel writes through these raw addresses.
     #[allow(clippy::too_many_arguments)]
-    pub fn cached_attention(
+    pub unsafe fn cached_attention(
         &self,
         out: &mut CudaSlice<bf16>,
         lse: &mut CudaSlice<f32>,
@@ -1252,6 +1258,14 @@ impl Kernels {
         }
         let kc = n_kv_heads * head_dim;
         check_len("cached_attention q", q, batch.total * n_heads * head_dim)?;
+        // Every check before the first launch: a failed call leaves the
+        // caches untouched.
+        check_len(
+            "cached_attention out",
+            out,
+            batch.total * n_heads * head_dim,
+        )?;
+        check_len("cached_attention lse", lse, batch.total * n_heads)?;
         check_len("cached_attention k_new", k_new, batch.total * kc)?;
         check_len("cached_attention v_new", v_new, batch.total * kc)?;
         let (kd, vd) = (self.upload(k_ptrs)?, self.upload(v_ptrs)?);
@@ -1260,7 +1274,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&kd).arg(&vd).arg(&batch.starts).arg(&batch.n_keys);
         b.arg(k_new).arg(v_new).arg(&b_count).arg(&cols);
-        // SAFETY: lengths checked; the caller reserved `keys[b]` rows behind
+        // SAFETY: lengths checked; the caller promised `keys[b]` rows behind
         // each pointer (the kernel writes rows keys[b] - rows[b] .. keys[b]).
         unsafe { b.launch(elem_cfg(batch.total * kc)) }.map_err(cuda)?;
         self.launch_varlen(out, lse, q, &kd, &vd, &batch)

@@ -13,13 +13,19 @@ pub fn sampled_logprob(logits: &[f32], id: u32, params: &SamplingParams) -> f32 
     } else {
         1.0
     };
+    // NaN logits count as -inf (as in the CUDA kernel).
     let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
     let log_sum: f64 = logits
         .iter()
+        .filter(|v| !v.is_nan())
         .map(|v| (((v - max) / t) as f64).exp())
         .sum::<f64>()
         .ln();
-    ((((logits[id as usize] - max) / t) as f64 - log_sum) as f32).min(0.0)
+    let z = logits[id as usize];
+    if z.is_nan() {
+        return f32::NEG_INFINITY;
+    }
+    ((((z - max) / t) as f64 - log_sum) as f32).min(0.0)
 }
 
 /// Index of the largest logit (the lowest index wins ties, so greedy decoding
@@ -84,4 +90,36 @@ pub fn sample_with_uniform(logits: &[f32], params: &SamplingParams, uniform: f64
         }
     }
     cand[probs.len() - 1].0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sampled_logprob_is_log_softmax_at_the_temperature() {
+        let logits = [1.0f32, 2.0, 3.5, -1.0];
+        for temperature in [0.0f32, 0.5, 1.0, 2.0] {
+            let p = SamplingParams {
+                temperature,
+                top_k: 2, // the cut does not enter the recorded probability
+                top_p: 1.0,
+            };
+            let t = if temperature > 0.0 { temperature } else { 1.0 } as f64;
+            let norm: f64 = logits.iter().map(|&v| (v as f64 / t).exp()).sum();
+            for id in 0..4u32 {
+                let want = (logits[id as usize] as f64 / t) - norm.ln();
+                let got = sampled_logprob(&logits, id, &p) as f64;
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "T {temperature} id {id}: {got} vs {want}"
+                );
+            }
+        }
+        // A NaN logit counts as -inf, as on the GPU.
+        let with_nan = [0.0f32, f32::NAN, 0.0];
+        let p = SamplingParams::default();
+        assert!((sampled_logprob(&with_nan, 0, &p) - 0.5f32.ln()).abs() < 1e-6);
+        assert_eq!(sampled_logprob(&with_nan, 1, &p), f32::NEG_INFINITY);
+    }
 }

@@ -187,10 +187,10 @@ impl Cuda {
         if let Data::Bf16(buf) = &mut dst.data {
             if buf.len() < need {
                 let cap = need.max(2 * buf.len()).max(16 * cols);
-                let mut bigger = ok("append_rows", self.k.zeros::<bf16>(cap));
+                let mut bigger = ok("reserve rows", self.k.zeros::<bf16>(cap));
                 if old > 0 {
                     ok(
-                        "append_rows",
+                        "reserve rows",
                         self.stream()
                             .memcpy_dtod(&buf.slice(..old), &mut bigger.slice_mut(..old))
                             .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
@@ -550,10 +550,14 @@ impl Backend for Cuda {
             }
         }
         let mut out = self.new_bf16(&[total, s.n_heads * s.head_dim]);
+        // The kernel writes each row's log-sum-exp too; decode does not use it.
         let mut lse = ok("cached_attention", self.k.zeros::<f32>(total * s.n_heads));
         if let Data::Bf16(o) = &mut out.data {
-            ok(
-                "cached_attention",
+            // SAFETY: every pointer is a bf16 cache of this backend's stream,
+            // reserved above for `keys[b]` rows and borrowed mutably by
+            // `caches` for the whole call (one stream, so the dropped
+            // `device_ptr` guards order nothing that the stream does not).
+            ok("cached_attention", unsafe {
                 self.k.cached_attention(
                     o,
                     &mut lse,
@@ -567,8 +571,8 @@ impl Backend for Cuda {
                     s.n_heads,
                     s.n_kv_heads,
                     s.head_dim,
-                ),
-            );
+                )
+            });
         }
         for ((kc, vc), &n) in caches.iter_mut().zip(&keys) {
             kc.shape = vec![n, kv_cols];
