@@ -6,6 +6,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Layout};
+use super::matmul_nt;
 
 /// Running softmax statistics of one row over the chunks seen so far.
 #[derive(Clone, Copy)]
@@ -18,22 +19,12 @@ struct RowStats {
     target: f32,
 }
 
-/// Logits of rows `h[rows, d]` against vocabulary rows `lo..hi` of `w[vocab, d]`.
+/// Logits of rows `h[rows, d]` against vocabulary rows `lo..hi` of `w[vocab, d]`
+/// (the kernel `linear` uses).
 fn chunk_logits(h: &[f32], w: &[f32], rows: usize, d: usize, lo: usize, hi: usize) -> Vec<f32> {
     let c = hi - lo;
     let mut z = vec![0.0f32; rows * c];
-    gemm(
-        (rows, c, d),
-        &mut z,
-        Layout::row_major(0, c),
-        h,
-        Layout::row_major(0, d),
-        w,
-        Layout::row_major(lo * d, d).t(),
-        1.0,
-        false,
-        true,
-    );
+    matmul_nt(h, &w[lo * d..hi * d], &mut z, rows, c, d);
     z
 }
 

@@ -1,6 +1,7 @@
 //! CPU reference backend: f32, rayon for data parallelism, `gemm` for GEMMs.
 
 mod attention;
+pub mod dot;
 pub mod gemm;
 #[cfg(test)]
 mod grad_check;
@@ -9,7 +10,38 @@ mod memory;
 pub mod sampling;
 pub use memory::CountingAllocator;
 
-pub use gemm::matmul_nt;
+/// Which kernel computes `x @ w^T` (every forward `linear` and the fused
+/// log-prob's logits), chosen once per process by `IGPO_CPU_MATMUL`:
+/// `gemm` (default: the `gemm` crate, fastest for prefill, scoring and
+/// training) or `dot` (`dot.rs`: one dot product per output, about 2x faster
+/// decode and 10-30 % slower large products on the machine measured in
+/// docs/benchmarks.md). One kernel per process keeps a row's logits the same
+/// in every batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum MatmulKernel {
+    Gemm,
+    Dot,
+}
+
+impl MatmulKernel {
+    /// The process's choice (`IGPO_CPU_MATMUL`, read once).
+    pub fn current() -> MatmulKernel {
+        static KERNEL: std::sync::OnceLock<MatmulKernel> = std::sync::OnceLock::new();
+        *KERNEL.get_or_init(|| match std::env::var("IGPO_CPU_MATMUL").as_deref() {
+            Err(_) | Ok("") | Ok("gemm") => MatmulKernel::Gemm,
+            Ok("dot") => MatmulKernel::Dot,
+            Ok(other) => panic!("IGPO_CPU_MATMUL={other}: expected `gemm` (the default) or `dot`"),
+        })
+    }
+}
+
+/// `dst[m, n] = x[m, k] @ w[n, k]^T` with the process's [`MatmulKernel`].
+pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: usize) {
+    match MatmulKernel::current() {
+        MatmulKernel::Gemm => gemm::matmul_nt(x, w, dst, m, n, k),
+        MatmulKernel::Dot => dot::matmul_nt(x, w, dst, m, n, k),
+    }
+}
 
 use std::ops::Range;
 
@@ -79,7 +111,11 @@ impl Backend for Cpu {
     type Tensor = Tensor;
 
     fn name(&self) -> String {
-        format!("cpu (f32, {} threads)", rayon::current_num_threads())
+        let dot = match MatmulKernel::current() {
+            MatmulKernel::Gemm => "",
+            MatmulKernel::Dot => ", dot-product matmul",
+        };
+        format!("cpu (f32, {} threads{dot})", rayon::current_num_threads())
     }
 
     fn memory_usage(&self) -> Option<MemoryUsage> {
