@@ -35,7 +35,13 @@ fn main() {
         (512, 576, 1536),
         (2048, 8192, 576),
     ] {
-        let (g, d) = (gflops(gemm::matmul_nt, shape), gflops(dot::matmul_nt, shape));
-        println!("| {} x {} x {} | {g:.1} | {d:.1} |", shape.0, shape.1, shape.2);
+        let (g, d) = (
+            gflops(gemm::matmul_nt, shape),
+            gflops(dot::matmul_nt, shape),
+        );
+        println!(
+            "| {} x {} x {} | {g:.1} | {d:.1} |",
+            shape.0, shape.1, shape.2
+        );
     }
 }

@@ -7,7 +7,7 @@
 //! driver and NVRTC first and returns [`Error::NoDriver`] / [`Error::NoNvrtc`].
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr, DeviceRepr, LaunchConfig,
@@ -184,6 +184,41 @@ pub struct Kernels {
     stream: Arc<CudaStream>,
     funcs: HashMap<String, CudaFunction>,
     arch: (u32, u32),
+    /// Varlen row starts and key counts: the same for every layer of a step.
+    varlen_starts: Reused<i32>,
+    varlen_keys: Reused<i32>,
+}
+
+/// The last host array uploaded through it and its device copy, handed out
+/// again while the host array is equal: a decode step sends the same RoPE
+/// positions to every layer's q and k and the same sequence lengths to every
+/// layer's attention, so one host-to-device copy serves all of them. The
+/// device copy is only ever read by kernels.
+pub struct Reused<T> {
+    slot: Mutex<Option<(Vec<T>, Arc<CudaSlice<T>>)>>,
+}
+
+impl<T> Default for Reused<T> {
+    fn default() -> Self {
+        Reused {
+            slot: Mutex::new(None),
+        }
+    }
+}
+
+impl<T: DeviceRepr + Clone + PartialEq> Reused<T> {
+    /// `host` on the device (non-empty: CUDA has no zero-length buffer).
+    pub fn get(&self, k: &Kernels, host: &[T]) -> Result<Arc<CudaSlice<T>>> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((h, d)) = slot.as_ref() {
+            if h.as_slice() == host {
+                return Ok(d.clone());
+            }
+        }
+        let d = Arc::new(k.upload(host)?);
+        *slot = Some((host.to_vec(), d.clone()));
+        Ok(d)
+    }
 }
 
 impl Kernels {
@@ -211,6 +246,8 @@ impl Kernels {
             stream,
             funcs,
             arch,
+            varlen_starts: Reused::default(),
+            varlen_keys: Reused::default(),
         })
     }
 
@@ -1272,7 +1309,7 @@ impl Kernels {
         let (b_count, cols) = (to_i32(rows.len())?, to_i32(kc)?);
         let f = self.f("kv_append")?;
         let mut b = self.stream.launch_builder(f);
-        b.arg(&kd).arg(&vd).arg(&batch.starts).arg(&batch.n_keys);
+        b.arg(&kd).arg(&vd).arg(&*batch.starts).arg(&*batch.n_keys);
         b.arg(k_new).arg(v_new).arg(&b_count).arg(&cols);
         // SAFETY: lengths checked; the caller promised `keys[b]` rows behind
         // each pointer (the kernel writes rows keys[b] - rows[b] .. keys[b]).
@@ -1300,7 +1337,7 @@ impl Kernels {
         let f = self.f(&format!("attn_fwd_varlen_d{}", d.head_dim))?;
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(lse).arg(q).arg(k_ptrs).arg(v_ptrs);
-        b.arg(&batch.starts).arg(&batch.n_keys).arg(&h).arg(&kv);
+        b.arg(&*batch.starts).arg(&*batch.n_keys).arg(&h).arg(&kv);
         let cfg = LaunchConfig {
             grid_dim: (
                 batch.max_rows.div_ceil(ATT_ROWS).max(1) as u32,
@@ -1374,8 +1411,8 @@ struct VarlenBatch {
     max_rows: usize,
     dims: AttnDims,
     /// q_start: `count + 1` prefix sums of the row counts.
-    starts: CudaSlice<i32>,
-    n_keys: CudaSlice<i32>,
+    starts: Arc<CudaSlice<i32>>,
+    n_keys: Arc<CudaSlice<i32>>,
 }
 
 impl VarlenBatch {
@@ -1419,8 +1456,8 @@ impl VarlenBatch {
             total,
             max_rows: rows.iter().copied().max().unwrap_or(1),
             dims,
-            starts: k.upload(&starts)?,
-            n_keys: k.upload(&n_keys)?,
+            starts: k.varlen_starts.get(k, &starts)?,
+            n_keys: k.varlen_keys.get(k, &n_keys)?,
         })
     }
 }

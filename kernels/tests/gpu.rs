@@ -10,7 +10,7 @@
 
 use half::bf16;
 use igpo_kernels::host::MaskArgs;
-use igpo_kernels::launch::{driver_present, AdamW, AttnDims, Kernels};
+use igpo_kernels::launch::{driver_present, AdamW, AttnDims, Kernels, Reused};
 use igpo_kernels::PtxCache;
 
 fn gpu() -> Option<Kernels> {
@@ -763,4 +763,21 @@ fn cublas_linear_and_its_backward_match_the_reference() {
         1e-4,
         1e-4,
     );
+}
+
+#[test]
+fn reused_uploads_are_shared_only_while_the_host_array_is_equal() {
+    let Some(k) = gpu() else { return };
+    let slot = Reused::<i32>::default();
+    let a = slot.get(&k, &[3, 4, 5]).unwrap();
+    let b = slot.get(&k, &[3, 4, 5]).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&a, &b), "equal array: one upload");
+    let c = slot.get(&k, &[3, 4, 6]).unwrap();
+    assert!(
+        !std::sync::Arc::ptr_eq(&a, &c),
+        "changed array: a new upload"
+    );
+    assert_eq!(k.download(&c).unwrap(), vec![3, 4, 6]);
+    // The first copy stays valid for whoever still holds it.
+    assert_eq!(k.download(&a).unwrap(), vec![3, 4, 5]);
 }

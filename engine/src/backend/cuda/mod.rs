@@ -21,7 +21,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBi
 use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
-use igpo_kernels::launch::{AdamW, AttnDims, Kernels};
+use igpo_kernels::launch::{AdamW, AttnDims, Kernels, Reused};
 use igpo_kernels::PtxCache;
 
 use super::{
@@ -92,6 +92,10 @@ pub struct Cuda {
     k: Arc<Kernels>,
     blas: Arc<Blas>,
     ordinal: usize,
+    /// RoPE positions and inverse frequencies: every layer's q and k of a
+    /// forward send the same ones (4 uploads per layer otherwise).
+    rope_positions: Arc<Reused<i32>>,
+    rope_freqs: Arc<Reused<f32>>,
 }
 
 /// Panics with the op's name: the trait has no error path once running.
@@ -110,6 +114,8 @@ impl Cuda {
             k: Arc::new(k),
             blas: Arc::new(blas),
             ordinal,
+            rope_positions: Arc::default(),
+            rope_freqs: Arc::default(),
         })
     }
 
@@ -239,9 +245,10 @@ impl Cuda {
         let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
         let pd = ok(
             "rope positions",
-            self.k.upload(if pos.is_empty() { &[0] } else { &pos }),
+            self.rope_positions
+                .get(&self.k, if pos.is_empty() { &[0] } else { &pos }),
         );
-        let fd = ok("rope freqs", self.k.upload(&rope.inv_freq));
+        let fd = ok("rope freqs", self.rope_freqs.get(&self.k, &rope.inv_freq));
         if let Data::Bf16(s) = &mut x.data {
             ok(
                 "rope",
