@@ -682,45 +682,57 @@ static void test_decode() {
     check("attn_decode_d64 (3 caches, GQA)", from_bf(out), want, 4e-3, 1.0 / 64);
 }
 
-// Varlen forward = attn_fwd on each sequence alone, bit for bit (decode rows,
-// a prefill chunk after a cache, a fresh prompt), in one launch.
-static void test_varlen() {
-    Rand r(15);
-    const int H = 4, KV = 2, D = 64, qc = H * D, kc = KV * D;
-    vector<int> m{1, 5, 20}, n{1, 40, 20};
+// Runs the varlen forward over caches kp[b], vp[b] ([n[b], KV*D]) with m[b]
+// query rows each (packed in q) and checks it equals attn_fwd on each
+// sequence alone, bit for bit.
+static void check_varlen(const std::string& name, const vector<bf16>& q, const vector<const bf16*>& kp,
+                         const vector<const bf16*>& vp, const vector<int>& m, const vector<int>& n, int H,
+                         int KV) {
+    const int D = 64, qc = H * D;
     vector<int> q_start{0};
     for (int x : m) q_start.push_back(q_start.back() + x);
     const int rows = q_start.back();
-    auto q = to_bf(rnd_bf(r, rows * qc));
-    vector<vector<bf16>> ks, vs;
-    vector<const bf16*> kp, vp;
-    for (size_t b = 0; b < m.size(); ++b) {
-        ks.push_back(to_bf(rnd_bf(r, n[b] * kc)));
-        vs.push_back(to_bf(rnd_bf(r, n[b] * kc)));
-    }
-    for (size_t b = 0; b < m.size(); ++b) {
-        kp.push_back(ks[b].data());
-        vp.push_back(vs[b].data());
-    }
     vector<bf16> out(rows * qc);
     vector<float> lse(rows * H);
     const int max_m = *std::max_element(m.begin(), m.end());
     emu_launch({(unsigned)((max_m + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H, (unsigned)m.size()}, {ATT_THREADS}, [&] {
         attn_fwd_varlen_d64(out.data(), lse.data(), q.data(), kp.data(), vp.data(), q_start.data(), n.data(), H, KV);
     });
-    vector<float> want_o, got_o, want_l, got_l;
+    vector<float> want_o, want_l;
     for (size_t b = 0; b < m.size(); ++b) {
+        if (m[b] == 0) continue;
         vector<bf16> o1(m[b] * qc);
         vector<float> l1(m[b] * H);
         emu_launch({(unsigned)((m[b] + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H}, {ATT_THREADS}, [&] {
-            attn_fwd_d64(o1.data(), l1.data(), q.data() + q_start[b] * qc, ks[b].data(), vs[b].data(), m[b], n[b], H,
-                         KV, 1, n[b] - m[b], nullptr, nullptr);
+            attn_fwd_d64(o1.data(), l1.data(), q.data() + q_start[b] * qc, kp[b], vp[b], m[b], n[b], H, KV, 1,
+                         n[b] - m[b], nullptr, nullptr);
         });
         for (auto v : from_bf(o1)) want_o.push_back(v);
         for (auto v : l1) want_l.push_back(v);
     }
-    check("attn_fwd_varlen_d64 out == attn_fwd per sequence", from_bf(out), want_o, 0, 0);
-    check("attn_fwd_varlen_d64 lse == attn_fwd per sequence", lse, want_l, 0, 0);
+    check(name + " out == attn_fwd per sequence", from_bf(out), want_o, 0, 0);
+    check(name + " lse == attn_fwd per sequence", lse, want_l, 0, 0);
+}
+
+// Varlen forward = attn_fwd on each sequence alone, bit for bit (decode rows,
+// a prefill chunk after a cache, a fresh prompt), in one launch.
+static void test_varlen() {
+    Rand r(15);
+    const int H = 4, KV = 2, D = 64, qc = H * D, kc = KV * D;
+    vector<int> m{1, 5, 20}, n{1, 40, 20};
+    const int rows = 1 + 5 + 20;
+    auto q = to_bf(rnd_bf(r, rows * qc));
+    vector<vector<bf16>> ks, vs;
+    for (size_t b = 0; b < m.size(); ++b) {
+        ks.push_back(to_bf(rnd_bf(r, n[b] * kc)));
+        vs.push_back(to_bf(rnd_bf(r, n[b] * kc)));
+    }
+    vector<const bf16*> kp, vp;
+    for (size_t b = 0; b < m.size(); ++b) {
+        kp.push_back(ks[b].data());
+        vp.push_back(vs[b].data());
+    }
+    check_varlen("attn_fwd_varlen_d64", q, kp, vp, m, n, H, KV);
 }
 
 // kv_append puts each sequence's new rows after its cached ones (an empty
@@ -765,29 +777,8 @@ static void test_kv_append() {
     for (size_t b = 0; b < m.size(); ++b)
         same = same && from_bf(ks[b]) == from_bf(want_k[b]) && from_bf(vs[b]) == from_bf(want_v[b]);
     check_true("kv_append: new rows after the cached ones, nothing else written", same);
-
-    auto q = to_bf(rnd_bf(r, rows * qc));
-    vector<const bf16*> kcp(kp.begin(), kp.end()), vcp(vp.begin(), vp.end());
-    vector<bf16> out(rows * qc);
-    vector<float> lse(rows * H);
-    const int max_m = *std::max_element(m.begin(), m.end());
-    emu_launch({(unsigned)((max_m + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H, (unsigned)m.size()}, {ATT_THREADS}, [&] {
-        attn_fwd_varlen_d64(out.data(), lse.data(), q.data(), kcp.data(), vcp.data(), q_start.data(), n.data(), H, KV);
-    });
-    vector<float> want_o, want_l;
-    for (size_t b = 0; b < m.size(); ++b) {
-        if (m[b] == 0) continue;
-        vector<bf16> o1(m[b] * qc);
-        vector<float> l1(m[b] * H);
-        emu_launch({(unsigned)((m[b] + ATT_ROWS - 1) / ATT_ROWS), (unsigned)H}, {ATT_THREADS}, [&] {
-            attn_fwd_d64(o1.data(), l1.data(), q.data() + q_start[b] * qc, ks[b].data(), vs[b].data(), m[b], n[b], H,
-                         KV, 1, n[b] - m[b], nullptr, nullptr);
-        });
-        for (auto v : from_bf(o1)) want_o.push_back(v);
-        for (auto v : l1) want_l.push_back(v);
-    }
-    check("kv_append + attn_fwd_varlen_d64 out == attn_fwd per sequence", from_bf(out), want_o, 0, 0);
-    check("kv_append + attn_fwd_varlen_d64 lse == attn_fwd per sequence", lse, want_l, 0, 0);
+    check_varlen("kv_append + attn_fwd_varlen_d64", to_bf(rnd_bf(r, rows * qc)),
+                 vector<const bf16*>(kp.begin(), kp.end()), vector<const bf16*>(vp.begin(), vp.end()), m, n, H, KV);
 }
 
 int main(int argc, char** argv) {
