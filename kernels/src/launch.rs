@@ -195,8 +195,11 @@ pub struct Kernels {
 /// layer's attention, so one host-to-device copy serves all of them. The
 /// device copy is only ever read by kernels.
 pub struct Reused<T> {
-    slot: Mutex<Option<(Vec<T>, Arc<CudaSlice<T>>)>>,
+    slot: Mutex<Option<HostAndDevice<T>>>,
 }
+
+/// A host array and its device copy.
+type HostAndDevice<T> = (Vec<T>, Arc<CudaSlice<T>>);
 
 impl<T> Default for Reused<T> {
     fn default() -> Self {

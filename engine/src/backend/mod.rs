@@ -32,6 +32,7 @@ pub enum AttnMask {
 
 impl AttnMask {
     /// Key ranges visible to query row `j`.
+    #[allow(clippy::single_range_in_vec_init)] // a list of key ranges, here of one
     pub fn visible(&self, j: usize) -> Vec<Range<usize>> {
         match self {
             AttnMask::Causal { offset } => vec![0..offset + j + 1],

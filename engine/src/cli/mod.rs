@@ -251,16 +251,19 @@ fn generate_on<B: Backend>(backend: B, a: GenerateArgs) -> CliResult {
     let mut stdout = std::io::stdout();
     let mut failure = None;
     let start = Instant::now();
-    let out = generate(&model, &[prompt.clone()], &opts, |_, id| {
-        match stream.push(&tok, id) {
+    let out = generate(
+        &model,
+        std::slice::from_ref(&prompt),
+        &opts,
+        |_, id| match stream.push(&tok, id) {
             Ok(Some(piece)) => {
                 let _ = stdout.write_all(piece.as_bytes());
                 let _ = stdout.flush();
             }
             Ok(None) => {}
             Err(e) => failure = Some(e),
-        }
-    });
+        },
+    );
     if let Some(e) = failure {
         return Err(e.into());
     }

@@ -338,7 +338,7 @@ mod tests {
             Estimator::Igpo,
             Normalization::Joint,
             1.0,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         close(
@@ -352,7 +352,7 @@ mod tests {
             Estimator::Igpo,
             Normalization::Joint,
             0.5,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         let last = z(1.0);
@@ -383,7 +383,7 @@ mod tests {
             Estimator::Grpo,
             Normalization::Joint,
             1.0,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         assert!(g.turns.iter().flatten().all(|a| *a == 0.0), "{:?}", g.turns);
@@ -392,7 +392,7 @@ mod tests {
             Estimator::Igpo,
             Normalization::Joint,
             1.0,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         assert_eq!(i.zero_groups, 0);
@@ -413,7 +413,7 @@ mod tests {
                 e,
                 Normalization::Joint,
                 1.0,
-                &[flat.clone()],
+                std::slice::from_ref(&flat),
                 &[vec![3, 2], vec![4, 1]],
             );
             assert!(
@@ -433,7 +433,7 @@ mod tests {
             Estimator::Grpo,
             Normalization::Joint,
             1.0,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         let s = 0.5 + 1e-6;
@@ -446,7 +446,7 @@ mod tests {
             Estimator::Rloo,
             Normalization::Joint,
             1.0,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         close(&r.turns.concat(), &[0.75, 0.75, -0.75, 0.0, 0.0, 0.0]);
@@ -455,7 +455,7 @@ mod tests {
             Estimator::IgOnly,
             Normalization::Joint,
             1.0,
-            &[group.clone()],
+            std::slice::from_ref(&group),
             &[],
         );
         let m: f64 = 0.8 / 3.0;

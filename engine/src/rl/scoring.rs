@@ -97,6 +97,7 @@ struct Packed {
     rows: Vec<(usize, u32)>,
 }
 
+#[allow(clippy::single_range_in_vec_init)] // one causal key range per row
 fn pack(req: &ScoreRequest<'_>) -> Packed {
     let base = req.boundaries.iter().copied().max().unwrap_or(0);
     assert!(

@@ -246,7 +246,7 @@ impl RlRunConfig {
                 "train.mini_batches must be in 1..={rollouts} (the rollouts of a step)"
             )));
         }
-        if !(cfg.optim.lr >= 0.0) {
+        if cfg.optim.lr.is_nan() || cfg.optim.lr < 0.0 {
             return Err(bad("optim.lr must be >= 0".into()));
         }
         let plugins = cfg
@@ -393,9 +393,10 @@ pub fn sequence_logprobs<B: Backend>(
     let mut out: Vec<Vec<f32>> = trajs.iter().map(|t| vec![0.0f32; t.tokens.len()]).collect();
     let mut it = logp.data().iter();
     for (t, o) in trajs.iter().zip(out.iter_mut()) {
-        for j in 1..t.tokens.len() {
-            if t.loss_mask[j] == 1 {
-                o[j] = *it.next().expect("one log-prob per loss row");
+        // Row 0 has no log-prob (nothing predicts the first token).
+        for (o, &mask) in o.iter_mut().zip(&t.loss_mask).skip(1) {
+            if mask == 1 {
+                *o = *it.next().expect("one log-prob per loss row");
             }
         }
     }
@@ -886,9 +887,11 @@ pub fn run_train<B: Backend>(
         }
         let (mut delta, mut delta_n) = (0.0, 0usize);
         for (t, o) in refs.iter().zip(&old) {
-            for j in 0..t.tokens.len() {
-                if t.loss_mask[j] == 1 {
-                    delta += (t.sample_logprobs[j] - o[j]).abs() as f64;
+            for ((&mask, &sampled), &recomputed) in
+                t.loss_mask.iter().zip(&t.sample_logprobs).zip(o)
+            {
+                if mask == 1 {
+                    delta += (sampled - recomputed).abs() as f64;
                     delta_n += 1;
                 }
             }
@@ -1010,7 +1013,7 @@ pub fn run_train<B: Backend>(
         crate::fsutil::write_atomic(&sp, sample_lines.as_bytes()).map_err(io(&sp))?;
 
         let every = cfg.eval.as_ref().map_or(0, |e| e.every);
-        if has_eval && (step == total || (every > 0 && step % every == 0)) {
+        if has_eval && (step == total || (every > 0 && step.is_multiple_of(every))) {
             let e = dev_eval(&model, step, cum_tokens)?;
             m.dev_f1 = Some(e.f1);
             append_line(&mut eval_file, &eval_path, &e)?;
@@ -1047,7 +1050,7 @@ pub fn run_train<B: Backend>(
 
         let ck_every = cfg.train.checkpoint_every;
         let stop_here = opts.stop_after == Some(step);
-        if step == total || stop_here || (ck_every > 0 && step % ck_every == 0) {
+        if step == total || stop_here || (ck_every > 0 && step.is_multiple_of(ck_every)) {
             final_checkpoint = Some(save_checkpoint(
                 run_dir,
                 &model,

@@ -150,7 +150,7 @@ impl SftConfig {
                 "train.logprob_chunk must be >= 1 and data.max_seq_len >= 2",
             ));
         }
-        if !(cfg.optim.lr >= 0.0) {
+        if cfg.optim.lr.is_nan() || cfg.optim.lr < 0.0 {
             return Err(bad("optim.lr must be >= 0"));
         }
         Ok(cfg)
@@ -402,7 +402,7 @@ pub fn run_sft<B: Backend>(
         history.push(m);
         let every = cfg.train.checkpoint_every;
         let stop_here = opts.stop_after == Some(state.step);
-        if state.step == total || stop_here || (every > 0 && state.step % every == 0) {
+        if state.step == total || stop_here || (every > 0 && state.step.is_multiple_of(every)) {
             final_checkpoint = Some(save_checkpoint(
                 run_dir,
                 &model,

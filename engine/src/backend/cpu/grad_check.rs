@@ -161,6 +161,7 @@ fn causal_gqa_attention_backward_matches_finite_differences() {
 }
 
 #[test]
+#[allow(clippy::single_range_in_vec_init)] // span lists, some of one range
 fn block_mask_attention_backward_matches_finite_differences() {
     // A shared prefix 0..3, then two probes (3..5 and 5..7) that each see
     // the prefix and themselves, not each other.
