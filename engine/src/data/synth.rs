@@ -958,7 +958,13 @@ mod tests {
                 .map(|d| chat.render(&d.messages(SYSTEM), false)),
         );
         let trained = train_tokenizer(&texts, 2048).unwrap();
-        let dir = std::env::temp_dir().join(format!("igpo-synth-tok-{}", std::process::id()));
+        // One folder per call: the tests that share this run in parallel
+        // threads of one process (a per-process folder let one test delete
+        // the file another was reading).
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("igpo-synth-tok-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("tokenizer.json");
         trained.save(&path, false).unwrap();
