@@ -139,7 +139,9 @@ impl Backend for Cpu {
             uniforms.len(),
             "sample_rows: one uniform per row"
         );
+        // Rows in parallel: each also sums its whole row for the log-prob.
         (0..logits.rows())
+            .into_par_iter()
             .map(|r| {
                 let row = logits.row(r);
                 let id = sampling::sample_with_uniform(row, params, uniforms[r]);
