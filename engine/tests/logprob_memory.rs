@@ -61,6 +61,11 @@ fn fused_logprob_memory_is_bounded_by_the_chunk() {
     let targets: Vec<u32> = (0..ROWS).map(|i| (i * 74 % VOCAB) as u32).collect();
     let unfused = ROWS * VOCAB * 4;
     let chunk_bytes = ROWS * CHUNK * 4;
+    // The weight's own packed copy (the CPU GEMM's panels, made on first
+    // use and kept with the weight as rollout decode leaves it) is not the
+    // op's memory: one row made it before the measurement.
+    let one = Tensor::from_vec(&[1, D], h.row(0).to_vec());
+    Cpu.token_logprobs(&one, &w, &targets[..1], CHUNK, false);
     let (out, fwd) = peak_extra(|| Cpu.token_logprobs(&h, &w, &targets, CHUNK, true));
     let mut dw = Tensor::zeros(&[VOCAB, D]);
     let dlogp = Tensor::from_vec(&[ROWS], vec![-1.0 / ROWS as f32; ROWS]);

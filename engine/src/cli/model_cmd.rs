@@ -203,8 +203,8 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
     let cpu_train = n * Device::Cpu.training_bytes_per_param() as f64;
     let gpu_train = n * Device::Cuda(0).training_bytes_per_param() as f64;
     println!(
-        "inference:     {:.2} GiB on CPU (f32), {:.2} GiB on GPU (bf16), plus KV cache",
-        n * 4.0 / GIB,
+        "inference:     {:.2} GiB on CPU (f32 and the GEMM's packed copy), {:.2} GiB on GPU (bf16), plus KV cache",
+        n * 8.0 / GIB,
         n * 2.0 / GIB
     );
     let kv_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim;
@@ -214,7 +214,7 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         kv_per_token as f64 * 4.0 / 1024.0
     );
     println!(
-        "training:      {:.2} GiB on CPU (f32 weights, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
+        "training:      {:.2} GiB on CPU (f32 weights, packed copy, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
         cpu_train / GIB,
         gpu_train / GIB
     );

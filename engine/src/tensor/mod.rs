@@ -4,7 +4,9 @@
 //! loader and every backend (a device backend uploads from / downloads to it).
 //! On-disk dtypes (bf16, f16) are converted at load time, see [`DType`].
 
+use std::any::Any;
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 
 /// Element types found in checkpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,10 +36,20 @@ impl fmt::Display for DType {
 }
 
 /// A dense row-major f32 tensor on the host.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub struct Tensor {
     shape: Vec<usize>,
     data: Vec<f32>,
+    /// A value computed from `data` and kept beside it (the CPU backend's
+    /// packed weights: see [`Tensor::derived`]); reset by every method that
+    /// can change `data` or `shape`.
+    derived: OnceLock<Arc<dyn Any + Send + Sync>>,
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        self.shape == other.shape && self.data == other.data
+    }
 }
 
 impl fmt::Debug for Tensor {
@@ -48,10 +60,7 @@ impl fmt::Debug for Tensor {
 
 impl Tensor {
     pub fn zeros(shape: &[usize]) -> Tensor {
-        Tensor {
-            shape: shape.to_vec(),
-            data: vec![0.0; shape.iter().product()],
-        }
+        Tensor::from_parts(shape.to_vec(), vec![0.0; shape.iter().product()])
     }
 
     /// Panics when `data.len()` does not match the shape: a programming error,
@@ -59,9 +68,30 @@ impl Tensor {
     pub fn from_vec(shape: &[usize], data: Vec<f32>) -> Tensor {
         let n: usize = shape.iter().product();
         assert_eq!(n, data.len(), "tensor data does not match shape {shape:?}");
+        Tensor::from_parts(shape.to_vec(), data)
+    }
+
+    fn from_parts(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
         Tensor {
-            shape: shape.to_vec(),
+            shape,
             data,
+            derived: OnceLock::new(),
+        }
+    }
+
+    /// `make(self)`, computed once and kept until the tensor changes: the
+    /// CPU backend packs a weight matrix for its GEMM kernel this way, once
+    /// per value of the weights (an optimizer step, which changes them
+    /// through [`Tensor::data_mut`], drops the packed copy). One kind of
+    /// value per tensor: asking for another type computes it afresh, uncached.
+    pub fn derived<T: Any + Send + Sync>(&self, make: impl FnOnce(&Tensor) -> T) -> Arc<T> {
+        let mut make = Some(make);
+        let kept = self
+            .derived
+            .get_or_init(|| Arc::new((make.take().expect("called once"))(self)));
+        match kept.clone().downcast::<T>() {
+            Ok(value) => value,
+            Err(_) => Arc::new((make.take().expect("not yet called"))(self)),
         }
     }
 
@@ -78,6 +108,7 @@ impl Tensor {
     }
 
     pub fn data_mut(&mut self) -> &mut [f32] {
+        self.derived = OnceLock::new();
         &mut self.data
     }
 
@@ -107,6 +138,7 @@ impl Tensor {
     /// Appends the rows of `other` (same number of columns) to this matrix.
     pub fn append_rows(&mut self, other: &Tensor) {
         assert_eq!(self.cols(), other.cols(), "append_rows: column mismatch");
+        self.derived = OnceLock::new();
         self.data.extend_from_slice(&other.data);
         let rows = self.data.len() / self.cols().max(1);
         self.shape = vec![rows, self.cols()];
@@ -120,6 +152,7 @@ impl Tensor {
             "reshape to {shape:?}"
         );
         self.shape = shape.to_vec();
+        self.derived = OnceLock::new();
         self
     }
 }
@@ -176,5 +209,32 @@ mod tests {
         a.append_rows(&Tensor::from_vec(&[2, 2], vec![3.0, 4.0, 5.0, 6.0]));
         assert_eq!(a.shape(), &[3, 2]);
         assert_eq!(a.row(2), &[5.0, 6.0]);
+    }
+
+    /// A derived value is computed once per value of the tensor: kept across
+    /// calls and clones, recomputed after any change.
+    #[test]
+    fn derived_values_follow_the_data() {
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        let sum = |t: &Tensor| {
+            calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            t.data().iter().sum::<f32>()
+        };
+        let mut a = Tensor::from_vec(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(*a.derived(sum), 10.0);
+        assert_eq!(*a.derived(sum), 10.0);
+        assert_eq!(*a.clone().derived(sum), 10.0);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        a.data_mut()[0] = 5.0;
+        assert_eq!(*a.derived(sum), 14.0);
+        a.append_rows(&Tensor::from_vec(&[1, 2], vec![1.0, 1.0]));
+        assert_eq!(*a.derived(sum), 16.0);
+        let a = a.reshape(&[6]);
+        assert_eq!(*a.derived(sum), 16.0);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 4);
+        // Another type is computed afresh, and the kept value stays.
+        assert_eq!(*a.derived(|t| t.numel()), 6);
+        assert_eq!(*a.derived(sum), 16.0);
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 4);
     }
 }

@@ -22,46 +22,19 @@
 
 use rayon::prelude::*;
 
+use super::isa::Isa;
+
 /// Rows of `w` per register tile.
 const NR: usize = 4;
 /// Lanes of the per-output accumulator (AVX2 and portable; AVX-512 has 16).
 const LANES: usize = 8;
 
-/// The kernel this CPU runs.
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Isa {
-    Avx512,
-    Avx2,
-    Portable,
-}
-
-impl Isa {
-    /// Chosen once per process, so every product of a run sums alike.
-    fn detect() -> Isa {
-        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
-        *ISA.get_or_init(|| {
-            #[cfg(target_arch = "x86_64")]
-            {
-                if std::arch::is_x86_feature_detected!("avx512f") {
-                    return Isa::Avx512;
-                }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
-                    return Isa::Avx2;
-                }
-            }
-            Isa::Portable
-        })
-    }
-
-    /// Rows of `x` per register tile.
-    fn mr(self) -> usize {
-        if self == Isa::Avx512 {
-            4
-        } else {
-            3
-        }
+/// Rows of `x` per register tile.
+fn mr(isa: Isa) -> usize {
+    if isa == Isa::Avx512 {
+        4
+    } else {
+        3
     }
 }
 
@@ -81,7 +54,7 @@ pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: u
         let fit = fit / tile * tile;
         fit.min(total.div_ceil(tile) * tile)
     };
-    let (mb, nb) = (rows_per_block(m, isa.mr()), rows_per_block(n, NR));
+    let (mb, nb) = (rows_per_block(m, mr(isa)), rows_per_block(n, NR));
     let blocks: Vec<(usize, usize)> = (0..m)
         .step_by(mb)
         .flat_map(|i| (0..n).step_by(nb).map(move |j| (i, j)))
@@ -388,18 +361,7 @@ mod tests {
         let xs = [&x[..k], &x[k..2 * k], &x[2 * k..]];
         let ws = [&w[..k], &w[k..2 * k], &w[2 * k..3 * k], &w[3 * k..]];
         let a = dots::<3, 4>(&xs, &ws, k, Isa::Portable);
-        let mut isas = vec![];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-            {
-                isas.push(Isa::Avx2);
-            }
-            if std::arch::is_x86_feature_detected!("avx512f") {
-                isas.push(Isa::Avx512);
-            }
-        }
+        let isas = Isa::available();
         eprintln!("this CPU runs {:?}; testing {isas:?}", Isa::detect());
         for isa in isas {
             let b = dots::<3, 4>(&xs, &ws, k, isa);

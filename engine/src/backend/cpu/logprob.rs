@@ -7,6 +7,7 @@ use rayon::prelude::*;
 
 use super::gemm::{gemm, Layout};
 use super::matmul_nt;
+use crate::tensor::Tensor;
 
 /// Running softmax statistics of one row over the chunks seen so far.
 #[derive(Clone, Copy)]
@@ -20,11 +21,10 @@ struct RowStats {
 }
 
 /// Logits of rows `h[rows, d]` against vocabulary rows `lo..hi` of `w[vocab, d]`
-/// (the kernel `linear` uses).
-fn chunk_logits(h: &[f32], w: &[f32], rows: usize, d: usize, lo: usize, hi: usize) -> Vec<f32> {
-    let c = hi - lo;
-    let mut z = vec![0.0f32; rows * c];
-    matmul_nt(h, &w[lo * d..hi * d], &mut z, rows, c, d);
+/// (the kernel `linear` uses, so scoring and decode agree bit for bit).
+fn chunk_logits(h: &[f32], w: &Tensor, rows: usize, lo: usize, hi: usize) -> Vec<f32> {
+    let mut z = vec![0.0f32; rows * (hi - lo)];
+    matmul_nt(h, rows, w, lo..hi, &mut z);
     z
 }
 
@@ -39,7 +39,7 @@ pub struct TokenLogProbs {
 /// of `w` at a time. Extra memory: `rows x chunk` floats.
 pub fn forward(
     h: &[f32],
-    w: &[f32],
+    w: &Tensor,
     targets: &[u32],
     d: usize,
     chunk: usize,
@@ -47,8 +47,8 @@ pub fn forward(
 ) -> TokenLogProbs {
     let rows = targets.len();
     assert_eq!(h.len(), rows * d, "logprob: hidden shape");
-    assert_eq!(w.len() % d, 0, "logprob: lm-head shape");
-    let vocab = w.len() / d;
+    assert_eq!(w.cols(), d, "logprob: lm-head shape");
+    let vocab = w.rows();
     assert!(chunk > 0, "logprob: chunk must be positive");
     if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
         panic!("logprob: target id {t} is outside the vocabulary ({vocab})");
@@ -65,7 +65,7 @@ pub fn forward(
     for lo in (0..vocab).step_by(chunk) {
         let hi = (lo + chunk).min(vocab);
         let c = hi - lo;
-        let z = chunk_logits(h, w, rows, d, lo, hi);
+        let z = chunk_logits(h, w, rows, lo, hi);
         stats
             .par_iter_mut()
             .zip(z.par_chunks(c))
@@ -115,7 +115,7 @@ pub fn forward(
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     h: &[f32],
-    w: &[f32],
+    w: &Tensor,
     targets: &[u32],
     lse: &[f32],
     dlogp: &[f32],
@@ -125,13 +125,13 @@ pub fn backward(
     dw: &mut [f32],
 ) -> Vec<f32> {
     let rows = targets.len();
-    let vocab = w.len() / d;
-    assert_eq!(dw.len(), w.len(), "logprob backward: dw shape");
+    let vocab = w.rows();
+    assert_eq!(dw.len(), w.numel(), "logprob backward: dw shape");
     let mut dh = vec![0.0f32; rows * d];
     for lo in (0..vocab).step_by(chunk) {
         let hi = (lo + chunk).min(vocab);
         let c = hi - lo;
-        let mut z = chunk_logits(h, w, rows, d, lo, hi);
+        let mut z = chunk_logits(h, w, rows, lo, hi);
         // z becomes dz in place: dlogp * (onehot - p) + dH * (-p (log p + H)).
         z.par_chunks_mut(c).enumerate().for_each(|(r, zr)| {
             let (l, g) = (lse[r], dlogp[r]);
@@ -156,7 +156,7 @@ pub fn backward(
             Layout::row_major(0, d),
             &z,
             Layout::row_major(0, c),
-            w,
+            w.data(),
             Layout::row_major(lo * d, d),
             1.0,
             true,

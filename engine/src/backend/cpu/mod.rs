@@ -5,20 +5,24 @@ pub mod dot;
 pub mod gemm;
 #[cfg(test)]
 mod grad_check;
+mod isa;
 mod logprob;
 mod memory;
+pub mod packed;
 pub mod sampling;
 pub use memory::CountingAllocator;
 
 /// Which kernel computes `x @ w^T` (every forward `linear` and the fused
 /// log-prob's logits), chosen once per process by `IGPO_CPU_MATMUL`:
-/// `gemm` (default: the `gemm` crate, fastest for prefill, scoring and
-/// training) or `dot` (`dot.rs`: one dot product per output, about 2x faster
-/// decode and 10-30 % slower large products on the machine measured in
-/// docs/benchmarks.md). One kernel per process keeps a row's logits the same
-/// in every batch.
+/// `packed` (default: `packed.rs`, each weight packed once into column
+/// panels; the fastest for decode, prefill and scoring alike on the machines
+/// measured in docs/benchmarks.md, at the cost of a second f32 copy of every
+/// weight matrix), `gemm` (the `gemm` crate on the weights as they are) or
+/// `dot` (`dot.rs`). One kernel per process keeps a row's logits the same in
+/// every batch.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum MatmulKernel {
+    Packed,
     Gemm,
     Dot,
 }
@@ -28,18 +32,29 @@ impl MatmulKernel {
     pub fn current() -> MatmulKernel {
         static KERNEL: std::sync::OnceLock<MatmulKernel> = std::sync::OnceLock::new();
         *KERNEL.get_or_init(|| match std::env::var("IGPO_CPU_MATMUL").as_deref() {
-            Err(_) | Ok("") | Ok("gemm") => MatmulKernel::Gemm,
+            Err(_) | Ok("") | Ok("packed") => MatmulKernel::Packed,
+            Ok("gemm") => MatmulKernel::Gemm,
             Ok("dot") => MatmulKernel::Dot,
-            Ok(other) => panic!("IGPO_CPU_MATMUL={other}: expected `gemm` (the default) or `dot`"),
+            Ok(other) => {
+                panic!("IGPO_CPU_MATMUL={other}: expected `packed` (the default), `gemm` or `dot`")
+            }
         })
     }
 }
 
-/// `dst[m, n] = x[m, k] @ w[n, k]^T` with the process's [`MatmulKernel`].
-pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: usize) {
+/// `dst[m, cols.len()] = x[m, k] @ w[cols, k]^T`: the outputs of rows `cols`
+/// of the weight `w[n, k]`, with the process's [`MatmulKernel`] (the packed
+/// one packs `w` on first use and keeps it with the tensor).
+pub fn matmul_nt(x: &[f32], m: usize, w: &Tensor, cols: Range<usize>, dst: &mut [f32]) {
+    let k = w.cols();
+    let rows = || &w.data()[cols.start * k..cols.end * k];
     match MatmulKernel::current() {
-        MatmulKernel::Gemm => gemm::matmul_nt(x, w, dst, m, n, k),
-        MatmulKernel::Dot => dot::matmul_nt(x, w, dst, m, n, k),
+        MatmulKernel::Packed => {
+            let p = w.derived(|w| packed::PackedWeights::pack(w.data(), w.rows(), k));
+            packed::matmul_nt(x, m, &p, cols, dst)
+        }
+        MatmulKernel::Gemm => gemm::matmul_nt(x, rows(), dst, m, cols.len(), k),
+        MatmulKernel::Dot => dot::matmul_nt(x, rows(), dst, m, cols.len(), k),
     }
 }
 
@@ -111,11 +126,15 @@ impl Backend for Cpu {
     type Tensor = Tensor;
 
     fn name(&self) -> String {
-        let dot = match MatmulKernel::current() {
-            MatmulKernel::Gemm => "",
+        let matmul = match MatmulKernel::current() {
+            MatmulKernel::Packed => "",
+            MatmulKernel::Gemm => ", gemm-crate matmul",
             MatmulKernel::Dot => ", dot-product matmul",
         };
-        format!("cpu (f32, {} threads{dot})", rayon::current_num_threads())
+        format!(
+            "cpu (f32, {} threads{matmul})",
+            rayon::current_num_threads()
+        )
     }
 
     fn memory_usage(&self) -> Option<MemoryUsage> {
@@ -179,7 +198,7 @@ impl Backend for Cpu {
             w.shape()
         );
         let mut out = Tensor::zeros(&[m, n]);
-        matmul_nt(x.data(), w.data(), out.data_mut(), m, n, k);
+        matmul_nt(x.data(), m, w, 0..n, out.data_mut());
         if let Some(b) = bias {
             assert_eq!(b.numel(), n, "linear: bias length");
             out.data_mut()
@@ -462,7 +481,7 @@ impl Backend for Cpu {
         chunk: usize,
         want_entropy: bool,
     ) -> LogProbs<Tensor> {
-        let out = logprob::forward(h.data(), w.data(), targets, h.cols(), chunk, want_entropy);
+        let out = logprob::forward(h.data(), w, targets, h.cols(), chunk, want_entropy);
         debug_assert!(
             out.logp.iter().all(|l| l.is_finite() && *l <= 0.0),
             "log-probs must be finite and <= 0"
@@ -494,7 +513,7 @@ impl Backend for Cpu {
         });
         let dh = logprob::backward(
             h.data(),
-            w.data(),
+            w,
             targets,
             out.lse.data(),
             dlogp.data(),
@@ -575,12 +594,45 @@ mod tests {
                 .map(|i| ((i * 13 % 7) as f32 - 3.0) * 0.2)
                 .collect();
             let mut got = vec![0.0; m * n];
-            matmul_nt(&x, &w, &mut got, m, n, k);
             let want = naive_matmul_nt(&x, &w, m, n, k);
+            let w = Tensor::from_vec(&[n, k], w);
+            matmul_nt(&x, m, &w, 0..n, &mut got);
             for (g, w) in got.iter().zip(&want) {
                 assert!((g - w).abs() < 1e-4, "({m},{n},{k}): {g} vs {w}");
             }
+            // A range of w's rows: the same bits as those columns of the whole.
+            let cols = n / 3..n - n / 4;
+            let mut part = vec![0.0; m * cols.len()];
+            matmul_nt(&x, m, &w, cols.clone(), &mut part);
+            for i in 0..m {
+                assert!(
+                    part[i * cols.len()..(i + 1) * cols.len()]
+                        == got[i * n + cols.start..i * n + cols.end],
+                    "({m},{n},{k}) row {i}, columns {cols:?}"
+                );
+            }
         }
+    }
+
+    /// `linear` never computes with a stale packed copy of a weight: changing
+    /// the weight in place (as AdamW does) changes the output.
+    #[test]
+    fn linear_sees_a_weight_changed_in_place() {
+        let cpu = Cpu;
+        let x = Tensor::from_vec(&[2, 3], vec![1.0, 2.0, 3.0, -1.0, 0.5, 0.25]);
+        let mut w = Tensor::from_vec(&[2, 3], vec![0.1, 0.2, 0.3, 0.4, 0.5, 0.6]);
+        let close = |got: &Tensor, w: &Tensor| {
+            let want = naive_matmul_nt(x.data(), w.data(), 2, 2, 3);
+            got.data()
+                .iter()
+                .zip(&want)
+                .all(|(g, e)| (g - e).abs() < 1e-6)
+        };
+        let before = cpu.linear(&x, &w, None);
+        assert!(close(&before, &w), "{:?}", before.data());
+        w.data_mut()[4] = -2.0;
+        let after = cpu.linear(&x, &w, None);
+        assert!(close(&after, &w), "stale weights: {:?}", after.data());
     }
 
     #[test]
