@@ -276,6 +276,7 @@ mod avx2 {
     /// # Safety
     /// The CPU has AVX2 and FMA; otherwise as [`super::tile`].
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::needless_range_loop)] // register tiles, indexed on purpose
     pub(super) unsafe fn tile<const R: usize>(
         x: &[f32],
         k: usize,
@@ -320,6 +321,7 @@ mod avx512 {
     /// # Safety
     /// The CPU has AVX-512F; otherwise as [`super::tile`].
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::needless_range_loop)] // register tiles, indexed on purpose
     pub(super) unsafe fn tile<const R: usize>(
         x: &[f32],
         k: usize,
