@@ -1,4 +1,6 @@
-//! CPU reference backend: f32, rayon for data parallelism, `gemm` for GEMMs.
+//! CPU reference backend: f32, rayon for data parallelism; `packed.rs` for the
+//! forward `x @ w^T`, the `gemm` crate (AVX-512 kernels chosen at run time) for
+//! the other GEMMs.
 
 mod attention;
 pub mod dot;
