@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Layout};
-use super::matmul_nt;
+use super::{matmul_nt, softmax};
 use crate::tensor::Tensor;
 
 /// Running softmax statistics of one row over the chunks seen so far.
@@ -21,10 +21,22 @@ struct RowStats {
 }
 
 /// Logits of rows `h[rows, d]` against vocabulary rows `lo..hi` of `w[vocab, d]`
-/// (the kernel `linear` uses, so scoring and decode agree bit for bit).
-fn chunk_logits(h: &[f32], w: &Tensor, rows: usize, lo: usize, hi: usize) -> Vec<f32> {
-    let mut z = vec![0.0f32; rows * (hi - lo)];
-    matmul_nt(h, rows, w, lo..hi, &mut z);
+/// (the kernel `linear` uses, so scoring and decode agree bit for bit), in
+/// the front of `buf`, which one call reuses for all its chunks: a fresh
+/// buffer per chunk cost ~10 % of the pass in page faults and unmaps.
+fn chunk_logits<'a>(
+    h: &[f32],
+    w: &Tensor,
+    rows: usize,
+    (lo, hi): (usize, usize),
+    buf: &'a mut Vec<f32>,
+) -> &'a mut [f32] {
+    let len = rows * (hi - lo);
+    if buf.len() < len {
+        buf.resize(len, 0.0);
+    }
+    let z = &mut buf[..len];
+    matmul_nt(h, rows, w, lo..hi, z);
     z
 }
 
@@ -62,28 +74,24 @@ pub fn forward(
         };
         rows
     ];
+    let mut buf = Vec::new();
     for lo in (0..vocab).step_by(chunk) {
         let hi = (lo + chunk).min(vocab);
         let c = hi - lo;
-        let z = chunk_logits(h, w, rows, lo, hi);
+        let z = chunk_logits(h, w, rows, (lo, hi), &mut buf);
         stats
             .par_iter_mut()
             .zip(z.par_chunks(c))
             .zip(targets.par_iter())
             .for_each(|((st, zr), &t)| {
-                let cmax = zr.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let cmax = softmax::max(zr);
                 let new_max = st.max.max(cmax);
                 let rescale = if st.max == f32::NEG_INFINITY {
                     0.0
                 } else {
                     ((st.max - new_max) as f64).exp()
                 };
-                let (mut s, mut zs) = (0.0f64, 0.0f64);
-                for &v in zr {
-                    let e = ((v - new_max) as f64).exp();
-                    s += e;
-                    zs += e * v as f64;
-                }
+                let (s, zs) = softmax::exp_sums(zr, new_max);
                 st.sum = st.sum * rescale + s;
                 st.zsum = st.zsum * rescale + zs;
                 st.max = new_max;
@@ -128,33 +136,24 @@ pub fn backward(
     let vocab = w.rows();
     assert_eq!(dw.len(), w.numel(), "logprob backward: dw shape");
     let mut dh = vec![0.0f32; rows * d];
+    let mut buf = Vec::new();
     for lo in (0..vocab).step_by(chunk) {
         let hi = (lo + chunk).min(vocab);
         let c = hi - lo;
-        let mut z = chunk_logits(h, w, rows, lo, hi);
+        let z = chunk_logits(h, w, rows, (lo, hi), &mut buf);
         // z becomes dz in place: dlogp * (onehot - p) + dH * (-p (log p + H)).
         z.par_chunks_mut(c).enumerate().for_each(|(r, zr)| {
-            let (l, g) = (lse[r], dlogp[r]);
+            let t = targets[r] as usize;
             let ent = entropy_and_grad.map(|(e, ge)| (e[r], ge[r]));
-            for (j, v) in zr.iter_mut().enumerate() {
-                let logp = *v - l;
-                let p = logp.exp();
-                let mut dz = -g * p;
-                if lo + j == targets[r] as usize {
-                    dz += g;
-                }
-                if let Some((e, ge)) = ent {
-                    dz -= ge * p * (logp + e);
-                }
-                *v = dz;
-            }
+            let target = (lo..hi).contains(&t).then(|| t - lo);
+            softmax::softmax_grad(zr, lse[r], dlogp[r], ent, target);
         });
         // dh += dz W_c ; dW_c += dz^T h
         gemm(
             (rows, d, c),
             &mut dh,
             Layout::row_major(0, d),
-            &z,
+            z,
             Layout::row_major(0, c),
             w.data(),
             Layout::row_major(lo * d, d),
@@ -166,7 +165,7 @@ pub fn backward(
             (c, d, rows),
             dw,
             Layout::row_major(lo * d, d),
-            &z,
+            z,
             Layout::row_major(0, c).t(),
             h,
             Layout::row_major(0, d),

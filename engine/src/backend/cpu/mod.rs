@@ -12,6 +12,7 @@ mod logprob;
 mod memory;
 pub mod packed;
 pub mod sampling;
+mod softmax;
 pub use memory::CountingAllocator;
 
 /// Which kernel computes `x @ w^T` (every forward `linear` and the fused
@@ -302,7 +303,17 @@ impl Backend for Cpu {
     }
 
     fn zeros(&self, shape: &[usize]) -> Tensor {
-        Tensor::zeros(shape)
+        // The callers are accumulators (gradients, AdamW moments), read
+        // before written. On fresh calloc pages each first read maps the
+        // shared zero page and the write after it faults again and flushes
+        // every thread's TLB: 11 % of a scoring fwd+bwd (perf). Writing the
+        // zeros first (where the compiler cannot prove them redundant)
+        // faults each page once, without the flush.
+        let mut t = Tensor::zeros(shape);
+        t.data_mut()
+            .par_chunks_mut(1 << 16)
+            .for_each(|c| c.fill(0.0));
+        t
     }
 
     fn attention_train(

@@ -299,6 +299,15 @@ mod avx2 {
                 }
             }
         }
+        if keep == (0..NR) {
+            // The whole panel: straight from the registers.
+            for r in 0..R {
+                for v in 0..NV {
+                    _mm256_storeu_ps(out.add(r * ld + 8 * v), acc[r][v]);
+                }
+            }
+            return;
+        }
         let mut tile = [[0.0f32; NR]; R];
         for r in 0..R {
             for v in 0..NV {
@@ -346,6 +355,15 @@ mod avx512 {
                     acc[r][v] = _mm512_fmadd_ps(xv, w[v], acc[r][v]);
                 }
             }
+        }
+        if keep == (0..NR) {
+            // The whole panel: straight from the registers.
+            for r in 0..R {
+                for v in 0..NV {
+                    _mm512_storeu_ps(out.add(r * ld + 16 * v), acc[r][v]);
+                }
+            }
+            return;
         }
         let mut tile = [[0.0f32; NR]; R];
         for r in 0..R {
