@@ -4,5 +4,6 @@
 static ALLOCATOR: igpo::backend::cpu::CountingAllocator = igpo::backend::cpu::CountingAllocator;
 
 fn main() {
+    igpo::backend::cpu::keep_freed_memory();
     std::process::exit(igpo::cli::main())
 }

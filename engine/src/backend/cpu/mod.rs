@@ -13,7 +13,7 @@ mod memory;
 pub mod packed;
 pub mod sampling;
 mod softmax;
-pub use memory::CountingAllocator;
+pub use memory::{keep_freed_memory, CountingAllocator};
 
 /// Which kernel computes `x @ w^T` (every forward `linear` and the fused
 /// log-prob's logits), chosen once per process by `IGPO_CPU_MATMUL`:
