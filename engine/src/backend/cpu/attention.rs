@@ -404,6 +404,7 @@ mod tests {
     /// the dense formulas' output and gradients, causal (with a cached
     /// prefix) and with packed probe spans.
     #[test]
+    #[allow(clippy::single_range_in_vec_init)] // lists of key ranges
     fn query_blocks_match_dense_attention_and_gradients() {
         let s = AttnShape {
             n_heads: 4,
