@@ -695,11 +695,16 @@ fn compare_steps(what: &str, names: &[String], start: &TensorMap, g: &StepOut, c
         );
     }
     // AdamW's first step moves each weight by about lr * sign(grad), so a
-    // weight whose gradient is within bf16 noise of 0 may move the other way:
-    // bound the share of such weights, and every move by 2 lr + decay.
+    // weight whose gradient is within bf16 noise of 0 may move the other way.
+    // Where the two backends' gradients agree in sign the moves must agree
+    // (a share of misses is bounded); where they do not (the noise — all of
+    // the k bias, whose exact gradient is 0: softmax ignores a constant
+    // q.b_k per query, first seen on an H200) the gradient check above has
+    // already bounded the difference. Every move within 2 lr + decay.
     for (i, name) in names.iter().enumerate() {
         let p0 = start[name].data();
         let (pg, pc) = (g.params[i].data(), c.params[i].data());
+        let (gg, gc) = (g.grads[i].data(), c.grads[i].data());
         let mut flipped = 0usize;
         let mut worst = 0.0f64;
         for k in 0..p0.len() {
@@ -707,7 +712,8 @@ fn compare_steps(what: &str, names: &[String], start: &TensorMap, g: &StepOut, c
             let dc = pc[k] as f64 - p0[k] as f64;
             let d = (dg - dc).abs();
             worst = worst.max(d);
-            if d > 0.5 * STEP_LR {
+            let same_sign = gg[k] * gc[k] > 0.0;
+            if same_sign && d > 0.5 * STEP_LR {
                 flipped += 1;
             }
         }
@@ -716,7 +722,7 @@ fn compare_steps(what: &str, names: &[String], start: &TensorMap, g: &StepOut, c
             format!("update {name}"),
             share <= 0.1 && worst <= 2.1 * STEP_LR,
             format!(
-                "moved differently {:.2}% <= 10%, max |diff| {worst:.2e} <= {:.1e}",
+                "moved differently (same-sign gradients) {:.2}% <= 10%, max |diff| {worst:.2e} <= {:.1e}",
                 100.0 * share,
                 2.1 * STEP_LR
             ),
