@@ -343,11 +343,7 @@ pub fn backward(
 mod tests {
     use super::*;
 
-    fn values(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104729) % 2001) as f32 - 1000.0) * 1e-3)
-            .collect()
-    }
+    use super::super::test_values as values;
 
     /// Dense f64 attention and its gradients, straight from the formulas:
     /// P = softmax(scale Q K^T) over the visible keys, O = P V; dV = P^T dO,

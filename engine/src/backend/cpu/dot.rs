@@ -290,11 +290,7 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104729) % 2001) as f32 - 1000.0) * 1e-3)
-            .collect()
-    }
+    use super::super::test_values as data;
 
     /// Every output equals the f64 dot product within f32 rounding, on
     /// shapes with edge tiles, a `k` tail and blocks split over threads.

@@ -45,6 +45,14 @@ impl MatmulKernel {
     }
 }
 
+/// Deterministic test values in [-1, 1] (the kernels' tests share them).
+#[cfg(test)]
+fn test_values(len: usize, seed: usize) -> Vec<f32> {
+    (0..len)
+        .map(|i| (((i * 7919 + seed * 104729) % 2001) as f32 - 1000.0) * 1e-3)
+        .collect()
+}
+
 /// `dst[m, cols.len()] = x[m, k] @ w[cols, k]^T`: the outputs of rows `cols`
 /// of the weight `w[n, k]`, with the process's [`MatmulKernel`] (the packed
 /// one packs `w` on first use and keeps it with the tensor).

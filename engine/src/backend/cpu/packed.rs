@@ -82,25 +82,10 @@ impl PackedWeights {
         PackedWeights { n, k, isa, data }
     }
 
-    /// Rows of the original `w`.
-    pub fn rows(&self) -> usize {
-        self.n
-    }
-
-    /// Columns of the original `w` (the reduction length).
-    pub fn cols(&self) -> usize {
-        self.k
-    }
-
     /// Rows of `w` per panel: a column range given to [`matmul_nt`] starts
     /// at a multiple of this.
     pub fn panel_width(&self) -> usize {
         nr(self.isa)
-    }
-
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.data.len() * std::mem::size_of::<f32>()
     }
 }
 
@@ -379,11 +364,7 @@ mod avx512 {
 mod tests {
     use super::*;
 
-    fn data(len: usize, seed: usize) -> Vec<f32> {
-        (0..len)
-            .map(|i| (((i * 7919 + seed * 104729) % 2001) as f32 - 1000.0) * 1e-3)
-            .collect()
-    }
+    use super::super::test_values as data;
 
     fn run(isa: Isa, x: &[f32], m: usize, w: &[f32], n: usize, cols: Range<usize>) -> Vec<f32> {
         let k = x.len() / m.max(1);
