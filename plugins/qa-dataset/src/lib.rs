@@ -2,10 +2,13 @@
 //! plugin's granted directory (mounted at `/data`). Formats: SQuAD JSON
 //! (`data[].paragraphs[].qas[]`), the JSONL of Search-R1 / FlashRAG
 //! (`{"id","question","golden_answers":[...]}` a line), BIG-bench `task.json`
-//! (`examples[].{input,target}`) and FanOutQA (`[{id,question,answer,...}]`).
-//! Optional seeded shuffle and a train/dev split.
+//! (`examples[].{input,target}`), FanOutQA (`[{id,question,answer,...}]`)
+//! and `.parquet` files in the Search-R1/FlashRAG or verl layout
+//! (`parquet_file.rs`). Optional seeded shuffle and a train/dev split.
 
 wit_bindgen::generate!({ path: "../../wit", world: "dataset" });
+
+mod parquet_file;
 
 use std::cell::RefCell;
 
@@ -47,6 +50,7 @@ enum Format {
     Jsonl,
     Bigbench,
     Fanoutqa,
+    Parquet,
 }
 
 struct Data {
@@ -59,6 +63,13 @@ thread_local! {
     static DATA: RefCell<Option<Data>> = const { RefCell::new(None) };
 }
 
+/// Parquet is chosen by the file's extension (`.parquet`, any case).
+fn is_parquet(file: &str) -> bool {
+    file.to_ascii_lowercase().ends_with(".parquet")
+}
+
+/// The format of a text file: by its extension (`.jsonl`), else by a look
+/// at its content.
 fn detect(file: &str, text: &str) -> Result<Format, String> {
     if file.ends_with(".jsonl") {
         return Ok(Format::Jsonl);
@@ -78,11 +89,11 @@ fn detect(file: &str, text: &str) -> Result<Format, String> {
         return Ok(Format::Jsonl);
     }
     Err(format!(
-        "`{file}`: cannot tell the format; set \"format\" to squad, jsonl, bigbench or fanoutqa"
+        "`{file}`: cannot tell the format; set \"format\" to squad, jsonl, bigbench, fanoutqa or parquet"
     ))
 }
 
-fn as_str(v: &Value) -> Option<String> {
+pub(crate) fn as_str(v: &Value) -> Option<String> {
     match v {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
@@ -93,7 +104,7 @@ fn as_str(v: &Value) -> Option<String> {
 
 /// Reference answers from a string, a list of strings, or (FanOutQA) a
 /// number, bool or object of sub-answers rendered as text.
-fn answers_of(v: &Value) -> Vec<String> {
+pub(crate) fn answers_of(v: &Value) -> Vec<String> {
     match v {
         Value::Array(a) => a.iter().filter_map(as_str).collect(),
         Value::Object(m) => vec![m
@@ -146,7 +157,14 @@ fn parse_squad(file: &str, text: &str) -> Result<Vec<Example>, String> {
     Ok(out)
 }
 
-fn from_record(file: &str, where_: &str, n: usize, rec: Value) -> Result<Example, String> {
+/// One Search-R1/FlashRAG record (a JSONL line, a FanOutQA item, a parquet
+/// row as JSON): `question`, the answers, `id` (else `n`), the rest as metadata.
+pub(crate) fn from_record(
+    file: &str,
+    where_: &str,
+    n: usize,
+    rec: Value,
+) -> Result<Example, String> {
     let Value::Object(mut m) = rec else {
         return Err(format!("`{file}` {where_}: not a JSON object"));
     };
@@ -241,6 +259,31 @@ fn parse_fanoutqa(file: &str, text: &str) -> Result<Vec<Example>, String> {
     Ok(out)
 }
 
+/// The examples of `file` (its bytes) in `format`; `auto` picks parquet by
+/// the extension, the text formats by `detect`.
+fn parse(file: &str, format: Format, bytes: Vec<u8>) -> Result<Vec<Example>, String> {
+    let format = match format {
+        Format::Auto if is_parquet(file) => Format::Parquet,
+        f => f,
+    };
+    if format == Format::Parquet {
+        return parquet_file::read(file, bytes);
+    }
+    let text = String::from_utf8(bytes)
+        .map_err(|e| format!("`{file}`: not UTF-8 text ({e}); set \"format\" if it is parquet"))?;
+    let format = match format {
+        Format::Auto => detect(file, &text)?,
+        f => f,
+    };
+    match format {
+        Format::Squad => parse_squad(file, &text),
+        Format::Jsonl => parse_jsonl(file, &text),
+        Format::Bigbench => parse_bigbench(file, &text),
+        Format::Fanoutqa => parse_fanoutqa(file, &text),
+        Format::Auto | Format::Parquet => unreachable!("resolved above"),
+    }
+}
+
 /// splitmix64: a small seeded generator for the shuffle.
 struct SplitMix(u64);
 impl SplitMix {
@@ -259,23 +302,13 @@ fn load(cfg: Config) -> Result<Data, String> {
     } else {
         format!("{DATA_DIR}/{}", cfg.file)
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| {
+    let bytes = std::fs::read(&path).map_err(|e| {
         format!(
             "`{}`: {e} (is it inside the directory the run grants this plugin?)",
             cfg.file
         )
     })?;
-    let format = match cfg.format {
-        Format::Auto => detect(&cfg.file, &text)?,
-        f => f,
-    };
-    let mut examples = match format {
-        Format::Squad => parse_squad(&cfg.file, &text)?,
-        Format::Jsonl => parse_jsonl(&cfg.file, &text)?,
-        Format::Bigbench => parse_bigbench(&cfg.file, &text)?,
-        Format::Fanoutqa => parse_fanoutqa(&cfg.file, &text)?,
-        Format::Auto => unreachable!(),
-    };
+    let mut examples = parse(&cfg.file, cfg.format, bytes)?;
     if examples.is_empty() {
         return Err(format!("`{}`: no examples", cfg.file));
     }
@@ -335,10 +368,10 @@ impl Guest for QaDataset {
         PluginInfo {
             name: "qa-dataset".into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            description: "Question/answer examples from SQuAD JSON, Search-R1/FlashRAG JSONL, BIG-bench task.json or FanOutQA, with a seeded shuffle and a train/dev split.".into(),
+            description: "Question/answer examples from SQuAD JSON, Search-R1/FlashRAG JSONL or parquet, verl parquet, BIG-bench task.json or FanOutQA, with a seeded shuffle and a train/dev split.".into(),
             config_schema: r#"{"type":"object","additionalProperties":false,"required":["file"],"properties":{
-"file":{"type":"string","description":"data file in the granted directory"},
-"format":{"enum":["auto","squad","jsonl","bigbench","fanoutqa"],"default":"auto"},
+"file":{"type":"string","description":"data file in the granted directory (.parquet: Search-R1/FlashRAG or verl columns)"},
+"format":{"enum":["auto","squad","jsonl","bigbench","fanoutqa","parquet"],"default":"auto"},
 "shuffle":{"type":"boolean","default":false},
 "seed":{"type":"integer","minimum":0,"default":0},
 "dev_fraction":{"type":"number","minimum":0,"maximum":1,"default":0},
