@@ -235,7 +235,7 @@ pub fn train_sections() -> Vec<Section> {
             header: "[train]",
             doc: "The step loop.",
             keys: vec![
-                key("run_dir", "path", "Output folder: config.toml, metrics.jsonl, eval.jsonl, samples/, checkpoints/."),
+                key("run_dir", "path", "Output folder: config.toml, metrics.jsonl, eval.jsonl, samples/, checkpoints/, tb/ (TensorBoard events: train/<key>, eval/<key>)."),
                 key("steps", "integer", "Training steps (one rollout batch each)."),
                 key("ppo_epochs", "integer", "Passes over a step's rollouts."),
                 key("mini_batches", "integer", "Optimizer updates per epoch (the rollouts split evenly)."),

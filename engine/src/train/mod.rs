@@ -7,6 +7,7 @@ pub mod optim;
 pub mod rl;
 pub mod sft;
 pub mod sft_data;
+pub mod tensorboard;
 
 pub use optim::{AdamW, OptimConfig, ScheduleConfig, ScheduleKind};
 pub use rl::{run_train, RlMetrics, RlOutcome, RlRunConfig, RlRunOptions};

@@ -14,6 +14,7 @@ use super::checkpoint::{
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
 use super::sft::{shuffled, TrainError};
+use super::tensorboard::{json_lines, EventWriter};
 use crate::backend::Backend;
 use crate::eval::{
     f1_em, load_tasks, rebase, reward_record, rollout_tasks, score_report, DatasetConfig,
@@ -139,7 +140,7 @@ impl Default for RlEvalConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RlTrainConfig {
-    /// Output folder: config copy, metrics.jsonl, eval.jsonl, samples/, checkpoints/.
+    /// Output folder: config copy, metrics.jsonl, eval.jsonl, samples/, checkpoints/, tb/.
     pub run_dir: PathBuf,
     pub steps: u64,
     /// Passes over a step's rollouts.
@@ -557,16 +558,22 @@ struct SampleRecord<'a> {
     text: &'a str,
 }
 
+/// Appends `v` as one line to `path` and its scalars, tagged `tag_prefix` +
+/// key, to the TensorBoard events.
 fn append_line<T: Serialize>(
     file: &mut std::fs::File,
     path: &Path,
     v: &T,
+    tb: &mut EventWriter,
+    tag_prefix: &str,
 ) -> Result<(), TrainError> {
     let line = serde_json::to_string(v).expect("json") + "\n";
-    file.write_all(line.as_bytes()).map_err(|e| TrainError::Io {
-        path: path.display().to_string(),
-        source: e,
-    })
+    file.write_all(line.as_bytes())
+        .map_err(|e| TrainError::Io {
+            path: path.display().to_string(),
+            source: e,
+        })?;
+    tb.write_json_line(tag_prefix, &line)
 }
 
 /// Keeps the lines of `path` up to `step` (a resumed run rewrites what came
@@ -687,6 +694,11 @@ pub fn run_train<B: Backend>(
         reopen_log::<RlMetrics>(&metrics_path, keep_to, |m| m.step)?;
     let eval_path = run_dir.join("eval.jsonl");
     let (mut evals, mut eval_file) = reopen_log::<DevEval>(&eval_path, keep_to, |m| m.step)?;
+    let mut tb = EventWriter::restart(run_dir)?;
+    tb.write_history(&[
+        ("eval/", &json_lines(&evals)),
+        ("train/", &json_lines(&history)),
+    ])?;
     let mut cum_tokens = history.last().map_or(0, |m| m.cum_grad_tokens);
 
     let dev_eval = |model: &Model<B>, step: u64, cum: usize| -> Result<DevEval, TrainError> {
@@ -724,7 +736,7 @@ pub fn run_train<B: Backend>(
             "step 0: dev F1 {:.3}, EM {:.3} ({} examples)",
             e.f1, e.em, e.examples
         );
-        append_line(&mut eval_file, &eval_path, &e)?;
+        append_line(&mut eval_file, &eval_path, &e, &mut tb, "eval/")?;
         evals.push(e);
     }
 
@@ -1016,10 +1028,10 @@ pub fn run_train<B: Backend>(
         if has_eval && (step == total || (every > 0 && step.is_multiple_of(every))) {
             let e = dev_eval(&model, step, cum_tokens)?;
             m.dev_f1 = Some(e.f1);
-            append_line(&mut eval_file, &eval_path, &e)?;
+            append_line(&mut eval_file, &eval_path, &e, &mut tb, "eval/")?;
             evals.push(e);
         }
-        append_line(&mut metrics_file, &metrics_path, &m)?;
+        append_line(&mut metrics_file, &metrics_path, &m, &mut tb, "train/")?;
         let gen_tok_s = m.generated_tokens as f64 / m.rollout_s.max(1e-9);
         let line = format!(
             "step {step}/{total}: reward {:.3}  f1 {:.3}  answered {:.0}%  turns {:.2}  zero-adv {:.2}  kl {:.4}  clip {:.3}  |g| {:.3}  {}rollout {:.1}s ({gen_tok_s:.0} tok/s) scoring {:.1}s update {:.1}s",

@@ -55,7 +55,7 @@ fn default_max_seq_len() -> usize {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SftTrainConfig {
-    /// Output folder: config copy, metrics.jsonl, checkpoints/.
+    /// Output folder: config copy, metrics.jsonl, checkpoints/, tb/.
     pub run_dir: PathBuf,
     /// Optimizer steps.
     pub steps: u64,
@@ -332,6 +332,8 @@ pub fn run_sft<B: Backend>(
         .append(true)
         .open(&metrics_path)
         .map_err(io(&metrics_path))?;
+    let mut tb = super::tensorboard::EventWriter::restart(run_dir)?;
+    tb.write_history(&[("", &super::tensorboard::json_lines(&history))])?;
 
     let total = cfg.train.steps;
     let bar = if std::io::stdout().is_terminal() {
@@ -394,6 +396,7 @@ pub fn run_sft<B: Backend>(
         metrics_file
             .write_all(lines.as_bytes())
             .map_err(io(&metrics_path))?;
+        tb.write_json_line("", &lines)?;
         bar.set_position(state.step);
         bar.set_message(format!(
             "loss {:.4}, grad norm {:.3}, {:.0} tok/s",

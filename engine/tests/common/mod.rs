@@ -25,6 +25,19 @@ pub fn shared_data() -> PathBuf {
     dir
 }
 
+/// The Python of `cargo xtask test` (`IGPO_PYTHON`: a venv with torch,
+/// transformers, tensorboard and pyarrow, `tools/reference/requirements.txt`);
+/// `None` prints why the caller skips.
+pub fn python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("IGPO_PYTHON").map(PathBuf::from) {
+        Some(p) if p.exists() => Some(p),
+        _ => {
+            eprintln!("skipped {test}: IGPO_PYTHON is not set (cargo xtask test sets it)");
+            None
+        }
+    }
+}
+
 /// Real SmolLM2-135M-Instruct folder imported by `cargo xtask test`
 /// (`IGPO_SMOLLM2_DIR`); `None` prints why the caller skips.
 pub fn smollm2_dir(test: &str) -> Option<PathBuf> {
