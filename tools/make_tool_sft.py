@@ -14,7 +14,7 @@ this script to make the tool-calling SmolLM2 its rollout tests use.
 import argparse, json, random, subprocess, sys
 
 ap = argparse.ArgumentParser()
-ap.add_argument("--squad", default="../shared/data/squad-dev-v1.1.json")
+ap.add_argument("--squad", default="target/data/squad-dev-v1.1.json")
 ap.add_argument("--system-prompt", help="file with the system prompt (default: `igpo plugin prompt`)")
 ap.add_argument("--exclude", help="trajectories JSONL whose questions must not be used")
 ap.add_argument("--n", type=int, default=48)

@@ -139,7 +139,7 @@ fn bad_flags_are_explained() {
         &["generate", "--model", "/nonexistent-igpo", "--prompt", "x"],
         &["/nonexistent-igpo"],
     );
-    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
+    let tok = common::data_dir().join("qwen2.5-tokenizer.json");
     assert_one_line_error(
         &[
             "model",

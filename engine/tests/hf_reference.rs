@@ -94,7 +94,7 @@ fn check_row(case: &str, row: &Value, ours: &Tensor, first: usize, probe_ids: &[
 fn check_model(name: &str) {
     let fx = fixture(name);
     let model = model_for(&fx);
-    let tok = Tokenizer::from_file(&common::shared_data().join("qwen2.5-tokenizer.json")).unwrap();
+    let tok = Tokenizer::from_file(&common::data_dir().join("qwen2.5-tokenizer.json")).unwrap();
     let probe_ids = u32s(&fx["probe_ids"]);
     let mut worst = 0.0f32;
     for case in fx["cases"].as_array().unwrap() {

@@ -37,7 +37,7 @@ fn limits(f: impl FnOnce(&mut SandboxLimits)) -> SandboxLimits {
 fn corpus_dir() -> PathBuf {
     static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     DIR.get_or_init(|| {
-        let data = common::shared_data();
+        let data = common::data_dir();
         let dir = scratch("bm25-corpus");
         let passages = igpo::data::build_corpus(
             Some(&data.join("squad-dev-v1.1.json")),
@@ -57,7 +57,7 @@ fn corpus_dir() -> PathBuf {
 
 /// (question, gold passage id) for every SQuAD question.
 fn squad_questions() -> Vec<(String, String)> {
-    let path = common::shared_data().join("squad-dev-v1.1.json");
+    let path = common::data_dir().join("squad-dev-v1.1.json");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let mut out = vec![];
@@ -335,7 +335,7 @@ fn dataset(
 #[test]
 fn qa_dataset_parses_each_real_file() {
     let plugins = plugins_or_skip!("qa_dataset_parses_each_real_file");
-    let data = common::shared_data();
+    let data = common::data_dir();
 
     let squad = dataset(&plugins, &data, json!({"file": "squad-dev-v1.1.json"})).unwrap();
     assert_eq!(squad.info().name, "qa-dataset");
@@ -410,7 +410,7 @@ fn qa_dataset_parses_each_real_file() {
 #[test]
 fn qa_dataset_seeded_shuffle_and_splits() {
     let plugins = plugins_or_skip!("qa_dataset_seeded_shuffle_and_splits");
-    let data = common::shared_data();
+    let data = common::data_dir();
     let cfg = |seed: u64| json!({"file": "fanoutqa-dev.json", "shuffle": true, "seed": seed, "dev_fraction": 0.1});
     let a = dataset(&plugins, &data, cfg(7)).unwrap();
     let b = dataset(&plugins, &data, cfg(7)).unwrap();

@@ -77,7 +77,7 @@ fn plugin_check_describe_and_call() {
         "{r}"
     );
 
-    let data = common::shared_data().display().to_string();
+    let data = common::data_dir().display().to_string();
     let out = igpo(
         &cache,
         &[
@@ -131,7 +131,7 @@ fn plugin_errors_are_one_line() {
 #[test]
 fn data_corpus_writes_12100_passages() {
     let dir = scratch("cli-corpus");
-    let data = common::shared_data();
+    let data = common::data_dir();
     let out_file = dir.join("corpus.jsonl");
     let out = igpo(
         &dir,

@@ -16,7 +16,7 @@ use igpo::rl::{advantages, Estimator, Normalization, RolloutRewards};
 use igpo::train::{run_train, RlMetrics, RlRunConfig, RlRunOptions};
 
 fn one_step(dir: &Path, model: &Path, plugins: &Path) -> RlMetrics {
-    let data = common::shared_data();
+    let data = common::data_dir();
     let text = format!(
         r#"model = "{model}"
 
@@ -79,8 +79,8 @@ fn igpo_keeps_groups_informative_where_grpo_collapses() {
     };
     let dir = plugins_support::scratch("rl_smollm2");
     let passages = igpo::data::build_corpus(
-        Some(&common::shared_data().join("squad-dev-v1.1.json")),
-        Some(&common::shared_data().join("wiki-summaries-en.json")),
+        Some(&common::data_dir().join("squad-dev-v1.1.json")),
+        Some(&common::data_dir().join("wiki-summaries-en.json")),
     )
     .unwrap();
     std::fs::create_dir_all(dir.join("corpus")).unwrap();

@@ -16,7 +16,7 @@ use igpo::train::{run_train, RlMetrics, RlRunConfig, RlRunOptions};
 /// A tiny random Qwen2 with the real Qwen2.5 tokenizer, a small corpus and
 /// a small question file.
 fn setup(dir: &Path) {
-    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
+    let tok = common::data_dir().join("qwen2.5-tokenizer.json");
     let config = ModelConfig {
         arch: Arch::Qwen2,
         vocab_size: 151936,
@@ -196,7 +196,7 @@ fn train_resumes_exactly_and_grpo_collapses_on_equal_outcomes() {
         })
         .collect();
     assert_eq!(steps, vec![0, 2]);
-    let straight = std::fs::read(run.join("checkpoints/step-2/model.safetensors")).unwrap();
+    let straight = std::fs::read(run.join("checkpoints/step-2/state/master.safetensors")).unwrap();
 
     // Killed after step 1, resumed: the same numbers and the same weights.
     std::fs::remove_dir_all(&run).unwrap();
@@ -221,7 +221,7 @@ fn train_resumes_exactly_and_grpo_collapses_on_equal_outcomes() {
         m.iter().map(untimed).collect::<Vec<_>>()
     );
     assert_eq!(
-        std::fs::read(run.join("checkpoints/step-2/model.safetensors")).unwrap(),
+        std::fs::read(run.join("checkpoints/step-2/state/master.safetensors")).unwrap(),
         straight,
         "resumed weights differ"
     );

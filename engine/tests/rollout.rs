@@ -97,7 +97,7 @@ fn check_well_formed(t: &Trajectory) {
 
 /// The SQuAD + Wikipedia corpus bm25-search reads, built once per test.
 fn corpus(name: &str) -> PathBuf {
-    let data = common::shared_data();
+    let data = common::data_dir();
     let dir = plugins_support::scratch(name);
     let passages = igpo::data::build_corpus(
         Some(&data.join("squad-dev-v1.1.json")),
@@ -120,7 +120,7 @@ fn tasks(host: &PluginHost, plugins: &Path, n: usize) -> Vec<Task> {
         host,
         &PluginSpec::new(plugins.join("qa-dataset.wasm"))
             .config(serde_json::json!({"file": "squad-dev-v1.1.json", "shuffle": true, "seed": 11, "limit": n}))
-            .readonly_dir(common::shared_data()),
+            .readonly_dir(common::data_dir()),
     )
     .unwrap();
     let tasks: Vec<Task> = ds

@@ -20,7 +20,7 @@ fn scratch(name: &str) -> PathBuf {
 
 /// A tiny random Qwen2 with the real Qwen2.5 tokenizer.
 fn tiny_model(dir: &Path) {
-    let tok = common::shared_data().join("qwen2.5-tokenizer.json");
+    let tok = common::data_dir().join("qwen2.5-tokenizer.json");
     let config = ModelConfig {
         arch: Arch::Qwen2,
         vocab_size: 151936,
@@ -102,9 +102,38 @@ fn sft_overfits_a_tiny_task() {
         .count();
     assert_eq!(lines, 60, "one metrics line per step");
     assert!(dir.join("run/config.toml").exists());
-    // The final checkpoint is a model folder that loads.
+    // The final checkpoint: `model/` is a bf16 Hugging Face folder with the
+    // base model's tokenizer; the checkpoint itself loads as a model (its f32
+    // master weights, which `model/` holds rounded to bf16).
     let ckpt = out.final_checkpoint.unwrap();
-    igpo::model::load(&ckpt, igpo::backend::Cpu).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ckpt.join("model/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["torch_dtype"], "bfloat16");
+    assert_eq!(
+        igpo::model::stored_dtype(&ckpt.join("model")).unwrap(),
+        igpo::tensor::DType::BF16
+    );
+    for f in [
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
+        assert!(ckpt.join("model").join(f).is_file(), "model/{f} missing");
+    }
+    let master = igpo::model::load(&ckpt, igpo::backend::Cpu).unwrap();
+    let bf16 = igpo::model::load(&ckpt.join("model"), igpo::backend::Cpu).unwrap();
+    let (m, b) = (master.to_tensor_map(), bf16.to_tensor_map());
+    let name = "model.layers.0.mlp.down_proj.weight";
+    let (m, b) = (m[name].data(), b[name].data());
+    assert!(
+        m.iter().any(|x| half::bf16::from_f32(*x).to_f32() != *x),
+        "master is f32"
+    );
+    assert!(m
+        .iter()
+        .zip(b)
+        .all(|(x, y)| half::bf16::from_f32(*x).to_f32() == *y));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -139,8 +168,9 @@ fn resume_is_exact() {
     );
     assert_eq!(first.metrics.len(), 3);
     // A half-written checkpoint must never be picked.
-    std::fs::create_dir_all(dir.join("run/checkpoints/step-99")).unwrap();
-    std::fs::write(dir.join("run/checkpoints/step-99/config.json"), "{}").unwrap();
+    std::fs::create_dir_all(dir.join("run/checkpoints/step-99/model")).unwrap();
+    std::fs::create_dir_all(dir.join("run/checkpoints/step-99/state")).unwrap();
+    std::fs::write(dir.join("run/checkpoints/step-99/model/config.json"), "{}").unwrap();
     let b = run(
         &b_path,
         &SftRunOptions {
@@ -151,12 +181,15 @@ fn resume_is_exact() {
     let la: Vec<f64> = a.metrics.iter().map(|m| m.loss).collect();
     let lb: Vec<f64> = b.metrics.iter().map(|m| m.loss).collect();
     assert_eq!(la, lb, "losses of the straight and the resumed run");
-    let wa = std::fs::read(straight.join("run/checkpoints/step-6/model.safetensors")).unwrap();
-    let wb = std::fs::read(dir.join("run/checkpoints/step-6/model.safetensors")).unwrap();
-    assert!(
-        wa == wb,
-        "final weights differ between straight and resumed runs"
-    );
+    for file in [
+        "state/master.safetensors",
+        "state/optimizer.safetensors",
+        "model/model.safetensors",
+    ] {
+        let wa = std::fs::read(straight.join("run/checkpoints/step-6").join(file)).unwrap();
+        let wb = std::fs::read(dir.join("run/checkpoints/step-6").join(file)).unwrap();
+        assert!(wa == wb, "{file} differs between straight and resumed runs");
+    }
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -222,5 +255,98 @@ fn bad_transcript_line_stops_before_training_or_is_skipped() {
     )
     .unwrap();
     assert_eq!(out.skipped_lines, 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The exported bf16 model folder of a short SFT run loads in transformers
+/// as it is (dtype from `config.json`, tokenizer, generation config), and
+/// transformers' logits on it equal igpo's on the same folder to float
+/// rounding, and igpo's on the f32 checkpoint within bf16 tolerance.
+#[test]
+fn exported_checkpoint_loads_in_transformers_with_the_same_logits() {
+    let Some(python) = common::python("exported_checkpoint_loads_in_transformers") else {
+        return;
+    };
+    let dir = scratch("export-hf");
+    tiny_model(&dir.join("model"));
+    let path = write_run(&dir, "", TRANSCRIPTS);
+    let text = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("steps = 6", "steps = 2");
+    std::fs::write(&path, text).unwrap();
+    let ckpt = run(&path, &SftRunOptions::default())
+        .final_checkpoint
+        .unwrap();
+    let out = dir.join("exported");
+    let (code, _, err) = common::igpo(&[
+        "model",
+        "export",
+        ckpt.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "--dtype",
+        "bf16",
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    let text = "The capital of France is Paris.";
+    let tok = igpo::tokenizer::Tokenizer::load_dir(&out).unwrap();
+    let ids = tok.encode(text).unwrap();
+    let logits_of = |model_dir: &Path| {
+        let model = igpo::model::load(model_dir, igpo::backend::Cpu).unwrap();
+        let mut cache = model.new_cache();
+        model.forward(
+            &mut [igpo::model::SeqStep {
+                tokens: &ids,
+                positions: None,
+                cache: &mut cache,
+            }],
+            igpo::model::LogitRows::All,
+        )
+    };
+    let ours = logits_of(&out);
+    let master = logits_of(&ckpt);
+    let ids_arg = ids
+        .iter()
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let py = std::process::Command::new(&python)
+        .arg(common::workspace().join("tools/reference/hf_load_logits.py"))
+        .arg(&out)
+        .args(["--ids", &ids_arg, "--text", text])
+        .output()
+        .unwrap();
+    assert!(
+        py.status.success(),
+        "transformers could not load {}: {}",
+        out.display(),
+        String::from_utf8_lossy(&py.stderr)
+    );
+    let hf: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(hf["dtype"], "bfloat16", "transformers loaded another dtype");
+    assert_eq!(hf["class"], "Qwen2ForCausalLM");
+    assert_eq!(hf["eos_token_id"], 151645);
+    let hf_ids: Vec<u32> = serde_json::from_value(hf["text_ids"].clone()).unwrap();
+    assert_eq!(
+        hf_ids, ids,
+        "AutoTokenizer on the export tokenizes differently"
+    );
+    let (mut same_weights, mut vs_master) = (0f32, 0f32);
+    for (r, row) in hf["logits"].as_array().unwrap().iter().enumerate() {
+        let row: Vec<f32> = serde_json::from_value(row.clone()).unwrap();
+        for (v, h) in row.iter().enumerate() {
+            same_weights = same_weights.max((ours.row(r)[v] - h).abs());
+            vs_master = vs_master.max((master.row(r)[v] - h).abs());
+        }
+    }
+    eprintln!(
+        "max |logit diff| vs transformers: igpo on the export {same_weights:.2e}, \
+         igpo on the f32 checkpoint {vs_master:.2e}"
+    );
+    assert!(same_weights < 1e-4, "same bf16 weights: {same_weights}");
+    assert!(
+        vs_master < 5e-2,
+        "f32 master vs its bf16 export: {vs_master}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check a folder written by the engine's GGUF import against transformers.
 
-    /work/venv-ref/bin/python tools/reference/check_gguf_import.py OUT_DIR GGUF [--no-generate]
+    target/pyenv/bin/python tools/reference/check_gguf_import.py OUT_DIR GGUF [--no-generate]
 
 transformers reads a GGUF itself (`from_pretrained(dir, gguf_file=name)`):
 it dequantizes every tensor to float32 and undoes llama.cpp's q/k row
@@ -22,8 +22,8 @@ A developer check, not CI.
 
 transformers needs `accelerate` (and it `psutil`) to load a GGUF. Without
 touching a shared venv:
-    pip install --target /tmp/pyextra accelerate psutil
-    PYTHONPATH=/tmp/pyextra python tools/reference/check_gguf_import.py OUT_DIR GGUF
+    pip install --target target/pyextra accelerate psutil
+    PYTHONPATH=target/pyextra python tools/reference/check_gguf_import.py OUT_DIR GGUF
 The imported folder for SmolLM2 comes from the Rust end-to-end test:
     IGPO_SMOLLM2_GGUF=GGUF IGPO_GGUF_IMPORT_OUT=OUT_DIR \
         cargo test -p igpo --lib model::gguf::import::tests::smollm2

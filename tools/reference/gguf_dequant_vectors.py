@@ -12,7 +12,7 @@ they are random bytes whose f16 scale fields are overwritten with finite
 values in a sensible range, so every bit pattern of the quants and packed
 scales is exercised.
 
-    /work/venv-ref/bin/python tools/reference/gguf_dequant_vectors.py \
+    target/pyenv/bin/python tools/reference/gguf_dequant_vectors.py \
         --out engine/src/model/gguf/testdata/dequant_vectors.json
 
 Deterministic (fixed seed); the output is byte-identical across runs.

@@ -7,7 +7,7 @@ parameter name and the element index (see WEIGHTS_RULE / `rule_values`), which t
 recomputes identically.
 
 Usage:
-    python tools/reference/hf_logits.py --tokenizer /work/shared/data/qwen2.5-tokenizer.json \
+    python tools/reference/hf_logits.py --tokenizer target/data/qwen2.5-tokenizer.json \
         --out tests/fixtures/hf
 """
 

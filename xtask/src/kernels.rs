@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use crate::{cargo, run, target, Result};
 
-/// One CUDA release for all three wheels (see ../shared/TOOLCHAIN.md).
+/// One CUDA release for all three wheels (see docs/toolchain.md).
 const CUDA_WHEELS: &str = "13.5.37";
 const WHEELS: [&str; 3] = [
     "nvidia-cuda-nvrtc",

@@ -2,6 +2,7 @@
 //! user and for CI. Everything the commands need (the real SmolLM2 model, the
 //! Python reference packages) is fetched here and cached under `target/`.
 
+mod data;
 mod gpu_kit;
 mod kernels;
 mod readme;
@@ -23,11 +24,12 @@ fn main() -> ExitCode {
         Some("demo") => demo(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("bench") => bench(&args[1..]),
+        Some("data") => data::unpack().map(|dir| eprintln!("xtask: data in {}", dir.display())),
         Some("plugins") => plugins().map(|dir| eprintln!("xtask: plugins in {}", dir.display())),
         Some("kernels") => kernels::kernels(),
         Some("gpu-kit") => gpu_kit::gpu_kit(),
         Some("readme") => readme::check(),
-        _ => Err("usage: cargo xtask <demo|test|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward|plugins|rollout` runs one part;\n           `bench --device cuda`: Qwen2.5-0.5B/1.5B shapes on the GPU beside PyTorch)".into()),
+        _ => Err("usage: cargo xtask <demo|test|data|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  data     unpack data/*.json.zst (SQuAD, Wikipedia summaries, QA sets, the Qwen2.5 tokenizer) into target/data, sha256-checked\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward|plugins|rollout` runs one part;\n           `bench --device cuda`: Qwen2.5-0.5B/1.5B shapes on the GPU beside PyTorch)".into()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -479,6 +481,7 @@ fn test(args: &[String]) -> Result<()> {
     let gguf = smollm2_gguf()?;
     let dir = smollm2_dir(&[])?;
     let tool_dir = smollm2_tool_dir(&dir, &plugin_dir)?;
+    let python = python_env()?;
     run(cargo()
         .args(["test", "--workspace"])
         .args(args)
@@ -486,6 +489,8 @@ fn test(args: &[String]) -> Result<()> {
         .env("IGPO_SMOLLM2_DIR", &dir)
         .env("IGPO_SMOLLM2_TOOL_DIR", &tool_dir)
         .env("IGPO_PLUGIN_DIR", &plugin_dir)
+        .env("IGPO_PYTHON", &python)
+        .env("IGPO_DATA", data::unpack()?)
         .envs(cuda_env))?;
     // Last: the README, as a new user runs it (skipped when only some tests
     // were asked for).
@@ -574,11 +579,11 @@ fn files_under(path: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// in `TOOL_SFT_SOURCES`.
 fn tool_sft_key(plugins: &std::path::Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let shared = root().join("../shared/data");
+    let data = data::unpack()?;
     let mut files = vec![
         root().join("tools/make_tool_sft.py"),
-        shared.join("squad-dev-v1.1.json"),
-        shared.join("wiki-summaries-en.json"),
+        data.join("squad-dev-v1.1.json"),
+        data.join("wiki-summaries-en.json"),
         plugins.join("bm25-search.wasm"),
     ];
     for p in TOOL_SFT_SOURCES {
@@ -630,20 +635,20 @@ fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result
     let work = target().join("tool-sft");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let shared = root().join("../shared/data");
+    let data = data::unpack()?;
     let corpus = work.join("corpus");
     run(Command::new(&igpo)
         .args(["data", "corpus", "--squad"])
-        .arg(shared.join("squad-dev-v1.1.json"))
+        .arg(data.join("squad-dev-v1.1.json"))
         .arg("--wiki")
-        .arg(shared.join("wiki-summaries-en.json"))
+        .arg(data.join("wiki-summaries-en.json"))
         .arg("--out")
         .arg(corpus.join("corpus.jsonl")))?;
     let transcripts = work.join("transcripts.jsonl");
     run(Command::new("python3")
         .arg(root().join("tools/make_tool_sft.py"))
         .arg("--squad")
-        .arg(shared.join("squad-dev-v1.1.json"))
+        .arg(data.join("squad-dev-v1.1.json"))
         .arg("--igpo")
         .arg(&igpo)
         .arg("--plugin")
@@ -665,11 +670,12 @@ fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result
     run(Command::new(&igpo)
         .args(["sft", "--config"])
         .arg(&config_path))?;
-    // The newest checkpoint is the model; its optimizer state is not needed.
+    // The newest checkpoint, exported with its f32 master weights (the
+    // rollout tests use the model exactly as trained).
     let mut steps: Vec<PathBuf> = std::fs::read_dir(run_dir.join("checkpoints"))
         .map_err(|e| format!("{}: {e}", run_dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.safetensors").exists())
+        .filter(|p| p.join("state/trainer_state.json").exists())
         .collect();
     steps.sort_by_key(|p| {
         p.file_name()
@@ -678,7 +684,6 @@ fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result
     let last = steps
         .pop()
         .ok_or_else(|| format!("{}: no checkpoint written", run_dir.display()))?;
-    let _ = std::fs::remove_file(last.join("optimizer.safetensors"));
     // Older keys' models go; this one appears complete or not at all.
     if let Ok(entries) = std::fs::read_dir(&models) {
         for e in entries.filter_map(|e| e.ok()) {
@@ -690,8 +695,11 @@ fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result
             }
         }
     }
-    std::fs::rename(&last, &dir)
-        .map_err(|e| format!("{} -> {}: {e}", last.display(), dir.display()))?;
+    run(Command::new(&igpo)
+        .args(["model", "export"])
+        .arg(&last)
+        .arg(&dir)
+        .args(["--dtype", "f32"]))?;
     let _ = std::fs::remove_dir_all(&work);
     eprintln!(
         "xtask: tool-SFT SmolLM2 made in {:.1} s: {}",
@@ -702,28 +710,29 @@ fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result
 }
 
 /// A Python venv under `target/pyenv` with the reference packages
-/// (`tools/reference/requirements.txt`: torch, transformers), made once.
+/// (`tools/reference/requirements.txt`: torch, transformers, tensorboard,
+/// pyarrow), made once per version of that file. Tests get it as
+/// `IGPO_PYTHON` (readers nobody here wrote: transformers, TensorBoard's
+/// event reader, pyarrow).
 fn python_env() -> Result<PathBuf> {
     let env = target().join("pyenv");
     let python = env.join("bin/python");
     let stamp = env.join(".installed");
-    if !stamp.exists() {
+    let requirements = root().join("tools/reference/requirements.txt");
+    let wanted = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
         if !python.exists() {
             run(Command::new("python3").args(["-m", "venv"]).arg(&env))?;
         }
         run(Command::new(&python)
             .args(["-m", "pip", "install", "--quiet", "-r"])
-            .arg(root().join("tools/reference/requirements.txt")))?;
-        std::fs::write(&stamp, "ok").map_err(|e| format!("{}: {e}", stamp.display()))?;
+            .arg(&requirements))?;
+        std::fs::write(&stamp, &wanted).map_err(|e| format!("{}: {e}", stamp.display()))?;
     }
     Ok(python)
 }
 
-/// `cargo xtask bench [forward|plugins|rollout] [--device cuda[:N]]`.
-/// CPU: the engine and PyTorch on the same SmolLM2 weights, same machine,
-/// same run (`target/bench/forward.*`), then the plugin host and rollouts.
-/// `--device cuda`: both engines on random weights of the Qwen2.5-0.5B and
-/// 1.5B shapes on the GPU (`tools/bench_side_by_side.sh`, `target/bench/cuda/`).
 fn bench(args: &[String]) -> Result<()> {
     let mut what = None;
     let mut device = String::from("cpu");
@@ -897,7 +906,7 @@ const RUST_PLUGINS: &[&str] = &[
     "echo-tool",
     "hostile-tool",
 ];
-/// componentize-py, pinned (see ../shared/TOOLCHAIN.md).
+/// componentize-py, pinned (see docs/toolchain.md).
 const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
 
 /// `cargo xtask plugins`: builds every first-party plugin into
@@ -1017,13 +1026,13 @@ fn bench_rollout() -> Result<()> {
     smollm2_dir(&["--release"])?;
     plugins()?;
     let corpus = target().join("corpus/corpus.jsonl");
-    let shared = root().join("../shared/data");
+    let data = data::unpack()?;
     if !corpus.exists() {
         run(igpo_release()
             .args(["data", "corpus", "--squad"])
-            .arg(shared.join("squad-dev-v1.1.json"))
+            .arg(data.join("squad-dev-v1.1.json"))
             .arg("--wiki")
-            .arg(shared.join("wiki-summaries-en.json"))
+            .arg(data.join("wiki-summaries-en.json"))
             .arg("--out")
             .arg(&corpus))?;
     }
@@ -1057,7 +1066,7 @@ fn bench_plugins() -> Result<()> {
     let dir = plugins()?;
     let out = target().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let data = root().join("../shared/data");
+    let data = data::unpack()?;
     let json = out.join("plugins.json");
     run(igpo_release()
         .args(["plugin", "bench", "--plugins"])

@@ -136,6 +136,12 @@ fn rewrites(scratch: &Path) -> Vec<(&'static str, Option<String>)> {
             )),
         ),
         (
+            "igpo model export target/runs/squad-igpo/checkpoints/step-20 target/models/squad-igpo --dtype bf16",
+            Some(format!(
+                "igpo model export {s}/runs/squad-igpo/checkpoints/step-1 {s}/models/squad-igpo --dtype bf16"
+            )),
+        ),
+        (
             "igpo report target/runs/squad-igpo target/runs/squad-grpo --out target/runs/squad.html",
             Some(format!(
                 "igpo report {s}/runs/squad-igpo {s}/runs/squad-grpo --out {s}/runs/squad.html"

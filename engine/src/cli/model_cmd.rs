@@ -27,6 +27,18 @@ pub enum ModelCommand {
     },
     /// Convert a GGUF checkpoint into a Hugging Face model folder (bf16).
     ImportGguf { file: PathBuf, out_dir: PathBuf },
+    /// Write a clean Hugging Face model folder (config, weights, generation
+    /// config, tokenizer files) from a training checkpoint (its f32 master
+    /// weights) or any model folder, in the dtype asked for.
+    Export {
+        /// A checkpoint (`RUN/checkpoints/step-N`) or a model folder.
+        checkpoint: PathBuf,
+        /// The new folder (must not exist, or be empty).
+        out_dir: PathBuf,
+        /// bf16, f16 or f32.
+        #[arg(long, default_value = "bf16")]
+        dtype: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -69,7 +81,24 @@ pub fn run(cmd: ModelCommand) -> CliResult {
         ModelCommand::Init(a) => init(a),
         ModelCommand::Inspect { dir, device } => inspect(&dir, &device),
         ModelCommand::ImportGguf { file, out_dir } => import_gguf(&file, &out_dir),
+        ModelCommand::Export {
+            checkpoint,
+            out_dir,
+            dtype,
+        } => export(&checkpoint, &out_dir, &dtype),
     }
+}
+
+fn export(checkpoint: &std::path::Path, out_dir: &std::path::Path, dtype: &str) -> CliResult {
+    let dtype =
+        DType::parse(dtype).ok_or_else(|| format!("--dtype `{dtype}`: use bf16, f16 or f32"))?;
+    crate::model::export(checkpoint, out_dir, dtype)?;
+    println!(
+        "wrote {} ({dtype}) from {}",
+        out_dir.display(),
+        checkpoint.display()
+    );
+    Ok(())
 }
 
 fn import_gguf(file: &std::path::Path, out_dir: &std::path::Path) -> CliResult {
@@ -98,12 +127,8 @@ fn import_gguf(file: &std::path::Path, out_dir: &std::path::Path) -> CliResult {
 
 fn init(a: InitArgs) -> CliResult {
     let tok = Tokenizer::from_file(&a.vocab_from)?;
-    let dtype = match a.dtype.as_str() {
-        "bf16" => DType::BF16,
-        "f16" => DType::F16,
-        "f32" => DType::F32,
-        other => return Err(format!("--dtype `{other}`: use bf16, f16 or f32").into()),
-    };
+    let dtype = DType::parse(&a.dtype)
+        .ok_or_else(|| format!("--dtype `{}`: use bf16, f16 or f32", a.dtype))?;
     let mut config = match &a.preset {
         Some(name) => preset(name)
             .ok_or_else(|| format!("unknown --preset `{name}` (known: {})", PRESETS.join(", ")))?,

@@ -93,7 +93,7 @@ fn token_ids(v: Option<&Value>) -> Vec<u32> {
 impl ModelConfig {
     /// Reads and validates `dir/config.json`.
     pub fn load(dir: &Path) -> Result<ModelConfig, ModelError> {
-        let path = dir.join("config.json");
+        let path = super::hf_dir(dir).join("config.json");
         let file = path.display().to_string();
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::Io {
             path: file.clone(),

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use rayon::prelude::*;
 
-use super::{save_safetensors, Arch, ModelConfig, ModelError, TensorMap};
+use super::weights::{save_model_weights, MAX_SHARD_BYTES};
+use super::{Arch, ModelConfig, ModelError, TensorMap};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
@@ -131,8 +132,9 @@ pub fn fixture_weights(config: &ModelConfig) -> TensorMap {
         .collect()
 }
 
-/// Writes a Hugging Face model folder: config.json, model.safetensors in
-/// `dtype`, and a copy of `tokenizer_json` (plus tokenizer_config.json with
+/// Writes a Hugging Face model folder: config.json (`torch_dtype` = `dtype`),
+/// the weights in `dtype` (sharded past 5 GB), generation_config.json (bos and
+/// eos ids), and a copy of `tokenizer_json` (plus tokenizer_config.json with
 /// the ChatML template) when given.
 pub fn write_model_dir(
     dir: &Path,
@@ -146,10 +148,31 @@ pub fn write_model_dir(
         move |e| ModelError::Io { path, source: e }
     };
     fs::create_dir_all(dir).map_err(io(dir))?;
-    let cfg = serde_json::to_vec_pretty(&config.to_json()).expect("config serializes");
+    let mut cfg = config.to_json();
+    cfg["torch_dtype"] = serde_json::json!(dtype.torch_name());
+    let cfg = serde_json::to_vec_pretty(&cfg).expect("config serializes");
     crate::fsutil::write_atomic(&dir.join("config.json"), &cfg)
         .map_err(io(&dir.join("config.json")))?;
-    save_safetensors(&dir.join("model.safetensors"), tensors, dtype)?;
+    save_model_weights(dir, tensors, dtype, MAX_SHARD_BYTES)?;
+    let mut generation = serde_json::Map::new();
+    if let Some(b) = config.bos_token_id {
+        generation.insert("bos_token_id".into(), serde_json::json!(b));
+    }
+    match config.eos_token_ids.as_slice() {
+        [] => {}
+        [one] => {
+            generation.insert("eos_token_id".into(), serde_json::json!(one));
+        }
+        many => {
+            generation.insert("eos_token_id".into(), serde_json::json!(many));
+        }
+    }
+    let path = dir.join("generation_config.json");
+    crate::fsutil::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(&generation).expect("json"),
+    )
+    .map_err(io(&path))?;
     if let Some(tok) = tokenizer_json {
         let bytes = fs::read(tok).map_err(io(tok))?;
         crate::fsutil::write_atomic(&dir.join("tokenizer.json"), &bytes)

@@ -4,6 +4,7 @@
 mod backward;
 mod config;
 mod decoder;
+pub mod folder;
 pub mod gguf;
 pub mod init;
 mod weights;
@@ -13,7 +14,10 @@ use std::path::Path;
 pub use backward::{Activations, TrainSeq};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{KvCache, LogitRows, Model, SeqStep};
-pub use weights::{load_weights, save_safetensors, stored_dtype, TensorMap};
+pub use folder::{export, hf_dir, is_checkpoint};
+pub use weights::{
+    load_weights, save_model_weights, save_safetensors, stored_dtype, TensorMap, MAX_SHARD_BYTES,
+};
 
 use crate::backend::Backend;
 
@@ -41,7 +45,8 @@ pub enum ModelError {
     },
 }
 
-/// Loads a Hugging Face model folder (config.json + safetensors) onto `backend`.
+/// Loads a Hugging Face model folder (config.json + safetensors), or a
+/// checkpoint's f32 master weights (see [`folder`]), onto `backend`.
 pub fn load<B: Backend>(dir: &Path, backend: B) -> Result<Model<B>, ModelError> {
     let config = ModelConfig::load(dir)?;
     let tensors = load_weights(dir, &config)?;

@@ -45,8 +45,12 @@ fn to_dtype(d: Dtype) -> Result<DType, Dtype> {
 }
 
 /// The safetensors files of a model folder: `model.safetensors`, or the
-/// shards listed by `model.safetensors.index.json`.
+/// shards listed by `model.safetensors.index.json`; for a checkpoint its f32
+/// master weights.
 fn shard_files(dir: &Path) -> Result<Vec<String>, ModelError> {
+    if super::is_checkpoint(dir) {
+        return Ok(vec![super::folder::MASTER_WEIGHTS.into()]);
+    }
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let file = index.display().to_string();
@@ -184,4 +188,60 @@ pub fn save_safetensors(path: &Path, tensors: &TensorMap, dtype: DType) -> Resul
         path: path.display().to_string(),
         source: e,
     })
+}
+
+/// Shards of a model folder larger than this are split, as Hugging Face does
+/// (`save_pretrained`'s default `max_shard_size` is 5 GB).
+pub const MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// Writes a model folder's weights in `dtype`: one `model.safetensors`, or,
+/// past `max_shard_bytes`, `model-0000i-of-0000n.safetensors` shards (tensors
+/// in name order, a shard closed before it would pass the limit) and
+/// `model.safetensors.index.json` (`metadata.total_size`, `weight_map`).
+/// Each file is written atomically; the index last.
+pub fn save_model_weights(
+    dir: &Path,
+    tensors: &TensorMap,
+    dtype: DType,
+    max_shard_bytes: usize,
+) -> Result<(), ModelError> {
+    let sorted: BTreeMap<&String, &Tensor> = tensors.iter().collect();
+    let bytes_of = |t: &Tensor| t.data().len() * dtype.size_of();
+    let total: usize = sorted.values().map(|t| bytes_of(t)).sum();
+    if total <= max_shard_bytes {
+        return save_safetensors(&dir.join("model.safetensors"), tensors, dtype);
+    }
+    let mut shards: Vec<TensorMap> = vec![];
+    let mut size = 0;
+    for (name, t) in sorted {
+        if shards.is_empty() || (size > 0 && size + bytes_of(t) > max_shard_bytes) {
+            shards.push(TensorMap::new());
+            size = 0;
+        }
+        size += bytes_of(t);
+        shards
+            .last_mut()
+            .expect("a shard")
+            .insert(name.clone(), t.clone());
+    }
+    let n = shards.len();
+    let mut weight_map = serde_json::Map::new();
+    for (i, shard) in shards.iter().enumerate() {
+        let file = format!("model-{:05}-of-{n:05}.safetensors", i + 1);
+        save_safetensors(&dir.join(&file), shard, dtype)?;
+        for name in shard.keys() {
+            weight_map.insert(name.clone(), Value::String(file.clone()));
+        }
+    }
+    let index = serde_json::json!({
+        "metadata": {"total_size": total},
+        "weight_map": weight_map,
+    });
+    let path = dir.join("model.safetensors.index.json");
+    crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&index).expect("json")).map_err(
+        |e| ModelError::Io {
+            path: path.display().to_string(),
+            source: e,
+        },
+    )
 }

@@ -289,9 +289,15 @@ mod tests {
 
     #[test]
     fn probe_tokens_are_those_of_the_whole_text() {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../shared/data/qwen2.5-tokenizer.json");
-        let tok = Tokenizer::from_file(&path).expect("the Qwen2.5 tokenizer of ../shared/data");
+        // `cargo xtask data` unpacks it; `cargo xtask test` passes IGPO_DATA.
+        let dir = std::env::var_os("IGPO_DATA")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/data")
+            });
+        let path = dir.join("qwen2.5-tokenizer.json");
+        let tok = Tokenizer::from_file(&path)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask data`)", path.display()));
         for (template, answer) in [
             ("<answer> {answer} </answer>", "Paris"),
             (DEFAULT_PROBE_TEMPLATE, "Merritt Island"),

@@ -23,6 +23,25 @@ impl DType {
             DType::F16 | DType::BF16 => 2,
         }
     }
+
+    /// The name `config.json`'s `torch_dtype` gives it.
+    pub fn torch_name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+        }
+    }
+
+    /// `bf16`, `f16` or `f32` (what `Display` writes).
+    pub fn parse(name: &str) -> Option<DType> {
+        match name {
+            "bf16" => Some(DType::BF16),
+            "f16" => Some(DType::F16),
+            "f32" => Some(DType::F32),
+            _ => None,
+        }
+    }
 }
 
 impl fmt::Display for DType {

@@ -24,8 +24,10 @@ pub struct Tokenizer {
 
 impl Tokenizer {
     /// Loads `tokenizer.json` (and the chat template's default system prompt
-    /// from `tokenizer_config.json`, when present) from a model folder.
+    /// from `tokenizer_config.json`, when present) from a model folder (or a
+    /// checkpoint's `model/`).
     pub fn load_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
+        let dir = &crate::model::hf_dir(dir);
         let mut tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
         let cfg_path = dir.join("tokenizer_config.json");
         if let Ok(text) = std::fs::read_to_string(&cfg_path) {

@@ -1,10 +1,17 @@
-//! Checkpoints: `run_dir/checkpoints/step-N/` is a Hugging Face model folder
-//! (f32 weights, so a resume is exact; other tools load it as is) plus
-//! `optimizer.safetensors` and `trainer_state.json` (step, RNG, data position).
+//! Checkpoints: `run_dir/checkpoints/step-N/` holds
+//! - `model/`: a clean Hugging Face model folder in the run's
+//!   `checkpoint_dtype` (bf16 by default) with the base model's tokenizer and
+//!   generation files, which transformers, vLLM and llama.cpp's converter load
+//!   as they are;
+//! - `state/`: what an exact resume needs — `master.safetensors` (the f32
+//!   weights), `optimizer.safetensors` (AdamW moments) and
+//!   `trainer_state.json` (step, RNG, data position).
 //!
 //! A checkpoint is written under a temporary name and renamed into place, so
-//! `step-N` exists only when complete; `trainer_state.json` is written last
-//! inside it and a folder without it is never picked for a resume.
+//! `step-N` exists only when complete; `state/trainer_state.json` is written
+//! last inside it and a folder without it is never picked for a resume. A
+//! checkpoint folder is also a model path (see [`crate::model::folder`]): it
+//! loads its f32 master weights.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,6 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::Backend;
+use crate::model::folder::{copy_model_files, MASTER_WEIGHTS};
 use crate::model::{init::write_model_dir, save_safetensors, Model, ModelError, TensorMap};
 use crate::tensor::{decode_le, DType, Tensor};
 use crate::train::optim::AdamW;
@@ -22,6 +30,32 @@ pub struct DataPosition {
     pub epoch: u64,
     pub index: u64,
 }
+
+/// The dtype of a checkpoint's `model/` folder (`checkpoint_dtype` in a run
+/// file). The f32 master weights for resume are kept in `state/` whatever
+/// this says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CheckpointDType {
+    #[default]
+    Bf16,
+    F16,
+    F32,
+}
+
+impl CheckpointDType {
+    pub fn dtype(self) -> DType {
+        match self {
+            CheckpointDType::Bf16 => DType::BF16,
+            CheckpointDType::F16 => DType::F16,
+            CheckpointDType::F32 => DType::F32,
+        }
+    }
+}
+
+/// Where a checkpoint keeps its trainer state, relative to its folder.
+const TRAINER_STATE: &str = "state/trainer_state.json";
+const OPTIMIZER_STATE: &str = "state/optimizer.safetensors";
 
 /// Everything besides tensors that a resume needs.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,7 +103,7 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
         .filter_map(|e| {
             let step = step_of(&e.file_name().to_string_lossy())?;
             e.path()
-                .join("trainer_state.json")
+                .join(TRAINER_STATE)
                 .exists()
                 .then(|| (step, e.path()))
         })
@@ -78,13 +112,16 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
-/// Writes checkpoint `state.step` and keeps only the newest `keep_last`.
+/// Writes checkpoint `state.step` (the model folder in `model_dtype`, the
+/// tokenizer and generation files copied from `base_model`) and keeps only
+/// the newest `keep_last`.
 pub fn save_checkpoint<B: Backend>(
     run_dir: &Path,
     model: &Model<B>,
     opt: &AdamW<B>,
     state: &TrainerState,
-    tokenizer_dir: &Path,
+    base_model: &Path,
+    model_dtype: CheckpointDType,
     keep_last: usize,
 ) -> Result<PathBuf, CheckpointError> {
     let root = run_dir.join("checkpoints");
@@ -92,29 +129,29 @@ pub fn save_checkpoint<B: Backend>(
     let fin = root.join(format!("step-{}", state.step));
     let tmp = root.join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
+    let weights = model.to_tensor_map();
+    let model_dir = tmp.join("model");
     write_model_dir(
-        &tmp,
+        &model_dir,
         &model.config,
-        &model.to_tensor_map(),
-        DType::F32,
+        &weights,
+        model_dtype.dtype(),
         None,
     )?;
-    // The model's own tokenizer files, chat template included.
-    for name in ["tokenizer.json", "tokenizer_config.json"] {
-        let src = tokenizer_dir.join(name);
-        if src.exists() {
-            fs::copy(&src, tmp.join(name)).map_err(io(&src))?;
-        }
-    }
+    copy_model_files(base_model, &model_dir)?;
+    let state_dir = tmp.join("state");
+    fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
+    save_safetensors(&tmp.join(MASTER_WEIGHTS), &weights, DType::F32)?;
+    drop(weights);
     let b = model.backend();
     let mut moments = TensorMap::new();
     for (i, name) in model.param_names().iter().enumerate() {
         moments.insert(format!("m.{name}"), b.download(&opt.m[i]));
         moments.insert(format!("v.{name}"), b.download(&opt.v[i]));
     }
-    save_safetensors(&tmp.join("optimizer.safetensors"), &moments, DType::F32)?;
+    save_safetensors(&tmp.join(OPTIMIZER_STATE), &moments, DType::F32)?;
     let json = serde_json::to_vec_pretty(state).expect("state serializes");
-    crate::fsutil::write_atomic(&tmp.join("trainer_state.json"), &json).map_err(io(&tmp))?;
+    crate::fsutil::write_atomic(&tmp.join(TRAINER_STATE), &json).map_err(io(&tmp))?;
     if fin.exists() {
         fs::remove_dir_all(&fin).map_err(io(&fin))?;
     }
@@ -127,19 +164,20 @@ pub fn save_checkpoint<B: Backend>(
 }
 
 /// Loads the trainer state and optimizer moments of a checkpoint into `opt`
-/// (the weights are loaded as a model folder by the caller).
+/// (the caller loads the weights by giving the checkpoint folder as the
+/// model: its f32 master weights).
 pub fn load_checkpoint_state<B: Backend>(
     dir: &Path,
     model: &Model<B>,
     opt: &mut AdamW<B>,
 ) -> Result<TrainerState, CheckpointError> {
-    let sp = dir.join("trainer_state.json");
+    let sp = dir.join(TRAINER_STATE);
     let text = fs::read_to_string(&sp).map_err(io(&sp))?;
     let state: TrainerState = serde_json::from_str(&text).map_err(|e| CheckpointError::Bad {
         path: sp.display().to_string(),
         msg: e.to_string(),
     })?;
-    let op = dir.join("optimizer.safetensors");
+    let op = dir.join(OPTIMIZER_STATE);
     let bytes = fs::read(&op).map_err(io(&op))?;
     let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Bad {
         path: op.display().to_string(),

@@ -243,6 +243,7 @@ pub fn train_sections() -> Vec<Section> {
                 key("seed", "integer", "Seed of every random draw (data order, sampling)."),
                 key("checkpoint_every", "integer", "Checkpoint every this many steps (and at the end); 0 = only at the end."),
                 key("keep_last", "integer", "Checkpoints kept."),
+                key("checkpoint_dtype", "\"bf16\" | \"f16\" | \"f32\"", "Dtype of each checkpoint's `model/` folder (what transformers or vLLM load); `state/` keeps the f32 master weights and AdamW moments for an exact resume."),
                 key("logprob_chunk", "integer", "Vocabulary rows per chunk of the fused log-prob op."),
                 key("recompute_activations", "bool", "Keep only each layer's input and recompute the rest in the backward."),
                 key("samples_per_step", "integer", "Trajectories written to samples/step-N.jsonl per step."),

@@ -10,7 +10,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
-    list_checkpoints, load_checkpoint_state, save_checkpoint, DataPosition, TrainerState,
+    list_checkpoints, load_checkpoint_state, save_checkpoint, CheckpointDType, DataPosition,
+    TrainerState,
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
 use super::sft::{shuffled, TrainError};
@@ -153,6 +154,8 @@ pub struct RlTrainConfig {
     /// Checkpoint every this many steps (and at the end); 0 = only at the end.
     pub checkpoint_every: u64,
     pub keep_last: usize,
+    /// Dtype of each checkpoint's `model/` folder (its `state/` keeps f32).
+    pub checkpoint_dtype: CheckpointDType,
     pub logprob_chunk: usize,
     pub recompute_activations: bool,
     /// Trajectories written to `samples/step-N.jsonl` per step.
@@ -170,6 +173,7 @@ impl Default for RlTrainConfig {
             seed: 0,
             checkpoint_every: 25,
             keep_last: 2,
+            checkpoint_dtype: CheckpointDType::Bf16,
             logprob_chunk: 8192,
             recompute_activations: false,
             samples_per_step: 4,
@@ -267,7 +271,10 @@ impl RlRunConfig {
                 )));
             }
         }
-        if !cfg.model.join("config.json").is_file() {
+        if !crate::model::hf_dir(&cfg.model)
+            .join("config.json")
+            .is_file()
+        {
             return Err(bad(format!(
                 "model: {} is not a model folder (no config.json)",
                 cfg.model.display()
@@ -1069,6 +1076,7 @@ pub fn run_train<B: Backend>(
                 &opt,
                 &state,
                 &cfg.model,
+                cfg.train.checkpoint_dtype,
                 cfg.train.keep_last,
             )?);
         }

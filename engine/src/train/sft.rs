@@ -8,8 +8,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
-    list_checkpoints, load_checkpoint_state, save_checkpoint, CheckpointError, DataPosition,
-    TrainerState,
+    list_checkpoints, load_checkpoint_state, save_checkpoint, CheckpointDType, CheckpointError,
+    DataPosition, TrainerState,
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
 use super::sft_data::{load_sft_jsonl, SftDataError, SftExample};
@@ -68,6 +68,8 @@ pub struct SftTrainConfig {
     pub checkpoint_every: u64,
     /// Keep this many newest checkpoints.
     pub keep_last: usize,
+    /// Dtype of each checkpoint's `model/` folder (its `state/` keeps f32).
+    pub checkpoint_dtype: CheckpointDType,
     /// Vocabulary rows per chunk of the fused log-prob op.
     pub logprob_chunk: usize,
     /// Keep only each layer's input and recompute the rest in the backward.
@@ -84,6 +86,7 @@ impl Default for SftTrainConfig {
             seed: 0,
             checkpoint_every: 50,
             keep_last: 2,
+            checkpoint_dtype: CheckpointDType::Bf16,
             logprob_chunk: 8192,
             recompute_activations: false,
         }
@@ -412,6 +415,7 @@ pub fn run_sft<B: Backend>(
                 &opt,
                 &state,
                 &cfg.model,
+                cfg.train.checkpoint_dtype,
                 cfg.train.keep_last,
             )?);
         }

@@ -11,15 +11,16 @@ pub fn workspace() -> PathBuf {
         .to_path_buf()
 }
 
-/// `../shared/data` beside the checkout (override: `IGPO_SHARED_DATA`).
-/// Panics with a clear message when it is missing: tests need real data.
-pub fn shared_data() -> PathBuf {
-    let dir = std::env::var_os("IGPO_SHARED_DATA")
+/// The repository's data files, unpacked by `cargo xtask data` into
+/// `target/data` (`cargo xtask test` passes it as `IGPO_DATA`). Panics with
+/// a clear message when they are missing: tests need real data.
+pub fn data_dir() -> PathBuf {
+    let dir = std::env::var_os("IGPO_DATA")
         .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("../shared/data"));
+        .unwrap_or_else(|| workspace().join("target/data"));
     assert!(
         dir.join("qwen2.5-tokenizer.json").exists(),
-        "shared data not found at {} (set IGPO_SHARED_DATA)",
+        "data not found at {} (run `cargo xtask data`, or set IGPO_DATA)",
         dir.display()
     );
     dir
@@ -88,7 +89,7 @@ pub fn igpo(args: &[&str]) -> (i32, String, String) {
 /// `igpo model init` of a 1-layer, hidden-32 Qwen2 with the real Qwen2.5
 /// tokenizer into `dir`, plus `extra` flags (e.g. `--dtype f32`).
 pub fn init_tiny_model(dir: &std::path::Path, extra: &[&str]) {
-    let tok = shared_data().join("qwen2.5-tokenizer.json");
+    let tok = data_dir().join("qwen2.5-tokenizer.json");
     let mut args = vec![
         "model",
         "init",
