@@ -292,6 +292,42 @@ pub fn default_train_toml() -> String {
     out
 }
 
+/// The names users know from verl and TRL, and the igpo key that does the
+/// same: (verl, TRL, igpo key, note). A test checks every igpo key exists.
+const FROM_VERL_AND_TRL: &[(&str, &str, &str, &str)] = &[
+    ("`data.train_batch_size`", "(prompts per step: `per_device_train_batch_size` x devices / `num_generations`)", "rl.prompts_per_step", ""),
+    ("`actor_rollout_ref.rollout.n`", "`num_generations`", "rl.group_size", "rollouts per prompt (G)"),
+    ("`algorithm.adv_estimator`", "the trainer class (`GRPOTrainer`, `RLOOTrainer`)", "rl.estimator", "`grpo`, `rloo`, `reinforce_plus_plus` -> `reinforce_pp`; GAE/PPO with a critic is not implemented"),
+    ("`algorithm.gamma`", "-", "rl.gamma", "discount over turns (IGPO), not tokens"),
+    ("`actor_rollout_ref.actor.kl_loss_coef` (with `use_kl_loss`)", "`beta`", "loss.kl_beta", "0 = no reference model"),
+    ("`actor_rollout_ref.actor.kl_loss_type`", "- (k3)", "loss.kl_estimator", "`kl`/`k1` -> `k1`, `k3`, `low_var_kl`"),
+    ("`actor_rollout_ref.actor.clip_ratio_low` / `clip_ratio_high` (`clip_ratio`)", "`epsilon` / `epsilon_high`", "loss.clip_low", "and `loss.clip_high`"),
+    ("`actor_rollout_ref.actor.clip_ratio_c`", "-", "loss.dual_clip", "0 = off"),
+    ("`actor_rollout_ref.actor.loss_agg_mode`", "`loss_type` (`grpo` ~ `seq_mean_token_mean`, `bnpo`/`dapo` ~ `token_mean`)", "loss.aggregation", "`token-mean` -> `token_mean`, `seq-mean-token-sum` -> `seq_mean_token_sum`, `seq-mean-token-mean` -> `seq_mean_token_mean`"),
+    ("`actor_rollout_ref.actor.entropy_coeff`", "-", "loss.entropy_coef", ""),
+    ("`actor_rollout_ref.actor.ppo_epochs`", "`num_iterations`", "train.ppo_epochs", ""),
+    ("`actor_rollout_ref.actor.ppo_mini_batch_size`", "`steps_per_generation`", "train.mini_batches", "igpo counts updates per epoch: `train_batch_size / ppo_mini_batch_size`"),
+    ("`actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu`", "`per_device_train_batch_size`", "train.micro_batch", "memory, not math"),
+    ("`actor_rollout_ref.actor.optim.lr`", "`learning_rate`", "optim.lr", ""),
+    ("`actor_rollout_ref.actor.optim.weight_decay`", "`weight_decay`", "optim.weight_decay", ""),
+    ("`actor_rollout_ref.actor.grad_clip`", "`max_grad_norm`", "optim.grad_clip", ""),
+    ("`actor_rollout_ref.actor.optim.lr_warmup_steps`", "`warmup_steps`", "schedule.warmup_steps", ""),
+    ("`actor_rollout_ref.actor.optim.warmup_style`", "`lr_scheduler_type`", "schedule.kind", "`constant` or `cosine`"),
+    ("`actor_rollout_ref.actor.optim.min_lr_ratio`", "-", "schedule.min_lr_ratio", ""),
+    ("`actor_rollout_ref.rollout.temperature`", "`temperature`", "agent.temperature", ""),
+    ("`actor_rollout_ref.rollout.top_p`", "`top_p`", "agent.top_p", ""),
+    ("`actor_rollout_ref.rollout.top_k`", "`top_k`", "agent.top_k", ""),
+    ("`actor_rollout_ref.rollout.multi_turn.max_assistant_turns` (Search-R1: `max_turns`)", "-", "agent.max_turns", "tool-calling turns; the answer turn comes on top"),
+    ("`data.max_response_length`", "`max_completion_length`", "agent.max_new_tokens_per_rollout", ""),
+    ("`trainer.total_training_steps`", "`max_steps`", "train.steps", ""),
+    ("`trainer.save_freq`", "`save_steps`", "train.checkpoint_every", ""),
+    ("`trainer.max_actor_ckpt_to_keep`", "`save_total_limit`", "train.keep_last", ""),
+    ("`trainer.default_local_dir`", "`output_dir`", "train.run_dir", ""),
+    ("`trainer.test_freq`", "`eval_steps`", "eval.every", ""),
+    ("`data.seed` / `trainer.seed`", "`seed`", "train.seed", ""),
+    ("`actor_rollout_ref.model.path`", "`model` (trainer argument)", "model", "a Hugging Face folder or an igpo checkpoint"),
+];
+
 /// docs/config.md.
 pub fn config_markdown() -> String {
     let mut out = String::from(
@@ -339,11 +375,48 @@ pub fn config_markdown() -> String {
             ));
         }
     }
+    out.push_str(
+        "\n## From verl and TRL\n\n\
+         The settings users know from verl (`ppo_trainer.yaml`) and TRL (`GRPOConfig`), and \
+         the igpo key that does the same. `-`: no such setting there.\n\n\
+         | verl | TRL | igpo | note |\n|---|---|---|---|\n",
+    );
+    for (verl, trl, key, note) in FROM_VERL_AND_TRL {
+        out.push_str(&format!(
+            "| {verl} | {trl} | `{key}` | {} |\n",
+            note.replace('|', "\\|")
+        ));
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_igpo_key_of_the_verl_and_trl_table_exists() {
+        let known: Vec<String> = train_sections()
+            .iter()
+            .flat_map(|s| {
+                let section = s.header.trim_matches(|c| c == '[' || c == ']').to_string();
+                s.keys.iter().map(move |k| {
+                    if section.is_empty() {
+                        k.key.to_string()
+                    } else {
+                        format!("{section}.{}", k.key)
+                    }
+                })
+            })
+            .collect();
+        for (_, _, key, _) in FROM_VERL_AND_TRL {
+            assert!(
+                known.iter().any(|k| k == key),
+                "`{key}` is not a run-file key"
+            );
+        }
+        // The check itself can fail.
+        assert!(!known.iter().any(|k| k == "rl.rollout_n"));
+    }
+
     use super::*;
     use crate::train::rl::RlRunConfig;
 
