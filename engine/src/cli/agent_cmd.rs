@@ -70,7 +70,7 @@ pub fn run_rollout(a: RolloutArgs) -> CliResult {
         crate::fsutil::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .map_err(|e| format!("{}: {e}", path.display()))?;
     }
-    eprintln!(
+    tracing::info!(
         "wrote {} trajectories to {} ({} tokens generated, {:.1} tok/s, {} tool calls, {:.0}% of wall time waiting on tools)",
         trajs.len(),
         a.out.display(),

@@ -1,7 +1,10 @@
 //! The `igpo` command line: parses arguments and calls the library. Nothing
 //! here computes; every error reaches the user as one line and exit code 1.
+//! Logs are `tracing` events on stderr (`logging.rs`: `-q`, `-v`, `RUST_LOG`);
+//! results go to stdout.
 
 mod agent_cmd;
+mod logging;
 mod model_cmd;
 mod plugin_cmd;
 mod train_cmd;
@@ -26,6 +29,13 @@ type CliResult = Result<(), Box<dyn std::error::Error>>;
     about = "IGPO Engine: RL for multi-turn LLM agents"
 )]
 struct Cli {
+    /// Log warnings and errors only.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+    /// Log more: -v debug (with level and target), -vv trace. `RUST_LOG`,
+    /// when set, overrides both flags.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     #[command(subcommand)]
     command: Command,
 }
@@ -182,6 +192,7 @@ pub fn main() -> i32 {
         }
         Err(e) => e.exit(),
     };
+    logging::init(cli.quiet, cli.verbose);
     let result = match cli.command {
         Command::Generate(args) => run_generate(args),
         Command::Model(cmd) => model_cmd::run(cmd),
@@ -269,7 +280,7 @@ fn generate_on<B: Backend>(backend: B, a: GenerateArgs) -> CliResult {
     }
     let secs = start.elapsed().as_secs_f64();
     println!();
-    eprintln!(
+    tracing::info!(
         "[{} prompt + {} new tokens in {:.2} s, {:.1} tok/s, stop: {:?}]",
         prompt.len(),
         out[0].tokens.len(),

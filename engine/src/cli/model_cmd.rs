@@ -105,7 +105,7 @@ fn import_gguf(file: &std::path::Path, out_dir: &std::path::Path) -> CliResult {
     let start = std::time::Instant::now();
     let s = crate::model::gguf::import_gguf(file, out_dir)?;
     for note in &s.notes {
-        eprintln!("note: {note}");
+        tracing::info!("note: {note}");
     }
     let types: Vec<String> = s
         .tensor_types

@@ -354,7 +354,7 @@ pub fn run_data(cmd: DataCommand) -> CliResult {
             }
             let passages = crate::data::build_corpus(squad.as_deref(), wiki.as_deref())?;
             crate::data::write_jsonl(&out, &passages)?;
-            eprintln!("wrote {} passages to {}", passages.len(), out.display());
+            tracing::info!("wrote {} passages to {}", passages.len(), out.display());
         }
         DataCommand::Synth(a) => synth(a)?,
     }
@@ -385,7 +385,7 @@ fn synth(a: SynthArgs) -> CliResult {
     })?;
     let start = std::time::Instant::now();
     let s = synthesize(&a.out, &cfg, &run.agent, search, &PluginHost::default())?;
-    eprintln!(
+    tracing::info!(
         "synth: {} passages, {} train + {} dev questions ({} + {} 2-hop), {} demonstrations \
          ({} stop early, {} do not search, {} skipped), hop retrieval {:.1}%, vocab {}, \
          {:.0}% of names one token, {:.0} tokens per demonstration (max {}), in {:.1} s -> {}",

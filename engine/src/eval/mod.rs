@@ -251,7 +251,7 @@ pub fn score_report(
             match reward.score(rec) {
                 Ok(out) => Some(f1_em(&out)),
                 Err(e) => {
-                    eprintln!("warning: reward plugin failed on `{}`: {e}", t.id);
+                    tracing::warn!("reward plugin failed on `{}`: {e}", t.id);
                     None
                 }
             }

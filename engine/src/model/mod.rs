@@ -50,5 +50,15 @@ pub enum ModelError {
 pub fn load<B: Backend>(dir: &Path, backend: B) -> Result<Model<B>, ModelError> {
     let config = ModelConfig::load(dir)?;
     let tensors = load_weights(dir, &config)?;
+    let backend_name = backend.name();
+    tracing::debug!(
+        "loaded {} ({:?}, {} layers, hidden {}, vocab {}, {} parameters) on {backend_name}",
+        dir.display(),
+        config.arch,
+        config.num_layers,
+        config.hidden_size,
+        config.vocab_size,
+        config.num_parameters()
+    );
     Ok(Model::from_tensors(config, tensors, backend))
 }

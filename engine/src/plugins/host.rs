@@ -154,11 +154,18 @@ impl PluginHost {
                 // of this engine's compatibility settings, and was written by
                 // `Component::serialize` below (atomically).
                 if let Ok(c) = unsafe { Component::deserialize_file(engine, file) } {
+                    tracing::debug!("component from the cache: {}", file.display());
                     return Ok(c);
                 }
             }
         }
+        let start = std::time::Instant::now();
         let component = Component::new(engine, bytes).map_err(|e| one_line(&e))?;
+        tracing::debug!(
+            "compiled a component ({} bytes) in {:.2} s",
+            bytes.len(),
+            start.elapsed().as_secs_f64()
+        );
         if let Some(file) = &file {
             // A cache that cannot be written only costs time next run.
             if let Ok(serialized) = component.serialize() {

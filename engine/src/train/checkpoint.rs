@@ -156,6 +156,7 @@ pub fn save_checkpoint<B: Backend>(
         fs::remove_dir_all(&fin).map_err(io(&fin))?;
     }
     fs::rename(&tmp, &fin).map_err(io(&fin))?;
+    tracing::debug!("wrote checkpoint {}", fin.display());
     let all = list_checkpoints(run_dir);
     for (_, old) in all.iter().take(all.len().saturating_sub(keep_last.max(1))) {
         let _ = fs::remove_dir_all(old);

@@ -691,7 +691,7 @@ pub fn run_train<B: Backend>(
     if let Some((step, dir)) = &resume_from {
         state = load_checkpoint_state(dir, &model, &mut opt)?;
         rng = Rng::from_state(state.rng);
-        eprintln!("resuming from {} (step {step})", dir.display());
+        tracing::info!("resuming from {} (step {step})", dir.display());
     }
     let keep_to = resume_from.as_ref().map(|(s, _)| *s);
     crate::fsutil::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())
@@ -739,9 +739,11 @@ pub fn run_train<B: Backend>(
     let has_eval = cfg.eval.is_some() && !dev_tasks.is_empty();
     if has_eval && resume_from.is_none() {
         let e = dev_eval(&model, 0, 0)?;
-        eprintln!(
+        tracing::info!(
             "step 0: dev F1 {:.3}, EM {:.3} ({} examples)",
-            e.f1, e.em, e.examples
+            e.f1,
+            e.em,
+            e.examples
         );
         append_line(&mut eval_file, &eval_path, &e, &mut tb, "eval/")?;
         evals.push(e);
@@ -871,8 +873,8 @@ pub fn run_train<B: Backend>(
                     }
                     Err(e) => {
                         failures += 1;
-                        eprintln!(
-                            "warning: reward plugin failed on `{}` (dropped from the update): {e}",
+                        tracing::warn!(
+                            "reward plugin failed on `{}` (dropped from the update): {e}",
                             t.id
                         );
                     }
@@ -1056,8 +1058,8 @@ pub fn run_train<B: Backend>(
             m.update_s,
         );
         if bar.is_hidden() {
-            eprintln!("{line}");
-        } else {
+            tracing::info!("{line}");
+        } else if tracing::enabled!(tracing::Level::INFO) {
             bar.println(line);
         }
         bar.set_position(step);

@@ -279,7 +279,7 @@ pub fn run_sft<B: Backend>(
         cfg.data.skip_bad_lines,
     )?;
     if data.skipped_lines > 0 {
-        eprintln!(
+        tracing::info!(
             "note: skipped {} bad lines of {}",
             data.skipped_lines,
             cfg.data.train.display()
@@ -322,7 +322,7 @@ pub fn run_sft<B: Backend>(
                 .filter(|m| m.step <= *step)
                 .collect();
         }
-        eprintln!("resuming from {} (step {step})", dir.display());
+        tracing::info!("resuming from {} (step {step})", dir.display());
     }
     crate::fsutil::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())
         .map_err(io(run_dir))?;

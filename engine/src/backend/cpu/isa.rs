@@ -15,20 +15,27 @@ impl Isa {
     pub fn detect() -> Isa {
         static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
         *ISA.get_or_init(|| {
-            let best = Isa::available_here().pop().unwrap_or(Isa::Portable);
-            let asked = match std::env::var("IGPO_CPU_ISA").as_deref() {
-                Err(_) | Ok("") => return best,
-                Ok("avx512") => Isa::Avx512,
-                Ok("avx2") => Isa::Avx2,
-                Ok("portable") => Isa::Portable,
-                Ok(other) => panic!("IGPO_CPU_ISA={other}: expected avx512, avx2 or portable"),
-            };
-            assert!(
-                Isa::available_here().contains(&asked),
-                "IGPO_CPU_ISA: this CPU cannot run {asked:?} (it has {best:?})"
-            );
-            asked
+            let isa = Isa::choose();
+            tracing::debug!("cpu kernels: {isa:?}");
+            isa
         })
+    }
+
+    /// The instruction set `detect` settles on.
+    fn choose() -> Isa {
+        let best = Isa::available_here().pop().unwrap_or(Isa::Portable);
+        let asked = match std::env::var("IGPO_CPU_ISA").as_deref() {
+            Err(_) | Ok("") => return best,
+            Ok("avx512") => Isa::Avx512,
+            Ok("avx2") => Isa::Avx2,
+            Ok("portable") => Isa::Portable,
+            Ok(other) => panic!("IGPO_CPU_ISA={other}: expected avx512, avx2 or portable"),
+        };
+        assert!(
+            Isa::available_here().contains(&asked),
+            "IGPO_CPU_ISA: this CPU cannot run {asked:?} (it has {best:?})"
+        );
+        asked
     }
 
     /// Every instruction set this CPU can run, best last.
