@@ -350,3 +350,37 @@ fn exported_checkpoint_loads_in_transformers_with_the_same_logits() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--resume` on a run folder that holds only a checkpoint of the layout
+/// before `model/` + `state/` stops with one error naming it, instead of
+/// starting over and overwriting the run's metrics.
+#[test]
+fn resume_refuses_an_old_layout_checkpoint() {
+    let dir = scratch("old-layout");
+    tiny_model(&dir.join("model"));
+    let path = write_run(&dir, "", TRANSCRIPTS);
+    let old = dir.join("run/checkpoints/step-4");
+    std::fs::create_dir_all(&old).unwrap();
+    std::fs::write(old.join("trainer_state.json"), "{}").unwrap();
+    std::fs::write(dir.join("run/metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+    let cfg = SftConfig::load(&path).unwrap();
+    let err = run_sft(
+        Cpu,
+        &cfg,
+        &std::fs::read_to_string(&path).unwrap(),
+        &SftRunOptions {
+            resume: true,
+            stop_after: None,
+        },
+    )
+    .err()
+    .expect("resume from an old-layout checkpoint must fail")
+    .to_string();
+    assert!(err.contains("step-4") && err.contains("old layout"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap(),
+        "{\"step\": 1}\n",
+        "the run's metrics were touched"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

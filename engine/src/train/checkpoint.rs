@@ -112,6 +112,32 @@ pub fn list_checkpoints(run_dir: &Path) -> Vec<(u64, PathBuf)> {
     out
 }
 
+/// The checkpoint `--resume` continues from: the newest complete one. A run
+/// folder that holds only checkpoints of the layout before `model/` +
+/// `state/` (`trainer_state.json` at the top) is an error rather than a
+/// silent fresh start that would overwrite its metrics.
+pub fn resume_point(run_dir: &Path) -> Result<Option<(u64, PathBuf)>, CheckpointError> {
+    let newest = list_checkpoints(run_dir).pop();
+    if newest.is_none() {
+        let dir = run_dir.join("checkpoints");
+        let legacy = fs::read_dir(&dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.join("trainer_state.json").is_file());
+        if let Some(old) = legacy {
+            return Err(CheckpointError::Bad {
+                path: old.display().to_string(),
+                msg: "a checkpoint of the old layout (no state/): --resume cannot continue it; \
+                      give this folder as `model` to train on from its weights"
+                    .into(),
+            });
+        }
+    }
+    Ok(newest)
+}
+
 /// Writes checkpoint `state.step` (the model folder in `model_dtype`, the
 /// tokenizer and generation files copied from `base_model`) and keeps only
 /// the newest `keep_last`.

@@ -10,7 +10,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
-    list_checkpoints, load_checkpoint_state, save_checkpoint, CheckpointDType, DataPosition,
+    load_checkpoint_state, resume_point, save_checkpoint, CheckpointDType, DataPosition,
     TrainerState,
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
@@ -660,7 +660,7 @@ pub fn run_train<B: Backend>(
     std::fs::create_dir_all(run_dir.join("samples")).map_err(io(run_dir))?;
 
     let resume_from = if opts.resume {
-        list_checkpoints(run_dir).pop()
+        resume_point(run_dir)?
     } else {
         None
     };

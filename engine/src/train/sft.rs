@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::{
-    list_checkpoints, load_checkpoint_state, save_checkpoint, CheckpointDType, CheckpointError,
+    load_checkpoint_state, resume_point, save_checkpoint, CheckpointDType, CheckpointError,
     DataPosition, TrainerState,
 };
 use super::optim::{AdamW, OptimConfig, ScheduleConfig};
@@ -286,7 +286,7 @@ pub fn run_sft<B: Backend>(
         );
     }
     let resume_from = if opts.resume {
-        list_checkpoints(run_dir).pop()
+        resume_point(run_dir)?
     } else {
         None
     };
