@@ -376,7 +376,10 @@ fn resume_refuses_an_old_layout_checkpoint() {
     .err()
     .expect("resume from an old-layout checkpoint must fail")
     .to_string();
-    assert!(err.contains("step-4") && err.contains("old layout"), "{err}");
+    assert!(
+        err.contains("step-4") && err.contains("old layout"),
+        "{err}"
+    );
     assert_eq!(
         std::fs::read_to_string(dir.join("run/metrics.jsonl")).unwrap(),
         "{\"step\": 1}\n",

@@ -6,6 +6,7 @@
 
 mod common;
 mod plugins_support;
+mod rl_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -176,35 +177,6 @@ fn sft_events_equal_metrics_also_after_a_resume() {
     assert_eq!(steps_of(&resumed, "loss"), vec![1, 2, 3, 4]);
 }
 
-/// A tiny random Qwen2 and a six-question world (as engine/tests/rl_train.rs).
-fn rl_setup(dir: &Path) {
-    common::init_tiny_model(&dir.join("model"), &["--dtype", "f32"]);
-    let data = dir.join("data");
-    std::fs::create_dir_all(&data).unwrap();
-    let mut corpus = String::new();
-    let mut qa = String::new();
-    for (i, (city, country)) in [
-        ("Paris", "France"),
-        ("Rome", "Italy"),
-        ("Madrid", "Spain"),
-        ("Berlin", "Germany"),
-        ("Lisbon", "Portugal"),
-        ("Vienna", "Austria"),
-    ]
-    .iter()
-    .enumerate()
-    {
-        corpus += &format!(
-            "{{\"id\":\"p{i}\",\"title\":\"{country}\",\"text\":\"{city} is the capital of {country}.\"}}\n"
-        );
-        qa += &format!(
-            "{{\"id\":\"q{i}\",\"question\":\"What is the capital of {country}?\",\"golden_answers\":[\"{city}\"]}}\n"
-        );
-    }
-    std::fs::write(data.join("corpus.jsonl"), corpus).unwrap();
-    std::fs::write(data.join("qa.jsonl"), qa).unwrap();
-}
-
 #[test]
 fn train_events_equal_metrics_and_evals_also_after_a_resume() {
     let name = "train_events_equal_metrics_and_evals_also_after_a_resume";
@@ -215,61 +187,8 @@ fn train_events_equal_metrics_and_evals_also_after_a_resume() {
         return;
     };
     let dir = plugins_support::scratch("tensorboard_train");
-    rl_setup(&dir);
-    let p = plugins.display();
-    let config = dir.join("run.toml");
-    std::fs::write(
-        &config,
-        format!(
-            r#"model = "model"
-
-[agent]
-max_turns = 2
-max_new_tokens_per_turn = 12
-max_new_tokens_per_rollout = 40
-max_tool_result_tokens = 64
-
-[[tools]]
-path = "{p}/bm25-search.wasm"
-readonly_dir = "data"
-config = {{ k = 1 }}
-
-[dataset]
-split = "train"
-[dataset.plugin]
-path = "{p}/qa-dataset.wasm"
-readonly_dir = "data"
-config = {{ file = "qa.jsonl", dev_size = 2 }}
-
-[reward]
-path = "{p}/qa-reward.wasm"
-
-[eval]
-limit = 2
-every = 2
-
-[rl]
-group_size = 3
-prompts_per_step = 2
-
-[loss]
-kl_beta = 0.01
-entropy_coef = 0.01
-
-[optim]
-lr = 1e-3
-
-[train]
-run_dir = "run"
-steps = 2
-micro_batch = 4
-logprob_chunk = 40000
-checkpoint_every = 1
-keep_last = 5
-"#
-        ),
-    )
-    .unwrap();
+    rl_support::setup(&dir);
+    let config = rl_support::run_file(&dir, &plugins, "", "");
     let config = config.to_str().unwrap();
     let cache = plugins.join(".cache");
     let envs: [(&str, &Path); 1] = [("IGPO_CACHE_DIR", &cache)];
