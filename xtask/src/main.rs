@@ -480,7 +480,8 @@ fn test(args: &[String]) -> Result<()> {
     let plugin_dir = plugins()?;
     let gguf = smollm2_gguf()?;
     let dir = smollm2_dir(&[])?;
-    let tool_dir = smollm2_tool_dir(&dir, &plugin_dir)?;
+    let data = data::unpack()?;
+    let tool_dir = smollm2_tool_dir(&dir, &plugin_dir, &data)?;
     let python = python_env()?;
     run(cargo()
         .args(["test", "--workspace"])
@@ -490,7 +491,7 @@ fn test(args: &[String]) -> Result<()> {
         .env("IGPO_SMOLLM2_TOOL_DIR", &tool_dir)
         .env("IGPO_PLUGIN_DIR", &plugin_dir)
         .env("IGPO_PYTHON", &python)
-        .env("IGPO_DATA", data::unpack()?)
+        .env("IGPO_DATA", &data)
         .envs(cuda_env))?;
     // Last: the README, as a new user runs it (skipped when only some tests
     // were asked for).
@@ -577,9 +578,8 @@ fn files_under(path: &std::path::Path, out: &mut Vec<PathBuf>) -> Result<()> {
 /// data, the SFT settings, the base model (its GGUF's hash; the importer is
 /// in the hashed sources), the bm25-search component and the engine sources
 /// in `TOOL_SFT_SOURCES`.
-fn tool_sft_key(plugins: &std::path::Path) -> Result<String> {
+fn tool_sft_key(plugins: &std::path::Path, data: &std::path::Path) -> Result<String> {
     use sha2::{Digest, Sha256};
-    let data = data::unpack()?;
     let mut files = vec![
         root().join("tools/make_tool_sft.py"),
         data.join("squad-dev-v1.1.json"),
@@ -618,9 +618,13 @@ fn tool_sft_key(plugins: &std::path::Path) -> Result<String> {
 /// `target/models/smollm2-tool-sft-KEY` (KEY: [`tool_sft_key`]); made once
 /// per key: corpus (`igpo data corpus`) -> transcripts with real bm25-search
 /// results (tools/make_tool_sft.py) -> `igpo sft`.
-fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result<PathBuf> {
+fn smollm2_tool_dir(
+    base: &std::path::Path,
+    plugins: &std::path::Path,
+    data: &std::path::Path,
+) -> Result<PathBuf> {
     let start = std::time::Instant::now();
-    let key = tool_sft_key(plugins)?;
+    let key = tool_sft_key(plugins, data)?;
     let models = target().join("models");
     let name = format!("smollm2-tool-sft-{key}");
     let dir = models.join(&name);
@@ -635,7 +639,6 @@ fn smollm2_tool_dir(base: &std::path::Path, plugins: &std::path::Path) -> Result
     let work = target().join("tool-sft");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let data = data::unpack()?;
     let corpus = work.join("corpus");
     run(Command::new(&igpo)
         .args(["data", "corpus", "--squad"])

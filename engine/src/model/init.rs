@@ -150,23 +150,15 @@ pub fn write_model_dir(
     fs::create_dir_all(dir).map_err(io(dir))?;
     let mut cfg = config.to_json();
     cfg["torch_dtype"] = serde_json::json!(dtype.torch_name());
-    let cfg = serde_json::to_vec_pretty(&cfg).expect("config serializes");
-    crate::fsutil::write_atomic(&dir.join("config.json"), &cfg)
+    let cfg_bytes = serde_json::to_vec_pretty(&cfg).expect("config serializes");
+    crate::fsutil::write_atomic(&dir.join("config.json"), &cfg_bytes)
         .map_err(io(&dir.join("config.json")))?;
     save_model_weights(dir, tensors, dtype, MAX_SHARD_BYTES)?;
-    let mut generation = serde_json::Map::new();
-    if let Some(b) = config.bos_token_id {
-        generation.insert("bos_token_id".into(), serde_json::json!(b));
-    }
-    match config.eos_token_ids.as_slice() {
-        [] => {}
-        [one] => {
-            generation.insert("eos_token_id".into(), serde_json::json!(one));
-        }
-        many => {
-            generation.insert("eos_token_id".into(), serde_json::json!(many));
-        }
-    }
+    // The generation config repeats config.json's bos / eos ids.
+    let generation: serde_json::Map<String, serde_json::Value> = ["bos_token_id", "eos_token_id"]
+        .iter()
+        .filter_map(|k| Some((k.to_string(), cfg.get(*k)?.clone())))
+        .collect();
     let path = dir.join("generation_config.json");
     crate::fsutil::write_atomic(
         &path,
