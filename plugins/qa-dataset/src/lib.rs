@@ -178,16 +178,27 @@ pub(crate) fn from_record(
         .ok_or(format!(
             "`{file}` {where_}: no `golden_answers` (or `answers`/`answer`)"
         ))?;
-    let id = m
+    Ok(example(m, n, question, answers))
+}
+
+/// An example from what is left of a record once its question and answers
+/// are taken: `id` (else the record number `n`), the rest as metadata.
+pub(crate) fn example(
+    mut rest: serde_json::Map<String, Value>,
+    n: usize,
+    question: String,
+    answers: Vec<String>,
+) -> Example {
+    let id = rest
         .remove("id")
         .and_then(|v| as_str(&v))
         .unwrap_or_else(|| n.to_string());
-    Ok(Example {
+    Example {
         id,
         question,
         answers,
-        metadata_json: Value::Object(m).to_string(),
-    })
+        metadata_json: Value::Object(rest).to_string(),
+    }
 }
 
 fn parse_jsonl(file: &str, text: &str) -> Result<Vec<Example>, String> {

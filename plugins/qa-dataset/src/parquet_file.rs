@@ -34,7 +34,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::schema::types::Type;
 use serde_json::Value;
 
-use crate::{answers_of, as_str, from_record, Example};
+use crate::{answers_of, example, from_record, Example};
 
 /// How a parquet file lays out its questions and answers.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -176,16 +176,7 @@ fn from_verl_record(file: &str, where_: &str, n: usize, record: Value) -> Result
             "`{file}` {where_}: `reward_model.ground_truth.target` is null"
         ));
     }
-    let id = m
-        .remove("id")
-        .and_then(|v| as_str(&v))
-        .unwrap_or_else(|| n.to_string());
-    Ok(Example {
-        id,
-        question,
-        answers: answers_of(target),
-        metadata_json: Value::Object(m).to_string(),
-    })
+    Ok(example(m, n, question, answers_of(target)))
 }
 
 /// The content of the last `user` message of a chat (`[{role, content}]`);
