@@ -14,6 +14,7 @@
 #include "../src/cu/logprob.cu"
 #include "../src/cu/sampling.cu"
 #include "../src/cu/attention.cu"
+#include "../src/cu/attention_tc.cu"
 
 #include <cstdio>
 #include <map>
@@ -504,7 +505,14 @@ static bool ref_visible(const AttnCase& c, int row, int key) {
     return false;
 }
 
-static void test_attention_case(const std::string& name, const AttnCase& c, uint64_t seed) {
+// Dynamic shared memory of the tensor-core kernels (launch.rs computes the same).
+static size_t tc_fwd_smem(int D) { return (size_t)(TC_BQ + 4 * TC_BK) * D * 2; }
+static size_t tc_dq_smem(int D) { return (size_t)(2 * TC_BQ + 4 * TC_BK) * D * 2; }
+static size_t tc_dkdv_smem(int D) { return (size_t)(2 * TC_BK + 4 * TC_BQB) * D * 2 + 4 * TC_BQB * 4; }
+static unsigned tiles(int rows, int per) { return (unsigned)((rows + per - 1) / per); }
+
+// `tc`: the tensor-core kernels (attention_tc.cu) instead of the scalar ones.
+static void test_attention_case(const std::string& name, const AttnCase& c, uint64_t seed, bool tc = false) {
     Rand r(seed);
     const int qc = c.H * c.D, kc = c.KV * c.D, group = c.H / c.KV;
     auto q = rnd_bf(r, c.m * qc), k = rnd_bf(r, c.n * kc), v = rnd_bf(r, c.n * kc), dout = rnd_bf(r, c.m * qc);
@@ -514,14 +522,25 @@ static void test_attention_case(const std::string& name, const AttnCase& c, uint
     const int* sp = c.causal ? nullptr : c.span_ptr.data();
     const int* ss = c.causal ? nullptr : c.spans.data();
     const dim3 qgrid{(unsigned)((c.m + ATT_ROWS - 1) / ATT_ROWS), (unsigned)c.H};
-    emu_launch(qgrid, {ATT_THREADS}, [&] {
-        if (c.D == 64)
-            attn_fwd_d64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV, c.causal,
-                         c.offset, sp, ss);
-        else
-            attn_fwd_d128(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV,
-                          c.causal, c.offset, sp, ss);
-    });
+    const dim3 tc_qgrid{tiles(c.m, TC_BQ), (unsigned)c.H};
+    if (tc)
+        emu_launch(tc_qgrid, {TC_THREADS}, [&] {
+            if (c.D == 64)
+                attn_tc_fwd_d64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV,
+                                c.causal, c.offset, sp, ss);
+            else
+                attn_tc_fwd_d128(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV,
+                                 c.causal, c.offset, sp, ss);
+        }, tc_fwd_smem(c.D));
+    else
+        emu_launch(qgrid, {ATT_THREADS}, [&] {
+            if (c.D == 64)
+                attn_fwd_d64(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV,
+                             c.causal, c.offset, sp, ss);
+            else
+                attn_fwd_d128(out.data(), lse.data(), qb.data(), kb.data(), vb.data(), c.m, c.n, c.H, c.KV,
+                              c.causal, c.offset, sp, ss);
+        });
     // reference in f64
     const double scale = 1.0 / std::sqrt((double)c.D);
     vector<double> wo(c.m * qc, 0.0), wl(c.m * c.H), dq(c.m * qc, 0.0), dk(c.n * kc, 0.0), dv(c.n * kc, 0.0);
@@ -591,8 +610,26 @@ static void test_attention_case(const std::string& name, const AttnCase& c, uint
         attn_bwd_delta(delta.data(), out.data(), dob.data(), c.m, c.H, c.D);
     });
     vector<bf16> gq(c.m * qc), gk(c.n * kc), gv(c.n * kc);
+    if (tc) {
+        emu_launch({tiles(c.n, TC_BK), (unsigned)c.KV}, {TC_THREADS}, [&] {
+            if (c.D == 64)
+                attn_tc_bwd_dkdv_d64(gk.data(), gv.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
+                                     delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+            else
+                attn_tc_bwd_dkdv_d128(gk.data(), gv.data(), qb.data(), kb.data(), vb.data(), dob.data(),
+                                      lse.data(), delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+        }, tc_dkdv_smem(c.D));
+        emu_launch(tc_qgrid, {TC_THREADS}, [&] {
+            if (c.D == 64)
+                attn_tc_bwd_dq_d64(gq.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
+                                   delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+            else
+                attn_tc_bwd_dq_d128(gq.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
+                                    delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
+        }, tc_dq_smem(c.D));
+    }
     const dim3 kgrid{(unsigned)((c.n + ATT_ROWS - 1) / ATT_ROWS), (unsigned)c.KV};
-    emu_launch(kgrid, {ATT_THREADS}, [&] {
+    if (!tc) emu_launch(kgrid, {ATT_THREADS}, [&] {
         if (c.D == 64)
             attn_bwd_dkdv_d64(gk.data(), gv.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
                               delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
@@ -600,7 +637,7 @@ static void test_attention_case(const std::string& name, const AttnCase& c, uint
             attn_bwd_dkdv_d128(gk.data(), gv.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(),
                                delta.data(), c.m, c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
     });
-    emu_launch(qgrid, {ATT_THREADS}, [&] {
+    if (!tc) emu_launch(qgrid, {ATT_THREADS}, [&] {
         if (c.D == 64)
             attn_bwd_dq_d64(gq.data(), qb.data(), kb.data(), vb.data(), dob.data(), lse.data(), delta.data(), c.m,
                             c.n, c.H, c.KV, c.causal, c.offset, sp, ss);
@@ -613,30 +650,264 @@ static void test_attention_case(const std::string& name, const AttnCase& c, uint
     check(name + " bwd dv", from_bf(gv), dv, 2e-2 * max_abs(dv), 1.0 / 32);
 }
 
+// The IGPO scoring layout over `rows` rows: a shared prefix of `prefix`
+// rows, then probes of `probe` rows that each see the prefix and themselves
+// causally; row `empty` sees nothing.
+static AttnCase probe_spans(int rows, int prefix, int probe, int empty, int H, int KV, int D) {
+    AttnCase c{rows, rows, H, KV, D, false, 0, {0}, {}};
+    for (int j = 0; j < rows; ++j) {
+        if (j == empty) {
+            c.span_ptr.push_back(c.span_ptr.back());
+            continue;
+        }
+        if (j < prefix) {
+            c.spans.insert(c.spans.end(), {0, j + 1});
+            c.span_ptr.push_back(c.span_ptr.back() + 1);
+        } else {
+            const int probe0 = prefix + (j - prefix) / probe * probe;
+            c.spans.insert(c.spans.end(), {0, prefix, probe0, j + 1});
+            c.span_ptr.push_back(c.span_ptr.back() + 2);
+        }
+    }
+    return c;
+}
+
 static void test_attention() {
     // prefill after 8 cached keys, two key tiles, GQA 4 -> 2
     AttnCase causal{70, 78, 4, 2, 64, true, 8, {}, {}};
     test_attention_case("attention causal d64 GQA", causal, 11);
     // IGPO scoring layout: a shared prefix of 20, then probes of 5 rows that
     // each see the prefix and themselves causally; one row sees nothing.
-    AttnCase spans{40, 40, 2, 1, 64, false, 0, {0}, {}};
-    for (int j = 0; j < 40; ++j) {
-        if (j == 33) {
-            spans.span_ptr.push_back(spans.span_ptr.back());
-            continue;
-        }
-        if (j < 20) {
-            spans.spans.insert(spans.spans.end(), {0, j + 1});
-            spans.span_ptr.push_back(spans.span_ptr.back() + 1);
-        } else {
-            const int probe0 = 20 + (j - 20) / 5 * 5;
-            spans.spans.insert(spans.spans.end(), {0, 20, probe0, j + 1});
-            spans.span_ptr.push_back(spans.span_ptr.back() + 2);
-        }
-    }
-    test_attention_case("attention spans d64 (probes, empty row)", spans, 12);
+    test_attention_case("attention spans d64 (probes, empty row)", probe_spans(40, 20, 5, 33, 2, 1, 64), 12);
     AttnCase big{33, 100, 2, 2, 128, true, 67, {}, {}};
     test_attention_case("attention causal d128", big, 13);
+}
+
+
+// ------------------------------------------- tensor-core primitives alone
+// The PTX ISA's m16n8k16 .bf16 fragment tables, written element by element
+// (a_i, b_i, c_i) as the ISA states them, independently of cuda_emu.h.
+static void isa_a(int lane, int i, int* row, int* col) {  // a0 .. a7
+    const int g = lane >> 2, t = lane % 4;
+    *row = (i < 2 || (i >= 4 && i < 6)) ? g : g + 8;
+    *col = t * 2 + (i & 1) + (i >= 4 ? 8 : 0);
+}
+static void isa_b(int lane, int i, int* row, int* col) {  // b0 .. b3
+    const int g = lane >> 2, t = lane % 4;
+    *row = t * 2 + (i & 1) + (i >= 2 ? 8 : 0);
+    *col = g;
+}
+static void isa_c(int lane, int i, int* row, int* col) {  // c0 .. c3
+    const int g = lane >> 2, t = lane % 4;
+    *row = i < 2 ? g : g + 8;
+    *col = t * 2 + (i & 1);
+}
+static uint16_t bf_bits(float x) { return to_bf16(x).bits; }
+
+static void test_tc_primitives() {
+    Rand r(21);
+    // mma: D = A B + C against a plain 16x8x16 loop.
+    auto A = rnd_bf(r, 16 * 16), B = rnd_bf(r, 16 * 8), C = rnd_bf(r, 16 * 8);
+    vector<float> D(16 * 8, NAN);
+    emu_launch({1}, {32}, [&] {
+        const int lane = threadIdx.x;
+        unsigned a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
+        float c[4], d[4];
+        int row, col;
+        for (int i = 0; i < 8; ++i) {
+            isa_a(lane, i, &row, &col);
+            a[i / 2] |= (unsigned)bf_bits(A[row * 16 + col]) << (16 * (i & 1));
+        }
+        for (int i = 0; i < 4; ++i) {
+            isa_b(lane, i, &row, &col);
+            b[i / 2] |= (unsigned)bf_bits(B[row * 8 + col]) << (16 * (i & 1));
+        }
+        for (int i = 0; i < 4; ++i) {
+            isa_c(lane, i, &row, &col);
+            c[i] = C[row * 8 + col];
+        }
+        mma_bf16_16816(d, a, b, c);
+        for (int i = 0; i < 4; ++i) {
+            isa_c(lane, i, &row, &col);
+            D[row * 8 + col] = d[i];
+        }
+    });
+    vector<double> want(16 * 8);
+    for (int i = 0; i < 16; ++i)
+        for (int j = 0; j < 8; ++j) {
+            double acc = C[i * 8 + j];
+            for (int k = 0; k < 16; ++k) acc += (double)A[i * 16 + k] * B[k * 8 + j];
+            want[i * 8 + j] = acc;
+        }
+    check("mma_bf16_16816 vs 16x8x16 matmul", D, want, 1e-5, 1e-5);
+
+    // ldmatrix: four 8x8 matrices of a 16x16 tile (element value = 16 * row
+    // + col); lane l passes row l % 16, column (l / 16) * 8.
+    vector<bf16> tile(16 * 16);
+    for (int i = 0; i < 256; ++i) tile[i] = to_bf16((float)i);
+    for (int trans = 0; trans < 2; ++trans) {
+        for (int num : {1, 2, 4}) {
+            bool ok = true;
+            emu_launch({1}, {32}, [&] {
+                const int lane = threadIdx.x;
+                const bf16* p = tile.data() + (lane % 16) * 16 + (lane / 16) * 8;
+                unsigned reg[4] = {0, 0, 0, 0};
+                if (trans) {
+                    if (num == 1) ldmatrix_x1_trans(reg, p);
+                    if (num == 2) ldmatrix_x2_trans(reg, p);
+                    if (num == 4) ldmatrix_x4_trans(reg, p);
+                } else {
+                    if (num == 1) ldmatrix_x1(reg, p);
+                    if (num == 2) ldmatrix_x2(reg, p);
+                    if (num == 4) ldmatrix_x4(reg, p);
+                }
+                for (int i = 0; i < num; ++i) {
+                    // matrix i: rows 8 * (i % 2) .., columns 8 * (i / 2) ..
+                    const int r0 = 8 * (i % 2), c0 = 8 * (i / 2);
+                    for (int e = 0; e < 2; ++e) {
+                        int row = lane / 4, col = 2 * (lane % 4) + e;
+                        if (trans) std::swap(row, col);
+                        const float want_v = (float)((r0 + row) * 16 + c0 + col);
+                        const bf16 got{(uint16_t)(reg[i] >> (16 * e))};
+                        ok = ok && to_f32(got) == want_v;
+                    }
+                }
+            });
+            check_true(std::string("ldmatrix_x") + std::to_string(num) + (trans ? "_trans" : "") +
+                           " distributes the 8x8 matrices as the ISA lays them out",
+                       ok);
+        }
+    }
+
+    // cp.async: a copy is not in shared memory before its wait, and
+    // wait_group 1 retires all groups but the newest.
+    vector<bf16> src(64);
+    for (int i = 0; i < 64; ++i) src[i] = to_bf16((float)i);
+    bool before_nan = true, first_landed = true, second_pending = true, all_landed = true;
+    emu_launch({1}, {32}, [&] {
+        IGPO_DYNAMIC_SMEM(smem);
+        bf16* sm = reinterpret_cast<bf16*>(smem);
+        const int lane = threadIdx.x;
+        if (lane < 4) cp_async_16(sm + 8 * lane, src.data() + 8 * lane, true);
+        cp_async_commit();
+        if (lane < 4) cp_async_16(sm + 32 + 8 * lane, src.data() + 32 + 8 * lane, lane != 3);
+        cp_async_commit();
+        if (lane < 4) before_nan = before_nan && std::isnan(to_f32(sm[8 * lane]));
+        cp_async_wait<1>();
+        if (lane < 4) {
+            first_landed = first_landed && to_f32(sm[8 * lane + 5]) == 8 * lane + 5;
+            second_pending = second_pending && std::isnan(to_f32(sm[32 + 8 * lane]));
+        }
+        cp_async_wait<0>();
+        if (lane < 4)
+            for (int e = 0; e < 8; ++e)
+                all_landed = all_landed && to_f32(sm[32 + 8 * lane + e]) == (lane == 3 ? 0.0f : 32 + 8 * lane + e);
+    }, 128);
+    check_true("cp.async: nothing visible before the wait", before_nan);
+    check_true("cp.async: wait_group 1 lands the older group only", first_landed && second_pending);
+    check_true("cp.async: wait_group 0 lands the rest (src-size 0 gives zeros)", all_landed);
+}
+
+// ------------------------------------------------- tensor-core attention
+static void test_attention_tc() {
+    test_attention_case("attention tc causal d64 GQA offset", {70, 78, 4, 2, 64, true, 8, {}, {}}, 31, true);
+    test_attention_case("attention tc causal d64 3 q tiles", {150, 150, 2, 1, 64, true, 0, {}, {}}, 32, true);
+    test_attention_case("attention tc spans d64 (probes, empty row)", probe_spans(40, 20, 5, 33, 2, 1, 64), 33,
+                        true);
+    test_attention_case("attention tc causal d128 GQA", {33, 100, 4, 1, 128, true, 67, {}, {}}, 34, true);
+    test_attention_case("attention tc spans d128 (2 tiles, empty row)", probe_spans(90, 37, 7, 80, 2, 2, 128), 35,
+                        true);
+}
+
+// Tensor-core varlen forward = attn_tc_fwd on each sequence alone, and a row
+// decoded alone (m = 1 over its keys) = the same row of a whole prefill, bit
+// for bit.
+static void test_varlen_tc() {
+    Rand r(36);
+    const int H = 4, KV = 2, D = 64, qc = H * D, kc = KV * D;
+    vector<int> m{1, 5, 70, 0, 2}, n{1, 40, 70, 9, 130};
+    vector<int> q_start{0};
+    for (int x : m) q_start.push_back(q_start.back() + x);
+    const int rows = q_start.back();
+    auto q = to_bf(rnd_bf(r, rows * qc));
+    vector<vector<bf16>> ks, vs;
+    vector<const bf16*> kp, vp;
+    for (size_t b = 0; b < m.size(); ++b) {
+        ks.push_back(to_bf(rnd_bf(r, n[b] * kc)));
+        vs.push_back(to_bf(rnd_bf(r, n[b] * kc)));
+    }
+    for (size_t b = 0; b < m.size(); ++b) {
+        kp.push_back(ks[b].data());
+        vp.push_back(vs[b].data());
+    }
+    vector<bf16> out(rows * qc);
+    vector<float> lse(rows * H);
+    emu_launch({tiles(70, TC_BQ), (unsigned)H, (unsigned)m.size()}, {TC_THREADS}, [&] {
+        attn_tc_fwd_varlen_d64(out.data(), lse.data(), q.data(), kp.data(), vp.data(), q_start.data(), n.data(), H,
+                               KV);
+    }, tc_fwd_smem(D));
+    vector<float> want_o, want_l;
+    for (size_t b = 0; b < m.size(); ++b) {
+        if (m[b] == 0) continue;
+        vector<bf16> o1(m[b] * qc);
+        vector<float> l1(m[b] * H);
+        emu_launch({tiles(m[b], TC_BQ), (unsigned)H}, {TC_THREADS}, [&] {
+            attn_tc_fwd_d64(o1.data(), l1.data(), q.data() + q_start[b] * qc, kp[b], vp[b], m[b], n[b], H, KV, 1,
+                            n[b] - m[b], nullptr, nullptr);
+        }, tc_fwd_smem(D));
+        for (auto v : from_bf(o1)) want_o.push_back(v);
+        for (auto v : l1) want_l.push_back(v);
+    }
+    check("attn_tc_fwd_varlen_d64 out == attn_tc_fwd per sequence", from_bf(out), want_o, 0, 0);
+    check("attn_tc_fwd_varlen_d64 lse == attn_tc_fwd per sequence", lse, want_l, 0, 0);
+
+    // Decode rows 0, 63, 64, 69 of sequence 2 (its 70-row prefill above) in
+    // one batch: row j as m = 1 over the first j + 1 keys.
+    vector<int> pick{0, 63, 64, 69}, dm, dn, dstart{0};
+    vector<bf16> dq;
+    vector<const bf16*> dkp, dvp;
+    for (int j : pick) {
+        dm.push_back(1);
+        dn.push_back(j + 1);
+        dstart.push_back(dstart.back() + 1);
+        dq.insert(dq.end(), q.begin() + (q_start[2] + j) * qc, q.begin() + (q_start[2] + j + 1) * qc);
+        dkp.push_back(kp[2]);
+        dvp.push_back(vp[2]);
+    }
+    vector<bf16> dout((int)pick.size() * qc);
+    vector<float> dlse((int)pick.size() * H);
+    emu_launch({1, (unsigned)H, (unsigned)pick.size()}, {TC_THREADS}, [&] {
+        attn_tc_fwd_varlen_d64(dout.data(), dlse.data(), dq.data(), dkp.data(), dvp.data(), dstart.data(),
+                               dn.data(), H, KV);
+    }, tc_fwd_smem(D));
+    vector<float> po, pl;
+    for (int j : pick) {
+        for (int i = 0; i < qc; ++i) po.push_back(to_f32(out[(q_start[2] + j) * qc + i]));
+        for (int h = 0; h < H; ++h) pl.push_back(lse[(q_start[2] + j) * H + h]);
+    }
+    check("attn_tc decode rows == the same rows of the prefill (out)", from_bf(dout), po, 0, 0);
+    check("attn_tc decode rows == the same rows of the prefill (lse)", dlse, pl, 0, 0);
+}
+
+// Planted bugs in the emulated primitives (fragment layouts, a missing
+// cp.async wait) must make the tensor-core attention checks fail.
+static void test_planted() {
+    const std::pair<EmuPlant, const char*> plants[] = {
+        {EMU_PLANT_MMA_A_LAYOUT, "mma A fragment layout (regs 1, 2 swapped)"},
+        {EMU_PLANT_MMA_B_LAYOUT, "mma B fragment layout (regs 0, 1 swapped)"},
+        {EMU_PLANT_LDMATRIX_TRANS, "ldmatrix .trans ignored"},
+        {EMU_PLANT_CP_ASYNC_NO_WAIT, "cp.async wait_group missing"},
+    };
+    for (auto [plant, what] : plants) {
+        const int before = failures;
+        emu_plant = plant;
+        std::printf("-- planted: %s (the checks below must FAIL)\n", what);
+        test_attention_case("planted: attention tc causal d64 GQA", {40, 44, 2, 1, 64, true, 4, {}, {}}, 41, true);
+        emu_plant = EMU_PLANT_NONE;
+        const bool caught = failures > before;
+        failures = before;
+        check_true(std::string("planted bug caught: ") + what, caught);
+    }
 }
 
 static void test_decode() {
@@ -787,7 +1058,11 @@ int main(int argc, char** argv) {
                                             {"adamw", test_adamw},       {"logprob", test_logprob},
                                             {"sampling", test_sampling}, {"attention", test_attention},
                                             {"decode", test_decode},     {"varlen", test_varlen},
-                                            {"kv_append", test_kv_append}};
+                                            {"kv_append", test_kv_append}, {"tc_primitives", test_tc_primitives},
+                                            {"attention_tc", test_attention_tc}, {"varlen_tc", test_varlen_tc}};
+    // `planted` (not part of the default run): each planted primitive bug
+    // must make the tensor-core attention check fail.
+    if (argc > 1 && std::string(argv[1]) == "planted") tests = {{"planted", test_planted}};
     for (auto& [name, f] : tests) {
         if (argc > 1 && name != argv[1]) continue;
         f();

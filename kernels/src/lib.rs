@@ -106,7 +106,12 @@ impl Family {
         match self {
             Family::Norm => include_str!("cu/norm.cu"),
             Family::Rope => include_str!("cu/rope.cu"),
-            Family::Attention => include_str!("cu/attention.cu"),
+            // The scalar kernels, then the tensor-core ones (which reuse the
+            // scalar file's mask helpers); the second file starts with `#line`.
+            Family::Attention => concat!(
+                include_str!("cu/attention.cu"),
+                include_str!("cu/attention_tc.cu")
+            ),
             Family::Mlp => include_str!("cu/mlp.cu"),
             Family::Logprob => include_str!("cu/logprob.cu"),
             Family::Optimizer => include_str!("cu/optimizer.cu"),
@@ -169,6 +174,9 @@ fn kernel_names(src: &str) -> Vec<String> {
             }
         }
     }
+    // Two macros stamped out for the same head sizes list each size twice.
+    let mut seen = std::collections::HashSet::new();
+    args.retain(|a| seen.insert(a.clone()));
     for arg in &args {
         for name in &templated {
             plain.push(name.replace("##D", arg));
@@ -191,6 +199,10 @@ mod tests {
                 "attn_bwd_dkdv",
                 "attn_bwd_dq",
                 "attn_decode",
+                "attn_tc_fwd",
+                "attn_tc_fwd_varlen",
+                "attn_tc_bwd_dkdv",
+                "attn_tc_bwd_dq",
             ] {
                 assert!(attn.contains(&format!("{k}_d{d}")), "{k}_d{d} in {attn:?}");
             }

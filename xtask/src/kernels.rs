@@ -4,7 +4,9 @@
 //! test) and assembles it with `ptxas -arch=sm_90 -v`, printing registers,
 //! shared memory and spills per kernel; then it runs the kernels themselves in
 //! the CPU emulator (`kernels/emu`, g++) against reference loops that mirror
-//! the CPU backend. `cargo xtask test` runs all of it first and passes the
+//! the CPU backend, and once more with bugs planted in the emulated
+//! tensor-core primitives (each must be caught). Spills in attention kernels
+//! fail the check. `cargo xtask test` runs all of it first and passes the
 //! NVRTC location to the test suite.
 
 use std::path::{Path, PathBuf};
@@ -161,9 +163,13 @@ fn check(cu: &Path) -> Result<()> {
         "family", "kernel", "regs", "smem B", "stack", "spill st/ld"
     );
     let mut spilling = 0;
+    let mut attention_spills = Vec::new();
     for (family, k) in &rows {
         let flag = if k.spill_stores + k.spill_loads > 0 {
             spilling += 1;
+            if family == "attention" {
+                attention_spills.push(k.name.clone());
+            }
             "  SPILLS"
         } else {
             ""
@@ -177,6 +183,15 @@ fn check(cu: &Path) -> Result<()> {
     print!("{table}");
     let report = target().join("kernels/ptxas.txt");
     std::fs::write(&report, &table).map_err(|e| format!("{}: {e}", report.display()))?;
+    // Attention is the hot loop of prefill and training: a spill there is a
+    // regression, not a note.
+    if !attention_spills.is_empty() {
+        return Err(format!(
+            "attention kernels spill registers ({}): see {}",
+            attention_spills.join(", "),
+            report.display()
+        ));
+    }
     emulate()
 }
 
@@ -204,6 +219,10 @@ fn emulate() -> Result<()> {
         Ok(_) => {}
     }
     run(&mut Command::new(&exe))?;
+    // Test mode: bugs planted in the emulated tensor-core primitives (a wrong
+    // mma fragment layout, ldmatrix without .trans, a missing cp.async wait)
+    // must make the attention checks fail; it exits 1 if one goes unseen.
+    run(Command::new(&exe).arg("planted"))?;
     eprintln!(
         "xtask: kernels emulated on the CPU in {:.1} s",
         start.elapsed().as_secs_f64()

@@ -62,6 +62,83 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
+// ---- tensor-core primitives (sm_80+). Inline PTX on the GPU; the CPU
+// emulator (kernels/emu/cuda_emu.h) defines the same functions.
+//   mma_bf16_16816: d = a * b + c, mma.sync m16n8k16 row.col, bf16 in, f32
+//     accumulate; fragments in the PTX ISA layout (groupID = lane >> 2,
+//     threadID_in_group = lane % 4; see cuda_emu.h for the element map).
+//   ldmatrix_xN[_trans]: N 8x8 b16 matrices from shared memory; lanes
+//     8i .. 8i+7 pass the row addresses (16 bytes each) of matrix i.
+//   cp_async_16: 16 bytes global -> shared, zeros when !valid; visible only
+//     after the cp_async_wait<N> that retires its commit group.
+#ifdef __CUDACC__
+__device__ __forceinline__ unsigned smem_u32(const void* p) {
+    return (unsigned)__cvta_generic_to_shared(p);
+}
+
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const unsigned a[4], const unsigned b[2],
+                                               const float c[4]) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%10,%11,%12,%13};\n"
+        : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]),
+          "f"(c[2]), "f"(c[3]));
+}
+
+__device__ __forceinline__ void ldmatrix_x1(unsigned r[1], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2(unsigned r[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4(unsigned r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x1_trans(unsigned r[1], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x1.trans.shared.b16 {%0}, [%1];\n"
+                 : "=r"(r[0])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(unsigned r[2], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];\n"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(smem_u32(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned r[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src),
+                 "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;\n" ::); }
+
+// The launch's dynamic shared memory (bytes set by the launch wrapper).
+#define IGPO_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
+
+// Two f32 as a bf16x2 register: `lo` in bits 0-15 (the lower column).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+    const bf16 l = to_bf16(lo), h = to_bf16(hi);
+    return (unsigned)*reinterpret_cast<const unsigned short*>(&l) |
+           (unsigned)*reinterpret_cast<const unsigned short*>(&h) << 16;
+}
+
 // Grid-stride loop over `n` elements.
 #define IGPO_GRID_STRIDE(i, n)                                                   \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
