@@ -31,6 +31,63 @@ const COLSUM_ROWS: usize = 256;
 /// attention.cu: 8 threads per row x 16 rows.
 const ATT_ROWS: usize = 16;
 const ATT_THREADS: u32 = 128;
+/// attention_tc.cu: 4 warps; query rows per forward / dq block, keys per
+/// tile and per dkdv block, query rows per dkdv tile.
+const TC_THREADS: u32 = 128;
+const TC_BQ: usize = 64;
+const TC_BK: usize = 64;
+const TC_BQB: usize = 32;
+
+/// Which attention kernels the wrappers launch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernels {
+    /// attention_tc.cu: bf16 `mma.sync` (FlashAttention-2 style), the default.
+    TensorCore,
+    /// attention.cu: scalar f32 FMA, the reference on the GPU and fallback.
+    Scalar,
+}
+
+impl AttnKernels {
+    /// `IGPO_ATTENTION`: `scalar` or `tensor-core` (unset or empty: tensor-core).
+    pub fn from_env() -> Result<AttnKernels> {
+        match std::env::var("IGPO_ATTENTION").as_deref() {
+            Err(_) | Ok("") | Ok("tensor-core") => Ok(AttnKernels::TensorCore),
+            Ok("scalar") => Ok(AttnKernels::Scalar),
+            Ok(other) => Err(Error::Invalid(format!(
+                "IGPO_ATTENTION={other}: expected `tensor-core` or `scalar`"
+            ))),
+        }
+    }
+}
+
+/// The three tensor-core kernel shapes and their dynamic shared memory.
+#[derive(Clone, Copy)]
+enum TcKernel {
+    Fwd,
+    Dq,
+    Dkdv,
+}
+
+impl TcKernel {
+    /// Bytes of dynamic shared memory (attention_tc.cu: swizzled bf16 tiles;
+    /// the K / V or Q / dO tiles that stream in are double-buffered).
+    fn smem(self, d: usize) -> u32 {
+        let bytes = match self {
+            TcKernel::Fwd => (TC_BQ + 4 * TC_BK) * d * 2,
+            TcKernel::Dq => (2 * TC_BQ + 4 * TC_BK) * d * 2,
+            TcKernel::Dkdv => (2 * TC_BK + 4 * TC_BQB) * d * 2 + 4 * TC_BQB * 4,
+        };
+        bytes as u32
+    }
+
+    fn config(self, blocks: usize, heads: usize, batch: usize, d: usize) -> LaunchConfig {
+        LaunchConfig {
+            grid_dim: (blocks.max(1) as u32, heads as u32, batch as u32),
+            block_dim: (TC_THREADS, 1, 1),
+            shared_mem_bytes: self.smem(d),
+        }
+    }
+}
 const SAMPLE_THREADS: u32 = 1024;
 
 /// Whether the CUDA driver library can be opened (cudarc panics otherwise).
@@ -187,6 +244,8 @@ pub struct Kernels {
     /// Varlen row starts and key counts: the same for every layer of a step.
     varlen_starts: Reused<i32>,
     varlen_keys: Reused<i32>,
+    /// Which attention kernels run (`IGPO_ATTENTION`).
+    attn: AttnKernels,
 }
 
 /// The last host array uploaded through it and its device copy, handed out
@@ -234,6 +293,7 @@ impl Kernels {
         let (major, minor) = ctx.compute_capability().map_err(cuda)?;
         let arch = (major as u32, minor as u32);
         let opts = CompileOptions::for_arch(arch.0, arch.1);
+        let attn = AttnKernels::from_env()?;
         let mut funcs = HashMap::new();
         for family in Family::ALL {
             let ptx = cache.get_or_compile(family, &opts)?;
@@ -241,6 +301,23 @@ impl Kernels {
             for name in family.kernel_names() {
                 let f = module.load_function(&name).map_err(cuda)?;
                 funcs.insert(name, f);
+            }
+        }
+        // Past 48 KiB a kernel must opt in to its dynamic shared memory.
+        for d in [64, 128] {
+            for (kernel, names) in [
+                (TcKernel::Fwd, vec!["attn_tc_fwd", "attn_tc_fwd_varlen"]),
+                (TcKernel::Dq, vec!["attn_tc_bwd_dq"]),
+                (TcKernel::Dkdv, vec!["attn_tc_bwd_dkdv"]),
+            ] {
+                for name in names {
+                    let f = &funcs[&format!("{name}_d{d}")];
+                    f.set_attribute(
+                        cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        kernel.smem(d) as i32,
+                    )
+                    .map_err(cuda)?;
+                }
             }
         }
         let stream = ctx.default_stream();
@@ -251,7 +328,18 @@ impl Kernels {
             arch,
             varlen_starts: Reused::default(),
             varlen_keys: Reused::default(),
+            attn,
         })
+    }
+
+    /// The attention kernels the wrappers launch (`IGPO_ATTENTION` at start).
+    pub fn attention_kernels(&self) -> AttnKernels {
+        self.attn
+    }
+
+    /// Switches the attention kernels (tests compare the two sets).
+    pub fn set_attention_kernels(&mut self, attn: AttnKernels) {
+        self.attn = attn;
     }
 
     pub fn context(&self) -> &Arc<CudaContext> {
@@ -1072,7 +1160,7 @@ impl Kernels {
 
     /// Forward attention: `out[m, H*D]` and `lse[m, H]`. Causal masks go
     /// through the varlen kernel (see [`Kernels::attention_varlen`]), span
-    /// masks through `attn_fwd_*`.
+    /// masks through `attn_tc_fwd_*` (`attn_fwd_*` with [`AttnKernels::Scalar`]).
     #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
@@ -1114,7 +1202,12 @@ impl Kernels {
                 dims.head_dim,
             );
         }
-        let name = format!("attn_fwd_d{}", dims.head_dim);
+        let tc = self.attn == AttnKernels::TensorCore;
+        let name = if tc {
+            format!("attn_tc_fwd_d{}", dims.head_dim)
+        } else {
+            format!("attn_fwd_d{}", dims.head_dim)
+        };
         let f = self.f(&name)?;
         let ints = [
             to_i32(dims.m)?,
@@ -1129,8 +1222,13 @@ impl Kernels {
         }
         b.arg(&causal).arg(&offset);
         push_spans(&mut b, mask);
+        let cfg = if tc {
+            TcKernel::Fwd.config(dims.m.div_ceil(TC_BQ), dims.n_heads, 1, dims.head_dim)
+        } else {
+            Self::attn_grid(dims.m, dims.n_heads)
+        };
         // SAFETY: lengths and head size checked above.
-        unsafe { b.launch(Self::attn_grid(dims.m, dims.n_heads)) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
 
@@ -1192,8 +1290,9 @@ impl Kernels {
         // SAFETY: one warp per (row, head); lengths checked above.
         unsafe { b.launch(cfg) }.map_err(cuda)?;
 
-        let name = format!("attn_bwd_dkdv_d{}", dims.head_dim);
-        let f = self.f(&name)?;
+        let (tc, d) = (self.attn == AttnKernels::TensorCore, dims.head_dim);
+        let prefix = if tc { "attn_tc" } else { "attn" };
+        let f = self.f(&format!("{prefix}_bwd_dkdv_d{d}"))?;
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut *dk)
             .arg(&mut *dv)
@@ -1208,11 +1307,15 @@ impl Kernels {
         }
         b.arg(&causal).arg(&offset);
         push_spans(&mut b, mask);
+        let cfg = if tc {
+            TcKernel::Dkdv.config(dims.n.div_ceil(TC_BK), dims.n_kv_heads, 1, d)
+        } else {
+            Self::attn_grid(dims.n, dims.n_kv_heads)
+        };
         // SAFETY: as above.
-        unsafe { b.launch(Self::attn_grid(dims.n, dims.n_kv_heads)) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
 
-        let name = format!("attn_bwd_dq_d{}", dims.head_dim);
-        let f = self.f(&name)?;
+        let f = self.f(&format!("{prefix}_bwd_dq_d{d}"))?;
         let mut b = self.stream.launch_builder(f);
         b.arg(dq)
             .arg(q)
@@ -1226,8 +1329,13 @@ impl Kernels {
         }
         b.arg(&causal).arg(&offset);
         push_spans(&mut b, mask);
+        let cfg = if tc {
+            TcKernel::Dq.config(dims.m.div_ceil(TC_BQ), dims.n_heads, 1, d)
+        } else {
+            Self::attn_grid(dims.m, dims.n_heads)
+        };
         // SAFETY: as above.
-        unsafe { b.launch(Self::attn_grid(dims.m, dims.n_heads)) }.map_err(cuda)?;
+        unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
 
@@ -1337,18 +1445,29 @@ impl Kernels {
         )?;
         check_len("attention_varlen lse", lse, batch.total * d.n_heads)?;
         let (h, kv) = (to_i32(d.n_heads)?, to_i32(d.n_kv_heads)?);
-        let f = self.f(&format!("attn_fwd_varlen_d{}", d.head_dim))?;
+        let tc = self.attn == AttnKernels::TensorCore;
+        let name = if tc {
+            format!("attn_tc_fwd_varlen_d{}", d.head_dim)
+        } else {
+            format!("attn_fwd_varlen_d{}", d.head_dim)
+        };
+        let f = self.f(&name)?;
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(lse).arg(q).arg(k_ptrs).arg(v_ptrs);
         b.arg(&*batch.starts).arg(&*batch.n_keys).arg(&h).arg(&kv);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                batch.max_rows.div_ceil(ATT_ROWS).max(1) as u32,
-                d.n_heads as u32,
-                batch.count as u32,
-            ),
-            block_dim: (ATT_THREADS, 1, 1),
-            shared_mem_bytes: 0,
+        let cfg = if tc {
+            let blocks = batch.max_rows.div_ceil(TC_BQ);
+            TcKernel::Fwd.config(blocks, d.n_heads, batch.count, d.head_dim)
+        } else {
+            LaunchConfig {
+                grid_dim: (
+                    batch.max_rows.div_ceil(ATT_ROWS).max(1) as u32,
+                    d.n_heads as u32,
+                    batch.count as u32,
+                ),
+                block_dim: (ATT_THREADS, 1, 1),
+                shared_mem_bytes: 0,
+            }
         };
         // SAFETY: lengths checked; the caller's pointers describe live caches.
         unsafe { b.launch(cfg) }.map_err(cuda)?;

@@ -10,7 +10,7 @@
 
 use half::bf16;
 use igpo_kernels::host::MaskArgs;
-use igpo_kernels::launch::{driver_present, AdamW, AttnDims, Kernels, Reused};
+use igpo_kernels::launch::{driver_present, AdamW, AttnDims, AttnKernels, Kernels, Reused};
 use igpo_kernels::PtxCache;
 
 fn gpu() -> Option<Kernels> {
@@ -531,9 +531,17 @@ fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |a, b| a.max(b.abs()))
 }
 
+/// Both kernel sets (tensor-core, then scalar) against the f64 reference.
 #[test]
 fn attention_matches_the_reference() {
-    let Some(kn) = gpu() else { return };
+    let Some(mut kn) = gpu() else { return };
+    for which in [AttnKernels::TensorCore, AttnKernels::Scalar] {
+        kn.set_attention_kernels(which);
+        attention_cases_match_the_reference(&kn, which);
+    }
+}
+
+fn attention_cases_match_the_reference(kn: &Kernels, which: AttnKernels) {
     let mut r = Rand(7);
     // (dims, mask): causal after a cache, IGPO probes with one empty row, d128
     let mut spans: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
@@ -608,7 +616,10 @@ fn attention_matches_the_reference() {
         let mut lse = kn.zeros::<f32>(dims.m * dims.n_heads).unwrap();
         kn.attention(&mut out, &mut lse, &qd, &kd, &vd, dims, &dm)
             .unwrap();
-        let name = format!("attention m={} n={} d={}", dims.m, dims.n, dims.head_dim);
+        let name = format!(
+            "attention {which:?} m={} n={} d={}",
+            dims.m, dims.n, dims.head_dim
+        );
         close(
             &format!("{name} out"),
             &from_bf(&kn.download(&out).unwrap()),
@@ -697,6 +708,141 @@ fn attention_matches_the_reference() {
                 1.0 / 64.0,
             );
         }
+    }
+}
+
+/// Outputs of one attention forward + backward.
+struct AttnRun {
+    out: Vec<f32>,
+    lse: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_attention(
+    kn: &Kernels,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dout: &[f32],
+    dims: AttnDims,
+    mask: &MaskArgs,
+) -> AttnRun {
+    let (qc, kc) = (
+        dims.n_heads * dims.head_dim,
+        dims.n_kv_heads * dims.head_dim,
+    );
+    let dm = kn.mask(mask).unwrap();
+    let up = |x: &[f32]| kn.upload(&to_bf(x)).unwrap();
+    let (qd, kd, vd, dod) = (up(q), up(k), up(v), up(dout));
+    let mut out = kn.zeros::<bf16>(dims.m * qc).unwrap();
+    let mut lse = kn.zeros::<f32>(dims.m * dims.n_heads).unwrap();
+    kn.attention(&mut out, &mut lse, &qd, &kd, &vd, dims, &dm)
+        .unwrap();
+    let (mut dq, mut dk, mut dv) = (
+        kn.zeros::<bf16>(dims.m * qc).unwrap(),
+        kn.zeros::<bf16>(dims.n * kc).unwrap(),
+        kn.zeros::<bf16>(dims.n * kc).unwrap(),
+    );
+    kn.attention_backward(
+        &mut dq, &mut dk, &mut dv, &qd, &kd, &vd, &out, &lse, &dod, dims, &dm,
+    )
+    .unwrap();
+    let down = |x: &cudarc::driver::CudaSlice<bf16>| from_bf(&kn.download(x).unwrap());
+    AttnRun {
+        out: down(&out),
+        lse: kn.download(&lse).unwrap(),
+        dq: down(&dq),
+        dk: down(&dk),
+        dv: down(&dv),
+    }
+}
+
+/// The tensor-core kernels against the scalar ones on prefill-sized shapes
+/// (several query and key tiles, ragged ends, GQA 7:1 and 4:1, a long cache
+/// offset, IGPO probe spans), and bit-for-bit repeatable (no atomics).
+#[test]
+fn tensor_core_attention_matches_the_scalar_kernels() {
+    let Some(mut kn) = gpu() else { return };
+    let mut r = Rand(17);
+    let mut spans: Vec<Vec<std::ops::Range<usize>>> = Vec::new();
+    for j in 0..333usize {
+        spans.push(if j == 300 {
+            vec![]
+        } else if j < 200 {
+            vec![0..j + 1]
+        } else {
+            let p0 = 200 + (j - 200) / 19 * 19;
+            vec![0..200, p0..j + 1]
+        });
+    }
+    let dims = |m, n, n_heads, n_kv_heads, head_dim| AttnDims {
+        m,
+        n,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    };
+    let cases = vec![
+        (dims(517, 517, 8, 2, 128), MaskArgs::Causal { offset: 0 }),
+        (dims(300, 1100, 14, 2, 64), MaskArgs::Causal { offset: 800 }),
+        (
+            dims(333, 333, 4, 1, 128),
+            MaskArgs::from_spans(&spans, 333).unwrap(),
+        ),
+        (dims(1, 777, 14, 2, 64), MaskArgs::Causal { offset: 776 }),
+    ];
+    for (d, mask) in cases {
+        let (qn, kn_) = (
+            d.m * d.n_heads * d.head_dim,
+            d.n * d.n_kv_heads * d.head_dim,
+        );
+        let (q, k, v, dout) = (r.bf(qn, 1.0), r.bf(kn_, 1.0), r.bf(kn_, 1.0), r.bf(qn, 1.0));
+        kn.set_attention_kernels(AttnKernels::Scalar);
+        let want = run_attention(&kn, &q, &k, &v, &dout, d, &mask);
+        kn.set_attention_kernels(AttnKernels::TensorCore);
+        let got = run_attention(&kn, &q, &k, &v, &dout, d, &mask);
+        let again = run_attention(&kn, &q, &k, &v, &dout, d, &mask);
+        let name = format!("tensor-core vs scalar m={} n={} d={}", d.m, d.n, d.head_dim);
+        let f64s = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<_>>();
+        close(
+            &format!("{name} out"),
+            &got.out,
+            &f64s(&want.out),
+            8e-3,
+            1.0 / 32.0,
+        );
+        for (i, (&g, &w)) in got.lse.iter().zip(&want.lse).enumerate() {
+            if w.is_infinite() {
+                assert!(g.is_infinite() && g < 0.0, "{name} lse {i}: {g}");
+            } else {
+                assert!((g - w).abs() < 2e-4, "{name} lse {i}: {g} vs {w}");
+            }
+        }
+        for (what, g, w) in [
+            ("dq", &got.dq, &want.dq),
+            ("dk", &got.dk, &want.dk),
+            ("dv", &got.dv, &want.dv),
+        ] {
+            let w = f64s(w);
+            close(
+                &format!("{name} {what}"),
+                g,
+                &w,
+                3e-2 * max_abs(&w),
+                1.0 / 16.0,
+            );
+        }
+        assert!(
+            got.out == again.out
+                && got.lse == again.lse
+                && got.dq == again.dq
+                && got.dk == again.dk
+                && got.dv == again.dv,
+            "{name}: two runs differ"
+        );
     }
 }
 

@@ -13,6 +13,15 @@
 //! reductions). The trait is infallible: a CUDA error after start-up panics
 //! with the failing op's message; [`Cuda::new`] is where a missing GPU, driver
 //! or NVRTC becomes a clear error.
+//!
+//! Attention (prefill, training forward and backward, scoring with span
+//! masks, decode through `cached_attention`) runs the tensor-core kernels of
+//! `kernels/src/cu/attention_tc.cu` (bf16 `mma.sync`, FlashAttention-2
+//! style). `IGPO_ATTENTION=scalar` selects the scalar f32 kernels of
+//! `attention.cu` instead (the reference on the GPU); any other value than
+//! `scalar` / `tensor-core` is an error at start-up. Decode, prefill and
+//! scoring share one tiling either way, so a row's bits do not depend on
+//! how it was batched.
 
 use std::ops::{Deref, Range};
 use std::sync::Arc;
