@@ -3,8 +3,13 @@
 `tools/bench_torch.py forward|score` write (one run, one machine), with the ratios.
 
     python3 tools/bench_compare.py --title "Qwen2.5-0.5B shape, H200" \
-        --forward IGPO.json TORCH.json [--score IGPO.json TORCH.json] [--peak-tflops 989] \
-        [--out COMBINED.json] [--markdown TABLE.md]
+        --forward IGPO.json TORCH.json [--forward IGPO2.json TORCH2.json ...] \
+        [--score IGPO.json TORCH.json] [--peak-tflops 989] [--out COMBINED.json] [--markdown TABLE.md]
+
+Each `--forward` pair adds its rows (e.g. one run at 1x2048 and one at 8x2048 with gradient
+accumulation, whose prefill and decode rows are left out when they repeat the first pair's sizes).
+A PyTorch file with `train_compiled_tokens_per_s` adds a row against `torch.compile`; an igpo file
+with a `profile` (IGPO_PROFILE=1) adds its per-phase breakdown below the table.
 
 Ratios are "how many times better igpo is": throughput igpo / pytorch, time pytorch / igpo, memory
 pytorch / igpo; above 1 the engine wins. MFU = tokens/s x training FLOPs per token (igpo's
@@ -43,26 +48,41 @@ def fmt(x, unit):
     return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
-def rows(forward, score, peak_tflops):
-    """(label, unit, igpo, pytorch, better-when) for every measurement both files hold."""
+def forward_rows(a, b, peak_tflops, with_inference):
     out = []
-    if forward:
-        a, b = forward
+    if with_inference:
         out.append((f"prefill 1x{int(get(a, 'prefill_tokens') or 0)}", "tokens/s",
                     get(a, "prefill_tokens_per_s"), get(b, "prefill_tokens_per_s"), "higher"))
         for batch in sorted(a.get("decode_tokens_per_s", {}), key=int):
             out.append((f"decode batch {batch}", "tokens/s", get(a, "decode_tokens_per_s", batch),
                         get(b, "decode_tokens_per_s", batch), "higher"))
-        ta, tb = get(a, "train_tokens_per_s"), get(b, "train_tokens_per_s")
-        if ta is not None or tb is not None:
-            seq, batch = int(get(a, "train_seq") or 0), int(get(a, "train_batch") or 0)
-            out.append((f"train {batch}x{seq} fwd+bwd+AdamW", "tokens/s", ta, tb, "higher"))
-            flops = get(a, "train_flops_per_token")
-            if flops:
-                tf = [None if x is None else x * flops / 1e12 for x in (ta, tb)]
-                out.append(("train achieved", "TFLOP/s", tf[0], tf[1], "higher"))
-                if peak_tflops:
-                    out.append(("train MFU", "%", *[None if x is None else x / peak_tflops for x in tf], "higher"))
+    ta, tb = get(a, "train_tokens_per_s"), get(b, "train_tokens_per_s")
+    if ta is not None or tb is not None:
+        seq, batch = int(get(a, "train_seq") or 0), int(get(a, "train_batch") or 0)
+        micro = int(get(a, "train_micro_batch") or batch)
+        shape = f"{batch}x{seq}" + (f" (micro-batches of {micro})" if 0 < micro < batch else "")
+        out.append((f"train {shape} fwd+bwd+AdamW", "tokens/s", ta, tb, "higher"))
+        flops = get(a, "train_flops_per_token")
+        if flops:
+            tf = [None if x is None else x * flops / 1e12 for x in (ta, tb)]
+            out.append((f"train {shape} achieved", "TFLOP/s", tf[0], tf[1], "higher"))
+            if peak_tflops:
+                out.append((f"train {shape} MFU", "%", *[None if x is None else x / peak_tflops for x in tf],
+                            "higher"))
+        tc = get(b, "train_compiled_tokens_per_s")
+        if tc is not None:
+            out.append((f"train {shape} vs torch.compile", "tokens/s", ta, tc, "higher"))
+    return out
+
+
+def rows(forwards, score, peak_tflops):
+    """(label, unit, igpo, pytorch, better-when) for every measurement both files hold."""
+    out = []
+    seen = set()
+    for a, b in forwards:
+        sizes = (get(a, "prefill_tokens"), tuple(sorted(a.get("decode_tokens_per_s", {}))))
+        out += forward_rows(a, b, peak_tflops, with_inference=sizes not in seen)
+        seen.add(sizes)
     if score:
         a, b = score
         shape = f"{int(get(a, 'tokens') or 0)}x{int(get(a, 'vocab') or 0)}"
@@ -76,6 +96,23 @@ def rows(forward, score, peak_tflops):
     return out
 
 
+def profile_lines(igpo):
+    """The igpo run's IGPO_PROFILE breakdown: one table per profiled measurement."""
+    out = []
+    for label, run in igpo.get("profile", {}).items():
+        wall = run["wall_seconds"]
+        out += ["", f"igpo `IGPO_PROFILE=1`, {label}: wall {wall * 1e3:,.1f} ms, "
+                f"{run.get('host_reads', 'n/a')} host reads", "",
+                "| phase | ms | share | ops |", "|---|---:|---:|---:|"]
+        covered = 0.0
+        for phase, t in run["phases"].items():
+            covered += t["seconds"]
+            out.append(f"| {phase} | {t['seconds'] * 1e3:,.2f} | {100 * t['seconds'] / wall:.1f} % | {t['ops']} |")
+        rest = max(wall - covered, 0.0)
+        out.append(f"| outside ops (host, launches, idle) | {rest * 1e3:,.2f} | {100 * rest / wall:.1f} % | |")
+    return out
+
+
 def ratio(x, y, better):
     if x is None or y is None or x <= 0 or y <= 0:
         return None
@@ -85,7 +122,7 @@ def ratio(x, y, better):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--title", default="igpo vs PyTorch")
-    ap.add_argument("--forward", nargs=2, metavar=("IGPO", "TORCH"))
+    ap.add_argument("--forward", nargs=2, metavar=("IGPO", "TORCH"), action="append", default=[])
     ap.add_argument("--score", nargs=2, metavar=("IGPO", "TORCH"))
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--out", help="combined JSON (inputs, table, ratios)")
@@ -93,10 +130,10 @@ def main():
     args = ap.parse_args()
     if not args.forward and not args.score:
         ap.error("give --forward and/or --score")
-    forward = tuple(load(p) for p in args.forward) if args.forward else None
+    forwards = [tuple(load(p) for p in pair) for pair in args.forward]
     score = tuple(load(p) for p in args.score) if args.score else None
 
-    table = rows(forward, score, args.peak_tflops)
+    table = rows(forwards, score, args.peak_tflops)
     lines = [f"### {args.title}", "", "| measurement | unit | igpo | pytorch | igpo better by |",
              "|---|---|---:|---:|---:|"]
     result = []
@@ -106,6 +143,8 @@ def main():
                      f"{'n/a' if r is None else f'{r:.2f}x'} |")
         result.append({"measurement": label, "unit": unit, "igpo": x, "pytorch": y, "better": better,
                        "igpo_better_by": r})
+    for a, _ in forwards:
+        lines += profile_lines(a)
     text = "\n".join(lines)
     print(text)
     if args.markdown:
@@ -113,7 +152,7 @@ def main():
             f.write(text + "\n")
     if args.out:
         combined = {"title": args.title, "peak_tflops": args.peak_tflops, "table": result,
-                    "forward": {"igpo": forward[0], "pytorch": forward[1]} if forward else None,
+                    "forward": [{"igpo": a, "pytorch": b} for a, b in forwards],
                     "score": {"igpo": score[0], "pytorch": score[1]} if score else None}
         with open(args.out, "w") as f:
             json.dump(combined, f, indent=2)

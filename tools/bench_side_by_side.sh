@@ -9,11 +9,15 @@
 # For each preset: `igpo model init` writes random weights (bf16 safetensors +
 # config.json + the Qwen2.5 tokenizer) that both engines load; then
 #   igpo bench forward  /  bench_torch.py forward   (prefill, decode, training step)
+#   the same, training only, at ACCUM_BATCH x TRAIN_SEQ tokens per optimizer step in micro-batches
+#     of ACCUM_MICRO sequences (gradient accumulation), PyTorch also under torch.compile
 #   igpo bench score    /  bench_torch.py score     (fused log-prob vs log_softmax+gather)
 #   bench_compare.py: the table with ratios and MFU -> $OUT/PRESET.md, $OUT/PRESET.json
 # Sizes come from the environment (defaults: the GPU measurements):
 #   PREFILL=2048 DECODE_TOKENS=32 BATCHES=1,64,256 TRAIN_SEQ=2048 TRAIN_BATCH=1
 #   SCORE_TOKENS=8192 REPEATS=3 PEAK_TFLOPS (default: from the GPU's name)
+#   ACCUM_BATCH=8 ACCUM_MICRO=1 (ACCUM_BATCH=0 skips that run) COMPILE=1 (0: no torch.compile column)
+#   IGPO_PROFILE=1 (the igpo side prints and records its per-phase breakdown)
 #   HALF_TIMEOUT (seconds for each half; unset: no limit)
 # A failed half is reported and the other half still runs; exit 1 if any failed.
 
@@ -31,6 +35,9 @@ TRAIN_SEQ="${TRAIN_SEQ:-2048}"
 TRAIN_BATCH="${TRAIN_BATCH:-1}"
 SCORE_TOKENS="${SCORE_TOKENS:-8192}"
 REPEATS="${REPEATS:-3}"
+ACCUM_BATCH="${ACCUM_BATCH:-8}"
+ACCUM_MICRO="${ACCUM_MICRO:-1}"
+COMPILE="${COMPILE:-1}"
 THREADS="${THREADS:-$(nproc)}"
 
 [ $# -ge 1 ] || { echo "usage: bench_side_by_side.sh PRESET [PRESET...]" >&2; exit 2; }
@@ -62,6 +69,8 @@ half() { # LABEL COMMAND...: runs one half, keeps going when it fails
 for preset in "$@"; do
     model="$OUT/model-$preset"
     rm -rf "$model" "$OUT/$preset"-*.json "$OUT/$preset.json" "$OUT/$preset.md"
+    torch_compile=()
+    [ "$COMPILE" = 1 ] && torch_compile=(--compile)
     half "$preset: random weights" "$IGPO" model init "$model" --preset "$preset" --vocab-from "$TOKENIZER"
     [ -f "$model/config.json" ] || { FAILED=1; continue; }
     read -r dim vocab < <("$PYTHON" -c 'import json,sys; c = json.load(open(sys.argv[1])); print(c["hidden_size"], c["vocab_size"])' "$model/config.json")
@@ -72,6 +81,16 @@ for preset in "$@"; do
         --out "$OUT/$preset-forward-igpo.json"
     half "$preset: pytorch forward" "$PYTHON" "$ROOT/tools/bench_torch.py" forward --model "$model" \
         --device "$DEVICE" --threads "$THREADS" "${fw[@]}" --out "$OUT/$preset-forward-pytorch.json"
+    if [ "$ACCUM_BATCH" -gt 0 ]; then
+        # Training only (prefill and decode kept tiny): tokens per optimizer step as RL trains.
+        acc=(--prefill-tokens 16 --decode-tokens 2 --batches 1 --repeats "$REPEATS" --train-seq "$TRAIN_SEQ"
+             --train-batch "$ACCUM_BATCH" --train-micro-batch "$ACCUM_MICRO")
+        half "$preset: igpo train ${ACCUM_BATCH}x$TRAIN_SEQ" "$IGPO" bench forward --model "$model" \
+            --device "$DEVICE" "${acc[@]}" --out "$OUT/$preset-accum-igpo.json"
+        half "$preset: pytorch train ${ACCUM_BATCH}x$TRAIN_SEQ" "$PYTHON" "$ROOT/tools/bench_torch.py" forward \
+            --model "$model" --device "$DEVICE" --threads "$THREADS" "${acc[@]}" "${torch_compile[@]}" \
+            --out "$OUT/$preset-accum-pytorch.json"
+    fi
     half "$preset: igpo score" "$IGPO" bench score --device "$DEVICE" "${sc[@]}" \
         --out "$OUT/$preset-score-igpo.json"
     half "$preset: pytorch score" "$PYTHON" "$ROOT/tools/bench_torch.py" score --device "$DEVICE" \
@@ -80,6 +99,8 @@ for preset in "$@"; do
     compare=(--title "$preset shape, random weights, $DEVICE")
     [ -f "$OUT/$preset-forward-igpo.json" ] && [ -f "$OUT/$preset-forward-pytorch.json" ] &&
         compare+=(--forward "$OUT/$preset-forward-igpo.json" "$OUT/$preset-forward-pytorch.json")
+    [ -f "$OUT/$preset-accum-igpo.json" ] && [ -f "$OUT/$preset-accum-pytorch.json" ] &&
+        compare+=(--forward "$OUT/$preset-accum-igpo.json" "$OUT/$preset-accum-pytorch.json")
     [ -f "$OUT/$preset-score-igpo.json" ] && [ -f "$OUT/$preset-score-pytorch.json" ] &&
         compare+=(--score "$OUT/$preset-score-igpo.json" "$OUT/$preset-score-pytorch.json")
     [ -n "${PEAK_TFLOPS:-}" ] && compare+=(--peak-tflops "$PEAK_TFLOPS")

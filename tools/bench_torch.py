@@ -4,7 +4,8 @@
 
     python tools/bench_torch.py forward --model DIR [--device cpu|cuda] [--threads 2] \
         [--prefill-tokens 512] [--decode-tokens 32] [--batches 1,16] [--decode loop|generate] \
-        [--train-seq 512] [--train-batch 1] [--repeats 3] [--out FILE.json]
+        [--train-seq 512] [--train-batch 1] [--train-micro-batch 0] [--compile] [--repeats 3] \
+        [--out FILE.json]
     python tools/bench_torch.py score [--device cpu|cuda] --tokens 8192 --hidden 896 \
         [--vocab 151936] [--repeats 3] [--out FILE.json]
 
@@ -21,7 +22,12 @@ optimizer state). Medians over repeats after one warm-up; on CUDA every timing e
   `--decode generate` (default on CUDA): transformers `generate` (greedy, `min_new_tokens` =
   `max_new_tokens` so every row makes N tokens); decode time = time(N tokens) - time(1 token), which
   removes the prompt prefill as the loop does. tokens/s = B * (N - 1) / decode time.
-- train: forward + backward + AdamW of the next-token loss on B x T tokens.
+- train: forward + backward + AdamW of the next-token loss on B x T tokens; with
+  `--train-micro-batch M` the B sequences go through forward + backward M at a time (each loss
+  scaled by M / B, gradients accumulated) before one AdamW step. On CUDA attention runs on SDPA's
+  FlashAttention backend (`sdpa_kernel(FLASH_ATTENTION)`: it fails rather than fall back) and AdamW
+  is the fused one. `--compile`: the same step once more with `torch.compile(model)`, reported as
+  `train_compiled_tokens_per_s` (or `train_compiled_error` when compiling fails on the machine).
 
 score: the lm-head log-prob of chosen tokens the unfused way, as verl/TRL compute it:
 `log_softmax((h @ W.T).float(), -1).gather(-1, ids)` with h [tokens, hidden] and W [vocab, hidden] in
@@ -168,14 +174,20 @@ def generate_once(model, prompt, new_tokens, pad_id):
     return out
 
 
-def train_once(model, opt, ids, device):
-    """One forward + backward + AdamW step of the next-token loss on `ids`."""
-    if device.type == "cuda":
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            out = model(input_ids=ids, labels=ids)
-    else:
-        out = model(input_ids=ids, labels=ids)
-    out.loss.backward()
+def train_once(model, opt, ids, device, micro):
+    """One optimizer step of the next-token loss on `ids`: forward + backward of `micro` rows at a
+    time (gradients accumulated), then AdamW."""
+    parts = ids.split(micro) if micro > 0 else [ids]
+    for part in parts:
+        if device.type == "cuda":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with torch.autocast("cuda", dtype=torch.bfloat16), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                out = model(input_ids=part, labels=part)
+                (out.loss * (part.shape[0] / ids.shape[0])).backward()
+        else:
+            out = model(input_ids=part, labels=part)
+            (out.loss * (part.shape[0] / ids.shape[0])).backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -247,14 +259,26 @@ def bench_forward(args, device):
             dtype=torch.long,
             device=device,
         )
-        secs, times = median_time(device, lambda: train_once(model, opt, ids, device), args.repeats)
+        micro = min(args.train_micro_batch, args.train_batch) if args.train_micro_batch > 0 else args.train_batch
+        step = lambda m: train_once(m, opt, ids, device, micro)  # noqa: E731
+        secs, times = median_time(device, lambda: step(model), args.repeats)
         res["train_seq"] = t
         res["train_batch"] = args.train_batch
+        res["train_micro_batch"] = micro
         res["train_precision"] = "autocast bfloat16, float32 weights and AdamW" if cuda else "float32"
+        res["train_attention"] = "sdpa flash backend" if cuda else model.config._attn_implementation
         res["train_seconds"] = times
         res["train_tokens_per_s"] = args.train_batch * t / secs
         if cuda:
             res["train_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+        if args.compile:
+            try:
+                compiled = torch.compile(model)
+                secs, times = median_time(device, lambda: step(compiled), args.repeats)
+                res["train_compiled_seconds"] = times
+                res["train_compiled_tokens_per_s"] = args.train_batch * t / secs
+            except Exception as e:  # noqa: BLE001 - reported, the eager numbers stand
+                res["train_compiled_error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
     return res
 
 
@@ -311,6 +335,9 @@ def main():
     fw.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa")
     fw.add_argument("--train-seq", type=int, default=512, help="training step: tokens per sequence")
     fw.add_argument("--train-batch", type=int, default=1, help="training step: sequences (0 skips training)")
+    fw.add_argument("--train-micro-batch", type=int, default=0,
+                    help="sequences per forward+backward, gradients accumulated (0: all at once)")
+    fw.add_argument("--compile", action="store_true", help="also time the training step under torch.compile")
     sc = sub.add_parser("score", help="log_softmax(...).gather(...) on a [tokens, vocab] lm head")
     sc.add_argument("--tokens", type=int, default=4096)
     sc.add_argument("--hidden", type=int, default=896)

@@ -11,8 +11,9 @@
 #   b  the CUDA backend against the CPU backend, op by op (backend::cuda::tests)
 #   d  one SFT step and one RL step, CUDA vs CPU (backend::cuda::tests::train_step_*)
 #   e  tools/bench_side_by_side.sh: igpo and PyTorch on the Qwen2.5-0.5B shape
-#      (prefill, decode at batch 1/64/256, a training step at 2048 tokens with
-#      MFU, fused scoring vs log_softmax+gather); tables in $OUT/bench/
+#      (prefill, decode at batch 1/64/256, a training step at 1x2048 and at
+#      8x2048 in micro-batches with MFU, fused scoring vs log_softmax+gather,
+#      igpo's IGPO_PROFILE phase breakdown); tables in $OUT/bench/
 #   c  a and b under compute-sanitizer memcheck
 #   e  the same bench on the 1.5B shape if the budget has room left
 # (d and e run before c: c can take minutes.) A failure is recorded
@@ -234,10 +235,14 @@ step d-train-step 45 -- "$ET" backend::cuda::tests::train_step "${TT[@]}"
 # The side by side with PyTorch (the machine's python3 has torch):
 # tools/bench_side_by_side.sh, the same script `cargo xtask bench --device cuda`
 # runs; each half under its own timeout so one slow half loses only itself.
+# IGPO_PROFILE=1: the igpo half records its per-phase breakdown; the 8x2048
+# accumulated training runs too, torch.compile only when COMPILE=1 is asked for
+# (compiling can take minutes of the budget).
 BENCH=(env IGPO="$BIN/igpo" OUT="$OUT/bench" PYTHON=python3 DEVICE=cuda REPEATS=2 HALF_TIMEOUT=60
+    IGPO_PROFILE=1 COMPILE="${COMPILE:-0}" ACCUM_BATCH="${ACCUM_BATCH:-8}"
     TOKENIZER="$KIT/tokenizer.json" bash "$ROOT/tools/bench_side_by_side.sh")
 if [ "$GPU" = 1 ]; then
-    step e-bench-0.5b 150 -- "${BENCH[@]}" qwen2.5-0.5b
+    step e-bench-0.5b 240 -- "${BENCH[@]}" qwen2.5-0.5b
 else
     record e-bench-0.5b SKIPPED 0 "no GPU"
 fi
@@ -250,7 +255,7 @@ else
     record c2-memcheck-backend SKIPPED 0 "no compute-sanitizer"
 fi
 if [ "$GPU" = 1 ]; then
-    step e-bench-1.5b 150 optional -- "${BENCH[@]}" qwen2.5-1.5b
+    step e-bench-1.5b 240 optional -- "${BENCH[@]}" qwen2.5-1.5b
 fi
 
 summary
