@@ -1,5 +1,7 @@
 //! The explicit backward equals PyTorch autograd: every parameter gradient of
-//! the tiny Qwen2 (tied, biased) and Llama (untied) fixtures for the SFT loss
+//! the tiny Qwen2 (tied, biased), Llama (untied), Llama 3.x with `llama3`,
+//! `dynamic` and `yarn` RoPE scaling, and Qwen3 (q/k norms; tied and
+//! untied) fixtures for the SFT loss
 //! (token-mean next-token cross-entropy, with and without a loss mask).
 //! Reference: `tools/reference/hf_grads.py` (float64 autograd), outputs in
 //! `tests/fixtures/hf/*-grads.json`.
@@ -65,6 +67,27 @@ fn our_grads(model: &Model<Cpu>, seqs: &[Vec<u32>], t0: usize) -> (f64, Vec<Tens
     (loss, grads)
 }
 
+/// [`our_grads`] with one training forward per sequence, combined with the
+/// token-mean weights: what dynamic RoPE needs to match the reference, which
+/// runs each sequence alone (the engine's frequencies follow each call's
+/// longest position, so one packed call would rescale the short sequences too).
+fn per_sequence_grads(model: &Model<Cpu>, seqs: &[Vec<u32>], t0: usize) -> (f64, Vec<Tensor>) {
+    let counted = |s: &Vec<u32>| s.len().saturating_sub(t0 + 1) as f64;
+    let total: f64 = seqs.iter().map(counted).sum();
+    let mut grads = model.zero_grads();
+    let mut loss = 0.0;
+    for s in seqs {
+        let w = counted(s) / total;
+        let (l, g) = our_grads(model, std::slice::from_ref(s), t0);
+        loss += w * l;
+        for (acc, mut g) in grads.iter_mut().zip(g) {
+            Cpu.scale(&mut g, w as f32);
+            Cpu.add_assign(acc, &g);
+        }
+    }
+    (loss, grads)
+}
+
 fn check(name: &str) {
     let (fx, gx) = load(name);
     let config = ModelConfig::from_json(&fx["config"], "fixture config").unwrap();
@@ -84,7 +107,12 @@ fn check(name: &str) {
     for variant in gx["variants"].as_array().unwrap() {
         let vname = variant["name"].as_str().unwrap();
         let t0 = variant["first_position"].as_u64().unwrap() as usize;
-        let (loss, grads) = our_grads(&model, &seqs, t0);
+        let dynamic = config.rope_scaling.as_ref().is_some_and(|r| r.is_dynamic());
+        let (loss, grads) = if dynamic {
+            per_sequence_grads(&model, &seqs, t0)
+        } else {
+            our_grads(&model, &seqs, t0)
+        };
         let want_loss = variant["loss"].as_f64().unwrap();
         assert!(
             (loss - want_loss).abs() <= REL * want_loss.abs(),
@@ -140,6 +168,34 @@ fn tiny_qwen2_gradients_match_pytorch_autograd() {
 #[test]
 fn tiny_llama_gradients_match_pytorch_autograd() {
     check("tiny-llama");
+}
+
+#[test]
+fn tiny_llama31_llama3_rope_scaling_gradients_match_pytorch_autograd() {
+    check("tiny-llama31");
+}
+
+/// Dynamic NTK: sequences longer than max_position_embeddings (16) are
+/// rescaled; the backward must use the same frequencies as the forward.
+#[test]
+fn tiny_llama_dynamic_rope_scaling_gradients_match_pytorch_autograd() {
+    check("tiny-llama-dynamic");
+}
+
+/// Yarn: cos/sin times the attention factor, in the backward too.
+#[test]
+fn tiny_llama_yarn_rope_scaling_gradients_match_pytorch_autograd() {
+    check("tiny-llama-yarn");
+}
+
+#[test]
+fn tiny_qwen3_tied_gradients_match_pytorch_autograd() {
+    check("tiny-qwen3");
+}
+
+#[test]
+fn tiny_qwen3_untied_gradients_match_pytorch_autograd() {
+    check("tiny-qwen3-untied");
 }
 
 /// Recomputing each layer's activations in the backward gives the same

@@ -1,4 +1,7 @@
-//! Logits equal Hugging Face transformers on tiny Qwen2 and Llama models.
+//! Logits equal Hugging Face transformers on tiny Qwen2, Llama, Llama 3.x
+//! with each RoPE scaling type (`llama3`, `linear`, `dynamic`, `yarn`; a
+//! case at positions 100.. past every original context) and Qwen3 (tied and
+//! untied) models.
 //!
 //! `tools/reference/hf_logits.py` built the fixtures in `tests/fixtures/hf/`
 //! with transformers; the weights are a closed-form function both sides
@@ -110,6 +113,11 @@ fn check_model(name: &str) {
                 "{case_name}: token ids of {text:?}"
             );
         }
+        if let Some(prefill) = rows[0].get("prefill").and_then(|p| p.as_u64()) {
+            let logits = decode(&model, &ids[0], prefill as usize);
+            worst = worst.max(check_row(&case_name, &rows[0], &logits, 0, &probe_ids));
+            continue;
+        }
         // Every row of the case in ONE forward call: the padded batch of the
         // reference becomes a packed batch of unequal sequences here.
         let mut caches: Vec<_> = rows.iter().map(|_| model.new_cache()).collect();
@@ -133,6 +141,27 @@ fn check_model(name: &str) {
     eprintln!("{name}: max |logit difference| vs transformers = {worst:.2e}");
 }
 
+/// Logits of every position of `ids` decoded as `generate` runs it: a
+/// `prefill`-token forward, then one token per forward through the KV cache.
+fn decode(model: &Model<Cpu>, ids: &[u32], prefill: usize) -> Tensor {
+    let mut cache = model.new_cache();
+    let mut rows = vec![];
+    let mut start = 0;
+    for end in std::iter::once(prefill).chain(prefill + 1..=ids.len()) {
+        let logits = model.forward(
+            &mut [SeqStep {
+                tokens: &ids[start..end],
+                positions: None,
+                cache: &mut cache,
+            }],
+            LogitRows::All,
+        );
+        rows.extend_from_slice(logits.data());
+        start = end;
+    }
+    Tensor::from_vec(&[ids.len(), model.config.vocab_size], rows)
+}
+
 #[test]
 fn tiny_qwen2_logits_match_transformers() {
     check_model("tiny-qwen2");
@@ -143,11 +172,96 @@ fn tiny_llama_logits_match_transformers() {
     check_model("tiny-llama");
 }
 
+/// The RoPE-scaling fixtures (Llama 3.1/3.2 `llama3`; `linear`, `dynamic`,
+/// `yarn`) and Qwen3: transformers 5 writes the config as `rope_parameters`.
+const SCALED_AND_QWEN3: [&str; 6] = [
+    "tiny-llama31",
+    "tiny-llama-linear",
+    "tiny-llama-dynamic",
+    "tiny-llama-yarn",
+    "tiny-qwen3",
+    "tiny-qwen3-untied",
+];
+
+#[test]
+fn tiny_llama31_llama3_rope_scaling_logits_match_transformers() {
+    check_model("tiny-llama31");
+}
+
+#[test]
+fn tiny_llama_linear_rope_scaling_logits_match_transformers() {
+    check_model("tiny-llama-linear");
+}
+
+#[test]
+fn tiny_llama_dynamic_rope_scaling_logits_match_transformers() {
+    check_model("tiny-llama-dynamic");
+}
+
+#[test]
+fn tiny_llama_yarn_rope_scaling_logits_match_transformers() {
+    check_model("tiny-llama-yarn");
+}
+
+#[test]
+fn tiny_qwen3_tied_logits_match_transformers() {
+    check_model("tiny-qwen3");
+}
+
+#[test]
+fn tiny_qwen3_untied_logits_match_transformers() {
+    check_model("tiny-qwen3-untied");
+}
+
+/// Each fixture's config parses to what it declares, and the old form
+/// (`rope_scaling` + top-level `rope_theta`, as Llama 3.1 checkpoints ship
+/// it) parses to the same configuration.
+#[test]
+fn fixture_configs_parse_in_both_rope_forms() {
+    let expect = [
+        ("tiny-llama31", Some("llama3"), false, true),
+        ("tiny-llama-linear", Some("linear"), false, false),
+        ("tiny-llama-dynamic", Some("dynamic"), false, true),
+        ("tiny-llama-yarn", Some("yarn"), false, false),
+        ("tiny-qwen3", None, true, true),
+        ("tiny-qwen3-untied", None, true, false),
+    ];
+    assert_eq!(expect.len(), SCALED_AND_QWEN3.len());
+    for (name, scaling, qk_norm, tied) in expect {
+        let fx = fixture(name);
+        let c = ModelConfig::from_json(&fx["config"], name).unwrap();
+        assert_eq!(c.rope_scaling.as_ref().map(|s| s.name()), scaling, "{name}");
+        assert_eq!(c.arch.has_qk_norm(), qk_norm, "{name}");
+        assert_eq!(c.tie_word_embeddings, tied, "{name}");
+        let mut old = fx["config"].clone();
+        let params = old
+            .as_object_mut()
+            .unwrap()
+            .remove("rope_parameters")
+            .unwrap();
+        old["rope_theta"] = params["rope_theta"].clone();
+        old["rope_scaling"] = params;
+        assert_eq!(ModelConfig::from_json(&old, name).unwrap(), c, "{name}");
+        // What the engine writes back (model export) reads the same again.
+        assert_eq!(
+            ModelConfig::from_json(&c.to_json(), name).unwrap(),
+            c,
+            "{name}"
+        );
+    }
+}
+
 /// Decoding token by token through the KV cache gives the logits of one
 /// full forward at every position.
 #[test]
 fn kv_cache_decoding_equals_full_forward() {
-    for name in ["tiny-qwen2", "tiny-llama"] {
+    // Not dynamic RoPE: there each decode step has its own frequencies, and
+    // its fixture's `decode_*` case checks decoding against transformers.
+    let names = ["tiny-qwen2", "tiny-llama"]
+        .into_iter()
+        .chain(SCALED_AND_QWEN3)
+        .filter(|n| *n != "tiny-llama-dynamic");
+    for name in names {
         let fx = fixture(name);
         let model = model_for(&fx);
         let ids = u32s(&fx["cases"][2]["rows"][0]["ids"]);

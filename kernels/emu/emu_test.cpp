@@ -186,7 +186,7 @@ static void test_rope() {
     for (int i = 0; i < half; ++i) inv[i] = (float)(1.0 / std::pow(10000.0, 2.0 * i / hd));
     auto x = rnd_bf(r, rows * cols);
     auto xb = to_bf(x);
-    emu_launch({2}, {32}, [&] { rope_bf16(xb.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f); });
+    emu_launch({2}, {32}, [&] { rope_bf16(xb.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f, 1.0f); });
     vector<double> want(rows * cols);
     for (int row = 0; row < rows; ++row)
         for (int h = 0; h < heads; ++h)
@@ -198,17 +198,71 @@ static void test_rope() {
                 want[row * cols + h * hd + i + half] = b * c + a * s;
             }
     check("rope_bf16 forward", from_bf(xb), want, 2e-3, 1.0 / 128);
-    emu_launch({2}, {32}, [&] { rope_bf16(xb.data(), pos.data(), inv.data(), rows, cols, hd, -1.0f); });
+    emu_launch({2}, {32}, [&] { rope_bf16(xb.data(), pos.data(), inv.data(), rows, cols, hd, -1.0f, 1.0f); });
     check("rope_bf16 backward undoes forward", from_bf(xb), x, 1e-2, 1.0 / 64);
 
     // q and k in one launch: same as two rope_bf16 calls
     auto q = to_bf(rnd_bf(r, rows * cols)), k = to_bf(rnd_bf(r, rows * hd));
     auto q2 = q, k2 = k;
-    emu_launch({3}, {32}, [&] { rope_qk_bf16(q.data(), k.data(), pos.data(), inv.data(), rows, cols, hd, hd, 1.0f); });
-    emu_launch({2}, {32}, [&] { rope_bf16(q2.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f); });
-    emu_launch({2}, {32}, [&] { rope_bf16(k2.data(), pos.data(), inv.data(), rows, hd, hd, 1.0f); });
+    emu_launch({3}, {32}, [&] { rope_qk_bf16(q.data(), k.data(), pos.data(), inv.data(), rows, cols, hd, hd, 1.0f, 1.0f); });
+    emu_launch({2}, {32}, [&] { rope_bf16(q2.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f, 1.0f); });
+    emu_launch({2}, {32}, [&] { rope_bf16(k2.data(), pos.data(), inv.data(), rows, hd, hd, 1.0f, 1.0f); });
     check("rope_qk_bf16 q", from_bf(q), from_bf(q2), 0, 0);
     check("rope_qk_bf16 k", from_bf(k), from_bf(k2), 0, 0);
+
+    // Scaled RoPE (yarn's attention factor 1.25 on cos and sin): forward
+    // against the reference loop, backward (same scale) gives back x * 1.25^2.
+    auto xs = to_bf(x);
+    emu_launch({2}, {32}, [&] { rope_bf16(xs.data(), pos.data(), inv.data(), rows, cols, hd, 1.0f, 1.25f); });
+    vector<double> want_s(want.size()), want_back(x.size());
+    for (size_t i = 0; i < want.size(); ++i) want_s[i] = 1.25 * want[i];
+    check("rope_bf16 scaled forward", from_bf(xs), want_s, 3e-3, 1.0 / 128);
+    emu_launch({2}, {32}, [&] { rope_bf16(xs.data(), pos.data(), inv.data(), rows, cols, hd, -1.0f, 1.25f); });
+    for (size_t i = 0; i < x.size(); ++i) want_back[i] = 1.5625 * x[i];
+    check("rope_bf16 scaled backward", from_bf(xs), want_back, 2e-2, 1.0 / 64);
+}
+
+// ------------------------------------------------------- per-head norm
+// Qwen3's q_norm / k_norm (head_rmsnorm_*, one warp per head) against a
+// reference loop over every head; head_dim 40 > 32 lanes and 7 heads (not a
+// multiple of the 4 heads per block) exercise the tails.
+static void test_head_norm() {
+    Rand r(21);
+    const int rows = 3, heads = 7, d = 40, groups = rows * heads, n = groups * d;
+    const float eps = 1e-6f;
+    auto x = rnd_bf(r, n, 2.0f), w = rnd_bf(r, d), dy = rnd_bf(r, n);
+    auto xb = to_bf(x), wb = to_bf(w), dyb = to_bf(dy);
+    vector<bf16> out(n), dx(n);
+    vector<float> rs(groups), dw(d, 0.25f);
+    const unsigned blocks = (groups + 3) / 4;
+    emu_launch({blocks}, {128}, [&] { head_rmsnorm_fwd(out.data(), xb.data(), wb.data(), groups, d, eps); });
+    emu_launch({blocks}, {128}, [&] {
+        head_rmsnorm_bwd_dx(dx.data(), rs.data(), xb.data(), wb.data(), dyb.data(), groups, d, eps);
+    });
+    const int per = 8, chunks = (groups + per - 1) / per;
+    vector<float> partial(chunks * d);
+    emu_launch({(unsigned)((d + 31) / 32), (unsigned)chunks}, {32}, [&] {
+        rmsnorm_bwd_dw_partial(partial.data(), xb.data(), dyb.data(), rs.data(), groups, d, per);
+    });
+    emu_launch({(unsigned)((d + 31) / 32)}, {32}, [&] { colsum_f32(dw.data(), partial.data(), chunks, d); });
+    vector<double> want(n), wdx(n), wdw(d, 0.25), want_r(groups);
+    for (int g = 0; g < groups; ++g) {
+        const float* xh = &x[g * d];
+        double ss = 0, dot = 0;
+        for (int j = 0; j < d; ++j) ss += (double)xh[j] * xh[j];
+        const double rr = 1.0 / std::sqrt(ss / d + eps);
+        want_r[g] = rr;
+        for (int j = 0; j < d; ++j) dot += (double)xh[j] * dy[g * d + j] * w[j];
+        for (int j = 0; j < d; ++j) {
+            want[g * d + j] = xh[j] * rr * w[j];
+            wdx[g * d + j] = rr * w[j] * dy[g * d + j] - rr * rr * rr * dot / d * xh[j];
+            wdw[j] += (double)dy[g * d + j] * xh[j] * rr;
+        }
+    }
+    check("head_rmsnorm_fwd out", from_bf(out), want, 1e-3, 1.0 / 128);
+    check("head_rmsnorm_bwd_dx rstd", rs, want_r, 0, 1e-5);
+    check("head_rmsnorm_bwd dx", from_bf(dx), wdx, 2e-3, 1.0 / 64);
+    check("head_rmsnorm_bwd dw", dw, wdw, 1e-3, 1e-4);
 }
 
 // ------------------------------------------------------------------- mlp
@@ -1053,7 +1107,7 @@ static void test_kv_append() {
 }
 
 int main(int argc, char** argv) {
-    std::map<std::string, void (*)()> tests{{"norm", test_norm},         {"rope", test_rope},
+    std::map<std::string, void (*)()> tests{{"norm", test_norm},         {"rope", test_rope}, {"head_norm", test_head_norm},
                                             {"mlp", test_mlp},           {"embedding", test_embedding},
                                             {"adamw", test_adamw},       {"logprob", test_logprob},
                                             {"sampling", test_sampling}, {"attention", test_attention},

@@ -162,6 +162,27 @@ fn elem_cfg(n: usize) -> LaunchConfig {
     }
 }
 
+/// Heads per block of the one-warp-per-head kernels (`head_rmsnorm_*`).
+const HEADS_PER_BLOCK: usize = 4;
+
+fn heads_cfg(heads: usize) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (heads.div_ceil(HEADS_PER_BLOCK).max(1) as u32, 1, 1),
+        block_dim: (32 * HEADS_PER_BLOCK as u32, 1, 1),
+        shared_mem_bytes: 0,
+    }
+}
+
+/// `n / head_dim`, or an error when `n` is not whole heads.
+fn whole_heads(op: &str, n: usize, head_dim: usize) -> Result<usize> {
+    if head_dim == 0 || !n.is_multiple_of(head_dim) {
+        return Err(Error::Invalid(format!(
+            "{op}: {n} values are not whole heads of {head_dim}"
+        )));
+    }
+    Ok(n / head_dim)
+}
+
 fn rows_cfg(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (rows.max(1) as u32, 1, 1),
@@ -503,21 +524,93 @@ impl Kernels {
         b.arg(&rows_i).arg(&d_i).arg(&eps);
         // SAFETY: lengths checked above.
         unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
+        self.rms_norm_dw(dw, x, dy, &rstd, rows, d)
+    }
+
+    /// `dw[d] += sum over rows of dy * x * rstd[row]` (rows `[rows, d]`),
+    /// row chunks summed in order: deterministic.
+    fn rms_norm_dw(
+        &self,
+        dw: &mut CudaSlice<f32>,
+        x: &CudaSlice<bf16>,
+        dy: &CudaSlice<bf16>,
+        rstd: &CudaSlice<f32>,
+        rows: usize,
+        d: usize,
+    ) -> Result<()> {
         let chunks = rows.div_ceil(COLSUM_ROWS).max(1);
         let mut partial = self.zeros::<f32>(chunks * d)?;
-        let per = to_i32(COLSUM_ROWS)?;
+        let (rows_i, d_i, per) = (to_i32(rows)?, to_i32(d)?, to_i32(COLSUM_ROWS)?);
         let f = self.f("rmsnorm_bwd_dw_partial")?;
         let mut b = self.stream.launch_builder(f);
-        b.arg(&mut partial).arg(x).arg(dy).arg(&rstd);
+        b.arg(&mut partial).arg(x).arg(dy).arg(rstd);
         b.arg(&rows_i).arg(&d_i).arg(&per);
         let cfg = LaunchConfig {
             grid_dim: (d.div_ceil(ELEM_THREADS as usize) as u32, chunks as u32, 1),
             block_dim: (ELEM_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: partial holds chunks * d.
+        // SAFETY: partial holds chunks * d; x, dy are rows * d (checked by
+        // the callers), rstd rows.
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         self.colsum(dw, &partial, chunks, d)
+    }
+
+    /// Qwen3's q_norm / k_norm: RMSNorm of each `head_dim`-wide head of `x`
+    /// (`n` values, whole heads) with the shared weight `w[head_dim]`.
+    pub fn head_rms_norm(
+        &self,
+        out: &mut CudaSlice<bf16>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        n: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let heads = whole_heads("head_rms_norm", n, head_dim)?;
+        check_len("head_rms_norm out", out, n)?;
+        check_len("head_rms_norm x", x, n)?;
+        check_len("head_rms_norm w", w, head_dim)?;
+        let (g, d) = (to_i32(heads)?, to_i32(head_dim)?);
+        let f = self.f("head_rmsnorm_fwd")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(out).arg(x).arg(w).arg(&g).arg(&d).arg(&eps);
+        // SAFETY: lengths checked above; argument order as in norm.cu.
+        unsafe { b.launch(heads_cfg(heads)) }.map_err(cuda)?;
+        Ok(())
+    }
+
+    /// Backward of [`Kernels::head_rms_norm`]: writes `dx`, adds into `dw`
+    /// (f32, heads summed in order as chunks: deterministic).
+    #[allow(clippy::too_many_arguments)]
+    pub fn head_rms_norm_backward(
+        &self,
+        dx: &mut CudaSlice<bf16>,
+        dw: &mut CudaSlice<f32>,
+        x: &CudaSlice<bf16>,
+        w: &CudaSlice<bf16>,
+        dy: &CudaSlice<bf16>,
+        n: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let heads = whole_heads("head_rms_norm_backward", n, head_dim)?;
+        for (what, s) in [("x", x), ("dy", dy)] {
+            check_len(&format!("head_rms_norm_backward {what}"), s, n)?;
+        }
+        check_len("head_rms_norm_backward dx", dx, n)?;
+        check_len("head_rms_norm_backward w", w, head_dim)?;
+        check_len("head_rms_norm_backward dw", dw, head_dim)?;
+        let (g, d) = (to_i32(heads)?, to_i32(head_dim)?);
+        let mut rstd = self.zeros::<f32>(heads)?;
+        let f = self.f("head_rmsnorm_bwd_dx")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(dx).arg(&mut rstd).arg(x).arg(w).arg(dy);
+        b.arg(&g).arg(&d).arg(&eps);
+        // SAFETY: lengths checked above.
+        unsafe { b.launch(heads_cfg(heads)) }.map_err(cuda)?;
+        // dw: one "row" per head.
+        self.rms_norm_dw(dw, x, dy, &rstd, heads, head_dim)
     }
 
     /// `dst[c] += sum_k partial[k, c]`, chunks in order.
@@ -743,7 +836,8 @@ impl Kernels {
 
     // ------------------------------------------------------------- rope.cu
 
-    /// RoPE in place on `x[rows, cols]` (rotate-half), `backward` rotates back.
+    /// RoPE in place on `x[rows, cols]` (rotate-half), cos and sin times
+    /// `scale` (yarn's attention factor, else 1); `backward` rotates back.
     #[allow(clippy::too_many_arguments)]
     pub fn rope(
         &self,
@@ -753,6 +847,7 @@ impl Kernels {
         rows: usize,
         cols: usize,
         head_dim: usize,
+        scale: f32,
         backward: bool,
     ) -> Result<()> {
         if head_dim == 0 || !head_dim.is_multiple_of(2) || !cols.is_multiple_of(head_dim) {
@@ -768,7 +863,7 @@ impl Kernels {
         let f = self.f("rope_bf16")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(x).arg(positions).arg(inv_freq);
-        b.arg(&r).arg(&c).arg(&h).arg(&sign);
+        b.arg(&r).arg(&c).arg(&h).arg(&sign).arg(&scale);
         // SAFETY: lengths checked above.
         unsafe { b.launch(elem_cfg(rows * cols / 2)) }.map_err(cuda)?;
         Ok(())

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Reference gradients from PyTorch autograd on the tiny models of hf_logits.py.
 
-Produces tests/fixtures/hf/tiny-qwen2-grads.json and tests/fixtures/hf/tiny-llama-grads.json, which
+Produces tests/fixtures/hf/<model>-grads.json for tiny-qwen2, tiny-llama and (see GRAD_MODELS) the
+RoPE-scaling and Qwen3 models of hf_logits.py, which
 the Rust engine's backward-pass tests compare against. The models, configs and weights are exactly
 those of hf_logits.py (imported from it: same closed-form WEIGHTS_RULE, eager attention); the float32
 rule weights are then converted to float64 (`model.double()`), so the gradients are exact (to f64
@@ -35,8 +36,10 @@ import sys
 
 import torch
 import transformers
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 from transformers.models.llama import modeling_llama
 from transformers.models.qwen2 import modeling_qwen2
+from transformers.models.qwen3 import modeling_qwen3
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import hf_logits  # noqa: E402  (build_models, fill_weights, WEIGHTS_RULE)
@@ -50,6 +53,9 @@ LOSS_DEFINITION = (
     "variant token_mean: t0=0; variant token_mean_from_t2: t0=2 (loss mask)"
 )
 VARIANTS = [("token_mean", 0), ("token_mean_from_t2", 2)]
+# `linear` scaling is the plain path with other frequencies; every other model has a gradient fixture.
+GRAD_MODELS = ["tiny-qwen2", "tiny-llama", "tiny-llama31", "tiny-llama-dynamic", "tiny-llama-yarn", "tiny-qwen3",
+               "tiny-qwen3-untied"]
 
 
 # --- true float64 forward ---------------------------------------------------------------------------
@@ -71,14 +77,27 @@ def rmsnorm_forward_f64(self, hidden_states):
 
 def rope_forward_f64(self, x, position_ids):
     CALLS["rope"] += 1
-    assert self.rope_type == "default" and self.attention_scaling == 1.0
     cfg = self.config
-    base = cfg.rope_parameters["rope_theta"]
-    dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    scaling = 1.0
+    if self.rope_type == "default":
+        base = cfg.rope_parameters["rope_theta"]
+        dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    else:
+        # Scaled RoPE: transformers' own frequencies (float32) and cos/sin factor; dynamic NTK for
+        # this forward's length, as a freshly-built model computes it (no state across calls).
+        seq_len = int(position_ids.max()) + 1 if self.rope_type == "dynamic" else None
+        inv_freq, scaling = ROPE_INIT_FUNCTIONS[self.rope_type](cfg, None, seq_len=seq_len)
+        inv_freq = inv_freq.to(torch.float64)
     freqs = position_ids[..., None].to(torch.float64) * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+    return (emb.cos() * scaling).to(x.dtype), (emb.sin() * scaling).to(x.dtype)
+
+
+def norms_per_forward(config):
+    """RMSNorm calls in one forward: 2 per layer + the final one, and Qwen3's q_norm / k_norm."""
+    per_layer = 4 if config.model_type == "qwen3" else 2
+    return per_layer * config.num_hidden_layers + 1
 
 
 def make_eager_attention_f64(mod):
@@ -101,7 +120,7 @@ def make_eager_attention_f64(mod):
 
 def force_float64(model):
     model.double()
-    for mod in (modeling_qwen2, modeling_llama):
+    for mod in (modeling_qwen2, modeling_llama, modeling_qwen3):
         mod.eager_attention_forward = make_eager_attention_f64(mod)
     n_norm = n_rope = 0
     for m in model.modules():
@@ -113,7 +132,7 @@ def force_float64(model):
             m.forward = rope_forward_f64.__get__(m)
             n_rope += 1
     L = model.config.num_hidden_layers
-    assert n_norm == 2 * L + 1 and n_rope == 1, (n_norm, n_rope)
+    assert n_norm == norms_per_forward(model.config) and n_rope == 1, (n_norm, n_rope)
     return model
 
 
@@ -155,7 +174,7 @@ def loss_fn(model, seqs, t0, check_hf_loss=False):
             hf_check += out.loss.item() * (T - 1)
     loss = total / n
     L = model.config.num_hidden_layers
-    for k, per_seq in (("rmsnorm", 2 * L + 1), ("attention", L), ("rope", 1)):
+    for k, per_seq in (("rmsnorm", norms_per_forward(model.config)), ("attention", L), ("rope", 1)):
         assert CALLS[k] == per_seq * len(seqs), ("float64 patch not in effect", k, CALLS)
         CALLS[k] = 0
     if check_hf_loss:
@@ -289,7 +308,7 @@ def main():
 
     os.makedirs(args.out, exist_ok=True)
     for name, cls, cfg in hf_logits.build_models():
-        if args.only and name != args.only:
+        if name not in GRAD_MODELS or (args.only and name != args.only):
             continue
         seqs = load_sequences(args.fixtures, name)
         data = run_model(name, cls, cfg, seqs)

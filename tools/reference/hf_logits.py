@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Reference logits from Hugging Face transformers on tiny, deterministically-initialised models.
 
-Produces tests/fixtures/hf/tiny-qwen2.json and tests/fixtures/hf/tiny-llama.json, which the Rust
-engine's tests compare against. Weights are NOT stored: they are a closed-form function of the
+Produces tests/fixtures/hf/tiny-qwen2.json, tiny-llama.json and the RoPE-scaling / Qwen3 fixtures
+(tiny-llama31 `llama3`, tiny-llama-linear, tiny-llama-dynamic, tiny-llama-yarn, tiny-qwen3 tied,
+tiny-qwen3-untied: see EXTRAS), which the Rust engine's tests compare against. Weights are NOT stored: they are a closed-form function of the
 parameter name and the element index (see WEIGHTS_RULE / `rule_values`), which the Rust test
 recomputes identically.
 
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 import transformers
 from tokenizers import Tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                          Qwen3ForCausalLM)
 
 GENERATOR = "tools/reference/hf_logits.py"
 VOCAB = 151936
@@ -75,7 +77,61 @@ def build_models():
         mlp_bias=False,
         attn_implementation="eager",
     )
-    return [("tiny-qwen2", Qwen2ForCausalLM, qwen), ("tiny-llama", LlamaForCausalLM, llama)]
+    models = [("tiny-qwen2", Qwen2ForCausalLM, qwen), ("tiny-llama", LlamaForCausalLM, llama)]
+    return models + build_rope_and_qwen3_models()
+
+
+def tiny_llama(tied, max_pos, rope_scaling, theta=10000.0):
+    return LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=160, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=max_pos,
+        rope_theta=theta, rope_scaling=rope_scaling, rms_norm_eps=1e-5, tie_word_embeddings=tied,
+        attention_bias=False, mlp_bias=False, attn_implementation="eager",
+    )
+
+
+def tiny_qwen3(tied):
+    # head_dim 32 != hidden 64 / 4 heads: the explicit head_dim is exercised.
+    return Qwen3Config(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=4096,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=tied, attention_bias=False,
+        attn_implementation="eager",
+    )
+
+
+def build_rope_and_qwen3_models():
+    """Tiny Llama 3.x models with each RoPE scaling type, and Qwen3 tied/untied. Scaling parameters
+    are chosen for head_dim 16 so every branch of each formula is taken: llama3 (original context 64)
+    keeps pair 0, blends pair 1 and divides pairs 2..7; yarn (original 32) ramps over pairs 0..2;
+    dynamic (max_position_embeddings 16) rescales every prompt longer than 16 tokens."""
+    llama3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+              "original_max_position_embeddings": 64}
+    return [
+        ("tiny-llama31", LlamaForCausalLM, tiny_llama(True, 512, llama3, theta=500000.0)),
+        ("tiny-llama-linear", LlamaForCausalLM, tiny_llama(False, 256, {"rope_type": "linear", "factor": 2.0})),
+        ("tiny-llama-dynamic", LlamaForCausalLM, tiny_llama(True, 16, {"rope_type": "dynamic", "factor": 2.0})),
+        ("tiny-llama-yarn", LlamaForCausalLM, tiny_llama(False, 128, {"rope_type": "yarn", "factor": 4.0,
+                                                                      "original_max_position_embeddings": 32})),
+        ("tiny-qwen3", Qwen3ForCausalLM, tiny_qwen3(True)),
+        ("tiny-qwen3-untied", Qwen3ForCausalLM, tiny_qwen3(False)),
+    ]
+
+
+# Per-model fixture options for the models added after tiny-qwen2/tiny-llama: a coarser probe set
+# (smaller files; top-5 and logsumexp still cover every row) and one more case, prompt 3 at positions
+# OFFSET.., past every scaled model's original context.
+OFFSET = 100
+EXTRAS = {name: {"probe_stride": 3989, "offset_case": True} for name, _, _ in build_rope_and_qwen3_models()}
+
+
+def reset_rope_state(model):
+    """transformers' dynamic RoPE keeps frequencies grown by an earlier, longer forward; restore the
+    freshly-built state so every forward here is what a new model computes (the engine's semantics)."""
+    for m in model.modules():
+        if type(m).__name__.endswith("RotaryEmbedding") and hasattr(m, "original_inv_freq"):
+            m.register_buffer("inv_freq", m.original_inv_freq.clone(), persistent=False)
+            m.max_seq_len_cached = m.original_max_seq_len
 
 
 def splitmix64(v):
@@ -156,9 +212,9 @@ def f32(v):
     return float(repr(np.float32(v)).removeprefix("np.float32(").removesuffix(")"))
 
 
-def summarize(logits_row_positions):
+def summarize(logits_row_positions, probe_ids=PROBE_IDS):
     """logits: [T, V] float32 tensor -> dict of per-position records."""
-    probe = torch.tensor(PROBE_IDS)
+    probe = torch.tensor(probe_ids)
     lg = logits_row_positions
     top = torch.topk(lg, 5, dim=-1)
     lse = torch.logsumexp(lg.double(), dim=-1)
@@ -181,12 +237,32 @@ def jsonable_config(cfg):
     return out
 
 
+def decode_case(model, ids, probe_ids, prefill=3):
+    """Prompt `ids` as generate() runs it: a `prefill`-token forward, then one token per forward
+    through the KV cache. With dynamic RoPE each step recomputes the frequencies for its own length
+    (the cached keys keep theirs), so these logits differ from one full forward."""
+    from transformers import DynamicCache
+    reset_rope_state(model)
+    cache = DynamicCache(config=model.config)
+    rows = []
+    for a, b in [(0, prefill)] + [(t, t + 1) for t in range(prefill, len(ids))]:
+        out = model(input_ids=torch.tensor([ids[a:b]]), position_ids=torch.arange(a, b).unsqueeze(0),
+                    past_key_values=cache, use_cache=True)
+        rows.append(out.logits[0].float())
+    row = {"text": PROMPTS[2], "ids": ids, "positions": list(range(len(ids))), "prefill": prefill}
+    row.update(summarize(torch.cat(rows), probe_ids))
+    return {"name": f"decode_3_prefill_{prefill}_then_1", "rows": [row]}
+
+
 def run_model(name, cls, cfg, tok):
     torch.manual_seed(0)
     model = cls(cfg).to(torch.float32).eval()
     assert model.config._attn_implementation == "eager", model.config._attn_implementation
     fill_weights(model)
 
+    extras = EXTRAS.get(name, {})
+    probe_ids = [k * extras["probe_stride"] for k in range(math.ceil(VOCAB / extras["probe_stride"]))] \
+        if "probe_stride" in extras else PROBE_IDS
     enc = [tok.encode(p, add_special_tokens=False).ids for p in PROMPTS]
     cases = []
     single_logits = []
@@ -195,13 +271,25 @@ def run_model(name, cls, cfg, tok):
             T = len(ids)
             input_ids = torch.tensor([ids])
             pos = torch.arange(T).unsqueeze(0)
+            reset_rope_state(model)
             out = model(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                         position_ids=pos, use_cache=False)
             lg = out.logits[0].float()
             single_logits.append(lg)
             row = {"text": text, "ids": ids, "positions": list(range(T))}
-            row.update(summarize(lg))
+            row.update(summarize(lg, probe_ids))
             cases.append({"name": f"single_{k + 1}", "rows": [row]})
+        if extras.get("offset_case"):
+            ids = enc[2]
+            pos = list(range(OFFSET, OFFSET + len(ids)))
+            reset_rope_state(model)
+            out = model(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                        position_ids=torch.tensor([pos]), use_cache=False)
+            row = {"text": PROMPTS[2], "ids": ids, "positions": pos}
+            row.update(summarize(out.logits[0].float(), probe_ids))
+            cases.append({"name": f"single_3_at_position_{OFFSET}", "rows": [row]})
+        if cfg.rope_parameters["rope_type"] == "dynamic":
+            cases.append(decode_case(model, enc[2], probe_ids))
 
         # Left-padded batch of prompts 1, 2, 4.
         seqs = [enc[k] for k in PADDED_BATCH]
@@ -212,6 +300,7 @@ def run_model(name, cls, cfg, tok):
             input_ids[b, L - len(s):] = torch.tensor(s)
             mask[b, L - len(s):] = 1
         position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+        reset_rope_state(model)
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         rows = []
         max_diff = 0.0
@@ -223,12 +312,15 @@ def run_model(name, cls, cfg, tok):
             row = {"text": PROMPTS[k], "ids": input_ids[b][real].tolist(),
                    "positions": position_ids[b][real].tolist(), "pad_left": int(L - len(seqs[b]))}
             assert row["ids"] == enc[k]
-            row.update(summarize(lg))
+            row.update(summarize(lg, probe_ids))
             rows.append(row)
         cases.append({"name": "padded_left_1_2_4", "padding": "left", "pad_id": PAD_ID,
                       "position_ids": "cumsum(attention_mask)-1 clamped at 0", "rows": rows})
         print(f"[{name}] self-check padded vs single: max |diff| over real positions = {max_diff:.3e}")
-        if max_diff > 1e-4:
+        if cfg.rope_parameters["rope_type"] == "dynamic":
+            # The batch's longest prompt sets every row's frequencies: no self-check.
+            print(f"[{name}] (dynamic RoPE: padded rows legitimately differ from single prompts)")
+        elif max_diff > 1e-4:
             print(f"[{name}] SELF-CHECK FAILED", file=sys.stderr)
             sys.exit(1)
 
@@ -238,7 +330,7 @@ def run_model(name, cls, cfg, tok):
         "torch": torch.__version__,
         "transformers": transformers.__version__,
         "config": jsonable_config(model.config),
-        "probe_ids": PROBE_IDS,
+        "probe_ids": probe_ids,
         "weights_rule": WEIGHTS_RULE,
         "pad_id": PAD_ID,
         "padded_self_check_max_abs_diff": f32(max_diff),

@@ -49,20 +49,28 @@ pub struct AttnShape {
     pub head_dim: usize,
 }
 
-/// Precomputed RoPE inverse frequencies (`theta^(-2i/d)`, i < d/2).
-#[derive(Clone, Debug)]
+/// Precomputed RoPE inverse frequencies (`theta^(-2i/d)`, i < d/2, or a
+/// scaled set: `model::rope_scaling`) and the factor cos and sin are
+/// multiplied by (1 except for yarn scaling).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Rope {
     pub head_dim: usize,
     pub inv_freq: Vec<f32>,
+    pub attention_scaling: f32,
 }
 
 impl Rope {
+    /// Plain RoPE with base `theta`.
     pub fn new(head_dim: usize, theta: f64) -> Rope {
         let half = head_dim / 2;
         let inv_freq = (0..half)
             .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
             .collect();
-        Rope { head_dim, inv_freq }
+        Rope {
+            head_dim,
+            inv_freq,
+            attention_scaling: 1.0,
+        }
     }
 }
 
@@ -206,8 +214,12 @@ pub trait Backend: Clone + Send + Sync {
     ) -> Self::Tensor;
     /// Row-wise RMSNorm with weight `w[cols]`.
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32) -> Self::Tensor;
+    /// RMSNorm of every head of `x[rows, heads*head_dim]`, all heads sharing
+    /// the weight `w[head_dim]` (Qwen3's `q_norm` / `k_norm`): [`Backend::rms_norm`]
+    /// of the `[rows*heads, head_dim]` view.
+    fn head_rms_norm(&self, x: &Self::Tensor, w: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// Rotates `x[rows, heads*head_dim]` in place, row `r` at position `positions[r]`
-    /// (Hugging Face "rotate half" layout).
+    /// (Hugging Face "rotate half" layout), times `rope.attention_scaling`.
     fn rope(&self, x: &mut Self::Tensor, positions: &[usize], rope: &Rope);
     /// Softmax attention of `q[m, H*d]` over `k, v[n, KV*d]` with grouped
     /// query heads; returns `[m, H*d]`.
@@ -300,7 +312,17 @@ pub trait Backend: Clone + Send + Sync {
         eps: f32,
         dw: &mut Self::Tensor,
     ) -> Self::Tensor;
-    /// The gradient through [`Backend::rope`]: rotates `dx` back, in place.
+    /// Backward of [`Backend::head_rms_norm`]: returns `dx`; adds into `dw[head_dim]`.
+    fn head_rms_norm_backward(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        dy: &Self::Tensor,
+        eps: f32,
+        dw: &mut Self::Tensor,
+    ) -> Self::Tensor;
+    /// The gradient through [`Backend::rope`]: rotates `dx` back (and scales
+    /// it by `rope.attention_scaling`), in place.
     fn rope_backward(&self, dx: &mut Self::Tensor, positions: &[usize], rope: &Rope);
     /// Returns `(dgate, dup)`.
     fn swiglu_backward(

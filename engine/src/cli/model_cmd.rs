@@ -162,6 +162,7 @@ fn init(a: InitArgs) -> CliResult {
                 head_dim: hidden / heads,
                 rms_norm_eps: 1e-6,
                 rope_theta: if arch == Arch::Qwen2 { 1e6 } else { 1e4 },
+                rope_scaling: None,
                 max_position_embeddings: 32768,
                 tie_word_embeddings: a.tied,
                 attention_bias: arch == Arch::Qwen2,

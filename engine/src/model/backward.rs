@@ -7,7 +7,7 @@
 
 use super::decoder::LayerParams;
 use super::Model;
-use crate::backend::{AttnMask, Backend, LogProbs};
+use crate::backend::{AttnMask, Backend, LogProbs, Rope};
 
 /// One sequence of a training batch. Sequences are packed for the GEMMs;
 /// attention runs per sequence under its own mask (causal for plain
@@ -33,6 +33,9 @@ impl<'a> TrainSeq<'a> {
 struct LayerActs<T> {
     x_in: T,
     h1: T,
+    /// q and k before Qwen3's per-head norm (`None` without one).
+    q_raw: Option<T>,
+    k_raw: Option<T>,
     q: T,
     k: T,
     v: T,
@@ -118,10 +121,11 @@ impl<B: Backend> Model<B> {
             );
         }
         let masks: Vec<AttnMask> = seqs.iter().map(|s| s.mask.clone()).collect();
+        let rope = self.rope_at(&positions);
         let mut x = b.embedding(self.p(self.embed), &ids);
         let mut layers = Vec::with_capacity(self.layers.len());
         for layer in &self.layers {
-            let (acts, x_out) = self.layer_forward(layer, x, &positions, &bounds, &masks);
+            let (acts, x_out) = self.layer_forward(layer, x, &positions, &rope, &bounds, &masks);
             x = x_out;
             layers.push(if recompute {
                 Saved::Input(acts.x_in)
@@ -147,6 +151,7 @@ impl<B: Backend> Model<B> {
         layer: &LayerParams,
         x: B::Tensor,
         positions: &[usize],
+        rope: &Rope,
         bounds: &[std::ops::Range<usize>],
         masks: &[AttnMask],
     ) -> (LayerActs<B::Tensor>, B::Tensor) {
@@ -155,11 +160,15 @@ impl<B: Backend> Model<B> {
         let shape = self.attn_shape();
         let bias = |i: Option<usize>| i.map(|i| self.p(i));
         let h1 = b.rms_norm(&x, self.p(layer.input_norm), eps);
-        let mut q = b.linear(&h1, self.p(layer.q), bias(layer.q_bias));
-        let mut k = b.linear(&h1, self.p(layer.k), bias(layer.k_bias));
+        let q = b.linear(&h1, self.p(layer.q), bias(layer.q_bias));
+        let k = b.linear(&h1, self.p(layer.k), bias(layer.k_bias));
         let v = b.linear(&h1, self.p(layer.v), bias(layer.v_bias));
-        b.rope(&mut q, positions, &self.rope);
-        b.rope(&mut k, positions, &self.rope);
+        let q_raw = layer.q_norm.map(|_| q.clone());
+        let k_raw = layer.k_norm.map(|_| k.clone());
+        let mut q = self.qk_norm(q, layer.q_norm);
+        let mut k = self.qk_norm(k, layer.k_norm);
+        b.rope(&mut q, positions, rope);
+        b.rope(&mut k, positions, rope);
         let mut outs = Vec::with_capacity(bounds.len());
         let mut lse = Vec::with_capacity(bounds.len());
         for (mask, r) in masks.iter().zip(bounds) {
@@ -185,6 +194,8 @@ impl<B: Backend> Model<B> {
         let acts = LayerActs {
             x_in: x,
             h1,
+            q_raw,
+            k_raw,
             q,
             k,
             v,
@@ -205,6 +216,7 @@ impl<B: Backend> Model<B> {
         let b = &self.backend;
         let eps = self.config.rms_norm_eps;
         let shape = self.attn_shape();
+        let rope = self.rope_at(&acts.positions);
         assert_eq!(
             grads.len(),
             self.params.len(),
@@ -227,6 +239,7 @@ impl<B: Backend> Model<B> {
                             layer,
                             x_in.clone(),
                             &acts.positions,
+                            &rope,
                             &acts.bounds,
                             &acts.masks,
                         )
@@ -286,8 +299,10 @@ impl<B: Backend> Model<B> {
                 b.concat_rows(&dks),
                 b.concat_rows(&dvs),
             );
-            b.rope_backward(&mut dq, &acts.positions, &self.rope);
-            b.rope_backward(&mut dk, &acts.positions, &self.rope);
+            b.rope_backward(&mut dq, &acts.positions, &rope);
+            b.rope_backward(&mut dk, &acts.positions, &rope);
+            let dq = self.qk_norm_backward(a.q_raw.as_ref(), layer.q_norm, dq, grads);
+            let dk = self.qk_norm_backward(a.k_raw.as_ref(), layer.k_norm, dk, grads);
             let mut dh1 = self.linear_bwd(&a.h1, layer.q, layer.q_bias, &dq, grads);
             b.add_assign(
                 &mut dh1,
@@ -307,6 +322,26 @@ impl<B: Backend> Model<B> {
             b.add_assign(&mut dx, &d_norm1);
         }
         b.embedding_backward(&acts.ids, &dx, &mut grads[self.embed]);
+    }
+
+    /// Backward of [`Model::qk_norm`]: `dy` itself without a norm.
+    fn qk_norm_backward(
+        &self,
+        raw: Option<&B::Tensor>,
+        norm: Option<usize>,
+        dy: B::Tensor,
+        grads: &mut [B::Tensor],
+    ) -> B::Tensor {
+        match (raw, norm) {
+            (Some(x), Some(w)) => self.backend.head_rms_norm_backward(
+                x,
+                self.p(w),
+                &dy,
+                self.config.rms_norm_eps,
+                &mut grads[w],
+            ),
+            _ => dy,
+        }
     }
 
     fn linear_bwd(

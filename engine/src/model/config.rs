@@ -4,7 +4,9 @@ use std::path::Path;
 
 use serde_json::{json, Map, Value};
 
+use super::rope_scaling::{rope_for, RopeScaling};
 use super::ModelError;
+use crate::backend::Rope;
 
 /// Supported decoder families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -13,6 +15,9 @@ pub enum Arch {
     Qwen2,
     /// Llama (and SmolLM2, which is a Llama).
     Llama,
+    /// Qwen3: Llama layout plus an RMSNorm over each head of q and k (before
+    /// RoPE), an explicit `head_dim`; q/k/v biases only if `attention_bias`.
+    Qwen3,
 }
 
 impl Arch {
@@ -20,6 +25,7 @@ impl Arch {
         match name {
             "qwen2" | "Qwen2ForCausalLM" => Some(Arch::Qwen2),
             "llama" | "LlamaForCausalLM" => Some(Arch::Llama),
+            "qwen3" | "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             _ => None,
         }
     }
@@ -28,6 +34,7 @@ impl Arch {
         match self {
             Arch::Qwen2 => "qwen2",
             Arch::Llama => "llama",
+            Arch::Qwen3 => "qwen3",
         }
     }
 
@@ -35,7 +42,13 @@ impl Arch {
         match self {
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
         }
+    }
+
+    /// Whether each head of q and k is RMSNormed (`q_norm` / `k_norm`).
+    pub fn has_qk_norm(self) -> bool {
+        self == Arch::Qwen3
     }
 }
 
@@ -52,6 +65,8 @@ pub struct ModelConfig {
     pub head_dim: usize,
     pub rms_norm_eps: f32,
     pub rope_theta: f64,
+    /// `rope_scaling` / `rope_parameters.rope_type` other than `default`.
+    pub rope_scaling: Option<RopeScaling>,
     pub max_position_embeddings: usize,
     pub tie_word_embeddings: bool,
     /// q/k/v projections carry a bias (always for Qwen2).
@@ -123,23 +138,9 @@ impl ModelConfig {
             .ok_or_else(|| err("missing field `architectures` (or `model_type`)".into()))?;
         let arch = Arch::parse(declared).ok_or_else(|| {
             err(format!(
-                "unknown architecture `{declared}` (supported: Qwen2ForCausalLM, LlamaForCausalLM)"
+                "unknown architecture `{declared}` (supported: Qwen2ForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM)"
             ))
         })?;
-        if let Some(scaling) = obj.get("rope_scaling").filter(|v| !v.is_null()) {
-            return Err(err(format!(
-                "unsupported `rope_scaling` {scaling} (only plain RoPE)"
-            )));
-        }
-        let rope_type = obj
-            .get("rope_parameters")
-            .and_then(|r| r.get("rope_type"))
-            .and_then(|t| t.as_str());
-        if let Some(t) = rope_type.filter(|t| *t != "default") {
-            return Err(err(format!(
-                "unsupported `rope_parameters.rope_type` `{t}` (only default RoPE)"
-            )));
-        }
         let hidden_size = usize_field(obj, "hidden_size", file)?;
         let num_heads = usize_field(obj, "num_attention_heads", file)?;
         let num_kv_heads = match obj.get("num_key_value_heads") {
@@ -175,7 +176,7 @@ impl ModelConfig {
         };
         let attention_bias = match arch {
             Arch::Qwen2 => true,
-            Arch::Llama => obj
+            Arch::Llama | Arch::Qwen3 => obj
                 .get("attention_bias")
                 .and_then(|v| v.as_bool())
                 .unwrap_or(false),
@@ -187,6 +188,10 @@ impl ModelConfig {
         {
             return Err(err("unsupported `mlp_bias: true`".into()));
         }
+        let max_position_embeddings = obj
+            .get("max_position_embeddings")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(32768) as usize;
         Ok(ModelConfig {
             arch,
             vocab_size: usize_field(obj, "vocab_size", file)?,
@@ -204,10 +209,8 @@ impl ModelConfig {
                     .ok_or_else(|| err("`rope_parameters.rope_theta` must be a number".into()))?,
                 None => float("rope_theta", 10000.0)?,
             },
-            max_position_embeddings: obj
-                .get("max_position_embeddings")
-                .and_then(|v| v.as_u64())
-                .unwrap_or(32768) as usize,
+            rope_scaling: RopeScaling::from_config(obj, file, max_position_embeddings)?,
+            max_position_embeddings,
             tie_word_embeddings: obj
                 .get("tie_word_embeddings")
                 .and_then(|v| v.as_bool())
@@ -237,9 +240,12 @@ impl ModelConfig {
             "tie_word_embeddings": self.tie_word_embeddings,
             "torch_dtype": "bfloat16",
         });
-        if self.arch == Arch::Llama {
+        if self.arch != Arch::Qwen2 {
             v["attention_bias"] = json!(self.attention_bias);
             v["mlp_bias"] = json!(false);
+        }
+        if let Some(s) = &self.rope_scaling {
+            v["rope_scaling"] = s.to_json();
         }
         if let Some(b) = self.bos_token_id {
             v["bos_token_id"] = json!(b);
@@ -250,6 +256,18 @@ impl ModelConfig {
             many => v["eos_token_id"] = json!(many),
         }
         v
+    }
+
+    /// The RoPE tables for a forward whose largest position is `seq_len - 1`
+    /// (the length only matters for `dynamic` scaling).
+    pub fn rope(&self, seq_len: usize) -> Rope {
+        rope_for(
+            self.head_dim,
+            self.rope_theta,
+            self.rope_scaling.as_ref(),
+            self.max_position_embeddings,
+            seq_len,
+        )
     }
 
     /// Every parameter tensor the checkpoint must hold: (name, shape).
@@ -270,6 +288,11 @@ impl ModelConfig {
                 out.push((format!("{p}.self_attn.q_proj.bias"), vec![q]));
                 out.push((format!("{p}.self_attn.k_proj.bias"), vec![kv]));
                 out.push((format!("{p}.self_attn.v_proj.bias"), vec![kv]));
+            }
+            if self.arch.has_qk_norm() {
+                let hd = vec![self.head_dim];
+                out.push((format!("{p}.self_attn.q_norm.weight"), hd.clone()));
+                out.push((format!("{p}.self_attn.k_norm.weight"), hd));
             }
             out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
             out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
@@ -328,6 +351,28 @@ mod tests {
         v["architectures"] = json!(["GPT2LMHeadModel"]);
         let e = ModelConfig::from_json(&v, "c").unwrap_err().to_string();
         assert!(e.contains("unknown architecture `GPT2LMHeadModel`"), "{e}");
+    }
+
+    /// Qwen3-0.6B's config: explicit head_dim 128 (hidden 1024 / 16 heads
+    /// would be 64), no biases, tied; 596M parameters as its model card's
+    /// 0.6B (0.44B without the embedding).
+    #[test]
+    fn parses_qwen3_with_explicit_head_dim() {
+        let v = json!({"architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3",
+                       "vocab_size": 151936, "hidden_size": 1024, "intermediate_size": 3072,
+                       "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 8,
+                       "head_dim": 128, "attention_bias": false, "tie_word_embeddings": true,
+                       "rope_theta": 1000000, "max_position_embeddings": 40960});
+        let c = ModelConfig::from_json(&v, "c").unwrap();
+        assert_eq!(
+            (c.arch, c.head_dim, c.attention_bias),
+            (Arch::Qwen3, 128, false)
+        );
+        assert!(c.arch.has_qk_norm());
+        let names: Vec<String> = c.tensor_shapes().into_iter().map(|(n, _)| n).collect();
+        assert!(names.contains(&"model.layers.27.self_attn.k_norm.weight".to_string()));
+        assert_eq!(c.num_parameters(), 596_049_920);
+        assert_eq!(ModelConfig::from_json(&c.to_json(), "x").unwrap(), c);
     }
 
     #[test]

@@ -1,7 +1,9 @@
-//! The decoder forward pass (Qwen2 / Llama) over a batch of sequences, each
-//! with its own KV cache.
+//! The decoder forward pass (Qwen2 / Llama / Qwen3) over a batch of
+//! sequences, each with its own KV cache.
 
-use super::{Arch, ModelConfig, TensorMap};
+use std::borrow::Cow;
+
+use super::{ModelConfig, TensorMap};
 use crate::backend::{AttnShape, Backend, Rope};
 
 /// Indices into [`Model::params`] of one layer's tensors.
@@ -14,6 +16,9 @@ pub(crate) struct LayerParams {
     pub q_bias: Option<usize>,
     pub k_bias: Option<usize>,
     pub v_bias: Option<usize>,
+    /// Qwen3's per-head RMSNorm weights of q and k (applied before RoPE).
+    pub q_norm: Option<usize>,
+    pub k_norm: Option<usize>,
     pub o: usize,
     pub post_norm: usize,
     pub gate: usize,
@@ -97,6 +102,7 @@ impl<B: Backend> Model<B> {
             .map(|l| {
                 let p = format!("model.layers.{l}");
                 let bias = config.attention_bias;
+                let qk_norm = config.arch.has_qk_norm();
                 LayerParams {
                     input_norm: idx(&format!("{p}.input_layernorm.weight")),
                     q: idx(&format!("{p}.self_attn.q_proj.weight")),
@@ -105,6 +111,8 @@ impl<B: Backend> Model<B> {
                     q_bias: bias.then(|| idx(&format!("{p}.self_attn.q_proj.bias"))),
                     k_bias: bias.then(|| idx(&format!("{p}.self_attn.k_proj.bias"))),
                     v_bias: bias.then(|| idx(&format!("{p}.self_attn.v_proj.bias"))),
+                    q_norm: qk_norm.then(|| idx(&format!("{p}.self_attn.q_norm.weight"))),
+                    k_norm: qk_norm.then(|| idx(&format!("{p}.self_attn.k_norm.weight"))),
                     o: idx(&format!("{p}.self_attn.o_proj.weight")),
                     post_norm: idx(&format!("{p}.post_attention_layernorm.weight")),
                     gate: idx(&format!("{p}.mlp.gate_proj.weight")),
@@ -120,8 +128,7 @@ impl<B: Backend> Model<B> {
         } else {
             idx("lm_head.weight")
         };
-        let rope = Rope::new(config.head_dim, config.rope_theta);
-        debug_assert!(matches!(config.arch, Arch::Qwen2 | Arch::Llama));
+        let rope = config.rope(0);
         Model {
             config,
             backend,
@@ -160,6 +167,30 @@ impl<B: Backend> Model<B> {
     /// The lm-head matrix `[vocab, hidden]` (the embedding when tied).
     pub fn lm_head(&self) -> &B::Tensor {
         &self.params[self.lm_head]
+    }
+
+    /// The RoPE tables for a forward over `positions`: the model's own,
+    /// except with `dynamic` scaling past `max_position_embeddings`
+    /// (see [`super::RopeScaling::Dynamic`]).
+    pub(crate) fn rope_at(&self, positions: &[usize]) -> Cow<'_, Rope> {
+        match &self.config.rope_scaling {
+            Some(s) if s.is_dynamic() => {
+                let len = positions.iter().max().map_or(0, |p| p + 1);
+                Cow::Owned(self.config.rope(len))
+            }
+            _ => Cow::Borrowed(&self.rope),
+        }
+    }
+
+    /// Qwen3's per-head RMSNorm of q or k (`norm` is `None` for the other
+    /// families: `x` unchanged).
+    pub(crate) fn qk_norm(&self, x: B::Tensor, norm: Option<usize>) -> B::Tensor {
+        match norm {
+            Some(w) => self
+                .backend
+                .head_rms_norm(&x, self.p(w), self.config.rms_norm_eps),
+            None => x,
+        }
     }
 
     pub(crate) fn p(&self, i: usize) -> &B::Tensor {
@@ -224,15 +255,18 @@ impl<B: Backend> Model<B> {
             );
         }
         let shape = self.attn_shape();
+        let rope = self.rope_at(&positions);
         let mut x = b.embedding(self.p(self.embed), &ids);
         for (l, layer) in self.layers.iter().enumerate() {
             let bias = |i: Option<usize>| i.map(|i| self.p(i));
             let h = b.rms_norm(&x, self.p(layer.input_norm), c.rms_norm_eps);
-            let mut q = b.linear(&h, self.p(layer.q), bias(layer.q_bias));
-            let mut k = b.linear(&h, self.p(layer.k), bias(layer.k_bias));
+            let q = b.linear(&h, self.p(layer.q), bias(layer.q_bias));
+            let k = b.linear(&h, self.p(layer.k), bias(layer.k_bias));
             let v = b.linear(&h, self.p(layer.v), bias(layer.v_bias));
-            b.rope(&mut q, &positions, &self.rope);
-            b.rope(&mut k, &positions, &self.rope);
+            let mut q = self.qk_norm(q, layer.q_norm);
+            let mut k = self.qk_norm(k, layer.k_norm);
+            b.rope(&mut q, &positions, &rope);
+            b.rope(&mut k, &positions, &rope);
             let mut caches: Vec<_> = steps
                 .iter_mut()
                 .map(|s| {

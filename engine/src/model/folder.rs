@@ -123,6 +123,7 @@ mod tests {
             head_dim: 8,
             rms_norm_eps: 1e-6,
             rope_theta: 1e4,
+            rope_scaling: None,
             max_position_embeddings: 128,
             tie_word_embeddings: true,
             attention_bias: true,

@@ -25,6 +25,7 @@ pub fn preset(name: &str) -> Option<ModelConfig> {
         head_dim: hidden / heads,
         rms_norm_eps: eps,
         rope_theta: theta,
+        rope_scaling: None,
         max_position_embeddings: 32768,
         tie_word_embeddings: tied,
         attention_bias: arch == Arch::Qwen2,

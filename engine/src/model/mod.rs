@@ -1,4 +1,4 @@
-//! Qwen2 / Llama decoders: configuration, weights in and out, the forward
+//! Qwen2 / Llama / Qwen3 decoders: configuration, weights in and out, the forward
 //! pass with a KV cache, random initialisation and GGUF import.
 
 mod backward;
@@ -7,6 +7,7 @@ mod decoder;
 pub mod folder;
 pub mod gguf;
 pub mod init;
+pub mod rope_scaling;
 mod weights;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ pub use backward::{Activations, TrainSeq};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{KvCache, LogitRows, Model, SeqStep};
 pub use folder::{export, hf_dir, is_checkpoint};
+pub use rope_scaling::RopeScaling;
 pub use weights::{
     load_weights, save_model_weights, save_safetensors, stored_dtype, TensorMap, MAX_SHARD_BYTES,
 };

@@ -26,6 +26,7 @@ pub fn setup(dir: &Path) {
         head_dim: 8,
         rms_norm_eps: 1e-6,
         rope_theta: 1e6,
+        rope_scaling: None,
         max_position_embeddings: 4096,
         tie_word_embeddings: true,
         attention_bias: true,

@@ -2,6 +2,8 @@
 // rms_norm: out = x * (1 / sqrt(mean(x^2) + eps)) * w
 // rms_norm_backward: dx = r*w*dy - (r^3/d) * x * sum(x*dy*w);  dw += sum_rows dy*x*r
 // Row kernels: one block per row, blockDim a multiple of 32 (256 is typical).
+// head_rmsnorm_*: the same RMSNorm on every head of q or k (Qwen3's q_norm /
+// k_norm; CPU: `head_rms_norm` in engine/src/backend/cpu/norm.rs), one warp per head.
 
 extern "C" __global__ void rmsnorm_fwd(bf16* __restrict__ out, float* __restrict__ rstd,
                                        const bf16* __restrict__ x, const bf16* __restrict__ w,
@@ -76,6 +78,56 @@ extern "C" __global__ void rmsnorm_bwd_dx(bf16* __restrict__ dx, float* __restri
     bf16* orow = dx + (size_t)row * d;
     for (int i = threadIdx.x; i < d; i += blockDim.x) {
         orow[i] = to_bf16(r * to_f32(w[i]) * to_f32(gr[i]) - c * to_f32(xr[i]));
+    }
+}
+
+// ---- per-head RMSNorm (Qwen3 q_norm / k_norm), mirrors engine/src/backend/cpu/norm.rs:
+// x is `groups` contiguous heads of `d` values sharing the weight w[d]:
+//   out = x * r * w,  r = 1 / sqrt(mean(x^2) + eps) per head
+//   dx  = r*w*dy - (r^3/d) * x * sum(x*dy*w);  dw += sum over heads of dy*x*r
+// One warp per head (blockDim.x = 32 * heads per block); a warp whose head is
+// past the end leaves as a whole, so every shuffle has all 32 lanes.
+extern "C" __global__ void head_rmsnorm_fwd(bf16* __restrict__ out, const bf16* __restrict__ x,
+                                            const bf16* __restrict__ w, int groups, int d,
+                                            float eps) {
+    const int g = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (g >= groups) return;
+    const bf16* xh = x + (size_t)g * d;
+    bf16* oh = out + (size_t)g * d;
+    float ss = 0.0f;
+    for (int i = lane; i < d; i += 32) {
+        const float v = to_f32(xh[i]);
+        ss += v * v;
+    }
+    const float r = 1.0f / sqrtf(warp_sum(ss) / (float)d + eps);
+    for (int i = lane; i < d; i += 32) oh[i] = to_bf16(to_f32(xh[i]) * r * to_f32(w[i]));
+}
+
+// dx of every head, and r per head into `rstd` (rmsnorm_bwd_dw_partial reads
+// it with rows = groups for dw).
+extern "C" __global__ void head_rmsnorm_bwd_dx(bf16* __restrict__ dx, float* __restrict__ rstd,
+                                               const bf16* __restrict__ x,
+                                               const bf16* __restrict__ w,
+                                               const bf16* __restrict__ dy, int groups, int d,
+                                               float eps) {
+    const int g = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int lane = threadIdx.x & 31;
+    if (g >= groups) return;
+    const bf16* xh = x + (size_t)g * d;
+    const bf16* gh = dy + (size_t)g * d;
+    float ss = 0.0f, dot = 0.0f;
+    for (int i = lane; i < d; i += 32) {
+        const float xv = to_f32(xh[i]);
+        ss += xv * xv;
+        dot += xv * to_f32(gh[i]) * to_f32(w[i]);
+    }
+    const float r = 1.0f / sqrtf(warp_sum(ss) / (float)d + eps);
+    const float c = r * r * r * warp_sum(dot) / (float)d;
+    if (lane == 0) rstd[g] = r;
+    bf16* oh = dx + (size_t)g * d;
+    for (int i = lane; i < d; i += 32) {
+        oh[i] = to_bf16(r * to_f32(w[i]) * to_f32(gh[i]) - c * to_f32(xh[i]));
     }
 }
 

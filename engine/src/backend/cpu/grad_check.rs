@@ -86,6 +86,48 @@ fn rms_norm_backward_matches_finite_differences() {
 }
 
 #[test]
+fn head_rms_norm_backward_matches_finite_differences() {
+    let (cpu, mut rng) = (Cpu, Rng::new(11));
+    // 3 rows of 4 heads of 8 (Qwen3's q_norm over each head).
+    let x = rand_tensor(&[3, 32], &mut rng, 1.0);
+    let w = rand_tensor(&[8], &mut rng, 1.0);
+    let r = rand_tensor(&[3, 32], &mut rng, 1.0);
+    let mut dw = Tensor::zeros(&[8]);
+    let dx = cpu.head_rms_norm_backward(&x, &w, &r, 1e-6, &mut dw);
+    check("head rmsnorm dx", &x, &dx, |x| {
+        probe(&cpu.head_rms_norm(x, &w, 1e-6), &r)
+    });
+    check("head rmsnorm dw", &w, &dw, |w| {
+        probe(&cpu.head_rms_norm(&x, w, 1e-6), &r)
+    });
+    // Each head is the whole-row norm of its own 8 values.
+    let y = cpu.head_rms_norm(&x, &w, 1e-6);
+    let one_head = Tensor::from_vec(&[1, 8], x.data()[8..16].to_vec());
+    assert_eq!(cpu.rms_norm(&one_head, &w, 1e-6).data(), &y.data()[8..16]);
+}
+
+#[test]
+fn scaled_rope_backward_matches_finite_differences() {
+    let (cpu, mut rng) = (Cpu, Rng::new(12));
+    // Yarn-like: other frequencies and cos/sin times 1.2.
+    let rope = Rope {
+        head_dim: 8,
+        inv_freq: vec![1.0, 0.3, 0.02, 0.001],
+        attention_scaling: 1.2,
+    };
+    let x = rand_tensor(&[4, 16], &mut rng, 1.0);
+    let r = rand_tensor(&[4, 16], &mut rng, 1.0);
+    let pos = [0, 3, 17, 1000];
+    let mut dx = r.clone();
+    cpu.rope_backward(&mut dx, &pos, &rope);
+    check("scaled rope dx", &x, &dx, |x| {
+        let mut y = x.clone();
+        cpu.rope(&mut y, &pos, &rope);
+        probe(&y, &r)
+    });
+}
+
+#[test]
 fn rope_backward_matches_finite_differences() {
     let (cpu, mut rng) = (Cpu, Rng::new(3));
     let rope = Rope::new(8, 10000.0);

@@ -10,6 +10,7 @@ mod grad_check;
 mod isa;
 mod logprob;
 mod memory;
+mod norm;
 pub mod packed;
 pub mod sampling;
 mod softmax;
@@ -105,7 +106,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     acc.iter().sum::<f32>() + tail
 }
 
-/// RoPE rotation by `sign * position * freq` (sign -1 undoes it: the backward).
+/// RoPE rotation by `sign * position * freq` (sign -1 undoes it: the
+/// backward), cos and sin times `rope.attention_scaling` (the transpose of
+/// `s R` is `s R^T`, so the backward scales too).
 fn rotate(x: &mut Tensor, positions: &[usize], rope: &Rope, sign: f32) {
     let cols = x.cols();
     let d = rope.head_dim;
@@ -119,7 +122,8 @@ fn rotate(x: &mut Tensor, positions: &[usize], rope: &Rope, sign: f32) {
             for (i, f) in rope.inv_freq.iter().enumerate() {
                 let angle = pos as f32 * f;
                 let (sin, cos) = angle.sin_cos();
-                let sin = sign * sin;
+                let s = rope.attention_scaling;
+                let (sin, cos) = (sign * sin * s, cos * s);
                 for head in row.chunks_mut(d) {
                     let (a, b) = (head[i], head[i + half]);
                     head[i] = a * cos - b * sin;
@@ -220,20 +224,12 @@ impl Backend for Cpu {
     }
 
     fn rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Tensor {
-        let d = x.cols();
-        assert_eq!(w.numel(), d, "rms_norm: weight length");
-        let mut out = Tensor::zeros(x.shape());
-        out.data_mut()
-            .par_chunks_mut(d)
-            .zip(x.data().par_chunks(d))
-            .for_each(|(o, xr)| {
-                let ms = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-                let inv = 1.0 / (ms + eps).sqrt();
-                for ((o, x), w) in o.iter_mut().zip(xr).zip(w.data()) {
-                    *o = x * inv * w;
-                }
-            });
-        out
+        assert_eq!(w.numel(), x.cols(), "rms_norm: weight length");
+        norm::forward(x, w, eps)
+    }
+
+    fn head_rms_norm(&self, x: &Tensor, w: &Tensor, eps: f32) -> Tensor {
+        norm::forward(x, w, eps)
     }
 
     fn rope(&self, x: &mut Tensor, positions: &[usize], rope: &Rope) {
@@ -424,38 +420,19 @@ impl Backend for Cpu {
         eps: f32,
         dw: &mut Tensor,
     ) -> Tensor {
-        let d = x.cols();
-        let mut dx = Tensor::zeros(x.shape());
-        let inv: Vec<f32> = x
-            .data()
-            .par_chunks(d)
-            .map(|r| 1.0 / (r.iter().map(|v| v * v).sum::<f32>() / d as f32 + eps).sqrt())
-            .collect();
-        dx.data_mut()
-            .par_chunks_mut(d)
-            .zip(x.data().par_chunks(d))
-            .zip(dy.data().par_chunks(d))
-            .zip(inv.par_iter())
-            .for_each(|(((o, xr), gr), &r)| {
-                // dx = r * (w*dy) - r^3/d * x * sum(w*dy*x)
-                let dot: f32 = xr
-                    .iter()
-                    .zip(gr)
-                    .zip(w.data())
-                    .map(|((x, g), w)| x * g * w)
-                    .sum();
-                let c = r * r * r * dot / d as f32;
-                for (((o, x), g), w) in o.iter_mut().zip(xr).zip(gr).zip(w.data()) {
-                    *o = r * w * g - c * x;
-                }
-            });
-        for ((xr, gr), r) in x.data().chunks(d).zip(dy.data().chunks(d)).zip(&inv) {
-            dw.data_mut()
-                .iter_mut()
-                .zip(xr.iter().zip(gr))
-                .for_each(|(dw, (x, g))| *dw += g * x * r);
-        }
-        dx
+        assert_eq!(w.numel(), x.cols(), "rms_norm_backward: weight length");
+        norm::backward(x, w, dy, eps, dw)
+    }
+
+    fn head_rms_norm_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+        eps: f32,
+        dw: &mut Tensor,
+    ) -> Tensor {
+        norm::backward(x, w, dy, eps, dw)
     }
 
     fn rope_backward(&self, dx: &mut Tensor, positions: &[usize], rope: &Rope) {

@@ -261,8 +261,16 @@ impl Cuda {
         if let Data::Bf16(s) = &mut x.data {
             ok(
                 "rope",
-                self.k
-                    .rope(s, &pd, &fd, rows, cols, rope.head_dim, backward),
+                self.k.rope(
+                    s,
+                    &pd,
+                    &fd,
+                    rows,
+                    cols,
+                    rope.head_dim,
+                    rope.attention_scaling,
+                    backward,
+                ),
             );
         }
     }
@@ -429,6 +437,18 @@ impl Backend for Cuda {
                 "rms_norm",
                 self.k
                     .rms_norm(o, None, &self.bf(x), &self.bf(w), rows, d, eps),
+            );
+        }
+        out
+    }
+
+    fn head_rms_norm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32) -> CudaTensor {
+        let mut out = self.new_bf16(&x.shape);
+        if let Data::Bf16(o) = &mut out.data {
+            ok(
+                "head_rms_norm",
+                self.k
+                    .head_rms_norm(o, &self.bf(x), &self.bf(w), x.numel(), w.numel(), eps),
             );
         }
         out
@@ -767,6 +787,36 @@ impl Backend for Cuda {
                     &self.bf(dy),
                     rows,
                     d,
+                    eps,
+                ),
+            );
+        }
+        dx
+    }
+
+    fn head_rms_norm_backward(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        dy: &CudaTensor,
+        eps: f32,
+        dw: &mut CudaTensor,
+    ) -> CudaTensor {
+        let mut dx = self.new_bf16(&x.shape);
+        let Data::F32(dws) = &mut dw.data else {
+            panic!("head_rms_norm_backward: weight gradients must be f32 (made by zeros)")
+        };
+        if let Data::Bf16(dxs) = &mut dx.data {
+            ok(
+                "head_rms_norm_backward",
+                self.k.head_rms_norm_backward(
+                    dxs,
+                    dws,
+                    &self.bf(x),
+                    &self.bf(w),
+                    &self.bf(dy),
+                    x.numel(),
+                    w.numel(),
                     eps,
                 ),
             );

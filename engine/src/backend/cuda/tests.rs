@@ -403,6 +403,7 @@ fn tiny_model() -> (ModelConfig, TensorMap) {
         head_dim: 64,
         rms_norm_eps: 1e-6,
         rope_theta: 1e6,
+        rope_scaling: None,
         max_position_embeddings: 256,
         tie_word_embeddings: true,
         attention_bias: true,

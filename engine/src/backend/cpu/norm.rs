@@ -1,0 +1,69 @@
+//! RMSNorm over groups of a row: the whole row (`rms_norm`) or each head of
+//! `[rows, heads * head_dim]` with one shared weight (`head_rms_norm`,
+//! Qwen3's q_norm / k_norm). The group width is the weight's length.
+//!
+//! forward:  `y = x * r * w`, `r = 1 / sqrt(mean(x^2) + eps)` per group
+//! backward: `dx = r * w * dy - (r^3 / d) * x * sum(x * dy * w)`,
+//!           `dw += sum over groups of dy * x * r` (in row order)
+
+use rayon::prelude::*;
+
+use crate::tensor::Tensor;
+
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    1.0 / (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt()
+}
+
+/// Normalizes every `w.numel()`-wide group of `x`'s rows.
+pub(super) fn forward(x: &Tensor, w: &Tensor, eps: f32) -> Tensor {
+    let d = w.numel();
+    assert!(
+        d > 0 && x.cols() % d == 0,
+        "rms_norm: weight of {d} does not split rows of {}",
+        x.cols()
+    );
+    let mut out = Tensor::zeros(x.shape());
+    out.data_mut()
+        .par_chunks_mut(d)
+        .zip(x.data().par_chunks(d))
+        .for_each(|(o, xr)| {
+            let inv = inv_rms(xr, eps);
+            for ((o, x), w) in o.iter_mut().zip(xr).zip(w.data()) {
+                *o = x * inv * w;
+            }
+        });
+    out
+}
+
+/// Backward of [`forward`]: returns `dx`, adds into `dw`.
+pub(super) fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, dw: &mut Tensor) -> Tensor {
+    let d = w.numel();
+    assert_eq!(dy.shape(), x.shape(), "rms_norm_backward: dy shape");
+    assert_eq!(dw.numel(), d, "rms_norm_backward: dw length");
+    let mut dx = Tensor::zeros(x.shape());
+    let inv: Vec<f32> = x.data().par_chunks(d).map(|r| inv_rms(r, eps)).collect();
+    dx.data_mut()
+        .par_chunks_mut(d)
+        .zip(x.data().par_chunks(d))
+        .zip(dy.data().par_chunks(d))
+        .zip(inv.par_iter())
+        .for_each(|(((o, xr), gr), &r)| {
+            let dot: f32 = xr
+                .iter()
+                .zip(gr)
+                .zip(w.data())
+                .map(|((x, g), w)| x * g * w)
+                .sum();
+            let c = r * r * r * dot / d as f32;
+            for (((o, x), g), w) in o.iter_mut().zip(xr).zip(gr).zip(w.data()) {
+                *o = r * w * g - c * x;
+            }
+        });
+    for ((xr, gr), r) in x.data().chunks(d).zip(dy.data().chunks(d)).zip(&inv) {
+        dw.data_mut()
+            .iter_mut()
+            .zip(xr.iter().zip(gr))
+            .for_each(|(dw, (x, g))| *dw += g * x * r);
+    }
+    dx
+}
