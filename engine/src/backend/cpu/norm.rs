@@ -18,7 +18,7 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
 pub(super) fn forward(x: &Tensor, w: &Tensor, eps: f32) -> Tensor {
     let d = w.numel();
     assert!(
-        d > 0 && x.cols() % d == 0,
+        d > 0 && x.cols().is_multiple_of(d),
         "rms_norm: weight of {d} does not split rows of {}",
         x.cols()
     );
