@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use crate::backend::profile::{format_profile, Profile};
 use crate::backend::Backend;
 use crate::model::{LogitRows, Model, ModelConfig, SeqStep};
 use crate::tensor::Tensor;
@@ -26,6 +27,10 @@ pub struct ForwardBenchSpec {
     /// Training step: tokens per sequence and sequences (0 skips training).
     pub train_seq: usize,
     pub train_batch: usize,
+    /// Sequences per forward + backward; a step of `train_batch` sequences
+    /// accumulates the gradients of its micro-batches before one AdamW update
+    /// (0: the whole batch at once).
+    pub train_micro_batch: usize,
 }
 
 /// Tokens per second, median over repeats after one warm-up.
@@ -40,6 +45,7 @@ pub struct ForwardBenchResult {
     pub decode_tokens_per_s: std::collections::BTreeMap<String, f64>,
     pub train_seq: usize,
     pub train_batch: usize,
+    pub train_micro_batch: usize,
     /// forward + backward + AdamW tokens per second (the SFT loss).
     pub train_tokens_per_s: Option<f64>,
     /// Parameters of the model (embedding included).
@@ -47,6 +53,47 @@ pub struct ForwardBenchResult {
     /// [`train_flops_per_token`] at `train_seq`: achieved FLOP/s is this
     /// times `train_tokens_per_s`, MFU that over the device's peak.
     pub train_flops_per_token: f64,
+    /// `IGPO_PROFILE=1`: one more run of each measurement (prefill, decode at
+    /// each batch, train) with its op times per phase; empty otherwise.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub profile: std::collections::BTreeMap<String, ProfiledRun>,
+}
+
+/// One profiled run: its wall time, its ops' time per phase and its host reads.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProfiledRun {
+    pub wall_seconds: f64,
+    #[serde(flatten)]
+    pub profile: Profile,
+}
+
+impl ProfiledRun {
+    /// The table `igpo bench forward` prints.
+    pub fn format(&self, label: &str) -> String {
+        format_profile(label, &self.profile, self.wall_seconds)
+    }
+}
+
+/// Runs `run` once more when the backend profiles, and keeps its phases.
+fn profile_once<B: Backend>(
+    backend: &B,
+    label: String,
+    profile: &mut std::collections::BTreeMap<String, ProfiledRun>,
+    run: impl FnOnce() -> f64,
+) {
+    if backend.take_profile().is_none() {
+        return;
+    }
+    let wall_seconds = run();
+    if let Some(p) = backend.take_profile() {
+        profile.insert(
+            label,
+            ProfiledRun {
+                wall_seconds,
+                profile: p,
+            },
+        );
+    }
 }
 
 /// FLOPs of one training step (forward + backward) per token, PaLM's
@@ -130,15 +177,23 @@ fn time_decode<B: Backend>(model: &Model<B>, batch: usize, spec: &ForwardBenchSp
             .map(|s| vec![s.id])
             .collect();
         if step > 0 {
-            // step 0 is the prompt prefill
             elapsed += t.elapsed().as_secs_f64();
+        } else {
+            // Step 0 is the prompt prefill: neither timed nor profiled.
+            let _ = model.backend().take_profile();
         }
     }
     elapsed
 }
 
-/// One forward + backward + AdamW step of the next-token loss.
-fn time_train<B: Backend>(model: &mut Model<B>, opt: &mut AdamW<B>, seqs: &[Vec<u32>]) -> f64 {
+/// One optimizer step of the next-token loss: forward + backward of each
+/// micro-batch of `micro` sequences (gradients accumulated), then AdamW.
+fn time_train<B: Backend>(
+    model: &mut Model<B>,
+    opt: &mut AdamW<B>,
+    seqs: &[Vec<u32>],
+    micro: usize,
+) -> f64 {
     let t = Instant::now();
     let examples: Vec<SftExample> = seqs
         .iter()
@@ -149,7 +204,9 @@ fn time_train<B: Backend>(model: &mut Model<B>, opt: &mut AdamW<B>, seqs: &[Vec<
         .collect();
     let refs: Vec<&SftExample> = examples.iter().collect();
     let mut grads = model.zero_grads();
-    sft_micro_batch(model, &refs, 8192, false, &mut grads);
+    for part in refs.chunks(micro.max(1)) {
+        sft_micro_batch(model, part, 8192, false, &mut grads);
+    }
     let backend = model.backend().clone();
     opt.update(&backend, model.params_mut(), &grads, 1e-5, 1);
     backend.synchronize();
@@ -164,27 +221,41 @@ pub fn forward_bench<B: Backend>(
 ) -> ForwardBenchResult {
     let repeats = spec.repeats.max(1);
     let ids = bench_ids(spec.prefill_tokens, 0, model.config.vocab_size);
+    let backend = model.backend().clone();
+    let mut profile = std::collections::BTreeMap::new();
     let prefill = warm_median(repeats, || time_prefill(model, &ids));
+    profile_once(&backend, "prefill".into(), &mut profile, || {
+        time_prefill(model, &ids)
+    });
     let mut decode = std::collections::BTreeMap::new();
     for &b in &spec.batches {
         let t = warm_median(repeats, || time_decode(model, b, spec));
         decode.insert(b.to_string(), (b * spec.decode_tokens) as f64 / t);
+        profile_once(&backend, format!("decode batch {b}"), &mut profile, || {
+            time_decode(model, b, spec)
+        });
     }
+    let micro = match spec.train_micro_batch {
+        0 => spec.train_batch,
+        m => m.min(spec.train_batch),
+    };
     let mut train = None;
     if spec.train_batch > 0 {
         let vocab = model.config.vocab_size;
         let seqs: Vec<Vec<u32>> = (0..spec.train_batch)
             .map(|r| bench_ids(spec.train_seq, r * 31, vocab))
             .collect();
-        let backend = model.backend().clone();
         let mut opt = AdamW::new(
             &backend,
             OptimConfig::default(),
             model.param_names(),
             model.params(),
         );
-        let t = warm_median(repeats, || time_train(model, &mut opt, &seqs));
+        let t = warm_median(repeats, || time_train(model, &mut opt, &seqs, micro));
         train = Some((spec.train_batch * spec.train_seq) as f64 / t);
+        profile_once(&backend, "train".into(), &mut profile, || {
+            time_train(model, &mut opt, &seqs, micro)
+        });
     }
     ForwardBenchResult {
         engine: "igpo".into(),
@@ -195,9 +266,11 @@ pub fn forward_bench<B: Backend>(
         decode_tokens_per_s: decode,
         train_seq: spec.train_seq,
         train_batch: spec.train_batch,
+        train_micro_batch: micro,
         train_tokens_per_s: train,
         parameters: model.config.num_parameters(),
         train_flops_per_token: train_flops_per_token(&model.config, spec.train_seq),
+        profile,
     }
 }
 

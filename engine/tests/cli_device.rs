@@ -283,3 +283,91 @@ fn the_same_inputs_run_on_cpu() {
     }
     let _ = std::fs::remove_dir_all(&inp.dir);
 }
+
+/// `IGPO_PROFILE=1 igpo bench forward`: the same measurements, plus one
+/// profiled run of each whose op times per phase are printed and recorded;
+/// a training step of 2 sequences in micro-batches of 1 accumulates both.
+#[test]
+fn bench_forward_profile_breaks_each_measurement_into_phases() {
+    let dir = scratch("bench-profile");
+    let model = dir.join("model");
+    common::init_tiny_model(&model, &["--dtype", "f32"]);
+    let args = |out: &Path| {
+        vec![
+            "bench".to_string(),
+            "forward".into(),
+            "--model".into(),
+            model.display().to_string(),
+            "--prefill-tokens".into(),
+            "8".into(),
+            "--decode-prompt-tokens".into(),
+            "4".into(),
+            "--decode-tokens".into(),
+            "2".into(),
+            "--batches".into(),
+            "1,2".into(),
+            "--repeats".into(),
+            "1".into(),
+            "--train-seq".into(),
+            "8".into(),
+            "--train-batch".into(),
+            "2".into(),
+            "--train-micro-batch".into(),
+            "1".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let profiled = dir.join("profiled.json");
+    let a = args(&profiled);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, _, err) = common::igpo_env(&a, &[("IGPO_PROFILE", Path::new("1"))]);
+    assert_eq!(code, 0, "{err}");
+    for label in ["prefill", "decode batch 1", "decode batch 2", "train"] {
+        assert!(err.contains(&format!("profile {label}: wall ")), "{err}");
+    }
+    assert!(err.contains("outside ops"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&profiled).unwrap()).unwrap();
+    assert_eq!(v["train_micro_batch"], 1);
+    assert!(
+        v["backend"].as_str().unwrap().ends_with("(profiled)"),
+        "{v}"
+    );
+    let ops = |run: &str, phase: &str| v["profile"][run]["phases"][phase]["ops"].as_u64();
+    // Layers make GEMMs and attention in every run; only training steps the optimizer.
+    for run in ["prefill", "decode batch 1", "train"] {
+        assert!(ops(run, "gemm").unwrap() > 0, "{run}: {v}");
+        assert!(ops(run, "attention").unwrap() > 0, "{run}: {v}");
+        assert!(v["profile"][run]["wall_seconds"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(ops("prefill", "optimizer"), None, "{v}");
+    // What waits for the device on a GPU: one read per micro-batch (its loss)
+    // and one for the gradient norm; the clipping itself reads nothing.
+    assert_eq!(
+        v["profile"]["train"]["host_reads"], 3,
+        "{}",
+        v["profile"]["train"]
+    );
+    assert!(ops("train", "optimizer").unwrap() > 0, "{v}");
+    assert!(ops("train", "logprob").unwrap() > 0, "{v}");
+    // One layer, two micro-batches: attention forward and backward, twice.
+    assert_eq!(
+        ops("train", "attention"),
+        Some(4),
+        "{}",
+        v["profile"]["train"]
+    );
+
+    let plain = dir.join("plain.json");
+    let a = args(&plain);
+    let a: Vec<&str> = a.iter().map(String::as_str).collect();
+    let (code, _, err) = common::igpo(&a);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("profile "), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&plain).unwrap()).unwrap();
+    assert!(v.get("profile").is_none(), "{v}");
+    assert!(v["train_tokens_per_s"].as_f64().unwrap() > 0.0);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1023,6 +1023,57 @@ impl Kernels {
         Ok(())
     }
 
+    /// Global-norm clipping with nothing read back: the squared norm of each
+    /// of `grads` (`(buffer, length)`) into its own slot, their sum in slot
+    /// order, then [`Kernels::clip_factor`]: `scale` = avg x clip factor (what
+    /// `adamw`'s `scale_dev` takes), `norm` = the pre-clip norm. 2 launches
+    /// per gradient + 2; one scratch buffer for the per-block partials, reused
+    /// in stream order.
+    pub fn clip_scale(
+        &self,
+        grads: &[(&CudaSlice<f32>, usize)],
+        avg: f64,
+        max_norm: f64,
+        scale: &mut CudaSlice<f32>,
+        norm: &mut CudaSlice<f64>,
+    ) -> Result<()> {
+        let mut slots = self.zeros::<f64>(grads.len())?;
+        let most_blocks = grads
+            .iter()
+            .map(|&(_, n)| elem_cfg(n).grid_dim.0 as usize)
+            .max()
+            .unwrap_or(1);
+        let mut partial = self.zeros::<f64>(most_blocks)?;
+        for (i, &(g, n)) in grads.iter().enumerate() {
+            check_len("clip_scale grad", g, n)?;
+            if n == 0 {
+                continue; // its slot stays 0
+            }
+            let cfg = elem_cfg(n);
+            let n_i = n as i64;
+            let f = self.f("sum_squares_partial")?;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&mut partial).arg(g).arg(&n_i);
+            // SAFETY: `partial` has a slot for every block of the largest gradient.
+            unsafe { b.launch(cfg) }.map_err(cuda)?;
+            let count = to_i32(cfg.grid_dim.0 as usize)?;
+            let mut slot = slots.slice_mut(i..i + 1);
+            let f = self.f("sum_f64")?;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&mut slot).arg(&partial).arg(&count);
+            // SAFETY: one block reads `count` partials, writes one slot.
+            unsafe { b.launch(rows_cfg(1, 1024)) }.map_err(cuda)?;
+        }
+        let mut total = self.zeros::<f64>(1)?;
+        let count = to_i32(grads.len())?;
+        let f = self.f("sum_f64")?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&mut total).arg(&slots).arg(&count);
+        // SAFETY: one block reads the `grads.len()` slots.
+        unsafe { b.launch(rows_cfg(1, 1024)) }.map_err(cuda)?;
+        self.clip_factor(scale, Some(norm), &total, avg, max_norm)
+    }
+
     /// Gradient scale on the device from the summed squares (see optimizer.cu).
     pub fn clip_factor(
         &self,

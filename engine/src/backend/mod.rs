@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod cuda;
 mod device;
+pub mod profile;
 
 use std::ops::Range;
 
@@ -204,6 +205,11 @@ pub trait Backend: Clone + Send + Sync {
     /// Waits until every queued op has finished (for timing; the CPU
     /// backend runs ops to completion anyway).
     fn synchronize(&self);
+    /// Per-phase op times recorded since the last call, for a backend that
+    /// profiles ([`profile::Profiled`], `IGPO_PROFILE=1`); `None` otherwise.
+    fn take_profile(&self) -> Option<profile::Profile> {
+        None
+    }
 
     /// `x[m, k] @ w[n, k]^T (+ bias[n])` -> `[m, n]`.
     fn linear(
@@ -372,6 +378,50 @@ pub trait Backend: Clone + Send + Sync {
         v: &mut Self::Tensor,
         step: &AdamWStep,
     );
+
+    /// One AdamW step over every parameter with global-norm clipping, what
+    /// `train::optim::AdamW::update` runs: the pre-clip norm
+    /// `sqrt(sum of every gradient's squares) * avg` (returned), the clip
+    /// factor `max_norm / (norm + 1e-6)` when `max_norm > 0` and the norm
+    /// exceeds it (else 1), then [`Backend::adamw`] on each parameter with
+    /// `grad_scale = avg * clip` (the steps' own `grad_scale` is ignored).
+    /// The default reads each gradient's squares through the host; the CUDA
+    /// backend keeps the sums and the factor on the device and reads only
+    /// the norm, once.
+    #[allow(clippy::too_many_arguments)]
+    fn adamw_clipped(
+        &self,
+        params: &mut [Self::Tensor],
+        grads: &[Self::Tensor],
+        m: &mut [Self::Tensor],
+        v: &mut [Self::Tensor],
+        steps: &[AdamWStep],
+        avg: f64,
+        max_norm: f64,
+    ) -> f64 {
+        let sq: f64 = grads.iter().map(|g| self.sum_squares(g)).sum();
+        let grad_norm = sq.sqrt() * avg;
+        let clip = clip_factor(grad_norm, max_norm);
+        for (i, p) in params.iter_mut().enumerate() {
+            let step = AdamWStep {
+                grad_scale: (avg * clip) as f32,
+                ..steps[i]
+            };
+            self.adamw(p, &grads[i], &mut m[i], &mut v[i], &step);
+        }
+        grad_norm
+    }
+}
+
+/// Global-norm clipping: `max_norm / (norm + 1e-6)` when clipping is on
+/// (`max_norm > 0`) and `norm` exceeds it, else 1 (optimizer.cu's
+/// `clip_factor` is the same on the device).
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
+    if max_norm > 0.0 && norm > max_norm {
+        max_norm / (norm + 1e-6)
+    } else {
+        1.0
+    }
 }
 
 /// The inverse of [`Backend::gather_rows`] (through the host; a device op

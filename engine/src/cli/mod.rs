@@ -102,6 +102,10 @@ enum BenchCommand {
         /// Training step: sequences; 0 skips the training measurement.
         #[arg(long, default_value_t = 1)]
         train_batch: usize,
+        /// Training step: sequences per forward + backward, gradients
+        /// accumulated over the step's micro-batches (0: all at once).
+        #[arg(long, default_value_t = 0)]
+        train_micro_batch: usize,
         /// Write the result as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
@@ -302,6 +306,7 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
             repeats,
             train_seq,
             train_batch,
+            train_micro_batch,
             out,
             device,
         } => {
@@ -314,11 +319,25 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
                 repeats,
                 train_seq,
                 train_batch,
+                train_micro_batch,
             };
-            let result = crate::with_backend!(backend, b => {
-                let mut model = crate::model::load(&model, b)?;
-                crate::bench::forward_bench(&mut model, &spec)
-            });
+            // IGPO_PROFILE=1: the same measurements on a backend that times
+            // every op, plus one profiled run of each, printed per phase.
+            let result = if crate::backend::profile::requested() {
+                crate::with_backend!(backend, b => {
+                    let b = crate::backend::profile::Profiled::new(b);
+                    let mut model = crate::model::load(&model, b)?;
+                    crate::bench::forward_bench(&mut model, &spec)
+                })
+            } else {
+                crate::with_backend!(backend, b => {
+                    let mut model = crate::model::load(&model, b)?;
+                    crate::bench::forward_bench(&mut model, &spec)
+                })
+            };
+            for (label, run) in &result.profile {
+                eprint!("{}", run.format(label));
+            }
             (serde_json::to_string_pretty(&result)?, out)
         }
         BenchCommand::Score {

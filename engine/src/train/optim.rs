@@ -148,33 +148,32 @@ impl<B: Backend> AdamW<B> {
             "adamw: one gradient per parameter"
         );
         let avg = 1.0 / accumulated.max(1) as f64;
-        let sq: f64 = grads.iter().map(|g| backend.sum_squares(g)).sum();
-        let grad_norm = sq.sqrt() * avg;
-        let clip = if self.config.grad_clip > 0.0 && grad_norm > self.config.grad_clip {
-            self.config.grad_clip / (grad_norm + 1e-6)
-        } else {
-            1.0
-        };
         self.step += 1;
         let c = &self.config;
         let t = self.step as i32;
-        for (i, (p, g)) in params.iter_mut().zip(grads).enumerate() {
-            let step = AdamWStep {
+        let steps: Vec<AdamWStep> = self
+            .decay
+            .iter()
+            .map(|&decay| AdamWStep {
                 lr: lr as f32,
                 beta1: c.beta1 as f32,
                 beta2: c.beta2 as f32,
                 eps: c.eps as f32,
-                weight_decay: if self.decay[i] {
-                    c.weight_decay as f32
-                } else {
-                    0.0
-                },
+                weight_decay: if decay { c.weight_decay as f32 } else { 0.0 },
                 bias_correction1: (1.0 - c.beta1.powi(t)) as f32,
                 bias_correction2: (1.0 - c.beta2.powi(t)) as f32,
-                grad_scale: (avg * clip) as f32,
-            };
-            backend.adamw(p, g, &mut self.m[i], &mut self.v[i], &step);
-        }
+                grad_scale: 1.0, // set by adamw_clipped: avg x clip factor
+            })
+            .collect();
+        let grad_norm = backend.adamw_clipped(
+            params,
+            grads,
+            &mut self.m,
+            &mut self.v,
+            &steps,
+            avg,
+            c.grad_clip,
+        );
         StepStats { grad_norm, lr }
     }
 }

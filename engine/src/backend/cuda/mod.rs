@@ -26,7 +26,7 @@
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
@@ -107,6 +107,39 @@ pub struct Cuda {
     rope_freqs: Arc<Reused<f32>>,
 }
 
+/// Profiling marks are CUDA events recorded on the stream (timing enabled):
+/// an op's interval is device time, and recording one does not stop the host.
+impl super::profile::Timeline for Cuda {
+    type Mark = CudaEvent;
+    fn mark(&self) -> CudaEvent {
+        let timed = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let event = self.k.stream().record_event(timed);
+        ok("record event", event.map_err(driver_error))
+    }
+    fn seconds_between(&self, start: &CudaEvent, end: &CudaEvent) -> f64 {
+        let ms = start.elapsed_ms(end).map_err(driver_error);
+        ok("event time", ms) as f64 * 1e-3
+    }
+}
+
+fn driver_error(e: cudarc::driver::DriverError) -> igpo_kernels::Error {
+    igpo_kernels::Error::Cuda(format!("{e:?}"))
+}
+
+/// The kernel's AdamW hyper-parameters of `st`, with `grad_scale`.
+fn adamw_hyper(st: &AdamWStep, grad_scale: f32) -> AdamW {
+    AdamW {
+        lr: st.lr,
+        beta1: st.beta1,
+        beta2: st.beta2,
+        eps: st.eps,
+        weight_decay: st.weight_decay,
+        bias_correction1: st.bias_correction1,
+        bias_correction2: st.bias_correction2,
+        grad_scale,
+    }
+}
+
 /// Panics with the op's name: the trait has no error path once running.
 fn ok<T>(op: &str, r: igpo_kernels::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("cuda {op}: {e}"))
@@ -137,6 +170,29 @@ impl Cuda {
             Data::Bf16(s) => View::Borrowed(s),
             Data::Param { work, .. } => View::Borrowed(work),
             Data::F32(s) => View::Owned(ok("to bf16", self.k.to_bf16(s, t.numel()))),
+        }
+    }
+
+    /// One AdamW launch on `param`'s f32 master (and its bf16 copy);
+    /// `scale_dev` multiplies `hp.grad_scale` on the device.
+    fn adamw_scaled(
+        &self,
+        param: &mut CudaTensor,
+        grad: &CudaSlice<f32>,
+        m: &mut CudaSlice<f32>,
+        v: &mut CudaSlice<f32>,
+        scale_dev: Option<&CudaSlice<f32>>,
+        hp: &AdamW,
+    ) {
+        let n = param.numel();
+        match &mut param.data {
+            Data::Param { master, work } => ok(
+                "adamw",
+                self.k
+                    .adamw(master, Some(work), grad, m, v, scale_dev, n, hp),
+            ),
+            Data::F32(p) => ok("adamw", self.k.adamw(p, None, grad, m, v, scale_dev, n, hp)),
+            Data::Bf16(_) => panic!("adamw: a bf16 parameter has no f32 master copy"),
         }
     }
 
@@ -1013,29 +1069,50 @@ impl Backend for Cuda {
         st: &AdamWStep,
     ) {
         assert_eq!(param.shape, grad.shape, "adamw: grad shape");
-        let n = param.numel();
         let g = self.f32v(grad);
         let (Data::F32(ms), Data::F32(vs)) = (&mut m.data, &mut v.data) else {
             panic!("adamw: moments must be f32 (made by zeros)")
         };
-        let hp = AdamW {
-            lr: st.lr,
-            beta1: st.beta1,
-            beta2: st.beta2,
-            eps: st.eps,
-            weight_decay: st.weight_decay,
-            bias_correction1: st.bias_correction1,
-            bias_correction2: st.bias_correction2,
-            grad_scale: st.grad_scale,
-        };
-        match &mut param.data {
-            Data::Param { master, work } => ok(
-                "adamw",
-                self.k.adamw(master, Some(work), &g, ms, vs, None, n, &hp),
-            ),
-            Data::F32(p) => ok("adamw", self.k.adamw(p, None, &g, ms, vs, None, n, &hp)),
-            Data::Bf16(_) => panic!("adamw: a bf16 parameter has no f32 master copy"),
+        self.adamw_scaled(param, &g, ms, vs, None, &adamw_hyper(st, st.grad_scale));
+    }
+
+    /// The norm and clip factor stay on the device (`Kernels::clip_scale`);
+    /// every AdamW launch reads the factor there; one download of the norm at
+    /// the end is the step's only wait (the default path waited once per
+    /// gradient).
+    fn adamw_clipped(
+        &self,
+        params: &mut [CudaTensor],
+        grads: &[CudaTensor],
+        m: &mut [CudaTensor],
+        v: &mut [CudaTensor],
+        steps: &[AdamWStep],
+        avg: f64,
+        max_norm: f64,
+    ) -> f64 {
+        let views: Vec<View<'_, f32>> = grads.iter().map(|g| self.f32v(g)).collect();
+        let sized: Vec<(&CudaSlice<f32>, usize)> = views
+            .iter()
+            .zip(grads)
+            .map(|(view, g)| (&**view, g.numel()))
+            .collect();
+        let mut scale = ok("adamw_clipped", self.k.zeros::<f32>(1));
+        let mut norm = ok("adamw_clipped", self.k.zeros::<f64>(1));
+        ok(
+            "adamw_clipped",
+            self.k
+                .clip_scale(&sized, avg, max_norm, &mut scale, &mut norm),
+        );
+        for (i, p) in params.iter_mut().enumerate() {
+            assert_eq!(p.shape, grads[i].shape, "adamw: grad shape");
+            let (Data::F32(ms), Data::F32(vs)) = (&mut m[i].data, &mut v[i].data) else {
+                panic!("adamw: moments must be f32 (made by zeros)")
+            };
+            // grad_scale 1, times `scale` on the device: avg x clip
+            let hp = adamw_hyper(&steps[i], 1.0);
+            self.adamw_scaled(p, &views[i], ms, vs, Some(&scale), &hp);
         }
+        ok("adamw_clipped", self.k.download(&norm))[0]
     }
 }
 

@@ -372,6 +372,38 @@ fn backward_ops_and_logprobs_match_the_cpu() {
     assert_close("adamw", &g.download(&pg), &pc, 1e-6);
     let ss = g.sum_squares(&g.upload(&gr));
     assert!((ss - c.sum_squares(&gr)).abs() <= 1e-9 * ss.max(1e-30));
+
+    // The whole optimizer step with clipping on the device (norm and factor
+    // never leave it but for the returned norm), against the host path.
+    let shapes: [&[usize]; 3] = [&[7, 33], &[1000], &[1]];
+    let ps: Vec<Tensor> = shapes.iter().map(|s| rand(&mut rng, s, 1.0)).collect();
+    let gs: Vec<Tensor> = shapes.iter().map(|s| rand(&mut rng, s, 0.05)).collect();
+    let steps = vec![
+        st,
+        AdamWStep {
+            weight_decay: 0.0,
+            ..st
+        },
+        st,
+    ];
+    for max_norm in [0.0, 0.5] {
+        let mut pc = ps.clone();
+        let (mut mc, mut vc): (Vec<_>, Vec<_>) =
+            shapes.iter().map(|s| (c.zeros(s), c.zeros(s))).unzip();
+        let nc = c.adamw_clipped(&mut pc, &gs, &mut mc, &mut vc, &steps, 0.5, max_norm);
+        let mut pg: Vec<_> = ps.iter().map(|p| g.upload(p)).collect();
+        let gg: Vec<_> = gs.iter().map(|t| g.upload(t)).collect();
+        let (mut mg, mut vg): (Vec<_>, Vec<_>) =
+            shapes.iter().map(|s| (g.zeros(s), g.zeros(s))).unzip();
+        let ng = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
+        assert!((nc - ng).abs() <= 1e-9 * nc, "norm {nc} vs {ng}");
+        if max_norm > 0.0 {
+            assert!(nc > max_norm, "the case must clip: norm {nc}");
+        }
+        for (i, (a, b)) in pg.iter().zip(&pc).enumerate() {
+            assert_close(&format!("adamw_clipped param {i}"), &g.download(a), b, 1e-6);
+        }
+    }
 }
 
 // ---- One whole training step, CPU vs CUDA, through the generic code ----
