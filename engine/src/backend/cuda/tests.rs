@@ -81,6 +81,29 @@ fn forward_ops_match_the_cpu() {
     c.rope(&mut qc, &pos, &rope);
     g.rope(&mut qg, &pos, &rope);
     assert_close("rope", &g.download(&qg), &qc, 2e-2);
+    // Scaled frequencies (llama3 / yarn style) with yarn's cos/sin factor.
+    let scaled = Rope {
+        head_dim: 64,
+        inv_freq: rope
+            .inv_freq
+            .iter()
+            .enumerate()
+            .map(|(i, f)| f / (1.0 + i as f32 * 0.25))
+            .collect(),
+        attention_scaling: 1.2,
+    };
+    let (mut qc, mut qg) = (q.clone(), g.upload(&q));
+    c.rope(&mut qc, &pos, &scaled);
+    g.rope(&mut qg, &pos, &scaled);
+    assert_close("rope scaled", &g.download(&qg), &qc, 2e-2);
+    // Qwen3's per-head q/k norm: 128 columns = 2 heads of 64 sharing one weight.
+    let hw = rand(&mut rng, &[64], 1.0);
+    assert_close(
+        "head_rms_norm",
+        &g.download(&g.head_rms_norm(&g.upload(&q), &g.upload(&hw), 1e-6)),
+        &c.head_rms_norm(&q, &hw, 1e-6),
+        2e-2,
+    );
     let up = rand(&mut rng, &[37, 96], 1.0);
     assert_close(
         "swiglu",
@@ -309,6 +332,39 @@ fn backward_ops_and_logprobs_match_the_cpu() {
     assert_close("linear_backward dx", &g.download(&dxg), &dxc, 2e-2);
     assert_close("linear_backward dw", &g.download(&dwg), &dwc, 2e-2);
     assert_close("linear_backward db", &g.download(&dbg), &dbc, 1e-2);
+
+    // Qwen3's per-head q/k norm backward (3 heads of 32 share the weight)
+    // and the scaled RoPE's backward.
+    let (hx, hdy, hw) = (
+        rand(&mut rng, &[37, 96], 1.0),
+        rand(&mut rng, &[37, 96], 1.0),
+        rand(&mut rng, &[32], 1.0),
+    );
+    let (mut hdwc, mut hdwg) = (c.zeros(&[32]), g.zeros(&[32]));
+    let hdxc = c.head_rms_norm_backward(&hx, &hw, &hdy, 1e-6, &mut hdwc);
+    let hdxg = g.head_rms_norm_backward(
+        &g.upload(&hx),
+        &g.upload(&hw),
+        &g.upload(&hdy),
+        1e-6,
+        &mut hdwg,
+    );
+    assert_close("head_rms_norm_backward dx", &g.download(&hdxg), &hdxc, 2e-2);
+    assert_close("head_rms_norm_backward dw", &g.download(&hdwg), &hdwc, 2e-2);
+    let rope = Rope {
+        head_dim: 32,
+        inv_freq: Rope::new(32, 5e5)
+            .inv_freq
+            .iter()
+            .map(|f| f / 8.0)
+            .collect(),
+        attention_scaling: 0.9,
+    };
+    let pos: Vec<usize> = (0..37).map(|i| 3 * i + 1).collect();
+    let (mut dc, mut dg) = (hdy.clone(), g.upload(&hdy));
+    c.rope_backward(&mut dc, &pos, &rope);
+    g.rope_backward(&mut dg, &pos, &rope);
+    assert_close("rope_backward scaled", &g.download(&dg), &dc, 2e-2);
 
     // fused log-prob over a 151,936 vocabulary, several chunks
     let (rows, d, vocab) = (8usize, 64usize, 151_936usize);
