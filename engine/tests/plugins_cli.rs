@@ -211,7 +211,11 @@ fn plugin_prompt_prints_the_agent_system_prompt() {
             protocol,
             ..Default::default()
         };
-        let want = igpo::rollout::agent_system_prompt(&cfg, Some(&pool));
+        let want = igpo::rollout::agent_system_prompt(
+            &cfg,
+            Some(&pool),
+            &igpo::tokenizer::ToolCallFormat::Prompted,
+        );
         assert_eq!(text(&out.stdout), format!("{want}\n"));
     }
     let out = igpo(

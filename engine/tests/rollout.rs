@@ -25,7 +25,7 @@ use igpo::rollout::protocol::{parse_turn, Protocol, TurnAction};
 use igpo::rollout::{
     agent_system_prompt, run_agent, tool_turn, AgentConfig, SpanKind, Task, Trajectory, TurnMeta,
 };
-use igpo::tokenizer::Tokenizer;
+use igpo::tokenizer::{Tokenizer, ToolCallFormat};
 
 /// The bm25-search config the tool-SFT transcripts were made with
 /// (xtask/src/main.rs, TOOL_SFT_TOOL_CONFIG).
@@ -247,7 +247,11 @@ fn run_with_pool(
     let mut cfg = agent_config(0.0);
     // One tool turn: the failed call, then one more turn (answer or cut).
     cfg.max_turns = 1;
-    cfg.system_prompt = Some(agent_system_prompt(&cfg, Some(&bm25)));
+    cfg.system_prompt = Some(agent_system_prompt(
+        &cfg,
+        Some(&bm25),
+        &ToolCallFormat::Prompted,
+    ));
     let pool = Arc::new(pool(&host, &plugins));
     let model = igpo::model::load(&model_dir, Cpu).unwrap();
     let tok = Tokenizer::load_dir(&model_dir).unwrap();

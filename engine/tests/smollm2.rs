@@ -14,21 +14,21 @@ fn smollm2_says_paris() {
     };
     let model = igpo::model::load(&dir, Cpu).unwrap();
     let tok = Tokenizer::load_dir(&dir).unwrap();
+    let messages = [Message::new("user", "What is the capital of France?")];
+    let rendered = tok.chat.render(&messages, None, true).unwrap();
     assert!(
-        tok.chat.default_system.is_some(),
-        "the imported chat template should carry SmolLM2's default system prompt"
+        rendered.contains("You are a helpful AI assistant named SmolLM"),
+        "the imported chat template should add SmolLM2's default system prompt: {rendered:?}"
     );
-    let prompt = tok
-        .encode_chat(
-            &[Message::new("user", "What is the capital of France?")],
-            true,
-        )
-        .unwrap();
-    let im_end = tok.token_id("<|im_end|>").expect("ChatML end token");
+    let prompt = tok.encode_chat(&messages, true).unwrap();
+    let closer = tok.chat.turn_closer().expect("the template closes turns");
+    let end_id = tok
+        .token_id(closer)
+        .expect("the closing token is one token");
     let opts = GenerateOptions {
         max_new_tokens: 24,
         sampling: SamplingParams::default(),
-        stop_tokens: vec![im_end],
+        stop_tokens: tok.stop_ids(),
         seed: 0,
     };
     let out = generate(&model, &[prompt], &opts, |_, _| {});
@@ -38,6 +38,7 @@ fn smollm2_says_paris() {
     assert_eq!(
         out[0].stop,
         StopReason::StopToken,
-        "answer should end with <|im_end|>"
+        "answer should end with {closer}"
     );
+    assert_eq!(out[0].tokens.last(), Some(&end_id));
 }

@@ -251,7 +251,7 @@ fn generate_on<B: Backend>(backend: B, a: GenerateArgs) -> CliResult {
         tok.encode_chat(&msgs, true)?
     };
     let mut stop_tokens = model.config.eos_token_ids.clone();
-    stop_tokens.extend(tok.end_of_turn_ids());
+    stop_tokens.extend(tok.stop_ids());
     let opts = GenerateOptions {
         max_new_tokens: a.max_new_tokens,
         sampling: SamplingParams {

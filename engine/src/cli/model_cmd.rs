@@ -226,6 +226,9 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         "stored dtype:  {dtype} ({:.2} GiB on disk)",
         n * dtype.size_of() as f64 / GIB
     );
+    let chat = crate::tokenizer::ChatTemplate::load_dir(&crate::model::hf_dir(dir))?;
+    println!("chat template: {}", chat.source());
+    println!("tool calls:    {}", chat.tool_call_format());
     let cpu_train = n * Device::Cpu.training_bytes_per_param() as f64;
     let gpu_train = n * Device::Cuda(0).training_bytes_per_param() as f64;
     println!(

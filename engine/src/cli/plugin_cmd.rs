@@ -10,6 +10,7 @@ use crate::plugins::{
     ToolPool, TrajectoryRecord, World,
 };
 use crate::rollout::{agent_system_prompt, AgentConfig};
+use crate::tokenizer::ToolCallFormat;
 
 type CliResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -252,7 +253,12 @@ pub fn run(cmd: PluginCommand) -> CliResult {
                 protocol,
                 ..AgentConfig::default()
             };
-            println!("{}", agent_system_prompt(&cfg, Some(&pool)));
+            // No model here: the prompt of a model whose template knows
+            // no tools (the engine lists them itself).
+            println!(
+                "{}",
+                agent_system_prompt(&cfg, Some(&pool), &ToolCallFormat::Prompted)
+            );
         }
         PluginCommand::Bench {
             plugins,

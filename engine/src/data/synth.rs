@@ -19,7 +19,7 @@
 //!
 //! A demonstration is exactly what the agent loop would produce for the same
 //! turns: the same system prompt, the generated turns, and the tool result
-//! spliced as [`crate::rollout::agent::splice_text`] splices it (tested
+//! spliced as [`crate::rollout::agent::tool_splice`] splices it (tested
 //! below on token ids). A share of the 2-hop demonstrations is deliberately
 //! lazy (answers after the first hop with the intermediate entity, or without
 //! searching), so the SFT policy leaves headroom that RL can close.
@@ -581,7 +581,7 @@ pub fn styles(questions: &[Question], lazy: f64, rng: &mut Rng) -> Vec<Style> {
         .collect()
 }
 
-pub const SPECIAL_TOKENS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+pub const SPECIAL_TOKENS: [&str; 3] = crate::tokenizer::CHATML_VOCAB_SPECIALS;
 
 /// Trains a byte-level BPE (GPT-2 pre-tokenization, every byte in the base
 /// alphabet, ChatML special tokens first) on `texts`.
@@ -758,22 +758,19 @@ pub fn write_rest(
             .chain(&world.dev)
             .map(|q| q.question.clone()),
     );
-    texts.extend(
-        demos
-            .iter()
-            .map(|d| chat.render(&d.messages(agent.system_prompt), false)),
-    );
+    for d in &demos {
+        texts.push(
+            chat.render(&d.messages(agent.system_prompt), None, false)
+                .map_err(crate::tokenizer::TokenizerError::from)?,
+        );
+    }
     let trained = train_tokenizer(&texts, cfg.vocab_size)?;
     let tok_path = out.join("tokenizer.json");
     trained
         .save(&tok_path, false)
         .map_err(|e| SynthError::Config(format!("{}: {e}", tok_path.display())))?;
     let tok = Tokenizer::from_file(&tok_path)?;
-    let tc = json!({
-        "chat_template": crate::tokenizer::CHATML_TEMPLATE,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-    });
+    let tc = crate::tokenizer::chatml_tokenizer_config();
     let tc_path = out.join("tokenizer_config.json");
     crate::fsutil::write_atomic(&tc_path, tc.to_string().as_bytes()).map_err(io_err(&tc_path))?;
     // Tool results must reach the model whole, as the agent would pass them.
@@ -899,7 +896,7 @@ pub fn synthesize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rollout::agent::splice_text;
+    use crate::rollout::agent::{opening_messages, tool_splice};
     use crate::rollout::protocol::{parse_turn, stop_at, TurnAction};
     use crate::train::sft_data::tokenize_transcript;
 
@@ -955,7 +952,7 @@ mod tests {
         texts.extend(
             demos
                 .iter()
-                .map(|d| chat.render(&d.messages(SYSTEM), false)),
+                .map(|d| chat.render(&d.messages(SYSTEM), None, false).unwrap()),
         );
         let trained = train_tokenizer(&texts, 2048).unwrap();
         // One folder per call: the tests that share this run in parallel
@@ -1076,19 +1073,13 @@ mod tests {
     fn transcript_tokens_equal_agent_tokens() {
         let w = generate_world(&small()).unwrap();
         let (demos, tok) = demos_and_tokenizer(&w);
-        let im_end = tok.token_id("<|im_end|>").unwrap();
+        let closer = tok.chat.turn_closer().unwrap();
+        let im_end = tok.token_id(closer).unwrap();
         for d in &demos {
             let sft = tokenize_transcript(&tok, &d.messages(SYSTEM)).unwrap();
             // What run_agent builds.
-            let mut ids = tok
-                .encode_chat(
-                    &[
-                        Message::new("system", SYSTEM),
-                        Message::new("user", &d.question),
-                    ],
-                    true,
-                )
-                .unwrap();
+            let mut history = opening_messages(SYSTEM, &d.question);
+            let mut ids = tok.encode_chat(&history, true).unwrap();
             let mut mask = vec![0u8; ids.len()];
             for t in &d.turns {
                 let generated = tok.encode(&t.text).unwrap();
@@ -1109,9 +1100,19 @@ mod tests {
                             search_arguments(arguments["query"].as_str().unwrap())
                         );
                         let body = fit_tool_result(&tok, r.clone(), 512).unwrap();
-                        let closed = ids.last() == Some(&im_end);
+                        let last = ids.last().copied();
                         let splice = tok
-                            .encode(&splice_text(Protocol::ToolCall, closed, &body))
+                            .encode(
+                                &tool_splice(
+                                    &tok,
+                                    Protocol::ToolCall,
+                                    &mut history,
+                                    None,
+                                    last,
+                                    &body,
+                                )
+                                .unwrap(),
+                            )
                             .unwrap();
                         ids.extend(&splice);
                         mask.extend(std::iter::repeat_n(0, splice.len()));
@@ -1124,7 +1125,7 @@ mod tests {
             // After the answer the transcript only closes the turn.
             assert_eq!(
                 &sft.tokens[ids.len()..],
-                &tok.encode("<|im_end|>\n").unwrap()[..]
+                &tok.encode(tok.chat.turn_end().unwrap()).unwrap()[..]
             );
             // The loss masks agree except on the end-of-turn token the engine
             // writes after a tool call (the agent stops at `</tool_call>`;

@@ -170,11 +170,7 @@ pub fn write_model_dir(
         let bytes = fs::read(tok).map_err(io(tok))?;
         crate::fsutil::write_atomic(&dir.join("tokenizer.json"), &bytes)
             .map_err(io(&dir.join("tokenizer.json")))?;
-        let tc = serde_json::json!({
-            "chat_template": crate::tokenizer::CHATML_TEMPLATE,
-            "eos_token": "<|im_end|>",
-            "pad_token": "<|endoftext|>",
-        });
+        let tc = crate::tokenizer::chatml_tokenizer_config();
         let path = dir.join("tokenizer_config.json");
         crate::fsutil::write_atomic(&path, &serde_json::to_vec_pretty(&tc).expect("json"))
             .map_err(io(&path))?;

@@ -16,9 +16,11 @@ use crate::model::{Model, TrainSeq};
 use crate::rollout::{SpanKind, Trajectory};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
-/// The reference's probe: the policy's own answer format after a fixed thought.
+/// The reference's probe: the policy's own answer format after a fixed
+/// thought. (The reference ends it with the turn's closing token; what
+/// follows `{answer}` is never run, so it is left out here.)
 pub const DEFAULT_PROBE_TEMPLATE: &str =
-    "<think>\nNow there's enough information to answer\n</think>\n<answer>\n{answer}\n</answer><|im_end|>";
+    "<think>\nNow there's enough information to answer\n</think>\n<answer>\n{answer}\n</answer>";
 
 /// A probe template split at its `{answer}` placeholder. Only the answer
 /// tokens are scored; what follows them cannot change their probabilities

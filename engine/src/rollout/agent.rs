@@ -11,7 +11,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{
-    parse_turn, stop_at, system_prompt, tool_result_text, Protocol, ToolSpec, TurnAction,
+    parse_turn_in, search_result_text, stop_at_in, system_prompt, Protocol, ToolCallFormat,
+    ToolSpec, TurnAction, TurnFormat,
 };
 use super::sampler::{draws, SamplingParams};
 use crate::backend::Backend;
@@ -172,13 +173,37 @@ pub fn tool_specs(pool: &ToolPool) -> Vec<ToolSpec> {
 }
 
 /// The system prompt the agent starts every rollout with: `cfg.system_prompt`
-/// if set, else the protocol's prompt presenting the tools. SFT transcripts
-/// that teach the protocol must start with the same text.
-pub fn agent_system_prompt(cfg: &AgentConfig, pool: Option<&ToolPool>) -> String {
+/// if set, else the protocol's prompt (presenting the tools unless the chat
+/// template does, see [`system_prompt`]). SFT transcripts that teach the
+/// protocol must start with the same text.
+pub fn agent_system_prompt(
+    cfg: &AgentConfig,
+    pool: Option<&ToolPool>,
+    format: &ToolCallFormat,
+) -> String {
     cfg.system_prompt.clone().unwrap_or_else(|| {
         let specs = pool.map(tool_specs).unwrap_or_default();
-        system_prompt(cfg.protocol, &specs)
+        system_prompt(cfg.protocol, format, &specs)
     })
+}
+
+/// The tools the chat template is given: the pool's, when the protocol
+/// calls tools and the template presents them itself.
+fn template_tools(
+    tok: &Tokenizer,
+    protocol: Protocol,
+    pool: Option<&ToolPool>,
+) -> Option<Vec<ToolSpec>> {
+    (protocol == Protocol::ToolCall && tok.chat.takes_tools())
+        .then(|| pool.map(tool_specs).unwrap_or_default())
+}
+
+/// The first messages of a rollout: the system prompt and the question.
+pub fn opening_messages(system: &str, question: &str) -> Vec<Message> {
+    vec![
+        Message::new("system", system),
+        Message::new("user", question),
+    ]
 }
 
 /// One finished rollout.
@@ -213,11 +238,16 @@ pub struct RolloutStats {
 
 struct Live<B: Backend> {
     traj: Trajectory,
+    /// The conversation as the chat template sees it (generated turns as
+    /// stand-ins): what the tool-result splices are rendered against.
+    history: Vec<Message>,
     cache: KvCache<B>,
     rng: Rng,
     /// Tokens to feed at the next forward (prompt, tool result, or the last sample).
     pending: Vec<u32>,
     turn_tokens: Vec<u32>,
+    /// Tokens still to be written instead of samples (see [`run_agent_forced`]).
+    forced: std::collections::VecDeque<u32>,
     turn_start: usize,
     generated: usize,
     state: State,
@@ -241,14 +271,38 @@ pub fn run_agent<B: Backend>(
     tasks: &[Task],
     seed: u64,
 ) -> Result<(Vec<Trajectory>, RolloutStats), TokenizerError> {
+    run_agent_forced(model, tok, tools, cfg, tasks, seed, &[])
+}
+
+/// [`run_agent`] where rollout `i` writes `forced[i]` (when given) at the
+/// start of its first turn instead of sampling: the model reads those
+/// tokens as if it had drawn them (sample log-prob 0), the stop check and
+/// the parser see them, and sampling takes over after them. Tests use it to
+/// make a random model "write" a tool call.
+pub fn run_agent_forced<B: Backend>(
+    model: &Model<B>,
+    tok: &Tokenizer,
+    tools: Option<Arc<ToolPool>>,
+    cfg: &AgentConfig,
+    tasks: &[Task],
+    seed: u64,
+    forced: &[Vec<u32>],
+) -> Result<(Vec<Trajectory>, RolloutStats), TokenizerError> {
     let start = Instant::now();
     let search_tool = tools
         .as_ref()
         .and_then(|p| p.infos().first().map(|i| i.name.clone()))
         .unwrap_or_else(|| "search".into());
-    let system = agent_system_prompt(cfg, tools.as_deref());
+    let format = TurnFormat::new(cfg.protocol, tok.chat.tool_call_format().clone());
+    let system = agent_system_prompt(cfg, tools.as_deref(), &format.calls);
+    let specs = template_tools(tok, cfg.protocol, tools.as_deref());
     let mut eos = model.config.eos_token_ids.clone();
-    eos.extend(tok.end_of_turn_ids());
+    eos.extend(tok.stop_ids());
+    // A Llama JSON call completes at a `}`, a tag at a `>`.
+    let stop_chars: &[char] = match format.calls {
+        ToolCallFormat::LlamaJson { .. } => &['>', '}'],
+        _ => &['>'],
+    };
     let sampling = SamplingParams {
         temperature: cfg.temperature,
         top_k: cfg.top_k,
@@ -256,14 +310,10 @@ pub fn run_agent<B: Backend>(
     };
     let mut live: Vec<Live<B>> = Vec::with_capacity(tasks.len());
     for (i, t) in tasks.iter().enumerate() {
-        let prompt = tok.encode_chat(
-            &[
-                Message::new("system", &system),
-                Message::new("user", &t.question),
-            ],
-            true,
-        )?;
+        let history = opening_messages(&system, &t.question);
+        let prompt = tok.encode(&tok.chat.render(&history, specs.as_deref(), true)?)?;
         live.push(Live {
+            history,
             traj: Trajectory {
                 id: t.id.clone(),
                 question: t.question.clone(),
@@ -286,6 +336,7 @@ pub fn run_agent<B: Backend>(
             turn_start: prompt.len(),
             pending: prompt,
             turn_tokens: vec![],
+            forced: forced.get(i).cloned().unwrap_or_default().into(),
             generated: 0,
             state: State::Decoding,
         });
@@ -296,7 +347,7 @@ pub fn run_agent<B: Backend>(
     loop {
         // Tool results that arrived rejoin the batch.
         while let Ok((i, meta)) = rx.try_recv() {
-            splice_result(&mut live[i], tok, cfg, meta)?;
+            splice_result(&mut live[i], tok, cfg, specs.as_deref(), meta)?;
         }
         let active: Vec<usize> = (0..live.len())
             .filter(|&i| live[i].state == State::Decoding)
@@ -310,7 +361,7 @@ pub fn run_agent<B: Backend>(
                 break;
             };
             stats.waiting_on_tools_s += idle.elapsed().as_secs_f64();
-            splice_result(&mut live[i], tok, cfg, meta)?;
+            splice_result(&mut live[i], tok, cfg, specs.as_deref(), meta)?;
             continue;
         }
         // Sampled where the logits are: only ids and log-probabilities come
@@ -349,18 +400,22 @@ pub fn run_agent<B: Backend>(
         };
         for (&i, s) in active.iter().zip(sampled) {
             let l = &mut live[i];
-            let id = s.id;
+            let (id, logprob) = match l.forced.pop_front() {
+                Some(f) => (f, 0.0),
+                None => (s.id, s.logprob),
+            };
             l.traj.tokens.push(id);
             l.traj.loss_mask.push(1);
-            l.traj.sample_logprobs.push(s.logprob);
+            l.traj.sample_logprobs.push(logprob);
             l.turn_tokens.push(id);
             l.generated += 1;
             stats.generated_tokens += 1;
             let ended_by_token = eos.contains(&id);
-            // Every stop tag ends with '>': only then is the turn text decoded
-            // and checked (decoding it after every token would be quadratic).
-            let stop = tok.decode(&[id], false)?.contains('>')
-                && stop_at(cfg.protocol, &tok.decode(&l.turn_tokens, false)?).is_some();
+            // Every stop tag ends with '>' (a JSON call with '}'): only then
+            // is the turn text decoded and checked (decoding it after every
+            // token would be quadratic).
+            let stop = tok.decode(&[id], false)?.contains(stop_chars)
+                && stop_at_in(&format, &tok.decode(&l.turn_tokens, false)?).is_some();
             let turn_full = l.turn_tokens.len() >= cfg.max_new_tokens_per_turn;
             let budget_gone = l.generated >= cfg.max_new_tokens_per_rollout;
             // The sampled token is fed at the next forward (after a tool
@@ -379,7 +434,7 @@ pub fn run_agent<B: Backend>(
             });
             let turn_text = tok.decode(&l.turn_tokens, true)?;
             l.turn_tokens.clear();
-            let action = parse_turn(cfg.protocol, &turn_text, &search_tool);
+            let action = parse_turn_in(&format, &turn_text, &search_tool);
             let tool_turns_used = l.traj.turns.iter().filter(|t| t.used_tool_turn()).count();
             match action {
                 TurnAction::Answer(a) => {
@@ -448,16 +503,31 @@ pub fn fit_tool_result(
     ))
 }
 
-/// The engine-made text spliced in after a tool-calling turn. In the
-/// tool_call protocol the assistant turn must be closed first unless the
-/// model `closed` it itself with the end-of-turn token.
-pub fn splice_text(protocol: Protocol, closed: bool, body: &str) -> String {
-    let mut splice = String::new();
-    if protocol == Protocol::ToolCall {
-        splice.push_str(if closed { "\n" } else { "<|im_end|>\n" });
+/// The engine-made text spliced in after a tool-calling turn whose last
+/// token is `last`. SearchTags: the result inside the same turn. ToolCall:
+/// the chat template's turn end (without its closing token when the model
+/// wrote it), then the result's message and the next generation prompt as
+/// the template renders them after `history`; `history` gains the turn (as
+/// a stand-in) and the result's message.
+pub fn tool_splice(
+    tok: &Tokenizer,
+    protocol: Protocol,
+    history: &mut Vec<Message>,
+    tools: Option<&[ToolSpec]>,
+    last: Option<u32>,
+    body: &str,
+) -> Result<String, TokenizerError> {
+    if protocol == Protocol::SearchTags {
+        return Ok(search_result_text(body));
     }
-    splice.push_str(&tool_result_text(protocol, body));
-    splice
+    let chat = &tok.chat;
+    let last_text = last.and_then(|id| tok.id_token(id));
+    let mut splice = chat.turn_end_after(last_text.as_deref())?;
+    history.push(crate::tokenizer::ChatTemplate::stand_in_assistant());
+    let result = chat.tool_result_message(body);
+    splice.push_str(&chat.append(history, tools, &result, true)?);
+    history.push(result);
+    Ok(splice)
 }
 
 /// Appends a tool result (or error) as engine-made tokens, records the
@@ -467,6 +537,7 @@ fn splice_result<B: Backend>(
     l: &mut Live<B>,
     tok: &Tokenizer,
     cfg: &AgentConfig,
+    tools: Option<&[ToolSpec]>,
     mut meta: TurnMeta,
 ) -> Result<(), TokenizerError> {
     let turn = l.traj.turns.len() - 1;
@@ -474,12 +545,15 @@ fn splice_result<B: Backend>(
     let body = fit_tool_result(tok, text, cfg.max_tool_result_tokens)?;
     meta.result = Some(body.clone());
     l.traj.turns[turn] = meta;
-    let closed = l
-        .traj
-        .tokens
-        .last()
-        .is_some_and(|&t| Some(t) == tok.token_id("<|im_end|>"));
-    let ids = tok.encode(&splice_text(cfg.protocol, closed, &body))?;
+    let last = l.traj.tokens.last().copied();
+    let ids = tok.encode(&tool_splice(
+        tok,
+        cfg.protocol,
+        &mut l.history,
+        tools,
+        last,
+        &body,
+    )?)?;
     let start = l.traj.tokens.len();
     l.traj.tokens.extend(&ids);
     l.traj.loss_mask.extend(std::iter::repeat_n(0, ids.len()));

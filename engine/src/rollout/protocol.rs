@@ -1,15 +1,20 @@
 //! The turn protocol of the search agent: the system prompt that presents the
 //! tools, the streaming stop check run while a turn is generated, the parser
-//! of a finished turn, and the text spliced in after a tool call.
+//! of a finished turn, and the text spliced in after a search.
 //!
 //! Two protocols:
-//! - [`Protocol::ToolCall`] (default): Qwen2.5 function calling, as in the
-//!   IGPO reference code. `<think>...</think>`, then either
-//!   `<tool_call>{"name": .., "arguments": {..}}</tool_call>` (the result comes
-//!   back as a user message wrapped in `<tool_response>`) or
-//!   `<answer>...</answer>`.
+//! - [`Protocol::ToolCall`] (default): function calling in the model's own
+//!   format (its chat template's, [`ToolCallFormat`]). `<think>...</think>`,
+//!   then either a tool call or `<answer>...</answer>`. A call is
+//!   `<tool_call>{"name": .., "arguments": {..}}</tool_call>` (Qwen2.5/Qwen3,
+//!   and models whose template knows no tools, prompted by the engine), or
+//!   for Llama 3.x a JSON object `{"name": .., "parameters": {..}}` that
+//!   opens the turn (after the think block; optionally after `<|python_tag|>`
+//!   where the template uses it). The result comes back through the chat
+//!   template (`crate::tokenizer::chat`).
 //! - [`Protocol::SearchTags`]: Search-R1. `<search>query</search>`, results in
-//!   `<information>...</information>`, final `<answer>...</answer>`.
+//!   `<information>...</information>`, final `<answer>...</answer>`; the
+//!   same for every model.
 //!
 //! ## Rules (shared by [`stop_at`] and [`parse_turn`], so they always agree)
 //! - Tags are exact and case-sensitive: `<answer>` is a tag, `<ANSWER>` and
@@ -24,6 +29,10 @@
 //!   call, and a `</tool_call>` inside an answer does not end the answer.
 //! - Closing tags with no opening tag before them (stray closes) are ignored.
 //! - Only the first action counts; text after its closing tag is ignored.
+//! - Llama JSON calls: when the turn (after whitespace, one leading
+//!   `<think>...</think>` block and the python tag) starts with `{`, that
+//!   JSON value is the first action; it is complete (the stop fires) when
+//!   the value is, and `<tool_call>` tags are plain text.
 //!
 //! Hence [`stop_at`] fires exactly when the first action's closing tag
 //! completes, and for every text `t` with `stop_at(p, t) == Some(n)`,
@@ -45,13 +54,17 @@
 //!   `"arguments"` must be an object, or a JSON string that parses to an
 //!   object; missing or `null` arguments become `{}`. Anything else is
 //!   Malformed. Extra keys are ignored. Whether the tool exists is the
-//!   engine's check, not this module's.
+//!   engine's check, not this module's. A Llama JSON call follows the same
+//!   rules with `"parameters"` in place of `"arguments"`; a value that is
+//!   not complete JSON when the turn ends is Malformed.
 //!
 //! Every Malformed message starts with `"error: "`; it is meant to be returned
 //! to the model as the tool result.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+pub use crate::tokenizer::{tool_response_content, ToolCallFormat, ToolSpec};
 
 /// Which turn format the policy is prompted with and parsed by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -64,13 +77,35 @@ pub enum Protocol {
     SearchTags,
 }
 
-/// What the model is told about one tool (from the plugin's self-description).
-#[derive(Clone, Debug, PartialEq)]
-pub struct ToolSpec {
-    pub name: String,
-    pub description: String,
-    /// JSON schema of the arguments object.
-    pub parameters: Value,
+/// How turns are read: the protocol, and for [`Protocol::ToolCall`] the
+/// model's tool-call format.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TurnFormat {
+    pub protocol: Protocol,
+    pub calls: ToolCallFormat,
+}
+
+impl TurnFormat {
+    pub fn new(protocol: Protocol, calls: ToolCallFormat) -> TurnFormat {
+        TurnFormat { protocol, calls }
+    }
+
+    /// Calls are a JSON object opening the turn (Llama 3.x, ToolCall only).
+    fn json_calls(&self) -> Option<Option<&str>> {
+        match (&self.protocol, &self.calls) {
+            (Protocol::ToolCall, ToolCallFormat::LlamaJson { python_tag }) => {
+                Some(python_tag.as_deref())
+            }
+            _ => None,
+        }
+    }
+}
+
+impl From<Protocol> for TurnFormat {
+    /// The protocol with tag-written calls (`<tool_call>`).
+    fn from(protocol: Protocol) -> TurnFormat {
+        TurnFormat::new(protocol, ToolCallFormat::Prompted)
+    }
 }
 
 /// What a finished turn's generated text asks for.
@@ -103,12 +138,16 @@ const SEARCH_CLOSE: &str = "</search>";
 /// The expected shape of a call, repeated in error messages.
 const CALL_SHAPE: &str =
     r#"expected <tool_call>{"name": <tool name>, "arguments": {...}}</tool_call>"#;
+/// The same for a Llama JSON call.
+const JSON_CALL_SHAPE: &str = r#"expected {"name": <tool name>, "parameters": {...}}"#;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum ActionKind {
     ToolCall,
     Search,
     Answer,
+    /// A Llama JSON call: the "tags" are the value's own braces.
+    Json,
 }
 
 impl ActionKind {
@@ -117,6 +156,7 @@ impl ActionKind {
             ActionKind::ToolCall => TOOL_CALL_OPEN,
             ActionKind::Search => SEARCH_OPEN,
             ActionKind::Answer => ANSWER_OPEN,
+            ActionKind::Json => "",
         }
     }
 
@@ -125,31 +165,46 @@ impl ActionKind {
             ActionKind::ToolCall => TOOL_CALL_CLOSE,
             ActionKind::Search => SEARCH_CLOSE,
             ActionKind::Answer => ANSWER_CLOSE,
+            ActionKind::Json => "",
         }
     }
 }
 
-fn action_kinds(protocol: Protocol) -> [ActionKind; 2] {
-    match protocol {
-        Protocol::ToolCall => [ActionKind::ToolCall, ActionKind::Answer],
-        Protocol::SearchTags => [ActionKind::Search, ActionKind::Answer],
+fn action_kinds(format: &TurnFormat) -> &'static [ActionKind] {
+    match format.protocol {
+        Protocol::ToolCall if format.json_calls().is_some() => &[ActionKind::Answer],
+        Protocol::ToolCall => &[ActionKind::ToolCall, ActionKind::Answer],
+        Protocol::SearchTags => &[ActionKind::Search, ActionKind::Answer],
     }
 }
 
 /// The first action of a turn: its kind, where its content starts, and where
 /// its closing tag starts (None while unclosed). All offsets are byte offsets
-/// at ASCII tag boundaries, hence char boundaries.
+/// at ASCII tag boundaries, hence char boundaries. A JSON call's content is
+/// the value itself and "closes" where the value completes.
 struct FirstAction {
     kind: ActionKind,
     content_start: usize,
     close_start: Option<usize>,
 }
 
-fn first_action(protocol: Protocol, text: &str) -> Option<FirstAction> {
-    let (open_at, kind) = action_kinds(protocol)
-        .into_iter()
-        .filter_map(|k| text.find(k.open()).map(|at| (at, k)))
-        .min_by_key(|&(at, _)| at)?;
+fn first_action(format: &TurnFormat, text: &str) -> Option<FirstAction> {
+    let tag = action_kinds(format)
+        .iter()
+        .filter_map(|&k| text.find(k.open()).map(|at| (at, k)))
+        .min_by_key(|&(at, _)| at);
+    if let Some(python_tag) = format.json_calls() {
+        if let Some(start) = json_call_start(text, python_tag) {
+            if tag.is_none_or(|(at, _)| start < at) {
+                return Some(FirstAction {
+                    kind: ActionKind::Json,
+                    content_start: start,
+                    close_start: json_value_end(text, start),
+                });
+            }
+        }
+    }
+    let (open_at, kind) = tag?;
     let content_start = open_at + kind.open().len();
     let close_start = text[content_start..]
         .find(kind.close())
@@ -161,32 +216,73 @@ fn first_action(protocol: Protocol, text: &str) -> Option<FirstAction> {
     })
 }
 
+/// Where a Llama JSON call starts: the turn's text after whitespace, one
+/// leading `<think>...</think>` block and the python tag, if it opens with
+/// `{` there.
+fn json_call_start(text: &str, python_tag: Option<&str>) -> Option<usize> {
+    let skip_ws = |at: usize| text.len() - text[at..].trim_start().len();
+    let mut at = skip_ws(0);
+    if text[at..].starts_with(THINK_OPEN) {
+        at = skip_ws(at + text[at..].find(THINK_CLOSE)? + THINK_CLOSE.len());
+    }
+    if let Some(tag) = python_tag.filter(|t| text[at..].starts_with(t)) {
+        at = skip_ws(at + tag.len());
+    }
+    text[at..].starts_with('{').then_some(at)
+}
+
+/// The end of the JSON value that starts at `start`, once it is complete
+/// (None while incomplete, or when it is not JSON).
+fn json_value_end(text: &str, start: usize) -> Option<usize> {
+    let mut values =
+        serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde::de::IgnoredAny>();
+    match values.next() {
+        Some(Ok(_)) => Some(start + values.byte_offset()),
+        _ => None,
+    }
+}
+
 /// The system prompt presenting the tools and the protocol.
 ///
-/// ToolCall: Qwen2.5's function-calling block (the tools inside `<tools>`,
-/// one JSON object per line, written with Python's `json.dumps` separators as
-/// Qwen's chat template does), preceded by the instructions for `<think>`,
-/// `<tool_response>` and `<answer>`.
+/// ToolCall, when the template knows no tools ([`ToolCallFormat::Prompted`]):
+/// Qwen2.5's function-calling block (the tools inside `<tools>`, one JSON
+/// object per line, written with Python's `json.dumps` separators as Qwen's
+/// chat template does), preceded by the instructions for `<think>`,
+/// `<tool_response>` and `<answer>`. ToolCall in a native format: only the
+/// instructions (the template lists the tools and shows the call format).
 /// SearchTags: the Search-R1 instruction; the first tool (if any) is the
 /// search engine and its description is quoted.
-pub fn system_prompt(protocol: Protocol, tools: &[ToolSpec]) -> String {
-    match protocol {
-        Protocol::ToolCall => tool_call_prompt(tools),
-        Protocol::SearchTags => search_tags_prompt(tools),
+pub fn system_prompt(protocol: Protocol, format: &ToolCallFormat, tools: &[ToolSpec]) -> String {
+    match (protocol, format) {
+        (Protocol::ToolCall, ToolCallFormat::Prompted) => tool_call_prompt(tools),
+        (Protocol::ToolCall, native) => native_instructions(native),
+        (Protocol::SearchTags, _) => search_tags_prompt(tools),
+    }
+}
+
+/// How the model is told to work, before the tools are presented.
+fn instructions(result_in: &str) -> String {
+    format!(
+        "You are a helpful assistant that answers questions by calling tools to find information.\n\n\
+         Answer the user's question. Every time you receive new information, first reason inside \
+         <think> and </think>. After reasoning, if you lack some knowledge, call a tool (at most one \
+         tool call per turn); its result will be returned to you {result_in}. You may call tools as \
+         many times as you need. When no further \
+         information is needed, give the final answer inside <answer> and </answer>: only the short \
+         answer, without explanation, for example <answer> Beijing </answer>."
+    )
+}
+
+fn native_instructions(format: &ToolCallFormat) -> String {
+    match format {
+        ToolCallFormat::LlamaJson { .. } => instructions("in the next message"),
+        _ => instructions("inside <tool_response> and </tool_response>"),
     }
 }
 
 fn tool_call_prompt(tools: &[ToolSpec]) -> String {
-    let mut s = String::new();
-    s.push_str(
-        "You are a helpful assistant that answers questions by calling tools to find information.\n\n\
-         Answer the user's question. Every time you receive new information, first reason inside \
-         <think> and </think>. After reasoning, if you lack some knowledge, call a tool (at most one \
-         tool call per turn); its result will be returned to you inside <tool_response> and \
-         </tool_response>. You may call tools as many times as you need. When no further \
-         information is needed, give the final answer inside <answer> and </answer>: only the short \
-         answer, without explanation, for example <answer> Beijing </answer>.\n\n",
-    );
+    let mut s = instructions("inside <tool_response> and </tool_response>");
+    s.push_str("\n\n");
     s.push_str("# Tools\n\nYou may call one or more functions to assist with the user query.\n\n");
     s.push_str(
         "You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
@@ -288,7 +384,13 @@ impl serde_json::ser::Formatter for PySeparators {
 /// tokens is found once its last byte arrives; the result is monotone: once
 /// `Some(n)`, every longer text with the same prefix gives `Some(n)` too.
 pub fn stop_at(protocol: Protocol, text: &str) -> Option<usize> {
-    let a = first_action(protocol, text)?;
+    stop_at_in(&protocol.into(), text)
+}
+
+/// [`stop_at`] for a turn format (a Llama JSON call also stops where its
+/// value completes).
+pub fn stop_at_in(format: &TurnFormat, text: &str) -> Option<usize> {
+    let a = first_action(format, text)?;
     a.close_start.map(|c| c + a.kind.close().len())
 }
 
@@ -296,7 +398,12 @@ pub fn stop_at(protocol: Protocol, text: &str) -> Option<usize> {
 /// complete action in the text wins. `search_tool` is the tool name `<search>`
 /// maps to (SearchTags only).
 pub fn parse_turn(protocol: Protocol, text: &str, search_tool: &str) -> TurnAction {
-    let Some(a) = first_action(protocol, text) else {
+    parse_turn_in(&protocol.into(), text, search_tool)
+}
+
+/// [`parse_turn`] for a turn format.
+pub fn parse_turn_in(format: &TurnFormat, text: &str, search_tool: &str) -> TurnAction {
+    let Some(a) = first_action(format, text) else {
         return TurnAction::Nothing;
     };
     let open = a.kind.open();
@@ -304,6 +411,9 @@ pub fn parse_turn(protocol: Protocol, text: &str, search_tool: &str) -> TurnActi
     let Some(close_start) = a.close_start else {
         return TurnAction::Malformed(match a.kind {
             ActionKind::ToolCall => format!("error: unclosed {open} tag; {CALL_SHAPE}"),
+            ActionKind::Json => {
+                format!("error: tool call is not complete JSON; {JSON_CALL_SHAPE}")
+            }
             ActionKind::Search => {
                 format!("error: unclosed {open} tag; expected {open}query{close}")
             }
@@ -313,7 +423,7 @@ pub fn parse_turn(protocol: Protocol, text: &str, search_tool: &str) -> TurnActi
         });
     };
     let content = &text[a.content_start..close_start];
-    if content.contains(open) {
+    if a.kind != ActionKind::Json && content.contains(open) {
         return TurnAction::Malformed(format!(
             "error: nested {open} tags; write one {open}...{close} at a time"
         ));
@@ -335,84 +445,67 @@ pub fn parse_turn(protocol: Protocol, text: &str, search_tool: &str) -> TurnActi
                 }
             }
         }
-        ActionKind::ToolCall => parse_call_json(content),
+        ActionKind::ToolCall => parse_call_json(content, "arguments", CALL_SHAPE),
+        ActionKind::Json => parse_call_json(content, "parameters", JSON_CALL_SHAPE),
     }
 }
 
-fn parse_call_json(content: &str) -> TurnAction {
+/// A call's JSON: `{"name": .., <args_key>: {..}}` (`shape` quoted in errors).
+fn parse_call_json(content: &str, args_key: &str, shape: &str) -> TurnAction {
     let body = content.trim();
     if body.is_empty() {
-        return TurnAction::Malformed(format!("error: empty tool call; {CALL_SHAPE}"));
+        return TurnAction::Malformed(format!("error: empty tool call; {shape}"));
     }
     let value: Value = match serde_json::from_str(body) {
         Ok(v) => v,
         Err(e) => {
             return TurnAction::Malformed(format!(
-                "error: tool call is not valid JSON ({e}); {CALL_SHAPE}"
+                "error: tool call is not valid JSON ({e}); {shape}"
             ))
         }
     };
     let Value::Object(mut call) = value else {
-        return TurnAction::Malformed(format!(
-            "error: tool call must be a JSON object; {CALL_SHAPE}"
-        ));
+        return TurnAction::Malformed(format!("error: tool call must be a JSON object; {shape}"));
     };
     let name = match call.get("name") {
         Some(Value::String(n)) if !n.trim().is_empty() => n.trim().to_string(),
         Some(Value::String(_)) => {
             return TurnAction::Malformed(format!(
-                "error: tool call has an empty \"name\"; {CALL_SHAPE}"
+                "error: tool call has an empty \"name\"; {shape}"
             ))
         }
         Some(_) => {
             return TurnAction::Malformed(format!(
-                "error: tool call \"name\" must be a string; {CALL_SHAPE}"
+                "error: tool call \"name\" must be a string; {shape}"
             ))
         }
-        None => {
-            return TurnAction::Malformed(format!("error: tool call has no \"name\"; {CALL_SHAPE}"))
-        }
+        None => return TurnAction::Malformed(format!("error: tool call has no \"name\"; {shape}")),
     };
-    let arguments = match call.remove("arguments") {
+    let arguments = match call.remove(args_key) {
         None | Some(Value::Null) => Value::Object(Map::new()),
         Some(v @ Value::Object(_)) => v,
         Some(Value::String(s)) => match serde_json::from_str::<Value>(s.trim()) {
             Ok(v @ Value::Object(_)) => v,
             _ => {
                 return TurnAction::Malformed(format!(
-                    "error: tool call \"arguments\" must be a JSON object; {CALL_SHAPE}"
+                    "error: tool call \"{args_key}\" must be a JSON object; {shape}"
                 ))
             }
         },
         Some(_) => {
             return TurnAction::Malformed(format!(
-                "error: tool call \"arguments\" must be a JSON object; {CALL_SHAPE}"
+                "error: tool call \"{args_key}\" must be a JSON object; {shape}"
             ))
         }
     };
     TurnAction::ToolCall { name, arguments }
 }
 
-/// The text spliced in after a tool call, as the model will read it.
-///
-/// ToolCall: the engine has already closed the assistant turn with
-/// `"<|im_end|>\n"`; this is the user turn carrying the result plus the next
-/// assistant header. SearchTags: the result in `<information>`, inside the
-/// same assistant turn.
-pub fn tool_result_text(protocol: Protocol, result: &str) -> String {
-    match protocol {
-        Protocol::ToolCall => format!(
-            "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n",
-            tool_response_content(result)
-        ),
-        Protocol::SearchTags => format!("\n\n<information>{result}</information>\n\n"),
-    }
-}
-
-/// The content of the user message that carries a tool result in the
-/// tool_call protocol (what a chat transcript of the same turn holds).
-pub fn tool_response_content(result: &str) -> String {
-    format!("<tool_response>\n{result}\n</tool_response>")
+/// The text spliced in after a `<search>` (SearchTags): the result in
+/// `<information>`, inside the same assistant turn. (A ToolCall result goes
+/// through the chat template: `agent::tool_splice`.)
+pub fn search_result_text(result: &str) -> String {
+    format!("\n\n<information>{result}</information>\n\n")
 }
 
 /// Cuts `result` to at most `max_chars` characters (Unicode scalar values, on
@@ -596,7 +689,7 @@ mod tests {
         second.name = "open_page".to_string();
         second.description = "Opens a page: «ページ» 🦀".to_string();
         second.parameters = json!({"type": "object", "properties": {"url": {"type": "string"}}});
-        let p = system_prompt(TC, &[search_tool(), second]);
+        let p = system_prompt(TC, &ToolCallFormat::Prompted, &[search_tool(), second]);
         for needle in [
             "<think>",
             "</think>",
@@ -635,7 +728,7 @@ mod tests {
         // A description with quotes and newlines stays one valid JSON line.
         let mut odd = search_tool();
         odd.description = "say \"hi\"\nthen </tools> and \\".to_string();
-        let p = system_prompt(TC, &[odd.clone()]);
+        let p = system_prompt(TC, &ToolCallFormat::Prompted, &[odd.clone()]);
         let line = p.split("<tools>\n").nth(1).unwrap().lines().next().unwrap();
         let v: Value = serde_json::from_str(line).unwrap();
         assert_eq!(v["function"]["description"], odd.description.as_str());
@@ -643,7 +736,7 @@ mod tests {
 
     #[test]
     fn search_tags_prompt_is_search_r1() {
-        let p = system_prompt(ST, &[search_tool()]);
+        let p = system_prompt(ST, &ToolCallFormat::Prompted, &[search_tool()]);
         for needle in [
             "<think>",
             "<search> query </search>",
@@ -658,29 +751,70 @@ mod tests {
 
     #[test]
     fn prompts_without_tools_do_not_panic() {
-        let p = system_prompt(TC, &[]);
+        let p = system_prompt(TC, &ToolCallFormat::Prompted, &[]);
         assert!(p.contains("<tools>\n</tools>"));
-        let p = system_prompt(ST, &[]);
+        let p = system_prompt(ST, &ToolCallFormat::Prompted, &[]);
         assert!(p.contains("<search>"));
     }
 
     #[test]
-    fn tool_result_texts() {
+    fn search_result_text_wraps_in_information() {
         assert_eq!(
-            tool_result_text(TC, "1. Paris is the capital"),
-            "<|im_start|>user\n<tool_response>\n1. Paris is the capital\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
-        );
-        assert_eq!(
-            tool_result_text(ST, "doc"),
+            search_result_text("doc"),
             "\n\n<information>doc</information>\n\n"
-        );
-        assert_eq!(
-            tool_result_text(TC, ""),
-            "<|im_start|>user\n<tool_response>\n\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
         );
     }
 
     // --------------------------------------------------------------- parsing
+
+    #[test]
+    fn llama_json_calls() {
+        let llama = TurnFormat::new(
+            TC,
+            ToolCallFormat::LlamaJson {
+                python_tag: Some("<|python_tag|>".into()),
+            },
+        );
+        let call_json = r#"{"name": "search", "parameters": {"query": "x }"}}"#;
+        for prefix in ["", "  \n", "<think>\nhm {\n</think>\n\n", "<|python_tag|>"] {
+            let t = format!("{prefix}{call_json}<|eot_id|>tail");
+            let n = stop_at_in(&llama, &t).expect("stops");
+            assert_eq!(&t[..n], &format!("{prefix}{call_json}"));
+            assert_eq!(
+                parse_turn_in(&llama, &t[..n], "s"),
+                call("search", json!({"query": "x }"}))
+            );
+            // Not before the value is complete.
+            assert_eq!(stop_at_in(&llama, &t[..n - 1]), None);
+        }
+        // An answer is still an answer; tags are not calls here.
+        let t = "<think>x</think><answer>Paris</answer>";
+        assert_eq!(
+            parse_turn_in(&llama, t, "s"),
+            TurnAction::Answer("Paris".into())
+        );
+        let t = r#"<tool_call>{"name": "search", "arguments": {}}</tool_call>"#;
+        assert_eq!(parse_turn_in(&llama, t, "s"), TurnAction::Nothing);
+        // An answer tag before the JSON wins (also inside an open think).
+        let t = r#"<think><answer>A</answer></think>{"name": "s"}"#;
+        assert_eq!(
+            parse_turn_in(&llama, t, "s"),
+            TurnAction::Answer("A".into())
+        );
+        // Incomplete or wrong JSON: malformed, with the Llama shape.
+        let a = parse_turn_in(&llama, r#"{"name": "search", "parameters": {"#, "s");
+        assert!(malformed_containing(&a, "\"parameters\""), "{a:?}");
+        let a = parse_turn_in(&llama, r#"{"parameters": {}}"#, "s");
+        assert!(malformed_containing(&a, "no \"name\""), "{a:?}");
+        let a = parse_turn_in(&llama, r#"{"name": "s", "parameters": [1]}"#, "s");
+        assert!(malformed_containing(&a, "\"parameters\" must be"), "{a:?}");
+        // Hermes (Qwen) reads tags like the prompted format.
+        let hermes = TurnFormat::new(TC, ToolCallFormat::Hermes);
+        let t =
+            "<tool_call>\n{\"name\": \"search\", \"arguments\": {\"query\": \"q\"}}\n</tool_call>";
+        assert_eq!(parse_turn_in(&hermes, t, "s"), parse_turn(TC, t, "s"));
+        assert_eq!(stop_at_in(&hermes, t), Some(t.len()));
+    }
 
     #[test]
     fn parses_a_plain_tool_call() {

@@ -1,11 +1,15 @@
 //! Text <-> token ids: the `tokenizers` crate over `tokenizer.json`, plus the
-//! ChatML chat format.
+//! model's chat template ([`chat`]: the only module that spells chat markup).
 
-mod chat;
+pub mod chat;
 
 use std::path::Path;
 
-pub use chat::{ChatTemplate, Message, CHATML_TEMPLATE};
+pub use chat::{
+    chatml_tokenizer_config, tool_response_content, ChatError, ChatTemplate, Message, SftPiece,
+    TemplateSource, ToolCallFormat, ToolSpec, CHATML_SPECIAL_TOKENS, CHATML_TEMPLATE,
+    CHATML_VOCAB_SPECIALS,
+};
 
 /// Errors loading or using a tokenizer.
 #[derive(Debug, thiserror::Error)]
@@ -14,31 +18,44 @@ pub enum TokenizerError {
     Load { path: String, msg: String },
     #[error("tokenizer: {0}")]
     Encode(String),
+    #[error(transparent)]
+    Chat(#[from] ChatError),
 }
 
-/// A model's tokenizer and chat format.
+/// A model's tokenizer and chat template.
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub chat: ChatTemplate,
+    /// `eos_token_id` of `generation_config.json` (empty without one).
+    generation_eos: Vec<u32>,
 }
 
 impl Tokenizer {
-    /// Loads `tokenizer.json` (and the chat template's default system prompt
-    /// from `tokenizer_config.json`, when present) from a model folder (or a
-    /// checkpoint's `model/`).
+    /// Loads `tokenizer.json`, the chat template (see [`ChatTemplate::load_dir`])
+    /// and the stop ids of `generation_config.json` from a model folder (or
+    /// a checkpoint's `model/`).
     pub fn load_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         let dir = &crate::model::hf_dir(dir);
         let mut tok = Tokenizer::from_file(&dir.join("tokenizer.json"))?;
-        let cfg_path = dir.join("tokenizer_config.json");
-        if let Ok(text) = std::fs::read_to_string(&cfg_path) {
+        tok.chat = ChatTemplate::load_dir(dir)?;
+        let gen_path = dir.join("generation_config.json");
+        if let Ok(text) = std::fs::read_to_string(&gen_path) {
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| TokenizerError::Load {
-                    path: cfg_path.display().to_string(),
+                    path: gen_path.display().to_string(),
                     msg: format!("not valid JSON: {e}"),
                 })?;
-            if let Some(t) = v.get("chat_template").and_then(|t| t.as_str()) {
-                tok.chat = ChatTemplate::from_jinja(t);
-            }
+            tok.generation_eos = match v.get("eos_token_id") {
+                Some(serde_json::Value::Number(n)) => {
+                    n.as_u64().map(|i| i as u32).into_iter().collect()
+                }
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .filter_map(|n| n.as_u64())
+                    .map(|i| i as u32)
+                    .collect(),
+                _ => vec![],
+            };
         }
         Ok(tok)
     }
@@ -51,11 +68,12 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             chat: ChatTemplate::default(),
+            generation_eos: vec![],
         })
     }
 
-    /// Token ids of `text`; special tokens written in the text (e.g.
-    /// `<|im_start|>`) map to their ids, nothing is added around it.
+    /// Token ids of `text`; special tokens written in the text map to their
+    /// ids, nothing is added around it.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
         self.inner
             .encode(text, false)
@@ -85,31 +103,50 @@ impl Tokenizer {
             .map_err(|e| TokenizerError::Encode(e.to_string()))
     }
 
-    /// The id of a token written out, e.g. `<|im_end|>`.
+    /// The id of a token written out.
     pub fn token_id(&self, token: &str) -> Option<u32> {
         self.inner.token_to_id(token)
     }
 
-    /// Ids of the ChatML end-of-turn tokens this vocabulary has
-    /// (`<|im_end|>`, then `<|endoftext|>`).
+    /// The text of one token id.
+    pub fn id_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    /// Ids of the chat template's end-of-turn tokens this vocabulary has
+    /// (the turn closer first, e.g. `<|im_end|>` then `<|endoftext|>`).
     pub fn end_of_turn_ids(&self) -> Vec<u32> {
-        ["<|im_end|>", "<|endoftext|>"]
+        self.chat
+            .end_of_turn_tokens()
             .iter()
             .filter_map(|t| self.token_id(t))
             .collect()
+    }
+
+    /// Ids that end a generated turn: `generation_config.json`'s
+    /// `eos_token_id` and the template's end-of-turn tokens.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        let mut ids = self.generation_eos.clone();
+        for id in self.end_of_turn_ids() {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        ids
     }
 
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
 
-    /// Renders a conversation in ChatML and encodes it.
+    /// Renders a conversation with the chat template (no tools) and
+    /// encodes it.
     pub fn encode_chat(
         &self,
         messages: &[Message],
         add_generation_prompt: bool,
     ) -> Result<Vec<u32>, TokenizerError> {
-        self.encode(&self.chat.render(messages, add_generation_prompt))
+        self.encode(&self.chat.render(messages, None, add_generation_prompt)?)
     }
 }
 

@@ -1,18 +1,20 @@
 //! Supervised fine-tuning data: JSONL chat transcripts
-//! (`{"messages":[{"role","content"},...]}`) turned into token ids and a loss
-//! mask that is 1 exactly on assistant tokens.
+//! (`{"messages":[{"role","content"},...]}`) rendered with the model's chat
+//! template and turned into token ids and a loss mask that is 1 exactly on
+//! assistant tokens (their text and the token that closes the turn).
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::tokenizer::{Message, Tokenizer, TokenizerError};
+use crate::tokenizer::{Message, Tokenizer, TokenizerError, ToolSpec};
 
 /// One tokenized transcript.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SftExample {
     pub tokens: Vec<u32>,
-    /// 1 where the token is assistant output (content and `<|im_end|>`).
+    /// 1 where the token is assistant output (content and the turn's
+    /// closing token).
     pub loss_mask: Vec<u8>,
 }
 
@@ -42,26 +44,29 @@ struct Line {
     messages: Vec<Message>,
 }
 
-/// Tokenizes one conversation turn by turn: each ChatML turn starts with a
-/// special token, so per-turn encoding equals encoding the whole text, and
-/// the assistant spans are known exactly.
+/// Tokenizes one conversation (no tools given to the template).
 pub fn tokenize_transcript(
     tok: &Tokenizer,
     messages: &[Message],
 ) -> Result<SftExample, TokenizerError> {
+    tokenize_transcript_with_tools(tok, messages, None)
+}
+
+/// Tokenizes one conversation piece by piece as the chat template renders
+/// it ([`crate::tokenizer::ChatTemplate::sft_pieces`]): the pieces split
+/// where the agent's tokens split (prompt, generated turn, spliced result),
+/// so the ids equal what the agent builds for the same turns.
+pub fn tokenize_transcript_with_tools(
+    tok: &Tokenizer,
+    messages: &[Message],
+    tools: Option<&[ToolSpec]>,
+) -> Result<SftExample, TokenizerError> {
     let mut tokens = vec![];
     let mut loss_mask = vec![];
-    let newline = tok.encode("\n")?;
-    for m in messages {
-        let header = tok.encode(&format!("<|im_start|>{}\n", m.role))?;
-        let body = tok.encode(&format!("{}<|im_end|>", m.content))?;
-        let learn = (m.role == "assistant") as u8;
-        loss_mask.extend(std::iter::repeat_n(0, header.len()));
-        loss_mask.extend(std::iter::repeat_n(learn, body.len()));
-        loss_mask.extend(std::iter::repeat_n(0, newline.len()));
-        tokens.extend(header);
-        tokens.extend(body);
-        tokens.extend(&newline);
+    for piece in tok.chat.sft_pieces(messages, tools)? {
+        let ids = tok.encode(&piece.text)?;
+        loss_mask.extend(std::iter::repeat_n(piece.learn as u8, ids.len()));
+        tokens.extend(ids);
     }
     Ok(SftExample { tokens, loss_mask })
 }

@@ -90,11 +90,22 @@ pub fn igpo(args: &[&str]) -> (i32, String, String) {
 /// tokenizer into `dir`, plus `extra` flags (e.g. `--dtype f32`).
 pub fn init_tiny_model(dir: &std::path::Path, extra: &[&str]) {
     let tok = data_dir().join("qwen2.5-tokenizer.json");
+    init_tiny_model_of(dir, "qwen2", &tok, extra);
+}
+
+/// `igpo model init` of a 1-layer, hidden-32 `arch` model with the
+/// vocabulary of `tok` (a tokenizer.json) into `dir`, plus `extra` flags.
+pub fn init_tiny_model_of(
+    dir: &std::path::Path,
+    arch: &str,
+    tok: &std::path::Path,
+    extra: &[&str],
+) {
     let mut args = vec![
         "model",
         "init",
         "--arch",
-        "qwen2",
+        arch,
         "--layers",
         "1",
         "--hidden",
