@@ -153,3 +153,67 @@ fn bad_flags_are_explained() {
         &["unknown --preset `gpt5`"],
     );
 }
+
+/// `model inspect` names the architecture, whether heads are q/k-normed and
+/// the RoPE scaling with its parameters.
+#[test]
+fn inspect_prints_the_architecture_and_the_rope_scaling() {
+    let tok = common::data_dir().join("qwen2.5-tokenizer.json");
+    let init = |dir: &Path, arch: &str| {
+        let d = dir.to_str().unwrap();
+        let args = [
+            "model",
+            "init",
+            d,
+            "--arch",
+            arch,
+            "--layers",
+            "1",
+            "--hidden",
+            "32",
+            "--heads",
+            "2",
+            "--kv-heads",
+            "1",
+            "--intermediate",
+            "64",
+            "--vocab-from",
+        ];
+        let mut args = args.to_vec();
+        args.push(tok.to_str().unwrap());
+        let (code, _, err) = igpo(&args);
+        assert_eq!(code, 0, "{err}");
+    };
+    let qwen3 = scratch("inspect-qwen3");
+    init(&qwen3, "qwen3");
+    let (code, out, err) = igpo(&["model", "inspect", qwen3.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("architecture:  Qwen3ForCausalLM (qwen3)"),
+        "{out}"
+    );
+    assert!(out.contains("qkv bias false, q/k norm true"), "{out}");
+    assert!(
+        out.contains("rope:          theta 1000000, scaling none"),
+        "{out}"
+    );
+
+    let llama = scratch("inspect-llama3");
+    init(&llama, "llama");
+    edit_config(&llama, |v| {
+        v["rope_scaling"] = serde_json::json!({"rope_type": "llama3", "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192});
+        v["max_position_embeddings"] = serde_json::json!(131072);
+    });
+    let (code, out, err) = igpo(&["model", "inspect", llama.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("q/k norm false"), "{out}");
+    assert!(
+        out.contains("rope:          theta 10000, scaling llama3 (factor 8, low_freq_factor 1, high_freq_factor 4, original_max_position_embeddings 8192), max positions 131072"),
+        "{out}"
+    );
+    for dir in [qwen3, llama] {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -141,7 +141,7 @@ fn init(a: InitArgs) -> CliResult {
                 .as_deref()
                 .ok_or("--arch is required without --preset")?;
             let arch = Arch::parse(arch_name)
-                .ok_or_else(|| format!("unknown --arch `{arch_name}` (qwen2 or llama)"))?;
+                .ok_or_else(|| format!("unknown --arch `{arch_name}` (qwen2, qwen3 or llama)"))?;
             let hidden = need(a.hidden, "hidden")?;
             let heads = need(a.heads, "heads")?;
             let kv = a.kv_heads.unwrap_or(heads);
@@ -161,7 +161,7 @@ fn init(a: InitArgs) -> CliResult {
                 num_kv_heads: kv,
                 head_dim: hidden / heads,
                 rms_norm_eps: 1e-6,
-                rope_theta: if arch == Arch::Qwen2 { 1e6 } else { 1e4 },
+                rope_theta: if arch == Arch::Llama { 1e4 } else { 1e6 },
                 rope_scaling: None,
                 max_position_embeddings: 32768,
                 tie_word_embeddings: a.tied,
@@ -197,6 +197,21 @@ fn init(a: InitArgs) -> CliResult {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
+/// RoPE base, scaling type with its parameters, and the context the config declares.
+fn rope_line(c: &ModelConfig) -> String {
+    let scaling = match &c.rope_scaling {
+        None => "none".to_string(),
+        Some(s) => {
+            let params: Vec<String> = s.params().iter().map(|(k, v)| format!("{k} {v}")).collect();
+            format!("{} ({})", s.name(), params.join(", "))
+        }
+    };
+    format!(
+        "theta {}, scaling {scaling}, max positions {}",
+        c.rope_theta, c.max_position_embeddings
+    )
+}
+
 fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
     let c = ModelConfig::load(dir)?;
     let dtype = stored_dtype(dir)?;
@@ -218,9 +233,13 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         c.vocab_size
     );
     println!(
-        "extras:        qkv bias {}, tied embeddings {}, rope theta {}, rms eps {}",
-        c.attention_bias, c.tie_word_embeddings, c.rope_theta, c.rms_norm_eps
+        "extras:        qkv bias {}, q/k norm {}, tied embeddings {}, rms eps {}",
+        c.attention_bias,
+        c.arch.has_qk_norm(),
+        c.tie_word_embeddings,
+        c.rms_norm_eps
     );
+    println!("rope:          {}", rope_line(&c));
     println!("parameters:    {} ({:.1} M)", c.num_parameters(), n / 1e6);
     println!(
         "stored dtype:  {dtype} ({:.2} GiB on disk)",
