@@ -15,8 +15,8 @@
 //! 0 on prompt and tool-result tokens and 1 on generated ones, and that the
 //! stop tokens are the template's.
 //!
-//! The Qwen3 model is a Qwen2-architecture model: the Qwen3 architecture
-//! (q/k norms) is not committed yet; the tokenizer and template are Qwen3's.
+//! Both models are built by `igpo model init` (1 layer, hidden 32) with
+//! the Qwen3 architecture (per-head q/k RMSNorm) for the Qwen3 case.
 
 mod common;
 mod plugins_support;
@@ -100,6 +100,10 @@ fn run_case(case: &Case, tokenizer_json: &Path, plugins: &Path, python: &Path) {
         &case.special,
         &case.eos,
     );
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model_dir.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["model_type"], case.arch, "{}", case.name);
     let tok = Tokenizer::load_dir(&model_dir).unwrap();
     let format = tok.chat.tool_call_format().clone();
     assert!((case.format)(&format), "{}: detected {format:?}", case.name);
@@ -313,7 +317,7 @@ fn llama3_and_qwen3_rollouts_call_tools_in_their_native_formats() {
     run_case(&llama, &llama_tok, &plugins, &python);
     let qwen3 = Case {
         name: "qwen3",
-        arch: "qwen2",
+        arch: "qwen3",
         template: "qwen3.jinja",
         special: json!({"eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}),
         eos: vec![151645, 151643],
