@@ -185,6 +185,10 @@ impl HParams {
                 ))
             }
         };
+        let rope_scaling = match (rope_scaling, file.tensor("rope_freqs.weight")) {
+            (None, Some(t)) => rope_freqs_scaling(file, t, head_dim, rope_theta)?,
+            (s, _) => s,
+        };
 
         // The vocabulary size is the number of rows of the embedding matrix.
         let embd = file
@@ -229,6 +233,30 @@ impl HParams {
             rope_scaling,
         })
     }
+}
+
+/// The `rope_scaling` that `rope_freqs.weight` (f32 divisors, Llama 3.x)
+/// stands for; see `rope_factors.rs`.
+fn rope_freqs_scaling(
+    file: &GgufFile,
+    t: &TensorInfo,
+    head_dim: u64,
+    theta: f64,
+) -> Result<Option<Json>, GgufError> {
+    let refuse = |what: String| GgufError::BadTensor {
+        path: file.path.clone(),
+        tensor: t.name.clone(),
+        what,
+    };
+    if t.ty != GgmlType::F32 {
+        return Err(refuse(format!("type {} (f32 expected)", t.ty.name())));
+    }
+    let divisors: Vec<f32> = file
+        .tensor_data(t)?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    super::rope_factors::llama3_from_divisors(&divisors, head_dim as usize, theta).map_err(refuse)
 }
 
 /// One tensor to write.
@@ -304,8 +332,9 @@ fn plan_tensors<'a>(
         let Some((hf_name, expected, heads)) = map_name(&t.name, hp, family) else {
             if t.name == "rope_freqs.weight" || t.name.starts_with("rope_factors") {
                 notes.push(format!(
-                    "skipped `{}`: RoPE frequency factors have no Hugging Face tensor (check rope_scaling in config.json)",
-                    t.name
+                    "skipped `{}`: RoPE frequency factors have no Hugging Face tensor (config.json's rope_scaling: {})",
+                    t.name,
+                    hp.rope_scaling.as_ref().map_or("none".to_string(), |s| s.to_string())
                 ));
                 continue;
             }

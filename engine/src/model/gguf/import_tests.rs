@@ -286,12 +286,6 @@ fn tiny_llama() -> Gguf {
         GgmlType::Q8_0,
         1,
     );
-    push(
-        "rope_freqs.weight".into(),
-        vec![HEAD_DIM / 2],
-        GgmlType::F32,
-        2,
-    );
     let (q, k) = hf_qk();
     for n in 0..LAYERS {
         let s = 100 * (n + 1);
@@ -365,6 +359,18 @@ fn tiny_llama() -> Gguf {
         .iter()
         .flat_map(|x| half::f16::from_f32(*x).to_bits().to_le_bytes())
         .collect();
+    // Llama 3.1's RoPE scaling (factor 8 over 8192) as llama.cpp stores it.
+    g.tensors.push(Tensor {
+        name: "rope_freqs.weight".into(),
+        dims: vec![HEAD_DIM / 2],
+        ty: GgmlType::F32.0,
+        data: f32_bytes(&crate::model::gguf::rope_factors::llama3_divisors(
+            HEAD_DIM as usize,
+            10000.0,
+            8.0,
+            8192.0,
+        )),
+    });
     g
 }
 
@@ -472,7 +478,11 @@ fn imports_a_tiny_llama() {
     assert_eq!(c["torch_dtype"], "bfloat16");
     assert_eq!(c["attention_bias"], false);
     assert_eq!(c["mlp_bias"], false);
-    assert!(c["rope_scaling"].is_null());
+    assert_eq!(
+        c["rope_scaling"],
+        json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+    );
     // ... and the engine's own config reader accepts it.
     crate::model::ModelConfig::from_json(&c, "config.json").expect("engine reads the config");
 

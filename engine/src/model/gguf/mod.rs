@@ -21,6 +21,7 @@
 mod dequant;
 mod import;
 mod reader;
+pub(crate) mod rope_factors;
 mod vocab;
 
 pub use import::import_gguf;
