@@ -4,7 +4,8 @@
 
     python3 tools/bench_compare.py --title "Qwen2.5-0.5B shape, H200" \
         --forward IGPO.json TORCH.json [--forward IGPO2.json TORCH2.json ...] \
-        [--score IGPO.json TORCH.json] [--peak-tflops 989] [--out COMBINED.json] [--markdown TABLE.md]
+        [--score IGPO.json TORCH.json] [--attention IGPO.json TORCH.json] [--peak-tflops 989] \
+        [--out COMBINED.json] [--markdown TABLE.md]
 
 Each `--forward` pair adds its rows (e.g. one run at 1x2048 and one at 8x2048 with gradient
 accumulation, whose prefill and decode rows are left out when they repeat the first pair's sizes).
@@ -75,6 +76,12 @@ def forward_rows(a, b, peak_tflops, with_inference):
     return out
 
 
+def attention_rows(a, b):
+    shape = f"seq {int(get(a, 'seq') or 0)}, {int(get(a, 'heads') or 0)}/{int(get(a, 'kv_heads') or 0)} heads x {int(get(a, 'head_dim') or 0)}"
+    return [(f"attention {shape} forward", "TFLOP/s", get(a, "forward_tflops"), get(b, "forward_tflops"), "higher"),
+            (f"attention {shape} backward", "TFLOP/s", get(a, "backward_tflops"), get(b, "backward_tflops"), "higher")]
+
+
 def rows(forwards, score, peak_tflops):
     """(label, unit, igpo, pytorch, better-when) for every measurement both files hold."""
     out = []
@@ -124,16 +131,20 @@ def main():
     ap.add_argument("--title", default="igpo vs PyTorch")
     ap.add_argument("--forward", nargs=2, metavar=("IGPO", "TORCH"), action="append", default=[])
     ap.add_argument("--score", nargs=2, metavar=("IGPO", "TORCH"))
+    ap.add_argument("--attention", nargs=2, metavar=("IGPO", "TORCH"))
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--out", help="combined JSON (inputs, table, ratios)")
     ap.add_argument("--markdown", help="write the table here too")
     args = ap.parse_args()
-    if not args.forward and not args.score:
-        ap.error("give --forward and/or --score")
+    if not args.forward and not args.score and not args.attention:
+        ap.error("give --forward, --score and/or --attention")
     forwards = [tuple(load(p) for p in pair) for pair in args.forward]
     score = tuple(load(p) for p in args.score) if args.score else None
 
     table = rows(forwards, score, args.peak_tflops)
+    attention = tuple(load(p) for p in args.attention) if args.attention else None
+    if attention:
+        table += attention_rows(*attention)
     lines = [f"### {args.title}", "", "| measurement | unit | igpo | pytorch | igpo better by |",
              "|---|---|---:|---:|---:|"]
     result = []
@@ -153,7 +164,8 @@ def main():
     if args.out:
         combined = {"title": args.title, "peak_tflops": args.peak_tflops, "table": result,
                     "forward": [{"igpo": a, "pytorch": b} for a, b in forwards],
-                    "score": {"igpo": score[0], "pytorch": score[1]} if score else None}
+                    "score": {"igpo": score[0], "pytorch": score[1]} if score else None,
+                    "attention": {"igpo": attention[0], "pytorch": attention[1]} if attention else None}
         with open(args.out, "w") as f:
             json.dump(combined, f, indent=2)
             f.write("\n")

@@ -11,6 +11,8 @@
 #   igpo bench forward  /  bench_torch.py forward   (prefill, decode, training step)
 #   the same, training only, at ACCUM_BATCH x TRAIN_SEQ tokens per optimizer step in micro-batches
 #     of ACCUM_MICRO sequences (gradient accumulation), PyTorch also under torch.compile
+#   igpo bench attention / bench_torch.py attention (causal attention at TRAIN_SEQ, the preset's heads:
+#     our kernels vs SDPA's FlashAttention backend, TFLOP/s forward and backward)
 #   igpo bench score    /  bench_torch.py score     (fused log-prob vs log_softmax+gather)
 #   bench_compare.py: the table with ratios and MFU -> $OUT/PRESET.md, $OUT/PRESET.json
 # Sizes come from the environment (defaults: the GPU measurements):
@@ -73,7 +75,8 @@ for preset in "$@"; do
     [ "$COMPILE" = 1 ] && torch_compile=(--compile)
     half "$preset: random weights" "$IGPO" model init "$model" --preset "$preset" --vocab-from "$TOKENIZER"
     [ -f "$model/config.json" ] || { FAILED=1; continue; }
-    read -r dim vocab < <("$PYTHON" -c 'import json,sys; c = json.load(open(sys.argv[1])); print(c["hidden_size"], c["vocab_size"])' "$model/config.json")
+    read -r dim vocab heads kv_heads < <("$PYTHON" -c 'import json,sys; c = json.load(open(sys.argv[1])); print(c["hidden_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"])' "$model/config.json")
+    at=(--seq "$TRAIN_SEQ" --heads "$heads" --kv-heads "$kv_heads" --head-dim "$((dim / heads))" --repeats "$REPEATS")
     fw=(--prefill-tokens "$PREFILL" --decode-tokens "$DECODE_TOKENS" --batches "$BATCHES"
         --repeats "$REPEATS" --train-seq "$TRAIN_SEQ" --train-batch "$TRAIN_BATCH")
     sc=(--tokens "$SCORE_TOKENS" --hidden "$dim" --vocab "$vocab" --repeats "$REPEATS")
@@ -91,6 +94,10 @@ for preset in "$@"; do
             --model "$model" --device "$DEVICE" --threads "$THREADS" "${acc[@]}" "${torch_compile[@]}" \
             --out "$OUT/$preset-accum-pytorch.json"
     fi
+    half "$preset: igpo attention" "$IGPO" bench attention --device "$DEVICE" "${at[@]}" \
+        --out "$OUT/$preset-attention-igpo.json"
+    half "$preset: pytorch attention" "$PYTHON" "$ROOT/tools/bench_torch.py" attention --device "$DEVICE" \
+        --threads "$THREADS" "${at[@]}" --out "$OUT/$preset-attention-pytorch.json"
     half "$preset: igpo score" "$IGPO" bench score --device "$DEVICE" "${sc[@]}" \
         --out "$OUT/$preset-score-igpo.json"
     half "$preset: pytorch score" "$PYTHON" "$ROOT/tools/bench_torch.py" score --device "$DEVICE" \
@@ -101,6 +108,8 @@ for preset in "$@"; do
         compare+=(--forward "$OUT/$preset-forward-igpo.json" "$OUT/$preset-forward-pytorch.json")
     [ -f "$OUT/$preset-accum-igpo.json" ] && [ -f "$OUT/$preset-accum-pytorch.json" ] &&
         compare+=(--forward "$OUT/$preset-accum-igpo.json" "$OUT/$preset-accum-pytorch.json")
+    [ -f "$OUT/$preset-attention-igpo.json" ] && [ -f "$OUT/$preset-attention-pytorch.json" ] &&
+        compare+=(--attention "$OUT/$preset-attention-igpo.json" "$OUT/$preset-attention-pytorch.json")
     [ -f "$OUT/$preset-score-igpo.json" ] && [ -f "$OUT/$preset-score-pytorch.json" ] &&
         compare+=(--score "$OUT/$preset-score-igpo.json" "$OUT/$preset-score-pytorch.json")
     [ -n "${PEAK_TFLOPS:-}" ] && compare+=(--peak-tflops "$PEAK_TFLOPS")

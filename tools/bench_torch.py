@@ -8,6 +8,8 @@
         [--out FILE.json]
     python tools/bench_torch.py score [--device cpu|cuda] --tokens 8192 --hidden 896 \
         [--vocab 151936] [--repeats 3] [--out FILE.json]
+    python tools/bench_torch.py attention [--device cpu|cuda] [--seq 2048] [--heads 12] [--kv-heads 2] \
+        [--head-dim 128] [--repeats 3] [--out FILE.json]
 
 forward: loads a Hugging Face model folder (AutoModelForCausalLM). CPU: float32, `torch.set_num_threads`.
 CUDA: bfloat16 weights for prefill and decode; training on a float32 copy under
@@ -322,6 +324,42 @@ def bench_score(args, device):
 # ---------------------------------------------------------------------------- main
 
 
+def bench_attention(args, device):
+    """Causal SDPA on one sequence: q [1, heads, seq, d], k/v [1, kv_heads, seq, d] (GQA), bf16 on CUDA
+    under the FlashAttention backend (f32 on CPU); forward alone, then backward alone (retained graph).
+    TFLOP/s by FlashAttention's count, as `igpo bench attention`: forward 4 seq^2 d heads / 2 (causal),
+    backward 2.5x that."""
+    cuda = device.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    s, h, kvh, d = args.seq, args.heads, args.kv_heads, args.head_dim
+    q = torch.randn(1, h, s, d, device=device, dtype=dtype, requires_grad=True)
+    k = torch.randn(1, kvh, s, d, device=device, dtype=dtype, requires_grad=True)
+    v = torch.randn(1, kvh, s, d, device=device, dtype=dtype, requires_grad=True)
+    dout = torch.randn(1, h, s, d, device=device, dtype=dtype)
+    F = torch.nn.functional
+
+    def attend():
+        if cuda:
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+
+    with torch.no_grad():
+        fwd, fwd_times = median_time(device, attend, args.repeats)
+    out = attend()
+    bwd, bwd_times = median_time(device, lambda: out.backward(dout, retain_graph=True), args.repeats)
+    flops = 4.0 * s * s * d * h / 2.0
+    res = describe(device, args.threads)
+    res.update({"seq": s, "heads": h, "kv_heads": kvh, "head_dim": d, "dtype": str(dtype).replace("torch.", ""),
+                "sdpa_backend": "flash" if cuda else "default",
+                "forward_seconds": fwd, "forward_times": fwd_times, "backward_seconds": bwd,
+                "backward_times": bwd_times, "forward_tflops": flops / fwd / 1e12,
+                "backward_tflops": 2.5 * flops / bwd / 1e12})
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="what", required=True)
@@ -342,7 +380,12 @@ def main():
     sc.add_argument("--tokens", type=int, default=4096)
     sc.add_argument("--hidden", type=int, default=896)
     sc.add_argument("--vocab", type=int, default=151936)
-    for p in (fw, sc):
+    at = sub.add_parser("attention", help="causal scaled_dot_product_attention forward and backward")
+    at.add_argument("--seq", type=int, default=2048)
+    at.add_argument("--heads", type=int, default=12)
+    at.add_argument("--kv-heads", type=int, default=2)
+    at.add_argument("--head-dim", type=int, default=128)
+    for p in (fw, sc, at):
         p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
         p.add_argument("--threads", type=int, default=2, help="CPU threads")
         p.add_argument("--repeats", type=int, default=3)
@@ -359,7 +402,7 @@ def main():
         pass
     torch.manual_seed(0)
 
-    res = bench_forward(args, device) if args.what == "forward" else bench_score(args, device)
+    res = {"forward": bench_forward, "score": bench_score, "attention": bench_attention}[args.what](args, device)
     text = json.dumps(res, indent=2)
     print(text)
     if args.out:

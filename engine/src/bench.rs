@@ -404,3 +404,92 @@ mod tests {
         assert!(r.backend.starts_with("cpu"));
     }
 }
+
+/// The attention op alone, causal, one sequence: what `igpo bench attention`
+/// measures beside PyTorch's SDPA (`tools/bench_torch.py attention`).
+#[derive(Clone, Debug)]
+pub struct AttentionBenchSpec {
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub repeats: usize,
+}
+
+/// Median seconds after one warm-up, and TFLOP/s by FlashAttention's count.
+#[derive(Clone, Debug, Serialize)]
+pub struct AttentionBenchResult {
+    pub engine: String,
+    pub backend: String,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// [`Backend::attention_train`] (output and log-sum-exp).
+    pub forward_seconds: f64,
+    /// [`Backend::attention_backward`] alone.
+    pub backward_seconds: f64,
+    pub forward_tflops: f64,
+    pub backward_tflops: f64,
+}
+
+/// FLOPs of causal attention's forward over one sequence, as the
+/// FlashAttention papers count them: `4 seq^2 d heads` (QK^T and PV), halved
+/// by the causal mask; the backward is 2.5 times that (five matmuls to two).
+/// `tools/bench_torch.py attention` uses the same numbers.
+pub fn causal_attention_flops(seq: usize, heads: usize, head_dim: usize) -> (f64, f64) {
+    let forward = 4.0 * (seq * seq) as f64 * (head_dim * heads) as f64 / 2.0;
+    (forward, 2.5 * forward)
+}
+
+/// Times the training forward and the backward of causal attention on
+/// deterministic inputs (`q[seq, heads*d]`, `k, v[seq, kv_heads*d]`).
+pub fn attention_bench<B: Backend>(b: &B, spec: &AttentionBenchSpec) -> AttentionBenchResult {
+    let (s, d) = (spec.seq, spec.head_dim);
+    let shape = crate::backend::AttnShape {
+        n_heads: spec.heads,
+        n_kv_heads: spec.kv_heads,
+        head_dim: d,
+    };
+    let input = |cols: usize, salt: u64| {
+        b.upload(&Tensor::from_vec(
+            &[s, cols],
+            bench_values(s * cols, salt, 1.0),
+        ))
+    };
+    let (q, k, v) = (
+        input(spec.heads * d, 1),
+        input(spec.kv_heads * d, 2),
+        input(spec.kv_heads * d, 3),
+    );
+    let dout = input(spec.heads * d, 4);
+    let mask = crate::backend::AttnMask::Causal { offset: 0 };
+    let forward = warm_median(spec.repeats, || {
+        b.synchronize();
+        let t = Instant::now();
+        let _ = b.attention_train(&q, &k, &v, shape, &mask);
+        b.synchronize();
+        t.elapsed().as_secs_f64()
+    });
+    let (out, lse) = b.attention_train(&q, &k, &v, shape, &mask);
+    let backward = warm_median(spec.repeats, || {
+        b.synchronize();
+        let t = Instant::now();
+        let _ = b.attention_backward(&q, &k, &v, &out, &lse, &dout, shape, &mask);
+        b.synchronize();
+        t.elapsed().as_secs_f64()
+    });
+    let (ff, bf) = causal_attention_flops(s, spec.heads, d);
+    AttentionBenchResult {
+        engine: "igpo".into(),
+        backend: b.name(),
+        seq: s,
+        heads: spec.heads,
+        kv_heads: spec.kv_heads,
+        head_dim: d,
+        forward_seconds: forward,
+        backward_seconds: backward,
+        forward_tflops: ff / forward / 1e12,
+        backward_tflops: bf / backward / 1e12,
+    }
+}

@@ -371,3 +371,54 @@ fn bench_forward_profile_breaks_each_measurement_into_phases() {
     assert!(v["train_tokens_per_s"].as_f64().unwrap() > 0.0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `igpo bench attention`: seconds and TFLOP/s of causal attention's training
+/// forward and backward; a shape it cannot run is one error line.
+#[test]
+fn bench_attention_times_forward_and_backward() {
+    let dir = scratch("bench-attention");
+    let out = dir.join("attention.json");
+    let (code, _, err) = common::igpo(&[
+        "bench",
+        "attention",
+        "--seq",
+        "96",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--head-dim",
+        "32",
+        "--repeats",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        (v["seq"].as_u64(), v["heads"].as_u64()),
+        (Some(96), Some(4))
+    );
+    for k in [
+        "forward_seconds",
+        "backward_seconds",
+        "forward_tflops",
+        "backward_tflops",
+    ] {
+        assert!(v[k].as_f64().unwrap() > 0.0, "{k}: {v}");
+    }
+    // FLOPs by FlashAttention's count: forward 4 s^2 d h / 2, backward 2.5x.
+    let fwd_flops =
+        v["forward_tflops"].as_f64().unwrap() * 1e12 * v["forward_seconds"].as_f64().unwrap();
+    assert!(
+        (fwd_flops - 4.0 * 96.0 * 96.0 * 32.0 * 4.0 / 2.0).abs() < 1.0,
+        "{v}"
+    );
+    let (code, _, err) = common::igpo(&["bench", "attention", "--heads", "3", "--kv-heads", "2"]);
+    assert_ne!(code, 0);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--kv-heads must divide --heads"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

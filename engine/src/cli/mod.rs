@@ -113,6 +113,29 @@ enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
+    /// Causal attention alone (training forward, backward) on one sequence:
+    /// seconds and TFLOP/s.
+    Attention {
+        #[arg(long, default_value_t = 2048)]
+        seq: usize,
+        /// Query heads (12: Qwen2.5-1.5B).
+        #[arg(long, default_value_t = 12)]
+        heads: usize,
+        /// Key/value heads (2: Qwen2.5-1.5B).
+        #[arg(long, default_value_t = 2)]
+        kv_heads: usize,
+        /// 64 or 128 on the GPU.
+        #[arg(long, default_value_t = 128)]
+        head_dim: usize,
+        #[arg(long, default_value_t = 3)]
+        repeats: usize,
+        /// Write the result as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, or cuda[:N].
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
     /// Time and peak memory of the fused lm-head log-prob of chosen tokens
     /// (forward, and forward + backward) on random inputs of a given shape.
     Score {
@@ -338,6 +361,30 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
             for (label, run) in &result.profile {
                 eprint!("{}", run.format(label));
             }
+            (serde_json::to_string_pretty(&result)?, out)
+        }
+        BenchCommand::Attention {
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+            repeats,
+            out,
+            device,
+        } => {
+            if seq == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+                return Err("bench attention: --seq and --kv-heads must be positive, --kv-heads must divide --heads, --head-dim must be even".into());
+            }
+            let backend = open_device(&device)?;
+            let spec = crate::bench::AttentionBenchSpec {
+                seq,
+                heads,
+                kv_heads,
+                head_dim,
+                repeats,
+            };
+            let result =
+                crate::with_backend!(backend, b => crate::bench::attention_bench(&b, &spec));
             (serde_json::to_string_pretty(&result)?, out)
         }
         BenchCommand::Score {
