@@ -97,12 +97,7 @@ impl SampleLine {
     /// The assistant turns' texts, in order (ChatML transcripts); empty when
     /// the text has no ChatML assistant blocks.
     pub fn assistant_turns(&self) -> Vec<&str> {
-        const OPEN: &str = "<|im_start|>assistant\n";
-        self.text
-            .split(OPEN)
-            .skip(1)
-            .map(|t| t.split("<|im_end|>").next().unwrap_or(t).trim())
-            .collect()
+        crate::tokenizer::chat::chatml_assistant_turns(&self.text)
     }
 }
 

@@ -55,6 +55,17 @@ pub fn chatml_tokenizer_config() -> serde_json::Value {
     serde_json::Value::Object(cfg)
 }
 
+/// The assistant turns' texts of a ChatML transcript, in order (trimmed);
+/// empty when the text has no ChatML assistant block. What `igpo report`
+/// shows of a sample, whose text is a rendered transcript.
+pub fn chatml_assistant_turns(text: &str) -> Vec<&str> {
+    const OPEN: &str = "<|im_start|>assistant\n";
+    text.split(OPEN)
+        .skip(1)
+        .map(|t| t.split("<|im_end|>").next().unwrap_or(t).trim())
+        .collect()
+}
+
 /// One chat message. `tool_calls` (OpenAI layout, as transformers takes
 /// it) is only for rendering transcripts that carry structured calls.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
