@@ -1,24 +1,21 @@
 //! `igpo sft`: supervised fine-tuning on chat transcripts, loss on assistant
 //! tokens only, with gradient accumulation, checkpoints and exact resume.
 
-use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::{
-    load_checkpoint_state, resume_point, save_checkpoint, CheckpointDType, CheckpointError,
-    DataPosition, TrainerState,
-};
-use super::optim::{AdamW, OptimConfig, ScheduleConfig};
-use super::sft_data::{load_sft_jsonl, SftDataError, SftExample};
+use super::checkpoint::CheckpointDType;
+use super::optim::{OptimConfig, ScheduleConfig};
+use super::run::{io_err, next_example, LogLine, LoopConfig, Run, Start, StepEnd};
+pub use super::run::{RunOptions as SftRunOptions, TrainError};
+use super::sft_data::{load_sft_jsonl, SftExample};
 use crate::backend::Backend;
-use crate::model::{Model, ModelError, TrainSeq};
-use crate::rng::Rng;
-use crate::runfile::{RunFile, RunFileError};
+use crate::model::{Model, TrainSeq};
+use crate::runfile::RunFile;
 use crate::tensor::Tensor;
-use crate::tokenizer::{Tokenizer, TokenizerError};
+use crate::tokenizer::Tokenizer;
 
 /// A whole SFT run file (TOML). Unknown keys are errors.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -93,37 +90,6 @@ impl Default for SftTrainConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TrainError {
-    #[error("{path}: {msg}")]
-    Config { path: String, msg: String },
-    #[error("{path}: {source}")]
-    Io {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error(transparent)]
-    Model(#[from] ModelError),
-    #[error(transparent)]
-    Tokenizer(#[from] TokenizerError),
-    #[error(transparent)]
-    Data(#[from] SftDataError),
-    #[error(transparent)]
-    Checkpoint(#[from] CheckpointError),
-    #[error("{0}")]
-    Other(String),
-}
-
-impl From<RunFileError> for TrainError {
-    fn from(e: RunFileError) -> TrainError {
-        TrainError::Config {
-            path: e.path,
-            msg: e.msg,
-        }
-    }
-}
-
 impl SftConfig {
     /// Reads a TOML run file; relative paths are relative to its folder.
     pub fn load(path: &Path) -> Result<SftConfig, TrainError> {
@@ -175,14 +141,10 @@ pub struct SftMetrics {
     pub tokens_per_s: f64,
 }
 
-/// Options of one invocation (not part of the run file).
-#[derive(Clone, Debug, Default)]
-pub struct SftRunOptions {
-    /// Continue from the newest complete checkpoint in the run folder.
-    pub resume: bool,
-    /// Stop after this step, as if the process were killed right after a
-    /// checkpoint (tests of exact resume).
-    pub stop_after: Option<u64>,
+impl LogLine for SftMetrics {
+    fn step(&self) -> u64 {
+        self.step
+    }
 }
 
 /// Summary of a finished (or stopped) run.
@@ -247,16 +209,6 @@ pub fn sft_micro_batch<B: Backend>(
     (loss, n as usize)
 }
 
-/// A seeded permutation of `0..n` (Fisher-Yates), the data order of a pass.
-pub(crate) fn shuffled(n: usize, rng: &mut Rng) -> Vec<u64> {
-    let mut order: Vec<u64> = (0..n as u64).collect();
-    for i in (1..n).rev() {
-        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
-        order.swap(i, j);
-    }
-    order
-}
-
 /// Runs (or resumes) an SFT job on `backend` (weights, gradients and AdamW
 /// state live there).
 pub fn run_sft<B: Backend>(
@@ -266,11 +218,7 @@ pub fn run_sft<B: Backend>(
     opts: &SftRunOptions,
 ) -> Result<SftOutcome, TrainError> {
     let run_dir = &cfg.train.run_dir;
-    let io = |p: &Path| {
-        let path = p.display().to_string();
-        move |e| TrainError::Io { path, source: e }
-    };
-    std::fs::create_dir_all(run_dir).map_err(io(run_dir))?;
+    std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
     let tok = Tokenizer::load_dir(&cfg.model)?;
     let data = load_sft_jsonl(
         &cfg.data.train,
@@ -285,148 +233,75 @@ pub fn run_sft<B: Backend>(
             cfg.data.train.display()
         );
     }
-    let resume_from = if opts.resume {
-        resume_point(run_dir)?
-    } else {
-        None
+    let t = &cfg.train;
+    let loop_cfg = LoopConfig {
+        run_dir: run_dir.clone(),
+        model: cfg.model.clone(),
+        optim: cfg.optim.clone(),
+        seed: t.seed,
+        steps: t.steps,
+        checkpoint_every: t.checkpoint_every,
+        keep_last: t.keep_last,
+        checkpoint_dtype: t.checkpoint_dtype,
+        tb_prefix: "",
+        options: opts.clone(),
     };
-    let weights_dir = resume_from
-        .as_ref()
-        .map(|(_, d)| d.clone())
-        .unwrap_or_else(|| cfg.model.clone());
-    let mut model = crate::model::load(&weights_dir, backend.clone())?;
-    let mut opt = AdamW::new(
-        &backend,
-        cfg.optim.clone(),
-        model.param_names(),
-        model.params(),
-    );
-    let mut rng = Rng::new(cfg.train.seed);
-    let mut state = TrainerState {
-        step: 0,
-        rng: rng.state(),
-        data: DataPosition::default(),
-        order: shuffled(data.examples.len(), &mut rng),
-    };
-    state.rng = rng.state();
-    let metrics_path = run_dir.join("metrics.jsonl");
-    let mut history: Vec<SftMetrics> = vec![];
-    if let Some((step, dir)) = &resume_from {
-        state = load_checkpoint_state(dir, &model, &mut opt)?;
-        rng = Rng::from_state(state.rng);
-        // Keep the metrics of the steps the checkpoint covers.
-        if let Ok(text) = std::fs::read_to_string(&metrics_path) {
-            history = text
-                .lines()
-                .filter_map(|l| serde_json::from_str::<SftMetrics>(l).ok())
-                .filter(|m| m.step <= *step)
-                .collect();
-        }
-        tracing::info!("resuming from {} (step {step})", dir.display());
-    }
-    crate::fsutil::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())
-        .map_err(io(run_dir))?;
-    let mut lines: String = history
-        .iter()
-        .map(|m| serde_json::to_string(m).expect("json") + "\n")
-        .collect();
-    crate::fsutil::write_atomic(&metrics_path, lines.as_bytes()).map_err(io(&metrics_path))?;
-    let mut metrics_file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&metrics_path)
-        .map_err(io(&metrics_path))?;
-    let mut tb = super::tensorboard::EventWriter::restart(run_dir)?;
-    tb.write_history(&[("", &super::tensorboard::json_lines(&history))])?;
+    let start = Start::load(backend, &loop_cfg, data.examples.len())?;
+    let mut run = Run::start(start, loop_cfg, config_text, &[])?;
+    run.drive(|run, step| Ok(sft_step(run, cfg, &data.examples, step)))?;
+    Ok(SftOutcome {
+        metrics: run.history,
+        skipped_lines: data.skipped_lines,
+        final_checkpoint: run.final_checkpoint,
+    })
+}
 
-    let total = cfg.train.steps;
-    let bar = if std::io::stdout().is_terminal() {
-        indicatif::ProgressBar::new(total)
-    } else {
-        indicatif::ProgressBar::hidden()
+/// One optimizer step over `grad_accum` micro-batches from the data cursor.
+fn sft_step<B: Backend>(
+    run: &mut Run<B, SftMetrics>,
+    cfg: &SftConfig,
+    examples: &[SftExample],
+    step: u64,
+) -> StepEnd<SftMetrics> {
+    let start = Instant::now();
+    let t = &cfg.train;
+    let mut grads = run.model.zero_grads();
+    let (mut loss_sum, mut tokens, mut processed) = (0.0, 0usize, 0usize);
+    for _ in 0..t.grad_accum {
+        let batch: Vec<&SftExample> = (0..t.micro_batch)
+            .map(|_| &examples[next_example(&mut run.state, &mut run.rng, examples.len())])
+            .collect();
+        let (l, n) = sft_micro_batch(
+            &run.model,
+            &batch,
+            t.logprob_chunk,
+            t.recompute_activations,
+            &mut grads,
+        );
+        loss_sum += l;
+        tokens += n;
+        processed += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
+    }
+    let lr = cfg.schedule.lr(cfg.optim.lr, step, t.steps);
+    let b = run.model.backend().clone();
+    let stats = run
+        .opt
+        .update(&b, run.model.params_mut(), &grads, lr, t.grad_accum);
+    let m = SftMetrics {
+        step,
+        loss: loss_sum / t.grad_accum as f64,
+        grad_norm: stats.grad_norm,
+        lr,
+        tokens,
+        processed_tokens: processed,
+        tokens_per_s: processed as f64 / start.elapsed().as_secs_f64(),
     };
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} steps, eta {eta} {msg}")
-            .expect("template"),
-    );
-    bar.set_position(state.step);
-    let mut final_checkpoint = None;
-    let n = data.examples.len();
-    while state.step < total {
-        let start = Instant::now();
-        let mut grads = model.zero_grads();
-        let (mut loss_sum, mut tokens, mut processed) = (0.0, 0usize, 0usize);
-        for _ in 0..cfg.train.grad_accum {
-            let mut batch = Vec::with_capacity(cfg.train.micro_batch);
-            for _ in 0..cfg.train.micro_batch {
-                if state.data.index as usize >= n {
-                    state.data = DataPosition {
-                        epoch: state.data.epoch + 1,
-                        index: 0,
-                    };
-                    state.order = shuffled(n, &mut rng);
-                }
-                batch.push(&data.examples[state.order[state.data.index as usize] as usize]);
-                state.data.index += 1;
-            }
-            let (l, t) = sft_micro_batch(
-                &model,
-                &batch,
-                cfg.train.logprob_chunk,
-                cfg.train.recompute_activations,
-                &mut grads,
-            );
-            loss_sum += l;
-            tokens += t;
-            processed += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
-        }
-        let lr = cfg.schedule.lr(cfg.optim.lr, state.step + 1, total);
-        let stats = {
-            let params = model.params_mut();
-            opt.update(&backend, params, &grads, lr, cfg.train.grad_accum)
-        };
-        state.step += 1;
-        state.rng = rng.state();
-        let m = SftMetrics {
-            step: state.step,
-            loss: loss_sum / cfg.train.grad_accum as f64,
-            grad_norm: stats.grad_norm,
-            lr,
-            tokens,
-            processed_tokens: processed,
-            tokens_per_s: processed as f64 / start.elapsed().as_secs_f64(),
-        };
-        lines = serde_json::to_string(&m).expect("json") + "\n";
-        metrics_file
-            .write_all(lines.as_bytes())
-            .map_err(io(&metrics_path))?;
-        tb.write_json_line("", &lines)?;
-        bar.set_position(state.step);
-        bar.set_message(format!(
+    StepEnd {
+        message: format!(
             "loss {:.4}, grad norm {:.3}, {:.0} tok/s",
             m.loss, m.grad_norm, m.tokens_per_s
-        ));
-        history.push(m);
-        let every = cfg.train.checkpoint_every;
-        let stop_here = opts.stop_after == Some(state.step);
-        if state.step == total || stop_here || (every > 0 && state.step.is_multiple_of(every)) {
-            final_checkpoint = Some(save_checkpoint(
-                run_dir,
-                &model,
-                &opt,
-                &state,
-                &cfg.model,
-                cfg.train.checkpoint_dtype,
-                cfg.train.keep_last,
-            )?);
-        }
-        if stop_here {
-            break;
-        }
+        ),
+        line: None,
+        metrics: m,
     }
-    bar.finish_and_clear();
-    Ok(SftOutcome {
-        metrics: history,
-        skipped_lines: data.skipped_lines,
-        final_checkpoint,
-    })
 }

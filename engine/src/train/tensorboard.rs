@@ -42,7 +42,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::sft::TrainError;
+use super::run::TrainError;
 
 /// The folder of a run that holds its event files.
 pub const TB_DIR: &str = "tb";

@@ -468,7 +468,7 @@ use crate::model::{init::random_weights, Arch, Model, ModelConfig, TensorMap};
 use crate::rl::{LossConfig, LossStats};
 use crate::rollout::Trajectory;
 use crate::train::optim::{AdamW, OptimConfig};
-use crate::train::rl::{mini_batch_grads, sequence_logprobs, Sample};
+use crate::train::rl::{mini_batch_grads, sequence_logprobs, Sample, UpdateSettings};
 use crate::train::sft::sft_micro_batch;
 use crate::train::sft_data::SftExample;
 
@@ -669,9 +669,14 @@ fn rl_step<B: Backend>(
     };
     let batch: Vec<&Sample> = samples.iter().collect();
     let mut stats = LossStats::default();
-    let grads = mini_batch_grads(
-        &model, &batch, &loss_cfg, false, 2, STEP_CHUNK, false, &mut stats,
-    );
+    let settings = UpdateSettings {
+        loss: &loss_cfg,
+        sequence_ratio: false,
+        micro: 2,
+        chunk: STEP_CHUNK,
+        recompute: false,
+    };
+    let grads = mini_batch_grads(&model, &batch, &settings, &mut stats);
     let mut out = finish_step(model, grads, 1);
     out.loss = stats.loss;
     out.stats = stats;

@@ -1,0 +1,240 @@
+//! The update half of an RL step: old and reference log-probs of the kept
+//! rollouts, and the PPO epochs of clipped-surrogate mini-batch updates.
+
+use crate::backend::Backend;
+use crate::model::{Model, TrainSeq};
+use crate::rl::{policy_loss, token_weights, LossConfig, LossInputs, LossStats};
+use crate::rng::Rng;
+use crate::rollout::Trajectory;
+use crate::tensor::Tensor;
+use crate::train::optim::AdamW;
+use crate::train::run::shuffled;
+
+/// A scored rollout ready for the update.
+pub(crate) struct Sample {
+    pub(crate) traj: Trajectory,
+    /// Per-token advantage (0 off the loss mask).
+    pub(crate) adv: Vec<f32>,
+    /// Old (and reference) log-prob of token `j` at index `j` (0 off the mask).
+    pub(crate) old: Vec<f32>,
+    pub(crate) reference: Vec<f32>,
+}
+
+/// Causal sequences of the trajectories, and per row the next token.
+fn causal_rows(trajs: &[&Trajectory]) -> (Vec<Vec<usize>>, Vec<u32>) {
+    let positions: Vec<Vec<usize>> = trajs
+        .iter()
+        .map(|t| (0..t.tokens.len()).collect())
+        .collect();
+    let mut targets = vec![];
+    for t in trajs {
+        targets.extend(t.tokens[1..].iter().copied());
+        targets.push(0);
+    }
+    (positions, targets)
+}
+
+/// Log-prob of every loss token `j` of each trajectory under `model` (no
+/// gradient), indexed by `j` (0 elsewhere).
+pub fn sequence_logprobs<B: Backend>(
+    model: &Model<B>,
+    trajs: &[&Trajectory],
+    chunk: usize,
+) -> Vec<Vec<f32>> {
+    let (positions, targets) = causal_rows(trajs);
+    let seqs: Vec<TrainSeq<'_>> = trajs
+        .iter()
+        .zip(&positions)
+        .map(|(t, p)| TrainSeq::causal(&t.tokens, p))
+        .collect();
+    let acts = model.forward_train_with(&seqs, true);
+    let rows = loss_rows(trajs);
+    let b = model.backend();
+    let hidden = b.gather_rows(&acts.hidden, &rows);
+    let picked: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
+    let logp = b.download(&model.token_logprobs(&hidden, &picked, chunk, false).logp);
+    let mut out: Vec<Vec<f32>> = trajs.iter().map(|t| vec![0.0f32; t.tokens.len()]).collect();
+    let mut it = logp.data().iter();
+    for (t, o) in trajs.iter().zip(out.iter_mut()) {
+        // Row 0 has no log-prob (nothing predicts the first token).
+        for (o, &mask) in o.iter_mut().zip(&t.loss_mask).skip(1) {
+            if mask == 1 {
+                *o = *it.next().expect("one log-prob per loss row");
+            }
+        }
+    }
+    out
+}
+
+/// Packed row `r` predicts loss token `r + 1` of its sequence: the rows of
+/// every loss token, in order.
+fn loss_rows(trajs: &[&Trajectory]) -> Vec<usize> {
+    let mut rows = vec![];
+    let mut row0 = 0;
+    for t in trajs {
+        for j in 1..t.tokens.len() {
+            if t.loss_mask[j] == 1 {
+                rows.push(row0 + j - 1);
+            }
+        }
+        row0 += t.tokens.len();
+    }
+    rows
+}
+
+/// How a mini-batch's gradient is computed (from `[loss]`, `[rl]` and
+/// `[train]`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UpdateSettings<'a> {
+    pub loss: &'a LossConfig,
+    /// One importance ratio per sequence (GSPO) instead of per token.
+    pub sequence_ratio: bool,
+    /// Samples per forward/backward (memory, not math).
+    pub micro: usize,
+    /// Vocabulary rows per chunk of the fused log-prob op.
+    pub chunk: usize,
+    pub recompute: bool,
+}
+
+/// One optimizer update on a mini-batch of samples; adds into `stats`.
+fn update_mini_batch<B: Backend>(
+    model: &mut Model<B>,
+    opt: &mut AdamW<B>,
+    batch: &[&Sample],
+    settings: &UpdateSettings<'_>,
+    lr: f64,
+    stats: &mut LossStats,
+) -> f64 {
+    let grads = mini_batch_grads(model, batch, settings, stats);
+    let b = model.backend().clone();
+    let params = model.params_mut();
+    opt.update(&b, params, &grads, lr, 1).grad_norm
+}
+
+/// The policy-loss gradient of a mini-batch (summed over its micro-batches
+/// of `settings.micro` samples); adds into `stats`.
+pub(crate) fn mini_batch_grads<B: Backend>(
+    model: &Model<B>,
+    batch: &[&Sample],
+    settings: &UpdateSettings<'_>,
+    stats: &mut LossStats,
+) -> Vec<B::Tensor> {
+    let UpdateSettings {
+        loss: loss_cfg,
+        sequence_ratio,
+        micro,
+        chunk,
+        recompute,
+    } = *settings;
+    let b = model.backend().clone();
+    // Aggregation weights over the whole mini-batch.
+    let seq_of: Vec<usize> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| {
+            std::iter::repeat_n(i, s.traj.loss_mask.iter().filter(|&&m| m == 1).count())
+        })
+        .collect();
+    let weights = token_weights(loss_cfg.aggregation, &seq_of);
+    let mut grads = model.zero_grads();
+    let mut w_at = 0;
+    for (mi, part) in batch.chunks(micro).enumerate() {
+        let trajs: Vec<&Trajectory> = part.iter().map(|s| &s.traj).collect();
+        let (positions, targets) = causal_rows(&trajs);
+        let seqs: Vec<TrainSeq<'_>> = trajs
+            .iter()
+            .zip(&positions)
+            .map(|(t, p)| TrainSeq::causal(&t.tokens, p))
+            .collect();
+        let rows = loss_rows(&trajs);
+        if rows.is_empty() {
+            continue;
+        }
+        let acts = model.forward_train_with(&seqs, recompute);
+        let hidden = b.gather_rows(&acts.hidden, &rows);
+        let picked: Vec<u32> = rows.iter().map(|&r| targets[r]).collect();
+        let out = model.token_logprobs(&hidden, &picked, chunk, true);
+        let logp = b.download(&out.logp).into_data();
+        let ent = b
+            .download(out.entropy.as_ref().expect("entropy asked for"))
+            .into_data();
+        let (mut old, mut reference, mut adv, mut seq) = (vec![], vec![], vec![], vec![]);
+        for (k, s) in part.iter().enumerate() {
+            for j in 1..s.traj.tokens.len() {
+                if s.traj.loss_mask[j] == 1 {
+                    old.push(s.old[j]);
+                    reference.push(s.reference[j]);
+                    adv.push(s.adv[j]);
+                    seq.push(mi * micro + k);
+                }
+            }
+        }
+        let first_seq = seq[0];
+        let local_seq: Vec<usize> = seq.iter().map(|s| s - first_seq).collect();
+        let w = &weights[w_at..w_at + rows.len()];
+        w_at += rows.len();
+        let lo = policy_loss(
+            loss_cfg,
+            sequence_ratio,
+            &LossInputs {
+                logp: &logp,
+                old_logp: &old,
+                ref_logp: (loss_cfg.kl_beta > 0.0).then_some(&reference[..]),
+                entropy: Some(&ent),
+                advantage: &adv,
+                seq: &local_seq,
+                weight: w,
+            },
+        );
+        stats.add(&lo.stats);
+        let n = rows.len();
+        let dlogp = b.upload(&Tensor::from_vec(&[n], lo.dlogp));
+        let dent = (loss_cfg.entropy_coef > 0.0)
+            .then(|| b.upload(&Tensor::from_vec(&[n], lo.dentropy.expect("entropy given"))));
+        let d_picked = model.token_logprobs_backward(
+            &hidden,
+            &picked,
+            &out,
+            &dlogp,
+            dent.as_ref(),
+            chunk,
+            &mut grads,
+        );
+        let d_hidden = crate::backend::scatter_rows(&b, &d_picked, &rows, targets.len());
+        model.backward(&acts, &d_hidden, &mut grads);
+    }
+    grads
+}
+
+/// What the PPO epochs did: loss statistics summed over every update, the
+/// last update's gradient norm, and the number of updates.
+#[derive(Debug, Default)]
+pub(crate) struct Update {
+    pub stats: LossStats,
+    pub grad_norm: f64,
+    pub updates: usize,
+}
+
+/// Phase: `epochs` passes over the samples, each in a fresh order drawn
+/// from `rng`, split into `mini_batches` optimizer updates at rate `lr`.
+pub(crate) fn ppo_epochs<B: Backend>(
+    model: &mut Model<B>,
+    opt: &mut AdamW<B>,
+    samples: &[Sample],
+    settings: &UpdateSettings<'_>,
+    (epochs, mini_batches): (usize, usize),
+    lr: f64,
+    rng: &mut Rng,
+) -> Update {
+    let mut out = Update::default();
+    for _ in 0..epochs {
+        let order = shuffled(samples.len(), rng);
+        let per = samples.len().div_ceil(mini_batches).max(1);
+        for mb in order.chunks(per) {
+            let batch: Vec<&Sample> = mb.iter().map(|&i| &samples[i as usize]).collect();
+            out.grad_norm = update_mini_batch(model, opt, &batch, settings, lr, &mut out.stats);
+            out.updates += 1;
+        }
+    }
+    out
+}
