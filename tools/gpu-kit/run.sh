@@ -14,7 +14,8 @@
 #      (prefill, decode at batch 1/64/256, a training step at 1x2048 and at
 #      8x2048 in micro-batches with MFU, fused scoring vs log_softmax+gather,
 #      igpo's IGPO_PROFILE phase breakdown); tables in $OUT/bench/
-#   c  a and b under compute-sanitizer memcheck
+#   c  a and b under compute-sanitizer memcheck, the attention tests under racecheck
+#   f  the demo's pipeline on --device cuda (demo.sh) if the budget has room left
 #   e  the same bench on the 1.5B shape if the budget has room left
 # (d and e run before c: c can take minutes.) A failure is recorded
 # and the script goes on; it ends with a PASS/FAIL/SKIPPED table and exits 1 if
@@ -250,11 +251,20 @@ if [ -n "$SANITIZER" ]; then
     MC=("$SANITIZER" --tool memcheck --error-exitcode 1 --print-limit 30)
     step c1-memcheck-kernels 90 -- "${MC[@]}" "$KT" "${TT[@]}"
     step c2-memcheck-backend 80 -- "${MC[@]}" "$ET" backend::cuda "${TT[@]}"
+    # Shared-memory races in the attention kernels (cp.async double buffers,
+    # ldmatrix reads): the attention tests under racecheck.
+    RC=("$SANITIZER" --tool racecheck --error-exitcode 1 --print-limit 30)
+    step c3-racecheck-attention 120 optional -- "${RC[@]}" "$KT" attention "${TT[@]}"
 else
     record c1-memcheck-kernels SKIPPED 0 "no compute-sanitizer"
     record c2-memcheck-backend SKIPPED 0 "no compute-sanitizer"
+    record c3-racecheck-attention SKIPPED 0 "no compute-sanitizer"
 fi
 if [ "$GPU" = 1 ]; then
+    # The demo's whole pipeline (SFT, IGPO, GRPO, evals) on the GPU: its dev
+    # F1 beside the CPU run's (README). Last, and only with the time it needs.
+    step f-demo-cuda 420 optional -- env DEVICE=cuda IGPO="$BIN/igpo" PLUGINS="$KIT/plugins" \
+        OUT="$OUT" bash "$KIT/demo.sh"
     step e-bench-1.5b 240 optional -- "${BENCH[@]}" qwen2.5-1.5b
 fi
 

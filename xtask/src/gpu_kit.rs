@@ -6,7 +6,8 @@
 //! kernels' `tests/gpu.rs`, the engine's unit tests with `backend::cuda`) and
 //! the release `igpo`, stripped and compressed (xz, or zstd when it is clearly
 //! smaller), their checksums, a MANIFEST, the tiny tokenizer `igpo model init`
-//! needs for the benchmark, and `run.sh` (from `tools/gpu-kit/run.sh`).
+//! needs for the benchmark, `run.sh` (from `tools/gpu-kit/run.sh`), and the
+//! demo's plugins with `demo.sh` (the demo's pipeline on `--device cuda`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -87,10 +88,20 @@ pub fn gpu_kit() -> Result<()> {
     ));
     for (src, dest) in [
         ("tools/gpu-kit/run.sh", "run.sh"),
+        ("tools/gpu-kit/demo.sh", "demo.sh"),
         ("tools/gpu-kit/tokenizer.json", "tokenizer.json"),
     ] {
         std::fs::copy(root().join(src), kit.join(dest))
             .map_err(|e| format!("{src} -> .gpu-kit/{dest}: {e}"))?;
+    }
+    // The demo's plugins (demo.sh: the whole pipeline on the GPU).
+    let plugins = crate::build_plugins(false)?;
+    std::fs::create_dir_all(kit.join("plugins")).map_err(|e| format!(".gpu-kit/plugins: {e}"))?;
+    for name in ["bm25-search", "qa-dataset", "qa-reward"] {
+        let wasm = format!("{name}.wasm");
+        std::fs::copy(plugins.join(&wasm), kit.join("plugins").join(&wasm))
+            .map_err(|e| format!("{} -> .gpu-kit/plugins: {e}", plugins.join(&wasm).display()))?;
+        manifest.push(format!("plugins/{wasm}: the demo's plugin"));
     }
     write(&kit.join("SHA256SUMS"), &sums)?;
     write(&kit.join("MANIFEST"), &(manifest.join("\n") + "\n"))?;

@@ -921,7 +921,7 @@ fn plugins() -> Result<PathBuf> {
 
 /// The Rust plugins, and the Python one when `python` (it needs pip and
 /// componentize-py, and the demo does not use it).
-fn build_plugins(python: bool) -> Result<PathBuf> {
+pub(crate) fn build_plugins(python: bool) -> Result<PathBuf> {
     let start = std::time::Instant::now();
     let out = target().join("plugins");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
