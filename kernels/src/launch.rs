@@ -256,6 +256,30 @@ pub struct LogprobState {
     pub target_logit: CudaSlice<f32>,
 }
 
+/// The stream-ordered allocator returns freed memory to the device only past
+/// the pool's release threshold, which is 0 by default: every synchronize
+/// then hands the step's gigabytes back and the next step maps them again.
+/// At the maximum the pool keeps what it has grown to.
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    ctx.bind_to_thread().map_err(cuda)?;
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let mut threshold: u64 = u64::MAX;
+    // SAFETY: the context is current; `pool` and `threshold` outlive the calls.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
+            .result()
+            .map_err(cuda)?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &mut threshold as *mut u64 as *mut std::ffi::c_void,
+        )
+        .result()
+        .map_err(cuda)
+    }
+}
+
 /// The compiled kernels of every family, loaded into one CUDA context.
 pub struct Kernels {
     ctx: Arc<CudaContext>,
@@ -341,6 +365,12 @@ impl Kernels {
                 }
             }
         }
+        keep_pool_memory(&ctx)?;
+        // One stream does all the work (kernels, cuBLAS, copies), so the
+        // per-buffer events cudarc records to order uses across streams only
+        // cost driver calls (~4 per op output).
+        // SAFETY: no second stream exists; nothing is used across streams.
+        unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         Ok(Kernels {
             ctx,
