@@ -15,6 +15,9 @@ mod logs;
 mod step;
 mod update;
 
+#[cfg(test)]
+mod tests;
+
 use std::path::PathBuf;
 
 pub use config::{RlConfig, RlEvalConfig, RlRunConfig, RlTrainConfig};
