@@ -108,8 +108,11 @@ def profile_lines(igpo):
     out = []
     for label, run in igpo.get("profile", {}).items():
         wall = run["wall_seconds"]
+        dev = run.get("device")
+        dev = (f"; device: {dev['launches']} launches, {dev['allocations']} allocations, "
+               f"{dev['host_waits']} host waits") if dev else ""
         out += ["", f"igpo `IGPO_PROFILE=1`, {label}: wall {wall * 1e3:,.1f} ms, "
-                f"{run.get('host_reads', 'n/a')} host reads", "",
+                f"{run.get('host_reads', 'n/a')} host reads{dev}", "",
                 "| phase | ms | share | ops |", "|---|---:|---:|---:|"]
         covered = 0.0
         for phase, t in run["phases"].items():

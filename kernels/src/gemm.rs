@@ -31,6 +31,8 @@ impl GemmOut for f32 {
 pub struct Blas {
     blas: CudaBlas,
     stream: Arc<CudaStream>,
+    /// GEMMs launched (one cuBLAS call each), for the step counters.
+    launches: std::sync::atomic::AtomicU64,
 }
 
 impl Blas {
@@ -42,7 +44,16 @@ impl Blas {
             ));
         }
         let blas = CudaBlas::new(stream.clone()).map_err(|e| Error::Cuda(format!("{e:?}")))?;
-        Ok(Blas { blas, stream })
+        Ok(Blas {
+            blas,
+            stream,
+            launches: Default::default(),
+        })
+    }
+
+    /// GEMMs launched since the handle was made.
+    pub fn launches(&self) -> u64 {
+        self.launches.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Row-major `C[m, n] = alpha op(A) op(B) + beta C` with `op(A)` `[m, k]`
@@ -86,6 +97,8 @@ impl Blas {
         let (bp, _rb) = b.device_ptr(&self.stream);
         let (ap, _ra) = a.device_ptr(&self.stream);
         let (cp, _rc) = c.device_ptr_mut(&self.stream);
+        self.launches
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // SAFETY: lengths checked above; the pointers stay valid while the
         // SyncOnDrop guards live (to the end of this function).
         unsafe {

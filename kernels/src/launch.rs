@@ -7,6 +7,7 @@
 //! driver and NVRTC first and returns [`Error::NoDriver`] / [`Error::NoNvrtc`].
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
@@ -256,30 +257,6 @@ pub struct LogprobState {
     pub target_logit: CudaSlice<f32>,
 }
 
-/// The stream-ordered allocator returns freed memory to the device only past
-/// the pool's release threshold, which is 0 by default: every synchronize
-/// then hands the step's gigabytes back and the next step maps them again.
-/// At the maximum the pool keeps what it has grown to.
-fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
-    use cudarc::driver::sys;
-    ctx.bind_to_thread().map_err(cuda)?;
-    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
-    let mut threshold: u64 = u64::MAX;
-    // SAFETY: the context is current; `pool` and `threshold` outlive the calls.
-    unsafe {
-        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device())
-            .result()
-            .map_err(cuda)?;
-        sys::cuMemPoolSetAttribute(
-            pool,
-            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
-            &mut threshold as *mut u64 as *mut std::ffi::c_void,
-        )
-        .result()
-        .map_err(cuda)
-    }
-}
-
 /// The compiled kernels of every family, loaded into one CUDA context.
 pub struct Kernels {
     ctx: Arc<CudaContext>,
@@ -291,6 +268,35 @@ pub struct Kernels {
     varlen_keys: Reused<i32>,
     /// Which attention kernels run (`IGPO_ATTENTION`).
     attn: AttnKernels,
+    counters: Counters,
+}
+
+/// What the host asked of the device: kernel launches (ours and cuBLAS's
+/// GEMMs, counted by their callers), buffer allocations, and waits (a
+/// download or a synchronize), so a step's cost in driver work can be read.
+#[derive(Default)]
+struct Counters {
+    launches: AtomicU64,
+    allocations: AtomicU64,
+    host_waits: AtomicU64,
+}
+
+/// A snapshot of the [`Kernels::counters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CounterValues {
+    pub launches: u64,
+    pub allocations: u64,
+    pub host_waits: u64,
+}
+
+impl Counters {
+    fn values(&self) -> CounterValues {
+        CounterValues {
+            launches: self.launches.load(Ordering::Relaxed),
+            allocations: self.allocations.load(Ordering::Relaxed),
+            host_waits: self.host_waits.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// The last host array uploaded through it and its device copy, handed out
@@ -365,14 +371,13 @@ impl Kernels {
                 }
             }
         }
-        keep_pool_memory(&ctx)?;
         // One stream does all the work (kernels, cuBLAS, copies), so the
         // per-buffer events cudarc records to order uses across streams only
         // cost driver calls (~4 per op output).
         // SAFETY: no second stream exists; nothing is used across streams.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
-        Ok(Kernels {
+        let k = Kernels {
             ctx,
             stream,
             funcs,
@@ -380,7 +385,36 @@ impl Kernels {
             varlen_starts: Reused::default(),
             varlen_keys: Reused::default(),
             attn,
-        })
+            counters: Counters::default(),
+        };
+        if k.ctx.has_async_alloc() {
+            k.keep_pool_memory()?;
+        }
+        Ok(k)
+    }
+
+    /// The stream-ordered allocator returns freed memory to the device only
+    /// past the pool's release threshold, which is 0 by default: every
+    /// synchronize then hands the step's gigabytes back and the next step
+    /// maps them again. At the maximum the pool keeps what it has grown to.
+    fn keep_pool_memory(&self) -> Result<()> {
+        let pool = self.memory_pool()?;
+        let mut threshold: u64 = u64::MAX;
+        // SAFETY: the pool is our device's; the attribute takes a u64.
+        unsafe {
+            cudarc::driver::sys::cuMemPoolSetAttribute(
+                pool,
+                cudarc::driver::sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+                (&mut threshold as *mut u64).cast(),
+            )
+            .result()
+            .map_err(cuda)
+        }
+    }
+
+    /// Launches, allocations and host waits since the kernels were loaded.
+    pub fn counters(&self) -> CounterValues {
+        self.counters.values()
     }
 
     /// The attention kernels the wrappers launch (`IGPO_ATTENTION` at start).
@@ -420,16 +454,24 @@ impl Kernels {
         &self,
         n: usize,
     ) -> Result<CudaSlice<T>> {
+        self.counters.allocations.fetch_add(1, Ordering::Relaxed);
         self.stream.alloc_zeros(n.max(1)).map_err(cuda)
     }
 
     pub fn download<T: DeviceRepr + Default + Clone>(&self, dev: &CudaSlice<T>) -> Result<Vec<T>> {
+        self.counters.host_waits.fetch_add(1, Ordering::Relaxed);
         self.stream.clone_dtoh(dev).map_err(cuda)
     }
 
     /// Waits for everything queued on the stream.
     pub fn synchronize(&self) -> Result<()> {
+        self.counters.host_waits.fetch_add(1, Ordering::Relaxed);
         self.stream.synchronize().map_err(cuda)
+    }
+
+    /// Counts one kernel launch (the wrappers call it; cuBLAS GEMMs too).
+    pub fn count_launch(&self) {
+        self.counters.launches.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Bytes of device memory the engine's buffers hold: now and the highest
@@ -522,6 +564,7 @@ impl Kernels {
         };
         b.arg(x).arg(w).arg(&rows_i).arg(&d_i).arg(&eps);
         // SAFETY: lengths checked above; argument order as in norm.cu.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
         Ok(())
     }
@@ -553,6 +596,7 @@ impl Kernels {
         b.arg(dx).arg(&mut rstd).arg(x).arg(w).arg(dy);
         b.arg(&rows_i).arg(&d_i).arg(&eps);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
         self.rms_norm_dw(dw, x, dy, &rstd, rows, d)
     }
@@ -582,6 +626,7 @@ impl Kernels {
         };
         // SAFETY: partial holds chunks * d; x, dy are rows * d (checked by
         // the callers), rstd rows.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         self.colsum(dw, &partial, chunks, d)
     }
@@ -606,6 +651,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(x).arg(w).arg(&g).arg(&d).arg(&eps);
         // SAFETY: lengths checked above; argument order as in norm.cu.
+        self.count_launch();
         unsafe { b.launch(heads_cfg(heads)) }.map_err(cuda)?;
         Ok(())
     }
@@ -638,6 +684,7 @@ impl Kernels {
         b.arg(dx).arg(&mut rstd).arg(x).arg(w).arg(dy);
         b.arg(&g).arg(&d).arg(&eps);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(heads_cfg(heads)) }.map_err(cuda)?;
         // dw: one "row" per head.
         self.rms_norm_dw(dw, x, dy, &rstd, heads, head_dim)
@@ -661,6 +708,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         // SAFETY: callers check dst (d) and partial (chunks * d).
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
@@ -687,6 +735,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         self.colsum(db, &partial, chunks, d)
     }
@@ -700,6 +749,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(x).arg(y).arg(&n_i);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(())
     }
@@ -712,6 +762,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(x).arg(&s).arg(&n_i);
         // SAFETY: length checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(())
     }
@@ -734,12 +785,14 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut partial).arg(x).arg(&n_i);
         // SAFETY: partial has one slot per block.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         let count = to_i32(blocks)?;
         let f = self.f("sum_f64")?;
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(&partial).arg(&count);
         // SAFETY: one block reads `blocks` partials.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(1, 1024)) }.map_err(cuda)?;
         Ok(())
     }
@@ -758,6 +811,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(x).arg(y).arg(&n_i);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(())
     }
@@ -770,6 +824,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(x).arg(&s).arg(&n_i);
         // SAFETY: length checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(())
     }
@@ -789,6 +844,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(bias).arg(&r).arg(&c);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
         Ok(())
     }
@@ -802,6 +858,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut out).arg(x).arg(&n_i);
         // SAFETY: both hold n values.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(out)
     }
@@ -815,6 +872,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut out).arg(x).arg(&n_i);
         // SAFETY: both hold n values.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(out)
     }
@@ -842,6 +900,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut out).arg(x).arg(&idx_d).arg(&n).arg(&c);
         // SAFETY: every row index checked against x.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows.len() * cols)) }.map_err(cuda)?;
         Ok(out)
     }
@@ -895,6 +954,7 @@ impl Kernels {
         b.arg(x).arg(positions).arg(inv_freq);
         b.arg(&r).arg(&c).arg(&h).arg(&sign).arg(&scale);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows * cols / 2)) }.map_err(cuda)?;
         Ok(())
     }
@@ -919,6 +979,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(out).arg(gate).arg(up).arg(&r).arg(&c).arg(&c);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
         Ok(())
     }
@@ -945,6 +1006,7 @@ impl Kernels {
         b.arg(dgate).arg(dup).arg(gate).arg(up).arg(dy);
         b.arg(&r).arg(&c).arg(&c);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows * cols)) }.map_err(cuda)?;
         Ok(())
     }
@@ -967,6 +1029,7 @@ impl Kernels {
         b.arg(out).arg(table).arg(ids).arg(&n_i).arg(&d_i);
         // SAFETY: out/ids checked; ids < vocab is the caller's contract
         // (checked on the host when the ids are made).
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n * d)) }.map_err(cuda)?;
         Ok(())
     }
@@ -995,6 +1058,7 @@ impl Kernels {
         b.arg(dtable).arg(dy).arg(&uniq).arg(&starts).arg(&rows);
         b.arg(&g).arg(&d_i);
         // SAFETY: ids checked against vocab by EmbeddingGroups.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(groups.ids.len(), ROW_THREADS)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1049,6 +1113,7 @@ impl Kernels {
             .arg(&st.bias_correction2)
             .arg(&st.grad_scale);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(n)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1085,6 +1150,7 @@ impl Kernels {
             let mut b = self.stream.launch_builder(f);
             b.arg(&mut partial).arg(g).arg(&n_i);
             // SAFETY: `partial` has a slot for every block of the largest gradient.
+            self.count_launch();
             unsafe { b.launch(cfg) }.map_err(cuda)?;
             let count = to_i32(cfg.grid_dim.0 as usize)?;
             let mut slot = slots.slice_mut(i..i + 1);
@@ -1092,6 +1158,7 @@ impl Kernels {
             let mut b = self.stream.launch_builder(f);
             b.arg(&mut slot).arg(&partial).arg(&count);
             // SAFETY: one block reads `count` partials, writes one slot.
+            self.count_launch();
             unsafe { b.launch(rows_cfg(1, 1024)) }.map_err(cuda)?;
         }
         let mut total = self.zeros::<f64>(1)?;
@@ -1100,6 +1167,7 @@ impl Kernels {
         let mut b = self.stream.launch_builder(f);
         b.arg(&mut total).arg(&slots).arg(&count);
         // SAFETY: one block reads the `grads.len()` slots.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(1, 1024)) }.map_err(cuda)?;
         self.clip_factor(scale, Some(norm), &total, avg, max_norm)
     }
@@ -1124,6 +1192,7 @@ impl Kernels {
         };
         b.arg(sumsq).arg(&avg).arg(&max_norm);
         // SAFETY: one thread, lengths checked.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(1, 32)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1146,6 +1215,7 @@ impl Kernels {
             .arg(&mut st.target_logit)
             .arg(&r);
         // SAFETY: every buffer has `rows` entries.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows)) }.map_err(cuda)?;
         Ok(st)
     }
@@ -1177,6 +1247,7 @@ impl Kernels {
             .arg(&c_i)
             .arg(&lo_i);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1215,6 +1286,7 @@ impl Kernels {
             .arg(&st.target_logit)
             .arg(&r);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(elem_cfg(rows)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1253,6 +1325,7 @@ impl Kernels {
         };
         b.arg(&r).arg(&c_i).arg(&c_i).arg(&c_i).arg(&lo_i);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(rows, ROW_THREADS)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1292,6 +1365,7 @@ impl Kernels {
             .arg(&k)
             .arg(&top_p);
         // SAFETY: lengths checked above.
+        self.count_launch();
         unsafe { b.launch(rows_cfg(rows, SAMPLE_THREADS)) }.map_err(cuda)?;
         Ok(())
     }
@@ -1404,6 +1478,7 @@ impl Kernels {
             Self::attn_grid(dims.m, dims.n_heads)
         };
         // SAFETY: lengths and head size checked above.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
@@ -1464,6 +1539,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         // SAFETY: one warp per (row, head); lengths checked above.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
 
         let (tc, d) = (self.attn == AttnKernels::TensorCore, dims.head_dim);
@@ -1489,6 +1565,7 @@ impl Kernels {
             Self::attn_grid(dims.n, dims.n_kv_heads)
         };
         // SAFETY: as above.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
 
         let f = self.f(&format!("{prefix}_bwd_dq_d{d}"))?;
@@ -1511,6 +1588,7 @@ impl Kernels {
             Self::attn_grid(dims.m, dims.n_heads)
         };
         // SAFETY: as above.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
@@ -1600,6 +1678,7 @@ impl Kernels {
         b.arg(k_new).arg(v_new).arg(&b_count).arg(&cols);
         // SAFETY: lengths checked; the caller promised `keys[b]` rows behind
         // each pointer (the kernel writes rows keys[b] - rows[b] .. keys[b]).
+        self.count_launch();
         unsafe { b.launch(elem_cfg(batch.total * kc)) }.map_err(cuda)?;
         self.launch_varlen(out, lse, q, &kd, &vd, &batch)
     }
@@ -1646,6 +1725,7 @@ impl Kernels {
             }
         };
         // SAFETY: lengths checked; the caller's pointers describe live caches.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }
@@ -1697,6 +1777,7 @@ impl Kernels {
             shared_mem_bytes: 0,
         };
         // SAFETY: the caller's pointers and lengths describe live caches.
+        self.count_launch();
         unsafe { b.launch(cfg) }.map_err(cuda)?;
         Ok(())
     }

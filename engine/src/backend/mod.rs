@@ -250,6 +250,11 @@ pub trait Backend: Clone + Send + Sync {
         q: &Self::Tensor,
         k: &Self::Tensor,
         v: &Self::Tensor,
+    /// Launches, allocations and host waits so far, for a backend that
+    /// counts them (CUDA); `None` otherwise.
+    fn device_counters(&self) -> Option<profile::DeviceCounters> {
+        None
+    }
         caches: &mut [(&mut Self::Tensor, &mut Self::Tensor)],
         bounds: &[Range<usize>],
         shape: AttnShape,

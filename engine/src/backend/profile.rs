@@ -96,6 +96,30 @@ pub struct Profile {
     /// norms, the optimizer's gradient norm): on a GPU each one waits for the
     /// device to finish everything queued before it.
     pub host_reads: u64,
+    /// What the device was asked in the same span, where the backend counts
+    /// it ([`Backend::device_counters`]; the CUDA backend).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<DeviceCounters>,
+}
+
+/// Driver work a backend asked for: kernel launches (cuBLAS GEMMs
+/// included), buffer allocations, waits of the host for the device.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceCounters {
+    pub launches: u64,
+    pub allocations: u64,
+    pub host_waits: u64,
+}
+
+impl DeviceCounters {
+    /// What happened between `earlier` and `self`.
+    pub fn since(self, earlier: DeviceCounters) -> DeviceCounters {
+        DeviceCounters {
+            launches: self.launches - earlier.launches,
+            allocations: self.allocations - earlier.allocations,
+            host_waits: self.host_waits - earlier.host_waits,
+        }
+    }
 }
 
 /// One line per phase with its share of `wall_seconds`, and what the ops do
@@ -103,10 +127,17 @@ pub struct Profile {
 pub fn format_profile(label: &str, profile: &Profile, wall_seconds: f64) -> String {
     let times = &profile.phases;
     let mut out = format!(
-        "profile {label}: wall {:.3} ms, {} host reads\n",
+        "profile {label}: wall {:.3} ms, {} host reads",
         wall_seconds * 1e3,
         profile.host_reads
     );
+    if let Some(d) = profile.device {
+        out.push_str(&format!(
+            "; device: {} launches, {} allocations, {} host waits",
+            d.launches, d.allocations, d.host_waits
+        ));
+    }
+    out.push('\n');
     let share = |s: f64| {
         if wall_seconds > 0.0 {
             100.0 * s / wall_seconds
@@ -143,6 +174,8 @@ pub struct Profiled<B: Backend + Timeline> {
     inner: B,
     spans: Spans<B::Mark>,
     host_reads: Arc<AtomicU64>,
+    /// The inner backend's counters when the record last started.
+    counted_from: Arc<Mutex<Option<DeviceCounters>>>,
 }
 
 // By hand: a derive would ask for `B::Mark: Clone`, which CUDA events are not.
@@ -152,16 +185,19 @@ impl<B: Backend + Timeline> Clone for Profiled<B> {
             inner: self.inner.clone(),
             spans: self.spans.clone(),
             host_reads: self.host_reads.clone(),
+            counted_from: self.counted_from.clone(),
         }
     }
 }
 
 impl<B: Backend + Timeline> Profiled<B> {
     pub fn new(inner: B) -> Profiled<B> {
+        let counted_from = Arc::new(Mutex::new(inner.device_counters()));
         Profiled {
             inner,
             spans: Arc::default(),
             host_reads: Arc::default(),
+            counted_from,
         }
     }
 
@@ -197,10 +233,16 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
             t.seconds += self.inner.seconds_between(start, end);
             t.ops += 1;
         }
+        let now = self.inner.device_counters();
+        let then = std::mem::replace(&mut *self.counted_from.lock().expect("profile lock"), now);
         Some(Profile {
             phases,
             host_reads: self.host_reads.swap(0, Ordering::Relaxed),
+            device: now.zip(then).map(|(now, then)| now.since(then)),
         })
+    }
+    fn device_counters(&self) -> Option<DeviceCounters> {
+        self.inner.device_counters()
     }
     fn upload(&self, t: &Tensor) -> Self::Tensor {
         self.timed(Phase::Memory, |b| b.upload(t))
@@ -269,6 +311,29 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
     ) -> Self::Tensor {
         self.timed(Phase::Attention, |b| {
             b.cached_attention(q, k, v, caches, bounds, shape)
+        })
+    }
+    fn write_kv(
+        &self,
+        k_pool: &mut Self::Tensor,
+        v_pool: &mut Self::Tensor,
+        rows: &[usize],
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) {
+        self.timed(Phase::Memory, |b| b.write_kv(k_pool, v_pool, rows, k, v))
+    }
+    fn paged_attention(
+        &self,
+        q: &Self::Tensor,
+        k_pool: &Self::Tensor,
+        v_pool: &Self::Tensor,
+        keys: &[Vec<usize>],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> Self::Tensor {
+        self.timed(Phase::Attention, |b| {
+            b.paged_attention(q, k_pool, v_pool, keys, bounds, shape)
         })
     }
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor {
@@ -497,14 +562,25 @@ mod tests {
                 ops: 2,
             },
         );
-        let profile = Profile {
+        let mut profile = Profile {
             phases: times,
             host_reads: 3,
+            device: None,
         };
         let s = format_profile("train", &profile, 0.010);
         assert!(
             s.starts_with("profile train: wall 10.000 ms, 3 host reads\n"),
             "{s}"
+        );
+        profile.device = Some(DeviceCounters {
+            launches: 40,
+            allocations: 12,
+            host_waits: 3,
+        });
+        let with_device = format_profile("train", &profile, 0.010);
+        assert!(
+            with_device.starts_with("profile train: wall 10.000 ms, 3 host reads; device: 40 launches, 12 allocations, 3 host waits\n"),
+            "{with_device}"
         );
         assert!(
             s.contains("gemm              6.000 ms   60.0 %      10 ops"),

@@ -381,6 +381,15 @@ impl Backend for Cuda {
         ok("synchronize", self.k.synchronize());
     }
 
+    fn device_counters(&self) -> Option<super::profile::DeviceCounters> {
+        let c = self.k.counters();
+        Some(super::profile::DeviceCounters {
+            launches: c.launches + self.blas.launches(),
+            allocations: c.allocations,
+            host_waits: c.host_waits,
+        })
+    }
+
     fn sample_rows(
         &self,
         logits: &CudaTensor,

@@ -459,6 +459,13 @@ fn backward_ops_and_logprobs_match_the_cpu() {
         for (i, (a, b)) in pg.iter().zip(&pc).enumerate() {
             assert_close(&format!("adamw_clipped param {i}"), &g.download(a), b, 1e-6);
         }
+        // Its driver work: per gradient a partial sum and its slot, then the
+        // total, the clip factor and one AdamW per parameter; one host wait
+        // (the norm).
+        let before = g.device_counters().expect("the CUDA backend counts");
+        let _ = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
+        let d = g.device_counters().unwrap().since(before);
+        assert_eq!((d.launches, d.host_waits), (3 * 3 + 2, 1), "{d:?}");
     }
 }
 
