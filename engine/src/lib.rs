@@ -5,6 +5,7 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+pub mod kv;
 pub mod model;
 pub mod plugins;
 pub mod report;

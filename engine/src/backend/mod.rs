@@ -146,11 +146,52 @@ pub fn cached_attention_per_sequence<B: Backend>(
         let qs = b.slice_rows(q, range.clone());
         outs.push(b.attention(&qs, kc, vc, shape, &AttnMask::Causal { offset }));
     }
+    stack_rows(b, outs)
+}
+
+/// The per-sequence outputs as one matrix (no copy for one sequence).
+fn stack_rows<B: Backend>(b: &B, mut outs: Vec<B::Tensor>) -> B::Tensor {
     if outs.len() == 1 {
         outs.pop().expect("one")
     } else {
         b.concat_rows(&outs)
     }
+}
+
+/// [`Backend::paged_attention`] one sequence at a time: each sequence's
+/// keys and values gathered out of the pools, oldest first, into the
+/// contiguous matrices a per-sequence cache holds, then
+/// [`Backend::attention`] (so on the CPU every sum runs in the order of
+/// [`cached_attention_per_sequence`]: the same bits).
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_per_sequence<B: Backend>(
+    b: &B,
+    q: &B::Tensor,
+    k_pool: &B::Tensor,
+    v_pool: &B::Tensor,
+    keys: &[Vec<usize>],
+    bounds: &[Range<usize>],
+    shape: AttnShape,
+) -> B::Tensor {
+    assert_eq!(
+        keys.len(),
+        bounds.len(),
+        "paged_attention: one key list per sequence"
+    );
+    let mut outs = Vec::with_capacity(bounds.len());
+    for (slots, range) in keys.iter().zip(bounds) {
+        assert!(
+            range.len() <= slots.len(),
+            "paged_attention: {} queries but {} keys",
+            range.len(),
+            slots.len()
+        );
+        let (kc, vc) = (b.gather_rows(k_pool, slots), b.gather_rows(v_pool, slots));
+        let qs = b.slice_rows(q, range.clone());
+        let offset = slots.len() - range.len();
+        outs.push(b.attention(&qs, &kc, &vc, shape, &AttnMask::Causal { offset }));
+    }
+    stack_rows(b, outs)
 }
 
 /// One token drawn by [`Backend::sample_rows`].
@@ -210,6 +251,11 @@ pub trait Backend: Clone + Send + Sync {
     fn take_profile(&self) -> Option<profile::Profile> {
         None
     }
+    /// Launches, allocations and host waits so far, for a backend that
+    /// counts them (CUDA); `None` otherwise.
+    fn device_counters(&self) -> Option<profile::DeviceCounters> {
+        None
+    }
 
     /// `x[m, k] @ w[n, k]^T (+ bias[n])` -> `[m, n]`.
     fn linear(
@@ -250,11 +296,6 @@ pub trait Backend: Clone + Send + Sync {
         q: &Self::Tensor,
         k: &Self::Tensor,
         v: &Self::Tensor,
-    /// Launches, allocations and host waits so far, for a backend that
-    /// counts them (CUDA); `None` otherwise.
-    fn device_counters(&self) -> Option<profile::DeviceCounters> {
-        None
-    }
         caches: &mut [(&mut Self::Tensor, &mut Self::Tensor)],
         bounds: &[Range<usize>],
         shape: AttnShape,
@@ -263,6 +304,38 @@ pub trait Backend: Clone + Send + Sync {
         Self: Sized,
     {
         cached_attention_per_sequence(self, q, k, v, caches, bounds, shape)
+    }
+    /// Writes row `i` of `k` and `v` into row `rows[i]` of the paged pools
+    /// `k_pool`, `v_pool` (distinct rows; a forward's new keys and values
+    /// going into their sequences' blocks).
+    fn write_kv(
+        &self,
+        k_pool: &mut Self::Tensor,
+        v_pool: &mut Self::Tensor,
+        rows: &[usize],
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    );
+    /// Causal attention of several sequences over a paged KV cache: sequence
+    /// `s` owns rows `bounds[s]` of `q[rows, H*d]` (its newest positions,
+    /// already written by [`Backend::write_kv`]) and its keys and values are
+    /// rows `keys[s]` of the pools, oldest position first (query `j` sees
+    /// keys `..= keys[s].len() - bounds[s].len() + j`). Returns `[rows, H*d]`.
+    /// The default is [`paged_attention_per_sequence`].
+    #[allow(clippy::too_many_arguments)]
+    fn paged_attention(
+        &self,
+        q: &Self::Tensor,
+        k_pool: &Self::Tensor,
+        v_pool: &Self::Tensor,
+        keys: &[Vec<usize>],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> Self::Tensor
+    where
+        Self: Sized,
+    {
+        paged_attention_per_sequence(self, q, k_pool, v_pool, keys, bounds, shape)
     }
     /// `silu(gate) * up`, elementwise.
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor;

@@ -313,6 +313,29 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
             b.cached_attention(q, k, v, caches, bounds, shape)
         })
     }
+    fn write_kv(
+        &self,
+        k_pool: &mut Self::Tensor,
+        v_pool: &mut Self::Tensor,
+        rows: &[usize],
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+    ) {
+        self.timed(Phase::Memory, |b| b.write_kv(k_pool, v_pool, rows, k, v))
+    }
+    fn paged_attention(
+        &self,
+        q: &Self::Tensor,
+        k_pool: &Self::Tensor,
+        v_pool: &Self::Tensor,
+        keys: &[Vec<usize>],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> Self::Tensor {
+        self.timed(Phase::Attention, |b| {
+            b.paged_attention(q, k_pool, v_pool, keys, bounds, shape)
+        })
+    }
     fn swiglu(&self, gate: &Self::Tensor, up: &Self::Tensor) -> Self::Tensor {
         self.timed(Phase::Elementwise, |b| b.swiglu(gate, up))
     }

@@ -1,10 +1,15 @@
 //! The decoder forward pass (Qwen2 / Llama / Qwen3) over a batch of
-//! sequences, each with its own KV cache.
+//! sequences, each with its own KV cache: a contiguous one per sequence
+//! ([`KvCache`], `forward`; what the logit tests, `bench forward` and the
+//! comparisons with the paged cache use) or a sequence of a paged cache
+//! ([`crate::kv::PagedKv`], `forward_paged`; what generation and the agent
+//! use).
 
 use std::borrow::Cow;
 
 use super::{ModelConfig, TensorMap};
 use crate::backend::{AttnShape, Backend, Rope};
+use crate::kv::{KvConfig, KvError, PagedKv, SeqId};
 
 /// Indices into [`Model::params`] of one layer's tensors.
 #[derive(Clone, Debug)]
@@ -59,6 +64,13 @@ impl<B: Backend> KvCache<B> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+}
+
+/// New tokens of one sequence of a [`PagedKv`] for [`Model::forward_paged`]
+/// (positions continue from the sequence's cached length).
+pub struct PagedStep<'a> {
+    pub tokens: &'a [u32],
+    pub seq: SeqId,
 }
 
 /// New tokens of one sequence for one forward call.
@@ -219,6 +231,12 @@ impl<B: Backend> Model<B> {
         }
     }
 
+    /// A paged KV cache for this model (see [`crate::kv`]).
+    pub fn new_kv(&self, cfg: KvConfig) -> PagedKv<B> {
+        let kv = self.config.num_kv_heads * self.config.head_dim;
+        PagedKv::new(self.backend.clone(), self.config.num_layers, kv, cfg)
+    }
+
     /// Runs the new tokens of every sequence through the decoder, appending
     /// their keys/values to each sequence's cache, and returns logits
     /// `[rows, vocab]` for the rows chosen by `rows`.
@@ -228,17 +246,9 @@ impl<B: Backend> Model<B> {
     /// to its own cache and attends causally over it.
     pub fn forward(&self, steps: &mut [SeqStep<'_, B>], rows: LogitRows) -> B::Tensor {
         let b = &self.backend;
-        let c = &self.config;
-        let mut ids = Vec::new();
+        let tokens: Vec<&[u32]> = steps.iter().map(|s| s.tokens).collect();
         let mut positions = Vec::new();
-        let mut bounds = Vec::with_capacity(steps.len());
         for s in steps.iter() {
-            assert!(
-                !s.tokens.is_empty(),
-                "forward: a sequence with no new tokens"
-            );
-            let start = ids.len();
-            ids.extend_from_slice(s.tokens);
             match s.positions {
                 Some(p) => {
                     assert_eq!(p.len(), s.tokens.len(), "forward: one position per token");
@@ -246,6 +256,85 @@ impl<B: Backend> Model<B> {
                 }
                 None => positions.extend(s.cache.len..s.cache.len + s.tokens.len()),
             }
+        }
+        let out = self.forward_with(&tokens, &positions, rows, |l, q, k, v, bounds| {
+            let mut caches: Vec<_> = steps
+                .iter_mut()
+                .map(|s| {
+                    let (kc, vc) = &mut s.cache.layers[l];
+                    (kc, vc)
+                })
+                .collect();
+            b.cached_attention(q, k, v, &mut caches, bounds, self.attn_shape())
+        });
+        for s in steps.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        out
+    }
+
+    /// [`Model::forward`] over a paged KV cache: each step's tokens continue
+    /// its sequence (positions from its cached length); their keys and
+    /// values go into the sequence's blocks ([`Backend::write_kv`]) and its
+    /// queries attend over its block table ([`Backend::paged_attention`]).
+    /// Blocks are reserved for the whole batch first: when the cache cannot
+    /// take them this is [`KvError::Exhausted`] and nothing has changed.
+    pub fn forward_paged(
+        &self,
+        kv: &mut PagedKv<B>,
+        steps: &[PagedStep<'_>],
+        rows: LogitRows,
+    ) -> Result<B::Tensor, KvError> {
+        let b = &self.backend;
+        let seqs: Vec<SeqId> = steps.iter().map(|s| s.seq).collect();
+        let adds: Vec<usize> = steps.iter().map(|s| s.tokens.len()).collect();
+        let mut positions = Vec::new();
+        let mut key_lens = Vec::with_capacity(steps.len());
+        for s in steps {
+            let len = kv.len(s.seq)?;
+            positions.extend(len..len + s.tokens.len());
+            key_lens.push(len + s.tokens.len());
+        }
+        let slots: Vec<usize> = kv.reserve(&seqs, &adds)?.concat();
+        let keys: Vec<Vec<usize>> = seqs
+            .iter()
+            .zip(&key_lens)
+            .map(|(&s, &n)| kv.key_slots(s, n))
+            .collect();
+        let tokens: Vec<&[u32]> = steps.iter().map(|s| s.tokens).collect();
+        let out = self.forward_with(&tokens, &positions, rows, |l, q, k, v, bounds| {
+            let (kp, vp) = kv.pools_mut(l);
+            b.write_kv(kp, vp, &slots, k, v);
+            b.paged_attention(q, kp, vp, &keys, bounds, self.attn_shape())
+        });
+        kv.commit(&seqs, &adds);
+        Ok(out)
+    }
+
+    /// The decoder over the stacked `tokens` of several sequences at
+    /// `positions`; `attend(layer, q, k, v, bounds)` is each layer's
+    /// attention (sequence `s` owns rows `bounds[s]`).
+    fn forward_with(
+        &self,
+        tokens: &[&[u32]],
+        positions: &[usize],
+        rows: LogitRows,
+        mut attend: impl FnMut(
+            usize,
+            &B::Tensor,
+            &B::Tensor,
+            &B::Tensor,
+            &[std::ops::Range<usize>],
+        ) -> B::Tensor,
+    ) -> B::Tensor {
+        let b = &self.backend;
+        let c = &self.config;
+        let mut ids = Vec::new();
+        let mut bounds = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            assert!(!t.is_empty(), "forward: a sequence with no new tokens");
+            let start = ids.len();
+            ids.extend_from_slice(t);
             bounds.push(start..ids.len());
         }
         if let Some(bad) = ids.iter().find(|&&t| t as usize >= c.vocab_size) {
@@ -254,8 +343,7 @@ impl<B: Backend> Model<B> {
                 c.vocab_size
             );
         }
-        let shape = self.attn_shape();
-        let rope = self.rope_at(&positions);
+        let rope = self.rope_at(positions);
         let mut x = b.embedding(self.p(self.embed), &ids);
         for (l, layer) in self.layers.iter().enumerate() {
             let bias = |i: Option<usize>| i.map(|i| self.p(i));
@@ -265,16 +353,9 @@ impl<B: Backend> Model<B> {
             let v = b.linear(&h, self.p(layer.v), bias(layer.v_bias));
             let mut q = self.qk_norm(q, layer.q_norm);
             let mut k = self.qk_norm(k, layer.k_norm);
-            b.rope(&mut q, &positions, &rope);
-            b.rope(&mut k, &positions, &rope);
-            let mut caches: Vec<_> = steps
-                .iter_mut()
-                .map(|s| {
-                    let (kc, vc) = &mut s.cache.layers[l];
-                    (kc, vc)
-                })
-                .collect();
-            let attn = b.cached_attention(&q, &k, &v, &mut caches, &bounds, shape);
+            b.rope(&mut q, positions, &rope);
+            b.rope(&mut k, positions, &rope);
+            let attn = attend(l, &q, &k, &v, &bounds);
             let o = b.linear(&attn, self.p(layer.o), None);
             b.add_assign(&mut x, &o);
             let h = b.rms_norm(&x, self.p(layer.post_norm), c.rms_norm_eps);
@@ -282,9 +363,6 @@ impl<B: Backend> Model<B> {
             let up = b.linear(&h, self.p(layer.up), None);
             let mlp = b.linear(&b.swiglu(&gate, &up), self.p(layer.down), None);
             b.add_assign(&mut x, &mlp);
-        }
-        for (s, range) in steps.iter_mut().zip(&bounds) {
-            s.cache.len += range.len();
         }
         let x = match rows {
             LogitRows::All => x,

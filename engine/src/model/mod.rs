@@ -14,7 +14,7 @@ use std::path::Path;
 
 pub use backward::{Activations, TrainSeq};
 pub use config::{Arch, ModelConfig};
-pub use decoder::{KvCache, LogitRows, Model, SeqStep};
+pub use decoder::{KvCache, LogitRows, Model, PagedStep, SeqStep};
 pub use folder::{export, hf_dir, is_checkpoint};
 pub use rope_scaling::RopeScaling;
 pub use weights::{

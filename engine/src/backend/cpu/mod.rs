@@ -281,6 +281,27 @@ impl Backend for Cpu {
         dst.append_rows(new);
     }
 
+    fn write_kv(
+        &self,
+        k_pool: &mut Tensor,
+        v_pool: &mut Tensor,
+        rows: &[usize],
+        k: &Tensor,
+        v: &Tensor,
+    ) {
+        for (pool, src) in [(k_pool, k), (v_pool, v)] {
+            let c = pool.cols();
+            assert_eq!(src.cols(), c, "write_kv: column mismatch");
+            assert_eq!(src.rows(), rows.len(), "write_kv: one row index per row");
+            let n = pool.rows();
+            let data = pool.data_mut();
+            for (i, &r) in rows.iter().enumerate() {
+                assert!(r < n, "write_kv: row {r} of a {n}-row pool");
+                data[r * c..(r + 1) * c].copy_from_slice(src.row(i));
+            }
+        }
+    }
+
     fn gather_rows(&self, x: &Tensor, rows: &[usize]) -> Tensor {
         let c = x.cols();
         let mut data = Vec::with_capacity(rows.len() * c);

@@ -603,6 +603,51 @@ impl Backend for Cuda {
         dst.shape = vec![(old + add) / dst.cols().max(1), dst.cols()];
     }
 
+    /// A first version: one device-to-device copy per run of consecutive
+    /// pool rows (a decode step: one per sequence; a prefill: one per block).
+    fn write_kv(
+        &self,
+        k_pool: &mut CudaTensor,
+        v_pool: &mut CudaTensor,
+        rows: &[usize],
+        k: &CudaTensor,
+        v: &CudaTensor,
+    ) {
+        let mut runs: Vec<(usize, usize, usize)> = vec![];
+        for (i, &r) in rows.iter().enumerate() {
+            match runs.last_mut() {
+                Some((src, dst, n)) if *src + *n == i && *dst + *n == r => *n += 1,
+                _ => runs.push((i, r, 1)),
+            }
+        }
+        for (pool, new) in [(k_pool, k), (v_pool, v)] {
+            let c = pool.cols();
+            assert_eq!(new.cols(), c, "write_kv: column mismatch");
+            assert_eq!(new.rows(), rows.len(), "write_kv: one row index per row");
+            let n = pool.rows();
+            assert!(
+                rows.iter().all(|&r| r < n),
+                "write_kv: a row past the {n}-row pool"
+            );
+            let nb = self.bf(new);
+            if let Data::Bf16(buf) = &mut pool.data {
+                for &(src, dst, len) in &runs {
+                    ok(
+                        "write_kv",
+                        self.stream()
+                            .memcpy_dtod(
+                                &nb.slice(src * c..(src + len) * c),
+                                &mut buf.slice_mut(dst * c..(dst + len) * c),
+                            )
+                            .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
+                    );
+                }
+            } else {
+                panic!("write_kv: a KV pool is bf16 on the GPU");
+            }
+        }
+    }
+
     fn cached_attention(
         &self,
         q: &CudaTensor,
