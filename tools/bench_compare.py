@@ -49,14 +49,26 @@ def fmt(x, unit):
     return f"{x:,.1f}" if abs(x) >= 10 else f"{x:.3g}"
 
 
-def forward_rows(a, b, peak_tflops, with_inference):
+def bandwidth_share(tokens_per_s, batch, step_bytes, peak_gbs):
+    """Bytes a decode step must read (igpo's count: weights + KV) over its time, as a share of the peak."""
+    if tokens_per_s is None or step_bytes is None or not peak_gbs:
+        return None
+    return step_bytes * tokens_per_s / int(batch) / 1e9 / peak_gbs
+
+
+def forward_rows(a, b, peak_tflops, with_inference, peak_gbs=None):
     out = []
     if with_inference:
         out.append((f"prefill 1x{int(get(a, 'prefill_tokens') or 0)}", "tokens/s",
                     get(a, "prefill_tokens_per_s"), get(b, "prefill_tokens_per_s"), "higher"))
         for batch in sorted(a.get("decode_tokens_per_s", {}), key=int):
-            out.append((f"decode batch {batch}", "tokens/s", get(a, "decode_tokens_per_s", batch),
-                        get(b, "decode_tokens_per_s", batch), "higher"))
+            ta, tb = get(a, "decode_tokens_per_s", batch), get(b, "decode_tokens_per_s", batch)
+            out.append((f"decode batch {batch}", "tokens/s", ta, tb, "higher"))
+            step_bytes = get(a, "decode_bytes_per_step", batch)
+            if peak_gbs and step_bytes:
+                out.append((f"decode batch {batch} of the bandwidth limit", "%",
+                            bandwidth_share(ta, batch, step_bytes, peak_gbs),
+                            bandwidth_share(tb, batch, step_bytes, peak_gbs), "higher"))
     ta, tb = get(a, "train_tokens_per_s"), get(b, "train_tokens_per_s")
     if ta is not None or tb is not None:
         seq, batch = int(get(a, "train_seq") or 0), int(get(a, "train_batch") or 0)
@@ -82,13 +94,13 @@ def attention_rows(a, b):
             (f"attention {shape} backward", "TFLOP/s", get(a, "backward_tflops"), get(b, "backward_tflops"), "higher")]
 
 
-def rows(forwards, score, peak_tflops):
+def rows(forwards, score, peak_tflops, peak_gbs=None):
     """(label, unit, igpo, pytorch, better-when) for every measurement both files hold."""
     out = []
     seen = set()
     for a, b in forwards:
         sizes = (get(a, "prefill_tokens"), tuple(sorted(a.get("decode_tokens_per_s", {}))))
-        out += forward_rows(a, b, peak_tflops, with_inference=sizes not in seen)
+        out += forward_rows(a, b, peak_tflops, with_inference=sizes not in seen, peak_gbs=peak_gbs)
         seen.add(sizes)
     if score:
         a, b = score
@@ -136,6 +148,8 @@ def main():
     ap.add_argument("--score", nargs=2, metavar=("IGPO", "TORCH"))
     ap.add_argument("--attention", nargs=2, metavar=("IGPO", "TORCH"))
     ap.add_argument("--peak-tflops", type=float, default=None)
+    ap.add_argument("--peak-gbs", type=float, default=None,
+                    help="the device's peak memory bandwidth, GB/s: decode rows get their share of it")
     ap.add_argument("--out", help="combined JSON (inputs, table, ratios)")
     ap.add_argument("--markdown", help="write the table here too")
     args = ap.parse_args()
@@ -144,7 +158,7 @@ def main():
     forwards = [tuple(load(p) for p in pair) for pair in args.forward]
     score = tuple(load(p) for p in args.score) if args.score else None
 
-    table = rows(forwards, score, args.peak_tflops)
+    table = rows(forwards, score, args.peak_tflops, args.peak_gbs)
     attention = tuple(load(p) for p in args.attention) if args.attention else None
     if attention:
         table += attention_rows(*attention)

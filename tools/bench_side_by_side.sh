@@ -17,7 +17,8 @@
 #   bench_compare.py: the table with ratios and MFU -> $OUT/PRESET.md, $OUT/PRESET.json
 # Sizes come from the environment (defaults: the GPU measurements):
 #   PREFILL=2048 DECODE_TOKENS=32 BATCHES=1,64,256 TRAIN_SEQ=2048 TRAIN_BATCH=1
-#   SCORE_TOKENS=8192 REPEATS=3 PEAK_TFLOPS (default: from the GPU's name)
+#   SCORE_TOKENS=8192 REPEATS=3 PEAK_TFLOPS, PEAK_GBS (default: from the GPU's name)
+#   DECODE_PROMPT=1024 (context before the timed decode steps) BATCHES=1,64,256,512
 #   ACCUM_BATCH=8 ACCUM_MICRO=1 (ACCUM_BATCH=0 skips that run) COMPILE=1 (0: no torch.compile column)
 #   IGPO_PROFILE=1 (the igpo side prints and records its per-phase breakdown)
 #   HALF_TIMEOUT (seconds for each half; unset: no limit)
@@ -32,7 +33,8 @@ DEVICE="${DEVICE:-cuda}"
 TOKENIZER="${TOKENIZER:-$ROOT/tools/gpu-kit/tokenizer.json}"
 PREFILL="${PREFILL:-2048}"
 DECODE_TOKENS="${DECODE_TOKENS:-32}"
-BATCHES="${BATCHES:-1,64,256}"
+BATCHES="${BATCHES:-1,64,256,512}"
+DECODE_PROMPT="${DECODE_PROMPT:-1024}"
 TRAIN_SEQ="${TRAIN_SEQ:-2048}"
 TRAIN_BATCH="${TRAIN_BATCH:-1}"
 SCORE_TOKENS="${SCORE_TOKENS:-8192}"
@@ -51,6 +53,18 @@ if [ -z "${PEAK_TFLOPS:-}" ] && [ "${DEVICE%%:*}" = cuda ]; then
     *A100* | *A800*) PEAK_TFLOPS=312 ;;
     *L40S*) PEAK_TFLOPS=362 ;;
     *) PEAK_TFLOPS= ;;
+    esac
+fi
+if [ -z "${PEAK_GBS:-}" ] && [ "${DEVICE%%:*}" = cuda ]; then
+    # Peak memory bandwidth, GB/s (datasheet numbers): decode's limit.
+    case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" in
+    *H200*) PEAK_GBS=4800 ;;
+    *H100*SXM* | *H100\ 80GB\ HBM3*) PEAK_GBS=3350 ;;
+    *H100*) PEAK_GBS=2000 ;;
+    *A100*80GB*) PEAK_GBS=2039 ;;
+    *A100*) PEAK_GBS=1555 ;;
+    *L40S*) PEAK_GBS=864 ;;
+    *) PEAK_GBS= ;;
     esac
 fi
 FAILED=0
@@ -77,7 +91,7 @@ for preset in "$@"; do
     [ -f "$model/config.json" ] || { FAILED=1; continue; }
     read -r dim vocab heads kv_heads < <("$PYTHON" -c 'import json,sys; c = json.load(open(sys.argv[1])); print(c["hidden_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"])' "$model/config.json")
     at=(--seq "$TRAIN_SEQ" --heads "$heads" --kv-heads "$kv_heads" --head-dim "$((dim / heads))" --repeats "$REPEATS")
-    fw=(--prefill-tokens "$PREFILL" --decode-tokens "$DECODE_TOKENS" --batches "$BATCHES"
+    fw=(--prefill-tokens "$PREFILL" --decode-prompt-tokens "$DECODE_PROMPT" --decode-tokens "$DECODE_TOKENS" --batches "$BATCHES"
         --repeats "$REPEATS" --train-seq "$TRAIN_SEQ" --train-batch "$TRAIN_BATCH")
     sc=(--tokens "$SCORE_TOKENS" --hidden "$dim" --vocab "$vocab" --repeats "$REPEATS")
     half "$preset: igpo forward" "$IGPO" bench forward --model "$model" --device "$DEVICE" "${fw[@]}" \
@@ -113,6 +127,7 @@ for preset in "$@"; do
     [ -f "$OUT/$preset-score-igpo.json" ] && [ -f "$OUT/$preset-score-pytorch.json" ] &&
         compare+=(--score "$OUT/$preset-score-igpo.json" "$OUT/$preset-score-pytorch.json")
     [ -n "${PEAK_TFLOPS:-}" ] && compare+=(--peak-tflops "$PEAK_TFLOPS")
+    [ -n "${PEAK_GBS:-}" ] && compare+=(--peak-gbs "$PEAK_GBS")
     if [ ${#compare[@]} -gt 2 ]; then
         half "$preset: table" "$PYTHON" "$ROOT/tools/bench_compare.py" "${compare[@]}" \
             --out "$OUT/$preset.json" --markdown "$OUT/$preset.md"

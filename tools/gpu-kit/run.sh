@@ -15,6 +15,9 @@
 #      8x2048 in micro-batches with MFU, fused scoring vs log_softmax+gather,
 #      igpo's IGPO_PROFILE phase breakdown); tables in $OUT/bench/
 #   c  a and b under compute-sanitizer memcheck, the attention tests under racecheck
+#   g  the agent-rollout bench: 256 concurrent rollouts of a random-weight
+#      Qwen2.5-0.5B shape, each calling the instant echo tool once, with and
+#      without shared prompt prefixes (igpo bench agent); JSON in $OUT/bench/
 #   f  the demo's pipeline on --device cuda (demo.sh) if the budget has room left
 #   e  the same bench on the 1.5B shape if the budget has room left
 # (d and e run before c: c can take minutes.) A failure is recorded
@@ -260,7 +263,20 @@ else
     record c2-memcheck-backend SKIPPED 0 "no compute-sanitizer"
     record c3-racecheck-attention SKIPPED 0 "no compute-sanitizer"
 fi
+# The agent-rollout bench, with shared prompt prefixes and without (its own
+# bash: `timeout` runs no shell function).
+AGENT_BENCH='set -e
+model="$WORK/agent-bench-model"
+"$BIN/igpo" model init "$model" --preset qwen2.5-0.5b --vocab-from "$KIT/tokenizer.json"
+cp "$KIT/tokenizer.json" "$model/"
+mkdir -p "$OUT/bench"
+for sharing in "" --no-prefix-sharing; do
+    "$BIN/igpo" bench agent --device cuda --model "$model" --tool "$KIT/plugins/echo.wasm" \
+        --rollouts 256 --group-size 16 --max-new-tokens 128 $sharing \
+        --out "$OUT/bench/agent${sharing:+-unshared}.json"
+done'
 if [ "$GPU" = 1 ]; then
+    step g-agent-bench 120 optional -- env BIN="$BIN" KIT="$KIT" OUT="$OUT" WORK="$WORK" bash -c "$AGENT_BENCH"
     # The demo's whole pipeline (SFT, IGPO, GRPO, evals) on the GPU: its dev
     # F1 beside the CPU run's (README). Last, and only with the time it needs.
     step f-demo-cuda 420 optional -- env DEVICE=cuda IGPO="$BIN/igpo" PLUGINS="$KIT/plugins" \

@@ -97,11 +97,14 @@ pub fn gpu_kit() -> Result<()> {
     // The demo's plugins (demo.sh: the whole pipeline on the GPU).
     let plugins = crate::build_plugins(false)?;
     std::fs::create_dir_all(kit.join("plugins")).map_err(|e| format!(".gpu-kit/plugins: {e}"))?;
-    for name in ["bm25-search", "qa-dataset", "qa-reward"] {
+    // echo: the instant tool of run.sh's agent-rollout bench.
+    for name in ["bm25-search", "qa-dataset", "qa-reward", "echo"] {
         let wasm = format!("{name}.wasm");
         std::fs::copy(plugins.join(&wasm), kit.join("plugins").join(&wasm))
             .map_err(|e| format!("{} -> .gpu-kit/plugins: {e}", plugins.join(&wasm).display()))?;
-        manifest.push(format!("plugins/{wasm}: the demo's plugin"));
+        manifest.push(format!(
+            "plugins/{wasm}: the demo's plugin (echo: the agent bench's tool)"
+        ));
     }
     write(&kit.join("SHA256SUMS"), &sums)?;
     write(&kit.join("MANIFEST"), &(manifest.join("\n") + "\n"))?;

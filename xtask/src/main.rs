@@ -1050,18 +1050,56 @@ fn bench_rollout() -> Result<()> {
     std::fs::write(&cfg, cfg_text).map_err(|e| format!("{}: {e}", cfg.display()))?;
     let out = target().join("bench");
     std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-    let stats = out.join("rollout.json");
-    let result = run(igpo_release()
-        .args(["rollout", "--config"])
-        .arg(&cfg)
-        .arg("--out")
-        .arg(out.join("rollout-trajectories.jsonl"))
-        .arg("--stats")
-        .arg(&stats)
-        .env("IGPO_CACHE_DIR", target().join("plugins/.cache")));
+    // 16 questions alone, then 4 questions x 8 rollouts (a training
+    // group's G) with and without shared prompt prefixes.
+    let runs: [(&str, &[&str]); 3] = [
+        ("rollout", &[]),
+        (
+            "rollout-g8-shared",
+            &["dataset.limit=4", "rollouts_per_task=8", "batch=32"],
+        ),
+        (
+            "rollout-g8-unshared",
+            &[
+                "dataset.limit=4",
+                "rollouts_per_task=8",
+                "batch=32",
+                "agent.share_prompt_prefixes=false",
+            ],
+        ),
+    ];
+    let mut result = Ok(());
+    let mut rates = vec![];
+    for (name, sets) in runs {
+        let stats = out.join(format!("{name}.json"));
+        let mut cmd = igpo_release();
+        cmd.args(["rollout", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(out.join(format!("{name}-trajectories.jsonl")))
+            .arg("--stats")
+            .arg(&stats)
+            .env("IGPO_CACHE_DIR", target().join("plugins/.cache"));
+        for s in sets {
+            cmd.args(["--set", s]);
+        }
+        result = run(&mut cmd);
+        if result.is_err() {
+            break;
+        }
+        let text = std::fs::read_to_string(&stats).unwrap_or_default();
+        println!("{name}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        rates.push(v["wall_s"].as_f64().unwrap_or(f64::NAN));
+    }
     let _ = std::fs::remove_file(&cfg);
     result?;
-    println!("{}", std::fs::read_to_string(&stats).unwrap_or_default());
+    println!(
+        "shared prompt prefixes, 4 questions x 8 rollouts: {:.1} s vs {:.1} s unshared ({:.2}x)",
+        rates[1],
+        rates[2],
+        rates[2] / rates[1]
+    );
     Ok(())
 }
 

@@ -221,6 +221,11 @@ pub trait Backend: Clone + Send + Sync {
     type Tensor: Clone + Send + Sync;
 
     fn name(&self) -> String;
+    /// Bytes per element of the weights and KV caches a forward reads (a
+    /// decode step's memory traffic is counted in these).
+    fn stored_elem_bytes(&self) -> usize {
+        4
+    }
     fn upload(&self, t: &Tensor) -> Self::Tensor;
     fn download(&self, t: &Self::Tensor) -> Tensor;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];

@@ -225,6 +225,9 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
     fn name(&self) -> String {
         format!("{} (profiled)", self.inner.name())
     }
+    fn stored_elem_bytes(&self) -> usize {
+        self.inner.stored_elem_bytes()
+    }
     fn take_profile(&self) -> Option<Profile> {
         let spans = std::mem::take(&mut *self.spans.lock().expect("profile lock"));
         let mut phases = PhaseTimes::new();

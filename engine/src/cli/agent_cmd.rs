@@ -66,6 +66,9 @@ pub fn run_rollout(a: RolloutArgs) -> CliResult {
             "generated_tokens_per_s": stats.generated_tokens as f64 / stats.wall_s.max(1e-9),
             "tool_calls": stats.tool_calls,
             "waiting_on_tools_share": stats.waiting_on_tools_s / stats.wall_s.max(1e-9),
+            "prompt_tokens": stats.prompt_tokens,
+            "prefilled_prompt_tokens": stats.prefilled_prompt_tokens,
+            "share_prompt_prefixes": cfg.agent.share_prompt_prefixes,
         });
         crate::fsutil::write_atomic(path, serde_json::to_string_pretty(&json)?.as_bytes())
             .map_err(|e| format!("{}: {e}", path.display()))?;

@@ -113,6 +113,39 @@ enum BenchCommand {
         #[arg(long, default_value = "cpu")]
         device: Device,
     },
+    /// The agent loop under load: concurrent rollouts that each call a tool
+    /// once (the first turn is forced to be the call, so random weights
+    /// do): generated tokens/s, the share of time spent waiting on tools,
+    /// prompt tokens prefilled.
+    Agent {
+        #[arg(long)]
+        model: PathBuf,
+        /// The tool plugin (.wasm); an instant one (echo) measures the engine.
+        #[arg(long)]
+        tool: PathBuf,
+        /// The tool's config (JSON).
+        #[arg(long, default_value = "{}")]
+        tool_config: String,
+        #[arg(long, default_value_t = 256)]
+        rollouts: usize,
+        /// Rollouts per question (the G of a training group).
+        #[arg(long, default_value_t = 16)]
+        group_size: usize,
+        /// Sampled tokens of the turn after the tool result.
+        #[arg(long, default_value_t = 128)]
+        max_new_tokens: usize,
+        /// Every rollout prefills its own prompt.
+        #[arg(long)]
+        no_prefix_sharing: bool,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Write the result as JSON here too.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// cpu, or cuda[:N].
+        #[arg(long, default_value = "cpu")]
+        device: Device,
+    },
     /// Causal attention alone (training forward, backward) on one sequence:
     /// seconds and TFLOP/s.
     Attention {
@@ -361,6 +394,43 @@ fn run_bench(cmd: BenchCommand) -> CliResult {
             for (label, run) in &result.profile {
                 eprint!("{}", run.format(label));
             }
+            (serde_json::to_string_pretty(&result)?, out)
+        }
+        BenchCommand::Agent {
+            model,
+            tool,
+            tool_config,
+            rollouts,
+            group_size,
+            max_new_tokens,
+            no_prefix_sharing,
+            seed,
+            out,
+            device,
+        } => {
+            if rollouts == 0 || group_size == 0 {
+                return Err("bench agent: --rollouts and --group-size must be positive".into());
+            }
+            let config: serde_json::Value = serde_json::from_str(&tool_config)
+                .map_err(|e| format!("bench agent: --tool-config is not JSON: {e}"))?;
+            let backend = open_device(&device)?;
+            let host = crate::plugins::PluginHost::default();
+            let pool = std::sync::Arc::new(crate::plugins::ToolPool::load(
+                &host,
+                &[crate::plugins::PluginSpec::new(tool).config(config)],
+            )?);
+            let tok = crate::tokenizer::Tokenizer::load_dir(&model)?;
+            let spec = crate::bench::agent::AgentBenchSpec {
+                rollouts,
+                group_size,
+                max_new_tokens_per_turn: max_new_tokens,
+                share_prompt_prefixes: !no_prefix_sharing,
+                seed,
+            };
+            let result = crate::with_backend!(backend, b => {
+                let model = crate::model::load(&model, b)?;
+                crate::bench::agent::agent_bench(&model, &tok, pool, &spec)?
+            });
             (serde_json::to_string_pretty(&result)?, out)
         }
         BenchCommand::Attention {

@@ -36,6 +36,15 @@ pub struct AgentRunConfig {
     /// Rollouts decoding together.
     #[serde(default = "default_batch")]
     pub batch: usize,
+    /// Rollouts of each question, one after the other (the G of a training
+    /// group; they share the prompt's prefill, see
+    /// `agent.share_prompt_prefixes`).
+    #[serde(default = "default_rollouts_per_task")]
+    pub rollouts_per_task: usize,
+}
+
+fn default_rollouts_per_task() -> usize {
+    1
 }
 
 fn default_batch() -> usize {
@@ -102,10 +111,10 @@ impl AgentRunConfig {
         if let Some(r) = cfg.reward.as_mut() {
             rebase(base, r);
         }
-        if cfg.batch == 0 {
+        if cfg.batch == 0 || cfg.rollouts_per_task == 0 {
             return Err(RunError::Config {
                 path: p,
-                msg: "batch must be >= 1".into(),
+                msg: "batch and rollouts_per_task must be >= 1".into(),
             });
         }
         Ok(cfg)
@@ -144,7 +153,10 @@ pub fn rollout<B: Backend>(
     } else {
         Some(Arc::new(ToolPool::load(host, &cfg.tools).map_err(other)?))
     };
-    let tasks = load_tasks(host, &cfg.dataset)?;
+    let tasks: Vec<Task> = load_tasks(host, &cfg.dataset)?
+        .into_iter()
+        .flat_map(|t| std::iter::repeat_n(t, cfg.rollouts_per_task))
+        .collect();
     rollout_tasks(&model, &tok, tools, &cfg.agent, &tasks, cfg.batch, cfg.seed)
 }
 
@@ -165,10 +177,7 @@ pub fn rollout_tasks<B: Backend>(
         let seed = seed.wrapping_add((c * batch) as u64);
         let (t, s) = run_agent(model, tok, tools.clone(), agent, chunk, seed).map_err(other)?;
         all.extend(t);
-        stats.generated_tokens += s.generated_tokens;
-        stats.wall_s += s.wall_s;
-        stats.waiting_on_tools_s += s.waiting_on_tools_s;
-        stats.tool_calls += s.tool_calls;
+        stats.add(&s);
     }
     Ok((all, stats))
 }

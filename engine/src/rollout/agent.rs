@@ -4,19 +4,26 @@
 //!
 //! Token in, token out: the trajectory is the exact sampled ids plus the
 //! engine-made ids (prompt, tool results), never re-tokenized.
+//!
+//! Keys and values live in one paged cache ([`crate::kv`]) for the whole
+//! batch: the rollouts of one prompt share its prefilled blocks
+//! ([`super::prefix`]), a tool result is appended to the rollout's own
+//! blocks, and a finished rollout's blocks are freed for the others.
 
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::prefix::{prefill_prompts, Prefilled};
 use super::protocol::{
     parse_turn_in, search_result_text, stop_at_in, system_prompt, Protocol, ToolCallFormat,
     ToolSpec, TurnAction, TurnFormat,
 };
 use super::sampler::{draws, SamplingParams};
 use crate::backend::Backend;
-use crate::model::{KvCache, LogitRows, Model, SeqStep};
+use crate::kv::{KvConfig, KvError, SeqId};
+use crate::model::{LogitRows, Model, PagedStep};
 use crate::plugins::ToolPool;
 use crate::rng::Rng;
 use crate::tokenizer::{Message, Tokenizer, TokenizerError};
@@ -38,6 +45,10 @@ pub struct AgentConfig {
     pub top_k: usize,
     /// Replaces the generated system prompt that presents the tools.
     pub system_prompt: Option<String>,
+    /// Rollouts with the same prompt (the G of a group) prefill it once and
+    /// share its cached keys and values; `false` prefills every rollout's
+    /// prompt on its own (same tokens; for measuring what sharing saves).
+    pub share_prompt_prefixes: bool,
 }
 
 impl Default for AgentConfig {
@@ -52,8 +63,20 @@ impl Default for AgentConfig {
             top_p: 1.0,
             top_k: 0,
             system_prompt: None,
+            share_prompt_prefixes: true,
         }
     }
+}
+
+/// Why a batch of rollouts stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum RolloutError {
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Chat(#[from] crate::tokenizer::ChatError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
 }
 
 /// One question for the agent.
@@ -234,16 +257,34 @@ pub struct RolloutStats {
     /// Time the decoder sat idle because every live rollout waited on a tool.
     pub waiting_on_tools_s: f64,
     pub tool_calls: usize,
+    /// Prompt tokens of every rollout together.
+    pub prompt_tokens: usize,
+    /// Prompt tokens the decoder ran: a prompt shared by several rollouts
+    /// counts once (see [`AgentConfig::share_prompt_prefixes`]).
+    pub prefilled_prompt_tokens: usize,
 }
 
-struct Live<B: Backend> {
+impl RolloutStats {
+    /// Adds the counts of another batch.
+    pub fn add(&mut self, o: &RolloutStats) {
+        self.generated_tokens += o.generated_tokens;
+        self.wall_s += o.wall_s;
+        self.waiting_on_tools_s += o.waiting_on_tools_s;
+        self.tool_calls += o.tool_calls;
+        self.prompt_tokens += o.prompt_tokens;
+        self.prefilled_prompt_tokens += o.prefilled_prompt_tokens;
+    }
+}
+
+struct Live {
     traj: Trajectory,
     /// The conversation as the chat template sees it (generated turns as
     /// stand-ins): what the tool-result splices are rendered against.
     history: Vec<Message>,
-    cache: KvCache<B>,
+    /// The rollout's sequence in the batch's paged cache.
+    seq: SeqId,
     rng: Rng,
-    /// Tokens to feed at the next forward (prompt, tool result, or the last sample).
+    /// Tokens to feed at the next forward (tool result, or the last sample).
     pending: Vec<u32>,
     turn_tokens: Vec<u32>,
     /// Tokens still to be written instead of samples (see [`run_agent_forced`]).
@@ -270,7 +311,7 @@ pub fn run_agent<B: Backend>(
     cfg: &AgentConfig,
     tasks: &[Task],
     seed: u64,
-) -> Result<(Vec<Trajectory>, RolloutStats), TokenizerError> {
+) -> Result<(Vec<Trajectory>, RolloutStats), RolloutError> {
     run_agent_forced(model, tok, tools, cfg, tasks, seed, &[])
 }
 
@@ -287,8 +328,11 @@ pub fn run_agent_forced<B: Backend>(
     tasks: &[Task],
     seed: u64,
     forced: &[Vec<u32>],
-) -> Result<(Vec<Trajectory>, RolloutStats), TokenizerError> {
+) -> Result<(Vec<Trajectory>, RolloutStats), RolloutError> {
     let start = Instant::now();
+    if tasks.is_empty() {
+        return Ok((vec![], RolloutStats::default()));
+    }
     let search_tool = tools
         .as_ref()
         .and_then(|p| p.infos().first().map(|i| i.name.clone()))
@@ -308,10 +352,31 @@ pub fn run_agent_forced<B: Backend>(
         top_k: cfg.top_k,
         top_p: cfg.top_p,
     };
-    let mut live: Vec<Live<B>> = Vec::with_capacity(tasks.len());
-    for (i, t) in tasks.iter().enumerate() {
+    let mut histories = Vec::with_capacity(tasks.len());
+    let mut prompts = Vec::with_capacity(tasks.len());
+    for t in tasks {
         let history = opening_messages(&system, &t.question);
-        let prompt = tok.encode(&tok.chat.render(&history, specs.as_deref(), true)?)?;
+        prompts.push(tok.encode(&tok.chat.render(&history, specs.as_deref(), true)?)?);
+        histories.push(history);
+    }
+    let mut kv = model.new_kv(kv_config(&prompts, cfg));
+    let Prefilled {
+        seqs,
+        logits,
+        prefilled_tokens,
+    } = {
+        let refs: Vec<&[u32]> = prompts.iter().map(Vec::as_slice).collect();
+        prefill_prompts(model, &mut kv, &refs, cfg.share_prompt_prefixes)?
+    };
+    // The prefill's logits give every rollout its first token.
+    let mut prefill_logits = Some(logits);
+    let mut stats = RolloutStats {
+        prompt_tokens: prompts.iter().map(Vec::len).sum(),
+        prefilled_prompt_tokens: prefilled_tokens,
+        ..RolloutStats::default()
+    };
+    let mut live: Vec<Live> = Vec::with_capacity(tasks.len());
+    for (i, ((t, history), prompt)) in tasks.iter().zip(histories).zip(prompts).enumerate() {
         live.push(Live {
             history,
             traj: Trajectory {
@@ -331,10 +396,10 @@ pub fn run_agent_forced<B: Backend>(
                 truncated: false,
                 text: String::new(),
             },
-            cache: model.new_cache(),
+            seq: seqs[i],
             rng: Rng::new(seed.wrapping_add(i as u64)),
             turn_start: prompt.len(),
-            pending: prompt,
+            pending: vec![],
             turn_tokens: vec![],
             forced: forced.get(i).cloned().unwrap_or_default().into(),
             generated: 0,
@@ -342,7 +407,6 @@ pub fn run_agent_forced<B: Backend>(
         });
     }
     let (tx, rx) = mpsc::channel::<(usize, TurnMeta)>();
-    let mut stats = RolloutStats::default();
     let b = model.backend();
     loop {
         // Tool results that arrived rejoin the batch.
@@ -376,28 +440,26 @@ pub fn run_agent_forced<B: Backend>(
                 }
             })
             .collect();
-        let sampled = {
-            let inputs: Vec<Vec<u32>> = active
-                .iter()
-                .map(|&i| std::mem::take(&mut live[i].pending))
-                .collect();
-            let mut caches: Vec<Option<&mut KvCache<B>>> =
-                live.iter_mut().map(|l| Some(&mut l.cache)).collect();
-            let mut steps: Vec<SeqStep<'_, B>> = active
-                .iter()
-                .zip(&inputs)
-                .map(|(&i, t)| SeqStep {
-                    tokens: t,
-                    positions: None,
-                    cache: caches[i].take().expect("once"),
-                })
-                .collect();
-            b.sample_rows(
-                &model.forward(&mut steps, LogitRows::Last),
-                &sampling,
-                &uniforms,
-            )
+        let logits = match prefill_logits.take() {
+            // Every rollout is decoding, in order: row i is rollout i's.
+            Some(l) => l,
+            None => {
+                let inputs: Vec<Vec<u32>> = active
+                    .iter()
+                    .map(|&i| std::mem::take(&mut live[i].pending))
+                    .collect();
+                let steps: Vec<PagedStep<'_>> = active
+                    .iter()
+                    .zip(&inputs)
+                    .map(|(&i, t)| PagedStep {
+                        tokens: t,
+                        seq: live[i].seq,
+                    })
+                    .collect();
+                model.forward_paged(&mut kv, &steps, LogitRows::Last)?
+            }
         };
+        let sampled = b.sample_rows(&logits, &sampling, &uniforms);
         for (&i, s) in active.iter().zip(sampled) {
             let l = &mut live[i];
             let (id, logprob) = match l.forced.pop_front() {
@@ -477,11 +539,28 @@ pub fn run_agent_forced<B: Backend>(
             l.traj.turns.push(TurnMeta::new(turn_text));
             if l.state == State::Done {
                 l.traj.text = tok.decode(&l.traj.tokens, false)?;
+                kv.free(l.seq)?;
             }
         }
     }
     stats.wall_s = start.elapsed().as_secs_f64();
     Ok((live.into_iter().map(|l| l.traj).collect(), stats))
+}
+
+/// The batch's cache: room for every distinct prompt and a turn of every
+/// rollout up front; it grows (doubling) when rollouts go on longer.
+fn kv_config(prompts: &[Vec<u32>], cfg: &AgentConfig) -> KvConfig {
+    let block_size = KvConfig::default().block_size;
+    let mut distinct: Vec<&Vec<u32>> = prompts.iter().collect();
+    distinct.sort();
+    distinct.dedup();
+    let prompt_blocks: usize = distinct.iter().map(|p| p.len().div_ceil(block_size)).sum();
+    let turn_blocks = prompts.len() * (cfg.max_new_tokens_per_turn.div_ceil(block_size) + 1);
+    KvConfig {
+        block_size,
+        initial_blocks: prompt_blocks + turn_blocks,
+        max_blocks: usize::MAX,
+    }
 }
 
 /// A tool result as the model reads it: cut to `max_tokens` tokens with a
@@ -533,8 +612,8 @@ pub fn tool_splice(
 /// Appends a tool result (or error) as engine-made tokens, records the
 /// turn's metadata (its result cut to `max_tool_result_tokens`) and puts the
 /// rollout back into the batch.
-fn splice_result<B: Backend>(
-    l: &mut Live<B>,
+fn splice_result(
+    l: &mut Live,
     tok: &Tokenizer,
     cfg: &AgentConfig,
     tools: Option<&[ToolSpec]>,

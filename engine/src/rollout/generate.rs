@@ -1,9 +1,12 @@
-//! Plain (single-turn) generation: batched decoding with a KV cache per
-//! sequence. The multi-turn agent loop builds on the same pieces.
+//! Plain (single-turn) generation: batched decoding over one paged KV
+//! cache, equal prompts prefilled once. The multi-turn agent loop builds on
+//! the same pieces.
 
+use super::prefix::prefill_prompts;
 use super::sampler::{draws, SamplingParams};
 use crate::backend::Backend;
-use crate::model::{LogitRows, Model, SeqStep};
+use crate::kv::KvConfig;
+use crate::model::{LogitRows, Model, PagedStep};
 use crate::rng::Rng;
 
 /// Why a sequence stopped.
@@ -44,7 +47,6 @@ pub fn generate<B: Backend>(
 ) -> Vec<Generation> {
     let b = model.backend();
     let n = prompts.len();
-    let mut caches: Vec<_> = (0..n).map(|_| model.new_cache()).collect();
     let mut rngs: Vec<Rng> = (0..n)
         .map(|i| Rng::new(opts.seed.wrapping_add(i as u64)))
         .collect();
@@ -54,23 +56,42 @@ pub fn generate<B: Backend>(
             stop: StopReason::MaxTokens,
         })
         .collect();
-    if opts.max_new_tokens == 0 {
+    let mut active: Vec<usize> = (0..n).filter(|&i| !prompts[i].is_empty()).collect();
+    if opts.max_new_tokens == 0 || active.is_empty() {
         return outs;
     }
-    let mut active: Vec<usize> = (0..n).filter(|&i| !prompts[i].is_empty()).collect();
-    let mut inputs: Vec<Vec<u32>> = prompts.to_vec();
+    let bs = KvConfig::default().block_size;
+    let mut kv = model.new_kv(KvConfig {
+        initial_blocks: active
+            .iter()
+            .map(|&i| (prompts[i].len() + opts.max_new_tokens).div_ceil(bs))
+            .sum(),
+        ..KvConfig::default()
+    });
+    let refs: Vec<&[u32]> = active.iter().map(|&i| prompts[i].as_slice()).collect();
+    // The cache only grows (no limit): it cannot run out.
+    let pre = prefill_prompts(model, &mut kv, &refs, true).expect("an unbounded KV cache");
+    let mut seqs = vec![0; n];
+    for (&i, &s) in active.iter().zip(&pre.seqs) {
+        seqs[i] = s;
+    }
+    let mut prefill_logits = Some(pre.logits);
+    let mut inputs: Vec<Vec<u32>> = vec![vec![]; n];
     while !active.is_empty() {
-        let logits = {
-            let mut steps: Vec<SeqStep<'_, B>> = Vec::with_capacity(active.len());
-            let mut cache_refs: Vec<Option<&mut _>> = caches.iter_mut().map(Some).collect();
-            for &i in &active {
-                steps.push(SeqStep {
-                    tokens: &inputs[i],
-                    positions: None,
-                    cache: cache_refs[i].take().expect("each sequence once"),
-                });
+        let logits = match prefill_logits.take() {
+            Some(l) => l,
+            None => {
+                let steps: Vec<PagedStep<'_>> = active
+                    .iter()
+                    .map(|&i| PagedStep {
+                        tokens: &inputs[i],
+                        seq: seqs[i],
+                    })
+                    .collect();
+                model
+                    .forward_paged(&mut kv, &steps, LogitRows::Last)
+                    .expect("an unbounded KV cache")
             }
-            model.forward(&mut steps, LogitRows::Last)
         };
         // Sampled where the logits are: only the ids come back from a GPU.
         let uniforms: Vec<f64> = active
@@ -93,7 +114,9 @@ pub fn generate<B: Backend>(
             } else if outs[i].tokens.len() < opts.max_new_tokens {
                 inputs[i] = vec![id];
                 still.push(i);
+                continue;
             }
+            kv.free(seqs[i]).expect("a live sequence");
         }
         active = still;
     }

@@ -2,12 +2,13 @@
 
 pub mod agent;
 mod generate;
+mod prefix;
 pub mod protocol;
 pub mod sampler;
 
 pub use agent::{
-    agent_system_prompt, run_agent, tool_turn, AgentConfig, RolloutStats, Segment, SpanKind, Task,
-    Trajectory, TurnMeta,
+    agent_system_prompt, run_agent, tool_turn, AgentConfig, RolloutError, RolloutStats, Segment,
+    SpanKind, Task, Trajectory, TurnMeta,
 };
 pub use generate::{generate, GenerateOptions, Generation, StopReason};
 pub use sampler::SamplingParams;

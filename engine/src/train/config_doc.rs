@@ -127,6 +127,7 @@ pub fn train_sections() -> Vec<Section> {
                 key("top_p", "float", "Nucleus sampling mass (1 = off)."),
                 key("top_k", "integer", "Top-k sampling (0 = off)."),
                 ex("system_prompt", "string", "\"Answer the question. Search for facts with the search tool, then answer inside <answer> </answer>.\"", "Replaces the generated system prompt that presents the tools and the protocol."),
+                key("share_prompt_prefixes", "bool", "Rollouts with the same prompt (a group's G) prefill it once and share its cached keys and values (false: each prefills its own; same tokens)."),
             ],
             defaults: Some(|| table(AgentConfig::default())),
         },

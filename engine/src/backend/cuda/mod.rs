@@ -358,6 +358,11 @@ impl Cuda {
 impl Backend for Cuda {
     type Tensor = CudaTensor;
 
+    /// bf16 weights and KV caches.
+    fn stored_elem_bytes(&self) -> usize {
+        2
+    }
+
     fn name(&self) -> String {
         let (a, b) = self.k.arch();
         format!(

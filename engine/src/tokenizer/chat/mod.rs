@@ -162,6 +162,25 @@ pub enum ToolCallFormat {
     LlamaJson { python_tag: Option<String> },
 }
 
+impl ToolCallFormat {
+    /// A call of tool `name` with `arguments` as this format asks the model
+    /// to write it (a forced turn in tests and benchmarks).
+    pub fn call_text(&self, name: &str, arguments: &serde_json::Value) -> String {
+        let name = serde_json::Value::String(name.into());
+        match self {
+            ToolCallFormat::Prompted | ToolCallFormat::Hermes => {
+                format!(
+                    "<tool_call>\n{{\"name\": {name}, \"arguments\": {arguments}}}\n</tool_call>"
+                )
+            }
+            ToolCallFormat::LlamaJson { python_tag } => format!(
+                "{}{{\"name\": {name}, \"parameters\": {arguments}}}",
+                python_tag.as_deref().unwrap_or("")
+            ),
+        }
+    }
+}
+
 impl fmt::Display for ToolCallFormat {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

@@ -1,8 +1,10 @@
 //! Throughput measurements (what `igpo bench forward` and `igpo bench score`
 //! report and `cargo xtask bench` compares with PyTorch): prefill, decode and
 //! a training step of a model, and the fused lm-head log-prob of chosen
-//! tokens. GPU work is asynchronous: every timing ends with
+//! tokens; the agent loop under load (`igpo bench agent`, [`agent`]). GPU work is asynchronous: every timing ends with
 //! [`Backend::synchronize`] or a download.
+
+pub mod agent;
 
 use std::time::Instant;
 
@@ -10,7 +12,7 @@ use serde::Serialize;
 
 use crate::backend::profile::{format_profile, Profile};
 use crate::backend::Backend;
-use crate::model::{LogitRows, Model, ModelConfig, SeqStep};
+use crate::model::{LogitRows, Model, ModelConfig, PagedStep, SeqStep};
 use crate::tensor::Tensor;
 use crate::train::optim::{AdamW, OptimConfig};
 use crate::train::sft::sft_micro_batch;
@@ -43,6 +45,13 @@ pub struct ForwardBenchResult {
     pub decode_tokens: usize,
     /// Batch size -> decode tokens per second (all rows together).
     pub decode_tokens_per_s: std::collections::BTreeMap<String, f64>,
+    /// Batch size -> bytes a decode step must read at least: every weight
+    /// once and each row's cached keys and values (at the mean context of
+    /// the timed steps).
+    pub decode_bytes_per_step: std::collections::BTreeMap<String, f64>,
+    /// Batch size -> those bytes over the measured step time, GB/s: divided
+    /// by the device's peak bandwidth, how near decode is to its limit.
+    pub decode_read_gb_per_s: std::collections::BTreeMap<String, f64>,
     pub train_seq: usize,
     pub train_batch: usize,
     pub train_micro_batch: usize,
@@ -111,6 +120,27 @@ pub fn train_flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
     6.0 * matmul + 12.0 * c.num_layers as f64 * q * seq as f64
 }
 
+/// The least a decode step of `batch` rows reads: every weight (an untied
+/// embedding table not counted: a lookup reads only its rows; a tied one is
+/// read whole as the lm head) and the keys and values of each row's
+/// context, taken at the mean over the timed steps.
+fn decode_bytes_per_step<B: Backend>(
+    model: &Model<B>,
+    batch: usize,
+    spec: &ForwardBenchSpec,
+) -> f64 {
+    let c = &model.config;
+    let elem = model.backend().stored_elem_bytes() as f64;
+    let kv_per_pos = (2 * c.num_layers * c.num_kv_heads * c.head_dim) as f64 * elem;
+    let mean_ctx = spec.decode_prompt_tokens as f64 + (spec.decode_tokens as f64 + 1.0) / 2.0;
+    let lookup_only = if c.tie_word_embeddings {
+        0
+    } else {
+        c.vocab_size * c.hidden_size
+    };
+    (c.num_parameters() as f64 - lookup_only as f64) * elem + batch as f64 * mean_ctx * kv_per_pos
+}
+
 /// Median of `repeats` runs of `run` (each returns its seconds) after one
 /// warm-up run.
 fn warm_median(repeats: usize, mut run: impl FnMut() -> f64) -> f64 {
@@ -152,22 +182,26 @@ fn time_decode<B: Backend>(model: &Model<B>, batch: usize, spec: &ForwardBenchSp
     let prompts: Vec<Vec<u32>> = (0..batch)
         .map(|r| bench_ids(spec.decode_prompt_tokens, r * 31, vocab))
         .collect();
-    let mut caches: Vec<_> = (0..batch).map(|_| model.new_cache()).collect();
+    // The paged cache generation and the agent decode with.
+    let bs = crate::kv::KvConfig::default().block_size;
+    let mut kv = model.new_kv(crate::kv::KvConfig {
+        initial_blocks: batch * (spec.decode_prompt_tokens + spec.decode_tokens + 1).div_ceil(bs),
+        ..Default::default()
+    });
+    let seqs: Vec<_> = (0..batch).map(|_| kv.new_seq()).collect();
     let mut next: Vec<Vec<u32>> = prompts;
     let mut elapsed = 0.0;
     for step in 0..=spec.decode_tokens {
         let t = Instant::now();
         let logits = {
-            let mut steps: Vec<SeqStep<'_, B>> = next
+            let steps: Vec<PagedStep<'_>> = next
                 .iter()
-                .zip(caches.iter_mut())
-                .map(|(tokens, cache)| SeqStep {
-                    tokens,
-                    positions: None,
-                    cache,
-                })
+                .zip(&seqs)
+                .map(|(tokens, &seq)| PagedStep { tokens, seq })
                 .collect();
-            model.forward(&mut steps, LogitRows::Last)
+            model
+                .forward_paged(&mut kv, &steps, LogitRows::Last)
+                .expect("the KV cache grows without limit")
         };
         // Greedy, on the device (as `rollout::generate` samples).
         next = model
@@ -228,9 +262,13 @@ pub fn forward_bench<B: Backend>(
         time_prefill(model, &ids)
     });
     let mut decode = std::collections::BTreeMap::new();
+    let (mut step_bytes, mut read_gbs) = (decode.clone(), decode.clone());
     for &b in &spec.batches {
         let t = warm_median(repeats, || time_decode(model, b, spec));
         decode.insert(b.to_string(), (b * spec.decode_tokens) as f64 / t);
+        let bytes = decode_bytes_per_step(model, b, spec);
+        step_bytes.insert(b.to_string(), bytes);
+        read_gbs.insert(b.to_string(), bytes * spec.decode_tokens as f64 / t / 1e9);
         profile_once(&backend, format!("decode batch {b}"), &mut profile, || {
             time_decode(model, b, spec)
         });
@@ -264,6 +302,8 @@ pub fn forward_bench<B: Backend>(
         prefill_tokens_per_s: spec.prefill_tokens as f64 / prefill,
         decode_tokens: spec.decode_tokens,
         decode_tokens_per_s: decode,
+        decode_bytes_per_step: step_bytes,
+        decode_read_gb_per_s: read_gbs,
         train_seq: spec.train_seq,
         train_batch: spec.train_batch,
         train_micro_batch: micro,
