@@ -103,9 +103,14 @@ enum EmuPlant {
     EMU_PLANT_MMA_A_LAYOUT,    // A registers 1 and 2 swapped (rows 8-15 <-> cols 8-15)
     EMU_PLANT_MMA_B_LAYOUT,    // B registers 0 and 1 swapped (k 0-7 <-> k 8-15)
     EMU_PLANT_LDMATRIX_TRANS,  // .trans ignored
-    EMU_PLANT_CP_ASYNC_NO_WAIT // cp.async.wait_group does nothing
+    EMU_PLANT_CP_ASYNC_NO_WAIT, // cp.async.wait_group does nothing
+    // Bugs planted in kernel code through IGPO_PLANTED(NAME) (common.cuh):
+    EMU_PLANT_PAGED_KEY_LIMIT,   // paged_attention.cu: each split drops its last key
+    EMU_PLANT_PAGED_BLOCK_TABLE, // paged_attention.cu: key j read from pool row j
+    EMU_PLANT_PAGED_MERGE_RESCALE // paged_attention.cu: the merge skips e^(m_s - M)
 };
 inline EmuPlant emu_plant = EMU_PLANT_NONE;
+#define IGPO_PLANTED(bug) (emu_plant == EMU_PLANT_##bug)
 inline EmuBlock* emu_block = nullptr;
 inline int emu_tid = 0;
 inline std::function<void()>* emu_kernel = nullptr;

@@ -15,6 +15,7 @@
 #include "../src/cu/sampling.cu"
 #include "../src/cu/attention.cu"
 #include "../src/cu/attention_tc.cu"
+#include "../src/cu/paged_attention.cu"
 
 #include <cstdio>
 #include <map>
@@ -943,6 +944,214 @@ static void test_varlen_tc() {
     check("attn_tc decode rows == the same rows of the prefill (lse)", dlse, pl, 0, 0);
 }
 
+// ------------------------------------------------- paged split-K decode
+// Pools [blocks * bs, KV*D] with random rows; every sequence's block table
+// is a scattered, non-contiguous pick of pool blocks. Sequence b has keys[b]
+// keys and its m[b] newest positions as query rows (packed in q in order).
+struct PagedCase {
+    int H, KV, D, bs, pool_blocks;
+    vector<int> keys, m;
+};
+struct PagedData {
+    PagedCase c;
+    vector<float> kf, vf, qf;  // pools and queries (bf16 values)
+    vector<bf16> kb, vb, qb;
+    vector<vector<int>> tables;
+};
+
+static PagedData paged_data(const PagedCase& c, uint64_t seed) {
+    Rand r(seed);
+    PagedData p{c, {}, {}, {}, {}, {}, {}, {}};
+    const int kc = c.KV * c.D, rows = c.pool_blocks * c.bs;
+    p.kf = rnd_bf(r, (size_t)rows * kc, 2.0f);
+    p.vf = rnd_bf(r, (size_t)rows * kc);
+    p.kb = to_bf(p.kf);
+    p.vb = to_bf(p.vf);
+    // A shuffled list of blocks, handed out in order: tables are scattered.
+    vector<int> perm(c.pool_blocks);
+    std::iota(perm.begin(), perm.end(), 0);
+    for (int i = c.pool_blocks - 1; i > 0; --i) std::swap(perm[i], perm[(int)(r.uniform() * (i + 1))]);
+    int next = 0;
+    int total_rows = 0;
+    for (size_t b = 0; b < c.keys.size(); ++b) {
+        vector<int> t;
+        for (int j = 0; j < (c.keys[b] + c.bs - 1) / c.bs; ++j) t.push_back(perm.at(next++));
+        p.tables.push_back(t);
+        total_rows += c.m[b];
+    }
+    p.qf = rnd_bf(r, (size_t)total_rows * c.H * c.D);
+    p.qb = to_bf(p.qf);
+    return p;
+}
+
+// The host side of kernels/src/paged.rs (PagedMeta) for sequences `pick` of
+// the case, their rows packed from row 0 in pick order.
+struct PagedMetaHost {
+    vector<int> ints;
+    int items = 0, work = 0, off_work = 0, off_tstart = 0, off_tables = 0;
+};
+static PagedMetaHost paged_meta(const PagedData& p, const vector<int>& pick, int split_keys) {
+    vector<int> items, work, tstart{0}, tables;
+    int splits = 0, row = 0;
+    for (size_t bi = 0; bi < pick.size(); ++bi) {
+        const int b = pick[bi];
+        for (int t : p.tables[b]) tables.push_back(t);
+        tstart.push_back((int)tables.size());
+        const int m = p.c.m[b], keys = p.c.keys[b];
+        for (int j = 0; j < m; ++j) {
+            const int n = keys - m + j + 1, item = (int)items.size() / 4;
+            items.insert(items.end(), {row++, (int)bi, n, splits});
+            for (int s = 0; s < (n + split_keys - 1) / split_keys; ++s) work.insert(work.end(), {item, s});
+            splits += (n + split_keys - 1) / split_keys;
+        }
+    }
+    PagedMetaHost h;
+    h.items = (int)items.size() / 4;
+    h.work = (int)work.size() / 2;
+    h.off_work = (int)items.size();
+    h.off_tstart = h.off_work + (int)work.size();
+    h.off_tables = h.off_tstart + (int)tstart.size();
+    h.ints = items;
+    h.ints.insert(h.ints.end(), work.begin(), work.end());
+    h.ints.insert(h.ints.end(), tstart.begin(), tstart.end());
+    h.ints.insert(h.ints.end(), tables.begin(), tables.end());
+    return h;
+}
+
+// First packed q row of each sequence of the case.
+static vector<int> paged_row_starts(const PagedCase& c) {
+    vector<int> st{0};
+    for (int x : c.m) st.push_back(st.back() + x);
+    return st;
+}
+
+// Runs split + merge over sequences `pick` (their q rows copied and packed
+// in pick order); returns out [rows, H*D] as floats.
+static vector<float> run_paged(const PagedData& p, const vector<int>& pick, int split_keys) {
+    const PagedCase& c = p.c;
+    const int qc = c.H * c.D;
+    const vector<int> st = paged_row_starts(c);
+    vector<bf16> q;
+    for (int b : pick) q.insert(q.end(), p.qb.begin() + (size_t)st[b] * qc, p.qb.begin() + (size_t)st[b + 1] * qc);
+    PagedMetaHost h = paged_meta(p, pick, split_keys);
+    vector<float> ml((size_t)h.work * c.H * 2, NAN), acc((size_t)h.work * c.H * c.D, NAN);
+    vector<bf16> out((size_t)h.items * qc, to_bf16(NAN));
+    const int G = c.H / c.KV, chunks = (G + PA_GMAX - 1) / PA_GMAX;
+    emu_launch({(unsigned)h.work, (unsigned)(c.KV * chunks)}, {PA_THREADS}, [&] {
+        auto f = c.D == 64 ? paged_attn_split_d64 : paged_attn_split_d128;
+        f(ml.data(), acc.data(), q.data(), p.kb.data(), p.vb.data(), h.ints.data(), h.off_work, h.off_tstart,
+          h.off_tables, c.H, c.KV, c.bs, split_keys);
+    });
+    emu_launch({(unsigned)h.items, (unsigned)c.H}, {(unsigned)c.D}, [&] {
+        paged_attn_merge(out.data(), ml.data(), acc.data(), h.ints.data(), c.H, c.D, split_keys);
+    });
+    return from_bf(out);
+}
+
+// Double-precision reference of every row of every sequence (packed order).
+static vector<double> ref_paged(const PagedData& p) {
+    const PagedCase& c = p.c;
+    const int qc = c.H * c.D, kc = c.KV * c.D, G = c.H / c.KV;
+    const double scale = 1.0 / std::sqrt((double)c.D);
+    vector<double> want;
+    int row = 0;
+    for (size_t b = 0; b < c.keys.size(); ++b)
+        for (int j = 0; j < c.m[b]; ++j, ++row) {
+            const int n = c.keys[b] - c.m[b] + j + 1;
+            vector<double> o(qc, 0.0);
+            for (int h = 0; h < c.H; ++h) {
+                const int g = h / G;
+                vector<double> sc(n);
+                double mx = -1e300;
+                for (int key = 0; key < n; ++key) {
+                    const size_t pr = (size_t)p.tables[b][key / c.bs] * c.bs + key % c.bs;
+                    double dot = 0;
+                    for (int t = 0; t < c.D; ++t) dot += (double)p.qf[(size_t)row * qc + h * c.D + t] * p.kf[pr * kc + g * c.D + t];
+                    sc[key] = dot * scale;
+                    mx = std::max(mx, sc[key]);
+                }
+                double tot = 0;
+                for (double x : sc) tot += std::exp(x - mx);
+                for (int key = 0; key < n; ++key) {
+                    const size_t pr = (size_t)p.tables[b][key / c.bs] * c.bs + key % c.bs;
+                    const double w = std::exp(sc[key] - mx) / tot;
+                    for (int t = 0; t < c.D; ++t) o[h * c.D + t] += w * p.vf[pr * kc + g * c.D + t];
+                }
+            }
+            want.insert(want.end(), o.begin(), o.end());
+        }
+    return want;
+}
+
+static vector<int> all_seqs(const PagedCase& c) {
+    vector<int> v(c.keys.size());
+    std::iota(v.begin(), v.end(), 0);
+    return v;
+}
+
+// The checks of one case: against the reference; sequences `alone` run by
+// themselves give the batch's bits; one split per row (split_keys past every
+// key count) agrees with 256-key splits within rounding.
+static void paged_case(const std::string& name, const PagedCase& c, uint64_t seed, const vector<int>& alone,
+                       bool one_split) {
+    const PagedData p = paged_data(c, seed);
+    const vector<int> all = all_seqs(c);
+    const vector<float> got = run_paged(p, all, 256);
+    const vector<double> want = ref_paged(p);
+    check(name + " vs reference", got, want, 4e-3, 1.0 / 64);
+    const int qc = c.H * c.D;
+    const vector<int> st = paged_row_starts(c);
+    for (int b : alone) {
+        const vector<float> solo = run_paged(p, {b}, 256);
+        const vector<float> in_batch(got.begin() + (size_t)st[b] * qc, got.begin() + (size_t)st[b + 1] * qc);
+        check(name + " seq " + std::to_string(b) + " (" + std::to_string(c.keys[b]) + " keys) alone == in batch",
+              solo, in_batch, 0, 0);
+    }
+    if (one_split) {
+        const vector<float> one = run_paged(p, all, 1024);
+        check(name + " one split == 256-key splits", one, got, 1e-3, 1.0 / 128);
+    }
+}
+
+static const PagedCase PAGED_D64{8, 2, 64, 16, 120, {1, 15, 16, 17, 300, 1000, 70}, {1, 1, 1, 1, 5, 1, 70}};
+
+static void test_paged() {
+    // D 64, GQA 4: lengths 1, 15, 16, 17, 300 (a 5-row chunk), 1000 (4
+    // splits), a 70-row prompt (row j sees j + 1 keys).
+    paged_case("paged_attn d64 GQA4", PAGED_D64, 51, {4, 5}, true);
+    // D 128, 12 query heads over one KV head: two head chunks (8 + 4).
+    paged_case("paged_attn d128 GQA12", {12, 1, 128, 16, 100, {1, 15, 16, 17, 300, 1000}, {1, 1, 1, 1, 3, 1}}, 52,
+               {5}, true);
+    // D 128 without GQA (one head per block), 8 positions per block.
+    paged_case("paged_attn d128 MHA bs8", {2, 2, 128, 8, 80, {9, 257, 130}, {1, 2, 1}}, 53, {1}, false);
+}
+
+// scatter_rows_bf16: each row lands at its index, nothing else changes; the
+// 16-byte path (cols % 8 == 0, both pools) and the element path (one pool).
+static void test_scatter() {
+    Rand r(54);
+    for (int cols : {64, 12}) {
+        const int pool_rows = 40, n = 7;
+        vector<int> rows{33, 2, 17, 18, 0, 39, 5};
+        const bf16 sentinel = to_bf16(7.0f);
+        vector<bf16> k0((size_t)pool_rows * cols, sentinel), v0 = k0;
+        auto k = to_bf(rnd_bf(r, (size_t)n * cols)), v = to_bf(rnd_bf(r, (size_t)n * cols));
+        auto want_k = k0, want_v = v0;
+        for (int i = 0; i < n; ++i)
+            for (int c = 0; c < cols; ++c) {
+                want_k[(size_t)rows[i] * cols + c] = k[(size_t)i * cols + c];
+                want_v[(size_t)rows[i] * cols + c] = v[(size_t)i * cols + c];
+            }
+        const bool both = cols % 8 == 0;
+        emu_launch({2}, {32}, [&] {
+            scatter_rows_bf16(k0.data(), both ? v0.data() : nullptr, rows.data(), k.data(), both ? v.data() : nullptr,
+                              n, cols);
+        });
+        check("scatter_rows_bf16 cols " + std::to_string(cols) + " first matrix", from_bf(k0), from_bf(want_k), 0, 0);
+        if (both) check("scatter_rows_bf16 cols 64 second matrix", from_bf(v0), from_bf(want_v), 0, 0);
+    }
+}
+
 // Planted bugs in the emulated primitives (fragment layouts, a missing
 // cp.async wait) must make the tensor-core attention checks fail.
 static void test_planted() {
@@ -957,6 +1166,25 @@ static void test_planted() {
         emu_plant = plant;
         std::printf("-- planted: %s (the checks below must FAIL)\n", what);
         test_attention_case("planted: attention tc causal d64 GQA", {40, 44, 2, 1, 64, true, 4, {}, {}}, 41, true);
+        emu_plant = EMU_PLANT_NONE;
+        const bool caught = failures > before;
+        failures = before;
+        check_true(std::string("planted bug caught: ") + what, caught);
+    }
+    // Bugs planted in the paged split-K kernels (and a missing cp.async
+    // wait there): the paged checks must fail.
+    const std::pair<EmuPlant, const char*> paged[] = {
+        {EMU_PLANT_PAGED_KEY_LIMIT, "paged split drops its last key (off by one)"},
+        {EMU_PLANT_PAGED_BLOCK_TABLE, "paged key read from pool row = position (block table ignored)"},
+        {EMU_PLANT_PAGED_MERGE_RESCALE, "paged merge without the e^(m_s - M) rescale"},
+        {EMU_PLANT_CP_ASYNC_NO_WAIT, "cp.async wait_group missing (paged)"},
+    };
+    const PagedCase small{4, 2, 64, 16, 64, {17, 300, 600}, {1, 2, 1}};
+    for (auto [plant, what] : paged) {
+        const int before = failures;
+        emu_plant = plant;
+        std::printf("-- planted: %s (the checks below must FAIL)\n", what);
+        paged_case("planted: paged_attn d64", small, 55, {}, false);
         emu_plant = EMU_PLANT_NONE;
         const bool caught = failures > before;
         failures = before;
@@ -1113,7 +1341,8 @@ int main(int argc, char** argv) {
                                             {"sampling", test_sampling}, {"attention", test_attention},
                                             {"decode", test_decode},     {"varlen", test_varlen},
                                             {"kv_append", test_kv_append}, {"tc_primitives", test_tc_primitives},
-                                            {"attention_tc", test_attention_tc}, {"varlen_tc", test_varlen_tc}};
+                                            {"attention_tc", test_attention_tc}, {"varlen_tc", test_varlen_tc},
+                                            {"paged", test_paged},       {"scatter", test_scatter}};
     // `planted` (not part of the default run): each planted primitive bug
     // must make the tensor-core attention check fail.
     if (argc > 1 && std::string(argv[1]) == "planted") tests = {{"planted", test_planted}};

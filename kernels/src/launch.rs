@@ -140,11 +140,11 @@ pub fn device_memory(ordinal: usize) -> Result<DeviceMemory> {
     })
 }
 
-fn cuda<E: std::fmt::Debug>(e: E) -> Error {
+pub(crate) fn cuda<E: std::fmt::Debug>(e: E) -> Error {
     Error::Cuda(format!("{e:?}"))
 }
 
-fn check_len<T>(what: &str, s: &CudaSlice<T>, want: usize) -> Result<()> {
+pub(crate) fn check_len<T>(what: &str, s: &CudaSlice<T>, want: usize) -> Result<()> {
     if s.len() < want {
         return Err(Error::Invalid(format!(
             "{what}: buffer holds {} elements, the launch needs {want}",
@@ -154,7 +154,7 @@ fn check_len<T>(what: &str, s: &CudaSlice<T>, want: usize) -> Result<()> {
     Ok(())
 }
 
-fn elem_cfg(n: usize) -> LaunchConfig {
+pub(crate) fn elem_cfg(n: usize) -> LaunchConfig {
     let blocks = n.div_ceil(ELEM_THREADS as usize).clamp(1, 1 << 16) as u32;
     LaunchConfig {
         grid_dim: (blocks, 1, 1),
@@ -266,6 +266,9 @@ pub struct Kernels {
     /// Varlen row starts and key counts: the same for every layer of a step.
     varlen_starts: Reused<i32>,
     varlen_keys: Reused<i32>,
+    /// The int32 description of a paged attention call (`paged.rs`): the
+    /// same for every layer of a step.
+    pub(crate) paged_meta: Reused<i32>,
     /// Which attention kernels run (`IGPO_ATTENTION`).
     attn: AttnKernels,
     counters: Counters,
@@ -384,6 +387,7 @@ impl Kernels {
             arch,
             varlen_starts: Reused::default(),
             varlen_keys: Reused::default(),
+            paged_meta: Reused::default(),
             attn,
             counters: Counters::default(),
         };
@@ -440,7 +444,7 @@ impl Kernels {
         self.arch
     }
 
-    fn f(&self, name: &str) -> Result<&CudaFunction> {
+    pub(crate) fn f(&self, name: &str) -> Result<&CudaFunction> {
         self.funcs
             .get(name)
             .ok_or_else(|| Error::Invalid(format!("kernel `{name}` is not loaded")))
@@ -467,6 +471,11 @@ impl Kernels {
     pub fn synchronize(&self) -> Result<()> {
         self.counters.host_waits.fetch_add(1, Ordering::Relaxed);
         self.stream.synchronize().map_err(cuda)
+    }
+
+    /// Counts one buffer allocation (for buffers not made by [`Kernels::zeros`]).
+    pub(crate) fn count_allocation(&self) {
+        self.counters.allocations.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts one kernel launch (the wrappers call it; cuBLAS GEMMs too).

@@ -22,6 +22,7 @@ pub mod compile;
 pub mod gemm;
 pub mod host;
 pub mod launch;
+pub mod paged;
 
 pub use compile::{compile, nvrtc_version, CompileOptions, Compiled, PtxCache};
 
@@ -73,10 +74,13 @@ pub enum Family {
     Optimizer,
     Sampling,
     Embedding,
+    /// Split-K decode attention over the paged KV cache, its merge, and the
+    /// row scatter of `write_kv`.
+    PagedAttention,
 }
 
 impl Family {
-    pub const ALL: [Family; 8] = [
+    pub const ALL: [Family; 9] = [
         Family::Norm,
         Family::Rope,
         Family::Attention,
@@ -85,6 +89,7 @@ impl Family {
         Family::Optimizer,
         Family::Sampling,
         Family::Embedding,
+        Family::PagedAttention,
     ];
 
     /// The file name without `.cu`.
@@ -98,6 +103,7 @@ impl Family {
             Family::Optimizer => "optimizer",
             Family::Sampling => "sampling",
             Family::Embedding => "embedding",
+            Family::PagedAttention => "paged_attention",
         }
     }
 
@@ -117,6 +123,7 @@ impl Family {
             Family::Optimizer => include_str!("cu/optimizer.cu"),
             Family::Sampling => include_str!("cu/sampling.cu"),
             Family::Embedding => include_str!("cu/embedding.cu"),
+            Family::PagedAttention => include_str!("cu/paged_attention.cu"),
         }
     }
 
@@ -209,6 +216,15 @@ mod tests {
         }
         assert!(attn.contains(&"attn_bwd_delta".to_string()));
         assert!(attn.contains(&"kv_append".to_string()));
+        let paged = Family::PagedAttention.kernel_names();
+        for k in [
+            "paged_attn_split_d64",
+            "paged_attn_split_d128",
+            "paged_attn_merge",
+            "scatter_rows_bf16",
+        ] {
+            assert!(paged.contains(&k.to_string()), "{k} in {paged:?}");
+        }
         for f in Family::ALL {
             let names = f.kernel_names();
             assert!(!names.is_empty(), "{}: no kernels found", f.name());

@@ -129,7 +129,8 @@ fn norm_rope_mlp_embedding_adamw_match_the_reference() {
     let x = r.bf(rows * cols, 1.0);
     let mut xd = k.upload(&to_bf(&x)).unwrap();
     let (pd, fd) = (k.upload(&pos).unwrap(), k.upload(&inv).unwrap());
-    k.rope(&mut xd, &pd, &fd, rows, cols, hd, 1.0, false).unwrap();
+    k.rope(&mut xd, &pd, &fd, rows, cols, hd, 1.0, false)
+        .unwrap();
     let mut want = vec![0.0f64; rows * cols];
     for row in 0..rows {
         for h in 0..heads {
@@ -150,7 +151,8 @@ fn norm_rope_mlp_embedding_adamw_match_the_reference() {
         2e-3,
         1.0 / 128.0,
     );
-    k.rope(&mut xd, &pd, &fd, rows, cols, hd, 1.0, true).unwrap();
+    k.rope(&mut xd, &pd, &fd, rows, cols, hd, 1.0, true)
+        .unwrap();
     let back: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     close(
         "rope backward",

@@ -159,7 +159,7 @@ fn check(cu: &Path) -> Result<()> {
         }
     }
     let mut table = format!(
-        "ptxas -arch={PTXAS_ARCH} -v (CUDA {CUDA_WHEELS})\n{:<10} {:<22} {:>5} {:>7} {:>6} {:>12}\n",
+        "ptxas -arch={PTXAS_ARCH} -v (CUDA {CUDA_WHEELS})\n{:<15} {:<22} {:>5} {:>7} {:>6} {:>12}\n",
         "family", "kernel", "regs", "smem B", "stack", "spill st/ld"
     );
     let mut spilling = 0;
@@ -167,7 +167,7 @@ fn check(cu: &Path) -> Result<()> {
     for (family, k) in &rows {
         let flag = if k.spill_stores + k.spill_loads > 0 {
             spilling += 1;
-            if family == "attention" {
+            if family == "attention" || family == "paged_attention" {
                 attention_spills.push(k.name.clone());
             }
             "  SPILLS"
@@ -175,7 +175,7 @@ fn check(cu: &Path) -> Result<()> {
             ""
         };
         table.push_str(&format!(
-            "{:<10} {:<22} {:>5} {:>7} {:>6} {:>6}/{:<5}{flag}\n",
+            "{:<15} {:<22} {:>5} {:>7} {:>6} {:>6}/{:<5}{flag}\n",
             family, k.name, k.registers, k.smem, k.stack, k.spill_stores, k.spill_loads
         ));
     }
@@ -183,8 +183,8 @@ fn check(cu: &Path) -> Result<()> {
     print!("{table}");
     let report = target().join("kernels/ptxas.txt");
     std::fs::write(&report, &table).map_err(|e| format!("{}: {e}", report.display()))?;
-    // Attention is the hot loop of prefill and training: a spill there is a
-    // regression, not a note.
+    // Attention is the hot loop of prefill, decode and training: a spill
+    // there is a regression, not a note.
     if !attention_spills.is_empty() {
         return Err(format!(
             "attention kernels spill registers ({}): see {}",

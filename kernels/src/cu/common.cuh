@@ -139,6 +139,14 @@ __device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
            (unsigned)*reinterpret_cast<const unsigned short*>(&h) << 16;
 }
 
+// Test hooks of the CPU emulator's `planted` mode (kernels/emu): a kernel may
+// write `if (IGPO_PLANTED(NAME)) <a known bug>;` where a check must catch that
+// bug. On the GPU this is the constant false (compiled away); the emulator
+// defines it as "bug NAME is planted in this run".
+#ifndef IGPO_PLANTED
+#define IGPO_PLANTED(bug) false
+#endif
+
 // Grid-stride loop over `n` elements.
 #define IGPO_GRID_STRIDE(i, n)                                                   \
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); \
