@@ -22,6 +22,14 @@
 //! `scalar` / `tensor-core` is an error at start-up. Decode, prefill and
 //! scoring share one tiling either way, so a row's bits do not depend on
 //! how it was batched.
+//!
+//! Over the paged KV cache (`paged.rs`): `write_kv` is one scatter launch;
+//! `paged_attention` runs split-K flash-decoding over the pools
+//! (`paged_attention.cu`) for sequences of at most [`SPLIT_K_MAX_ROWS`] query
+//! rows and gathers + the varlen forward for longer ones (each sequence by
+//! its own row count: its bits never depend on the batch). Split-K decode is
+//! within bf16 rounding of the forward, not bitwise equal to it;
+//! `IGPO_PAGED_ATTENTION=gather` sends every sequence the gather path.
 
 use std::ops::{Deref, Range};
 use std::sync::Arc;
@@ -105,6 +113,8 @@ pub struct Cuda {
     /// forward send the same ones (4 uploads per layer otherwise).
     rope_positions: Arc<Reused<i32>>,
     rope_freqs: Arc<Reused<f32>>,
+    /// How `paged_attention` runs (`IGPO_PAGED_ATTENTION`).
+    paged_mode: PagedMode,
 }
 
 /// Profiling marks are CUDA events recorded on the stream (timing enabled):
@@ -158,6 +168,7 @@ impl Cuda {
             ordinal,
             rope_positions: Arc::default(),
             rope_freqs: Arc::default(),
+            paged_mode: PagedMode::from_env()?,
         })
     }
 
@@ -608,8 +619,8 @@ impl Backend for Cuda {
         dst.shape = vec![(old + add) / dst.cols().max(1), dst.cols()];
     }
 
-    /// A first version: one device-to-device copy per run of consecutive
-    /// pool rows (a decode step: one per sequence; a prefill: one per block).
+    /// One launch: both pools' rows scattered by an int32 row index array
+    /// (`paged.rs`).
     fn write_kv(
         &self,
         k_pool: &mut CudaTensor,
@@ -618,39 +629,21 @@ impl Backend for Cuda {
         k: &CudaTensor,
         v: &CudaTensor,
     ) {
-        let mut runs: Vec<(usize, usize, usize)> = vec![];
-        for (i, &r) in rows.iter().enumerate() {
-            match runs.last_mut() {
-                Some((src, dst, n)) if *src + *n == i && *dst + *n == r => *n += 1,
-                _ => runs.push((i, r, 1)),
-            }
-        }
-        for (pool, new) in [(k_pool, k), (v_pool, v)] {
-            let c = pool.cols();
-            assert_eq!(new.cols(), c, "write_kv: column mismatch");
-            assert_eq!(new.rows(), rows.len(), "write_kv: one row index per row");
-            let n = pool.rows();
-            assert!(
-                rows.iter().all(|&r| r < n),
-                "write_kv: a row past the {n}-row pool"
-            );
-            let nb = self.bf(new);
-            if let Data::Bf16(buf) = &mut pool.data {
-                for &(src, dst, len) in &runs {
-                    ok(
-                        "write_kv",
-                        self.stream()
-                            .memcpy_dtod(
-                                &nb.slice(src * c..(src + len) * c),
-                                &mut buf.slice_mut(dst * c..(dst + len) * c),
-                            )
-                            .map_err(|e| igpo_kernels::Error::Cuda(format!("{e:?}"))),
-                    );
-                }
-            } else {
-                panic!("write_kv: a KV pool is bf16 on the GPU");
-            }
-        }
+        self.write_kv_rows(k_pool, v_pool, rows, k, v);
+    }
+
+    /// Split-K over the pools for decode-sized sequences, gather + the
+    /// varlen forward for long prefills (the rule is `paged.rs`'s).
+    fn paged_attention(
+        &self,
+        q: &CudaTensor,
+        k_pool: &CudaTensor,
+        v_pool: &CudaTensor,
+        keys: &[Vec<usize>],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> CudaTensor {
+        self.paged(q, k_pool, v_pool, keys, bounds, shape)
     }
 
     fn cached_attention(
@@ -1174,6 +1167,9 @@ impl Backend for Cuda {
         ok("adamw_clipped", self.k.download(&norm))[0]
     }
 }
+
+mod paged;
+pub use paged::{block_tables, PagedMode, SPLIT_K_MAX_ROWS};
 
 #[cfg(test)]
 mod tests;

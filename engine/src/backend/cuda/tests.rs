@@ -893,3 +893,108 @@ fn train_step_rl_matches_the_cpu() {
     let gs = rl_step(g, &config, &tensors, &samples);
     compare_steps("rl step", &names, &tensors, &gs, &c);
 }
+
+/// `write_kv` and `paged_attention` against the CPU backend's, over pools
+/// with scattered blocks of 16: decode rows, a 3-row chunk (split-K), a
+/// 40-row prefill (gather + varlen forward), with GQA and both head sizes;
+/// a decoded sequence alone gets its bits in the batch; the gather mode
+/// agrees too.
+#[test]
+fn paged_attention_and_write_kv_match_the_cpu() {
+    let Some(g) = gpu() else { return };
+    let c = Cpu;
+    let mut rng = Rng::new(19);
+    for (h, kv, d) in [(8usize, 2usize, 64usize), (14, 2, 128)] {
+        let shape = AttnShape {
+            n_heads: h,
+            n_kv_heads: kv,
+            head_dim: d,
+        };
+        let (qc, kc, bs) = (h * d, kv * d, 16usize);
+        let keys_n = [1usize, 17, 300, 1000, 45, 3];
+        let rows_n = [1usize, 1, 3, 1, 40, 1];
+        let blocks: usize = keys_n.iter().map(|k| k.div_ceil(bs)).sum::<usize>() + 5;
+        let pool_rows = blocks * bs;
+        // Block ids handed out from a shuffled list.
+        let mut perm: Vec<usize> = (0..blocks).collect();
+        for i in (1..blocks).rev() {
+            perm.swap(i, (rng.uniform() * (i + 1) as f64) as usize % (i + 1));
+        }
+        let mut next = 0;
+        let keys: Vec<Vec<usize>> = keys_n
+            .iter()
+            .map(|&n| {
+                let t = &perm[next..next + n.div_ceil(bs)];
+                next += t.len();
+                (0..n).map(|p| t[p / bs] * bs + p % bs).collect()
+            })
+            .collect();
+        let mut bounds = vec![];
+        let mut at = 0;
+        for &m in &rows_n {
+            bounds.push(at..at + m);
+            at += m;
+        }
+        let total = at;
+        // Pools with random old rows, then the new rows written by write_kv.
+        let (kp0, vp0) = (
+            rand(&mut rng, &[pool_rows, kc], 1.0),
+            rand(&mut rng, &[pool_rows, kc], 1.0),
+        );
+        let (kn, vn, q) = (
+            rand(&mut rng, &[total, kc], 1.0),
+            rand(&mut rng, &[total, kc], 1.0),
+            rand(&mut rng, &[total, qc], 1.0),
+        );
+        let new_slots: Vec<usize> = keys
+            .iter()
+            .zip(&rows_n)
+            .flat_map(|(l, &m)| l[l.len() - m..].to_vec())
+            .collect();
+        let (mut kc_pool, mut vc_pool) = (kp0.clone(), vp0.clone());
+        c.write_kv(&mut kc_pool, &mut vc_pool, &new_slots, &kn, &vn);
+        let pool = |t: &Tensor| {
+            let mut p = g.empty_rows(kc);
+            g.append_rows(&mut p, &g.upload(t));
+            p
+        };
+        let (mut kg_pool, mut vg_pool) = (pool(&kp0), pool(&vp0));
+        let before = g.k.counters().launches;
+        g.write_kv(
+            &mut kg_pool,
+            &mut vg_pool,
+            &new_slots,
+            &g.upload(&kn),
+            &g.upload(&vn),
+        );
+        assert_eq!(g.k.counters().launches - before, 1, "write_kv: one launch");
+        assert_close("write_kv k", &g.download(&kg_pool), &kc_pool, 1e-2);
+        assert_close("write_kv v", &g.download(&vg_pool), &vc_pool, 1e-2);
+
+        let want = c.paged_attention(&q, &kc_pool, &vc_pool, &keys, &bounds, shape);
+        let qg = g.upload(&q);
+        let got = g.download(&g.paged_attention(&qg, &kg_pool, &vg_pool, &keys, &bounds, shape));
+        assert_close(&format!("paged_attention H{h} D{d}"), &got, &want, 2e-2);
+        let mut gather = g.clone();
+        gather.paged_mode = PagedMode::Gather;
+        let all =
+            g.download(&gather.paged_attention(&qg, &kg_pool, &vg_pool, &keys, &bounds, shape));
+        assert_close(
+            &format!("paged_attention gather H{h} D{d}"),
+            &all,
+            &want,
+            2e-2,
+        );
+        // Sequence 3 (1000 keys, decode) alone: the batch's bits.
+        let q3 = g.upload(&Tensor::from_vec(
+            &[1, qc],
+            q.data()[bounds[3].start * qc..bounds[3].end * qc].to_vec(),
+        ));
+        let alone =
+            g.download(&g.paged_attention(&q3, &kg_pool, &vg_pool, &keys[3..4], &[0..1], shape));
+        assert!(
+            alone.data() == &got.data()[bounds[3].start * qc..bounds[3].end * qc],
+            "paged_attention: a sequence's bits depend on its batch"
+        );
+    }
+}
