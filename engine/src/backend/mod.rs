@@ -4,6 +4,8 @@
 //! once against it; `cpu` is the f32 reference (rayon + the `gemm` crate), and
 //! `cuda` runs it on an NVIDIA GPU over the `igpo-kernels` crate.
 
+#[cfg(test)]
+pub(crate) mod conformance;
 pub mod cpu;
 pub mod cuda;
 mod device;

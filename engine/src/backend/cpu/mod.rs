@@ -3,10 +3,10 @@
 //! the other GEMMs.
 
 mod attention;
+#[cfg(test)]
+mod conformance_tests;
 pub mod dot;
 pub mod gemm;
-#[cfg(test)]
-mod grad_check;
 mod isa;
 mod logprob;
 mod memory;

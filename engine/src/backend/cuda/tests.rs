@@ -1,6 +1,7 @@
-//! The CUDA backend against the CPU backend, op by op, within bf16
-//! tolerances. Every test but the first needs an NVIDIA GPU and prints
-//! SKIPPED without one.
+//! The CUDA backend: the conformance suite (`backend/conformance`) at bf16
+//! tolerances, the driver work of the optimizer step, and whole training
+//! steps against the CPU backend. Every test but the first needs an NVIDIA
+//! GPU and prints SKIPPED without one.
 
 #![allow(clippy::single_range_in_vec_init)]
 
@@ -16,31 +17,6 @@ fn gpu() -> Option<Cuda> {
     Some(Cuda::new(0).unwrap_or_else(|e| panic!("a driver is present but: {e}")))
 }
 
-fn rand(rng: &mut Rng, shape: &[usize], scale: f64) -> Tensor {
-    let n = shape.iter().product();
-    Tensor::from_vec(
-        shape,
-        (0..n).map(|_| (rng.normal() * scale) as f32).collect(),
-    )
-}
-
-/// Relative to the largest magnitude of `want` (bf16 storage: ~2^-8).
-fn assert_close(name: &str, got: &Tensor, want: &Tensor, rel: f32) {
-    assert_eq!(got.shape(), want.shape(), "{name}: shape");
-    let scale = want.data().iter().fold(1e-6f32, |m, v| m.max(v.abs()));
-    let worst = got
-        .data()
-        .iter()
-        .zip(want.data())
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
-    eprintln!("{name}: max error {worst:.3e} (scale {scale:.3e})");
-    assert!(
-        worst <= rel * scale,
-        "{name}: max error {worst} > {rel} x {scale}"
-    );
-}
-
 #[test]
 fn without_a_gpu_new_is_a_clear_error() {
     if igpo_kernels::launch::driver_present() {
@@ -50,367 +26,61 @@ fn without_a_gpu_new_is_a_clear_error() {
     assert!(e.to_string().contains("no NVIDIA GPU"), "{e}");
 }
 
+/// Every op of the suite on the GPU, one test each
+/// (`backend::cuda::tests::conformance::<op>`).
+mod conformance {
+    use super::gpu;
+    use crate::backend::conformance::{self as suite, Tol};
+
+    macro_rules! conformance {
+        ($($op:ident),* $(,)?) => {
+            $(
+                #[test]
+                fn $op() {
+                    let Some(g) = gpu() else { return };
+                    suite::$op(&g, Tol::CUDA);
+                }
+            )*
+        };
+    }
+
+    conformance!(
+        linear,
+        rms_norm,
+        head_rms_norm,
+        rope,
+        attention,
+        cached_attention,
+        paged_attention,
+        swiglu,
+        embedding,
+        token_logprobs,
+        sample_rows,
+        rows,
+        elementwise,
+        adamw,
+        adamw_clipped,
+    );
+}
+
+/// The whole optimizer step with clipping stays on the device: per gradient
+/// a partial sum and its slot, then the total, the clip factor and one AdamW
+/// per parameter; one host wait (the norm). (Its values: the suite's
+/// `adamw_clipped`.)
 #[test]
-fn forward_ops_match_the_cpu() {
+fn adamw_clipped_is_3n_plus_2_launches_and_one_host_wait() {
     let Some(g) = gpu() else { return };
-    let c = Cpu;
-    let mut rng = Rng::new(1);
-    let (x, w, b) = (
-        rand(&mut rng, &[37, 96], 1.0),
-        rand(&mut rng, &[130, 96], 0.1),
-        rand(&mut rng, &[130], 0.1),
-    );
-    let (xg, wg, bg) = (g.upload(&x), g.upload(&w), g.upload(&b));
-    assert_close(
-        "linear",
-        &g.download(&g.linear(&xg, &wg, Some(&bg))),
-        &c.linear(&x, &w, Some(&b)),
-        2e-2,
-    );
-    let nw = rand(&mut rng, &[96], 1.0);
-    assert_close(
-        "rms_norm",
-        &g.download(&g.rms_norm(&xg, &g.upload(&nw), 1e-6)),
-        &c.rms_norm(&x, &nw, 1e-6),
-        2e-2,
-    );
-    let rope = Rope::new(64, 1e6);
-    let pos: Vec<usize> = (0..37).map(|i| i * 7).collect();
-    let q = rand(&mut rng, &[37, 128], 1.0);
-    let (mut qc, mut qg) = (q.clone(), g.upload(&q));
-    c.rope(&mut qc, &pos, &rope);
-    g.rope(&mut qg, &pos, &rope);
-    assert_close("rope", &g.download(&qg), &qc, 2e-2);
-    // Scaled frequencies (llama3 / yarn style) with yarn's cos/sin factor.
-    let scaled = Rope {
-        head_dim: 64,
-        inv_freq: rope
-            .inv_freq
-            .iter()
-            .enumerate()
-            .map(|(i, f)| f / (1.0 + i as f32 * 0.25))
-            .collect(),
-        attention_scaling: 1.2,
-    };
-    let (mut qc, mut qg) = (q.clone(), g.upload(&q));
-    c.rope(&mut qc, &pos, &scaled);
-    g.rope(&mut qg, &pos, &scaled);
-    assert_close("rope scaled", &g.download(&qg), &qc, 2e-2);
-    // Qwen3's per-head q/k norm: 128 columns = 2 heads of 64 sharing one weight.
-    let hw = rand(&mut rng, &[64], 1.0);
-    assert_close(
-        "head_rms_norm",
-        &g.download(&g.head_rms_norm(&g.upload(&q), &g.upload(&hw), 1e-6)),
-        &c.head_rms_norm(&q, &hw, 1e-6),
-        2e-2,
-    );
-    let up = rand(&mut rng, &[37, 96], 1.0);
-    assert_close(
-        "swiglu",
-        &g.download(&g.swiglu(&xg, &g.upload(&up))),
-        &c.swiglu(&x, &up),
-        2e-2,
-    );
-    let ids = [3u32, 0, 129, 3];
-    assert_close(
-        "embedding",
-        &g.download(&g.embedding(&wg, &ids)),
-        &c.embedding(&w, &ids),
-        1e-2,
-    );
-    // attention: causal prefill after a cache, and IGPO span masks, GQA
-    let s = AttnShape {
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 64,
-    };
-    let (q, k, v) = (
-        rand(&mut rng, &[70, 256], 1.0),
-        rand(&mut rng, &[78, 128], 1.0),
-        rand(&mut rng, &[78, 128], 1.0),
-    );
-    let spans: Vec<Vec<Range<usize>>> = (0..70)
-        .map(|j| {
-            if j < 40 {
-                vec![0..j + 9]
-            } else {
-                vec![0..48, 48 + (j - 40) / 6 * 6..j + 9]
-            }
-        })
-        .collect();
-    for mask in [AttnMask::Causal { offset: 8 }, AttnMask::Spans(spans)] {
-        let (qg, kg, vg) = (g.upload(&q), g.upload(&k), g.upload(&v));
-        assert_close(
-            &format!("attention {mask:?}")
-                .chars()
-                .take(40)
-                .collect::<String>(),
-            &g.download(&g.attention(&qg, &kg, &vg, s, &mask)),
-            &c.attention(&q, &k, &v, s, &mask),
-            2e-2,
-        );
-    }
-}
-
-/// One step of `cached_attention` on a batch, as decode and prefill run it.
-#[allow(clippy::type_complexity)]
-fn cached_step<B: Backend>(
-    b: &B,
-    caches: &mut [(B::Tensor, B::Tensor)],
-    (q, k, v): (&Tensor, &Tensor, &Tensor),
-    new: &[usize],
-    shape: AttnShape,
-    batched: bool,
-) -> Tensor {
-    let mut bounds = vec![];
-    let mut at = 0;
-    for &n in new {
-        bounds.push(at..at + n);
-        at += n;
-    }
-    let (q, k, v) = (b.upload(q), b.upload(k), b.upload(v));
-    let mut refs: Vec<(&mut B::Tensor, &mut B::Tensor)> =
-        caches.iter_mut().map(|(k, v)| (k, v)).collect();
-    let out = if batched {
-        b.cached_attention(&q, &k, &v, &mut refs, &bounds, shape)
-    } else {
-        crate::backend::cached_attention_per_sequence(b, &q, &k, &v, &mut refs, &bounds, shape)
-    };
-    b.download(&out)
-}
-
-#[test]
-fn cached_attention_of_a_batch_matches_one_sequence_at_a_time() {
-    let Some(g) = gpu() else { return };
-    let c = Cpu;
-    let mut rng = Rng::new(9);
-    let shape = AttnShape {
-        n_heads: 4,
-        n_kv_heads: 2,
-        head_dim: 64,
-    };
-    let (qc, kc) = (4 * 64, 2 * 64);
-    // An empty cache (prefill), a short one, one past the 16-row initial
-    // capacity (uploaded caches have no spare room: the first append grows).
-    let old = [0usize, 5, 37];
-    let cpu_caches: Vec<(Tensor, Tensor)> = old
-        .iter()
-        .map(|&n| (rand(&mut rng, &[n, kc], 1.0), rand(&mut rng, &[n, kc], 1.0)))
-        .collect();
-    let on_gpu = |caches: &[(Tensor, Tensor)]| -> Vec<(CudaTensor, CudaTensor)> {
-        caches
-            .iter()
-            .map(|(k, v)| (g.upload(k), g.upload(v)))
-            .collect()
-    };
-    let (mut cpu, mut batched, mut single) =
-        (cpu_caches.clone(), on_gpu(&cpu_caches), on_gpu(&cpu_caches));
-    // A prefill chunk plus two decodes, then a decode step for everyone.
-    for new in [vec![3usize, 1, 1], vec![1, 1, 1], vec![2, 1, 4]] {
-        let rows: usize = new.iter().sum();
-        let (q, k, v) = (
-            rand(&mut rng, &[rows, qc], 1.0),
-            rand(&mut rng, &[rows, kc], 1.0),
-            rand(&mut rng, &[rows, kc], 1.0),
-        );
-        let want = cached_step(&c, &mut cpu, (&q, &k, &v), &new, shape, true);
-        let got = cached_step(&g, &mut batched, (&q, &k, &v), &new, shape, true);
-        let one = cached_step(&g, &mut single, (&q, &k, &v), &new, shape, false);
-        assert!(
-            got.data() == one.data(),
-            "{new:?}: the batched launch must give the per-sequence bits"
-        );
-        assert_close(&format!("cached attention {new:?}"), &got, &want, 2e-2);
-        for (i, ((kb, vb), (ks, vs))) in batched.iter().zip(&single).enumerate() {
-            let (kb, vb, ks, vs) = (
-                g.download(kb),
-                g.download(vb),
-                g.download(ks),
-                g.download(vs),
-            );
-            assert_eq!(kb.shape(), cpu[i].0.shape(), "cache {i} length");
-            assert!(
-                kb.data() == ks.data() && vb.data() == vs.data(),
-                "cache {i} contents"
-            );
-        }
-    }
-}
-
-#[test]
-fn sample_rows_matches_the_cpu_reference() {
-    let Some(g) = gpu() else { return };
-    let c = Cpu;
-    let mut rng = Rng::new(5);
-    // bf16 logits out of a linear layer, as `forward` makes them; the CPU
-    // samples from the same values.
-    let (h, w) = (
-        rand(&mut rng, &[48, 64], 1.0),
-        rand(&mut rng, &[3001, 64], 0.3),
-    );
-    let dev = g.linear(&g.upload(&h), &g.upload(&w), None);
-    let logits = g.download(&dev);
-    let uniforms: Vec<f64> = (0..48).map(|_| rng.uniform()).collect();
-    let greedy = SamplingParams::default();
-    let ids = |s: &[SampledToken]| s.iter().map(|t| t.id).collect::<Vec<_>>();
-    let (got, want) = (
-        g.sample_rows(&dev, &greedy, &uniforms),
-        c.sample_rows(&logits, &greedy, &uniforms),
-    );
-    assert_eq!(ids(&got), ids(&want), "greedy: argmax, lowest id on ties");
-    same_logprobs(&got, &want);
-    for params in [
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-        },
-        SamplingParams {
-            temperature: 0.7,
-            top_k: 20,
-            top_p: 1.0,
-        },
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.9,
-        },
-    ] {
-        let (got, want) = (
-            g.sample_rows(&dev, &params, &uniforms),
-            c.sample_rows(&logits, &params, &uniforms),
-        );
-        // The kernel sums mass in 32.32 fixed point, the CPU in f64: a
-        // uniform that falls within ~1e-9 of a boundary may pick a neighbour.
-        let same = got.iter().zip(&want).filter(|(a, b)| a.id == b.id).count();
-        eprintln!("{params:?}: {same}/48 rows pick the CPU's token");
-        assert!(
-            same >= 46,
-            "{params:?}: only {same}/48 rows agree: {:?} vs {:?}",
-            ids(&got),
-            ids(&want)
-        );
-        same_logprobs(&got, &want);
-    }
-}
-
-/// Where both backends drew the same token, they record the same
-/// log-probability (f32 on the GPU, f64 sums on the CPU).
-fn same_logprobs(got: &[SampledToken], want: &[SampledToken]) {
-    for (g, c) in got.iter().zip(want).filter(|(a, b)| a.id == b.id) {
-        assert!(
-            (g.logprob - c.logprob).abs() < 1e-4 * (1.0 + c.logprob.abs()),
-            "token {}: logprob {} on the GPU, {} on the CPU",
-            g.id,
-            g.logprob,
-            c.logprob
-        );
-        assert!(g.logprob <= 0.0);
-    }
-}
-
-#[test]
-fn backward_ops_and_logprobs_match_the_cpu() {
-    let Some(g) = gpu() else { return };
-    let c = Cpu;
     let mut rng = Rng::new(2);
-    let (x, w, dy) = (
-        rand(&mut rng, &[37, 96], 1.0),
-        rand(&mut rng, &[130, 96], 0.1),
-        rand(&mut rng, &[37, 130], 1.0),
-    );
-    let (mut dwc, mut dwg) = (c.zeros(&[130, 96]), g.zeros(&[130, 96]));
-    let (mut dbc, mut dbg) = (c.zeros(&[130]), g.zeros(&[130]));
-    let dxc = c.linear_backward(&x, &w, &dy, &mut dwc, Some(&mut dbc));
-    let dxg = g.linear_backward(
-        &g.upload(&x),
-        &g.upload(&w),
-        &g.upload(&dy),
-        &mut dwg,
-        Some(&mut dbg),
-    );
-    assert_close("linear_backward dx", &g.download(&dxg), &dxc, 2e-2);
-    assert_close("linear_backward dw", &g.download(&dwg), &dwc, 2e-2);
-    assert_close("linear_backward db", &g.download(&dbg), &dbc, 1e-2);
-
-    // Qwen3's per-head q/k norm backward (3 heads of 32 share the weight)
-    // and the scaled RoPE's backward.
-    let (hx, hdy, hw) = (
-        rand(&mut rng, &[37, 96], 1.0),
-        rand(&mut rng, &[37, 96], 1.0),
-        rand(&mut rng, &[32], 1.0),
-    );
-    let (mut hdwc, mut hdwg) = (c.zeros(&[32]), g.zeros(&[32]));
-    let hdxc = c.head_rms_norm_backward(&hx, &hw, &hdy, 1e-6, &mut hdwc);
-    let hdxg = g.head_rms_norm_backward(
-        &g.upload(&hx),
-        &g.upload(&hw),
-        &g.upload(&hdy),
-        1e-6,
-        &mut hdwg,
-    );
-    assert_close("head_rms_norm_backward dx", &g.download(&hdxg), &hdxc, 2e-2);
-    assert_close("head_rms_norm_backward dw", &g.download(&hdwg), &hdwc, 2e-2);
-    let rope = Rope {
-        head_dim: 32,
-        inv_freq: Rope::new(32, 5e5)
-            .inv_freq
-            .iter()
-            .map(|f| f / 8.0)
-            .collect(),
-        attention_scaling: 0.9,
+    let shapes: [&[usize]; 3] = [&[7, 33], &[1000], &[1]];
+    let upload = |rng: &mut Rng, s: &[usize], scale: f64| {
+        let n = s.iter().product();
+        g.upload(&Tensor::from_vec(
+            s,
+            (0..n).map(|_| (rng.normal() * scale) as f32).collect(),
+        ))
     };
-    let pos: Vec<usize> = (0..37).map(|i| 3 * i + 1).collect();
-    let (mut dc, mut dg) = (hdy.clone(), g.upload(&hdy));
-    c.rope_backward(&mut dc, &pos, &rope);
-    g.rope_backward(&mut dg, &pos, &rope);
-    assert_close("rope_backward scaled", &g.download(&dg), &dc, 2e-2);
-
-    // fused log-prob over a 151,936 vocabulary, several chunks
-    let (rows, d, vocab) = (8usize, 64usize, 151_936usize);
-    let h = rand(&mut rng, &[rows, d], 1.0);
-    let lm = rand(&mut rng, &[vocab, d], 0.05);
-    let targets: Vec<u32> = (0..rows as u32).map(|i| i * 18_000 + 7).collect();
-    let outc = c.token_logprobs(&h, &lm, &targets, 32_768, true);
-    let (hg, lmg) = (g.upload(&h), g.upload(&lm));
-    let outg = g.token_logprobs(&hg, &lmg, &targets, 32_768, true);
-    assert_close("logp", &g.download(&outg.logp), &outc.logp, 2e-2);
-    assert_close(
-        "entropy",
-        &g.download(outg.entropy.as_ref().unwrap()),
-        outc.entropy.as_ref().unwrap(),
-        2e-2,
-    );
-    let dlogp = rand(&mut rng, &[rows], 1.0);
-    let dent = rand(&mut rng, &[rows], 1.0);
-    let mut dwc = c.zeros(&[vocab, d]);
-    let mut dwg = g.zeros(&[vocab, d]);
-    let dhc = c.token_logprobs_backward(
-        &h,
-        &lm,
-        &targets,
-        &outc,
-        &dlogp,
-        Some(&dent),
-        32_768,
-        &mut dwc,
-    );
-    let dhg = g.token_logprobs_backward(
-        &hg,
-        &lmg,
-        &targets,
-        &outg,
-        &g.upload(&dlogp),
-        Some(&g.upload(&dent)),
-        32_768,
-        &mut dwg,
-    );
-    assert_close("logprob dh", &g.download(&dhg), &dhc, 3e-2);
-    assert_close("logprob dW", &g.download(&dwg), &dwc, 3e-2);
-
-    // AdamW on f32 master weights
-    let p = rand(&mut rng, &[1000], 1.0);
-    let gr = rand(&mut rng, &[1000], 0.01);
+    let mut pg: Vec<_> = shapes.iter().map(|s| upload(&mut rng, s, 1.0)).collect();
+    let gg: Vec<_> = shapes.iter().map(|s| upload(&mut rng, s, 0.05)).collect();
     let st = AdamWStep {
         lr: 1e-3,
         beta1: 0.9,
@@ -421,47 +91,12 @@ fn backward_ops_and_logprobs_match_the_cpu() {
         bias_correction2: 0.05,
         grad_scale: 0.5,
     };
-    let (mut pc, mut mc, mut vc) = (p.clone(), c.zeros(&[1000]), c.zeros(&[1000]));
-    c.adamw(&mut pc, &gr, &mut mc, &mut vc, &st);
-    let (mut pg, mut mg, mut vg) = (g.upload(&p), g.zeros(&[1000]), g.zeros(&[1000]));
-    g.adamw(&mut pg, &g.upload(&gr), &mut mg, &mut vg, &st);
-    assert_close("adamw", &g.download(&pg), &pc, 1e-6);
-    let ss = g.sum_squares(&g.upload(&gr));
-    assert!((ss - c.sum_squares(&gr)).abs() <= 1e-9 * ss.max(1e-30));
-
-    // The whole optimizer step with clipping on the device (norm and factor
-    // never leave it but for the returned norm), against the host path.
-    let shapes: [&[usize]; 3] = [&[7, 33], &[1000], &[1]];
-    let ps: Vec<Tensor> = shapes.iter().map(|s| rand(&mut rng, s, 1.0)).collect();
-    let gs: Vec<Tensor> = shapes.iter().map(|s| rand(&mut rng, s, 0.05)).collect();
-    let steps = vec![
-        st,
-        AdamWStep {
-            weight_decay: 0.0,
-            ..st
-        },
-        st,
-    ];
+    let steps = vec![st; 3];
     for max_norm in [0.0, 0.5] {
-        let mut pc = ps.clone();
-        let (mut mc, mut vc): (Vec<_>, Vec<_>) =
-            shapes.iter().map(|s| (c.zeros(s), c.zeros(s))).unzip();
-        let nc = c.adamw_clipped(&mut pc, &gs, &mut mc, &mut vc, &steps, 0.5, max_norm);
-        let mut pg: Vec<_> = ps.iter().map(|p| g.upload(p)).collect();
-        let gg: Vec<_> = gs.iter().map(|t| g.upload(t)).collect();
         let (mut mg, mut vg): (Vec<_>, Vec<_>) =
             shapes.iter().map(|s| (g.zeros(s), g.zeros(s))).unzip();
-        let ng = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
-        assert!((nc - ng).abs() <= 1e-9 * nc, "norm {nc} vs {ng}");
-        if max_norm > 0.0 {
-            assert!(nc > max_norm, "the case must clip: norm {nc}");
-        }
-        for (i, (a, b)) in pg.iter().zip(&pc).enumerate() {
-            assert_close(&format!("adamw_clipped param {i}"), &g.download(a), b, 1e-6);
-        }
-        // Its driver work: per gradient a partial sum and its slot, then the
-        // total, the clip factor and one AdamW per parameter; one host wait
-        // (the norm).
+        // Counted on the second call, as before the suite took the values.
+        let _ = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
         let before = g.device_counters().expect("the CUDA backend counts");
         let _ = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
         let d = g.device_counters().unwrap().since(before);
