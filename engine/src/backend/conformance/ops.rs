@@ -1232,7 +1232,7 @@ pub(crate) fn adamw_clipped<B: Backend>(b: &B, tol: Tol) {
         st,
     ];
     let avg = 0.5;
-    let sq: f64 = gs.iter().flat_map(|g| f64s(g)).map(|v| v * v).sum();
+    let sq: f64 = gs.iter().flat_map(f64s).map(|v| v * v).sum();
     let want_norm = sq.sqrt() * avg;
     for max_norm in [0.0, 0.5] {
         let run = || {
