@@ -536,6 +536,7 @@ fn train_step_rl_matches_the_cpu() {
 /// agrees too.
 #[test]
 fn paged_attention_and_write_kv_match_the_cpu() {
+    use crate::backend::conformance::{close, f64s, input};
     let Some(g) = gpu() else { return };
     let c = Cpu;
     let mut rng = Rng::new(19);
@@ -573,13 +574,13 @@ fn paged_attention_and_write_kv_match_the_cpu() {
         let total = at;
         // Pools with random old rows, then the new rows written by write_kv.
         let (kp0, vp0) = (
-            rand(&mut rng, &[pool_rows, kc], 1.0),
-            rand(&mut rng, &[pool_rows, kc], 1.0),
+            input(&mut rng, &[pool_rows, kc], 1.0),
+            input(&mut rng, &[pool_rows, kc], 1.0),
         );
         let (kn, vn, q) = (
-            rand(&mut rng, &[total, kc], 1.0),
-            rand(&mut rng, &[total, kc], 1.0),
-            rand(&mut rng, &[total, qc], 1.0),
+            input(&mut rng, &[total, kc], 1.0),
+            input(&mut rng, &[total, kc], 1.0),
+            input(&mut rng, &[total, qc], 1.0),
         );
         let new_slots: Vec<usize> = keys
             .iter()
@@ -603,21 +604,26 @@ fn paged_attention_and_write_kv_match_the_cpu() {
             &g.upload(&vn),
         );
         assert_eq!(g.k.counters().launches - before, 1, "write_kv: one launch");
-        assert_close("write_kv k", &g.download(&kg_pool), &kc_pool, 1e-2);
-        assert_close("write_kv v", &g.download(&vg_pool), &vc_pool, 1e-2);
+        close("write_kv k", &g.download(&kg_pool), &f64s(&kc_pool), 1e-2);
+        close("write_kv v", &g.download(&vg_pool), &f64s(&vc_pool), 1e-2);
 
         let want = c.paged_attention(&q, &kc_pool, &vc_pool, &keys, &bounds, shape);
         let qg = g.upload(&q);
         let got = g.download(&g.paged_attention(&qg, &kg_pool, &vg_pool, &keys, &bounds, shape));
-        assert_close(&format!("paged_attention H{h} D{d}"), &got, &want, 2e-2);
+        close(
+            &format!("paged_attention H{h} D{d}"),
+            &got,
+            &f64s(&want),
+            2e-2,
+        );
         let mut gather = g.clone();
         gather.paged_mode = PagedMode::Gather;
         let all =
             g.download(&gather.paged_attention(&qg, &kg_pool, &vg_pool, &keys, &bounds, shape));
-        assert_close(
+        close(
             &format!("paged_attention gather H{h} D{d}"),
             &all,
-            &want,
+            &f64s(&want),
             2e-2,
         );
         // Sequence 3 (1000 keys, decode) alone: the batch's bits.
