@@ -13,6 +13,7 @@ pub mod rl;
 pub mod rng;
 pub mod rollout;
 pub mod runfile;
+pub mod tasks;
 pub mod tensor;
 pub mod tokenizer;
 pub mod train;

@@ -11,6 +11,8 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::plugins::PluginSpec;
+
 /// A bad run file or override: names the file (and the override) at fault.
 #[derive(Debug, thiserror::Error)]
 #[error("{path}: {msg}")]
@@ -54,6 +56,21 @@ impl RunFile {
     /// The folder relative paths in the file are taken against.
     pub fn base(&self) -> &Path {
         self.path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Makes each of `paths` that is relative relative to the run file's
+    /// folder (the one rule for every path a run file names).
+    pub fn rebase<'a>(&self, paths: impl IntoIterator<Item = &'a mut PathBuf>) {
+        for p in paths {
+            if p.is_relative() {
+                *p = self.base().join(&*p);
+            }
+        }
+    }
+
+    /// [`RunFile::rebase`] for a plugin's file and its `readonly_dir`.
+    pub fn rebase_plugin(&self, spec: &mut PluginSpec) {
+        self.rebase(std::iter::once(&mut spec.path).chain(spec.readonly_dir.as_mut()));
     }
 
     /// Deserializes the text into a config struct; a TOML or schema error

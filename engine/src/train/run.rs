@@ -19,7 +19,9 @@ use super::sft_data::SftDataError;
 use super::tensorboard::{json_lines, EventWriter};
 use crate::backend::Backend;
 use crate::model::{Model, ModelError};
+use crate::plugins::PluginError;
 use crate::rng::Rng;
+use crate::rollout::RolloutError;
 use crate::runfile::RunFileError;
 use crate::tokenizer::TokenizerError;
 
@@ -41,8 +43,17 @@ pub enum TrainError {
     Data(#[from] SftDataError),
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
-    #[error("{0}")]
-    Other(String),
+    #[error(transparent)]
+    Plugin(#[from] PluginError),
+    #[error(transparent)]
+    Rollout(#[from] RolloutError),
+    #[error("{0}: the training split has no examples")]
+    NoTrainingExamples(PathBuf),
+    #[error("rl.probe_template: {0}")]
+    ProbeTemplate(String),
+    /// A metrics line handed to the TensorBoard writer that it cannot log.
+    #[error("{path}: line to log {msg}")]
+    LogLine { path: PathBuf, msg: String },
 }
 
 impl From<RunFileError> for TrainError {

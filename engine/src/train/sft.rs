@@ -101,12 +101,7 @@ impl SftConfig {
     pub fn from_run_file(file: &RunFile) -> Result<SftConfig, TrainError> {
         let p = file.path.display().to_string();
         let mut cfg: SftConfig = file.parse()?;
-        let base = file.base();
-        for p in [&mut cfg.model, &mut cfg.data.train, &mut cfg.train.run_dir] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
+        file.rebase([&mut cfg.model, &mut cfg.data.train, &mut cfg.train.run_dir]);
         let bad = |msg: &str| TrainError::Config {
             path: p.clone(),
             msg: msg.to_string(),

@@ -108,19 +108,14 @@ impl EventWriter {
     /// The scalars of one `.jsonl` line (see the module doc), tagged
     /// `tag_prefix` + key, at the line's `step`.
     pub fn write_json_line(&mut self, tag_prefix: &str, line: &str) -> Result<(), TrainError> {
-        let value: Value = serde_json::from_str(line).map_err(|e| {
-            TrainError::Other(format!(
-                "{}: line to log is not JSON: {e}",
-                self.path.display()
-            ))
+        let value: Value = serde_json::from_str(line).map_err(|e| TrainError::LogLine {
+            path: self.path.clone(),
+            msg: format!("is not JSON: {e}"),
         })?;
         let (step, scalars) = scalars_of_json_line(tag_prefix, &value);
-        let step = step.ok_or_else(|| {
-            TrainError::Other(format!(
-                "{}: line to log has no integer `step`: {}",
-                self.path.display(),
-                line.trim_end()
-            ))
+        let step = step.ok_or_else(|| TrainError::LogLine {
+            path: self.path.clone(),
+            msg: format!("has no integer `step`: {}", line.trim_end()),
         })?;
         self.write_scalars(step, &scalars)
     }

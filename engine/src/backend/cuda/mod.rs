@@ -1,8 +1,11 @@
 //! The CUDA backend: [`Backend`] on an NVIDIA GPU over `igpo-kernels`.
 //!
-//! NOT YET RUN ON A GPU (see docs/benchmarks.md): it compiles and is checked
-//! op by op against the CPU backend by `tests` below, which skip without a
-//! driver.
+//! Checked by `tests` below, which skip without a driver: the backend
+//! conformance suite (every op against the float64 reference, at bf16
+//! tolerances) and whole training steps against the CPU backend. Those ran on
+//! an NVIDIA H200 on 2026-11-30 (docs/benchmarks.md, docs/gpu/); the paged
+//! KV ops (`paged.rs`) and the conformance suite itself have not yet run on
+//! a GPU.
 //!
 //! Storage ([`CudaTensor`]): activations and KV caches are bf16; gradients,
 //! optimizer moments and log-prob outputs are f32 (`zeros` makes f32);

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::eval::{rebase, DatasetConfig};
 use crate::plugins::PluginSpec;
 use crate::rl::{
     Estimator, IgForm, LossConfig, Normalization, ProbeAnswers, ProbeTemplate,
@@ -13,6 +12,7 @@ use crate::rl::{
 };
 use crate::rollout::AgentConfig;
 use crate::runfile::RunFile;
+use crate::tasks::DatasetConfig;
 use crate::train::checkpoint::CheckpointDType;
 use crate::train::optim::{OptimConfig, ScheduleConfig};
 use crate::train::run::{LoopConfig, RunOptions, TrainError};
@@ -177,15 +177,10 @@ impl RlRunConfig {
             msg,
         };
         let mut cfg: RlRunConfig = file.parse()?;
-        let base = file.base();
-        for p in [&mut cfg.model, &mut cfg.train.run_dir] {
-            if p.is_relative() {
-                *p = base.join(&*p);
-            }
-        }
-        cfg.tools.iter_mut().for_each(|t| rebase(base, t));
-        rebase(base, &mut cfg.dataset.plugin);
-        rebase(base, &mut cfg.reward);
+        file.rebase([&mut cfg.model, &mut cfg.train.run_dir]);
+        cfg.tools.iter_mut().for_each(|t| file.rebase_plugin(t));
+        file.rebase_plugin(&mut cfg.dataset.plugin);
+        file.rebase_plugin(&mut cfg.reward);
         let r = &cfg.rl;
         if r.group_size < 2 {
             return Err(bad(format!(

@@ -12,7 +12,6 @@ use super::config::{RlConfig, RlRunConfig};
 use super::logs::{bar_message, step_line, step_metrics, write_samples, DevEval, RlMetrics};
 use super::update::{ppo_epochs, sequence_logprobs, Sample, UpdateSettings};
 use crate::backend::Backend;
-use crate::eval::{f1_em, load_tasks, reward_record, rollout_tasks, score_report, DatasetConfig};
 use crate::model::Model;
 use crate::plugins::{PluginHost, RewardOutput, RewardPlugin, ToolPool, TrajectoryRecord};
 use crate::rl::{
@@ -23,13 +22,10 @@ use crate::rl::{
 use crate::rng::Rng;
 use crate::rollout::protocol::tags_balanced;
 use crate::rollout::{AgentConfig, RolloutStats, Task, Trajectory};
+use crate::tasks::{f1_em, load_tasks, reward_record, rollout_tasks, score_report, DatasetConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::TrainerState;
 use crate::train::run::{io_err, next_example, on_cadence, JsonlLog, Run, StepEnd, TrainError};
-
-pub(crate) fn other<E: std::fmt::Display>(e: E) -> TrainError {
-    TrainError::Other(e.to_string())
-}
 
 /// What every step reads and none changes: the run file, the tokenizer and
 /// probe template, the plugins and the tasks.
@@ -51,15 +47,14 @@ impl<'a> RlEnv<'a> {
         let tools = if cfg.tools.is_empty() {
             None
         } else {
-            Some(Arc::new(ToolPool::load(&host, &cfg.tools).map_err(other)?))
+            Some(Arc::new(ToolPool::load(&host, &cfg.tools)?))
         };
-        let reward = RewardPlugin::load(&host, &cfg.reward).map_err(other)?;
-        let train_tasks = load_tasks(&host, &cfg.dataset).map_err(other)?;
+        let reward = RewardPlugin::load(&host, &cfg.reward)?;
+        let train_tasks = load_tasks(&host, &cfg.dataset)?;
         if train_tasks.is_empty() {
-            return Err(other(format!(
-                "{}: the training split has no examples",
-                cfg.dataset.plugin.path.display()
-            )));
+            return Err(TrainError::NoTrainingExamples(
+                cfg.dataset.plugin.path.clone(),
+            ));
         }
         let dev_tasks = match &cfg.eval {
             Some(e) => load_tasks(
@@ -69,12 +64,12 @@ impl<'a> RlEnv<'a> {
                     split: e.split.clone(),
                     limit: e.limit,
                 },
-            )
-            .map_err(other)?,
+            )?,
             None => vec![],
         };
         let tok = Tokenizer::load_dir(&cfg.model)?;
-        let template = ProbeTemplate::parse(&cfg.rl.probe_template).map_err(other)?;
+        let template =
+            ProbeTemplate::parse(&cfg.rl.probe_template).map_err(TrainError::ProbeTemplate)?;
         let samples = cfg.train.run_dir.join("samples");
         std::fs::create_dir_all(&samples).map_err(io_err(&cfg.train.run_dir))?;
         Ok(RlEnv {
@@ -242,7 +237,7 @@ pub(crate) fn rollouts<B: Backend>(
         c.rl.rollout_batch,
         seed,
     )
-    .map_err(other)
+    .map_err(TrainError::from)
 }
 
 /// Phase 3: the ground truth's probability after every turn boundary of
@@ -462,8 +457,7 @@ pub(crate) fn dev_eval<B: Backend>(
         &env.dev_tasks,
         e.batch,
         cfg.train.seed,
-    )
-    .map_err(other)?;
+    )?;
     let r = score_report(&trajs, &stats, &env.reward);
     Ok(DevEval {
         step,
