@@ -1,10 +1,13 @@
 //! Throughput measurements (what `igpo bench forward` and `igpo bench score`
 //! report and `cargo xtask bench` compares with PyTorch): prefill, decode and
 //! a training step of a model, and the fused lm-head log-prob of chosen
-//! tokens; the agent loop under load (`igpo bench agent`, [`agent`]). GPU work is asynchronous: every timing ends with
-//! [`Backend::synchronize`] or a download.
+//! tokens; the agent loop under load (`igpo bench agent`, [`agent`]); calls
+//! through the plugin host (`igpo plugin bench`, [`plugins`]). GPU work is
+//! asynchronous: every timing ends with [`Backend::synchronize`] or a
+//! download.
 
 pub mod agent;
+pub mod plugins;
 
 use std::time::Instant;
 

@@ -6,8 +6,8 @@ use clap::Subcommand;
 
 use super::{CliResult, Device};
 use crate::backend::Fit;
-use crate::model::init::{preset, random_weights, write_model_dir, PRESETS};
-use crate::model::{stored_dtype, Arch, ModelConfig};
+use crate::model::init::{preset, random_weights, write_model_dir, Dims, PRESETS};
+use crate::model::{stored_dtype, Arch, MemoryEstimate, ModelConfig};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 
@@ -142,33 +142,17 @@ fn init(a: InitArgs) -> CliResult {
                 .ok_or("--arch is required without --preset")?;
             let arch = Arch::parse(arch_name)
                 .ok_or_else(|| format!("unknown --arch `{arch_name}` (qwen2, qwen3 or llama)"))?;
-            let hidden = need(a.hidden, "hidden")?;
             let heads = need(a.heads, "heads")?;
-            let kv = a.kv_heads.unwrap_or(heads);
-            if hidden % heads != 0 || heads % kv != 0 || (hidden / heads) % 2 != 0 {
-                return Err(format!(
-                    "--hidden {hidden} / --heads {heads} / --kv-heads {kv}: hidden must split into heads of even size, heads into kv groups"
-                )
-                .into());
-            }
-            ModelConfig {
-                arch,
-                vocab_size: tok.vocab_size(),
-                hidden_size: hidden,
-                intermediate_size: need(a.intermediate, "intermediate")?,
-                num_layers: need(a.layers, "layers")?,
-                num_heads: heads,
-                num_kv_heads: kv,
-                head_dim: hidden / heads,
-                rms_norm_eps: 1e-6,
-                rope_theta: if arch == Arch::Llama { 1e4 } else { 1e6 },
-                rope_scaling: None,
-                max_position_embeddings: 32768,
-                tie_word_embeddings: a.tied,
-                attention_bias: arch == Arch::Qwen2,
-                bos_token_id: None,
-                eos_token_ids: vec![],
-            }
+            let dims = Dims {
+                vocab: tok.vocab_size(),
+                hidden: need(a.hidden, "hidden")?,
+                intermediate: need(a.intermediate, "intermediate")?,
+                layers: need(a.layers, "layers")?,
+                heads,
+                kv_heads: a.kv_heads.unwrap_or(heads),
+                tied: a.tied,
+            };
+            ModelConfig::from_dims(arch, dims)?
         }
     };
     if let Some(v) = a.vocab_size {
@@ -197,25 +181,11 @@ fn init(a: InitArgs) -> CliResult {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-/// RoPE base, scaling type with its parameters, and the context the config declares.
-fn rope_line(c: &ModelConfig) -> String {
-    let scaling = match &c.rope_scaling {
-        None => "none".to_string(),
-        Some(s) => {
-            let params: Vec<String> = s.params().iter().map(|(k, v)| format!("{k} {v}")).collect();
-            format!("{} ({})", s.name(), params.join(", "))
-        }
-    };
-    format!(
-        "theta {}, scaling {scaling}, max positions {}",
-        c.rope_theta, c.max_position_embeddings
-    )
-}
-
 fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
     let c = ModelConfig::load(dir)?;
     let dtype = stored_dtype(dir)?;
-    let n = c.num_parameters() as f64;
+    let mem = MemoryEstimate::new(&c, dtype);
+    let gib = |bytes: u64| bytes as f64 / GIB;
     println!("folder:        {}", dir.display());
     println!(
         "architecture:  {} ({})",
@@ -239,34 +209,35 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         c.tie_word_embeddings,
         c.rms_norm_eps
     );
-    println!("rope:          {}", rope_line(&c));
-    println!("parameters:    {} ({:.1} M)", c.num_parameters(), n / 1e6);
+    println!("rope:          {}", c.rope_description());
+    println!(
+        "parameters:    {} ({:.1} M)",
+        mem.parameters,
+        mem.parameters as f64 / 1e6
+    );
     println!(
         "stored dtype:  {dtype} ({:.2} GiB on disk)",
-        n * dtype.size_of() as f64 / GIB
+        gib(mem.disk_bytes)
     );
     let chat = crate::tokenizer::ChatTemplate::load_dir(&crate::model::hf_dir(dir))?;
     println!("chat template: {}", chat.source());
     println!("tool calls:    {}", chat.tool_call_format());
-    let cpu_train = n * Device::Cpu.training_bytes_per_param() as f64;
-    let gpu_train = n * Device::Cuda(0).training_bytes_per_param() as f64;
     println!(
         "inference:     {:.2} GiB on CPU (f32 and the GEMM's packed copy), {:.2} GiB on GPU (bf16), plus KV cache",
-        n * 8.0 / GIB,
-        n * 2.0 / GIB
+        gib(mem.inference_cpu_bytes),
+        gib(mem.inference_gpu_bytes)
     );
-    let kv_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim;
     println!(
         "KV cache:      {} values per token ({:.1} KiB f32)",
-        kv_per_token,
-        kv_per_token as f64 * 4.0 / 1024.0
+        mem.kv_values_per_token,
+        mem.kv_values_per_token as f64 * 4.0 / 1024.0
     );
     println!(
         "training:      {:.2} GiB on CPU (f32 weights, packed copy, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
-        cpu_train / GIB,
-        gpu_train / GIB
+        gib(mem.training_cpu_bytes),
+        gib(mem.training_gpu_bytes)
     );
-    let needs = c.num_parameters() * device.training_bytes_per_param();
+    let needs = mem.training_bytes(device);
     match device.memory() {
         Ok(mem) => {
             if let Some(name) = &mem.name {

@@ -185,81 +185,13 @@ pub fn run(cmd: PluginCommand) -> CliResult {
             args,
             dir,
             limits,
-        } => {
-            let mut spec = PluginSpec::new(&file).config(parse_json("--config", &config)?);
-            spec.readonly_dir = dir;
-            if let Some(l) = limits {
-                spec.limits = serde_json::from_str::<SandboxLimits>(&l)
-                    .map_err(|e| format!("--limits: {e}"))?;
-            }
-            spec.limits.instances = 1;
-            match inspect(&host, &file)?.world {
-                World::Tool => {
-                    let tool = ToolPlugin::load(&host, &spec)?;
-                    println!("{}", tool.call(&args)?);
-                }
-                World::Reward => {
-                    let t: TrajectoryRecord = serde_json::from_str(&args)
-                        .map_err(|e| format!("--args: not a trajectory: {e}"))?;
-                    let out = RewardPlugin::load(&host, &spec)?.score(&t)?;
-                    println!("{}", serde_json::to_string_pretty(&out)?);
-                }
-                World::Dataset => {
-                    let a = parse_json("--args", &args)?;
-                    let split = match &a["split"] {
-                        serde_json::Value::Null => None,
-                        serde_json::Value::String(s) => Some(s.clone()),
-                        _ => return Err("--args: `split` must be a string".into()),
-                    };
-                    let ds = DatasetPlugin::load(&host, &spec)?;
-                    let out = match &a["index"] {
-                        serde_json::Value::Null => serde_json::json!({
-                            "len": ds.len(split.as_deref())?,
-                            "splits": ds.splits(),
-                        }),
-                        v => {
-                            let i = v
-                                .as_u64()
-                                .ok_or("--args: `index` must be a non-negative integer")?;
-                            serde_json::to_value(ds.get(split.as_deref(), i)?)?
-                        }
-                    };
-                    println!("{}", serde_json::to_string_pretty(&out)?);
-                }
-            }
-        }
+        } => call(&host, &file, &config, &args, dir, limits)?,
         PluginCommand::Prompt {
             files,
             protocol,
             config,
             dir,
-        } => {
-            let protocol = serde_json::from_value(serde_json::Value::String(protocol.clone()))
-                .map_err(|_| {
-                    format!("--protocol: `{protocol}` is not one of tool_call, search_tags")
-                })?;
-            let config = parse_json("--config", &config)?;
-            let specs: Vec<PluginSpec> = files
-                .iter()
-                .map(|f| {
-                    let mut spec = PluginSpec::new(f).config(config.clone());
-                    spec.readonly_dir = dir.clone();
-                    spec.limits.instances = 1;
-                    spec
-                })
-                .collect();
-            let pool = ToolPool::load(&host, &specs)?;
-            let cfg = AgentConfig {
-                protocol,
-                ..AgentConfig::default()
-            };
-            // No model here: the prompt of a model whose template knows
-            // no tools (the engine lists them itself).
-            println!(
-                "{}",
-                agent_system_prompt(&cfg, Some(&pool), &ToolCallFormat::Prompted)
-            );
-        }
+        } => prompt(&host, &files, &protocol, &config, dir)?,
         PluginCommand::Bench {
             plugins,
             data,
@@ -270,6 +202,93 @@ pub fn run(cmd: PluginCommand) -> CliResult {
     Ok(())
 }
 
+/// `igpo plugin call`: one call of a plugin of any world.
+fn call(
+    host: &PluginHost,
+    file: &std::path::Path,
+    config: &str,
+    args: &str,
+    dir: Option<PathBuf>,
+    limits: Option<String>,
+) -> CliResult {
+    let mut spec = PluginSpec::new(file).config(parse_json("--config", config)?);
+    spec.readonly_dir = dir;
+    if let Some(l) = limits {
+        spec.limits =
+            serde_json::from_str::<SandboxLimits>(&l).map_err(|e| format!("--limits: {e}"))?;
+    }
+    spec.limits.instances = 1;
+    match inspect(host, file)?.world {
+        World::Tool => {
+            let tool = ToolPlugin::load(host, &spec)?;
+            println!("{}", tool.call(args)?);
+        }
+        World::Reward => {
+            let t: TrajectoryRecord =
+                serde_json::from_str(args).map_err(|e| format!("--args: not a trajectory: {e}"))?;
+            let out = RewardPlugin::load(host, &spec)?.score(&t)?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        World::Dataset => {
+            let a = parse_json("--args", args)?;
+            let split = match &a["split"] {
+                serde_json::Value::Null => None,
+                serde_json::Value::String(s) => Some(s.clone()),
+                _ => return Err("--args: `split` must be a string".into()),
+            };
+            let ds = DatasetPlugin::load(host, &spec)?;
+            let out = match &a["index"] {
+                serde_json::Value::Null => serde_json::json!({
+                    "len": ds.len(split.as_deref())?,
+                    "splits": ds.splits(),
+                }),
+                v => {
+                    let i = v
+                        .as_u64()
+                        .ok_or("--args: `index` must be a non-negative integer")?;
+                    serde_json::to_value(ds.get(split.as_deref(), i)?)?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+    }
+    Ok(())
+}
+
+/// `igpo plugin prompt`: the agent's system prompt for these tools.
+fn prompt(
+    host: &PluginHost,
+    files: &[PathBuf],
+    protocol: &str,
+    config: &str,
+    dir: Option<PathBuf>,
+) -> CliResult {
+    let protocol = serde_json::from_value(serde_json::Value::String(protocol.to_string()))
+        .map_err(|_| format!("--protocol: `{protocol}` is not one of tool_call, search_tags"))?;
+    let config = parse_json("--config", config)?;
+    let specs: Vec<PluginSpec> = files
+        .iter()
+        .map(|f| {
+            let mut spec = PluginSpec::new(f).config(config.clone());
+            spec.readonly_dir = dir.clone();
+            spec.limits.instances = 1;
+            spec
+        })
+        .collect();
+    let pool = ToolPool::load(host, &specs)?;
+    let cfg = AgentConfig {
+        protocol,
+        ..AgentConfig::default()
+    };
+    // No model here: the prompt of a model whose template knows
+    // no tools (the engine lists them itself).
+    println!(
+        "{}",
+        agent_system_prompt(&cfg, Some(&pool), &ToolCallFormat::Prompted)
+    );
+    Ok(())
+}
+
 fn run_bench(
     host: &PluginHost,
     plugins: &std::path::Path,
@@ -277,79 +296,17 @@ fn run_bench(
     seconds: f64,
     out: Option<PathBuf>,
 ) -> CliResult {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let duration = std::time::Duration::from_secs_f64(seconds);
-    let limits = SandboxLimits {
-        instances: threads,
-        ..SandboxLimits::default()
-    };
-    let echo = ToolPlugin::load(
-        host,
-        &PluginSpec::new(plugins.join("echo-tool.wasm")).limits(limits.clone()),
-    )?;
-    let squad = data.join("squad-dev-v1.1.json");
-    let corpus_dir = std::env::temp_dir().join(format!("igpo-bench-corpus-{}", std::process::id()));
-    let passages =
-        crate::data::build_corpus(Some(&squad), Some(&data.join("wiki-summaries-en.json")))?;
-    crate::data::write_jsonl(&corpus_dir.join("corpus.jsonl"), &passages)?;
-    let t0 = std::time::Instant::now();
-    let bm25 = ToolPlugin::load(
-        host,
-        &PluginSpec::new(plugins.join("bm25-search.wasm"))
-            .readonly_dir(&corpus_dir)
-            .limits(limits),
-    );
-    let init_s = t0.elapsed().as_secs_f64();
-    let result = bm25
-        .map_err(Into::into)
-        .and_then(|bm25| bench_rows(&echo, &bm25, &squad, threads, duration));
-    // Pooled instances read the corpus when they start: remove it only now.
-    let _ = std::fs::remove_dir_all(&corpus_dir);
-    let rows = result?;
-    let json = serde_json::json!({
-        "threads": threads,
-        "passages": passages.len(),
-        "bm25_load_and_index_s": init_s,
-        "results": rows,
-    });
+    let result = crate::bench::plugins::plugin_bench(host, plugins, data, duration)?;
+    for row in &result.results {
+        println!("{}", row.line());
+    }
     if let Some(path) = out {
-        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&json)?.as_bytes())
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())
-}
-
-fn bench_rows(
-    echo: &ToolPlugin,
-    bm25: &ToolPlugin,
-    squad: &std::path::Path,
-    threads: usize,
-    duration: std::time::Duration,
-) -> Result<Vec<serde_json::Value>, Box<dyn std::error::Error>> {
-    use crate::plugins::bench::bench_tool;
-    let questions: Vec<String> = crate::data::squad_questions(squad)?
-        .into_iter()
-        .take(1000)
-        .map(|q| serde_json::json!({ "query": q }).to_string())
-        .collect();
-    let mut rows = vec![];
-    for (label, tool, args) in [
-        ("no-op tool call (echo)", echo, vec!["{}".to_string()]),
-        ("bm25 query, 12k passages", bm25, questions),
-    ] {
-        for t in [1, threads] {
-            let s = bench_tool(tool, &args, t, duration)?;
-            println!(
-                "{label:<26} {t} thread(s): {:>10.0} calls/s  p50 {:>8.1} us  p99 {:>8.1} us  (got {:.0}% of {t} core(s); {:.0} calls per CPU-s)",
-                s.calls_per_s, s.p50_us, s.p99_us, s.cpu_share * 100.0, s.calls_per_cpu_s
-            );
-            rows.push(serde_json::json!({ "what": label, "stats": s }));
-        }
-    }
-    Ok(rows)
 }
 
 pub fn run_data(cmd: DataCommand) -> CliResult {

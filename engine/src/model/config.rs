@@ -307,6 +307,23 @@ impl ModelConfig {
         out
     }
 
+    /// RoPE base, scaling type with its parameters, and the context the
+    /// config declares, in one line.
+    pub fn rope_description(&self) -> String {
+        let scaling = match &self.rope_scaling {
+            None => "none".to_string(),
+            Some(s) => {
+                let params: Vec<String> =
+                    s.params().iter().map(|(k, v)| format!("{k} {v}")).collect();
+                format!("{} ({})", s.name(), params.join(", "))
+            }
+        };
+        format!(
+            "theta {}, scaling {scaling}, max positions {}",
+            self.rope_theta, self.max_position_embeddings
+        )
+    }
+
     pub fn num_parameters(&self) -> u64 {
         self.tensor_shapes()
             .iter()

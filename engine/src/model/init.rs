@@ -12,45 +12,81 @@ use super::{Arch, ModelConfig, ModelError, TensorMap};
 use crate::rng::Rng;
 use crate::tensor::{DType, Tensor};
 
+/// The shape of a new model: what `igpo model init` takes as flags and a
+/// preset names.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Dims {
+    pub vocab: usize,
+    pub hidden: usize,
+    pub intermediate: usize,
+    pub layers: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub tied: bool,
+}
+
+impl ModelConfig {
+    /// A config at `dims` with `arch`'s family defaults (QKV bias for Qwen2,
+    /// RoPE base 1e4 for Llama and 1e6 otherwise, RMSNorm eps 1e-6, 32k
+    /// positions, no end-of-sequence ids yet). An error when the hidden size
+    /// does not split into heads of even size or the heads into KV groups.
+    pub fn from_dims(arch: Arch, d: Dims) -> Result<ModelConfig, String> {
+        if d.heads == 0
+            || d.kv_heads == 0
+            || !d.hidden.is_multiple_of(d.heads)
+            || !d.heads.is_multiple_of(d.kv_heads)
+            || !(d.hidden / d.heads).is_multiple_of(2)
+        {
+            return Err(format!(
+                "hidden {} / heads {} / kv heads {}: hidden must split into heads of even size, heads into kv groups",
+                d.hidden, d.heads, d.kv_heads
+            ));
+        }
+        Ok(ModelConfig {
+            arch,
+            vocab_size: d.vocab,
+            hidden_size: d.hidden,
+            intermediate_size: d.intermediate,
+            num_layers: d.layers,
+            num_heads: d.heads,
+            num_kv_heads: d.kv_heads,
+            head_dim: d.hidden / d.heads,
+            rms_norm_eps: 1e-6,
+            rope_theta: if arch == Arch::Llama { 1e4 } else { 1e6 },
+            rope_scaling: None,
+            max_position_embeddings: 32768,
+            tie_word_embeddings: d.tied,
+            attention_bias: arch == Arch::Qwen2,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        })
+    }
+}
+
 /// Real model shapes, for tests and benchmarks at true size.
 pub fn preset(name: &str) -> Option<ModelConfig> {
-    let base = |arch, vocab, hidden, inter, layers, heads, kv, theta, eps, tied| ModelConfig {
-        arch,
-        vocab_size: vocab,
-        hidden_size: hidden,
-        intermediate_size: inter,
-        num_layers: layers,
-        num_heads: heads,
-        num_kv_heads: kv,
-        head_dim: hidden / heads,
-        rms_norm_eps: eps,
-        rope_theta: theta,
-        rope_scaling: None,
-        max_position_embeddings: 32768,
-        tie_word_embeddings: tied,
-        attention_bias: arch == Arch::Qwen2,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
-    Some(match name {
-        "qwen2.5-0.5b" => base(Arch::Qwen2, 151936, 896, 4864, 24, 14, 2, 1e6, 1e-6, true),
-        "qwen2.5-1.5b" => base(Arch::Qwen2, 151936, 1536, 8960, 28, 12, 2, 1e6, 1e-6, true),
-        "qwen2.5-3b" => base(Arch::Qwen2, 151936, 2048, 11008, 36, 16, 2, 1e6, 1e-6, true),
-        "qwen2.5-7b" => base(
-            Arch::Qwen2,
-            152064,
-            3584,
-            18944,
-            28,
-            28,
-            4,
-            1e6,
-            1e-6,
-            false,
-        ),
-        "smollm2-135m" => base(Arch::Llama, 49152, 576, 1536, 30, 9, 3, 1e5, 1e-5, true),
+    #[rustfmt::skip]
+    let (arch, vocab, hidden, intermediate, layers, heads, kv_heads, theta, eps, tied) = match name {
+        "qwen2.5-0.5b" => (Arch::Qwen2, 151936, 896, 4864, 24, 14, 2, 1e6, 1e-6, true),
+        "qwen2.5-1.5b" => (Arch::Qwen2, 151936, 1536, 8960, 28, 12, 2, 1e6, 1e-6, true),
+        "qwen2.5-3b" => (Arch::Qwen2, 151936, 2048, 11008, 36, 16, 2, 1e6, 1e-6, true),
+        "qwen2.5-7b" => (Arch::Qwen2, 152064, 3584, 18944, 28, 28, 4, 1e6, 1e-6, false),
+        "smollm2-135m" => (Arch::Llama, 49152, 576, 1536, 30, 9, 3, 1e5, 1e-5, true),
         _ => return None,
-    })
+    };
+    let dims = Dims {
+        vocab,
+        hidden,
+        intermediate,
+        layers,
+        heads,
+        kv_heads,
+        tied,
+    };
+    let mut config = ModelConfig::from_dims(arch, dims).expect("presets are valid shapes");
+    config.rope_theta = theta;
+    config.rms_norm_eps = eps;
+    Some(config)
 }
 
 pub const PRESETS: &[&str] = &[

@@ -7,6 +7,7 @@ mod decoder;
 pub mod folder;
 pub mod gguf;
 pub mod init;
+mod memory;
 pub mod rope_scaling;
 mod weights;
 
@@ -16,6 +17,7 @@ pub use backward::{Activations, TrainSeq};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{KvCache, LogitRows, Model, PagedStep, SeqStep};
 pub use folder::{export, hf_dir, is_checkpoint};
+pub use memory::MemoryEstimate;
 pub use rope_scaling::RopeScaling;
 pub use weights::{
     load_weights, save_model_weights, save_safetensors, stored_dtype, TensorMap, MAX_SHARD_BYTES,

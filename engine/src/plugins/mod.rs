@@ -28,7 +28,6 @@
 //! - Tool output longer than `max_output_bytes` is cut at a character
 //!   boundary and ends with a note saying so.
 
-pub mod bench;
 mod host;
 mod kinds;
 mod pool;

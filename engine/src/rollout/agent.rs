@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::generate::stop_tokens;
 use super::prefix::{prefill_prompts, Prefilled};
 use super::protocol::{
     parse_turn_in, search_result_text, stop_at_in, system_prompt, Protocol, ToolCallFormat,
@@ -340,8 +341,7 @@ pub fn run_agent_forced<B: Backend>(
     let format = TurnFormat::new(cfg.protocol, tok.chat.tool_call_format().clone());
     let system = agent_system_prompt(cfg, tools.as_deref(), &format.calls);
     let specs = template_tools(tok, cfg.protocol, tools.as_deref());
-    let mut eos = model.config.eos_token_ids.clone();
-    eos.extend(tok.stop_ids());
+    let eos = stop_tokens(model, tok);
     // A Llama JSON call completes at a `}`, a tag at a `>`.
     let stop_chars: &[char] = match format.calls {
         ToolCallFormat::LlamaJson { .. } => &['>', '}'],

@@ -8,6 +8,7 @@ use crate::backend::Backend;
 use crate::kv::KvConfig;
 use crate::model::{LogitRows, Model, PagedStep};
 use crate::rng::Rng;
+use crate::tokenizer::Tokenizer;
 
 /// Why a sequence stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,6 +33,16 @@ pub struct GenerateOptions {
     pub sampling: SamplingParams,
     pub stop_tokens: Vec<u32>,
     pub seed: u64,
+}
+
+/// The ids that end a generated turn: `config.json`'s `eos_token_id`, then
+/// the tokenizer's ([`Tokenizer::stop_ids`]: `generation_config.json` and the
+/// chat template's end-of-turn tokens). `igpo generate` and the agent stop on
+/// the same ids.
+pub fn stop_tokens<B: Backend>(model: &Model<B>, tok: &Tokenizer) -> Vec<u32> {
+    let mut ids = model.config.eos_token_ids.clone();
+    ids.extend(tok.stop_ids());
+    ids
 }
 
 /// Generates a continuation for every prompt in one batch: one prefill,

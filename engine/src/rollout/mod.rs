@@ -10,5 +10,5 @@ pub use agent::{
     agent_system_prompt, run_agent, tool_turn, AgentConfig, RolloutError, RolloutStats, Segment,
     SpanKind, Task, Trajectory, TurnMeta,
 };
-pub use generate::{generate, GenerateOptions, Generation, StopReason};
+pub use generate::{generate, stop_tokens, GenerateOptions, Generation, StopReason};
 pub use sampler::SamplingParams;
