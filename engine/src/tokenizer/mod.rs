@@ -1,10 +1,12 @@
 //! Text <-> token ids: the `tokenizers` crate over `tokenizer.json`, plus the
 //! model's chat template ([`chat`]: the only module that spells chat markup).
 
+mod bpe;
 pub mod chat;
 
 use std::path::Path;
 
+pub use bpe::train_bpe;
 pub use chat::{
     chatml_tokenizer_config, tool_response_content, ChatError, ChatTemplate, Message, SftPiece,
     TemplateSource, ToolCallFormat, ToolSpec, CHATML_SPECIAL_TOKENS, CHATML_TEMPLATE,
@@ -18,6 +20,8 @@ pub enum TokenizerError {
     Load { path: String, msg: String },
     #[error("tokenizer: {0}")]
     Encode(String),
+    #[error("training the tokenizer: {0}")]
+    Train(String),
     #[error(transparent)]
     Chat(#[from] ChatError),
 }
