@@ -226,6 +226,18 @@ fn samples_table(out: &mut String, run: &RunData, color: &str) {
 /// The whole page for `runs` (already loaded).
 pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
     let mut out = String::new();
+    page_head(&mut out, runs);
+    summary_table(&mut out, runs);
+    paper_figures(&mut out, runs)?;
+    training_signals(&mut out, runs)?;
+    time_split(&mut out, runs)?;
+    sampled_trajectories(&mut out, runs);
+    out.push_str("</body></html>\n");
+    Ok(out)
+}
+
+/// The document head, title, run list and colour legend.
+fn page_head(out: &mut String, runs: &[RunData]) {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
     let names: Vec<String> = runs.iter().map(|r| r.label()).collect();
     let _ = writeln!(
@@ -257,8 +269,10 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         );
     }
     out.push_str("</div>\n");
+}
 
-    // Summary table.
+/// One row per run: estimator, dev set, steps, dev F1, reward, zero-advantage ratio, tokens, time.
+fn summary_table(out: &mut String, runs: &[RunData]) {
     out.push_str("<table id=\"summary\"><tr><th>run</th><th>estimator</th><th>dev set</th><th>steps</th><th>dev F1 first → last (best)</th><th>train reward first → last</th><th>zero-adv. ratio (mean)</th><th>gradient tokens</th><th>wall time (s)</th></tr>\n");
     for (i, r) in runs.iter().enumerate() {
         let first = r.evals.first().map(|e| e.f1);
@@ -292,8 +306,10 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         );
     }
     out.push_str("</table>\n");
+}
 
-    // The paper's figures.
+/// The paper's figures: zero-advantage groups, dev F1 per dev set, the ground truth's entropy drop, F1 against gradient tokens.
+fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
     out.push_str("<h2>The paper's figures</h2>\n<div class=\"grid\">\n");
     let svg = plot::line_figure(&LineFigure {
         id: "fig-zero-adv",
@@ -304,7 +320,7 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         series: per_step(runs, |m| m.zero_adv_ratio),
     })?;
     figure(
-        &mut out,
+        out,
         &svg,
         "Share of prompt groups whose every advantage is 0 (no learning signal). Outcome-only rewards go flat when all rollouts of a prompt score the same; turn-level information gain keeps them apart.",
     );
@@ -341,7 +357,7 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
             series,
         })?;
         figure(
-            &mut out,
+            out,
             &svg,
             &format!("Dev-set F1 (greedy unless the run file says otherwise) from eval.jsonl; step 0 is before training. Dataset: {set}."),
         );
@@ -381,7 +397,7 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
             unscored.join(", ")
         );
     }
-    figure(&mut out, &svg, &cap);
+    figure(out, &svg, &cap);
 
     let series = runs
         .iter()
@@ -404,13 +420,16 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         series,
     })?;
     figure(
-        &mut out,
+        out,
         &svg,
         "Token efficiency: dev F1 against the cumulative number of tokens that produced gradients (every epoch counted).",
     );
     out.push_str("</div>\n");
+    Ok(())
+}
 
-    // Training signals.
+/// Reward, KL, entropy, clip fraction and turns per step.
+fn training_signals(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
     out.push_str("<h2>Training signals</h2>\n<div class=\"grid\">\n");
     type Metric = fn(&super::load::StepMetrics) -> f64;
     let signals: [(&str, &str, &str, Metric, &str); 5] = [
@@ -459,10 +478,13 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
             y_range: None,
             series: per_step(runs, f),
         })?;
-        figure(&mut out, &svg, cap);
+        figure(out, &svg, cap);
     }
+    Ok(())
+}
 
-    // Time split.
+/// Seconds per phase (rollout, scoring, update): a figure and a table.
+fn time_split(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
     let rows: Vec<(String, [f64; 3])> = runs
         .iter()
         .map(|r| {
@@ -503,14 +525,15 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
         );
     }
     out.push_str("</table>\n");
+    Ok(())
+}
 
-    // Sampled trajectories.
+/// The last step's sampled trajectories of every run, turns coloured by information gain.
+fn sampled_trajectories(out: &mut String, runs: &[RunData]) {
     out.push_str("<h2 id=\"samples\">Sampled trajectories (last step)</h2>\n<p class=\"note\">Each tool turn is coloured by its information gain: <span class=\"turn ig-pos\" style=\"background: rgba(44,160,44,0.6)\">green: the turn raised p(ground truth)</span> <span class=\"turn ig-neg\" style=\"background: rgba(214,39,40,0.6)\">red: it lowered it</span> <span class=\"turn ig-zero\">grey: |gain| &lt; 0.001</span>; strength relative to the largest |gain| in the table.</p>\n");
     for (i, r) in runs.iter().enumerate() {
-        samples_table(&mut out, r, &plot::hex(plot::run_color(i)));
+        samples_table(out, r, &plot::hex(plot::run_color(i)));
     }
-    out.push_str("</body></html>\n");
-    Ok(out)
 }
 
 #[cfg(test)]
