@@ -70,155 +70,42 @@ fn read_float(file: &GgufFile, key: &str) -> Result<Option<f64>, GgufError> {
     Ok(file.get(key).and_then(float_of))
 }
 
+/// A `BadMetadata` error of `file`'s `key`.
+fn bad(file: &GgufFile, key: &str, reason: String) -> GgufError {
+    GgufError::BadMetadata {
+        path: file.path.clone(),
+        key: key.to_string(),
+        reason,
+    }
+}
+
+/// `file`'s `key` as a positive integer.
+fn positive(file: &GgufFile, key: &str) -> Result<u64, GgufError> {
+    let v = file.req_u64(key)?;
+    if v == 0 {
+        return Err(bad(file, key, "must be positive".into()));
+    }
+    Ok(v)
+}
+
 impl HParams {
     fn read(file: &GgufFile, arch: &str) -> Result<HParams, GgufError> {
         let key = |k: &str| format!("{arch}.{k}");
-        let bad = |k: &str, reason: String| GgufError::BadMetadata {
-            path: file.path.clone(),
-            key: k.to_string(),
-            reason,
-        };
-        let positive = |k: &str| -> Result<u64, GgufError> {
-            let v = file.req_u64(k)?;
-            if v == 0 {
-                return Err(bad(k, "must be positive".into()));
-            }
-            Ok(v)
-        };
-        let n_layer = positive(&key("block_count"))?;
-        let hidden = positive(&key("embedding_length"))?;
-        let ff = positive(&key("feed_forward_length"))?;
-        let n_head = positive(&key("attention.head_count"))?;
-        let kv_key = key("attention.head_count_kv");
-        let n_kv = match file.get(&kv_key) {
-            None => n_head,
-            // Some converters store one count per layer.
-            Some(Value::Array(_)) => {
-                let per_layer = file.opt_int_array(&kv_key)?.unwrap_or_default();
-                match per_layer.first() {
-                    Some(&first) if first > 0 && per_layer.iter().all(|&n| n == first) => {
-                        first as u64
-                    }
-                    _ => {
-                        return Err(bad(
-                            &kv_key,
-                            "per-layer counts that differ are not supported".into(),
-                        ))
-                    }
-                }
-            }
-            Some(_) => positive(&kv_key)?,
-        };
-        if n_head % n_kv != 0 {
-            return Err(bad(
-                &kv_key,
-                format!("{n_kv} does not divide the {n_head} attention heads"),
-            ));
-        }
-        let head_dim = match file.opt_u64(&key("attention.key_length"))? {
-            Some(d) if d > 0 => d,
-            Some(_) => return Err(bad(&key("attention.key_length"), "must be positive".into())),
-            None => {
-                if hidden % n_head != 0 {
-                    return Err(bad(
-                        &key("attention.head_count"),
-                        format!("{n_head} heads do not divide embedding_length {hidden}"),
-                    ));
-                }
-                hidden / n_head
-            }
-        };
-        if head_dim % 2 != 0 {
-            return Err(bad(
-                &key("attention.key_length"),
-                format!("head size {head_dim} is odd; RoPE needs it even"),
-            ));
-        }
-        if let Some(v) = file.opt_u64(&key("attention.value_length"))? {
-            if v != head_dim {
-                return Err(bad(
-                    &key("attention.value_length"),
-                    format!("{v} differs from the key length {head_dim}, which Llama/Qwen2 cannot express"),
-                ));
-            }
-        }
-        if let Some(r) = file.opt_u64(&key("rope.dimension_count"))? {
-            if r != head_dim {
-                return Err(bad(
-                    &key("rope.dimension_count"),
-                    format!("rotary dims {r} differ from the head size {head_dim} (partial RoPE is not supported)"),
-                ));
-            }
-        }
+        let n_layer = positive(file, &key("block_count"))?;
+        let hidden = positive(file, &key("embedding_length"))?;
+        let ff = positive(file, &key("feed_forward_length"))?;
+        let n_head = positive(file, &key("attention.head_count"))?;
+        let n_kv = kv_heads(file, arch, n_head)?;
+        let head_dim = head_dim(file, arch, hidden, n_head)?;
         let eps_key = key("attention.layer_norm_rms_epsilon");
         let eps = read_float(file, &eps_key)?.ok_or_else(|| GgufError::MissingKey {
             path: file.path.clone(),
             key: eps_key.clone(),
         })?;
         let rope_theta = read_float(file, &key("rope.freq_base"))?.unwrap_or(10000.0);
-        let context = positive(&key("context_length"))?;
-
-        let scaling_key = key("rope.scaling.type");
-        let rope_scaling = match file.opt_str(&scaling_key)? {
-            None | Some("none") => None,
-            Some(kind @ ("linear" | "yarn")) => {
-                let factor = read_float(file, &key("rope.scaling.factor"))?.ok_or_else(|| {
-                    GgufError::MissingKey {
-                        path: file.path.clone(),
-                        key: key("rope.scaling.factor"),
-                    }
-                })?;
-                let mut s = json!({"rope_type": kind, "factor": factor});
-                if kind == "yarn" {
-                    if let Some(orig) =
-                        file.opt_u64(&key("rope.scaling.original_context_length"))?
-                    {
-                        s["original_max_position_embeddings"] = json!(orig);
-                    }
-                }
-                Some(s)
-            }
-            Some(other) => {
-                return Err(bad(
-                    &scaling_key,
-                    format!("unsupported RoPE scaling `{other}`"),
-                ))
-            }
-        };
-        let rope_scaling = match (rope_scaling, file.tensor("rope_freqs.weight")) {
-            (None, Some(t)) => rope_freqs_scaling(file, t, head_dim, rope_theta)?,
-            (s, _) => s,
-        };
-
-        // The vocabulary size is the number of rows of the embedding matrix.
-        let embd = file
-            .tensor("token_embd.weight")
-            .ok_or_else(|| GgufError::MissingTensor {
-                path: file.path.clone(),
-                tensor: "token_embd.weight".into(),
-            })?;
-        let vocab = match embd.dims.as_slice() {
-            [h, v] if *h == hidden && *v > 0 => *v,
-            _ => {
-                let declared = file.opt_u64(&key("vocab_size"))?;
-                return Err(GgufError::TensorShape {
-                    path: file.path.clone(),
-                    tensor: embd.name.clone(),
-                    expected: vec![hidden, declared.unwrap_or(0)],
-                    got: embd.dims.clone(),
-                });
-            }
-        };
-        if let Some(declared) = file.opt_u64(&key("vocab_size"))? {
-            if declared != vocab {
-                return Err(GgufError::TensorShape {
-                    path: file.path.clone(),
-                    tensor: embd.name.clone(),
-                    expected: vec![hidden, declared],
-                    got: embd.dims.clone(),
-                });
-            }
-        }
+        let context = positive(file, &key("context_length"))?;
+        let rope_scaling = rope_scaling(file, arch, head_dim, rope_theta)?;
+        let vocab = vocab_rows(file, arch, hidden)?;
         Ok(HParams {
             n_layer,
             hidden,
@@ -233,6 +120,169 @@ impl HParams {
             rope_scaling,
         })
     }
+}
+
+/// Key/value heads: `attention.head_count_kv` (one count, or the same count
+/// per layer), else the query heads; they must divide the query heads.
+fn kv_heads(file: &GgufFile, arch: &str, n_head: u64) -> Result<u64, GgufError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let kv_key = key("attention.head_count_kv");
+    let n_kv = match file.get(&kv_key) {
+        None => n_head,
+        // Some converters store one count per layer.
+        Some(Value::Array(_)) => {
+            let per_layer = file.opt_int_array(&kv_key)?.unwrap_or_default();
+            match per_layer.first() {
+                Some(&first) if first > 0 && per_layer.iter().all(|&n| n == first) => first as u64,
+                _ => {
+                    return Err(bad(
+                        file,
+                        &kv_key,
+                        "per-layer counts that differ are not supported".into(),
+                    ))
+                }
+            }
+        }
+        Some(_) => positive(file, &kv_key)?,
+    };
+    if !n_head.is_multiple_of(n_kv) {
+        return Err(bad(
+            file,
+            &kv_key,
+            format!("{n_kv} does not divide the {n_head} attention heads"),
+        ));
+    }
+    Ok(n_kv)
+}
+
+/// The head size: `attention.key_length`, else hidden / heads; even (RoPE),
+/// and equal to the value length and the rotary dimensions when given.
+fn head_dim(file: &GgufFile, arch: &str, hidden: u64, n_head: u64) -> Result<u64, GgufError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let head_dim = match file.opt_u64(&key("attention.key_length"))? {
+        Some(d) if d > 0 => d,
+        Some(_) => {
+            return Err(bad(
+                file,
+                &key("attention.key_length"),
+                "must be positive".into(),
+            ))
+        }
+        None => {
+            if !hidden.is_multiple_of(n_head) {
+                return Err(bad(
+                    file,
+                    &key("attention.head_count"),
+                    format!("{n_head} heads do not divide embedding_length {hidden}"),
+                ));
+            }
+            hidden / n_head
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(bad(
+            file,
+            &key("attention.key_length"),
+            format!("head size {head_dim} is odd; RoPE needs it even"),
+        ));
+    }
+    if let Some(v) = file.opt_u64(&key("attention.value_length"))? {
+        if v != head_dim {
+            return Err(bad(
+                file,
+                &key("attention.value_length"),
+                format!(
+                    "{v} differs from the key length {head_dim}, which Llama/Qwen2 cannot express"
+                ),
+            ));
+        }
+    }
+    if let Some(r) = file.opt_u64(&key("rope.dimension_count"))? {
+        if r != head_dim {
+            return Err(bad(
+                file,
+                &key("rope.dimension_count"),
+                format!("rotary dims {r} differ from the head size {head_dim} (partial RoPE is not supported)"),
+            ));
+        }
+    }
+    Ok(head_dim)
+}
+
+/// `rope_scaling` for config.json: `rope.scaling.type` (linear, yarn), or
+/// what a `rope_freqs.weight` tensor stands for (Llama 3.x).
+fn rope_scaling(
+    file: &GgufFile,
+    arch: &str,
+    head_dim: u64,
+    rope_theta: f64,
+) -> Result<Option<Json>, GgufError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let scaling_key = key("rope.scaling.type");
+    let rope_scaling = match file.opt_str(&scaling_key)? {
+        None | Some("none") => None,
+        Some(kind @ ("linear" | "yarn")) => {
+            let factor = read_float(file, &key("rope.scaling.factor"))?.ok_or_else(|| {
+                GgufError::MissingKey {
+                    path: file.path.clone(),
+                    key: key("rope.scaling.factor"),
+                }
+            })?;
+            let mut s = json!({"rope_type": kind, "factor": factor});
+            if kind == "yarn" {
+                if let Some(orig) = file.opt_u64(&key("rope.scaling.original_context_length"))? {
+                    s["original_max_position_embeddings"] = json!(orig);
+                }
+            }
+            Some(s)
+        }
+        Some(other) => {
+            return Err(bad(
+                file,
+                &scaling_key,
+                format!("unsupported RoPE scaling `{other}`"),
+            ))
+        }
+    };
+    Ok(match (rope_scaling, file.tensor("rope_freqs.weight")) {
+        (None, Some(t)) => rope_freqs_scaling(file, t, head_dim, rope_theta)?,
+        (s, _) => s,
+    })
+}
+
+/// The vocabulary size: the rows of the embedding matrix (`vocab_size`,
+/// when declared, must agree).
+fn vocab_rows(file: &GgufFile, arch: &str, hidden: u64) -> Result<u64, GgufError> {
+    let key = |k: &str| format!("{arch}.{k}");
+    let embd = file
+        .tensor("token_embd.weight")
+        .ok_or_else(|| GgufError::MissingTensor {
+            path: file.path.clone(),
+            tensor: "token_embd.weight".into(),
+        })?;
+    let vocab = match embd.dims.as_slice() {
+        [h, v] if *h == hidden && *v > 0 => *v,
+        _ => {
+            let declared = file.opt_u64(&key("vocab_size"))?;
+            return Err(GgufError::TensorShape {
+                path: file.path.clone(),
+                tensor: embd.name.clone(),
+                expected: vec![hidden, declared.unwrap_or(0)],
+                got: embd.dims.clone(),
+            });
+        }
+    };
+    if let Some(declared) = file.opt_u64(&key("vocab_size"))? {
+        if declared != vocab {
+            return Err(GgufError::TensorShape {
+                path: file.path.clone(),
+                tensor: embd.name.clone(),
+                expected: vec![hidden, declared],
+                got: embd.dims.clone(),
+            });
+        }
+    }
+    Ok(vocab)
 }
 
 /// The `rope_scaling` that `rope_freqs.weight` (f32 divisors, Llama 3.x)

@@ -208,6 +208,72 @@ pub fn build(
             ));
         }
     }
+    let merges = merges(file)?;
+
+    let (vocab, added) = model_vocab(&tokens, types.as_deref(), notes);
+
+    let bos = token_id(file, "tokenizer.ggml.bos_token_id", n_tokens)?;
+    let eos = token_id(file, "tokenizer.ggml.eos_token_id", n_tokens)?;
+    let unk = token_id(file, "tokenizer.ggml.unknown_token_id", n_tokens)?;
+    let pad = token_id(file, "tokenizer.ggml.padding_token_id", n_tokens)?;
+    let eot = token_id(file, "tokenizer.ggml.eot_token_id", n_tokens)?;
+    let add_bos = file.opt_bool("tokenizer.ggml.add_bos_token")?;
+    let add_eos = file.opt_bool("tokenizer.ggml.add_eos_token")?;
+
+    let post = post_processor(file, &tokens, (add_bos, bos), (add_eos, eos))?;
+
+    let n_vocab = vocab.len();
+    let doc = TokenizerJson {
+        version: "1.0",
+        truncation: None,
+        padding: None,
+        added_tokens: added,
+        normalizer: None,
+        pre_tokenizer: pre,
+        post_processor: post,
+        decoder: byte_level(true, true, true),
+        model: BpeModel {
+            kind: "BPE",
+            dropout: None,
+            unk_token: None,
+            continuing_subword_prefix: None,
+            end_of_word_suffix: None,
+            fuse_unk: false,
+            byte_fallback: false,
+            ignore_merges: false,
+            vocab: VocabMap(&vocab),
+            merges,
+        },
+    };
+    let tokenizer_json = serde_json::to_string_pretty(&doc).map_err(|e| GgufError::Tokenizer {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    verify(path, &tokenizer_json, &vocab, n_vocab)?;
+
+    let ids = [
+        ("bos_token", bos),
+        ("eos_token", eos),
+        ("pad_token", pad),
+        ("unk_token", unk),
+    ];
+    let config = tokenizer_config(file, &tokens, (add_bos, add_eos), ids, context_length)?;
+
+    Ok(TokenizerFiles {
+        tokenizer_json,
+        tokenizer_config: config,
+        bos_token_id: bos,
+        eos_token_id: eos,
+        pad_token_id: pad,
+        eot_token_id: eot.filter(|e| Some(*e) != eos),
+        n_tokens,
+    })
+}
+
+/// `tokenizer.ggml.merges` as token pairs, each checked to be two tokens
+/// separated by one space.
+fn merges(file: &GgufFile) -> Result<Vec<[&str; 2]>, GgufError> {
+    let path = &file.path;
     let merges_raw = file
         .opt_str_array("tokenizer.ggml.merges")?
         .ok_or_else(|| GgufError::MissingKey {
@@ -221,26 +287,36 @@ pub fn build(
                 merges.push([a, b])
             }
             _ => {
-                return Err(bad(
-                    "tokenizer.ggml.merges",
-                    format!("entry {i} `{m}` is not two tokens separated by one space"),
-                ))
+                return Err(GgufError::BadMetadata {
+                    path: path.clone(),
+                    key: "tokenizer.ggml.merges".into(),
+                    reason: format!("entry {i} `{m}` is not two tokens separated by one space"),
+                })
             }
         }
     }
+    Ok(merges)
+}
 
-    // The model vocabulary. Normal tokens are stored in the byte-level
-    // alphabet already; one that is not gets spelled byte by byte (as
-    // transformers does). Control and user-defined tokens keep their text:
-    // they are matched whole, as added tokens.
+/// The model vocabulary and its added tokens. Normal tokens are stored in the byte-level
+/// alphabet already; one that is not gets spelled byte by byte (as
+/// transformers does). Control and user-defined tokens keep their text:
+/// they are matched whole, as added tokens.
+/// Repeated tokens keep their first id (the first three are noted).
+fn model_vocab(
+    tokens: &[&str],
+    types: Option<&[i64]>,
+    notes: &mut Vec<String>,
+) -> (Vec<(String, u32)>, Vec<Json>) {
     let table = bytes_to_unicode();
     let alphabet: std::collections::HashSet<char> = table.iter().copied().collect();
+    let n_tokens = tokens.len();
     let mut vocab: Vec<(String, u32)> = Vec::with_capacity(n_tokens);
     let mut seen: HashMap<String, u32> = HashMap::with_capacity(n_tokens);
     let mut added = Vec::new();
     let mut duplicates = 0usize;
     for (id, token) in tokens.iter().enumerate() {
-        let ty = types.as_ref().map_or(1, |t| t[id]);
+        let ty = types.map_or(1, |t| t[id]);
         let special = ty == TOKEN_TYPE_CONTROL;
         let whole = special || ty == TOKEN_TYPE_USER_DEFINED;
         let text = if whole || token.chars().all(|c| alphabet.contains(&c)) {
@@ -276,18 +352,18 @@ pub fn build(
             "{duplicates} repeated tokens in all were left out of the vocabulary"
         ));
     }
+    (vocab, added)
+}
 
-    let bos = token_id(file, "tokenizer.ggml.bos_token_id", n_tokens)?;
-    let eos = token_id(file, "tokenizer.ggml.eos_token_id", n_tokens)?;
-    let unk = token_id(file, "tokenizer.ggml.unknown_token_id", n_tokens)?;
-    let pad = token_id(file, "tokenizer.ggml.padding_token_id", n_tokens)?;
-    let eot = token_id(file, "tokenizer.ggml.eot_token_id", n_tokens)?;
-    let add_bos = file.opt_bool("tokenizer.ggml.add_bos_token")?;
-    let add_eos = file.opt_bool("tokenizer.ggml.add_eos_token")?;
-    let text_of = |id: Option<u32>| id.map(|i| tokens[i as usize].to_string());
-
-    // Post-processor: byte-level offsets, plus BOS/EOS when the file asks
-    // for them (llama.cpp adds them at tokenization time).
+/// The post-processor: byte-level offsets, plus BOS/EOS when the file asks
+/// for them (llama.cpp adds them at tokenization time).
+fn post_processor(
+    file: &GgufFile,
+    tokens: &[&str],
+    (add_bos, bos): (Option<bool>, Option<u32>),
+    (add_eos, eos): (Option<bool>, Option<u32>),
+) -> Result<Json, GgufError> {
+    let path = &file.path;
     let mut post = byte_level(true, false, true);
     let mut wrap = Vec::new();
     let mut special_tokens = serde_json::Map::new();
@@ -339,36 +415,18 @@ pub fn build(
             ]
         });
     }
+    Ok(post)
+}
 
-    let n_vocab = vocab.len();
-    let doc = TokenizerJson {
-        version: "1.0",
-        truncation: None,
-        padding: None,
-        added_tokens: added,
-        normalizer: None,
-        pre_tokenizer: pre,
-        post_processor: post,
-        decoder: byte_level(true, true, true),
-        model: BpeModel {
-            kind: "BPE",
-            dropout: None,
-            unk_token: None,
-            continuing_subword_prefix: None,
-            end_of_word_suffix: None,
-            fuse_unk: false,
-            byte_fallback: false,
-            ignore_merges: false,
-            vocab: VocabMap(&vocab),
-            merges,
-        },
-    };
-    let tokenizer_json = serde_json::to_string_pretty(&doc).map_err(|e| GgufError::Tokenizer {
-        path: path.clone(),
-        reason: e.to_string(),
-    })?;
-    verify(path, &tokenizer_json, &vocab, n_vocab)?;
-
+/// The token fields of `tokenizer_config.json`: BOS/EOS flags, the special
+/// tokens' texts, the chat template, the context length.
+fn tokenizer_config(
+    file: &GgufFile,
+    tokens: &[&str],
+    (add_bos, add_eos): (Option<bool>, Option<bool>),
+    ids: [(&str, Option<u32>); 4],
+    context_length: u64,
+) -> Result<Json, GgufError> {
     let mut config = serde_json::Map::new();
     if let Some(b) = add_bos {
         config.insert("add_bos_token".into(), json!(b));
@@ -376,13 +434,8 @@ pub fn build(
     if let Some(e) = add_eos {
         config.insert("add_eos_token".into(), json!(e));
     }
-    for (name, id) in [
-        ("bos_token", bos),
-        ("eos_token", eos),
-        ("pad_token", pad),
-        ("unk_token", unk),
-    ] {
-        if let Some(text) = text_of(id) {
+    for (name, id) in ids {
+        if let Some(text) = id.map(|i| tokens[i as usize]) {
             config.insert(name.into(), json!(text));
         }
     }
@@ -392,16 +445,7 @@ pub fn build(
     config.insert("clean_up_tokenization_spaces".into(), json!(false));
     config.insert("model_max_length".into(), json!(context_length));
     config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
-
-    Ok(TokenizerFiles {
-        tokenizer_json,
-        tokenizer_config: Json::Object(config),
-        bos_token_id: bos,
-        eos_token_id: eos,
-        pad_token_id: pad,
-        eot_token_id: eot.filter(|e| Some(*e) != eos),
-        n_tokens,
-    })
+    Ok(Json::Object(config))
 }
 
 /// Loads the JSON with the `tokenizers` crate and checks that every token
