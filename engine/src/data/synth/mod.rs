@@ -288,7 +288,35 @@ fn fill(template: &str, pairs: &[(&str, &str)]) -> String {
 pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
     cfg.validate()?;
     let mut rng = Rng::new(cfg.seed);
-    // Entities with unique names that are not words of the templates.
+    let entities = make_entities(cfg, &mut rng)?;
+    let of_kind: HashMap<Kind, Vec<usize>> =
+        [Kind::Person, Kind::City, Kind::Company, Kind::Country]
+            .into_iter()
+            .map(|k| {
+                (
+                    k,
+                    (0..entities.len())
+                        .filter(|&i| entities[i].kind == k)
+                        .collect(),
+                )
+            })
+            .collect();
+    let (facts, fact_of) = make_facts(&entities, &of_kind, &mut rng);
+    let maker = QuestionMaker::new(&entities, &facts, &fact_of, &of_kind, cfg.two_hop);
+    let mut asked = HashSet::new();
+    let dev = draw_questions(&maker, &mut asked, cfg, cfg.dev, "dev", &mut rng)?;
+    let train = draw_questions(&maker, &mut asked, cfg, cfg.train, "train", &mut rng)?;
+    Ok(World {
+        entities,
+        facts,
+        train,
+        dev,
+    })
+}
+
+/// Entities of every kind with unique names that are not words of the
+/// templates.
+fn make_entities(cfg: &SynthConfig, rng: &mut Rng) -> Result<Vec<Entity>, SynthError> {
     let template_words: HashSet<String> = RELATIONS
         .iter()
         .flat_map(|r| [r.fact, r.question, r.phrase.unwrap_or("")])
@@ -306,7 +334,7 @@ pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
         for _ in 0..n {
             let mut tries = 0;
             let name = loop {
-                let name = make_name(&mut rng);
+                let name = make_name(rng);
                 if (4..=9).contains(&name.len())
                     && !template_words.contains(&name.to_lowercase())
                     && seen.insert(name.clone())
@@ -321,19 +349,17 @@ pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
             entities.push(Entity { name, kind });
         }
     }
-    let of_kind: HashMap<Kind, Vec<usize>> =
-        [Kind::Person, Kind::City, Kind::Company, Kind::Country]
-            .into_iter()
-            .map(|k| {
-                (
-                    k,
-                    (0..entities.len())
-                        .filter(|&i| entities[i].kind == k)
-                        .collect(),
-                )
-            })
-            .collect();
-    // Facts: every entity gets every relation that starts at its kind.
+    Ok(entities)
+}
+
+/// Facts: every entity gets every relation that starts at its kind, with a
+/// random object of the relation's target kind. Also returns where the fact
+/// of each (subject, relation) is.
+fn make_facts(
+    entities: &[Entity],
+    of_kind: &HashMap<Kind, Vec<usize>>,
+    rng: &mut Rng,
+) -> (Vec<Fact>, HashMap<(usize, usize), usize>) {
     let mut facts = vec![];
     let mut fact_of: HashMap<(usize, usize), usize> = HashMap::new();
     for s in 0..entities.len() {
@@ -343,7 +369,7 @@ pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
             }
             let pool = &of_kind[&r.to];
             let object = loop {
-                let o = *pick(&mut rng, pool);
+                let o = *pick(rng, pool);
                 if o != s {
                     break o;
                 }
@@ -365,27 +391,63 @@ pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
             });
         }
     }
-    // Question shapes: every relation alone, every chain of two.
-    let one_hop: Vec<Vec<usize>> = (0..RELATIONS.len()).map(|r| vec![r]).collect();
-    let two_hop: Vec<Vec<usize>> = (0..RELATIONS.len())
-        .filter(|&a| RELATIONS[a].phrase.is_some())
-        .flat_map(|a| {
-            (0..RELATIONS.len())
-                .filter(move |&b| RELATIONS[b].from == RELATIONS[a].to)
-                .map(move |b| vec![a, b])
-        })
-        .collect();
-    let make_question = |rng: &mut Rng| -> Question {
-        let shape = if rng.uniform() < cfg.two_hop {
-            pick(rng, &two_hop)
+    (facts, fact_of)
+}
+
+/// Makes random questions over a world's facts.
+struct QuestionMaker<'a> {
+    entities: &'a [Entity],
+    facts: &'a [Fact],
+    fact_of: &'a HashMap<(usize, usize), usize>,
+    of_kind: &'a HashMap<Kind, Vec<usize>>,
+    /// Question shapes: every relation alone, every chain of two.
+    one_hop: Vec<Vec<usize>>,
+    two_hop: Vec<Vec<usize>>,
+    /// Share of 2-hop questions.
+    two_hop_share: f64,
+}
+
+impl<'a> QuestionMaker<'a> {
+    fn new(
+        entities: &'a [Entity],
+        facts: &'a [Fact],
+        fact_of: &'a HashMap<(usize, usize), usize>,
+        of_kind: &'a HashMap<Kind, Vec<usize>>,
+        two_hop_share: f64,
+    ) -> QuestionMaker<'a> {
+        let one_hop: Vec<Vec<usize>> = (0..RELATIONS.len()).map(|r| vec![r]).collect();
+        let two_hop: Vec<Vec<usize>> = (0..RELATIONS.len())
+            .filter(|&a| RELATIONS[a].phrase.is_some())
+            .flat_map(|a| {
+                (0..RELATIONS.len())
+                    .filter(move |&b| RELATIONS[b].from == RELATIONS[a].to)
+                    .map(move |b| vec![a, b])
+            })
+            .collect();
+        QuestionMaker {
+            entities,
+            facts,
+            fact_of,
+            of_kind,
+            one_hop,
+            two_hop,
+            two_hop_share,
+        }
+    }
+
+    /// One question (its `id` left empty).
+    fn make(&self, rng: &mut Rng) -> Question {
+        let entities = self.entities;
+        let shape = if rng.uniform() < self.two_hop_share {
+            pick(rng, &self.two_hop)
         } else {
-            pick(rng, &one_hop)
+            pick(rng, &self.one_hop)
         };
-        let subject = *pick(rng, &of_kind[&RELATIONS[shape[0]].from]);
+        let subject = *pick(rng, &self.of_kind[&RELATIONS[shape[0]].from]);
         let mut hops = vec![];
         let mut at = subject;
         for &r in shape {
-            let f = &facts[fact_of[&(at, r)]];
+            let f = &self.facts[self.fact_of[&(at, r)]];
             hops.push(Hop {
                 query: fill(RELATIONS[r].question, &[("{x}", &entities[at].name)]),
                 passage: f.passage.id.clone(),
@@ -410,36 +472,36 @@ pub fn generate_world(cfg: &SynthConfig) -> Result<World, SynthError> {
             hops,
             subject: name.clone(),
         }
-    };
-    let mut asked = HashSet::new();
-    let mut draw = |n: usize, split: &str, rng: &mut Rng| -> Result<Vec<Question>, SynthError> {
-        let mut out = vec![];
-        let mut misses = 0;
-        while out.len() < n {
-            let mut q = make_question(rng);
-            if !asked.insert(q.question.clone()) {
-                misses += 1;
-                if misses > 100 * n + 10_000 {
-                    return Err(SynthError::Config(format!(
-                        "the world has too few distinct questions for {} train + {} dev; add entities",
-                        cfg.train, cfg.dev
-                    )));
-                }
-                continue;
+    }
+}
+
+/// `n` questions not `asked` before, with ids `split-i`.
+fn draw_questions(
+    maker: &QuestionMaker<'_>,
+    asked: &mut HashSet<String>,
+    cfg: &SynthConfig,
+    n: usize,
+    split: &str,
+    rng: &mut Rng,
+) -> Result<Vec<Question>, SynthError> {
+    let mut out = vec![];
+    let mut misses = 0;
+    while out.len() < n {
+        let mut q = maker.make(rng);
+        if !asked.insert(q.question.clone()) {
+            misses += 1;
+            if misses > 100 * n + 10_000 {
+                return Err(SynthError::Config(format!(
+                    "the world has too few distinct questions for {} train + {} dev; add entities",
+                    cfg.train, cfg.dev
+                )));
             }
-            q.id = format!("{split}-{}", out.len());
-            out.push(q);
+            continue;
         }
-        Ok(out)
-    };
-    let dev = draw(cfg.dev, "dev", &mut rng)?;
-    let train = draw(cfg.train, "train", &mut rng)?;
-    Ok(World {
-        entities,
-        facts,
-        train,
-        dev,
-    })
+        q.id = format!("{split}-{}", out.len());
+        out.push(q);
+    }
+    Ok(out)
 }
 
 mod demos;
