@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::demos::{demonstrate, search_arguments, styles, Style};
+use super::demos::{demonstrate, search_arguments, styles, Demo, Style};
 use super::{generate_world, Question, SynthConfig, SynthError, World};
 use crate::data::{write_jsonl, DataError};
 use crate::rng::Rng;
@@ -137,65 +137,15 @@ pub fn write_rest(
             "no demonstration could be built: the search tool returns no gold passage".into(),
         ));
     }
-    // The tokenizer learns from everything the model will read or write.
-    let chat = crate::tokenizer::ChatTemplate::default();
-    let mut texts: Vec<String> = world.passages().into_iter().map(|p| p.text).collect();
-    texts.extend(
-        world
-            .train
-            .iter()
-            .chain(&world.dev)
-            .map(|q| q.question.clone()),
-    );
-    for d in &demos {
-        texts.push(
-            chat.render(&d.messages(agent.system_prompt), None, false)
-                .map_err(crate::tokenizer::TokenizerError::from)?,
-        );
-    }
-    let trained = train_bpe(&texts, cfg.vocab_size)?;
-    let tok_path = out.join("tokenizer.json");
-    trained
-        .save(&tok_path, false)
-        .map_err(|e| SynthError::Config(format!("{}: {e}", tok_path.display())))?;
-    let tok = Tokenizer::from_file(&tok_path)?;
-    let tc = crate::tokenizer::chatml_tokenizer_config();
-    let tc_path = out.join("tokenizer_config.json");
-    crate::fsutil::write_atomic(&tc_path, tc.to_string().as_bytes()).map_err(io_err(&tc_path))?;
-    // Tool results must reach the model whole, as the agent would pass them.
-    let mut lens = vec![];
-    let mut lines = vec![];
-    for d in &demos {
-        for t in &d.turns {
-            if let Some(r) = &t.result {
-                if fit_tool_result(&tok, r.clone(), agent.max_tool_result_tokens)? != *r {
-                    return Err(SynthError::Config(format!(
-                        "a search result is longer than agent.max_tool_result_tokens = {}; raise it",
-                        agent.max_tool_result_tokens
-                    )));
-                }
-            }
-        }
-        let messages = d.messages(agent.system_prompt);
-        lens.push(
-            crate::train::sft_data::tokenize_transcript(&tok, &messages)?
-                .tokens
-                .len(),
-        );
-        lines.push(json!({ "messages": messages }));
-    }
-    write_lines(&out.join("sft.jsonl"), lines.into_iter())?;
-    write_lines(
-        &out.join("train.jsonl"),
-        world.train.iter().map(question_line),
+    let tok = train_tokenizer(out, cfg, world, &demos, agent.system_prompt)?;
+    let lens = write_demonstrations(
+        out,
+        &tok,
+        &demos,
+        agent.system_prompt,
+        agent.max_tool_result_tokens,
     )?;
-    write_lines(&out.join("dev.jsonl"), world.dev.iter().map(question_line))?;
-    // Both in one file, dev last: qa-dataset's `dev_size = <dev>` splits it
-    // into the same `train` and `dev` (one dataset block for RL and eval).
-    write_lines(
-        &out.join("questions.jsonl"),
-        world.train.iter().chain(&world.dev).map(question_line),
-    )?;
+    write_questions(out, world)?;
     let single = world
         .entities
         .iter()
@@ -233,6 +183,94 @@ pub fn write_rest(
     )
     .map_err(io_err(&path))?;
     Ok(summary)
+}
+
+/// A BPE trained on everything the model will read or write (passages,
+/// questions, demonstrations), saved as `tokenizer.json` with the ChatML
+/// `tokenizer_config.json`, and loaded back.
+fn train_tokenizer(
+    out: &Path,
+    cfg: &SynthConfig,
+    world: &World,
+    demos: &[Demo],
+    system_prompt: &str,
+) -> Result<Tokenizer, SynthError> {
+    let chat = crate::tokenizer::ChatTemplate::default();
+    let mut texts: Vec<String> = world.passages().into_iter().map(|p| p.text).collect();
+    texts.extend(
+        world
+            .train
+            .iter()
+            .chain(&world.dev)
+            .map(|q| q.question.clone()),
+    );
+    for d in demos {
+        texts.push(
+            chat.render(&d.messages(system_prompt), None, false)
+                .map_err(crate::tokenizer::TokenizerError::from)?,
+        );
+    }
+    let trained = train_bpe(&texts, cfg.vocab_size)?;
+    let tok_path = out.join("tokenizer.json");
+    trained
+        .save(&tok_path, false)
+        .map_err(|e| SynthError::Config(format!("{}: {e}", tok_path.display())))?;
+    let tok = Tokenizer::from_file(&tok_path)?;
+    let tc = crate::tokenizer::chatml_tokenizer_config();
+    let tc_path = out.join("tokenizer_config.json");
+    crate::fsutil::write_atomic(&tc_path, tc.to_string().as_bytes()).map_err(io_err(&tc_path))?;
+    Ok(tok)
+}
+
+/// `sft.jsonl`: one transcript per demonstration; returns each one's
+/// token count.
+fn write_demonstrations(
+    out: &Path,
+    tok: &Tokenizer,
+    demos: &[Demo],
+    system_prompt: &str,
+    max_tool_result_tokens: usize,
+) -> Result<Vec<usize>, SynthError> {
+    // Tool results must reach the model whole, as the agent would pass them.
+    let mut lens = vec![];
+    let mut lines = vec![];
+    for d in demos {
+        for t in &d.turns {
+            if let Some(r) = &t.result {
+                if fit_tool_result(tok, r.clone(), max_tool_result_tokens)? != *r {
+                    return Err(SynthError::Config(format!(
+                        "a search result is longer than agent.max_tool_result_tokens = {}; raise it",
+                        max_tool_result_tokens
+                    )));
+                }
+            }
+        }
+        let messages = d.messages(system_prompt);
+        lens.push(
+            crate::train::sft_data::tokenize_transcript(tok, &messages)?
+                .tokens
+                .len(),
+        );
+        lines.push(json!({ "messages": messages }));
+    }
+    write_lines(&out.join("sft.jsonl"), lines.into_iter())?;
+    Ok(lens)
+}
+
+/// `train.jsonl`, `dev.jsonl` and `questions.jsonl` (both, dev last).
+fn write_questions(out: &Path, world: &World) -> Result<(), SynthError> {
+    write_lines(
+        &out.join("train.jsonl"),
+        world.train.iter().map(question_line),
+    )?;
+    write_lines(&out.join("dev.jsonl"), world.dev.iter().map(question_line))?;
+    // Both in one file, dev last: qa-dataset's `dev_size = <dev>` splits it
+    // into the same `train` and `dev` (one dataset block for RL and eval).
+    write_lines(
+        &out.join("questions.jsonl"),
+        world.train.iter().chain(&world.dev).map(question_line),
+    )?;
+    Ok(())
 }
 
 /// The whole job of `igpo data synth`: the world, its corpus, then the
