@@ -105,16 +105,16 @@ pub fn forward(
             let mut tile = vec![0.0f32; rows * d];
             gemm(
                 (rows, d, n),
-                &mut tile,
-                Layout::row_major(0, d),
-                &scores,
-                Layout::row_major(0, n),
-                v,
-                Layout {
-                    offset: g * d,
-                    rs: kv_cols,
-                    cs: 1,
-                },
+                (&mut tile, Layout::row_major(0, d)),
+                (&scores, Layout::row_major(0, n)),
+                (
+                    v,
+                    Layout {
+                        offset: g * d,
+                        rs: kv_cols,
+                        cs: 1,
+                    },
+                ),
                 1.0,
                 false,
                 false,
@@ -146,21 +146,24 @@ fn scaled_scores(
     let mut scores = vec![0.0f32; rows * n];
     gemm(
         (rows, n, d),
-        &mut scores,
-        Layout::row_major(0, n),
-        q,
-        Layout {
-            offset: r0 * q_cols + h * d,
-            rs: q_cols,
-            cs: 1,
-        },
-        k,
-        Layout {
-            offset: g * d,
-            rs: kv_cols,
-            cs: 1,
-        }
-        .t(),
+        (&mut scores, Layout::row_major(0, n)),
+        (
+            q,
+            Layout {
+                offset: r0 * q_cols + h * d,
+                rs: q_cols,
+                cs: 1,
+            },
+        ),
+        (
+            k,
+            Layout {
+                offset: g * d,
+                rs: kv_cols,
+                cs: 1,
+            }
+            .t(),
+        ),
         1.0 / (d as f32).sqrt(),
         false,
         false,
@@ -170,7 +173,6 @@ fn scaled_scores(
 
 /// Probabilities `P` of one block of query rows for one head, recomputed
 /// from the saved log-sum-exp (0 where the mask hides a key).
-#[allow(clippy::too_many_arguments)]
 fn recompute_probs(
     q: &[f32],
     k: &[f32],
@@ -195,16 +197,11 @@ fn recompute_probs(
 /// `(dq[m, H*d], dk[n, KV*d], dv[n, KV*d])`. Heads run in parallel, each
 /// with private dK/dV partials that are summed per KV group in head order,
 /// so the result is deterministic.
-#[allow(clippy::too_many_arguments)]
 pub fn backward(
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    out: &[f32],
-    lse: &[f32],
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    (out, lse): (&[f32], &[f32]),
     dout: &[f32],
-    m: usize,
-    n: usize,
+    (m, n): (usize, usize),
     s: AttnShape,
     mask: &AttnMask,
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
@@ -235,12 +232,9 @@ pub fn backward(
                 // dV += P^T dO
                 gemm(
                     (n, d, rows),
-                    &mut dv,
-                    Layout::row_major(0, d),
-                    &p,
-                    Layout::row_major(0, n).t(),
-                    dout,
-                    do_l,
+                    (&mut dv, Layout::row_major(0, d)),
+                    (&p, Layout::row_major(0, n).t()),
+                    (dout, do_l),
                     1.0,
                     true,
                     false,
@@ -249,17 +243,17 @@ pub fn backward(
                 let mut dp = vec![0.0f32; rows * n];
                 gemm(
                     (rows, n, d),
-                    &mut dp,
-                    Layout::row_major(0, n),
-                    dout,
-                    do_l,
-                    v,
-                    Layout {
-                        offset: g * d,
-                        rs: kv_cols,
-                        cs: 1,
-                    }
-                    .t(),
+                    (&mut dp, Layout::row_major(0, n)),
+                    (dout, do_l),
+                    (
+                        v,
+                        Layout {
+                            offset: g * d,
+                            rs: kv_cols,
+                            cs: 1,
+                        }
+                        .t(),
+                    ),
                     1.0,
                     false,
                     false,
@@ -282,32 +276,32 @@ pub fn backward(
                 // dQ = scale * dS K ; dK += scale * dS^T Q
                 gemm(
                     (rows, d, n),
-                    &mut dq,
-                    Layout::row_major(r0 * d, d),
-                    &dp,
-                    Layout::row_major(0, n),
-                    k,
-                    Layout {
-                        offset: g * d,
-                        rs: kv_cols,
-                        cs: 1,
-                    },
+                    (&mut dq, Layout::row_major(r0 * d, d)),
+                    (&dp, Layout::row_major(0, n)),
+                    (
+                        k,
+                        Layout {
+                            offset: g * d,
+                            rs: kv_cols,
+                            cs: 1,
+                        },
+                    ),
                     scale,
                     false,
                     false,
                 );
                 gemm(
                     (n, d, rows),
-                    &mut dk,
-                    Layout::row_major(0, d),
-                    &dp,
-                    Layout::row_major(0, n).t(),
-                    q,
-                    Layout {
-                        offset: r0 * q_cols + h * d,
-                        rs: q_cols,
-                        cs: 1,
-                    },
+                    (&mut dk, Layout::row_major(0, d)),
+                    (&dp, Layout::row_major(0, n).t()),
+                    (
+                        q,
+                        Layout {
+                            offset: r0 * q_cols + h * d,
+                            rs: q_cols,
+                            cs: 1,
+                        },
+                    ),
                     scale,
                     true,
                     false,
@@ -428,7 +422,7 @@ mod tests {
             let (q, k, v) = (values(m * qc, 1), values(n * kc, 2), values(n * kc, 3));
             let dout = values(m * qc, 4);
             let (out, lse) = forward(&q, &k, &v, m, n, s, &mask);
-            let (dq, dk, dv) = backward(&q, &k, &v, &out, &lse, &dout, m, n, s, &mask);
+            let (dq, dk, dv) = backward((&q, &k, &v), (&out, &lse), &dout, (m, n), s, &mask);
             let want = reference((&q, &k, &v, &dout), (m, n), s, &mask);
             for (what, got, want) in [
                 ("out", &out, &want.0),

@@ -44,19 +44,15 @@ impl Layout {
 /// Below this many multiply-adds a GEMM runs on one thread.
 const PARALLEL_FLOPS: usize = 1 << 16;
 
-/// `dst[m, n] (+)= scale * a[m, k] @ b[k, n]`, each matrix given by its layout.
-/// With `accumulate` the product is added to `dst`, otherwise it replaces it.
-/// `parallel` lets the GEMM use rayon's pool (off when the caller already
-/// runs GEMMs in parallel).
-#[allow(clippy::too_many_arguments)]
+/// `dst[m, n] (+)= scale * a[m, k] @ b[k, n]`, each matrix given as its
+/// slice and its layout in it. With `accumulate` the product is added to
+/// `dst`, otherwise it replaces it. `parallel` lets the GEMM use rayon's pool
+/// (off when the caller already runs GEMMs in parallel).
 pub fn gemm(
     (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dl: Layout,
-    a: &[f32],
-    al: Layout,
-    b: &[f32],
-    bl: Layout,
+    (dst, dl): (&mut [f32], Layout),
+    (a, al): (&[f32], Layout),
+    (b, bl): (&[f32], Layout),
     scale: f32,
     accumulate: bool,
     parallel: bool,
@@ -88,12 +84,9 @@ pub fn gemm(
         let mut out = vec![0.0f32; 2 * n];
         gemm(
             (2, n, k),
-            &mut out,
-            Layout::row_major(0, n),
-            &two,
-            Layout::row_major(0, k),
-            b,
-            bl,
+            (&mut out, Layout::row_major(0, n)),
+            (&two, Layout::row_major(0, k)),
+            (b, bl),
             scale,
             false,
             parallel,
@@ -143,12 +136,9 @@ pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: u
     assert_eq!(dst.len(), m * n);
     gemm(
         (m, n, k),
-        dst,
-        Layout::row_major(0, n),
-        x,
-        Layout::row_major(0, k),
-        w,
-        Layout::row_major(0, k).t(),
+        (dst, Layout::row_major(0, n)),
+        (x, Layout::row_major(0, k)),
+        (w, Layout::row_major(0, k).t()),
         1.0,
         false,
         true,

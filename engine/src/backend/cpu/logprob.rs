@@ -117,19 +117,16 @@ pub fn forward(
     TokenLogProbs { logp, lse, entropy }
 }
 
-/// Backward of [`forward`]: with upstream gradients `dlogp` (and `dentropy`,
-/// which needs the forward's `entropy`), returns `dh[rows, d]` and adds the
-/// lm-head gradient into `dw[vocab, d]`.
-#[allow(clippy::too_many_arguments)]
+/// Backward of [`forward`]: with upstream gradients `dlogp` (and, with the
+/// forward's `entropy`, its gradient), returns `dh[rows, d]` and adds the
+/// lm-head gradient into `dw[vocab, d]` (`chunk` vocabulary rows at a time).
 pub fn backward(
     h: &[f32],
     w: &Tensor,
     targets: &[u32],
-    lse: &[f32],
-    dlogp: &[f32],
+    (lse, dlogp): (&[f32], &[f32]),
     entropy_and_grad: Option<(&[f32], &[f32])>,
-    d: usize,
-    chunk: usize,
+    (d, chunk): (usize, usize),
     dw: &mut [f32],
 ) -> Vec<f32> {
     let rows = targets.len();
@@ -151,24 +148,18 @@ pub fn backward(
         // dh += dz W_c ; dW_c += dz^T h
         gemm(
             (rows, d, c),
-            &mut dh,
-            Layout::row_major(0, d),
-            z,
-            Layout::row_major(0, c),
-            w.data(),
-            Layout::row_major(lo * d, d),
+            (&mut dh, Layout::row_major(0, d)),
+            (z, Layout::row_major(0, c)),
+            (w.data(), Layout::row_major(lo * d, d)),
             1.0,
             true,
             true,
         );
         gemm(
             (c, d, rows),
-            dw,
-            Layout::row_major(lo * d, d),
-            z,
-            Layout::row_major(0, c).t(),
-            h,
-            Layout::row_major(0, d),
+            (dw, Layout::row_major(lo * d, d)),
+            (z, Layout::row_major(0, c).t()),
+            (h, Layout::row_major(0, d)),
             1.0,
             true,
             true,

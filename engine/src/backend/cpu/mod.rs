@@ -370,14 +370,10 @@ impl Backend for Cpu {
     ) -> (Tensor, Tensor, Tensor) {
         let (m, n) = (q.rows(), k.rows());
         let (dq, dk, dv) = attention::backward(
-            q.data(),
-            k.data(),
-            v.data(),
-            out.data(),
-            lse.data(),
+            (q.data(), k.data(), v.data()),
+            (out.data(), lse.data()),
             dout.data(),
-            m,
-            n,
+            (m, n),
             s,
             mask,
         );
@@ -402,12 +398,9 @@ impl Backend for Cpu {
         // dx = dy W
         gemm(
             (m, k, n),
-            dx.data_mut(),
-            Layout::row_major(0, k),
-            dy.data(),
-            Layout::row_major(0, n),
-            w.data(),
-            Layout::row_major(0, k),
+            (dx.data_mut(), Layout::row_major(0, k)),
+            (dy.data(), Layout::row_major(0, n)),
+            (w.data(), Layout::row_major(0, k)),
             1.0,
             false,
             true,
@@ -415,12 +408,9 @@ impl Backend for Cpu {
         // dW += dy^T x
         gemm(
             (n, k, m),
-            dw.data_mut(),
-            Layout::row_major(0, k),
-            dy.data(),
-            Layout::row_major(0, n).t(),
-            x.data(),
-            Layout::row_major(0, k),
+            (dw.data_mut(), Layout::row_major(0, k)),
+            (dy.data(), Layout::row_major(0, n).t()),
+            (x.data(), Layout::row_major(0, k)),
             1.0,
             true,
             true,
@@ -534,11 +524,9 @@ impl Backend for Cpu {
             h.data(),
             w,
             targets,
-            out.lse.data(),
-            dlogp.data(),
+            (out.lse.data(), dlogp.data()),
             ent,
-            h.cols(),
-            chunk,
+            (h.cols(), chunk),
             dw.data_mut(),
         );
         Tensor::from_vec(h.shape(), dh)
