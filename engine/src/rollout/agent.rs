@@ -15,16 +15,17 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
+use super::decode::next_tokens;
 use super::generate::stop_tokens;
 use super::prefix::{prefill_prompts, Prefilled};
 use super::protocol::{
     parse_turn_in, search_result_text, stop_at_in, system_prompt, Protocol, ToolCallFormat,
     ToolSpec, TurnAction, TurnFormat,
 };
-use super::sampler::{draws, SamplingParams};
+use super::sampler::{uniform_for, SamplingParams};
 use crate::backend::Backend;
 use crate::kv::{KvConfig, KvError, SeqId};
-use crate::model::{LogitRows, Model, PagedStep};
+use crate::model::{Model, PagedStep};
 use crate::plugins::ToolPool;
 use crate::rng::Rng;
 use crate::tokenizer::{Message, Tokenizer, TokenizerError};
@@ -407,7 +408,6 @@ pub fn run_agent_forced<B: Backend>(
         });
     }
     let (tx, rx) = mpsc::channel::<(usize, TurnMeta)>();
-    let b = model.backend();
     loop {
         // Tool results that arrived rejoin the batch.
         while let Ok((i, meta)) = rx.try_recv() {
@@ -428,38 +428,33 @@ pub fn run_agent_forced<B: Backend>(
             splice_result(&mut live[i], tok, cfg, specs.as_deref(), meta)?;
             continue;
         }
-        // Sampled where the logits are: only ids and log-probabilities come
-        // back from a GPU. Rollout `i` draws from its own RNG stream.
+        // Rollout `i` draws from its own RNG stream.
         let uniforms: Vec<f64> = active
             .iter()
-            .map(|&i| {
-                if draws(&sampling) {
-                    live[i].rng.uniform()
-                } else {
-                    0.0
-                }
+            .map(|&i| uniform_for(&sampling, &mut live[i].rng))
+            .collect();
+        let inputs: Vec<Vec<u32>> = active
+            .iter()
+            .map(|&i| std::mem::take(&mut live[i].pending))
+            .collect();
+        let steps: Vec<PagedStep<'_>> = active
+            .iter()
+            .zip(&inputs)
+            .map(|(&i, t)| PagedStep {
+                tokens: t,
+                seq: live[i].seq,
             })
             .collect();
-        let logits = match prefill_logits.take() {
-            // Every rollout is decoding, in order: row i is rollout i's.
-            Some(l) => l,
-            None => {
-                let inputs: Vec<Vec<u32>> = active
-                    .iter()
-                    .map(|&i| std::mem::take(&mut live[i].pending))
-                    .collect();
-                let steps: Vec<PagedStep<'_>> = active
-                    .iter()
-                    .zip(&inputs)
-                    .map(|(&i, t)| PagedStep {
-                        tokens: t,
-                        seq: live[i].seq,
-                    })
-                    .collect();
-                model.forward_paged(&mut kv, &steps, LogitRows::Last)?
-            }
-        };
-        let sampled = b.sample_rows(&logits, &sampling, &uniforms);
+        // After the prefill every rollout is decoding, in order: row i of
+        // its logits is rollout i's.
+        let sampled = next_tokens(
+            model,
+            &mut kv,
+            &mut prefill_logits,
+            &steps,
+            &sampling,
+            &uniforms,
+        )?;
         for (&i, s) in active.iter().zip(sampled) {
             let l = &mut live[i];
             let (id, logprob) = match l.forced.pop_front() {

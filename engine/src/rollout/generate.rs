@@ -2,11 +2,12 @@
 //! cache, equal prompts prefilled once. The multi-turn agent loop builds on
 //! the same pieces.
 
+use super::decode::next_tokens;
 use super::prefix::prefill_prompts;
-use super::sampler::{draws, SamplingParams};
+use super::sampler::{uniform_for, SamplingParams};
 use crate::backend::Backend;
 use crate::kv::KvConfig;
-use crate::model::{LogitRows, Model, PagedStep};
+use crate::model::{Model, PagedStep};
 use crate::rng::Rng;
 use crate::tokenizer::Tokenizer;
 
@@ -56,7 +57,6 @@ pub fn generate<B: Backend>(
     opts: &GenerateOptions,
     mut on_token: impl FnMut(usize, u32),
 ) -> Vec<Generation> {
-    let b = model.backend();
     let n = prompts.len();
     let mut rngs: Vec<Rng> = (0..n)
         .map(|i| Rng::new(opts.seed.wrapping_add(i as u64)))
@@ -89,33 +89,27 @@ pub fn generate<B: Backend>(
     let mut prefill_logits = Some(pre.logits);
     let mut inputs: Vec<Vec<u32>> = vec![vec![]; n];
     while !active.is_empty() {
-        let logits = match prefill_logits.take() {
-            Some(l) => l,
-            None => {
-                let steps: Vec<PagedStep<'_>> = active
-                    .iter()
-                    .map(|&i| PagedStep {
-                        tokens: &inputs[i],
-                        seq: seqs[i],
-                    })
-                    .collect();
-                model
-                    .forward_paged(&mut kv, &steps, LogitRows::Last)
-                    .expect("an unbounded KV cache")
-            }
-        };
-        // Sampled where the logits are: only the ids come back from a GPU.
-        let uniforms: Vec<f64> = active
+        let steps: Vec<PagedStep<'_>> = active
             .iter()
-            .map(|&i| {
-                if draws(&opts.sampling) {
-                    rngs[i].uniform()
-                } else {
-                    0.0
-                }
+            .map(|&i| PagedStep {
+                tokens: &inputs[i],
+                seq: seqs[i],
             })
             .collect();
-        let ids = b.sample_rows(&logits, &opts.sampling, &uniforms);
+        let uniforms: Vec<f64> = active
+            .iter()
+            .map(|&i| uniform_for(&opts.sampling, &mut rngs[i]))
+            .collect();
+        // The cache only grows (no limit): it cannot run out.
+        let ids = next_tokens(
+            model,
+            &mut kv,
+            &mut prefill_logits,
+            &steps,
+            &opts.sampling,
+            &uniforms,
+        )
+        .expect("an unbounded KV cache");
         let mut still = Vec::with_capacity(active.len());
         for (&i, id) in active.iter().zip(ids.iter().map(|s| s.id)) {
             outs[i].tokens.push(id);

@@ -1,6 +1,7 @@
 //! Rollouts: sampling, batched generation and the multi-turn agent loop.
 
 pub mod agent;
+mod decode;
 mod generate;
 mod prefix;
 pub mod protocol;

@@ -13,6 +13,16 @@ pub fn draws(params: &SamplingParams) -> bool {
     params.temperature > 0.0
 }
 
+/// The uniform a sequence hands [`crate::backend::Backend::sample_rows`]
+/// for its next token: one draw of its own `rng`, or 0 (no draw) when greedy.
+pub fn uniform_for(params: &SamplingParams, rng: &mut Rng) -> f64 {
+    if draws(params) {
+        rng.uniform()
+    } else {
+        0.0
+    }
+}
+
 /// Draws one token id from `logits` under `params` (one uniform from `rng`
 /// unless greedy).
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut Rng) -> u32 {
