@@ -95,7 +95,7 @@ pub fn gpu_kit() -> Result<()> {
             .map_err(|e| format!("{src} -> .gpu-kit/{dest}: {e}"))?;
     }
     // The demo's plugins (demo.sh: the whole pipeline on the GPU).
-    let plugins = crate::build_plugins(false)?;
+    let plugins = crate::plugins::build_plugins(false)?;
     std::fs::create_dir_all(kit.join("plugins")).map_err(|e| format!(".gpu-kit/plugins: {e}"))?;
     // echo: the instant tool of run.sh's agent-rollout bench.
     for name in ["bm25-search", "qa-dataset", "qa-reward", "echo"] {
