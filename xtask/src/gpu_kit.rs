@@ -110,14 +110,20 @@ pub fn gpu_kit() -> Result<()> {
     write(&kit.join("MANIFEST"), &(manifest.join("\n") + "\n"))?;
     let _ = std::fs::remove_dir_all(&stage);
 
-    let mut files: Vec<(u64, String)> = std::fs::read_dir(&kit)
+    print_kit(&kit, &manifest, start)
+}
+
+/// Prints the manifest and the kit's files, largest first, with the time
+/// since `start`; fails when the kit is over [`LIMIT`].
+fn print_kit(kit: &Path, manifest: &[String], start: std::time::Instant) -> Result<()> {
+    let mut files: Vec<(u64, String)> = std::fs::read_dir(kit)
         .map_err(|e| format!("{}: {e}", kit.display()))?
         .filter_map(|e| e.ok())
         .map(|e| (len(&e.path()), e.file_name().to_string_lossy().into_owned()))
         .collect();
     files.sort_by(|a, b| b.cmp(a));
     let total: u64 = files.iter().map(|f| f.0).sum();
-    for line in &manifest {
+    for line in manifest {
         println!("{line}");
     }
     println!(".gpu-kit/ ({:.0} s):", start.elapsed().as_secs_f64());
