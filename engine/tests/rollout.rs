@@ -28,7 +28,7 @@ use igpo::rollout::{
 use igpo::tokenizer::{Tokenizer, ToolCallFormat};
 
 /// The bm25-search config the tool-SFT transcripts were made with
-/// (xtask/src/main.rs, TOOL_SFT_TOOL_CONFIG).
+/// (xtask/src/tool_sft.rs, TOOL_SFT_TOOL_CONFIG).
 fn bm25_config() -> serde_json::Value {
     serde_json::json!({"k": 2, "max_chars": 300})
 }

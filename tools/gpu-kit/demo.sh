@@ -48,7 +48,7 @@ stage() { # NAME COMMAND...: one step, timed, output kept
 }
 
 stage synth "$IGPO" data synth --out "$W/target/demo/data" --agent-config "$D/eval.toml" --seed 0 --lazy 0.7
-# The demo's policy: xtask/src/main.rs DEMO_MODEL.
+# The demo's policy: xtask/src/demo.rs DEMO_MODEL.
 stage init "$IGPO" model init "$W/target/demo/init" --arch qwen2 --hidden 128 --heads 4 --kv-heads 2 \
     --layers 2 --intermediate 384 --tied --dtype f32 --seed 0 \
     --vocab-from "$W/target/demo/data/tokenizer.json"

@@ -95,7 +95,7 @@ pub fn gpu_kit() -> Result<()> {
             .map_err(|e| format!("{src} -> .gpu-kit/{dest}: {e}"))?;
     }
     // The demo's plugins (demo.sh: the whole pipeline on the GPU).
-    let plugins = crate::build_plugins(false)?;
+    let plugins = crate::plugins::build_plugins(false)?;
     std::fs::create_dir_all(kit.join("plugins")).map_err(|e| format!(".gpu-kit/plugins: {e}"))?;
     // echo: the instant tool of run.sh's agent-rollout bench.
     for name in ["bm25-search", "qa-dataset", "qa-reward", "echo"] {
@@ -110,14 +110,20 @@ pub fn gpu_kit() -> Result<()> {
     write(&kit.join("MANIFEST"), &(manifest.join("\n") + "\n"))?;
     let _ = std::fs::remove_dir_all(&stage);
 
-    let mut files: Vec<(u64, String)> = std::fs::read_dir(&kit)
+    print_kit(&kit, &manifest, start)
+}
+
+/// Prints the manifest and the kit's files, largest first, with the time
+/// since `start`; fails when the kit is over [`LIMIT`].
+fn print_kit(kit: &Path, manifest: &[String], start: std::time::Instant) -> Result<()> {
+    let mut files: Vec<(u64, String)> = std::fs::read_dir(kit)
         .map_err(|e| format!("{}: {e}", kit.display()))?
         .filter_map(|e| e.ok())
         .map(|e| (len(&e.path()), e.file_name().to_string_lossy().into_owned()))
         .collect();
     files.sort_by(|a, b| b.cmp(a));
     let total: u64 = files.iter().map(|f| f.0).sum();
-    for line in &manifest {
+    for line in manifest {
         println!("{line}");
     }
     println!(".gpu-kit/ ({:.0} s):", start.elapsed().as_secs_f64());

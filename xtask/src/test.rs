@@ -1,0 +1,35 @@
+//! `cargo xtask test`: the whole test suite as CI runs it, with what it needs made first.
+
+use crate::plugins::plugins;
+use crate::python::python_env;
+use crate::smollm2::{smollm2_dir, smollm2_gguf};
+use crate::tool_sft::smollm2_tool_dir;
+use crate::{cargo, data, kernels, readme, run, Result};
+
+pub(crate) fn test(args: &[String]) -> Result<()> {
+    let cuda_env = kernels::prepare()?;
+    let plugin_dir = plugins()?;
+    let gguf = smollm2_gguf()?;
+    let dir = smollm2_dir(&[])?;
+    let data = data::unpack()?;
+    let tool_dir = smollm2_tool_dir(&dir, &plugin_dir, &data)?;
+    let python = python_env()?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(args)
+        .env("IGPO_SMOLLM2_GGUF", &gguf)
+        .env("IGPO_SMOLLM2_DIR", &dir)
+        .env("IGPO_SMOLLM2_TOOL_DIR", &tool_dir)
+        .env("IGPO_PLUGIN_DIR", &plugin_dir)
+        .env("IGPO_PYTHON", &python)
+        .env("IGPO_DATA", &data)
+        .envs(cuda_env))?;
+    // Last: the README, as a new user runs it (skipped when only some tests
+    // were asked for).
+    if args.is_empty() {
+        readme::check()
+    } else {
+        eprintln!("xtask: README check skipped (test arguments given)");
+        Ok(())
+    }
+}
