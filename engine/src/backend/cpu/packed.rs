@@ -143,8 +143,7 @@ pub fn matmul_nt(x: &[f32], m: usize, w: &PackedWeights, cols: Range<usize>, dst
                         &x[i * k..(i + r) * k],
                         k,
                         panel,
-                        out.at(i * width + c0 - cols.start),
-                        width,
+                        (out.at(i * width + c0 - cols.start), width),
                         (c0 - p * nr)..(c1 - p * nr),
                     );
                 }
@@ -178,15 +177,13 @@ impl DstPtr {
 ///
 /// # Safety
 /// `out` is valid for those writes; `panel` holds `NR * k` values.
-#[allow(clippy::too_many_arguments)]
 unsafe fn tile(
     isa: Isa,
     rows: usize,
     x: &[f32],
     k: usize,
     panel: &[f32],
-    out: *mut f32,
-    ld: usize,
+    (out, ld): (*mut f32, usize),
     keep: Range<usize>,
 ) {
     debug_assert!(rows >= 1 && rows <= mr(isa) && x.len() == rows * k);
@@ -194,7 +191,7 @@ unsafe fn tile(
     macro_rules! by_rows {
         ($kernel:ident, $($r:literal)*) => {
             match rows {
-                $($r => $kernel::tile::<$r>(x, k, panel, out, ld, keep.clone()),)*
+                $($r => $kernel::tile::<$r>(x, k, panel, (out, ld), keep.clone()),)*
                 _ => unreachable!("tile of {rows} rows"),
             }
         };
@@ -214,8 +211,7 @@ unsafe fn tile(
 /// As [`tile`].
 unsafe fn store<const R: usize, const NR: usize>(
     acc: &[[f32; NR]; R],
-    out: *mut f32,
-    ld: usize,
+    (out, ld): (*mut f32, usize),
     keep: Range<usize>,
 ) {
     for (r, row) in acc.iter().enumerate() {
@@ -231,8 +227,7 @@ mod portable {
         x: &[f32],
         k: usize,
         panel: &[f32],
-        out: *mut f32,
-        ld: usize,
+        (out, ld): (*mut f32, usize),
         keep: std::ops::Range<usize>,
     ) {
         const NR: usize = 16;
@@ -245,119 +240,93 @@ mod portable {
                 }
             }
         }
-        super::store(&acc, out, ld, keep);
+        super::store(&acc, (out, ld), keep);
     }
 }
 
+/// The x86 register tiles: `NV` vectors of `LANES` f32 per row, `R` rows,
+/// one FMA chain per output over `t` (so every output's sum has one order on
+/// every instruction set); the panel is prefetched `PREFETCH_T` steps ahead,
+/// one 64-byte line at a time, ahead of the hardware prefetcher (decode is
+/// bound by this stream; measured).
+#[cfg(target_arch = "x86_64")]
+macro_rules! x86_tile {
+    (
+        $feature:literal, $vec:ty, lanes: $lanes:literal, nv: $nv:literal,
+        prefetch_t: $prefetch_t:literal,
+        $zero:ident, $load:ident, $splat:ident, $fma:ident, $store:ident
+    ) => {
+        use std::arch::x86_64::*;
+
+        const NV: usize = $nv;
+        const NR: usize = $lanes * NV;
+        const PREFETCH_T: usize = $prefetch_t;
+
+        /// # Safety
+        /// The CPU has the module's instruction set; otherwise as
+        /// [`super::tile`].
+        #[target_feature(enable = $feature)]
+        #[allow(clippy::needless_range_loop)] // register tiles, indexed on purpose
+        pub(super) unsafe fn tile<const R: usize>(
+            x: &[f32],
+            k: usize,
+            panel: &[f32],
+            (out, ld): (*mut f32, usize),
+            keep: std::ops::Range<usize>,
+        ) {
+            let mut acc = [[$zero(); NV]; R];
+            let (xp, wp) = (x.as_ptr(), panel.as_ptr());
+            for t in 0..k {
+                for line in 0..NR / 16 {
+                    let ahead = wp.wrapping_add((t + PREFETCH_T) * NR + 16 * line);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                }
+                let w: [$vec; NV] = std::array::from_fn(|v| $load(wp.add(t * NR + $lanes * v)));
+                for r in 0..R {
+                    let xv = $splat(*xp.add(r * k + t));
+                    for v in 0..NV {
+                        acc[r][v] = $fma(xv, w[v], acc[r][v]);
+                    }
+                }
+            }
+            if keep == (0..NR) {
+                // The whole panel: straight from the registers.
+                for r in 0..R {
+                    for v in 0..NV {
+                        $store(out.add(r * ld + $lanes * v), acc[r][v]);
+                    }
+                }
+                return;
+            }
+            let mut tile = [[0.0f32; NR]; R];
+            for r in 0..R {
+                for v in 0..NV {
+                    $store(tile[r].as_mut_ptr().add($lanes * v), acc[r][v]);
+                }
+            }
+            super::store(&tile, (out, ld), keep);
+        }
+    };
+}
+
+/// AVX2 + FMA: 2 x 8 lanes (NR 16, one cache line per step), 64 steps (4 KiB)
+/// ahead.
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use std::arch::x86_64::*;
-
-    const NV: usize = 2;
-    const NR: usize = 8 * NV;
-    /// How many steps of `t` ahead the panel is prefetched (4 KiB).
-    const PREFETCH_T: usize = 64;
-
-    /// # Safety
-    /// The CPU has AVX2 and FMA; otherwise as [`super::tile`].
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::needless_range_loop)] // register tiles, indexed on purpose
-    pub(super) unsafe fn tile<const R: usize>(
-        x: &[f32],
-        k: usize,
-        panel: &[f32],
-        out: *mut f32,
-        ld: usize,
-        keep: std::ops::Range<usize>,
-    ) {
-        let mut acc = [[_mm256_setzero_ps(); NV]; R];
-        let (xp, wp) = (x.as_ptr(), panel.as_ptr());
-        for t in 0..k {
-            // One 64-byte line holds this step's 16 weights.
-            let ahead = wp.wrapping_add((t + PREFETCH_T) * NR);
-            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            let w: [__m256; NV] = std::array::from_fn(|v| _mm256_loadu_ps(wp.add(t * NR + 8 * v)));
-            for r in 0..R {
-                let xv = _mm256_broadcast_ss(&*xp.add(r * k + t));
-                for v in 0..NV {
-                    acc[r][v] = _mm256_fmadd_ps(xv, w[v], acc[r][v]);
-                }
-            }
-        }
-        if keep == (0..NR) {
-            // The whole panel: straight from the registers.
-            for r in 0..R {
-                for v in 0..NV {
-                    _mm256_storeu_ps(out.add(r * ld + 8 * v), acc[r][v]);
-                }
-            }
-            return;
-        }
-        let mut tile = [[0.0f32; NR]; R];
-        for r in 0..R {
-            for v in 0..NV {
-                _mm256_storeu_ps(tile[r].as_mut_ptr().add(8 * v), acc[r][v]);
-            }
-        }
-        super::store(&tile, out, ld, keep);
-    }
+    x86_tile!(
+        "avx2,fma", __m256, lanes: 8, nv: 2, prefetch_t: 64,
+        _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps
+    );
 }
 
+/// AVX-512F: 3 x 16 lanes (NR 48, three lines per step), 32 steps (6 KiB)
+/// ahead.
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use std::arch::x86_64::*;
-
-    const NV: usize = 3;
-    const NR: usize = 16 * NV;
-    /// How many steps of `t` ahead the panel is prefetched (6 KiB).
-    const PREFETCH_T: usize = 32;
-
-    /// # Safety
-    /// The CPU has AVX-512F; otherwise as [`super::tile`].
-    #[target_feature(enable = "avx512f")]
-    #[allow(clippy::needless_range_loop)] // register tiles, indexed on purpose
-    pub(super) unsafe fn tile<const R: usize>(
-        x: &[f32],
-        k: usize,
-        panel: &[f32],
-        out: *mut f32,
-        ld: usize,
-        keep: std::ops::Range<usize>,
-    ) {
-        let mut acc = [[_mm512_setzero_ps(); NV]; R];
-        let (xp, wp) = (x.as_ptr(), panel.as_ptr());
-        for t in 0..k {
-            // Ask for the panel ahead of the hardware prefetcher: decode is
-            // bound by this stream, and large tiles lose nothing (measured).
-            for v in 0..NV {
-                let ahead = wp.wrapping_add((t + PREFETCH_T) * NR + 16 * v);
-                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
-            }
-            let w: [__m512; NV] = std::array::from_fn(|v| _mm512_loadu_ps(wp.add(t * NR + 16 * v)));
-            for r in 0..R {
-                let xv = _mm512_set1_ps(*xp.add(r * k + t));
-                for v in 0..NV {
-                    acc[r][v] = _mm512_fmadd_ps(xv, w[v], acc[r][v]);
-                }
-            }
-        }
-        if keep == (0..NR) {
-            // The whole panel: straight from the registers.
-            for r in 0..R {
-                for v in 0..NV {
-                    _mm512_storeu_ps(out.add(r * ld + 16 * v), acc[r][v]);
-                }
-            }
-            return;
-        }
-        let mut tile = [[0.0f32; NR]; R];
-        for r in 0..R {
-            for v in 0..NV {
-                _mm512_storeu_ps(tile[r].as_mut_ptr().add(16 * v), acc[r][v]);
-            }
-        }
-        super::store(&tile, out, ld, keep);
-    }
+    x86_tile!(
+        "avx512f", __m512, lanes: 16, nv: 3, prefetch_t: 32,
+        _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps
+    );
 }
 
 #[cfg(test)]
