@@ -66,8 +66,8 @@ pub fn matmul_nt(x: &[f32], w: &[f32], dst: &mut [f32], m: usize, n: usize, k: u
         // dst[i * n + j], disjoint from every other block's, all < m * n.
         unsafe {
             match isa {
-                Isa::Avx512 => block::<4>(x, w, out, rows, cols, n, k, isa),
-                _ => block::<3>(x, w, out, rows, cols, n, k, isa),
+                Isa::Avx512 => block::<4>(x, w, out, (rows, cols), (n, k), isa),
+                _ => block::<3>(x, w, out, (rows, cols), (n, k), isa),
             }
         }
     };
@@ -88,15 +88,12 @@ unsafe impl Sync for DstPtr {}
 /// # Safety
 /// `i1 <= m`, `j1 <= n` of a `[m, n]` `out`, and no other thread writes
 /// this block's outputs.
-#[allow(clippy::too_many_arguments)]
 unsafe fn block<const MR: usize>(
     x: &[f32],
     w: &[f32],
     out: DstPtr,
-    (i0, i1): (usize, usize),
-    (j0, j1): (usize, usize),
-    n: usize,
-    k: usize,
+    ((i0, i1), (j0, j1)): ((usize, usize), (usize, usize)),
+    (n, k): (usize, usize),
     isa: Isa,
 ) {
     let xr = |i: usize| &x[i * k..(i + 1) * k];
