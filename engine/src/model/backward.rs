@@ -30,7 +30,7 @@ impl<'a> TrainSeq<'a> {
     }
 }
 
-struct LayerActs<T> {
+pub(crate) struct LayerActs<T> {
     x_in: T,
     h1: T,
     /// q and k before Qwen3's per-head norm (`None` without one).
@@ -145,7 +145,8 @@ impl<B: Backend> Model<B> {
         }
     }
 
-    /// One decoder layer, keeping everything its backward needs.
+    /// One decoder layer, keeping everything its backward needs: attention
+    /// per sequence under its mask.
     fn layer_forward(
         &self,
         layer: &LayerParams,
@@ -156,33 +157,56 @@ impl<B: Backend> Model<B> {
         masks: &[AttnMask],
     ) -> (LayerActs<B::Tensor>, B::Tensor) {
         let b = &self.backend;
-        let eps = self.config.rms_norm_eps;
         let shape = self.attn_shape();
+        let (x_out, acts) = self.layer_body(layer, x, (positions, rope), true, |q, k, v| {
+            let mut outs = Vec::with_capacity(bounds.len());
+            let mut lse = Vec::with_capacity(bounds.len());
+            for (mask, r) in masks.iter().zip(bounds) {
+                let (o, l) = b.attention_train(
+                    &b.slice_rows(q, r.clone()),
+                    &b.slice_rows(k, r.clone()),
+                    &b.slice_rows(v, r.clone()),
+                    shape,
+                    mask,
+                );
+                outs.push(o);
+                lse.push(l);
+            }
+            (b.concat_rows(&outs), lse)
+        });
+        (acts.expect("kept"), x_out)
+    }
+
+    /// One decoder layer's forward, the one body inference
+    /// ([`Model::forward`], over a KV cache) and training share: RMSNorm,
+    /// q/k/v (with biases), Qwen3's per-head q/k norm, RoPE at `positions`,
+    /// `attend(q, k, v)` -> the attention output and what its backward needs
+    /// (the log-sum-exps; nothing at inference), the o-projection and its
+    /// residual, RMSNorm, the SwiGLU MLP and its residual. Returns the
+    /// layer's output and, with `keep`, its activations for the backward.
+    pub(crate) fn layer_body(
+        &self,
+        layer: &LayerParams,
+        x: B::Tensor,
+        (positions, rope): (&[usize], &Rope),
+        keep: bool,
+        attend: impl FnOnce(&B::Tensor, &B::Tensor, &B::Tensor) -> (B::Tensor, Vec<B::Tensor>),
+    ) -> (B::Tensor, Option<LayerActs<B::Tensor>>) {
+        let b = &self.backend;
+        let eps = self.config.rms_norm_eps;
         let bias = |i: Option<usize>| i.map(|i| self.p(i));
         let h1 = b.rms_norm(&x, self.p(layer.input_norm), eps);
         let q = b.linear(&h1, self.p(layer.q), bias(layer.q_bias));
         let k = b.linear(&h1, self.p(layer.k), bias(layer.k_bias));
         let v = b.linear(&h1, self.p(layer.v), bias(layer.v_bias));
-        let q_raw = layer.q_norm.map(|_| q.clone());
-        let k_raw = layer.k_norm.map(|_| k.clone());
+        let q_raw = layer.q_norm.filter(|_| keep).map(|_| q.clone());
+        let k_raw = layer.k_norm.filter(|_| keep).map(|_| k.clone());
         let mut q = self.qk_norm(q, layer.q_norm);
         let mut k = self.qk_norm(k, layer.k_norm);
         b.rope(&mut q, positions, rope);
         b.rope(&mut k, positions, rope);
-        let mut outs = Vec::with_capacity(bounds.len());
-        let mut lse = Vec::with_capacity(bounds.len());
-        for (mask, r) in masks.iter().zip(bounds) {
-            let (o, l) = b.attention_train(
-                &b.slice_rows(&q, r.clone()),
-                &b.slice_rows(&k, r.clone()),
-                &b.slice_rows(&v, r.clone()),
-                shape,
-                mask,
-            );
-            outs.push(o);
-            lse.push(l);
-        }
-        let attn = b.concat_rows(&outs);
+        let (attn, lse) = attend(&q, &k, &v);
+        // o + x: the same bits as x + o (addition commutes exactly).
         let mut x_mid = b.linear(&attn, self.p(layer.o), None);
         b.add_assign(&mut x_mid, &x);
         let h2 = b.rms_norm(&x_mid, self.p(layer.post_norm), eps);
@@ -191,7 +215,7 @@ impl<B: Backend> Model<B> {
         let act = b.swiglu(&gate, &up);
         let mut x_out = b.linear(&act, self.p(layer.down), None);
         b.add_assign(&mut x_out, &x_mid);
-        let acts = LayerActs {
+        let acts = keep.then(|| LayerActs {
             x_in: x,
             h1,
             q_raw,
@@ -206,8 +230,8 @@ impl<B: Backend> Model<B> {
             gate,
             up,
             act,
-        };
-        (acts, x_out)
+        });
+        (x_out, acts)
     }
 
     /// Backward from `d_hidden` (gradient of the final normed hidden states)

@@ -346,23 +346,10 @@ impl<B: Backend> Model<B> {
         let rope = self.rope_at(positions);
         let mut x = b.embedding(self.p(self.embed), &ids);
         for (l, layer) in self.layers.iter().enumerate() {
-            let bias = |i: Option<usize>| i.map(|i| self.p(i));
-            let h = b.rms_norm(&x, self.p(layer.input_norm), c.rms_norm_eps);
-            let q = b.linear(&h, self.p(layer.q), bias(layer.q_bias));
-            let k = b.linear(&h, self.p(layer.k), bias(layer.k_bias));
-            let v = b.linear(&h, self.p(layer.v), bias(layer.v_bias));
-            let mut q = self.qk_norm(q, layer.q_norm);
-            let mut k = self.qk_norm(k, layer.k_norm);
-            b.rope(&mut q, positions, &rope);
-            b.rope(&mut k, positions, &rope);
-            let attn = attend(l, &q, &k, &v, &bounds);
-            let o = b.linear(&attn, self.p(layer.o), None);
-            b.add_assign(&mut x, &o);
-            let h = b.rms_norm(&x, self.p(layer.post_norm), c.rms_norm_eps);
-            let gate = b.linear(&h, self.p(layer.gate), None);
-            let up = b.linear(&h, self.p(layer.up), None);
-            let mlp = b.linear(&b.swiglu(&gate, &up), self.p(layer.down), None);
-            b.add_assign(&mut x, &mlp);
+            let (x_out, _) = self.layer_body(layer, x, (positions, &rope), false, |q, k, v| {
+                (attend(l, q, k, v, &bounds), Vec::new())
+            });
+            x = x_out;
         }
         let x = match rows {
             LogitRows::All => x,
