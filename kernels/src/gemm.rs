@@ -59,7 +59,6 @@ impl Blas {
     /// Row-major `C[m, n] = alpha op(A) op(B) + beta C` with `op(A)` `[m, k]`
     /// (A stored `[k, m]` when `trans_a`) and `op(B)` `[k, n]` (B stored
     /// `[n, k]` when `trans_b`). bf16 inputs, f32 accumulation.
-    #[allow(clippy::too_many_arguments)]
     pub fn gemm<C: GemmOut>(
         &self,
         c: &mut impl DevicePtrMut<C>,
@@ -67,8 +66,7 @@ impl Blas {
         b: &impl DevicePtr<bf16>,
         (m, n, k): (usize, usize, usize),
         (trans_a, trans_b): (bool, bool),
-        alpha: f32,
-        beta: f32,
+        (alpha, beta): (f32, f32),
     ) -> Result<()> {
         for (what, have, need) in [
             ("A", a.len(), m * k),
@@ -135,12 +133,11 @@ impl Blas {
         w: &impl DevicePtr<bf16>,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        self.gemm(y, x, w, (m, n, k), (false, true), 1.0, 0.0)
+        self.gemm(y, x, w, (m, n, k), (false, true), (1.0, 0.0))
     }
 
     /// Backward of [`Blas::linear`]: `dx[m, k] = dy[m, n] @ w[n, k]` and
     /// `dw[n, k] += dy^T @ x` (f32 accumulation into the gradient).
-    #[allow(clippy::too_many_arguments)]
     pub fn linear_backward<C: GemmOut>(
         &self,
         dx: &mut impl DevicePtrMut<C>,
@@ -150,7 +147,7 @@ impl Blas {
         dy: &impl DevicePtr<bf16>,
         (m, n, k): (usize, usize, usize),
     ) -> Result<()> {
-        self.gemm(dx, dy, w, (m, k, n), (false, false), 1.0, 0.0)?;
-        self.gemm(dw, dy, x, (n, k, m), (true, false), 1.0, 1.0)
+        self.gemm(dx, dy, w, (m, k, n), (false, false), (1.0, 0.0))?;
+        self.gemm(dw, dy, x, (n, k, m), (true, false), (1.0, 1.0))
     }
 }

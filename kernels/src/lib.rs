@@ -22,7 +22,6 @@ pub mod compile;
 pub mod gemm;
 pub mod host;
 pub mod launch;
-pub mod paged;
 
 pub use compile::{compile, nvrtc_version, CompileOptions, Compiled, PtxCache};
 

@@ -14,7 +14,10 @@
 
 use half::bf16;
 use igpo_kernels::host::MaskArgs;
-use igpo_kernels::launch::{driver_present, AdamW, AttnDims, AttnKernels, Kernels, Reused};
+use igpo_kernels::launch::{
+    driver_present, AdamW, AdamWState, AttnArgs, AttnDims, AttnGrads, AttnKernels, DecodeArgs,
+    Kernels, LogprobChunk, NormInput, Reused, RopeArgs, SwigluInput, VarlenSeqs,
+};
 use igpo_kernels::PtxCache;
 
 fn gpu() -> Option<Kernels> {
@@ -79,7 +82,12 @@ fn norm_rope_mlp_adamw_match_the_reference() {
         k.upload(&to_bf(&dy)).unwrap(),
     );
     let mut out = k.zeros::<bf16>(rows * d).unwrap();
-    k.rms_norm(&mut out, None, &xd, &wd, rows, d, eps).unwrap();
+    let norm = NormInput {
+        x: &xd,
+        w: &wd,
+        eps,
+    };
+    k.rms_norm(&mut out, None, &norm, rows, d).unwrap();
     let mut want = vec![0.0f64; rows * d];
     let mut want_dx = vec![0.0f64; rows * d];
     let mut want_dw = vec![0.0f64; d];
@@ -106,7 +114,7 @@ fn norm_rope_mlp_adamw_match_the_reference() {
     );
     let mut dx = k.zeros::<bf16>(rows * d).unwrap();
     let mut dw = k.zeros::<f32>(d).unwrap();
-    k.rms_norm_backward(&mut dx, &mut dw, &xd, &wd, &dyd, rows, d, eps)
+    k.rms_norm_backward(&mut dx, &mut dw, &norm, &dyd, rows, d)
         .unwrap();
     close(
         "rms_norm_backward dx",
@@ -133,8 +141,13 @@ fn norm_rope_mlp_adamw_match_the_reference() {
     let x = r.bf(rows * cols, 1.0);
     let mut xd = k.upload(&to_bf(&x)).unwrap();
     let (pd, fd) = (k.upload(&pos).unwrap(), k.upload(&inv).unwrap());
-    k.rope(&mut xd, &pd, &fd, rows, cols, hd, 1.0, false)
-        .unwrap();
+    let rot = RopeArgs {
+        positions: &pd,
+        inv_freq: &fd,
+        head_dim: hd,
+        scale: 1.0,
+    };
+    k.rope(&mut xd, rows, cols, &rot, false).unwrap();
     let mut want = vec![0.0f64; rows * cols];
     for row in 0..rows {
         for h in 0..heads {
@@ -155,8 +168,7 @@ fn norm_rope_mlp_adamw_match_the_reference() {
         2e-3,
         1.0 / 128.0,
     );
-    k.rope(&mut xd, &pd, &fd, rows, cols, hd, 1.0, true)
-        .unwrap();
+    k.rope(&mut xd, rows, cols, &rot, true).unwrap();
     let back: Vec<f64> = x.iter().map(|&v| v as f64).collect();
     close(
         "rope backward",
@@ -176,9 +188,14 @@ fn norm_rope_mlp_adamw_match_the_reference() {
     );
     let mut out = k.zeros::<bf16>(n).unwrap();
     let (mut dg, mut du) = (k.zeros::<bf16>(n).unwrap(), k.zeros::<bf16>(n).unwrap());
-    k.swiglu(&mut out, &gd, &ud, 1, n).unwrap();
-    k.swiglu_backward(&mut dg, &mut du, &gd, &ud, &dyd, 1, n)
-        .unwrap();
+    let input = SwigluInput {
+        gate: &gd,
+        up: &ud,
+        rows: 1,
+        cols: n,
+    };
+    k.swiglu(&mut out, &input).unwrap();
+    k.swiglu_backward(&mut dg, &mut du, &input, &dyd).unwrap();
     let sig = |x: f64| 1.0 / (1.0 + (-x).exp());
     let want: Vec<f64> = (0..n)
         .map(|i| g[i] as f64 * sig(g[i] as f64) * u[i] as f64)
@@ -244,17 +261,13 @@ fn norm_rope_mlp_adamw_match_the_reference() {
         bias_correction2: 0.05,
         grad_scale: 1.0,
     };
-    k.adamw(
-        &mut pd,
-        Some(&mut pb),
-        &gd,
-        &mut md,
-        &mut vd,
-        Some(&scale),
-        n,
-        &st,
-    )
-    .unwrap();
+    let state = AdamWState {
+        master: &mut pd,
+        param_bf16: Some(&mut pb),
+        m: &mut md,
+        v: &mut vd,
+    };
+    k.adamw(state, &gd, Some(&scale), n, &st).unwrap();
     let want: Vec<f64> = (0..n)
         .map(|i| {
             let gi = g[i] * s;
@@ -291,8 +304,15 @@ fn logprob_chunks_match_the_reference() {
         let zc: Vec<f32> = (0..rows)
             .flat_map(|i| z[i * vocab + lo..i * vocab + lo + c].iter().copied())
             .collect();
-        k.logprob_chunk(&mut st, &k.upload(&zc).unwrap(), &td, rows, c, lo)
-            .unwrap();
+        let zd = k.upload(&zc).unwrap();
+        let chunk = LogprobChunk {
+            z: &zd,
+            targets: &td,
+            rows,
+            c,
+            lo,
+        };
+        k.logprob_chunk(&mut st, &chunk).unwrap();
     }
     let (mut lp, mut lse, mut ent) = (
         k.zeros::<f32>(rows).unwrap(),
@@ -467,49 +487,27 @@ fn attention_cases_match_the_reference(kn: &Kernels, which: AttnKernels) {
             }),
         };
         let (wo, wl, wdq, wdk, wdv) = ref_attention(&q, &k, &v, &dout, dims, &visible);
-        let dm = kn.mask(&mask).unwrap();
-        let (qd, kd, vd, dod) = (
-            kn.upload(&to_bf(&q)).unwrap(),
-            kn.upload(&to_bf(&k)).unwrap(),
-            kn.upload(&to_bf(&v)).unwrap(),
-            kn.upload(&to_bf(&dout)).unwrap(),
-        );
-        let mut out = kn.zeros::<bf16>(dims.m * qc).unwrap();
-        let mut lse = kn.zeros::<f32>(dims.m * dims.n_heads).unwrap();
-        kn.attention(&mut out, &mut lse, &qd, &kd, &vd, dims, &dm)
-            .unwrap();
+        let run = run_attention(kn, &q, &k, &v, &dout, dims, &mask);
         let name = format!(
             "attention {which:?} m={} n={} d={}",
             dims.m, dims.n, dims.head_dim
         );
-        close(
-            &format!("{name} out"),
-            &from_bf(&kn.download(&out).unwrap()),
-            &wo,
-            4e-3,
-            1.0 / 64.0,
-        );
-        let got_l = kn.download(&lse).unwrap();
-        for (i, (&g, &w)) in got_l.iter().zip(&wl).enumerate() {
+        close(&format!("{name} out"), &run.out, &wo, 4e-3, 1.0 / 64.0);
+        for (i, (&g, &w)) in run.lse.iter().zip(&wl).enumerate() {
             if w.is_infinite() {
                 assert!(g.is_infinite() && g < 0.0, "{name} lse {i}: {g}");
             } else {
                 assert!((g as f64 - w).abs() < 1e-4, "{name} lse {i}: {g} vs {w}");
             }
         }
-        let (mut dq, mut dk, mut dv) = (
-            kn.zeros::<bf16>(dims.m * qc).unwrap(),
-            kn.zeros::<bf16>(dims.n * kc).unwrap(),
-            kn.zeros::<bf16>(dims.n * kc).unwrap(),
-        );
-        kn.attention_backward(
-            &mut dq, &mut dk, &mut dv, &qd, &kd, &vd, &out, &lse, &dod, dims, &dm,
-        )
-        .unwrap();
-        for (what, got, want) in [("dq", &dq, &wdq), ("dk", &dk, &wdk), ("dv", &dv, &wdv)] {
+        for (what, got, want) in [
+            ("dq", &run.dq, &wdq),
+            ("dk", &run.dk, &wdk),
+            ("dv", &run.dv, &wdv),
+        ] {
             close(
                 &format!("{name} {what}"),
-                &from_bf(&kn.download(got).unwrap()),
+                got,
                 want,
                 2e-2 * max_abs(want),
                 1.0 / 32.0,
@@ -517,60 +515,70 @@ fn attention_cases_match_the_reference(kn: &Kernels, which: AttnKernels) {
         }
         // Decode of the last row (causal cases): same bits as the forward.
         if let MaskArgs::Causal { .. } = mask {
-            let last = dims.m - 1;
-            let q_last = kn.upload(&to_bf(&q[last * qc..])).unwrap();
-            use cudarc::driver::DevicePtr;
-            let (kp, _a) = kd.device_ptr(kn.stream());
-            let (vp, _b) = vd.device_ptr(kn.stream());
-            let (kpd, vpd) = (kn.upload(&[kp]).unwrap(), kn.upload(&[vp]).unwrap());
-            let mut o1 = kn.zeros::<bf16>(qc).unwrap();
-            let mut l1 = kn.zeros::<f32>(dims.n_heads).unwrap();
-            kn.attention_varlen(
-                &mut o1,
-                &mut l1,
-                &q_last,
-                &kpd,
-                &vpd,
-                &[1],
-                &[dims.n],
-                dims.n_heads,
-                dims.n_kv_heads,
-                dims.head_dim,
-            )
-            .unwrap();
-            let full = kn.download(&out).unwrap();
-            assert_eq!(
-                kn.download(&o1).unwrap(),
-                full[last * qc..].to_vec(),
-                "{name}: decode row != forward row"
-            );
-            assert_eq!(
-                kn.download(&l1).unwrap(),
-                got_l[last * dims.n_heads..].to_vec()
-            );
-            let lens = kn.upload(&[dims.n as i32]).unwrap();
-            let mut o2 = kn.zeros::<bf16>(qc).unwrap();
-            kn.attention_decode(
-                &mut o2,
-                &q_last,
-                &kpd,
-                &vpd,
-                &lens,
-                1,
-                dims.n_heads,
-                dims.n_kv_heads,
-                dims.head_dim,
-            )
-            .unwrap();
-            close(
-                &format!("{name} attn_decode"),
-                &from_bf(&kn.download(&o2).unwrap()),
-                &wo[last * qc..],
-                4e-3,
-                1.0 / 64.0,
-            );
+            decode_matches_the_forward(kn, &name, (&q, &k, &v), dims, (&run, &wo));
         }
     }
+}
+
+/// The last query row of a causal case through `attention_varlen` (the same
+/// bits as the forward's row) and `attention_decode` (close to the reference
+/// `want_out`).
+fn decode_matches_the_forward(
+    kn: &Kernels,
+    name: &str,
+    (q, k, v): (&[f32], &[f32], &[f32]),
+    dims: AttnDims,
+    (run, want_out): (&AttnRun, &[f64]),
+) {
+    let qc = dims.n_heads * dims.head_dim;
+    let last = dims.m - 1;
+    let q_last = kn.upload(&to_bf(&q[last * qc..])).unwrap();
+    let (kd, vd) = (kn.upload(&to_bf(k)).unwrap(), kn.upload(&to_bf(v)).unwrap());
+    use cudarc::driver::DevicePtr;
+    let (kp, _a) = kd.device_ptr(kn.stream());
+    let (vp, _b) = vd.device_ptr(kn.stream());
+    let (kpd, vpd) = (kn.upload(&[kp]).unwrap(), kn.upload(&[vp]).unwrap());
+    let mut o1 = kn.zeros::<bf16>(qc).unwrap();
+    let mut l1 = kn.zeros::<f32>(dims.n_heads).unwrap();
+    let seqs = VarlenSeqs {
+        rows: &[1],
+        keys: &[dims.n],
+        n_heads: dims.n_heads,
+        n_kv_heads: dims.n_kv_heads,
+        head_dim: dims.head_dim,
+    };
+    kn.attention_varlen(&mut o1, &mut l1, &q_last, &kpd, &vpd, &seqs)
+        .unwrap();
+    // bf16 to f32 is exact: equal as f32 where equal as bf16.
+    assert_eq!(
+        from_bf(&kn.download(&o1).unwrap()),
+        run.out[last * qc..].to_vec(),
+        "{name}: decode row != forward row"
+    );
+    assert_eq!(
+        kn.download(&l1).unwrap(),
+        run.lse[last * dims.n_heads..].to_vec()
+    );
+    let lens = kn.upload(&[dims.n as i32]).unwrap();
+    let mut o2 = kn.zeros::<bf16>(qc).unwrap();
+    let decode = DecodeArgs {
+        q: &q_last,
+        k_ptrs: &kpd,
+        v_ptrs: &vpd,
+        lens: &lens,
+        batch: 1,
+        n_heads: dims.n_heads,
+        n_kv_heads: dims.n_kv_heads,
+        head_dim: dims.head_dim,
+    };
+    kn.attention_decode(&mut o2, &decode).unwrap();
+    close(
+        &format!("{name} attn_decode"),
+        &from_bf(&kn.download(&o2).unwrap()),
+        &want_out[last * qc..],
+        4e-3,
+        1.0 / 64.0,
+    );
 }
 
 /// Outputs of one attention forward + backward.
@@ -601,17 +609,26 @@ fn run_attention(
     let (qd, kd, vd, dod) = (up(q), up(k), up(v), up(dout));
     let mut out = kn.zeros::<bf16>(dims.m * qc).unwrap();
     let mut lse = kn.zeros::<f32>(dims.m * dims.n_heads).unwrap();
-    kn.attention(&mut out, &mut lse, &qd, &kd, &vd, dims, &dm)
-        .unwrap();
+    let args = AttnArgs {
+        q: &qd,
+        k: &kd,
+        v: &vd,
+        dims,
+        mask: &dm,
+    };
+    kn.attention(&mut out, &mut lse, &args).unwrap();
     let (mut dq, mut dk, mut dv) = (
         kn.zeros::<bf16>(dims.m * qc).unwrap(),
         kn.zeros::<bf16>(dims.n * kc).unwrap(),
         kn.zeros::<bf16>(dims.n * kc).unwrap(),
     );
-    kn.attention_backward(
-        &mut dq, &mut dk, &mut dv, &qd, &kd, &vd, &out, &lse, &dod, dims, &dm,
-    )
-    .unwrap();
+    let grads = AttnGrads {
+        dq: &mut dq,
+        dk: &mut dk,
+        dv: &mut dv,
+    };
+    kn.attention_backward(grads, &args, &out, &lse, &dod)
+        .unwrap();
     let down = |x: &cudarc::driver::CudaSlice<bf16>| from_bf(&kn.download(x).unwrap());
     AttnRun {
         out: down(&out),
@@ -853,7 +870,7 @@ fn ref_paged(
 /// agrees with 256-key splits within rounding; the row scatter of write_kv.
 #[test]
 fn paged_attention_matches_the_reference() {
-    use igpo_kernels::paged::{PagedAttnArgs, PagedSeq, SPLIT_KEYS};
+    use igpo_kernels::launch::{PagedAttnArgs, PagedSeq, SPLIT_KEYS};
     let Some(kn) = gpu() else { return };
     let mut r = Rand(0x5eed);
     let bs = 16usize;
@@ -990,11 +1007,10 @@ fn paged_attention_matches_the_reference() {
     kn.scatter_rows(
         &mut kp,
         Some(&mut vp),
-        pool_rows,
         &rows,
         &ks,
         Some(&vs),
-        cols,
+        (pool_rows, cols),
     )
     .unwrap();
     let (kg, vg) = (
@@ -1014,7 +1030,7 @@ fn paged_attention_matches_the_reference() {
         "scatter_rows: pools after the scatter"
     );
     let e = kn
-        .scatter_rows(&mut kp, None, pool_rows, &[3, 3], &ks, None, cols)
+        .scatter_rows(&mut kp, None, &[3, 3], &ks, None, (pool_rows, cols))
         .unwrap_err();
     assert!(e.to_string().contains("twice"), "{e}");
 }

@@ -41,7 +41,10 @@ use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, Va
 use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
-use igpo_kernels::launch::{AdamW, AttnDims, Kernels, Reused};
+use igpo_kernels::launch::{
+    AdamW, AdamWState, AttnArgs, AttnDims, AttnGrads, DeviceMask, Kernels, KvAppend, LogprobChunk,
+    NormInput, Reused, RopeArgs, SampleArgs, SwigluInput, VarlenSeqs,
+};
 use igpo_kernels::PtxCache;
 
 use super::{
@@ -153,6 +156,53 @@ fn adamw_hyper(st: &AdamWStep, grad_scale: f32) -> AdamW {
     }
 }
 
+/// The sequences of a varlen attention call: `rows[b]` query rows of
+/// sequence `b` over `keys[b]` keys, with `s`'s heads.
+fn varlen_seqs<'a>(rows: &'a [usize], keys: &'a [usize], s: AttnShape) -> VarlenSeqs<'a> {
+    VarlenSeqs {
+        rows,
+        keys,
+        n_heads: s.n_heads,
+        n_kv_heads: s.n_kv_heads,
+        head_dim: s.head_dim,
+    }
+}
+
+/// Dense attention's input: the bf16 views of `q`, `k`, `v`, their
+/// geometry and the device mask.
+fn attn_args<'a>(
+    (q, k, v): (
+        &'a CudaSlice<bf16>,
+        &'a CudaSlice<bf16>,
+        &'a CudaSlice<bf16>,
+    ),
+    dims: AttnDims,
+    mask: &'a DeviceMask,
+) -> AttnArgs<'a> {
+    AttnArgs {
+        q,
+        k,
+        v,
+        dims,
+        mask,
+    }
+}
+
+/// The SwiGLU kernels' input: `gate` and `up` (bf16 views of tensors shaped
+/// like `shape`).
+fn swiglu_input<'a>(
+    gate: &'a CudaSlice<bf16>,
+    up: &'a CudaSlice<bf16>,
+    shape: &CudaTensor,
+) -> SwigluInput<'a> {
+    SwigluInput {
+        gate,
+        up,
+        rows: shape.rows(),
+        cols: shape.cols(),
+    }
+}
+
 /// Panics with the op's name: the trait has no error path once running.
 fn ok<T>(op: &str, r: igpo_kernels::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("cuda {op}: {e}"))
@@ -199,15 +249,18 @@ impl Cuda {
         hp: &AdamW,
     ) {
         let n = param.numel();
-        match &mut param.data {
-            Data::Param { master, work } => ok(
-                "adamw",
-                self.k
-                    .adamw(master, Some(work), grad, m, v, scale_dev, n, hp),
-            ),
-            Data::F32(p) => ok("adamw", self.k.adamw(p, None, grad, m, v, scale_dev, n, hp)),
+        let (master, param_bf16) = match &mut param.data {
+            Data::Param { master, work } => (master, Some(work)),
+            Data::F32(p) => (p, None),
             Data::Bf16(_) => panic!("adamw: a bf16 parameter has no f32 master copy"),
-        }
+        };
+        let state = AdamWState {
+            master,
+            param_bf16,
+            m,
+            v,
+        };
+        ok("adamw", self.k.adamw(state, grad, scale_dev, n, hp));
     }
 
     fn f32v<'a>(&self, t: &'a CudaTensor) -> View<'a, f32> {
@@ -294,7 +347,7 @@ impl Cuda {
         )
     }
 
-    fn mask(&self, mask: &AttnMask, m: usize, n: usize) -> igpo_kernels::launch::DeviceMask {
+    fn mask(&self, mask: &AttnMask, m: usize, n: usize) -> DeviceMask {
         let args = match mask {
             AttnMask::Causal { offset } => MaskArgs::Causal {
                 offset: *offset as i32,
@@ -333,12 +386,14 @@ impl Cuda {
                 "rope",
                 self.k.rope(
                     s,
-                    &pd,
-                    &fd,
                     rows,
                     cols,
-                    rope.head_dim,
-                    rope.attention_scaling,
+                    &RopeArgs {
+                        positions: &pd,
+                        inv_freq: &fd,
+                        head_dim: rope.head_dim,
+                        scale: rope.attention_scaling,
+                    },
                     backward,
                 ),
             );
@@ -364,7 +419,7 @@ impl Cuda {
         ok(
             "lm-head chunk",
             self.blas
-                .gemm(z, h, &wc, (rows, c, d), (false, true), 1.0, 0.0),
+                .gemm(z, h, &wc, (rows, c, d), (false, true), (1.0, 0.0)),
         );
     }
 }
@@ -429,13 +484,15 @@ impl Backend for Cuda {
             self.k.sample(
                 &mut ids,
                 &mut logprobs,
-                &z,
-                &u,
-                rows,
-                vocab,
-                params.temperature,
-                params.top_k,
-                params.top_p,
+                &SampleArgs {
+                    logits: &z,
+                    uniforms: &u,
+                    rows,
+                    vocab,
+                    temperature: params.temperature,
+                    top_k: params.top_k,
+                    top_p: params.top_p,
+                },
             ),
         );
         let ids = ok("sample", self.k.download(&ids));
@@ -519,8 +576,17 @@ impl Backend for Cuda {
         if let Data::Bf16(o) = &mut out.data {
             ok(
                 "rms_norm",
-                self.k
-                    .rms_norm(o, None, &self.bf(x), &self.bf(w), rows, d, eps),
+                self.k.rms_norm(
+                    o,
+                    None,
+                    &NormInput {
+                        x: &self.bf(x),
+                        w: &self.bf(w),
+                        eps,
+                    },
+                    rows,
+                    d,
+                ),
             );
         }
         out
@@ -531,8 +597,16 @@ impl Backend for Cuda {
         if let Data::Bf16(o) = &mut out.data {
             ok(
                 "head_rms_norm",
-                self.k
-                    .head_rms_norm(o, &self.bf(x), &self.bf(w), x.numel(), w.numel(), eps),
+                self.k.head_rms_norm(
+                    o,
+                    &NormInput {
+                        x: &self.bf(x),
+                        w: &self.bf(w),
+                        eps,
+                    },
+                    x.numel(),
+                    w.numel(),
+                ),
             );
         }
         out
@@ -560,7 +634,7 @@ impl Backend for Cuda {
             ok(
                 "swiglu",
                 self.k
-                    .swiglu(o, &self.bf(gate), &self.bf(up), gate.rows(), gate.cols()),
+                    .swiglu(o, &swiglu_input(&self.bf(gate), &self.bf(up), gate)),
             );
         }
         out
@@ -709,15 +783,13 @@ impl Backend for Cuda {
                     o,
                     &mut lse,
                     &self.bf(q),
-                    &self.bf(k),
-                    &self.bf(v),
-                    &k_ptrs,
-                    &v_ptrs,
-                    &rows,
-                    &keys,
-                    s.n_heads,
-                    s.n_kv_heads,
-                    s.head_dim,
+                    &KvAppend {
+                        k_new: &self.bf(k),
+                        v_new: &self.bf(v),
+                        k_ptrs: &k_ptrs,
+                        v_ptrs: &v_ptrs,
+                    },
+                    &varlen_seqs(&rows, &keys, s),
                 )
             });
         }
@@ -788,11 +860,7 @@ impl Backend for Cuda {
                 self.k.attention(
                     o,
                     &mut lse,
-                    &self.bf(q),
-                    &self.bf(k),
-                    &self.bf(v),
-                    dims,
-                    &dm,
+                    &attn_args((&self.bf(q), &self.bf(k), &self.bf(v)), dims, &dm),
                 ),
             );
         }
@@ -823,17 +891,15 @@ impl Backend for Cuda {
             ok(
                 "attention_backward",
                 self.k.attention_backward(
-                    a,
-                    b,
-                    c,
-                    &self.bf(q),
-                    &self.bf(k),
-                    &self.bf(v),
+                    AttnGrads {
+                        dq: a,
+                        dk: b,
+                        dv: c,
+                    },
+                    &attn_args((&self.bf(q), &self.bf(k), &self.bf(v)), dims, &dm),
                     &self.bf(out),
                     &self.f32v(lse),
                     &self.bf(dout),
-                    dims,
-                    &dm,
                 ),
             );
         }
@@ -893,12 +959,14 @@ impl Backend for Cuda {
                 self.k.rms_norm_backward(
                     dxs,
                     dws,
-                    &self.bf(x),
-                    &self.bf(w),
+                    &NormInput {
+                        x: &self.bf(x),
+                        w: &self.bf(w),
+                        eps,
+                    },
                     &self.bf(dy),
                     rows,
                     d,
-                    eps,
                 ),
             );
         }
@@ -923,12 +991,14 @@ impl Backend for Cuda {
                 self.k.head_rms_norm_backward(
                     dxs,
                     dws,
-                    &self.bf(x),
-                    &self.bf(w),
+                    &NormInput {
+                        x: &self.bf(x),
+                        w: &self.bf(w),
+                        eps,
+                    },
                     &self.bf(dy),
                     x.numel(),
                     w.numel(),
-                    eps,
                 ),
             );
         }
@@ -952,11 +1022,8 @@ impl Backend for Cuda {
                 self.k.swiglu_backward(
                     a,
                     b,
-                    &self.bf(gate),
-                    &self.bf(up),
+                    &swiglu_input(&self.bf(gate), &self.bf(up), gate),
                     &self.bf(dy),
-                    gate.rows(),
-                    gate.cols(),
                 ),
             );
         }
@@ -999,7 +1066,16 @@ impl Backend for Cuda {
             self.chunk_logits(&mut z, &hb, &wb, (rows, d, lo, c));
             ok(
                 "logprob",
-                self.k.logprob_chunk(&mut st, &z, &td, rows, c, lo),
+                self.k.logprob_chunk(
+                    &mut st,
+                    &LogprobChunk {
+                        z: &z,
+                        targets: &td,
+                        rows,
+                        c,
+                        lo,
+                    },
+                ),
             );
         }
         let zeros = || ok("logprob", self.k.zeros::<f32>(rows));
@@ -1062,14 +1138,16 @@ impl Backend for Cuda {
                 "logprob backward",
                 self.k.logprob_chunk_backward(
                     &mut dz,
-                    &z,
-                    &td,
+                    &LogprobChunk {
+                        z: &z,
+                        targets: &td,
+                        rows,
+                        c,
+                        lo,
+                    },
                     &lse,
                     &dl,
                     ent.as_ref().map(|(e, de)| (&**e, &**de)),
-                    rows,
-                    c,
-                    lo,
                 ),
             );
             let wc = wb.slice(lo * d..(lo + c) * d);
@@ -1078,13 +1156,19 @@ impl Backend for Cuda {
             ok(
                 "logprob backward dh",
                 self.blas
-                    .gemm(&mut dh, &dzc, &wc, (rows, d, c), (false, false), 1.0, 1.0),
+                    .gemm(&mut dh, &dzc, &wc, (rows, d, c), (false, false), (1.0, 1.0)),
             );
             let mut dwc = dws.slice_mut(lo * d..(lo + c) * d);
             ok(
                 "logprob backward dW",
-                self.blas
-                    .gemm(&mut dwc, &dzc, &*hb, (c, d, rows), (true, false), 1.0, 1.0),
+                self.blas.gemm(
+                    &mut dwc,
+                    &dzc,
+                    &*hb,
+                    (c, d, rows),
+                    (true, false),
+                    (1.0, 1.0),
+                ),
             );
         }
         self.f32_out(dh, &h.shape)

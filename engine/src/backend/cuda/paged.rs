@@ -29,9 +29,9 @@
 use std::ops::Range;
 
 use cudarc::driver::DevicePtr;
-use igpo_kernels::paged::{PagedAttnArgs, PagedSeq, SPLIT_KEYS};
+use igpo_kernels::launch::{PagedAttnArgs, PagedSeq, SPLIT_KEYS};
 
-use super::{ok, Cuda, CudaTensor, Data};
+use super::{ok, varlen_seqs, Cuda, CudaTensor, Data};
 use crate::backend::AttnShape;
 
 /// Query rows of a sequence up to which it takes the split-K kernel. The
@@ -115,7 +115,7 @@ impl Cuda {
             (Data::Bf16(kp), Data::Bf16(vp)) => ok(
                 "write_kv",
                 self.k
-                    .scatter_rows(kp, Some(vp), n, rows, &kb, Some(&vb), c),
+                    .scatter_rows(kp, Some(vp), rows, &kb, Some(&vb), (n, c)),
             ),
             _ => panic!("write_kv: a KV pool is bf16 on the GPU"),
         }
@@ -284,17 +284,13 @@ impl Cuda {
                 src,
                 &kd,
                 &vd,
-                &rows,
-                &n_keys,
-                s.n_heads,
-                s.n_kv_heads,
-                s.head_dim,
+                &varlen_seqs(&rows, &n_keys, s),
             ),
         );
         if let Some(st) = &staged {
             ok(
                 "paged_attention",
-                self.k.scatter_rows(o, None, total, &q_rows, st, None, qc),
+                self.k.scatter_rows(o, None, &q_rows, st, None, (total, qc)),
             );
         }
         drop((kg, vg));

@@ -21,8 +21,8 @@ use std::ops::Range;
 use cudarc::driver::{CudaSlice, LaunchConfig, PushKernelArg};
 use half::bf16;
 
+use super::{check_len, cuda, elem_cfg, Kernels, NULL};
 use crate::host::to_i32;
-use crate::launch::{check_len, cuda, elem_cfg, Kernels};
 use crate::{Error, Result};
 
 /// Keys per split of the engine's calls.
@@ -32,9 +32,6 @@ pub const SPLIT_KEYS: usize = 256;
 const PA_THREADS: u32 = 128;
 const PA_TILE: usize = 64;
 const PA_GMAX: usize = 8;
-
-/// A null device pointer for the scatter's optional second pair.
-static NULL: u64 = 0;
 
 /// One sequence of a paged attention call.
 #[derive(Clone, Debug)]
@@ -268,16 +265,14 @@ impl Kernels {
     /// Row `i` of `src0` (and of `src1`) into row `rows[i]` of `dst0`
     /// (`dst1`), `[dst_rows, cols]` bf16 matrices, in one launch: a forward's
     /// new keys and values into their pool rows. Rows must be distinct.
-    #[allow(clippy::too_many_arguments)]
     pub fn scatter_rows(
         &self,
         dst0: &mut CudaSlice<bf16>,
         dst1: Option<&mut CudaSlice<bf16>>,
-        dst_rows: usize,
         rows: &[usize],
         src0: &CudaSlice<bf16>,
         src1: Option<&CudaSlice<bf16>>,
-        cols: usize,
+        (dst_rows, cols): (usize, usize),
     ) -> Result<()> {
         if dst1.is_some() != src1.is_some() {
             return Err(Error::Invalid(
