@@ -61,8 +61,14 @@ fn our_grads(model: &Model<Cpu>, seqs: &[Vec<u32>], t0: usize) -> (f64, Vec<Tens
         / n as f64;
     let dlogp = Tensor::from_vec(&[targets.len()], weight.iter().map(|w| -w / n).collect());
     let mut grads = model.zero_grads();
-    let d_hidden =
-        model.token_logprobs_backward(&acts.hidden, &targets, &out, &dlogp, None, 1000, &mut grads);
+    let d_hidden = model.token_logprobs_backward(
+        &acts.hidden,
+        &targets,
+        &out,
+        (&dlogp, None),
+        1000,
+        &mut grads,
+    );
     model.backward(&acts, &d_hidden, &mut grads);
     (loss, grads)
 }
@@ -218,8 +224,14 @@ fn activation_recomputation_gives_identical_gradients() {
         let out = model.token_logprobs(&acts.hidden, &targets, 4096, false);
         let dlogp = Tensor::from_vec(&[seq.len()], vec![-1.0; seq.len()]);
         let mut g = model.zero_grads();
-        let dh =
-            model.token_logprobs_backward(&acts.hidden, &targets, &out, &dlogp, None, 4096, &mut g);
+        let dh = model.token_logprobs_backward(
+            &acts.hidden,
+            &targets,
+            &out,
+            (&dlogp, None),
+            4096,
+            &mut g,
+        );
         model.backward(&acts, &dh, &mut g);
         g
     };

@@ -70,7 +70,7 @@ fn fused_logprob_memory_is_bounded_by_the_chunk() {
     let mut dw = Tensor::zeros(&[VOCAB, D]);
     let dlogp = Tensor::from_vec(&[ROWS], vec![-1.0 / ROWS as f32; ROWS]);
     let (_dh, bwd) = peak_extra(|| {
-        Cpu.token_logprobs_backward(&h, &w, &targets, &out, &dlogp, None, CHUNK, &mut dw)
+        Cpu.token_logprobs_backward((&h, &w), &targets, &out, (&dlogp, None), CHUNK, &mut dw)
     });
     eprintln!(
         "unfused logits would take {:.0} MB; fused forward peak {:.1} MB, backward peak {:.1} MB (chunk {:.1} MB)",

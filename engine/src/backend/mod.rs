@@ -165,7 +165,6 @@ fn stack_rows<B: Backend>(b: &B, mut outs: Vec<B::Tensor>) -> B::Tensor {
 /// contiguous matrices a per-sequence cache holds, then
 /// [`Backend::attention`] (so on the CPU every sum runs in the order of
 /// [`cached_attention_per_sequence`]: the same bits).
-#[allow(clippy::too_many_arguments)]
 pub fn paged_attention_per_sequence<B: Backend>(
     b: &B,
     q: &B::Tensor,
@@ -329,7 +328,6 @@ pub trait Backend: Clone + Send + Sync {
     /// rows `keys[s]` of the pools, oldest position first (query `j` sees
     /// keys `..= keys[s].len() - bounds[s].len() + j`). Returns `[rows, H*d]`.
     /// The default is [`paged_attention_per_sequence`].
-    #[allow(clippy::too_many_arguments)]
     fn paged_attention(
         &self,
         q: &Self::Tensor,
@@ -372,15 +370,12 @@ pub trait Backend: Clone + Send + Sync {
         shape: AttnShape,
         mask: &AttnMask,
     ) -> (Self::Tensor, Self::Tensor);
-    /// Returns `(dq, dk, dv)`.
-    #[allow(clippy::too_many_arguments)]
+    /// Gradients of [`Backend::attention_train`]: from its inputs `(q, k,
+    /// v)`, what it returned `(out, lse)` and `dout`, returns `(dq, dk, dv)`.
     fn attention_backward(
         &self,
-        q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        out: &Self::Tensor,
-        lse: &Self::Tensor,
+        qkv: (&Self::Tensor, &Self::Tensor, &Self::Tensor),
+        saved: (&Self::Tensor, &Self::Tensor),
         dout: &Self::Tensor,
         shape: AttnShape,
         mask: &AttnMask,
@@ -435,17 +430,15 @@ pub trait Backend: Clone + Send + Sync {
         chunk: usize,
         want_entropy: bool,
     ) -> LogProbs<Self::Tensor>;
-    /// Backward of [`Backend::token_logprobs`]: returns `dh`, adds into `dw`.
-    /// `dentropy` needs `out.entropy`.
-    #[allow(clippy::too_many_arguments)]
+    /// Backward of [`Backend::token_logprobs`] over `(h, w)` (hidden rows,
+    /// lm-head) with upstream gradients `(dlogp, dentropy)`: returns `dh`,
+    /// adds into `dw`. `dentropy` needs `out.entropy`.
     fn token_logprobs_backward(
         &self,
-        h: &Self::Tensor,
-        w: &Self::Tensor,
+        hw: (&Self::Tensor, &Self::Tensor),
         targets: &[u32],
         out: &LogProbs<Self::Tensor>,
-        dlogp: &Self::Tensor,
-        dentropy: Option<&Self::Tensor>,
+        upstream: (&Self::Tensor, Option<&Self::Tensor>),
         chunk: usize,
         dw: &mut Self::Tensor,
     ) -> Self::Tensor;
@@ -473,13 +466,11 @@ pub trait Backend: Clone + Send + Sync {
     /// The default reads each gradient's squares through the host; the CUDA
     /// backend keeps the sums and the factor on the device and reads only
     /// the norm, once.
-    #[allow(clippy::too_many_arguments)]
     fn adamw_clipped(
         &self,
         params: &mut [Self::Tensor],
         grads: &[Self::Tensor],
-        m: &mut [Self::Tensor],
-        v: &mut [Self::Tensor],
+        (m, v): (&mut [Self::Tensor], &mut [Self::Tensor]),
         steps: &[AdamWStep],
         avg: f64,
         max_norm: f64,

@@ -377,17 +377,14 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
     }
     fn attention_backward(
         &self,
-        q: &Self::Tensor,
-        k: &Self::Tensor,
-        v: &Self::Tensor,
-        out: &Self::Tensor,
-        lse: &Self::Tensor,
+        (q, k, v): (&Self::Tensor, &Self::Tensor, &Self::Tensor),
+        (out, lse): (&Self::Tensor, &Self::Tensor),
         dout: &Self::Tensor,
         shape: AttnShape,
         mask: &AttnMask,
     ) -> (Self::Tensor, Self::Tensor, Self::Tensor) {
         self.timed(Phase::Attention, |b| {
-            b.attention_backward(q, k, v, out, lse, dout, shape, mask)
+            b.attention_backward((q, k, v), (out, lse), dout, shape, mask)
         })
     }
     fn linear_backward(
@@ -454,17 +451,15 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
     }
     fn token_logprobs_backward(
         &self,
-        h: &Self::Tensor,
-        w: &Self::Tensor,
+        (h, w): (&Self::Tensor, &Self::Tensor),
         targets: &[u32],
         out: &LogProbs<Self::Tensor>,
-        dlogp: &Self::Tensor,
-        dentropy: Option<&Self::Tensor>,
+        (dlogp, dentropy): (&Self::Tensor, Option<&Self::Tensor>),
         chunk: usize,
         dw: &mut Self::Tensor,
     ) -> Self::Tensor {
         self.timed(Phase::LogProb, |b| {
-            b.token_logprobs_backward(h, w, targets, out, dlogp, dentropy, chunk, dw)
+            b.token_logprobs_backward((h, w), targets, out, (dlogp, dentropy), chunk, dw)
         })
     }
     fn sum_squares(&self, t: &Self::Tensor) -> f64 {
@@ -487,14 +482,13 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
         &self,
         params: &mut [Self::Tensor],
         grads: &[Self::Tensor],
-        m: &mut [Self::Tensor],
-        v: &mut [Self::Tensor],
+        (m, v): (&mut [Self::Tensor], &mut [Self::Tensor]),
         steps: &[AdamWStep],
         avg: f64,
         max_norm: f64,
     ) -> f64 {
         self.read(Phase::Optimizer, |b| {
-            b.adamw_clipped(params, grads, m, v, steps, avg, max_norm)
+            b.adamw_clipped(params, grads, (m, v), steps, avg, max_norm)
         })
     }
 }

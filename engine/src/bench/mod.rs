@@ -376,8 +376,14 @@ pub fn score_bench<B: Backend>(b: &B, spec: &ScoreBenchSpec) -> ScoreBenchResult
     let forward_backward = || {
         let out = b.token_logprobs(&h, &w, &targets, spec.chunk, false);
         let mut dw = b.zeros(&[v, d]);
-        let dh =
-            b.token_logprobs_backward(&h, &w, &targets, &out, &dlogp, None, spec.chunk, &mut dw);
+        let dh = b.token_logprobs_backward(
+            (&h, &w),
+            &targets,
+            &out,
+            (&dlogp, None),
+            spec.chunk,
+            &mut dw,
+        );
         b.synchronize();
         (dh, dw)
     };
@@ -518,7 +524,7 @@ pub fn attention_bench<B: Backend>(b: &B, spec: &AttentionBenchSpec) -> Attentio
     let backward = warm_median(spec.repeats, || {
         b.synchronize();
         let t = Instant::now();
-        let _ = b.attention_backward(&q, &k, &v, &out, &lse, &dout, shape, &mask);
+        let _ = b.attention_backward((&q, &k, &v), (&out, &lse), &dout, shape, &mask);
         b.synchronize();
         t.elapsed().as_secs_f64()
     });

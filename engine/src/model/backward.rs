@@ -305,11 +305,12 @@ impl<B: Backend> Model<B> {
             let (mut dqs, mut dks, mut dvs) = (vec![], vec![], vec![]);
             for (i, r) in acts.bounds.iter().enumerate() {
                 let (dq, dk, dv) = b.attention_backward(
-                    &b.slice_rows(&a.q, r.clone()),
-                    &b.slice_rows(&a.k, r.clone()),
-                    &b.slice_rows(&a.v, r.clone()),
-                    &b.slice_rows(&a.attn, r.clone()),
-                    &a.lse[i],
+                    (
+                        &b.slice_rows(&a.q, r.clone()),
+                        &b.slice_rows(&a.k, r.clone()),
+                        &b.slice_rows(&a.v, r.clone()),
+                    ),
+                    (&b.slice_rows(&a.attn, r.clone()), &a.lse[i]),
                     &b.slice_rows(&d_attn, r.clone()),
                     shape,
                     &acts.masks[i],
@@ -401,24 +402,20 @@ impl<B: Backend> Model<B> {
 
     /// Backward of [`Model::token_logprobs`]: returns `d_hidden` and adds the
     /// lm-head gradient (the embedding's, when tied) into `grads`.
-    #[allow(clippy::too_many_arguments)]
     pub fn token_logprobs_backward(
         &self,
         hidden: &B::Tensor,
         targets: &[u32],
         out: &LogProbs<B::Tensor>,
-        dlogp: &B::Tensor,
-        dentropy: Option<&B::Tensor>,
+        (dlogp, dentropy): (&B::Tensor, Option<&B::Tensor>),
         chunk: usize,
         grads: &mut [B::Tensor],
     ) -> B::Tensor {
         self.backend.token_logprobs_backward(
-            hidden,
-            self.lm_head(),
+            (hidden, self.lm_head()),
             targets,
             out,
-            dlogp,
-            dentropy,
+            (dlogp, dentropy),
             chunk,
             &mut grads[self.lm_head],
         )

@@ -168,8 +168,7 @@ impl<B: Backend> AdamW<B> {
         let grad_norm = backend.adamw_clipped(
             params,
             grads,
-            &mut self.m,
-            &mut self.v,
+            (&mut self.m, &mut self.v),
             &steps,
             avg,
             c.grad_clip,

@@ -199,7 +199,7 @@ pub fn sft_micro_batch<B: Backend>(
         weight.iter().map(|w| -w / n).collect(),
     ));
     let d_hidden =
-        model.token_logprobs_backward(&acts.hidden, &targets, &out, &dlogp, None, chunk, grads);
+        model.token_logprobs_backward(&acts.hidden, &targets, &out, (&dlogp, None), chunk, grads);
     model.backward(&acts, &d_hidden, grads);
     (loss, n as usize)
 }

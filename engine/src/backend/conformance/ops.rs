@@ -371,7 +371,8 @@ pub(crate) fn attention<B: Backend>(b: &B, tol: Tol) {
         same_bits(&format!("{name} out twice"), &b.download(&out2), &out);
         same_bits(&format!("{name} lse twice"), &b.download(&lse2), &lse);
         let backward = || {
-            let (dq, dk, dv) = b.attention_backward(&qd, &kd, &vd, &out_d, &lse_d, &dod, s, &mask);
+            let (dq, dk, dv) =
+                b.attention_backward((&qd, &kd, &vd), (&out_d, &lse_d), &dod, s, &mask);
             (b.download(&dq), b.download(&dk), b.download(&dv))
         };
         let (dq, dk, dv) = backward();
@@ -840,12 +841,10 @@ fn logprob_case<B: Backend>(b: &B, tol: Tol, c: &LogprobCase, seed: u64) {
             let o = if with_entropy { &out } else { &bare };
             let mut dw = filled(b, &[vocab, d], 0.5);
             let dh = b.token_logprobs_backward(
-                &hd,
-                &wd,
+                (&hd, &wd),
                 targets,
                 o,
-                &gld,
-                with_entropy.then_some(&ged),
+                (&gld, with_entropy.then_some(&ged)),
                 chunk,
                 &mut dw,
             );
@@ -1240,7 +1239,7 @@ pub(crate) fn adamw_clipped<B: Backend>(b: &B, tol: Tol) {
             let gd: Vec<_> = gs.iter().map(|g| b.upload(g)).collect();
             let (mut m, mut v): (Vec<_>, Vec<_>) =
                 shapes.iter().map(|s| (b.zeros(s), b.zeros(s))).unzip();
-            let norm = b.adamw_clipped(&mut pd, &gd, &mut m, &mut v, &steps, avg, max_norm);
+            let norm = b.adamw_clipped(&mut pd, &gd, (&mut m, &mut v), &steps, avg, max_norm);
             (norm, pd.iter().map(|p| b.download(p)).collect::<Vec<_>>())
         };
         let (norm, params) = run();

@@ -359,11 +359,8 @@ impl Backend for Cpu {
 
     fn attention_backward(
         &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &Tensor,
-        lse: &Tensor,
+        (q, k, v): (&Tensor, &Tensor, &Tensor),
+        (out, lse): (&Tensor, &Tensor),
         dout: &Tensor,
         s: AttnShape,
         mask: &AttnMask,
@@ -504,12 +501,10 @@ impl Backend for Cpu {
 
     fn token_logprobs_backward(
         &self,
-        h: &Tensor,
-        w: &Tensor,
+        (h, w): (&Tensor, &Tensor),
         targets: &[u32],
         out: &LogProbs<Tensor>,
-        dlogp: &Tensor,
-        dentropy: Option<&Tensor>,
+        (dlogp, dentropy): (&Tensor, Option<&Tensor>),
         chunk: usize,
         dw: &mut Tensor,
     ) -> Tensor {

@@ -869,11 +869,8 @@ impl Backend for Cuda {
 
     fn attention_backward(
         &self,
-        q: &CudaTensor,
-        k: &CudaTensor,
-        v: &CudaTensor,
-        out: &CudaTensor,
-        lse: &CudaTensor,
+        (q, k, v): (&CudaTensor, &CudaTensor, &CudaTensor),
+        (out, lse): (&CudaTensor, &CudaTensor),
         dout: &CudaTensor,
         s: AttnShape,
         mask: &AttnMask,
@@ -1103,12 +1100,10 @@ impl Backend for Cuda {
 
     fn token_logprobs_backward(
         &self,
-        h: &CudaTensor,
-        w: &CudaTensor,
+        (h, w): (&CudaTensor, &CudaTensor),
         targets: &[u32],
         out: &LogProbs<CudaTensor>,
-        dlogp: &CudaTensor,
-        dentropy: Option<&CudaTensor>,
+        (dlogp, dentropy): (&CudaTensor, Option<&CudaTensor>),
         chunk: usize,
         dw: &mut CudaTensor,
     ) -> CudaTensor {
@@ -1223,8 +1218,7 @@ impl Backend for Cuda {
         &self,
         params: &mut [CudaTensor],
         grads: &[CudaTensor],
-        m: &mut [CudaTensor],
-        v: &mut [CudaTensor],
+        (m, v): (&mut [CudaTensor], &mut [CudaTensor]),
         steps: &[AdamWStep],
         avg: f64,
         max_norm: f64,

@@ -93,6 +93,17 @@ pub fn block_tables(lists: &[&[usize]], pool_rows: usize) -> (usize, Vec<Vec<i32
     (bs, tables)
 }
 
+/// One `paged_attention` call's inputs (see `Backend::paged_attention`).
+#[derive(Clone, Copy)]
+struct PagedBatch<'a> {
+    q: &'a CudaTensor,
+    k_pool: &'a CudaTensor,
+    v_pool: &'a CudaTensor,
+    keys: &'a [Vec<usize>],
+    bounds: &'a [Range<usize>],
+    s: AttnShape,
+}
+
 impl Cuda {
     pub(super) fn write_kv_rows(
         &self,
@@ -155,28 +166,33 @@ impl Cuda {
             .filter(|&b| !bounds[b].is_empty())
             .partition(|&b| split_k(b));
         let mut out = self.new_bf16(&[total, qc]);
+        let batch = PagedBatch {
+            q,
+            k_pool,
+            v_pool,
+            keys,
+            bounds,
+            s,
+        };
         if !short.is_empty() {
-            self.paged_split_k(&mut out, q, k_pool, v_pool, keys, bounds, &short, s);
+            self.paged_split_k(&mut out, &batch, &short);
         }
         if !long.is_empty() {
-            self.paged_gather(&mut out, q, k_pool, v_pool, keys, bounds, &long, s);
+            self.paged_gather(&mut out, &batch, &long);
         }
         out
     }
 
     /// Sequences `which` through the split-K kernels.
-    #[allow(clippy::too_many_arguments)]
-    fn paged_split_k(
-        &self,
-        out: &mut CudaTensor,
-        q: &CudaTensor,
-        k_pool: &CudaTensor,
-        v_pool: &CudaTensor,
-        keys: &[Vec<usize>],
-        bounds: &[Range<usize>],
-        which: &[usize],
-        s: AttnShape,
-    ) {
+    fn paged_split_k(&self, out: &mut CudaTensor, batch: &PagedBatch<'_>, which: &[usize]) {
+        let PagedBatch {
+            q,
+            k_pool,
+            v_pool,
+            keys,
+            bounds,
+            s,
+        } = *batch;
         let lists: Vec<&[usize]> = which.iter().map(|&b| keys[b].as_slice()).collect();
         let (bs, tables) = block_tables(&lists, k_pool.rows());
         let seqs: Vec<PagedSeq<'_>> = which
@@ -208,18 +224,15 @@ impl Cuda {
     }
 
     /// Sequences `which` through gathers and the varlen forward.
-    #[allow(clippy::too_many_arguments)]
-    fn paged_gather(
-        &self,
-        out: &mut CudaTensor,
-        q: &CudaTensor,
-        k_pool: &CudaTensor,
-        v_pool: &CudaTensor,
-        keys: &[Vec<usize>],
-        bounds: &[Range<usize>],
-        which: &[usize],
-        s: AttnShape,
-    ) {
+    fn paged_gather(&self, out: &mut CudaTensor, batch: &PagedBatch<'_>, which: &[usize]) {
+        let PagedBatch {
+            q,
+            k_pool,
+            v_pool,
+            keys,
+            bounds,
+            s,
+        } = *batch;
         let (qc, kc) = (s.n_heads * s.head_dim, s.n_kv_heads * s.head_dim);
         let slots: Vec<usize> = which
             .iter()

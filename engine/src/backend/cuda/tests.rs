@@ -96,9 +96,9 @@ fn adamw_clipped_is_3n_plus_2_launches_and_one_host_wait() {
         let (mut mg, mut vg): (Vec<_>, Vec<_>) =
             shapes.iter().map(|s| (g.zeros(s), g.zeros(s))).unzip();
         // Counted on the second call, as before the suite took the values.
-        let _ = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
+        let _ = g.adamw_clipped(&mut pg, &gg, (&mut mg, &mut vg), &steps, 0.5, max_norm);
         let before = g.device_counters().expect("the CUDA backend counts");
-        let _ = g.adamw_clipped(&mut pg, &gg, &mut mg, &mut vg, &steps, 0.5, max_norm);
+        let _ = g.adamw_clipped(&mut pg, &gg, (&mut mg, &mut vg), &steps, 0.5, max_norm);
         let d = g.device_counters().unwrap().since(before);
         assert_eq!((d.launches, d.host_waits), (3 * 3 + 2, 1), "{d:?}");
     }

@@ -195,8 +195,7 @@ pub(crate) fn mini_batch_grads<B: Backend>(
             &hidden,
             &picked,
             &out,
-            &dlogp,
-            dent.as_ref(),
+            (&dlogp, dent.as_ref()),
             chunk,
             &mut grads,
         );
