@@ -37,13 +37,13 @@
 use std::ops::{Deref, Range};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DevicePtr, DeviceRepr, ValidAsZeroBits};
+use cudarc::driver::{CudaEvent, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits};
 use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
 use igpo_kernels::launch::{
-    AdamW, AdamWState, AttnArgs, AttnDims, AttnGrads, DeviceMask, Kernels, KvAppend, LogprobChunk,
-    NormInput, Reused, RopeArgs, SampleArgs, SwigluInput, VarlenSeqs,
+    AdamW, AdamWState, AttnArgs, AttnDims, DeviceMask, Kernels, NormInput, Reused, RopeArgs,
+    SampleArgs, SwigluInput, VarlenSeqs,
 };
 use igpo_kernels::PtxCache;
 
@@ -624,7 +624,7 @@ impl Backend for Cuda {
         shape: AttnShape,
         mask: &AttnMask,
     ) -> CudaTensor {
-        self.attention_train(q, k, v, shape, mask).0
+        attention::attention(self, q, k, v, shape, mask)
     }
 
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
@@ -732,72 +732,7 @@ impl Backend for Cuda {
         bounds: &[Range<usize>],
         s: AttnShape,
     ) -> CudaTensor {
-        assert_eq!(
-            caches.len(),
-            bounds.len(),
-            "cached_attention: one cache per sequence"
-        );
-        let kv_cols = s.n_kv_heads * s.head_dim;
-        let total = q.rows();
-        assert!(
-            bounds.first().is_some_and(|r| r.start == 0)
-                && bounds.windows(2).all(|w| w[0].end == w[1].start)
-                && bounds.last().is_some_and(|r| r.end == total),
-            "cached_attention: sequences must own consecutive rows 0..{total}: {bounds:?}"
-        );
-        assert_eq!(
-            (k.rows(), k.cols(), v.rows(), v.cols()),
-            (total, kv_cols, total, kv_cols),
-            "cached_attention: k and v must be [{total}, {kv_cols}]"
-        );
-        let rows: Vec<usize> = bounds.iter().map(|r| r.len()).collect();
-        let mut keys = Vec::with_capacity(rows.len());
-        let (mut k_ptrs, mut v_ptrs) = (
-            Vec::with_capacity(rows.len()),
-            Vec::with_capacity(rows.len()),
-        );
-        for ((kc, vc), &add) in caches.iter_mut().zip(&rows) {
-            assert!(
-                kc.cols() == kv_cols && vc.cols() == kv_cols && kc.rows() == vc.rows(),
-                "cached_attention: a cache is not [len, {kv_cols}]"
-            );
-            self.reserve_rows(kc, add);
-            self.reserve_rows(vc, add);
-            keys.push(kc.rows() + add);
-            for (cache, ptrs) in [(&**kc, &mut k_ptrs), (&**vc, &mut v_ptrs)] {
-                if let Data::Bf16(buf) = &cache.data {
-                    ptrs.push(buf.device_ptr(self.stream()).0);
-                }
-            }
-        }
-        let mut out = self.new_bf16(&[total, s.n_heads * s.head_dim]);
-        // The kernel writes each row's log-sum-exp too; decode does not use it.
-        let mut lse = ok("cached_attention", self.k.zeros::<f32>(total * s.n_heads));
-        if let Data::Bf16(o) = &mut out.data {
-            // SAFETY: every pointer is a bf16 cache of this backend's stream,
-            // reserved above for `keys[b]` rows and borrowed mutably by
-            // `caches` for the whole call (one stream, so the dropped
-            // `device_ptr` guards order nothing that the stream does not).
-            ok("cached_attention", unsafe {
-                self.k.cached_attention(
-                    o,
-                    &mut lse,
-                    &self.bf(q),
-                    &KvAppend {
-                        k_new: &self.bf(k),
-                        v_new: &self.bf(v),
-                        k_ptrs: &k_ptrs,
-                        v_ptrs: &v_ptrs,
-                    },
-                    &varlen_seqs(&rows, &keys, s),
-                )
-            });
-        }
-        for ((kc, vc), &n) in caches.iter_mut().zip(&keys) {
-            kc.shape = vec![n, kv_cols];
-            vc.shape = vec![n, kv_cols];
-        }
-        out
+        attention::cached_attention(self, q, k, v, caches, bounds, s)
     }
 
     fn gather_rows(&self, x: &CudaTensor, rows: &[usize]) -> CudaTensor {
@@ -850,21 +785,7 @@ impl Backend for Cuda {
         s: AttnShape,
         mask: &AttnMask,
     ) -> (CudaTensor, CudaTensor) {
-        let dims = Self::dims(q, k, s);
-        let dm = self.mask(mask, dims.m, dims.n);
-        let mut out = self.new_bf16(&[dims.m, s.n_heads * s.head_dim]);
-        let mut lse = ok("attention", self.k.zeros::<f32>(dims.m * s.n_heads));
-        if let Data::Bf16(o) = &mut out.data {
-            ok(
-                "attention",
-                self.k.attention(
-                    o,
-                    &mut lse,
-                    &attn_args((&self.bf(q), &self.bf(k), &self.bf(v)), dims, &dm),
-                ),
-            );
-        }
-        (out, self.f32_out(lse, &[dims.m, s.n_heads]))
+        attention::attention_train(self, q, k, v, s, mask)
     }
 
     fn attention_backward(
@@ -875,32 +796,7 @@ impl Backend for Cuda {
         s: AttnShape,
         mask: &AttnMask,
     ) -> (CudaTensor, CudaTensor, CudaTensor) {
-        let dims = Self::dims(q, k, s);
-        let dm = self.mask(mask, dims.m, dims.n);
-        let (mut dq, mut dk, mut dv) = (
-            self.new_bf16(&q.shape),
-            self.new_bf16(&k.shape),
-            self.new_bf16(&v.shape),
-        );
-        if let (Data::Bf16(a), Data::Bf16(b), Data::Bf16(c)) =
-            (&mut dq.data, &mut dk.data, &mut dv.data)
-        {
-            ok(
-                "attention_backward",
-                self.k.attention_backward(
-                    AttnGrads {
-                        dq: a,
-                        dk: b,
-                        dv: c,
-                    },
-                    &attn_args((&self.bf(q), &self.bf(k), &self.bf(v)), dims, &dm),
-                    &self.bf(out),
-                    &self.f32v(lse),
-                    &self.bf(dout),
-                ),
-            );
-        }
-        (dq, dk, dv)
+        attention::attention_backward(self, (q, k, v), (out, lse), dout, s, mask)
     }
 
     fn linear_backward(
@@ -1047,55 +943,7 @@ impl Backend for Cuda {
         chunk: usize,
         want_entropy: bool,
     ) -> LogProbs<CudaTensor> {
-        let (rows, d, vocab) = (targets.len(), h.cols(), w.rows());
-        assert_eq!(h.rows(), rows, "logprob: one target per row");
-        assert!(chunk > 0, "logprob: chunk must be positive");
-        if let Some(t) = targets.iter().find(|&&t| t as usize >= vocab) {
-            panic!("logprob: target id {t} is outside the vocabulary ({vocab})");
-        }
-        let (hb, wb) = (self.bf(h), self.bf(w));
-        let td = self.ids(targets);
-        let chunk = chunk.min(vocab.max(1));
-        let mut z = ok("logprob", self.k.zeros::<f32>(rows * chunk));
-        let mut st = ok("logprob", self.k.logprob_state(rows));
-        for lo in (0..vocab).step_by(chunk) {
-            let c = chunk.min(vocab - lo);
-            self.chunk_logits(&mut z, &hb, &wb, (rows, d, lo, c));
-            ok(
-                "logprob",
-                self.k.logprob_chunk(
-                    &mut st,
-                    &LogprobChunk {
-                        z: &z,
-                        targets: &td,
-                        rows,
-                        c,
-                        lo,
-                    },
-                ),
-            );
-        }
-        let zeros = || ok("logprob", self.k.zeros::<f32>(rows));
-        let (mut logp, mut lse) = (zeros(), zeros());
-        let mut entropy = want_entropy.then(zeros);
-        let mut viol = ok("logprob", self.k.zeros::<i32>(1));
-        ok(
-            "logprob",
-            self.k
-                .logprob_finalize(&mut logp, &mut lse, entropy.as_mut(), &mut viol, &st, rows),
-        );
-        if cfg!(debug_assertions) {
-            let bad = ok("logprob", self.k.download(&viol))[0];
-            assert_eq!(
-                bad, 0,
-                "log-probs must be finite and <= 0 ({bad} rows were not)"
-            );
-        }
-        LogProbs {
-            logp: self.f32_out(logp, &[rows]),
-            lse: self.f32_out(lse, &[rows]),
-            entropy: entropy.map(|e| self.f32_out(e, &[rows])),
-        }
+        logprob::token_logprobs(self, h, w, targets, chunk, want_entropy)
     }
 
     fn token_logprobs_backward(
@@ -1107,91 +955,15 @@ impl Backend for Cuda {
         chunk: usize,
         dw: &mut CudaTensor,
     ) -> CudaTensor {
-        let (rows, d, vocab) = (targets.len(), h.cols(), w.rows());
-        let (hb, wb) = (self.bf(h), self.bf(w));
-        let td = self.ids(targets);
-        let lse = self.f32v(&out.lse);
-        let dl = self.f32v(dlogp);
-        let ent = dentropy.map(|de| {
-            let e = out
-                .entropy
-                .as_ref()
-                .expect("token_logprobs_backward: dentropy needs the forward's entropy");
-            (self.f32v(e), self.f32v(de))
-        });
-        let Data::F32(dws) = &mut dw.data else {
-            panic!("token_logprobs_backward: the lm-head gradient must be f32 (made by zeros)")
-        };
-        let chunk = chunk.min(vocab.max(1));
-        let mut z = ok("logprob backward", self.k.zeros::<f32>(rows * chunk));
-        let mut dz = ok("logprob backward", self.k.zeros::<bf16>(rows * chunk));
-        let mut dh = ok("logprob backward", self.k.zeros::<f32>(rows * d));
-        for lo in (0..vocab).step_by(chunk) {
-            let c = chunk.min(vocab - lo);
-            self.chunk_logits(&mut z, &hb, &wb, (rows, d, lo, c));
-            ok(
-                "logprob backward",
-                self.k.logprob_chunk_backward(
-                    &mut dz,
-                    &LogprobChunk {
-                        z: &z,
-                        targets: &td,
-                        rows,
-                        c,
-                        lo,
-                    },
-                    &lse,
-                    &dl,
-                    ent.as_ref().map(|(e, de)| (&**e, &**de)),
-                ),
-            );
-            let wc = wb.slice(lo * d..(lo + c) * d);
-            let dzc = dz.slice(..rows * c);
-            // dh += dz W_c ; dW_c += dz^T h
-            ok(
-                "logprob backward dh",
-                self.blas
-                    .gemm(&mut dh, &dzc, &wc, (rows, d, c), (false, false), (1.0, 1.0)),
-            );
-            let mut dwc = dws.slice_mut(lo * d..(lo + c) * d);
-            ok(
-                "logprob backward dW",
-                self.blas.gemm(
-                    &mut dwc,
-                    &dzc,
-                    &*hb,
-                    (c, d, rows),
-                    (true, false),
-                    (1.0, 1.0),
-                ),
-            );
-        }
-        self.f32_out(dh, &h.shape)
+        logprob::token_logprobs_backward(self, (h, w), targets, out, (dlogp, dentropy), chunk, dw)
     }
 
     fn sum_squares(&self, t: &CudaTensor) -> f64 {
-        let n = t.numel();
-        if n == 0 {
-            return 0.0;
-        }
-        let mut out = ok("sum_squares", self.k.zeros::<f64>(1));
-        ok(
-            "sum_squares",
-            self.k.sum_squares(&mut out, &self.f32v(t), n),
-        );
-        ok("sum_squares", self.k.download(&out))[0]
+        optimizer::sum_squares(self, t)
     }
 
     fn scale(&self, x: &mut CudaTensor, s: f32) {
-        let n = x.numel();
-        match &mut x.data {
-            Data::F32(v) => ok("scale", self.k.scale_f32(v, s, n)),
-            Data::Bf16(v) => ok("scale", self.k.scale_bf16(v, s, n)),
-            Data::Param { master, work } => {
-                ok("scale", self.k.scale_f32(master, s, n));
-                *work = ok("scale", self.k.to_bf16(master, n));
-            }
-        }
+        optimizer::scale(self, x, s)
     }
 
     fn adamw(
@@ -1202,12 +974,7 @@ impl Backend for Cuda {
         v: &mut CudaTensor,
         st: &AdamWStep,
     ) {
-        assert_eq!(param.shape, grad.shape, "adamw: grad shape");
-        let g = self.f32v(grad);
-        let (Data::F32(ms), Data::F32(vs)) = (&mut m.data, &mut v.data) else {
-            panic!("adamw: moments must be f32 (made by zeros)")
-        };
-        self.adamw_scaled(param, &g, ms, vs, None, &adamw_hyper(st, st.grad_scale));
+        optimizer::adamw(self, param, grad, m, v, st)
     }
 
     /// The norm and clip factor stay on the device (`Kernels::clip_scale`);
@@ -1223,32 +990,13 @@ impl Backend for Cuda {
         avg: f64,
         max_norm: f64,
     ) -> f64 {
-        let views: Vec<View<'_, f32>> = grads.iter().map(|g| self.f32v(g)).collect();
-        let sized: Vec<(&CudaSlice<f32>, usize)> = views
-            .iter()
-            .zip(grads)
-            .map(|(view, g)| (&**view, g.numel()))
-            .collect();
-        let mut scale = ok("adamw_clipped", self.k.zeros::<f32>(1));
-        let mut norm = ok("adamw_clipped", self.k.zeros::<f64>(1));
-        ok(
-            "adamw_clipped",
-            self.k
-                .clip_scale(&sized, avg, max_norm, &mut scale, &mut norm),
-        );
-        for (i, p) in params.iter_mut().enumerate() {
-            assert_eq!(p.shape, grads[i].shape, "adamw: grad shape");
-            let (Data::F32(ms), Data::F32(vs)) = (&mut m[i].data, &mut v[i].data) else {
-                panic!("adamw: moments must be f32 (made by zeros)")
-            };
-            // grad_scale 1, times `scale` on the device: avg x clip
-            let hp = adamw_hyper(&steps[i], 1.0);
-            self.adamw_scaled(p, &views[i], ms, vs, Some(&scale), &hp);
-        }
-        ok("adamw_clipped", self.k.download(&norm))[0]
+        optimizer::adamw_clipped(self, params, grads, (m, v), steps, avg, max_norm)
     }
 }
 
+mod attention;
+mod logprob;
+mod optimizer;
 mod paged;
 pub use paged::{block_tables, PagedMode, SPLIT_K_MAX_ROWS};
 
