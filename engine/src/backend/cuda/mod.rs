@@ -42,8 +42,8 @@ use half::bf16;
 use igpo_kernels::gemm::Blas;
 use igpo_kernels::host::MaskArgs;
 use igpo_kernels::launch::{
-    AdamW, AdamWState, AttnArgs, AttnDims, DeviceMask, Kernels, NormInput, Reused, RopeArgs,
-    SampleArgs, SwigluInput, VarlenSeqs,
+    AdamW, AdamWState, AttnArgs, AttnDims, DeviceMask, Kernels, Reused, RopeArgs, SampleArgs,
+    SwigluInput, VarlenSeqs,
 };
 use igpo_kernels::PtxCache;
 
@@ -549,67 +549,15 @@ impl Backend for Cuda {
     }
 
     fn linear(&self, x: &CudaTensor, w: &CudaTensor, bias: Option<&CudaTensor>) -> CudaTensor {
-        let (m, k) = (x.rows(), x.cols());
-        let n = w.rows();
-        assert_eq!(
-            w.cols(),
-            k,
-            "linear: x has {k} columns, weight {:?}",
-            w.shape
-        );
-        let mut out = self.new_bf16(&[m, n]);
-        let (xb, wb) = (self.bf(x), self.bf(w));
-        if let Data::Bf16(y) = &mut out.data {
-            ok("linear", self.blas.linear(y, &*xb, &*wb, (m, n, k)));
-            if let Some(b) = bias {
-                assert_eq!(b.numel(), n, "linear: bias length");
-                ok("linear bias", self.k.add_bias(y, &self.bf(b), m, n));
-            }
-        }
-        out
+        dense::linear(self, x, w, bias)
     }
 
     fn rms_norm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32) -> CudaTensor {
-        let (rows, d) = (x.rows(), x.cols());
-        assert_eq!(w.numel(), d, "rms_norm: weight length");
-        let mut out = self.new_bf16(&x.shape);
-        if let Data::Bf16(o) = &mut out.data {
-            ok(
-                "rms_norm",
-                self.k.rms_norm(
-                    o,
-                    None,
-                    &NormInput {
-                        x: &self.bf(x),
-                        w: &self.bf(w),
-                        eps,
-                    },
-                    rows,
-                    d,
-                ),
-            );
-        }
-        out
+        norm::rms_norm(self, x, w, eps)
     }
 
     fn head_rms_norm(&self, x: &CudaTensor, w: &CudaTensor, eps: f32) -> CudaTensor {
-        let mut out = self.new_bf16(&x.shape);
-        if let Data::Bf16(o) = &mut out.data {
-            ok(
-                "head_rms_norm",
-                self.k.head_rms_norm(
-                    o,
-                    &NormInput {
-                        x: &self.bf(x),
-                        w: &self.bf(w),
-                        eps,
-                    },
-                    x.numel(),
-                    w.numel(),
-                ),
-            );
-        }
-        out
+        norm::head_rms_norm(self, x, w, eps)
     }
 
     fn rope(&self, x: &mut CudaTensor, positions: &[usize], rope: &Rope) {
@@ -628,16 +576,7 @@ impl Backend for Cuda {
     }
 
     fn swiglu(&self, gate: &CudaTensor, up: &CudaTensor) -> CudaTensor {
-        assert_eq!(gate.shape, up.shape, "swiglu: shapes");
-        let mut out = self.new_bf16(&gate.shape);
-        if let Data::Bf16(o) = &mut out.data {
-            ok(
-                "swiglu",
-                self.k
-                    .swiglu(o, &swiglu_input(&self.bf(gate), &self.bf(up), gate)),
-            );
-        }
-        out
+        dense::swiglu(self, gate, up)
     }
 
     fn embedding(&self, table: &CudaTensor, ids: &[u32]) -> CudaTensor {
@@ -807,30 +746,7 @@ impl Backend for Cuda {
         dw: &mut CudaTensor,
         db: Option<&mut CudaTensor>,
     ) -> CudaTensor {
-        let (m, k, n) = (x.rows(), x.cols(), w.rows());
-        assert_eq!(dy.shape, [m, n], "linear_backward: dy shape");
-        let mut dx = self.new_bf16(&[m, k]);
-        let dyb = self.bf(dy);
-        let Data::F32(dws) = &mut dw.data else {
-            panic!("linear_backward: weight gradients must be f32 (made by zeros)")
-        };
-        if let Data::Bf16(dxs) = &mut dx.data {
-            ok(
-                "linear_backward",
-                self.blas
-                    .linear_backward(dxs, dws, &*self.bf(x), &*self.bf(w), &*dyb, (m, n, k)),
-            );
-        }
-        if let Some(db) = db {
-            let Data::F32(dbs) = &mut db.data else {
-                panic!("linear_backward: bias gradients must be f32 (made by zeros)")
-            };
-            ok(
-                "linear_backward bias",
-                self.k.bias_backward(dbs, &dyb, m, n),
-            );
-        }
-        dx
+        dense::linear_backward(self, x, w, dy, dw, db)
     }
 
     fn rms_norm_backward(
@@ -841,29 +757,7 @@ impl Backend for Cuda {
         eps: f32,
         dw: &mut CudaTensor,
     ) -> CudaTensor {
-        let (rows, d) = (x.rows(), x.cols());
-        let mut dx = self.new_bf16(&x.shape);
-        let Data::F32(dws) = &mut dw.data else {
-            panic!("rms_norm_backward: weight gradients must be f32 (made by zeros)")
-        };
-        if let Data::Bf16(dxs) = &mut dx.data {
-            ok(
-                "rms_norm_backward",
-                self.k.rms_norm_backward(
-                    dxs,
-                    dws,
-                    &NormInput {
-                        x: &self.bf(x),
-                        w: &self.bf(w),
-                        eps,
-                    },
-                    &self.bf(dy),
-                    rows,
-                    d,
-                ),
-            );
-        }
-        dx
+        norm::rms_norm_backward(self, x, w, dy, eps, dw)
     }
 
     fn head_rms_norm_backward(
@@ -874,28 +768,7 @@ impl Backend for Cuda {
         eps: f32,
         dw: &mut CudaTensor,
     ) -> CudaTensor {
-        let mut dx = self.new_bf16(&x.shape);
-        let Data::F32(dws) = &mut dw.data else {
-            panic!("head_rms_norm_backward: weight gradients must be f32 (made by zeros)")
-        };
-        if let Data::Bf16(dxs) = &mut dx.data {
-            ok(
-                "head_rms_norm_backward",
-                self.k.head_rms_norm_backward(
-                    dxs,
-                    dws,
-                    &NormInput {
-                        x: &self.bf(x),
-                        w: &self.bf(w),
-                        eps,
-                    },
-                    &self.bf(dy),
-                    x.numel(),
-                    w.numel(),
-                ),
-            );
-        }
-        dx
+        norm::head_rms_norm_backward(self, x, w, dy, eps, dw)
     }
 
     fn rope_backward(&self, dx: &mut CudaTensor, positions: &[usize], rope: &Rope) {
@@ -908,19 +781,7 @@ impl Backend for Cuda {
         up: &CudaTensor,
         dy: &CudaTensor,
     ) -> (CudaTensor, CudaTensor) {
-        let (mut dg, mut du) = (self.new_bf16(&gate.shape), self.new_bf16(&up.shape));
-        if let (Data::Bf16(a), Data::Bf16(b)) = (&mut dg.data, &mut du.data) {
-            ok(
-                "swiglu_backward",
-                self.k.swiglu_backward(
-                    a,
-                    b,
-                    &swiglu_input(&self.bf(gate), &self.bf(up), gate),
-                    &self.bf(dy),
-                ),
-            );
-        }
-        (dg, du)
+        dense::swiglu_backward(self, gate, up, dy)
     }
 
     fn embedding_backward(&self, ids: &[u32], dy: &CudaTensor, dtable: &mut CudaTensor) {
@@ -995,7 +856,9 @@ impl Backend for Cuda {
 }
 
 mod attention;
+mod dense;
 mod logprob;
+mod norm;
 mod optimizer;
 mod paged;
 pub use paged::{block_tables, PagedMode, SPLIT_K_MAX_ROWS};
