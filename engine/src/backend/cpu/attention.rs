@@ -259,20 +259,7 @@ pub fn backward(
                     false,
                 );
                 // dS = P * (dP - rowsum(dO * O))
-                for i in 0..rows {
-                    let at = (r0 + i) * q_cols + h * d;
-                    let delta: f32 = dout[at..at + d]
-                        .iter()
-                        .zip(&out[at..at + d])
-                        .map(|(a, b)| a * b)
-                        .sum();
-                    for (ds, pv) in dp[i * n..(i + 1) * n]
-                        .iter_mut()
-                        .zip(&p[i * n..(i + 1) * n])
-                    {
-                        *ds = pv * (*ds - delta);
-                    }
-                }
+                softmax_backward(&mut dp, &p, (dout, out), (r0, rows, n), h, s);
                 // dQ = scale * dS K ; dK += scale * dS^T Q
                 gemm(
                     (rows, d, n),
@@ -310,6 +297,49 @@ pub fn backward(
             (dq, dk, dv)
         })
         .collect();
+    merge_heads(&per_head, (m, n), s)
+}
+
+/// `dS = P * (dP - rowsum(dO * O))` in place of `dp`, for the `rows` query
+/// rows from `r0` of head `h` against `n` keys.
+fn softmax_backward(
+    dp: &mut [f32],
+    p: &[f32],
+    (dout, out): (&[f32], &[f32]),
+    (r0, rows, n): (usize, usize, usize),
+    h: usize,
+    s: AttnShape,
+) {
+    let (d, q_cols) = (s.head_dim, s.n_heads * s.head_dim);
+    for i in 0..rows {
+        let at = (r0 + i) * q_cols + h * d;
+        let delta: f32 = dout[at..at + d]
+            .iter()
+            .zip(&out[at..at + d])
+            .map(|(a, b)| a * b)
+            .sum();
+        for (ds, pv) in dp[i * n..(i + 1) * n]
+            .iter_mut()
+            .zip(&p[i * n..(i + 1) * n])
+        {
+            *ds = pv * (*ds - delta);
+        }
+    }
+}
+
+/// The full `(dq, dk, dv)` from each head's: dQ placed in its head's
+/// columns, dK and dV summed over the heads of a KV group in head order.
+fn merge_heads(
+    per_head: &[(Vec<f32>, Vec<f32>, Vec<f32>)],
+    (m, n): (usize, usize),
+    s: AttnShape,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (d, q_cols, kv_cols) = (
+        s.head_dim,
+        s.n_heads * s.head_dim,
+        s.n_kv_heads * s.head_dim,
+    );
+    let group = s.n_heads / s.n_kv_heads;
     let mut dq = vec![0.0f32; m * q_cols];
     let mut dk = vec![0.0f32; n * kv_cols];
     let mut dv = vec![0.0f32; n * kv_cols];
