@@ -271,7 +271,7 @@ model="$WORK/agent-bench-model"
 cp "$KIT/tokenizer.json" "$model/"
 mkdir -p "$OUT/bench"
 for sharing in "" --no-prefix-sharing; do
-    "$BIN/igpo" bench agent --device cuda --model "$model" --tool "$KIT/plugins/echo.wasm" \
+    "$BIN/igpo" bench agent --device cuda --model "$model" --tool "$KIT/plugins/echo-tool.wasm" \
         --rollouts 256 --group-size 16 --max-new-tokens 128 $sharing \
         --out "$OUT/bench/agent${sharing:+-unshared}.json"
 done'

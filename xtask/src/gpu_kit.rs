@@ -97,13 +97,13 @@ pub fn gpu_kit() -> Result<()> {
     // The demo's plugins (demo.sh: the whole pipeline on the GPU).
     let plugins = crate::plugins::build_plugins(false)?;
     std::fs::create_dir_all(kit.join("plugins")).map_err(|e| format!(".gpu-kit/plugins: {e}"))?;
-    // echo: the instant tool of run.sh's agent-rollout bench.
-    for name in ["bm25-search", "qa-dataset", "qa-reward", "echo"] {
+    // echo-tool: the instant tool of run.sh's agent-rollout bench.
+    for name in ["bm25-search", "qa-dataset", "qa-reward", "echo-tool"] {
         let wasm = format!("{name}.wasm");
         std::fs::copy(plugins.join(&wasm), kit.join("plugins").join(&wasm))
             .map_err(|e| format!("{} -> .gpu-kit/plugins: {e}", plugins.join(&wasm).display()))?;
         manifest.push(format!(
-            "plugins/{wasm}: the demo's plugin (echo: the agent bench's tool)"
+            "plugins/{wasm}: the demo's plugin (echo-tool: the agent bench's tool)"
         ));
     }
     write(&kit.join("SHA256SUMS"), &sums)?;
