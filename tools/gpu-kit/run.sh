@@ -267,8 +267,10 @@ fi
 # bash: `timeout` runs no shell function).
 AGENT_BENCH='set -e
 model="$WORK/agent-bench-model"
-"$BIN/igpo" model init "$model" --preset qwen2.5-0.5b --vocab-from "$KIT/tokenizer.json"
-cp "$KIT/tokenizer.json" "$model/"
+# The real Qwen2.5 tokenizer (unpacked with the binaries): the tiny one of
+# the kit cannot spell the forced tool call.
+"$BIN/igpo" model init "$model" --preset qwen2.5-0.5b --vocab-from "$BIN/qwen2.5-tokenizer.json"
+cp "$BIN/qwen2.5-tokenizer.json" "$model/tokenizer.json"
 mkdir -p "$OUT/bench"
 for sharing in "" --no-prefix-sharing; do
     "$BIN/igpo" bench agent --device cuda --model "$model" --tool "$KIT/plugins/echo-tool.wasm" \
