@@ -89,9 +89,15 @@ pub fn gpu_kit() -> Result<()> {
     // The agent bench needs a real tokenizer: the tiny one below cannot
     // spell a tool call. Unpacked into $BIN with the binaries.
     let tokenizer = stage.join("qwen2.5-tokenizer.json");
-    std::fs::copy(crate::data::unpack()?.join("qwen2.5-tokenizer.json"), &tokenizer)
-        .map_err(|e| format!("{}: {e}", tokenizer.display()))?;
-    sums.push_str(&format!("{}  qwen2.5-tokenizer.json\n", sha256(&tokenizer)?));
+    std::fs::copy(
+        crate::data::unpack()?.join("qwen2.5-tokenizer.json"),
+        &tokenizer,
+    )
+    .map_err(|e| format!("{}: {e}", tokenizer.display()))?;
+    sums.push_str(&format!(
+        "{}  qwen2.5-tokenizer.json\n",
+        sha256(&tokenizer)?
+    ));
     let packed = compress(&tokenizer, "xz", &["-9e", "-T0", "-c"])?;
     std::fs::copy(&packed, kit.join("qwen2.5-tokenizer.json.xz"))
         .map_err(|e| format!(".gpu-kit/qwen2.5-tokenizer.json.xz: {e}"))?;
