@@ -146,6 +146,117 @@ fn bm25_ranks_gold_squad_paragraph_top3_for_80_percent_of_200_questions() {
     assert_eq!(out.lines().count(), 5);
 }
 
+/// The same 200 questions as above, drawn the same way.
+fn squad_sample() -> Vec<(String, String)> {
+    let all = squad_questions();
+    let mut rng = igpo::rng::Rng::new(20_240_404);
+    let mut idx: Vec<usize> = (0..all.len()).collect();
+    for i in 0..200 {
+        let j = i + (rng.next_u64() % (all.len() - i) as u64) as usize;
+        idx.swap(i, j);
+    }
+    idx[..200].iter().map(|&i| all[i].clone()).collect()
+}
+
+#[test]
+fn bm25_over_an_index_on_disk_ranks_as_over_the_corpus_in_a_small_sandbox() {
+    let plugins =
+        plugins_or_skip!("bm25_over_an_index_on_disk_ranks_as_over_the_corpus_in_a_small_sandbox");
+    let corpus = corpus_dir();
+    // `igpo data index`'s library call, into a grant of its own.
+    let grant = scratch("bm25-index-grant");
+    let s = igpo::data::index::build_index(
+        &[corpus.join("corpus.jsonl")],
+        &grant.join("wiki"),
+        64 << 20,
+    )
+    .unwrap();
+    assert_eq!(s.documents, 12_100);
+    // An index in place is never overwritten.
+    let e = igpo::data::index::build_index(
+        &[corpus.join("corpus.jsonl")],
+        &grant.join("wiki"),
+        1 << 20,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("not empty"), "{e}");
+    let format = json!({"k": 5, "format": "{id} {score}", "separator": "\n"});
+    let mut on_disk = format.clone();
+    on_disk["index"] = json!("wiki");
+    let host = host(&plugins);
+    let memory = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&corpus)
+            .config(format),
+    )
+    .unwrap();
+    // 16 MiB of linear memory: the corpus in memory needs more (below); the
+    // index only what a query reads.
+    let small = limits(|l| l.memory_bytes = 16 << 20);
+    let t0 = Instant::now();
+    let disk = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&grant)
+            .config(on_disk)
+            .limits(small.clone()),
+    )
+    .unwrap();
+    eprintln!(
+        "bm25 over the index: opened in {:.3} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let mut lines = 0;
+    for (q, _) in squad_sample() {
+        let args = json!({ "query": q }).to_string();
+        let (a, b) = (memory.call(&args).unwrap(), disk.call(&args).unwrap());
+        assert_eq!(a, b, "{q}");
+        lines += a.lines().count();
+    }
+    // Up to 5 passages each (a question of rare words matches fewer).
+    assert!(lines > 950, "{lines} passages for 200 questions");
+    let e = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&corpus)
+            .limits(small),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("memory cap"),
+        "the corpus in memory in 16 MiB: {e}"
+    );
+    // An index that is not there, or both sources: one line at load.
+    let e = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&grant)
+            .config(json!({"index": "nope"})),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("index `nope`") && e.contains("index.json"),
+        "{e}"
+    );
+    let e = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&grant)
+            .config(json!({"index": "wiki", "corpus": "c.jsonl"})),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("not both"), "{e}");
+}
+
 #[test]
 fn bm25_bad_arguments_and_missing_grant_are_clear_errors() {
     let plugins = plugins_or_skip!("bm25_bad_arguments_and_missing_grant_are_clear_errors");

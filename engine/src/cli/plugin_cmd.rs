@@ -94,6 +94,19 @@ pub enum DataCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build the BM25 index of a passage corpus once, on disk, for the
+    /// `bm25-search` plugin (`index` in its config) and `igpo serve retrieval`.
+    Index {
+        /// JSONL file(s) of {id, title, text}, one passage a line, in order.
+        #[arg(required = true)]
+        corpus: Vec<PathBuf>,
+        /// The index folder to create (must not exist, or be empty).
+        #[arg(long)]
+        out: PathBuf,
+        /// Memory for postings before they spill to sorted runs on disk (MiB).
+        #[arg(long, default_value_t = 512)]
+        memory_mib: usize,
+    },
     /// Generate the synthetic multi-hop world of the demo into a folder:
     /// corpus.jsonl, train.jsonl, dev.jsonl, sft.jsonl (demonstrations with
     /// real search results), tokenizer.json, synth.json.
@@ -318,6 +331,29 @@ pub fn run_data(cmd: DataCommand) -> CliResult {
             let passages = crate::data::build_corpus(squad.as_deref(), wiki.as_deref())?;
             crate::data::write_jsonl(&out, &passages)?;
             tracing::info!("wrote {} passages to {}", passages.len(), out.display());
+        }
+        DataCommand::Index {
+            corpus,
+            out,
+            memory_mib,
+        } => {
+            let t0 = std::time::Instant::now();
+            let s = crate::data::index::build_index(&corpus, &out, memory_mib << 20)?;
+            println!(
+                "indexed {} passages ({} terms, {} postings, mean length {:.1}) into {}: {:.1} MiB, {:.1} s{}",
+                s.documents,
+                s.terms,
+                s.postings,
+                s.avg_len,
+                out.display(),
+                s.bytes as f64 / (1 << 20) as f64,
+                t0.elapsed().as_secs_f64(),
+                if s.runs > 0 {
+                    format!(", {} runs merged", s.runs)
+                } else {
+                    String::new()
+                }
+            );
         }
         DataCommand::Synth(a) => synth(a)?,
     }

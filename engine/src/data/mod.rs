@@ -8,6 +8,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod index;
 pub mod synth;
 
 use serde::{Deserialize, Serialize};

@@ -1,15 +1,25 @@
-//! `search`: BM25 over a passage corpus read from the plugin's granted
-//! directory (mounted at `/data`). The corpus is JSONL, one `{"id", "title",
-//! "text"}` object a line (`igpo data corpus` writes it from SQuAD and
-//! Wikipedia summaries). Returns the top-k passages formatted for the agent.
+//! `search`: BM25 over a passage corpus in the plugin's granted directory
+//! (mounted at `/data`). Returns the top-k passages formatted for the agent.
+//!
+//! Two sources, the same ranking (the tokenizer and the scoring are
+//! `igpo_retrieval`'s, the float order is the same):
+//! - `index`: a folder written once by `igpo data index`; `init` opens it and a
+//!   call reads only its terms' posting lists and the passages it returns, so
+//!   an instance's memory does not grow with the corpus;
+//! - `corpus` (the default, `corpus.jsonl`): JSONL, one `{"id", "title",
+//!   "text"}` object a line (`igpo data corpus` writes it), indexed in memory
+//!   by every instance at `init` — fine for small corpora.
 
 wit_bindgen::generate!({ path: "../../wit", world: "tool" });
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::path::Path;
 
 use exports::igpo::plugins::tool_api::{Guest, ToolError, ToolInfo};
 use igpo::plugins::types::PluginInfo;
+use igpo_retrieval::text::{passage_tokens, tokens};
+use igpo_retrieval::{Bm25, Document, Index, Scorer};
 use serde::Deserialize;
 
 /// Where the host mounts the granted read-only directory.
@@ -18,9 +28,14 @@ const DATA_DIR: &str = "/data";
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// JSONL file(s), relative to the granted directory.
-    #[serde(default = "default_corpus")]
-    corpus: OneOrMany,
+    /// JSONL file(s), relative to the granted directory (default
+    /// `corpus.jsonl` when there is no `index`).
+    #[serde(default)]
+    corpus: Option<OneOrMany>,
+    /// An index folder written by `igpo data index`, relative to the granted
+    /// directory; instead of `corpus`.
+    #[serde(default)]
+    index: Option<String>,
     /// Passages returned when the call does not say.
     #[serde(default = "default_k")]
     k: usize,
@@ -49,9 +64,6 @@ enum OneOrMany {
     Many(Vec<String>),
 }
 
-fn default_corpus() -> OneOrMany {
-    OneOrMany::One("corpus.jsonl".into())
-}
 fn default_k() -> usize {
     3
 }
@@ -72,63 +84,50 @@ fn default_b() -> f32 {
 }
 
 #[derive(Deserialize)]
-struct Passage {
-    #[serde(default)]
-    id: serde_json::Value,
-    #[serde(default)]
-    title: String,
-    text: String,
-}
-
-#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Args {
     query: String,
     k: Option<usize>,
 }
 
-struct Doc {
-    id: String,
-    title: String,
-    text: String,
-}
-
-struct Index {
-    cfg: Config,
-    docs: Vec<Doc>,
-    doc_len: Vec<f32>,
+/// A `corpus` indexed in memory by this instance.
+struct MemoryIndex {
+    docs: Vec<Document>,
+    /// Terms per document.
+    doc_len: Vec<u32>,
     avg_len: f32,
     terms: HashMap<String, u32>,
     /// Per term: (doc, term frequency).
     postings: Vec<Vec<(u32, u32)>>,
 }
 
+/// Where the passages come from.
+enum Source {
+    Memory(MemoryIndex),
+    Disk(Index),
+}
+
+struct State {
+    cfg: Config,
+    source: Source,
+}
+
 thread_local! {
-    static INDEX: RefCell<Option<Index>> = const { RefCell::new(None) };
+    static STATE: RefCell<Option<State>> = const { RefCell::new(None) };
 }
 
-const STOPWORDS: &[&str] = &[
-    "a", "an", "and", "are", "as", "at", "be", "but", "by", "did", "do", "does", "for", "from",
-    "had", "has", "have", "he", "her", "his", "how", "i", "if", "in", "into", "is", "it", "its",
-    "of", "on", "or", "she", "that", "the", "their", "them", "there", "these", "they", "this",
-    "to", "was", "were", "what", "when", "where", "which", "who", "whom", "why", "will", "with",
-];
-
-fn tokens(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphanumeric())
-        .filter(|t| !t.is_empty())
-        .map(|t| t.to_lowercase())
-        .filter(|t| !STOPWORDS.contains(&t.as_str()))
+/// A path in the config, relative to the granted directory unless absolute.
+fn granted(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("{DATA_DIR}/{path}")
+    }
 }
 
-impl Index {
-    fn build(cfg: Config) -> Result<Index, String> {
-        let files = match &cfg.corpus {
-            OneOrMany::One(f) => vec![f.clone()],
-            OneOrMany::Many(v) => v.clone(),
-        };
-        let mut ix = Index {
-            cfg,
+impl MemoryIndex {
+    fn build(files: &[String]) -> Result<MemoryIndex, String> {
+        let mut ix = MemoryIndex {
             docs: vec![],
             doc_len: vec![],
             avg_len: 0.0,
@@ -136,12 +135,7 @@ impl Index {
             postings: vec![],
         };
         for file in files {
-            let path = if file.starts_with('/') {
-                file.clone()
-            } else {
-                format!("{DATA_DIR}/{file}")
-            };
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+            let text = std::fs::read_to_string(granted(file)).map_err(|e| {
                 format!(
                     "corpus `{file}`: {e} (is it inside the directory the run grants this plugin?)"
                 )
@@ -150,32 +144,24 @@ impl Index {
                 if line.trim().is_empty() {
                     continue;
                 }
-                let p: Passage = serde_json::from_str(line)
+                let doc = Document::from_corpus_line(line, ix.docs.len() as u64)
                     .map_err(|e| format!("corpus `{file}` line {}: {e}", n + 1))?;
-                let id = match p.id {
-                    serde_json::Value::String(s) => s,
-                    serde_json::Value::Null => format!("{}", ix.docs.len()),
-                    other => other.to_string(),
-                };
-                ix.add(Doc {
-                    id,
-                    title: p.title,
-                    text: p.text,
-                });
+                ix.add(doc);
             }
         }
         if ix.docs.is_empty() {
             return Err("corpus is empty".into());
         }
-        ix.avg_len = ix.doc_len.iter().sum::<f32>() / ix.docs.len() as f32;
+        // An f32 sum in corpus order: `igpo data index` computes the same.
+        ix.avg_len = ix.doc_len.iter().map(|&l| l as f32).sum::<f32>() / ix.docs.len() as f32;
         Ok(ix)
     }
 
-    fn add(&mut self, doc: Doc) {
+    fn add(&mut self, doc: Document) {
         let d = self.docs.len() as u32;
         let mut tf: HashMap<u32, u32> = HashMap::new();
         let mut len = 0u32;
-        for t in tokens(&doc.title).chain(tokens(&doc.text)) {
+        for t in passage_tokens(&doc.title, &doc.text) {
             let next = self.terms.len() as u32;
             let id = *self.terms.entry(t).or_insert(next);
             if id as usize == self.postings.len() {
@@ -187,27 +173,28 @@ impl Index {
         for (t, f) in tf {
             self.postings[t as usize].push((d, f));
         }
-        self.doc_len.push(len as f32);
+        self.doc_len.push(len);
         self.docs.push(doc);
     }
 
-    fn search(&self, query: &str, k: usize) -> Vec<(u32, f32)> {
-        let n = self.docs.len() as f32;
-        let (k1, b) = (self.cfg.k1, self.cfg.b);
+    fn search(&self, query: &str, k: usize, params: Bm25) -> Vec<(u32, f32)> {
+        let scorer = Scorer {
+            params,
+            docs: self.docs.len() as f32,
+            avg_len: self.avg_len,
+        };
         let mut scores = vec![0f32; self.docs.len()];
         let mut qterms: Vec<u32> = tokens(query)
             .filter_map(|t| self.terms.get(&t).copied())
             .collect();
+        // Terms in id order (first appearance in the corpus): the index's order.
         qterms.sort_unstable();
         qterms.dedup();
         for t in qterms {
             let post = &self.postings[t as usize];
-            let df = post.len() as f32;
-            let idf = ((n - df + 0.5) / (df + 0.5) + 1.0).ln();
+            let idf = scorer.idf(post.len() as u32);
             for &(d, f) in post {
-                let f = f as f32;
-                let norm = k1 * (1.0 - b + b * self.doc_len[d as usize] / self.avg_len);
-                scores[d as usize] += idf * f * (k1 + 1.0) / (f + norm);
+                scores[d as usize] += scorer.term_score(idf, f, self.doc_len[d as usize]);
             }
         }
         let mut hits: Vec<(u32, f32)> = scores
@@ -221,11 +208,56 @@ impl Index {
         hits.truncate(k);
         hits
     }
+}
 
-    fn format(&self, hits: &[(u32, f32)]) -> String {
+impl State {
+    fn open(cfg: Config) -> Result<State, String> {
+        let source = match (&cfg.index, &cfg.corpus) {
+            (Some(_), Some(_)) => {
+                return Err("config: give `index` or `corpus`, not both".into())
+            }
+            (Some(dir), None) => Source::Disk(Index::open(Path::new(&granted(dir))).map_err(
+                |e| format!("index `{dir}`: {e} (is it inside the directory the run grants this plugin?)"),
+            )?),
+            (None, corpus) => {
+                let files = match corpus {
+                    None => vec!["corpus.jsonl".to_string()],
+                    Some(OneOrMany::One(f)) => vec![f.clone()],
+                    Some(OneOrMany::Many(v)) => v.clone(),
+                };
+                Source::Memory(MemoryIndex::build(&files)?)
+            }
+        };
+        Ok(State { cfg, source })
+    }
+
+    fn search(&self, query: &str, k: usize) -> Result<Vec<(u32, f32)>, String> {
+        let params = Bm25 {
+            k1: self.cfg.k1,
+            b: self.cfg.b,
+        };
+        match &self.source {
+            Source::Memory(m) => Ok(m.search(query, k, params)),
+            Source::Disk(ix) => Ok(ix
+                .search(query, k, params)
+                .map_err(|e| format!("index: {e}"))?
+                .into_iter()
+                .map(|h| (h.doc, h.score))
+                .collect()),
+        }
+    }
+
+    fn format(&self, hits: &[(u32, f32)]) -> Result<String, String> {
         let mut out = Vec::with_capacity(hits.len());
         for (rank, (d, score)) in hits.iter().enumerate() {
-            let doc = &self.docs[*d as usize];
+            let read;
+            let doc = match &self.source {
+                Source::Memory(m) => &m.docs[*d as usize],
+                Source::Disk(ix) => {
+                    read = ix.document(*d).map_err(|e| format!("index: {e}"))?;
+                    &read
+                }
+            };
             let text: String =
                 if self.cfg.max_chars > 0 && doc.text.chars().count() > self.cfg.max_chars {
                     let mut t: String = doc.text.chars().take(self.cfg.max_chars).collect();
@@ -244,7 +276,7 @@ impl Index {
                     .replace("{text}", &text),
             );
         }
-        out.join(&self.cfg.separator)
+        Ok(out.join(&self.cfg.separator))
     }
 }
 
@@ -258,7 +290,8 @@ impl Guest for Search {
                 version: env!("CARGO_PKG_VERSION").into(),
                 description: "Searches a Wikipedia passage corpus (BM25) and returns the most relevant passages.".into(),
                 config_schema: r#"{"type":"object","additionalProperties":false,"properties":{
-"corpus":{"description":"JSONL file(s) of {id,title,text} in the granted directory","oneOf":[{"type":"string"},{"type":"array","items":{"type":"string"}}],"default":"corpus.jsonl"},
+"corpus":{"description":"JSONL file(s) of {id,title,text} in the granted directory, indexed in memory by each instance (default corpus.jsonl when there is no index)","oneOf":[{"type":"string"},{"type":"array","items":{"type":"string"}}]},
+"index":{"type":"string","description":"a folder written by `igpo data index`, in the granted directory; instead of corpus"},
 "k":{"type":"integer","minimum":1,"default":3},
 "max_k":{"type":"integer","minimum":1,"default":20},
 "format":{"type":"string","description":"one passage; placeholders {rank} {id} {title} {text} {score}","default":"Doc {rank} (Title: {title}) {text}"},
@@ -282,11 +315,14 @@ impl Guest for Search {
         if cfg.k == 0 || cfg.max_k == 0 {
             return Err("config: k and max_k must be >= 1".into());
         }
-        if !(cfg.k1 >= 0.0 && (0.0..=1.0).contains(&cfg.b)) {
-            return Err("config: need k1 >= 0 and 0 <= b <= 1".into());
+        Bm25 {
+            k1: cfg.k1,
+            b: cfg.b,
         }
-        let ix = Index::build(cfg)?;
-        INDEX.with(|i| *i.borrow_mut() = Some(ix));
+        .check()
+        .map_err(|e| format!("config: {e}"))?;
+        let state = State::open(cfg)?;
+        STATE.with(|s| *s.borrow_mut() = Some(state));
         Ok(())
     }
 
@@ -296,17 +332,17 @@ impl Guest for Search {
                 "expected {{\"query\": string, \"k\"?: integer}}: {e}"
             ))
         })?;
-        INDEX.with(|i| {
-            let i = i.borrow();
-            let ix = i
+        STATE.with(|s| {
+            let s = s.borrow();
+            let st = s
                 .as_ref()
                 .ok_or_else(|| ToolError::Failed("not initialized".into()))?;
-            let k = a.k.unwrap_or(ix.cfg.k).clamp(1, ix.cfg.max_k);
-            let hits = ix.search(&a.query, k);
+            let k = a.k.unwrap_or(st.cfg.k).clamp(1, st.cfg.max_k);
+            let hits = st.search(&a.query, k).map_err(ToolError::Failed)?;
             if hits.is_empty() {
                 return Ok("No results.".into());
             }
-            Ok(ix.format(&hits))
+            st.format(&hits).map_err(ToolError::Failed)
         })
     }
 }
