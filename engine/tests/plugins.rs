@@ -169,19 +169,39 @@ fn bm25_over_an_index_on_disk_ranks_as_over_the_corpus_in_a_small_sandbox() {
         &[corpus.join("corpus.jsonl")],
         &grant.join("wiki"),
         64 << 20,
+        false,
     )
     .unwrap();
     assert_eq!(s.documents, 12_100);
-    // An index in place is never overwritten.
+    // An index in place is never overwritten without --force.
     let e = igpo::data::index::build_index(
         &[corpus.join("corpus.jsonl")],
         &grant.join("wiki"),
         1 << 20,
+        false,
     )
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("not empty"), "{e}");
+    assert!(e.contains("not empty") && e.contains("--force"), "{e}");
+    // With it, a failed build (a missing corpus) leaves the old index whole;
+    // a good one (1 MiB of postings in memory: spilled runs) replaces it.
+    let missing = grant.join("missing.jsonl");
+    let e = igpo::data::index::build_index(&[missing], &grant.join("wiki"), 1 << 20, true)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("missing.jsonl"), "{e}");
+    assert!(igpo_retrieval::Index::open(&grant.join("wiki")).is_ok());
+    let again = igpo::data::index::build_index(
+        &[corpus.join("corpus.jsonl")],
+        &grant.join("wiki"),
+        1 << 20,
+        true,
+    )
+    .unwrap();
+    assert!(again.runs > 1, "{again:?}");
+    assert_eq!((again.terms, again.postings), (s.terms, s.postings));
     let format = json!({"k": 5, "format": "{id} {score}", "separator": "\n"});
     let mut on_disk = format.clone();
     on_disk["index"] = json!("wiki");

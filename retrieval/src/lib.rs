@@ -11,7 +11,7 @@
 //!   terms' posting lists and the returned documents (document-at-a-time, a
 //!   top-k heap): its memory does not grow with the corpus.
 //!
-//! The on-disk format is described in [`format`].
+//! The on-disk format is described in [`format`](mod@format).
 
 pub mod format;
 mod reader;

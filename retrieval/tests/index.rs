@@ -8,39 +8,8 @@ use std::path::PathBuf;
 use igpo_retrieval::text::passage_tokens;
 use igpo_retrieval::{Bm25, Document, Index, IndexWriter};
 
-/// A seeded corpus with a skewed vocabulary: common words in most passages.
-fn corpus(n: usize, seed: u64) -> Vec<Document> {
-    let mut s = seed;
-    let mut next = move || {
-        s ^= s << 13;
-        s ^= s >> 7;
-        s ^= s << 17;
-        s
-    };
-    let words: Vec<String> = (0..400).map(|i| format!("w{i}")).collect();
-    (0..n)
-        .map(|d| {
-            let len = 3 + next() % 40;
-            let text: Vec<&str> = (0..len)
-                .map(|_| {
-                    // Roughly Zipf: small indices far more often.
-                    let r = (next() % 1000) as f64 / 1000.0;
-                    let i = ((r * r * r) * words.len() as f64) as usize;
-                    if next() % 9 == 0 {
-                        "The"
-                    } else {
-                        words[i].as_str()
-                    }
-                })
-                .collect();
-            Document {
-                id: format!("p{d}"),
-                title: words[(next() % 50) as usize].to_uppercase(),
-                text: text.join(" "),
-            }
-        })
-        .collect()
-}
+mod common;
+use common::corpus;
 
 /// The plugin's in-memory search: ids by first appearance, a dense score
 /// array, terms added in id order, ties by corpus order.

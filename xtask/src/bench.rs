@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: the engine beside PyTorch (CPU or CUDA), the plugin host, agent rollouts.
+//! `cargo xtask bench`: the engine beside PyTorch (CPU or CUDA), the plugin host, agent rollouts,
+//! retrieval at corpus scale.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -21,10 +22,12 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
                     .clone()
             }
             s if s.starts_with("--device=") => device = s["--device=".len()..].to_string(),
-            "forward" | "plugins" | "rollout" if what.is_none() => what = Some(a.as_str()),
+            "forward" | "plugins" | "rollout" | "retrieval" if what.is_none() => {
+                what = Some(a.as_str())
+            }
             other => {
                 return Err(format!(
-                    "unknown bench argument `{other}` (forward, plugins, rollout; --device cpu|cuda[:N])"
+                    "unknown bench argument `{other}` (forward, plugins, rollout, retrieval; --device cpu|cuda[:N])"
                 ))
             }
         }
@@ -34,13 +37,14 @@ pub(crate) fn bench(args: &[String]) -> Result<()> {
             return Err(format!("--device {device}: use cpu, cuda or cuda:N"));
         }
         if what.is_some_and(|w| w != "forward") {
-            return Err("--device cuda measures the model side by side with PyTorch; plugins and rollout are CPU benches".into());
+            return Err("--device cuda measures the model side by side with PyTorch; plugins, rollout and retrieval are CPU benches".into());
         }
         return bench_cuda(&device);
     }
     match what {
         Some("plugins") => return bench_plugins(),
         Some("rollout") => return bench_rollout(),
+        Some("retrieval") => return bench_retrieval(),
         Some(_) => {}
         None => {
             bench_plugins()?;
@@ -254,6 +258,24 @@ fn bench_rollout() -> Result<()> {
     );
     Ok(())
 }
+/// BM25 at corpus scale: 2 million synthetic passages (generated from a seed,
+/// kept with their index in `target/bench/retrieval-work` for reruns), index
+/// build, query latency through the plugin; writes `target/bench/retrieval.json`.
+/// Not part of the default `cargo xtask bench` (minutes, ~5 GB of disk).
+fn bench_retrieval() -> Result<()> {
+    let dir = plugins()?;
+    let out = target().join("bench");
+    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    run(igpo_release()
+        .args(["bench", "retrieval", "--passages", "2000000", "--plugins"])
+        .arg(&dir)
+        .arg("--work")
+        .arg(out.join("retrieval-work"))
+        .arg("--out")
+        .arg(out.join("retrieval.json"))
+        .env("IGPO_CACHE_DIR", target().join("cache")))
+}
+
 /// Plugin host throughput: a no-op tool call and a BM25 query on the
 /// 12k-passage corpus, one thread and pooled over every core; writes
 /// `target/bench/plugins.json`.

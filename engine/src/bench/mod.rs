@@ -8,6 +8,7 @@
 
 pub mod agent;
 pub mod plugins;
+pub mod retrieval;
 
 use std::time::Instant;
 

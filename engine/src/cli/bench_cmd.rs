@@ -26,6 +26,10 @@ pub enum BenchCommand {
     /// Time and peak memory of the fused lm-head log-prob of chosen tokens
     /// (forward, and forward + backward) on random inputs of a given shape.
     Score(ScoreArgs),
+    /// BM25 at corpus scale: a synthetic corpus from a seed, its on-disk
+    /// index (build time, peak memory, size), query latency through the
+    /// bm25-search plugin (one instance and a pool) and its smallest memory cap.
+    Retrieval(RetrievalArgs),
 }
 
 #[derive(clap::Args)]
@@ -145,6 +149,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Agent(a) => (agent(&a)?, a.out),
         BenchCommand::Attention(a) => (attention(&a)?, a.out),
         BenchCommand::Score(a) => (score(&a)?, a.out),
+        BenchCommand::Retrieval(a) => (retrieval(&a)?, a.out.clone()),
     };
     println!("{json}");
     if let Some(path) = out {
@@ -155,6 +160,52 @@ pub fn run(cmd: BenchCommand) -> CliResult {
 }
 
 type Json = Result<String, Box<dyn std::error::Error>>;
+
+#[derive(clap::Args)]
+pub struct RetrievalArgs {
+    /// Passages of the synthetic corpus.
+    #[arg(long, default_value_t = 2_000_000)]
+    passages: usize,
+    #[arg(long, default_value_t = 100)]
+    words_per_passage: usize,
+    /// Distinct words (Zipf-distributed).
+    #[arg(long, default_value_t = 200_000)]
+    vocabulary: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for the corpus and its index (reused when already there).
+    #[arg(long)]
+    work: PathBuf,
+    /// Folder with bm25-search.wasm (`cargo xtask plugins`).
+    #[arg(long)]
+    plugins: PathBuf,
+    /// `igpo data index --memory-mib`.
+    #[arg(long, default_value_t = 512)]
+    memory_mib: usize,
+    #[arg(long, default_value_t = 1000)]
+    queries: usize,
+    /// Seconds per latency measurement.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn retrieval(a: &RetrievalArgs) -> Json {
+    let spec = bench::retrieval::RetrievalBenchSpec {
+        passages: a.passages,
+        words_per_passage: a.words_per_passage,
+        vocabulary: a.vocabulary,
+        seed: a.seed,
+        work: a.work.clone(),
+        memory_mib: a.memory_mib,
+        plugins: a.plugins.clone(),
+        queries: a.queries,
+        duration: std::time::Duration::from_secs_f64(a.seconds),
+    };
+    let r = bench::retrieval::retrieval_bench(&PluginHost::default(), &spec)?;
+    Ok(serde_json::to_string_pretty(&r)?)
+}
 
 fn forward(a: &ForwardArgs) -> Json {
     let backend = open_device(&a.device)?;

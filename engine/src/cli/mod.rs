@@ -9,6 +9,7 @@ mod generate_cmd;
 mod logging;
 mod model_cmd;
 mod plugin_cmd;
+mod serve_cmd;
 mod train_cmd;
 
 use clap::error::ErrorKind;
@@ -62,9 +63,12 @@ enum Command {
     /// Check, describe and call plugin components (.wasm).
     #[command(subcommand)]
     Plugin(plugin_cmd::PluginCommand),
-    /// Convert data for plugins (e.g. the search corpus).
+    /// Convert data for plugins (the search corpus, its BM25 index).
     #[command(subcommand)]
     Data(plugin_cmd::DataCommand),
+    /// Serve data over HTTP (a retrieval index under Search-R1's protocol).
+    #[command(subcommand)]
+    Serve(serve_cmd::ServeCommand),
 }
 
 #[derive(Subcommand)]
@@ -102,6 +106,7 @@ pub fn main() -> i32 {
         Err(e) => e.exit(),
     };
     logging::init(cli.quiet, cli.verbose);
+    let verbose = cli.verbose > 0;
     let result = match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
         Command::Model(cmd) => model_cmd::run(cmd),
@@ -121,6 +126,7 @@ pub fn main() -> i32 {
         Command::Bench(cmd) => bench_cmd::run(cmd),
         Command::Plugin(cmd) => plugin_cmd::run(cmd),
         Command::Data(cmd) => plugin_cmd::run_data(cmd),
+        Command::Serve(cmd) => serve_cmd::run(cmd, verbose),
     };
     match result {
         Ok(()) => 0,

@@ -106,6 +106,9 @@ pub enum DataCommand {
         /// Memory for postings before they spill to sorted runs on disk (MiB).
         #[arg(long, default_value_t = 512)]
         memory_mib: usize,
+        /// Replace an index already in --out (once the new one is complete).
+        #[arg(long)]
+        force: bool,
     },
     /// Generate the synthetic multi-hop world of the demo into a folder:
     /// corpus.jsonl, train.jsonl, dev.jsonl, sft.jsonl (demonstrations with
@@ -336,9 +339,10 @@ pub fn run_data(cmd: DataCommand) -> CliResult {
             corpus,
             out,
             memory_mib,
+            force,
         } => {
             let t0 = std::time::Instant::now();
-            let s = crate::data::index::build_index(&corpus, &out, memory_mib << 20)?;
+            let s = crate::data::index::build_index(&corpus, &out, memory_mib << 20, force)?;
             println!(
                 "indexed {} passages ({} terms, {} postings, mean length {:.1}) into {}: {:.1} MiB, {:.1} s{}",
                 s.documents,

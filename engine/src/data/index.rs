@@ -17,12 +17,14 @@ use super::DataError;
 const BATCH_LINES: usize = 8192;
 
 /// Builds the index of `corpora` (JSONL `{"id","title","text"}` files, read
-/// in order) into `out`, which must not exist yet or be empty. Postings beyond
-/// `run_budget_bytes` spill to disk.
+/// in order) into `out`, which must not exist yet or be empty unless
+/// `replace` (then an index already there is replaced only once the new one
+/// is complete). Postings beyond `run_budget_bytes` spill to disk.
 pub fn build_index(
     corpora: &[PathBuf],
     out: &Path,
     run_budget_bytes: usize,
+    replace: bool,
 ) -> Result<IndexSummary, DataError> {
     let fmt = |path: &Path, message: String| DataError::Format {
         path: path.to_path_buf(),
@@ -31,14 +33,18 @@ pub fn build_index(
     if corpora.is_empty() {
         return Err(fmt(out, "no corpus file given".into()));
     }
-    if out.exists()
+    let occupied = out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
-            .unwrap_or(true)
-    {
+            .unwrap_or(true);
+    if occupied && !(replace && out.join(igpo_retrieval::format::META).is_file()) {
         return Err(fmt(
             out,
-            "exists and is not empty; remove it or choose another --out".into(),
+            if replace {
+                "exists and is not an index; remove it or choose another --out".into()
+            } else {
+                "exists and is not empty; remove it, choose another --out or pass --force".into()
+            },
         ));
     }
     let name = out
@@ -49,7 +55,8 @@ pub fn build_index(
     match result {
         Ok(summary) => {
             if out.exists() {
-                std::fs::remove_dir(out).map_err(|source| DataError::Io {
+                // Only an index (checked above) or an empty folder is removed.
+                std::fs::remove_dir_all(out).map_err(|source| DataError::Io {
                     path: out.to_path_buf(),
                     source,
                 })?;
