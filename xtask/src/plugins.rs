@@ -8,6 +8,7 @@ use crate::{cargo, root, run, target, Result};
 /// The Rust guest crates under `plugins/` and the file names they get.
 const RUST_PLUGINS: &[&str] = &[
     "bm25-search",
+    "http-search",
     "qa-reward",
     "qa-dataset",
     "echo-tool",

@@ -37,6 +37,10 @@ pub enum PluginCommand {
         /// Sandbox limits as JSON, e.g. '{"call_timeout_ms": 2000}'.
         #[arg(long)]
         limits: Option<String>,
+        /// An origin the tool may reach over HTTP, `http://host:port`
+        /// (repeat for several; the run file's `allow_http`).
+        #[arg(long = "allow-http", value_name = "ORIGIN")]
+        allow_http: Vec<String>,
     },
     /// Print the agent's system prompt presenting these tools (what SFT
     /// transcripts teaching the protocol must start with).
@@ -201,7 +205,8 @@ pub fn run(cmd: PluginCommand) -> CliResult {
             args,
             dir,
             limits,
-        } => call(&host, &file, &config, &args, dir, limits)?,
+            allow_http,
+        } => call(&host, &file, &config, &args, dir, limits, allow_http)?,
         PluginCommand::Prompt {
             files,
             protocol,
@@ -226,8 +231,11 @@ fn call(
     args: &str,
     dir: Option<PathBuf>,
     limits: Option<String>,
+    allow_http: Vec<String>,
 ) -> CliResult {
-    let mut spec = PluginSpec::new(file).config(parse_json("--config", config)?);
+    let mut spec = PluginSpec::new(file)
+        .config(parse_json("--config", config)?)
+        .allow_http(allow_http);
     spec.readonly_dir = dir;
     if let Some(l) = limits {
         spec.limits =

@@ -11,7 +11,9 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, ResourceTable};
 use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use super::http::{HttpGate, HttpHooks};
 use super::stderr::StderrTail;
 use super::{PluginError, PluginSpec, SandboxLimits, EPOCH_TICK, GUEST_DATA_DIR, WIT_VERSION};
 
@@ -262,6 +264,9 @@ impl ResourceLimiter for Limiter {
 /// What one instance's store holds.
 pub(crate) struct HostState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    /// Its plugin's HTTP policy (allow list, limits).
+    http_hooks: HttpHooks,
     table: ResourceTable,
     pub(crate) limiter: Limiter,
     pub(crate) stderr: StderrTail,
@@ -276,8 +281,22 @@ impl WasiView for HostState {
     }
 }
 
-/// A fresh sandboxed store for one instance of `spec`'s plugin.
-pub(crate) fn new_store(spec: &PluginSpec) -> Result<Store<HostState>, PluginError> {
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
+        }
+    }
+}
+
+/// A fresh sandboxed store for one instance of `spec`'s plugin; `http` is
+/// the plugin's HTTP policy, shared by its instances.
+pub(crate) fn new_store(
+    spec: &PluginSpec,
+    http: &Arc<HttpGate>,
+) -> Result<Store<HostState>, PluginError> {
     let stderr = StderrTail::new(4096);
     let mut b = WasiCtxBuilder::new();
     b.stderr(stderr.clone())
@@ -286,6 +305,7 @@ pub(crate) fn new_store(spec: &PluginSpec) -> Result<Store<HostState>, PluginErr
         .allow_tcp(false)
         .allow_udp(false)
         .allow_ip_name_lookup(false)
+        // Raw sockets stay closed; HTTP goes through `http_hooks` only.
         .socket_addr_check(|_, _| Box::pin(async { false }));
     if let Some(dir) = &spec.readonly_dir {
         let grant = |message: String| PluginError::Grant {
@@ -301,6 +321,8 @@ pub(crate) fn new_store(spec: &PluginSpec) -> Result<Store<HostState>, PluginErr
     }
     let state = HostState {
         wasi: b.build(),
+        http: WasiHttpCtx::new(),
+        http_hooks: HttpHooks(http.clone()),
         table: ResourceTable::new(),
         limiter: Limiter {
             memory_cap: spec.limits.memory_bytes,

@@ -26,12 +26,18 @@ impl tool_wit::igpo::plugins::types::Host for HostState {}
 impl reward_wit::igpo::plugins::types::Host for HostState {}
 impl dataset_wit::igpo::plugins::types::Host for HostState {}
 
+/// One world's linker: WASI, plus `wasi:http` for tools (`http`).
 macro_rules! linker {
-    ($world:ty) => {{
+    ($world:ty, $http:expr) => {{
         static LINKER: OnceLock<Linker<HostState>> = OnceLock::new();
         LINKER.get_or_init(|| {
             let mut l = Linker::new(engine());
             wasmtime_wasi::p2::add_to_linker_sync(&mut l).expect("WASI links");
+            if $http {
+                // Requests go through the plugin's gate (`http.rs`).
+                wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut l)
+                    .expect("wasi:http links");
+            }
             <$world>::add_to_linker::<_, HasSelf<_>>(&mut l, |s| s).expect("world links");
             l
         })
@@ -72,7 +78,7 @@ impl Kind for tool_wit::Tool {
     const WORLD: World = World::Tool;
     type Pre = tool_wit::ToolPre<HostState>;
     fn linker() -> &'static Linker<HostState> {
-        linker!(tool_wit::Tool)
+        linker!(tool_wit::Tool, true)
     }
     fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
         tool_wit::ToolPre::new(ip)
@@ -233,7 +239,7 @@ impl Kind for reward_wit::Reward {
     const WORLD: World = World::Reward;
     type Pre = reward_wit::RewardPre<HostState>;
     fn linker() -> &'static Linker<HostState> {
-        linker!(reward_wit::Reward)
+        linker!(reward_wit::Reward, false)
     }
     fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
         reward_wit::RewardPre::new(ip)
@@ -385,7 +391,7 @@ impl Kind for dataset_wit::Dataset {
     const WORLD: World = World::Dataset;
     type Pre = dataset_wit::DatasetPre<HostState>;
     fn linker() -> &'static Linker<HostState> {
-        linker!(dataset_wit::Dataset)
+        linker!(dataset_wit::Dataset, false)
     }
     fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre> {
         dataset_wit::DatasetPre::new(ip)
@@ -509,9 +515,10 @@ pub(crate) fn describe(
     let world = host.world_of(&spec.path, &component)?;
     let label = spec.path.display().to_string();
     let limits = &spec.limits;
+    let http = super::pool::http_gate(spec, world)?;
     type Described = (PluginInfo, Option<String>);
     let run = |f: &dyn Fn(&mut Store<HostState>) -> wasmtime::Result<Described>| {
-        let mut store = super::host::new_store(spec)?;
+        let mut store = super::host::new_store(spec, &http)?;
         store.set_epoch_deadline(super::host::ticks(limits.init_timeout));
         f(&mut store).map_err(|e| {
             super::host::classify(&label, "describe", limits, limits.init_timeout, &store, e)

@@ -16,7 +16,8 @@
 //!   once per machine.
 //! - Each instance gets its own store: a memory cap over all its linear
 //!   memories ([`SandboxLimits::memory_bytes`]), no environment variables, no
-//!   arguments, no network (TCP, UDP and name lookup denied), stdio discarded
+//!   arguments, no sockets (TCP, UDP and name lookup denied), HTTP only to
+//!   the origins a tool's [`PluginSpec::allow_http`] lists (`http.rs`), stdio discarded
 //!   except a bounded stderr tail quoted in trap errors, and no files except
 //!   the run's read-only grant ([`PluginSpec::readonly_dir`]), mounted at
 //!   [`GUEST_DATA_DIR`] inside the guest.
@@ -29,6 +30,7 @@
 //!   boundary and ends with a note saying so.
 
 mod host;
+mod http;
 mod kinds;
 mod pool;
 pub mod scaffold;
@@ -40,6 +42,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use host::{inspect, PluginDescription, PluginHost, World};
+pub use http::Origin;
 pub use kinds::{
     DatasetPlugin, Example, PluginInfo, RewardOutput, RewardPlugin, ToolInfo, ToolPlugin, ToolPool,
     TrajectoryRecord, TurnRecord,
@@ -70,6 +73,18 @@ pub struct SandboxLimits {
     pub max_output_bytes: usize,
     /// Most instances of this plugin alive at once (parallel calls).
     pub instances: usize,
+    /// Cap on every timeout of one outgoing HTTP request (connect, first
+    /// byte, between bytes); the guest may ask for shorter ones. A guest
+    /// waiting on HTTP is not interrupted by `call_timeout` until the wait
+    /// ends, so keep this below it.
+    #[serde(with = "millis", rename = "http_timeout_ms")]
+    pub http_timeout: Duration,
+    /// Longest HTTP response body a guest receives, in bytes; past it the
+    /// body stream fails (`HTTP-response-body-size`).
+    pub http_max_response_bytes: u64,
+    /// Most HTTP requests of this plugin (all instances) in flight at once;
+    /// more wait up to `http_timeout` for a slot.
+    pub http_max_concurrent: usize,
 }
 
 impl Default for SandboxLimits {
@@ -82,6 +97,11 @@ impl Default for SandboxLimits {
             instances: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
+            // Below `call_timeout`, so a slow server is a clean tool error
+            // rather than a stopped call.
+            http_timeout: Duration::from_secs(5),
+            http_max_response_bytes: 1 << 20,
+            http_max_concurrent: 16,
         }
     }
 }
@@ -109,6 +129,10 @@ pub struct PluginSpec {
     /// The only directory the plugin may read (read-only, at `/data`).
     #[serde(default)]
     pub readonly_dir: Option<PathBuf>,
+    /// Tools only: the origins (`http://host:port`) the plugin may send
+    /// `wasi:http` requests to; empty (the default) = no network.
+    #[serde(default)]
+    pub allow_http: Vec<String>,
     #[serde(default)]
     pub limits: SandboxLimits,
 }
@@ -125,6 +149,7 @@ impl PluginSpec {
             name: None,
             config: empty_object(),
             readonly_dir: None,
+            allow_http: vec![],
             limits: SandboxLimits::default(),
         }
     }
@@ -134,6 +159,11 @@ impl PluginSpec {
     }
     pub fn readonly_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.readonly_dir = Some(dir.into());
+        self
+    }
+    /// The origins the plugin may reach over HTTP (`http://127.0.0.1:8000`).
+    pub fn allow_http<S: Into<String>>(mut self, origins: impl IntoIterator<Item = S>) -> Self {
+        self.allow_http = origins.into_iter().map(Into::into).collect();
         self
     }
     pub fn limits(mut self, limits: SandboxLimits) -> Self {
@@ -203,6 +233,10 @@ pub enum PluginError {
     InvalidOutput { plugin: String, message: String },
     #[error("{plugin}: invalid JSON config: {message}")]
     Config { plugin: String, message: String },
+    /// A run-file setting the plugin cannot have (a bad `allow_http` entry,
+    /// `allow_http` on a reward or dataset).
+    #[error("{plugin}: {message}")]
+    Spec { plugin: String, message: String },
 }
 
 /// A failed tool call. [`ToolError::agent_message`] is the text the agent

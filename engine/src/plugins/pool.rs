@@ -2,12 +2,13 @@
 //! idle instance (or makes a new one, up to the limit) and throws away any
 //! instance whose call failed at the wasm level.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use wasmtime::component::{InstancePre, Linker};
 use wasmtime::Store;
 
 use super::host::{classify, new_store, one_line, ticks, HostState, PluginHost, World};
+use super::http::HttpGate;
 use super::{PluginError, PluginSpec};
 
 /// One world's bindings, as the pool needs them.
@@ -40,6 +41,7 @@ pub(crate) struct Pool<K: Kind> {
     pub(crate) spec: PluginSpec,
     config: String,
     pre: K::Pre,
+    http: Arc<HttpGate>,
     max: usize,
     state: Mutex<State<K>>,
     cv: Condvar,
@@ -67,6 +69,21 @@ pub(crate) fn prepare<K: Kind>(
     K::pre(ip).map_err(link)
 }
 
+/// The HTTP policy of `spec`: a bad `allow_http` entry, or one on a plugin
+/// that is not a tool, is a [`PluginError::Spec`].
+pub(crate) fn http_gate(spec: &PluginSpec, world: World) -> Result<Arc<HttpGate>, PluginError> {
+    let bad = |message: String| PluginError::Spec {
+        plugin: spec.path.display().to_string(),
+        message,
+    };
+    if world != World::Tool && !spec.allow_http.is_empty() {
+        return Err(bad(format!(
+            "allow_http is for tool plugins only (this is a {world} plugin)"
+        )));
+    }
+    HttpGate::new(spec).map_err(bad)
+}
+
 impl<K: Kind> Pool<K> {
     /// Prepares the component and makes (and `init`s) one instance, so a
     /// bad config fails here, at load.
@@ -79,12 +96,14 @@ impl<K: Kind> Pool<K> {
             plugin: label.clone(),
             message: e.to_string(),
         })?;
+        let http = http_gate(spec, K::WORLD)?;
         let pre = prepare::<K>(host, spec)?;
         let pool = Pool {
             label,
             spec: spec.clone(),
             config,
             pre,
+            http,
             max: spec.limits.instances.max(1),
             state: Mutex::new(State {
                 idle: vec![],
@@ -106,7 +125,7 @@ impl<K: Kind> Pool<K> {
 
     fn create(&self) -> Result<Inst<K>, PluginError> {
         let limits = &self.spec.limits;
-        let mut store = new_store(&self.spec)?;
+        let mut store = new_store(&self.spec, &self.http)?;
         store.set_epoch_deadline(ticks(limits.init_timeout));
         let guest = K::instantiate(&self.pre, &mut store).map_err(|e| {
             classify(

@@ -67,6 +67,11 @@ const PLUGIN_KEYS: &[KeyDoc] = &[
     ex("readonly_dir", "path", "\"data\"", "The only directory the plugin may read, mounted read-only at `/data`."),
 ];
 
+/// Tools only: where the plugin may reach over HTTP.
+const TOOL_KEYS: &[KeyDoc] = &[
+    ex("allow_http", "list of strings", "[\"http://127.0.0.1:8000\"]", "The origins (`http://host:port`, `https://host:port`; port default 80/443) the plugin may send `wasi:http` requests to, compared literally (no name lookup, redirects not followed); anything else is refused with an error naming the origin. None by default: no network."),
+];
+
 const LIMIT_KEYS: &[KeyDoc] = &[
     ex(
         "memory_bytes",
@@ -97,6 +102,24 @@ const LIMIT_KEYS: &[KeyDoc] = &[
         "integer",
         "4",
         "Most instances alive at once (parallel calls); default: the CPU count.",
+    ),
+    ex(
+        "http_timeout_ms",
+        "integer",
+        "5000",
+        "Cap on each timeout of an HTTP request (connect, first byte, between bytes), in ms (`allow_http` plugins); keep it below `call_timeout_ms`, which cannot stop a call while it waits on HTTP.",
+    ),
+    ex(
+        "http_max_response_bytes",
+        "integer",
+        "1048576",
+        "Longest HTTP response body a plugin receives; past it the body ends with an error (`HTTP-response-body-size`).",
+    ),
+    ex(
+        "http_max_concurrent",
+        "integer",
+        "16",
+        "Most HTTP requests of the plugin (all its instances) in flight at once; more wait up to `http_timeout_ms`.",
     ),
 ];
 
@@ -134,7 +157,7 @@ pub fn train_sections() -> Vec<Section> {
         Section {
             header: "[[tools]]",
             doc: "A tool plugin the agent may call (repeat the section for several; none = closed book).",
-            keys: PLUGIN_KEYS.to_vec(),
+            keys: [PLUGIN_KEYS, TOOL_KEYS].concat(),
             defaults: None,
         },
         Section {
