@@ -278,6 +278,92 @@ fn bm25_over_an_index_on_disk_ranks_as_over_the_corpus_in_a_small_sandbox() {
 }
 
 #[test]
+fn http_search_through_igpo_serve_retrieval_ranks_as_bm25_search_over_the_same_index() {
+    let plugins = plugins_or_skip!(
+        "http_search_through_igpo_serve_retrieval_ranks_as_bm25_search_over_the_same_index"
+    );
+    let grant = scratch("http-search-index");
+    igpo::data::index::build_index(
+        &[corpus_dir().join("corpus.jsonl")],
+        &grant.join("wiki"),
+        64 << 20,
+        false,
+    )
+    .unwrap();
+    let server = plugins_support::RetrievalServer::start(&grant.join("wiki"));
+    // Every field of every passage, passages apart by a record separator.
+    let shown = json!({"k": 3, "format": "{id}\t{title}\t{text}", "separator": "\n\u{1e}\n"});
+    let mut on_disk = shown.clone();
+    on_disk["index"] = json!("wiki");
+    let mut over_http = shown.clone();
+    over_http["url"] = json!(server.origin);
+    let host = host(&plugins);
+    let bm25 = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&grant)
+            .config(on_disk),
+    )
+    .unwrap();
+    let http = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("http-search.wasm"))
+            .config(over_http)
+            .allow_http([server.origin.clone()])
+            .limits(limits(|l| l.instances = 2)),
+    )
+    .unwrap();
+    let (mut top1, mut top3, mut passages) = (0, 0, 0);
+    for (q, gold) in squad_sample() {
+        let args = json!({ "query": q }).to_string();
+        let (a, b) = (bm25.call(&args).unwrap(), http.call(&args).unwrap());
+        assert_eq!(a, b, "{q}");
+        let ids: Vec<&str> = b
+            .split("\n\u{1e}\n")
+            .map(|p| p.split('\t').next().unwrap())
+            .collect();
+        passages += ids.len();
+        top1 += usize::from(ids.first() == Some(&gold.as_str()));
+        top3 += usize::from(ids.contains(&gold.as_str()));
+    }
+    eprintln!(
+        "http-search via igpo serve retrieval, 200 SQuAD questions: {passages} passages, top-1 {top1}/200, top-3 {top3}/200"
+    );
+    assert!(passages > 550, "{passages}");
+    // The rate the in-memory bm25 test holds (same ranking, same questions).
+    assert!(
+        top3 >= 160,
+        "gold paragraph in the top 3 for only {top3}/200"
+    );
+    // The agent's default rendering too.
+    let http_default = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("http-search.wasm"))
+            .config(json!({"url": server.origin, "k": 2, "max_chars": 300}))
+            .allow_http([server.origin.clone()]),
+    )
+    .unwrap();
+    let bm25_default = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .readonly_dir(&grant)
+            .config(json!({"index": "wiki", "k": 2, "max_chars": 300})),
+    )
+    .unwrap();
+    for (q, _) in squad_sample().iter().take(40) {
+        let args = json!({ "query": q }).to_string();
+        assert_eq!(
+            bm25_default.call(&args).unwrap(),
+            http_default.call(&args).unwrap()
+        );
+    }
+    // The server gone: a tool error the agent can read.
+    drop(server);
+    let e = http_default.call(r#"{"query": "Super Bowl"}"#).unwrap_err();
+    assert!(e.to_string().contains("http"), "{e}");
+}
+
+#[test]
 fn bm25_bad_arguments_and_missing_grant_are_clear_errors() {
     let plugins = plugins_or_skip!("bm25_bad_arguments_and_missing_grant_are_clear_errors");
     let host = host(&plugins);

@@ -150,6 +150,16 @@ fn agent_config(temperature: f32) -> AgentConfig {
     }
 }
 
+/// Trajectories without their tool latencies (wall-clock): everything else
+/// must repeat exactly.
+fn timeless(v: &[Trajectory]) -> Vec<Trajectory> {
+    let mut v = v.to_vec();
+    v.iter_mut()
+        .flat_map(|t| t.turns.iter_mut())
+        .for_each(|m| m.latency_ms = 0.0);
+    v
+}
+
 #[test]
 fn tool_sft_rollouts_call_bm25_for_real_and_are_reproducible() {
     let test = "tool_sft_rollouts_call_bm25_for_real_and_are_reproducible";
@@ -172,14 +182,6 @@ fn tool_sft_rollouts_call_bm25_for_real_and_are_reproducible() {
     // Rollout i depends only on (seed, i), not on which others share the
     // batch: the first two again, alone, must repeat exactly.
     let (b, _) = run_agent(&model, &tok, Some(tools.clone()), &cfg, &tasks[..2], 5).unwrap();
-    // Tool latency is wall-clock; everything else must repeat exactly.
-    let timeless = |v: &[Trajectory]| {
-        let mut v = v.to_vec();
-        v.iter_mut()
-            .flat_map(|t| t.turns.iter_mut())
-            .for_each(|m| m.latency_ms = 0.0);
-        v
-    };
     assert!(
         timeless(&a[..2]) == timeless(&b),
         "the same seed must give the same trajectories"
@@ -230,6 +232,73 @@ fn tool_sft_rollouts_call_bm25_for_real_and_are_reproducible() {
     assert!(
         calls >= 1,
         "the tool-SFT model must make at least one real bm25-search call"
+    );
+}
+
+#[test]
+fn tool_sft_rollouts_over_http_search_match_bm25_search_over_the_same_index() {
+    let test = "tool_sft_rollouts_over_http_search_match_bm25_search_over_the_same_index";
+    let Some(model_dir) = common::smollm2_tool_dir(test) else {
+        return;
+    };
+    let Some(plugins) = plugins_support::plugin_dir(test) else {
+        return;
+    };
+    let host = plugins_support::host(&plugins);
+    let corpus = corpus("http-rollout-corpus");
+    igpo::data::index::build_index(
+        &[corpus.join("corpus.jsonl")],
+        &corpus.join("index"),
+        64 << 20,
+        false,
+    )
+    .unwrap();
+    let server = plugins_support::RetrievalServer::start(&corpus.join("index"));
+    let mut on_disk = bm25_config();
+    on_disk["index"] = serde_json::json!("index");
+    let mut over_http = bm25_config();
+    over_http["url"] = serde_json::json!(server.origin);
+    let disk = ToolPool::load(
+        &host,
+        &[PluginSpec::new(plugins.join("bm25-search.wasm"))
+            .config(on_disk)
+            .readonly_dir(&corpus)],
+    )
+    .unwrap();
+    let http = ToolPool::load(
+        &host,
+        &[PluginSpec::new(plugins.join("http-search.wasm"))
+            .config(over_http)
+            .allow_http([server.origin.clone()])],
+    )
+    .unwrap();
+    // The prompt the model was tuned on, for both (the two plugins describe
+    // themselves differently; the model must see the same text).
+    let mut cfg = agent_config(0.8);
+    cfg.system_prompt = Some(agent_system_prompt(
+        &cfg,
+        Some(&disk),
+        &ToolCallFormat::Prompted,
+    ));
+    let tasks = tasks(&host, &plugins, 20);
+    let model = igpo::model::load(&model_dir, Cpu).unwrap();
+    let tok = Tokenizer::load_dir(&model_dir).unwrap();
+    let (a, stats) = run_agent(&model, &tok, Some(Arc::new(disk)), &cfg, &tasks, 7).unwrap();
+    let (b, _) = run_agent(&model, &tok, Some(Arc::new(http)), &cfg, &tasks, 7).unwrap();
+    let searched = a
+        .iter()
+        .flat_map(|t| &t.turns)
+        .filter(|m| m.tool.is_some() && !m.tool_error)
+        .count();
+    eprintln!(
+        "20 rollouts each way: {} tokens, {searched} successful searches, {:.1} tok/s",
+        stats.generated_tokens,
+        stats.generated_tokens as f64 / stats.wall_s
+    );
+    assert!(searched >= 10, "only {searched} searches to compare");
+    assert!(
+        timeless(&a) == timeless(&b),
+        "http-search via the server must give the trajectories bm25-search over the index gives"
     );
 }
 

@@ -39,3 +39,53 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// `igpo serve retrieval`'s server over an index, on a free loopback port in
+/// its own runtime; stopped (gracefully) when dropped.
+pub struct RetrievalServer {
+    pub origin: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RetrievalServer {
+    pub fn start(index: &std::path::Path) -> RetrievalServer {
+        use igpo_retrieval::serve::{bind, ServerConfig};
+        let ix = std::sync::Arc::new(igpo_retrieval::Index::open(index).unwrap());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bound = rt
+            .block_on(bind(ServerConfig {
+                addr: ([127, 0, 0, 1], 0).into(),
+                ..ServerConfig::default()
+            }))
+            .unwrap();
+        let origin = format!("http://{}", bound.local_addr);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            rt.block_on(bound.run(ix, async {
+                let _ = stopped.await;
+            }))
+            .unwrap();
+        });
+        RetrievalServer {
+            origin,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for RetrievalServer {
+    fn drop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
