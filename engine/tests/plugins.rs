@@ -364,6 +364,30 @@ fn http_search_through_igpo_serve_retrieval_ranks_as_bm25_search_over_the_same_i
 }
 
 #[test]
+fn a_run_file_description_is_what_the_agent_is_shown_and_only_for_tools() {
+    let plugins =
+        plugins_or_skip!("a_run_file_description_is_what_the_agent_is_shown_and_only_for_tools");
+    let host = host(&plugins);
+    let own = ToolPlugin::load(&host, &PluginSpec::new(plugins.join("echo-tool.wasm"))).unwrap();
+    let told = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("echo-tool.wasm")).description("Repeats its input."),
+    )
+    .unwrap();
+    assert_ne!(own.info().plugin.description, "Repeats its input.");
+    assert_eq!(told.info().plugin.description, "Repeats its input.");
+    assert_eq!(own.info().parameters_schema, told.info().parameters_schema);
+    let e = RewardPlugin::load(
+        &host,
+        &PluginSpec::new(plugins.join("qa-reward.wasm")).description("x"),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("description is for tool plugins only"), "{e}");
+}
+
+#[test]
 fn bm25_bad_arguments_and_missing_grant_are_clear_errors() {
     let plugins = plugins_or_skip!("bm25_bad_arguments_and_missing_grant_are_clear_errors");
     let host = host(&plugins);

@@ -265,21 +265,24 @@ fn tool_sft_rollouts_over_http_search_match_bm25_search_over_the_same_index() {
             .readonly_dir(&corpus)],
     )
     .unwrap();
+    // The two plugins describe themselves differently: the run file's
+    // `description` gives the agent the same text for both (what the model
+    // was tuned on), so the prompts are the same.
+    let described = disk.infos()[0].plugin.description.clone();
     let http = ToolPool::load(
         &host,
         &[PluginSpec::new(plugins.join("http-search.wasm"))
             .config(over_http)
+            .description(described)
             .allow_http([server.origin.clone()])],
     )
     .unwrap();
-    // The prompt the model was tuned on, for both (the two plugins describe
-    // themselves differently; the model must see the same text).
-    let mut cfg = agent_config(0.8);
-    cfg.system_prompt = Some(agent_system_prompt(
-        &cfg,
-        Some(&disk),
-        &ToolCallFormat::Prompted,
-    ));
+    let shown = |p: &ToolPool| {
+        let i = p.infos()[0].clone();
+        (i.name, i.plugin.description, i.parameters_schema)
+    };
+    assert_eq!(shown(&disk), shown(&http), "what the agent is shown");
+    let cfg = agent_config(0.8);
     let tasks = tasks(&host, &plugins, 20);
     let model = igpo::model::load(&model_dir, Cpu).unwrap();
     let tok = Tokenizer::load_dir(&model_dir).unwrap();

@@ -119,7 +119,10 @@ impl ToolPlugin {
         let d = pool.call("describe", |g, s| {
             g.igpo_plugins_tool_api().call_describe(s)
         })?;
-        let plugin = PluginInfo::from(d.info);
+        let mut plugin = PluginInfo::from(d.info);
+        if let Some(text) = &spec.description {
+            plugin.description = text.clone();
+        }
         let name = spec.name.clone().unwrap_or_else(|| plugin.name.clone());
         let file = spec
             .path

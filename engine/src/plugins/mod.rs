@@ -123,6 +123,11 @@ pub struct PluginSpec {
     /// Rename a tool (two `search` tools over different corpora).
     #[serde(default)]
     pub name: Option<String>,
+    /// Tools only: the description the agent prompt shows instead of the
+    /// plugin's own (say what the corpus behind a search tool is; two tools
+    /// over the same corpus can present the same text).
+    #[serde(default)]
+    pub description: Option<String>,
     /// JSON config handed to the plugin's `init` (`{}` when absent).
     #[serde(default = "empty_object")]
     pub config: serde_json::Value,
@@ -147,6 +152,7 @@ impl PluginSpec {
         PluginSpec {
             path: path.into(),
             name: None,
+            description: None,
             config: empty_object(),
             readonly_dir: None,
             allow_http: vec![],
@@ -168,6 +174,11 @@ impl PluginSpec {
     }
     pub fn limits(mut self, limits: SandboxLimits) -> Self {
         self.limits = limits;
+        self
+    }
+    /// The description the agent prompt shows for this tool.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
         self
     }
     pub fn name(mut self, name: impl Into<String>) -> Self {

@@ -69,8 +69,8 @@ pub(crate) fn prepare<K: Kind>(
     K::pre(ip).map_err(link)
 }
 
-/// The HTTP policy of `spec`: a bad `allow_http` entry, or one on a plugin
-/// that is not a tool, is a [`PluginError::Spec`].
+/// The HTTP policy of `spec`: a bad `allow_http` entry, or one (or a
+/// `description`) on a plugin that is not a tool, is a [`PluginError::Spec`].
 pub(crate) fn http_gate(spec: &PluginSpec, world: World) -> Result<Arc<HttpGate>, PluginError> {
     let bad = |message: String| PluginError::Spec {
         plugin: spec.path.display().to_string(),
@@ -79,6 +79,11 @@ pub(crate) fn http_gate(spec: &PluginSpec, world: World) -> Result<Arc<HttpGate>
     if world != World::Tool && !spec.allow_http.is_empty() {
         return Err(bad(format!(
             "allow_http is for tool plugins only (this is a {world} plugin)"
+        )));
+    }
+    if world != World::Tool && spec.description.is_some() {
+        return Err(bad(format!(
+            "description is for tool plugins only (this is a {world} plugin)"
         )));
     }
     HttpGate::new(spec).map_err(bad)

@@ -67,8 +67,9 @@ const PLUGIN_KEYS: &[KeyDoc] = &[
     ex("readonly_dir", "path", "\"data\"", "The only directory the plugin may read, mounted read-only at `/data`."),
 ];
 
-/// Tools only: where the plugin may reach over HTTP.
+/// Tools only: how the agent sees the tool, where it may reach over HTTP.
 const TOOL_KEYS: &[KeyDoc] = &[
+    ex("description", "string", "\"Searches Wikipedia (BM25) ...\"", "The description the agent prompt shows instead of the plugin's own: what the corpus behind a search tool is; two plugins over one corpus can present the same text."),
     ex("allow_http", "list of strings", "[\"http://127.0.0.1:8000\"]", "The origins (`http://host:port`, `https://host:port`; port default 80/443) the plugin may send `wasi:http` requests to, compared literally (no name lookup, redirects not followed); anything else is refused with an error naming the origin. None by default: no network."),
 ];
 
