@@ -408,7 +408,11 @@ fn bm25_bad_arguments_and_missing_grant_are_clear_errors() {
     .err()
     .unwrap()
     .to_string();
-    assert!(e.contains("unknown field `top_k`"), "{e}");
+    // (refused by the host against the plugin's config_schema, before init)
+    assert!(
+        e.contains("config_schema: Additional properties are not allowed ('top_k' was unexpected)"),
+        "{e}"
+    );
     let dir = scratch("bm25-tiny");
     std::fs::write(
         dir.join("corpus.jsonl"),
@@ -419,7 +423,11 @@ fn bm25_bad_arguments_and_missing_grant_are_clear_errors() {
     match tool.call(r#"{"q": "alpha"}"#) {
         Err(ToolError::InvalidArguments { tool, message }) => {
             assert_eq!(tool, "search");
-            assert!(message.contains("expected {\"query\""), "{message}");
+            // The host's check against the tool's parameters_schema.
+            assert_eq!(
+                message,
+                r#"Additional properties are not allowed ('q' was unexpected); "query" is a required property"#
+            );
         }
         other => panic!("{other:?}"),
     }
@@ -553,7 +561,7 @@ fn qa_reward_format_penalty_and_turn_rewards_come_from_config() {
     .unwrap()
     .to_string();
     assert!(
-        e.contains("init failed: config: unknown variant `bleu`"),
+        e.contains(r#"config_schema: at /outcome: "bleu" is not one of "f1" or "em""#),
         "{e}"
     );
 }
@@ -738,7 +746,11 @@ fn python_calculator_tool_runs_through_the_host() {
     }
     match tool.call("not json") {
         Err(ToolError::InvalidArguments { message, .. }) => {
-            assert!(message.starts_with("arguments are not JSON"), "{message}")
+            // (the host's check, against the tool's parameters_schema)
+            assert!(
+                message.starts_with("not valid JSON (expected ident"),
+                "{message}"
+            )
         }
         other => panic!("{other:?}"),
     }
@@ -747,7 +759,9 @@ fn python_calculator_tool_runs_through_the_host() {
         .unwrap()
         .to_string();
     assert!(
-        e.contains("init failed: config: unknown field `digits`"),
+        e.contains(
+            "config_schema: Additional properties are not allowed ('digits' was unexpected)"
+        ),
         "{e}"
     );
 }
@@ -1074,5 +1088,173 @@ fn hostile_invalid_utf8_in_and_out_are_clear_errors() {
     assert_eq!(
         tool.call_bytes(br#"{"mode":"echo"}"#).unwrap(),
         r#"{"mode":"echo"}"#
+    );
+}
+
+// ------------------------------------------- schemas enforced by the host
+
+/// `counting-tool` in one instance: its output says how many calls entered it.
+fn counter(plugins: &Path) -> ToolPlugin {
+    ToolPlugin::load(
+        &host(plugins),
+        &PluginSpec::new(plugins.join("counting-tool.wasm")).limits(limits(|l| l.instances = 1)),
+    )
+    .unwrap()
+}
+
+#[test]
+fn arguments_breaking_the_schema_never_reach_the_plugin() {
+    let plugins = plugins_or_skip!("arguments_breaking_the_schema_never_reach_the_plugin");
+    let tool = counter(&plugins);
+    // (arguments, what the agent's message must name)
+    let bad = [
+        (r#"{"text": "a""#, "not valid JSON"),
+        ("search for cats", "not valid JSON"),
+        (r#"{"text": 5}"#, r#"at /text: 5 is not of type "string""#),
+        (r#"{"times": 2}"#, r#""text" is a required property"#),
+        (
+            r#"{"text": "a", "colour": "red"}"#,
+            "('colour' was unexpected)",
+        ),
+        (
+            r#"{"text": "a", "times": 0}"#,
+            "at /times: 0 is less than the minimum of 1",
+        ),
+        (r#"["a"]"#, r#"is not of type "object""#),
+    ];
+    for (args, names) in bad {
+        let e = tool.call(args).unwrap_err();
+        assert!(
+            matches!(e, ToolError::InvalidArguments { .. }),
+            "{args}: {e:?}"
+        );
+        let msg = e.agent_message();
+        assert!(
+            msg.starts_with("Error: invalid arguments: ") && msg.contains(names),
+            "{args}: {msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+    // Raw bytes (decoded model output) take the same path.
+    let e = tool.call_bytes(br#"{"text": true}"#).unwrap_err();
+    assert!(e.agent_message().contains("at /text"), "{e}");
+    // Not one of those calls entered the guest.
+    assert_eq!(
+        tool.call(r#"{"text": "a", "times": 2}"#).unwrap(),
+        "calls entered: 1"
+    );
+    assert_eq!(tool.call(r#"{"text": ""}"#).unwrap(), "calls entered: 2");
+}
+
+#[test]
+fn a_config_breaking_config_schema_fails_the_load_with_its_path() {
+    let plugins = plugins_or_skip!("a_config_breaking_config_schema_fails_the_load_with_its_path");
+    let load = |config: serde_json::Value| {
+        ToolPlugin::load(
+            &host(&plugins),
+            &PluginSpec::new(plugins.join("counting-tool.wasm")).config(config),
+        )
+    };
+    for (config, want) in [
+        (
+            json!({"start": -1}),
+            "the config does not match the plugin's config_schema: at /start: -1 is less than the minimum of 0",
+        ),
+        (
+            json!({"prefix": ["x"]}),
+            r#"config_schema: at /prefix: ["x"] is not of type "string""#,
+        ),
+        (json!({"prefx": "x"}), "('prefx' was unexpected)"),
+        (json!([1]), r#"[1] is not of type "object""#),
+    ] {
+        let e = load(config.clone()).err().unwrap();
+        assert!(matches!(e, PluginError::ConfigSchema { .. }), "{e:?}");
+        let s = e.to_string();
+        assert!(
+            s.starts_with(&format!("{}: ", plugins.join("counting-tool.wasm").display()))
+                && s.contains(want),
+            "{config}: {s}"
+        );
+    }
+    assert!(load(json!({"prefix": "> ", "start": 3})).is_ok());
+}
+
+#[test]
+fn a_schema_that_is_not_json_schema_fails_check_and_load() {
+    let plugins = plugins_or_skip!("a_schema_that_is_not_json_schema_fails_check_and_load");
+    let file = plugins.join("bad-schema-tool.wasm");
+    let want =
+        "its parameters_schema is not a valid JSON Schema: at /properties/query/type: \"strng\"";
+    let e = inspect(&host(&plugins), &file).unwrap_err().to_string();
+    assert!(e.contains(want), "{e}");
+    let e = ToolPlugin::load(&host(&plugins), &PluginSpec::new(&file))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains(want), "{e}");
+    // The CLI: one error line, exit code 1.
+    let (code, out, err) = common::igpo(&["plugin", "check", file.to_str().unwrap()]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains(want), "{err}");
+}
+
+// ------------------------------------------- JavaScript authors' mistakes
+
+#[test]
+fn a_javascript_tool_that_throws_an_error_object_is_told_what_to_throw() {
+    let plugins =
+        plugins_or_skip!("a_javascript_tool_that_throws_an_error_object_is_told_what_to_throw");
+    let file = plugins.join("js-throws.wasm");
+    let host = host(&plugins);
+    let tool = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(&file).limits(limits(|l| l.instances = 1)),
+    )
+    .unwrap();
+    // The convention works: a thrown tagged object is a tool error.
+    match tool.call(r#"{"throw": "tagged"}"#) {
+        Err(ToolError::Failed { message, .. }) => assert_eq!(message, "the index is not loaded"),
+        other => panic!("{other:?}"),
+    }
+    // Anything else thrown traps; the error says what to throw instead and
+    // keeps what the guest said.
+    for (what, quoted) in [
+        ("error", "(received `Error: the index is not loaded`)"),
+        ("object", "(received `[object Object]`)"),
+    ] {
+        let e = tool
+            .call(&json!({ "throw": what }).to_string())
+            .unwrap_err();
+        assert!(
+            matches!(e, ToolError::Plugin(PluginError::Trap { .. })),
+            "{what}: {e:?}"
+        );
+        assert_eq!(e.agent_message(), "Error: the tool crashed");
+        let s = e.to_string();
+        assert!(
+            s.starts_with(
+                "js-throws (js-throws.wasm): call trapped: JavaScript: `call` must return a \
+                 string, or throw { tag: 'invalid-arguments' | 'failed', val: 'message' }"
+            ) && s.contains(quoted),
+            "{what}: {s}"
+        );
+    }
+    // The trapped instance was replaced.
+    assert_eq!(
+        tool.call(r#"{"throw": "nothing"}"#).unwrap(),
+        "nothing thrown"
+    );
+    // `init` throwing an Error object: the load fails, saying to throw a string.
+    let e = ToolPlugin::load(
+        &host,
+        &PluginSpec::new(&file).config(json!({"init_throws_error": true})),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("init trapped: JavaScript: `init` must throw a string as its error"),
+        "{e}"
     );
 }

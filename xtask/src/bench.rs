@@ -276,21 +276,121 @@ fn bench_retrieval() -> Result<()> {
         .env("IGPO_CACHE_DIR", target().join("cache")))
 }
 
-/// Plugin host throughput: a no-op tool call and a BM25 query on the
-/// 12k-passage corpus, one thread and pooled over every core; writes
-/// `target/bench/plugins.json`.
+/// Plugin host throughput through `igpo plugin bench`: a no-op tool (echo),
+/// BM25 over the 12,100-passage corpus (1,000 SQuAD questions), and the word
+/// counter of `igpo plugin new` in Rust, Python and JavaScript, each
+/// measured alike; writes `target/bench/plugins/NAME.json`.
 fn bench_plugins() -> Result<()> {
     let dir = plugins()?;
-    let out = target().join("bench");
-    std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let out = target().join("bench/plugins");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(out.join("corpus")).map_err(|e| format!("{}: {e}", out.display()))?;
     let data = data::unpack()?;
-    let json = out.join("plugins.json");
-    run(igpo_release()
-        .args(["plugin", "bench", "--plugins"])
-        .arg(&dir)
-        .arg("--data")
-        .arg(&data)
+    let igpo = igpo_release_binary()?;
+    let igpo_cmd = || {
+        let mut c = Command::new(&igpo);
+        c.env("IGPO_CACHE_DIR", target().join("cache"));
+        c
+    };
+    run(igpo_cmd()
+        .args(["data", "corpus", "--squad"])
+        .arg(data.join("squad-dev-v1.1.json"))
+        .arg("--wiki")
+        .arg(data.join("wiki-summaries-en.json"))
         .arg("--out")
-        .arg(&json)
-        .env("IGPO_CACHE_DIR", target().join("cache")))
+        .arg(out.join("corpus/corpus.jsonl")))?;
+    let queries = out.join("squad-queries.jsonl");
+    write_squad_queries(&data.join("squad-dev-v1.1.json"), &queries, 1000)?;
+    let text = r#"{"text": "the quick brown fox jumps over the lazy dog"}"#;
+    let mut cases: Vec<(String, PathBuf, Vec<String>)> = vec![
+        (
+            "echo".into(),
+            dir.join("echo-tool.wasm"),
+            vec!["--args".into(), "{}".into()],
+        ),
+        (
+            "bm25-search".into(),
+            dir.join("bm25-search.wasm"),
+            vec![
+                "--dir".into(),
+                out.join("corpus").display().to_string(),
+                "--args-file".into(),
+                queries.display().to_string(),
+            ],
+        ),
+    ];
+    for (lang, wasm) in word_counters(&igpo, &out.join("word-count"))? {
+        cases.push((
+            format!("word-count-{lang}"),
+            wasm,
+            vec!["--args".into(), text.into()],
+        ));
+    }
+    for (name, wasm, args) in cases {
+        run(igpo_cmd()
+            .args(["plugin", "bench"])
+            .arg(&wasm)
+            .args(&args)
+            .arg("--out")
+            .arg(out.join(format!("{name}.json"))))?;
+    }
+    Ok(())
+}
+
+/// The first `n` SQuAD dev questions as bm25-search arguments, one a line.
+fn write_squad_queries(squad: &std::path::Path, out: &std::path::Path, n: usize) -> Result<()> {
+    let v: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(squad).map_err(|e| format!("{}: {e}", squad.display()))?,
+    )
+    .map_err(|e| format!("{}: {e}", squad.display()))?;
+    let mut lines = String::new();
+    let questions = v["data"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|a| a["paragraphs"].as_array().into_iter().flatten())
+        .flat_map(|p| p["qas"].as_array().into_iter().flatten())
+        .filter_map(|q| q["question"].as_str());
+    for q in questions.take(n) {
+        lines.push_str(&serde_json::json!({ "query": q }).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(out, lines).map_err(|e| format!("{}: {e}", out.display()))
+}
+
+/// `igpo plugin new word-count-LANG` for Rust, Python and JavaScript under
+/// `dir`, each built with the command its project says; their components.
+fn word_counters(igpo: &std::path::Path, dir: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
+    let path = crate::plugins::guest_path()?;
+    let mut built = vec![];
+    for (lang, build, wasm) in [
+        (
+            "rust",
+            "cargo build --release --target wasm32-wasip2",
+            "target/wasm32-wasip2/release/word_count_rust.wasm",
+        ),
+        (
+            "python",
+            "componentize-py -d wit -w tool componentize app -o word-count-python.wasm",
+            "word-count-python.wasm",
+        ),
+        (
+            "js",
+            "npm ci --no-audit --no-fund && npm run build",
+            "word-count-js.wasm",
+        ),
+    ] {
+        let name = format!("word-count-{lang}");
+        let project = dir.join(&name);
+        run(Command::new(igpo)
+            .args(["plugin", "new", &name, "--lang", lang, "--out"])
+            .arg(&project))?;
+        run(Command::new("bash")
+            .args(["-c", build])
+            .current_dir(&project)
+            .env("PATH", &path)
+            .env_remove("CARGO_TARGET_DIR"))?;
+        built.push((lang.to_string(), project.join(wasm)));
+    }
+    Ok(built)
 }

@@ -1,122 +1,149 @@
-//! Throughput of calls through the plugin host (`igpo plugin bench`):
-//! calls/s and latency percentiles, on one thread and on several threads
-//! sharing one pooled plugin, for a no-op tool (echo) and bm25-search over
-//! the SQuAD + Wikipedia-summaries corpus.
+//! Any tool plugin through the sandbox (`igpo plugin bench FILE.wasm`): what
+//! its first load costs (a cold compile, a load from the compile cache, the
+//! first instance's `init`), the linear memory of an instance, and calls/s
+//! with p50/p99 latency on one thread and on several threads sharing one
+//! pooled plugin.
 
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::plugins::{PluginError, PluginHost, PluginSpec, SandboxLimits, ToolError, ToolPlugin};
+use crate::plugins::{
+    compile_costs, PluginError, PluginHost, PluginSpec, SandboxLimits, ToolError, ToolPlugin,
+};
 
 /// Why the plugin bench stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PluginBenchError {
     #[error(transparent)]
     Plugin(#[from] PluginError),
-    #[error(transparent)]
-    Tool(#[from] ToolError),
-    #[error(transparent)]
-    Data(#[from] crate::data::DataError),
+    #[error("a call with arguments {arguments} failed: {error}")]
+    Call { arguments: String, error: ToolError },
+    #[error("{0}")]
+    Input(String),
 }
 
-/// One tool at one thread count.
-#[derive(Debug, Clone, Serialize)]
-pub struct PluginBenchRow {
-    pub what: &'static str,
-    pub stats: CallStats,
+/// What to measure: one tool, its config and grant, the arguments its calls
+/// rotate through.
+#[derive(Debug, Clone)]
+pub struct PluginBenchSpec {
+    pub file: PathBuf,
+    pub config: serde_json::Value,
+    pub readonly_dir: Option<PathBuf>,
+    pub allow_http: Vec<String>,
+    /// Call arguments, used round-robin (at least one).
+    pub arguments: Vec<String>,
+    /// Calls per measurement (single, then pooled).
+    pub calls: usize,
+    /// Instances (and calling threads) of the pooled measurement.
+    pub instances: usize,
 }
 
 /// What `igpo plugin bench` reports.
 #[derive(Debug, Clone, Serialize)]
-pub struct PluginBench {
-    pub threads: usize,
-    pub passages: usize,
-    pub bm25_load_and_index_s: f64,
-    pub results: Vec<PluginBenchRow>,
+pub struct PluginBenchReport {
+    pub file: String,
+    /// The tool's name, from its `describe`.
+    pub tool: String,
+    pub component_bytes: u64,
+    /// Compiling the component to machine code, no cache: the first load of
+    /// these bytes on a machine.
+    pub compile_s: f64,
+    /// Loading it back from the compile cache: every later process.
+    pub cached_load_s: f64,
+    /// The first instance: instantiate, `describe`, `init` with the config.
+    pub first_instance_s: f64,
+    /// Linear memory of one instance after its calls (the largest of the
+    /// pool).
+    pub instance_memory_bytes: u64,
+    /// One thread, one instance.
+    pub single: CallStats,
+    /// `instances` threads sharing `instances` pooled instances.
+    pub pooled: CallStats,
 }
 
-/// Measures echo-tool and bm25-search (built into `plugins`, over the corpus
-/// made from `data`'s SQuAD dev and Wikipedia summaries) for `duration` at
-/// one thread and at every core.
+/// Measures the tool of `spec` (compile costs without any cache; calls
+/// through `host`, whose cache is then warm).
 pub fn plugin_bench(
     host: &PluginHost,
-    plugins: &Path,
-    data: &Path,
-    duration: Duration,
-) -> Result<PluginBench, PluginBenchError> {
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let limits = SandboxLimits {
-        instances: threads,
-        ..SandboxLimits::default()
-    };
-    let echo = ToolPlugin::load(
-        host,
-        &PluginSpec::new(plugins.join("echo-tool.wasm")).limits(limits.clone()),
-    )?;
-    let squad = data.join("squad-dev-v1.1.json");
-    let corpus_dir = std::env::temp_dir().join(format!("igpo-bench-corpus-{}", std::process::id()));
-    let passages =
-        crate::data::build_corpus(Some(&squad), Some(&data.join("wiki-summaries-en.json")))?;
-    crate::data::write_jsonl(&corpus_dir.join("corpus.jsonl"), &passages)?;
+    spec: &PluginBenchSpec,
+) -> Result<PluginBenchReport, PluginBenchError> {
+    if spec.arguments.is_empty() || spec.calls == 0 || spec.instances == 0 {
+        return Err(PluginBenchError::Input(
+            "give at least one arguments object, --calls >= 1 and --instances >= 1".into(),
+        ));
+    }
+    let component_bytes = std::fs::metadata(&spec.file)
+        .map_err(|source| PluginError::Io {
+            path: spec.file.clone(),
+            source,
+        })?
+        .len();
+    let costs = compile_costs(&spec.file)?;
+    let mut plugin = PluginSpec::new(&spec.file)
+        .config(spec.config.clone())
+        .allow_http(spec.allow_http.clone())
+        .limits(SandboxLimits {
+            instances: spec.instances,
+            ..SandboxLimits::default()
+        });
+    plugin.readonly_dir = spec.readonly_dir.clone();
+    // Compiled (or loaded from the cache) first, so the timing below is the
+    // instance alone.
+    crate::plugins::inspect(host, &spec.file)?;
     let t0 = Instant::now();
-    let bm25 = ToolPlugin::load(
-        host,
-        &PluginSpec::new(plugins.join("bm25-search.wasm"))
-            .readonly_dir(&corpus_dir)
-            .limits(limits),
-    );
-    let bm25_load_and_index_s = t0.elapsed().as_secs_f64();
-    let results = bm25
-        .map_err(PluginBenchError::from)
-        .and_then(|bm25| bench_rows(&echo, &bm25, &squad, threads, duration));
-    // Pooled instances read the corpus when they start: remove it only now.
-    let _ = std::fs::remove_dir_all(&corpus_dir);
-    Ok(PluginBench {
-        threads,
-        passages: passages.len(),
-        bm25_load_and_index_s,
-        results: results?,
+    let tool = ToolPlugin::load(host, &plugin)?;
+    let first_instance_s = t0.elapsed().as_secs_f64();
+    let single = bench_tool(&tool, &spec.arguments, 1, Stop::Calls(spec.calls))?;
+    let pooled = bench_tool(
+        &tool,
+        &spec.arguments,
+        spec.instances,
+        Stop::Calls(spec.calls),
+    )?;
+    Ok(PluginBenchReport {
+        file: spec.file.display().to_string(),
+        tool: tool.info().name.clone(),
+        component_bytes,
+        compile_s: costs.compile_s,
+        cached_load_s: costs.cached_load_s,
+        first_instance_s,
+        instance_memory_bytes: tool.instance_memory_bytes(),
+        single,
+        pooled,
     })
 }
 
-fn bench_rows(
-    echo: &ToolPlugin,
-    bm25: &ToolPlugin,
-    squad: &Path,
-    threads: usize,
-    duration: Duration,
-) -> Result<Vec<PluginBenchRow>, PluginBenchError> {
-    let questions: Vec<String> = crate::data::squad_questions(squad)?
-        .into_iter()
-        .take(1000)
-        .map(|q| serde_json::json!({ "query": q }).to_string())
-        .collect();
-    let mut rows = vec![];
-    for (what, tool, args) in [
-        ("no-op tool call (echo)", echo, vec!["{}".to_string()]),
-        ("bm25 query, 12k passages", bm25, questions),
-    ] {
-        for t in [1, threads] {
-            let stats = bench_tool(tool, &args, t, duration)?;
-            rows.push(PluginBenchRow { what, stats });
-        }
+impl PluginBenchReport {
+    /// The report as lines of text.
+    pub fn lines(&self) -> Vec<String> {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        vec![
+            format!(
+                "{} (`{}`): {:.2} MiB component; compile {:.2} s (first load on a machine), \
+                 {:.3} s from the cache; first instance {:.1} ms; {:.2} MiB linear memory per instance",
+                self.file,
+                self.tool,
+                mib(self.component_bytes),
+                self.compile_s,
+                self.cached_load_s,
+                self.first_instance_s * 1e3,
+                mib(self.instance_memory_bytes)
+            ),
+            self.single.line("single"),
+            self.pooled.line("pooled"),
+        ]
     }
-    Ok(rows)
 }
 
-impl PluginBenchRow {
-    /// The row as one line of text.
-    pub fn line(&self) -> String {
-        let (s, t) = (&self.stats, self.stats.threads);
-        format!(
-            "{:<26} {t} thread(s): {:>10.0} calls/s  p50 {:>8.1} us  p99 {:>8.1} us  (got {:.0}% of {t} core(s); {:.0} calls per CPU-s)",
-            self.what, s.calls_per_s, s.p50_us, s.p99_us, s.cpu_share * 100.0, s.calls_per_cpu_s
-        )
-    }
+/// When a measurement ends.
+#[derive(Debug, Clone, Copy)]
+pub enum Stop {
+    /// After this many calls (all threads together).
+    Calls(usize),
+    /// After about this long (each thread).
+    Time(Duration),
 }
 
 /// One measurement.
@@ -136,6 +163,21 @@ pub struct CallStats {
     pub calls_per_cpu_s: f64,
 }
 
+impl CallStats {
+    /// The measurement as one line of text.
+    pub fn line(&self, what: &str) -> String {
+        let t = self.threads;
+        format!(
+            "{what:<8} {t} thread(s): {:>10.0} calls/s  p50 {:>8.1} us  p99 {:>8.1} us  (got {:.0}% of {t} core(s); {:.0} calls per CPU-s)",
+            self.calls_per_s,
+            self.p50_us,
+            self.p99_us,
+            self.cpu_share * 100.0,
+            self.calls_per_cpu_s
+        )
+    }
+}
+
 /// CPU seconds (user + system) of the calling thread, from /proc.
 fn thread_cpu_s() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
@@ -147,41 +189,59 @@ fn thread_cpu_s() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Calls `tool` with `args` round-robin from `threads` threads for about
-/// `duration` (after one warm-up call per thread, which also makes the
-/// pool's instances). Returns the first error instead of timing it.
+/// Calls `tool` with `args` round-robin from `threads` threads until
+/// `stop` (after one warm-up call per thread, which also makes the pool's
+/// instances). Returns the first failed call instead of timing it.
 pub fn bench_tool(
     tool: &ToolPlugin,
     args: &[String],
     threads: usize,
-    duration: Duration,
-) -> Result<CallStats, ToolError> {
+    stop: Stop,
+) -> Result<CallStats, PluginBenchError> {
     assert!(!args.is_empty() && threads > 0);
+    let call = |i: usize| {
+        let a = &args[i % args.len()];
+        tool.call(a)
+            .map(drop)
+            .map_err(|error| PluginBenchError::Call {
+                arguments: a.clone(),
+                error,
+            })
+    };
     let barrier = std::sync::Barrier::new(threads);
-    type PerThread = (Vec<Duration>, f64);
-    let results: Vec<Result<PerThread, ToolError>> = std::thread::scope(|s| {
+    // (latencies, CPU seconds, wall seconds) of one thread.
+    type PerThread = (Vec<Duration>, f64, f64);
+    let results: Vec<Result<PerThread, PluginBenchError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|t| {
-                let barrier = &barrier;
+                let (barrier, call) = (&barrier, &call);
                 s.spawn(move || {
-                    let warm = tool.call(&args[t % args.len()]);
+                    let warm = call(t);
                     barrier.wait();
                     warm?;
                     let mut lat = Vec::new();
                     let cpu0 = thread_cpu_s();
                     let start = Instant::now();
                     let mut i = t;
-                    while start.elapsed() < duration {
+                    loop {
+                        let more = match stop {
+                            Stop::Calls(n) => i < n,
+                            Stop::Time(d) => start.elapsed() < d,
+                        };
+                        if !more {
+                            break;
+                        }
                         let t0 = Instant::now();
-                        tool.call(&args[i % args.len()])?;
+                        call(i)?;
                         lat.push(t0.elapsed());
                         i += threads;
                     }
+                    let wall = start.elapsed().as_secs_f64();
                     let cpu = match (cpu0, thread_cpu_s()) {
                         (Some(a), Some(b)) => b - a,
                         _ => f64::NAN,
                     };
-                    Ok((lat, cpu))
+                    Ok((lat, cpu, wall))
                 })
             })
             .collect();
@@ -190,12 +250,12 @@ pub fn bench_tool(
             .map(|h| h.join().expect("bench thread"))
             .collect()
     });
-    let mut all = Vec::new();
-    let mut cpu = 0.0;
+    let (mut all, mut cpu, mut wall) = (Vec::new(), 0.0, 0.0f64);
     for r in results {
-        let (lat, c) = r?;
+        let (lat, c, w) = r?;
         all.extend(lat);
         cpu += c;
+        wall = wall.max(w);
     }
     all.sort_unstable();
     let pct = |p: f64| {
@@ -204,14 +264,17 @@ pub fn bench_tool(
             .map(|d| d.as_secs_f64() * 1e6)
             .unwrap_or(f64::NAN)
     };
+    // Too short a run for /proc's 10 ms CPU clock says nothing.
+    if cpu <= 0.0 {
+        cpu = f64::NAN;
+    }
     Ok(CallStats {
         threads,
         calls: all.len(),
-        // Each thread ran for `duration`; wall time is about the same.
-        calls_per_s: all.len() as f64 / duration.as_secs_f64(),
+        calls_per_s: all.len() as f64 / wall,
         p50_us: pct(0.5),
         p99_us: pct(0.99),
-        cpu_share: cpu / (threads as f64 * duration.as_secs_f64()),
+        cpu_share: cpu / (threads as f64 * wall),
         calls_per_cpu_s: all.len() as f64 / cpu,
     })
 }

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
-use super::plugins::{bench_tool, CallStats};
+use super::plugins::{bench_tool, CallStats, Stop};
 use crate::plugins::{PluginHost, PluginSpec, SandboxLimits, ToolPlugin};
 use crate::rng::Rng;
 
@@ -247,11 +247,11 @@ pub fn retrieval_bench(
     let t0 = Instant::now();
     let single = load(1, 64)?;
     let plugin_load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let plugin_single = bench_tool(&single, &args, 1, spec.duration)?;
+    let plugin_single = bench_tool(&single, &args, 1, Stop::Time(spec.duration))?;
     drop(single);
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pooled = load(threads, 64)?;
-    let plugin_pooled = bench_tool(&pooled, &args, threads, spec.duration)?;
+    let plugin_pooled = bench_tool(&pooled, &args, threads, Stop::Time(spec.duration))?;
     drop(pooled);
     // The smallest cap that serves 100 queries, by bisection over MiB.
     let serves = |mib: u64| -> bool {

@@ -58,7 +58,7 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Start a new tool plugin project (Rust or Python) that builds as is:
+    /// Start a new tool plugin project (Rust, Python or JavaScript) that builds as is:
     /// a word counter to replace with your tool.
     New {
         /// The tool's name (lowercase letters, digits, '-').
@@ -69,18 +69,33 @@ pub enum PluginCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Calls/s and p50/p99 latency of a no-op tool call and of a BM25 query
-    /// on the SQuAD + Wikipedia corpus, one thread and pooled over all cores.
+    /// Any tool through the sandbox: its compile and first-instance cost,
+    /// the memory of an instance, and calls/s with p50/p99 latency on one
+    /// thread and pooled over several.
     Bench {
-        /// Folder with echo-tool.wasm and bm25-search.wasm (`cargo xtask plugins`).
+        file: PathBuf,
+        /// JSON arguments of a call (repeat for several; calls rotate).
+        #[arg(long = "args", value_name = "JSON")]
+        args: Vec<String>,
+        /// A JSONL file of call arguments, one object a line (calls rotate).
         #[arg(long)]
-        plugins: PathBuf,
-        /// Folder with squad-dev-v1.1.json and wiki-summaries-en.json.
+        args_file: Option<PathBuf>,
+        /// JSON config for `init`.
+        #[arg(long, default_value = "{}")]
+        config: String,
+        /// Directory the tool may read (read-only, at /data).
         #[arg(long)]
-        data: PathBuf,
-        /// Seconds per measurement.
-        #[arg(long, default_value_t = 3.0)]
-        seconds: f64,
+        dir: Option<PathBuf>,
+        /// An origin the tool may reach over HTTP (repeat for several).
+        #[arg(long = "allow-http", value_name = "ORIGIN")]
+        allow_http: Vec<String>,
+        /// Calls per measurement (single, then pooled).
+        #[arg(long, default_value_t = 10_000)]
+        calls: usize,
+        /// Instances (and threads) of the pooled measurement (default: cores).
+        #[arg(long)]
+        instances: Option<usize>,
+        /// Write the report as JSON here too.
         #[arg(long)]
         out: Option<PathBuf>,
     },
@@ -214,11 +229,43 @@ pub fn run(cmd: PluginCommand) -> CliResult {
             dir,
         } => prompt(&host, &files, &protocol, &config, dir)?,
         PluginCommand::Bench {
-            plugins,
-            data,
-            seconds,
+            file,
+            args,
+            args_file,
+            config,
+            dir,
+            allow_http,
+            calls,
+            instances,
             out,
-        } => run_bench(&host, &plugins, &data, seconds, out)?,
+        } => {
+            let mut arguments = args;
+            if let Some(f) = args_file {
+                let text =
+                    std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+                arguments.extend(
+                    text.lines()
+                        .filter(|l| !l.trim().is_empty())
+                        .map(String::from),
+                );
+            }
+            if arguments.is_empty() {
+                return Err(
+                    "give the call arguments: --args JSON (or --args-file FILE.jsonl)".into(),
+                );
+            }
+            let spec = crate::bench::plugins::PluginBenchSpec {
+                file,
+                config: parse_json("--config", &config)?,
+                readonly_dir: dir,
+                allow_http,
+                arguments,
+                calls,
+                instances: instances
+                    .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            };
+            run_bench(&host, &spec, out)?
+        }
     }
     Ok(())
 }
@@ -315,18 +362,15 @@ fn prompt(
 
 fn run_bench(
     host: &PluginHost,
-    plugins: &std::path::Path,
-    data: &std::path::Path,
-    seconds: f64,
+    spec: &crate::bench::plugins::PluginBenchSpec,
     out: Option<PathBuf>,
 ) -> CliResult {
-    let duration = std::time::Duration::from_secs_f64(seconds);
-    let result = crate::bench::plugins::plugin_bench(host, plugins, data, duration)?;
-    for row in &result.results {
-        println!("{}", row.line());
+    let report = crate::bench::plugins::plugin_bench(host, spec)?;
+    for line in report.lines() {
+        println!("{line}");
     }
     if let Some(path) = out {
-        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&result)?.as_bytes())
+        crate::fsutil::write_atomic(&path, serde_json::to_string_pretty(&report)?.as_bytes())
             .map_err(|e| format!("{}: {e}", path.display()))?;
         println!("wrote {}", path.display());
     }

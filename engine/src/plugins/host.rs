@@ -219,6 +219,49 @@ impl PluginHost {
     }
 }
 
+/// What loading a component costs, measured without any cache.
+#[derive(Debug, Clone, Copy)]
+pub struct CompileCosts {
+    /// Compiling the bytes to machine code (the first load on a machine).
+    pub compile_s: f64,
+    /// Loading the compiled code back from a cache file (later loads).
+    pub cached_load_s: f64,
+}
+
+/// Compiles the component at `path` (bypassing the host's caches), writes
+/// the compiled code to a scratch file and loads it back, timing both.
+pub fn compile_costs(path: &Path) -> Result<CompileCosts, PluginError> {
+    let io = |source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let compile_err = |e: wasmtime::Error| PluginError::Compile {
+        path: path.to_path_buf(),
+        message: one_line(&e),
+    };
+    let bytes = std::fs::read(path).map_err(io)?;
+    let t0 = std::time::Instant::now();
+    let component = Component::new(engine(), &bytes).map_err(compile_err)?;
+    let compile_s = t0.elapsed().as_secs_f64();
+    let scratch = std::env::temp_dir().join(format!(
+        "igpo-compile-costs-{}-{:?}.cwasm",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&scratch, component.serialize().map_err(compile_err)?).map_err(io)?;
+    let t0 = std::time::Instant::now();
+    // SAFETY: the file was written just above by `Component::serialize` of
+    // this engine.
+    let loaded = unsafe { Component::deserialize_file(engine(), &scratch) };
+    let cached_load_s = t0.elapsed().as_secs_f64();
+    let _ = std::fs::remove_file(&scratch);
+    loaded.map_err(compile_err)?;
+    Ok(CompileCosts {
+        compile_s,
+        cached_load_s,
+    })
+}
+
 /// Stops memory growth past the cap (over all memories of the instance)
 /// and remembers that it did.
 pub(crate) struct Limiter {
@@ -391,6 +434,9 @@ pub(crate) fn classify(
         }
     }
     let tail = store.data().stderr.take();
+    if let Some(advice) = super::guest_hints::advice(call, &tail) {
+        message = format!("{advice} ({message})");
+    }
     if !tail.is_empty() {
         message.push_str(&format!("; stderr: {tail}"));
     }

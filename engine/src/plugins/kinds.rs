@@ -10,6 +10,7 @@ use wasmtime::Store;
 
 use super::host::{engine, HostState, PluginDescription, PluginHost, World};
 use super::pool::{prepare, Kind, Pool};
+use super::schema::Schema;
 use super::{truncate_output, PluginError, PluginSpec, ToolError};
 
 mod tool_wit {
@@ -45,7 +46,7 @@ macro_rules! linker {
 }
 
 /// What every plugin says about itself.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PluginInfo {
     pub name: String,
     pub version: String,
@@ -72,6 +73,34 @@ info_from!(tool_wit::igpo::plugins::types::PluginInfo);
 info_from!(reward_wit::igpo::plugins::types::PluginInfo);
 info_from!(dataset_wit::igpo::plugins::types::PluginInfo);
 
+/// A plugin's `describe`, whatever its world.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Described {
+    pub(crate) info: PluginInfo,
+    /// A tool's JSON Schema (text) of its call arguments.
+    pub(crate) parameters_schema: Option<String>,
+}
+
+impl Described {
+    /// Compiles the config schema and the arguments schema (tools); a
+    /// schema that is not valid JSON Schema is a [`PluginError::Schema`].
+    pub(crate) fn schemas(&self, label: &str) -> Result<(Schema, Option<Schema>), PluginError> {
+        let compile = |field: &'static str, text: &str| {
+            Schema::compile(text).map_err(|message| PluginError::Schema {
+                plugin: label.to_string(),
+                field,
+                message,
+            })
+        };
+        let config = compile("config_schema", &self.info.config_schema)?;
+        let arguments = match &self.parameters_schema {
+            Some(text) => Some(compile("parameters_schema", text)?),
+            None => None,
+        };
+        Ok((config, arguments))
+    }
+}
+
 // ---------------------------------------------------------------- tools
 
 impl Kind for tool_wit::Tool {
@@ -85,6 +114,13 @@ impl Kind for tool_wit::Tool {
     }
     fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
         pre.instantiate(store)
+    }
+    fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<Described> {
+        let d = self.igpo_plugins_tool_api().call_describe(store)?;
+        Ok(Described {
+            info: d.info.into(),
+            parameters_schema: Some(d.parameters_schema),
+        })
     }
     fn init(
         &self,
@@ -116,10 +152,7 @@ impl ToolPlugin {
     pub fn load(host: &PluginHost, spec: &PluginSpec) -> Result<ToolPlugin, PluginError> {
         let label = spec.path.display().to_string();
         let mut pool = Pool::<tool_wit::Tool>::load(host, spec, label)?;
-        let d = pool.call("describe", |g, s| {
-            g.igpo_plugins_tool_api().call_describe(s)
-        })?;
-        let mut plugin = PluginInfo::from(d.info);
+        let mut plugin = pool.described.info.clone();
         if let Some(text) = &spec.description {
             plugin.description = text.clone();
         }
@@ -133,7 +166,7 @@ impl ToolPlugin {
         let info = ToolInfo {
             name,
             plugin,
-            parameters_schema: d.parameters_schema,
+            parameters_schema: pool.described.parameters_schema.clone().unwrap_or_default(),
         };
         Ok(ToolPlugin { info, pool })
     }
@@ -142,11 +175,26 @@ impl ToolPlugin {
         &self.info
     }
 
-    /// Calls the tool with a JSON arguments text. Output longer than the
-    /// limit is cut and ends with a note.
+    /// Linear memory of an instance, in bytes (the largest idle one).
+    pub fn instance_memory_bytes(&self) -> u64 {
+        self.pool.memory_bytes()
+    }
+
+    /// Calls the tool with a JSON arguments text. Arguments that are not
+    /// JSON or break the tool's `parameters_schema` are an
+    /// [`ToolError::InvalidArguments`] and the guest is not entered. Output
+    /// longer than the limit is cut and ends with a note.
     pub fn call(&self, arguments: &str) -> Result<String, ToolError> {
         let max = self.pool.spec.limits.max_output_bytes;
         let tool = &self.info.name;
+        if let Some(schema) = &self.pool.arguments {
+            schema
+                .check_arguments(arguments)
+                .map_err(|message| ToolError::InvalidArguments {
+                    tool: tool.clone(),
+                    message: truncate_output(message, max),
+                })?;
+        }
         match self.pool.call("call", |g, s| {
             g.igpo_plugins_tool_api().call_call(s, arguments)
         })? {
@@ -250,6 +298,12 @@ impl Kind for reward_wit::Reward {
     fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
         pre.instantiate(store)
     }
+    fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<Described> {
+        Ok(Described {
+            info: self.igpo_plugins_reward_api().call_describe(store)?.into(),
+            parameters_schema: None,
+        })
+    }
     fn init(
         &self,
         store: &mut Store<HostState>,
@@ -307,11 +361,7 @@ pub struct RewardPlugin {
 impl RewardPlugin {
     pub fn load(host: &PluginHost, spec: &PluginSpec) -> Result<RewardPlugin, PluginError> {
         let pool = Pool::<reward_wit::Reward>::load(host, spec, spec.path.display().to_string())?;
-        let info = pool
-            .call("describe", |g, s| {
-                g.igpo_plugins_reward_api().call_describe(s)
-            })?
-            .into();
+        let info = pool.described.info.clone();
         Ok(RewardPlugin { info, pool })
     }
 
@@ -402,6 +452,12 @@ impl Kind for dataset_wit::Dataset {
     fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self> {
         pre.instantiate(store)
     }
+    fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<Described> {
+        Ok(Described {
+            info: self.igpo_plugins_dataset_api().call_describe(store)?.into(),
+            parameters_schema: None,
+        })
+    }
     fn init(
         &self,
         store: &mut Store<HostState>,
@@ -434,11 +490,7 @@ impl DatasetPlugin {
         spec.limits.instances = 1;
         let pool =
             Pool::<dataset_wit::Dataset>::load(host, &spec, spec.path.display().to_string())?;
-        let info = pool
-            .call("describe", |g, s| {
-                g.igpo_plugins_dataset_api().call_describe(s)
-            })?
-            .into();
+        let info = pool.described.info.clone();
         let splits = pool.call("splits", |g, s| g.igpo_plugins_dataset_api().call_splits(s))?;
         Ok(DatasetPlugin { info, splits, pool })
     }
@@ -509,7 +561,8 @@ fn json_or_text(s: String) -> serde_json::Value {
     serde_json::from_str(&s).unwrap_or(serde_json::Value::String(s))
 }
 
-/// Finds the world and calls `describe` on a fresh instance (no `init`).
+/// Finds the world and calls `describe` on a fresh instance (no `init`);
+/// a declared schema that is not valid JSON Schema is an error.
 pub(crate) fn describe(
     host: &PluginHost,
     spec: &PluginSpec,
@@ -519,38 +572,29 @@ pub(crate) fn describe(
     let label = spec.path.display().to_string();
     let limits = &spec.limits;
     let http = super::pool::http_gate(spec, world)?;
-    type Described = (PluginInfo, Option<String>);
-    let run = |f: &dyn Fn(&mut Store<HostState>) -> wasmtime::Result<Described>| {
-        let mut store = super::host::new_store(spec, &http)?;
-        store.set_epoch_deadline(super::host::ticks(limits.init_timeout));
-        f(&mut store).map_err(|e| {
-            super::host::classify(&label, "describe", limits, limits.init_timeout, &store, e)
-        })
-    };
-    let (info, params) = match world {
-        World::Tool => {
-            let pre = prepare::<tool_wit::Tool>(host, spec)?;
-            run(&|s| {
-                let g = pre.instantiate(&mut *s)?;
-                let d = g.igpo_plugins_tool_api().call_describe(s)?;
-                Ok((d.info.into(), Some(d.parameters_schema)))
-            })?
-        }
-        World::Reward => {
-            let pre = prepare::<reward_wit::Reward>(host, spec)?;
-            run(&|s| {
-                let g = pre.instantiate(&mut *s)?;
-                Ok((g.igpo_plugins_reward_api().call_describe(s)?.into(), None))
-            })?
-        }
-        World::Dataset => {
-            let pre = prepare::<dataset_wit::Dataset>(host, spec)?;
-            run(&|s| {
-                let g = pre.instantiate(&mut *s)?;
-                Ok((g.igpo_plugins_dataset_api().call_describe(s)?.into(), None))
-            })?
-        }
-    };
+    fn run<K: Kind>(
+        host: &PluginHost,
+        spec: &PluginSpec,
+        store: &mut Store<HostState>,
+    ) -> Result<wasmtime::Result<Described>, PluginError> {
+        let pre = prepare::<K>(host, spec)?;
+        Ok(K::instantiate(&pre, store).and_then(|g| g.describe(store)))
+    }
+    let mut store = super::host::new_store(spec, &http)?;
+    store.set_epoch_deadline(super::host::ticks(limits.init_timeout));
+    let described = match world {
+        World::Tool => run::<tool_wit::Tool>(host, spec, &mut store)?,
+        World::Reward => run::<reward_wit::Reward>(host, spec, &mut store)?,
+        World::Dataset => run::<dataset_wit::Dataset>(host, spec, &mut store)?,
+    }
+    .map_err(|e| {
+        super::host::classify(&label, "describe", limits, limits.init_timeout, &store, e)
+    })?;
+    described.schemas(&label)?;
+    let Described {
+        info,
+        parameters_schema: params,
+    } = described;
     Ok(PluginDescription {
         world,
         export: world.export_name(),

@@ -26,14 +26,20 @@
 //!   once from any number of threads. An instance that traps, times out or
 //!   hits its memory cap is thrown away and a fresh one is made (and
 //!   `init`ed) for the next call, so one bad call never poisons the next.
+//! - The schemas a plugin declares are enforced (`schema.rs`): its config
+//!   is checked against `config_schema` before `init` (a violation fails the
+//!   load), a tool's arguments against `parameters_schema` before `call` (a
+//!   violation is an `invalid-arguments` error and the guest is not entered).
 //! - Tool output longer than `max_output_bytes` is cut at a character
 //!   boundary and ends with a note saying so.
 
+mod guest_hints;
 mod host;
 mod http;
 mod kinds;
 mod pool;
 pub mod scaffold;
+mod schema;
 mod stderr;
 
 use std::path::PathBuf;
@@ -41,7 +47,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use host::{inspect, PluginDescription, PluginHost, World};
+pub use host::{compile_costs, inspect, CompileCosts, PluginDescription, PluginHost, World};
 pub use http::Origin;
 pub use kinds::{
     DatasetPlugin, Example, PluginInfo, RewardOutput, RewardPlugin, ToolInfo, ToolPlugin, ToolPool,
@@ -244,6 +250,17 @@ pub enum PluginError {
     InvalidOutput { plugin: String, message: String },
     #[error("{plugin}: invalid JSON config: {message}")]
     Config { plugin: String, message: String },
+    /// The config breaks the plugin's own `config_schema` (checked by the
+    /// host before `init`).
+    #[error("{plugin}: the config does not match the plugin's config_schema: {message}")]
+    ConfigSchema { plugin: String, message: String },
+    /// A schema the plugin declares in `describe` is not a JSON Schema.
+    #[error("{plugin}: its {field} is not a valid JSON Schema: {message}")]
+    Schema {
+        plugin: String,
+        field: &'static str,
+        message: String,
+    },
     /// A run-file setting the plugin cannot have (a bad `allow_http` entry,
     /// `allow_http` on a reward or dataset).
     #[error("{plugin}: {message}")]

@@ -9,6 +9,8 @@ use wasmtime::Store;
 
 use super::host::{classify, new_store, one_line, ticks, HostState, PluginHost, World};
 use super::http::HttpGate;
+use super::kinds::Described;
+use super::schema::Schema;
 use super::{PluginError, PluginSpec};
 
 /// One world's bindings, as the pool needs them.
@@ -18,6 +20,8 @@ pub(crate) trait Kind: Sized + Send + 'static {
     fn linker() -> &'static Linker<HostState>;
     fn pre(ip: InstancePre<HostState>) -> wasmtime::Result<Self::Pre>;
     fn instantiate(pre: &Self::Pre, store: &mut Store<HostState>) -> wasmtime::Result<Self>;
+    /// `describe`: must work before `init`.
+    fn describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<Described>;
     fn init(
         &self,
         store: &mut Store<HostState>,
@@ -39,6 +43,10 @@ pub(crate) struct Pool<K: Kind> {
     /// How errors name this plugin: its tool name or file.
     pub(crate) label: String,
     pub(crate) spec: PluginSpec,
+    /// What the plugin said about itself, before its first `init`.
+    pub(crate) described: Described,
+    /// A tool's `parameters_schema`, compiled (every call is checked).
+    pub(crate) arguments: Option<Schema>,
     config: String,
     pre: K::Pre,
     http: Arc<HttpGate>,
@@ -90,8 +98,10 @@ pub(crate) fn http_gate(spec: &PluginSpec, world: World) -> Result<Arc<HttpGate>
 }
 
 impl<K: Kind> Pool<K> {
-    /// Prepares the component and makes (and `init`s) one instance, so a
-    /// bad config fails here, at load.
+    /// Prepares the component and makes one instance: asks it to
+    /// `describe` itself, checks the schemas it declares and the config
+    /// against its `config_schema`, then `init`s it. A bad schema or config
+    /// fails here, at load, before the plugin's `init` sees the config.
     pub(crate) fn load(
         host: &PluginHost,
         spec: &PluginSpec,
@@ -103,9 +113,11 @@ impl<K: Kind> Pool<K> {
         })?;
         let http = http_gate(spec, K::WORLD)?;
         let pre = prepare::<K>(host, spec)?;
-        let pool = Pool {
+        let mut pool = Pool {
             label,
             spec: spec.clone(),
+            described: Described::default(),
+            arguments: None,
             config,
             pre,
             http,
@@ -116,7 +128,28 @@ impl<K: Kind> Pool<K> {
             }),
             cv: Condvar::new(),
         };
-        let first = pool.create()?;
+        let mut first = pool.instantiate()?;
+        let limits = &pool.spec.limits;
+        first.store.set_epoch_deadline(ticks(limits.init_timeout));
+        pool.described = K::describe(&first.guest, &mut first.store).map_err(|e| {
+            classify(
+                &pool.label,
+                "describe",
+                limits,
+                limits.init_timeout,
+                &first.store,
+                e,
+            )
+        })?;
+        let (config_schema, arguments) = pool.described.schemas(&pool.label)?;
+        config_schema
+            .check(&pool.spec.config)
+            .map_err(|message| PluginError::ConfigSchema {
+                plugin: pool.label.clone(),
+                message,
+            })?;
+        pool.arguments = arguments;
+        let first = pool.init(first)?;
         let mut st = pool.lock();
         st.live = 1;
         st.idle.push(first);
@@ -128,23 +161,30 @@ impl<K: Kind> Pool<K> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn create(&self) -> Result<Inst<K>, PluginError> {
+    /// A fresh instance in its own sandbox, not yet `init`ed.
+    fn instantiate(&self) -> Result<Inst<K>, PluginError> {
         let limits = &self.spec.limits;
         let mut store = new_store(&self.spec, &self.http)?;
         store.set_epoch_deadline(ticks(limits.init_timeout));
-        let guest = K::instantiate(&self.pre, &mut store).map_err(|e| {
-            classify(
+        match K::instantiate(&self.pre, &mut store) {
+            Ok(guest) => Ok(Inst { store, guest }),
+            Err(e) => Err(classify(
                 &self.label,
                 "instantiate",
                 limits,
                 limits.init_timeout,
                 &store,
                 e,
-            )
-        })?;
-        store.set_epoch_deadline(ticks(limits.init_timeout));
-        match guest.init(&mut store, &self.config) {
-            Ok(Ok(())) => Ok(Inst { store, guest }),
+            )),
+        }
+    }
+
+    /// Hands the instance its config.
+    fn init(&self, mut inst: Inst<K>) -> Result<Inst<K>, PluginError> {
+        let limits = &self.spec.limits;
+        inst.store.set_epoch_deadline(ticks(limits.init_timeout));
+        match inst.guest.init(&mut inst.store, &self.config) {
+            Ok(Ok(())) => Ok(inst),
             Ok(Err(message)) => Err(PluginError::Init {
                 plugin: self.label.clone(),
                 message,
@@ -154,10 +194,14 @@ impl<K: Kind> Pool<K> {
                 "init",
                 limits,
                 limits.init_timeout,
-                &store,
+                &inst.store,
                 e,
             )),
         }
+    }
+
+    fn create(&self) -> Result<Inst<K>, PluginError> {
+        self.init(self.instantiate()?)
     }
 
     fn checkout(&self) -> Result<Inst<K>, PluginError> {
@@ -212,6 +256,13 @@ impl<K: Kind> Pool<K> {
                 Err(err)
             }
         }
+    }
+
+    /// The largest linear-memory footprint among the idle instances.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        let st = self.lock();
+        let used = st.idle.iter().map(|i| i.store.data().limiter.memory_used);
+        used.max().unwrap_or(0)
     }
 
     /// Instances alive now (idle or busy).

@@ -1,5 +1,6 @@
-//! `igpo plugin new`: a new tool component project, Rust or Python, that
-//! builds as is and passes `igpo plugin check` (a word counter to replace).
+//! `igpo plugin new`: a new tool component project, in Rust, Python or
+//! JavaScript, that builds as is and passes `igpo plugin check` (a word
+//! counter to replace; the three behave alike, errors included).
 //! The templates live in `scaffold/`; the WIT contract is copied in so the
 //! project builds anywhere.
 
@@ -10,12 +11,21 @@ use std::path::{Path, PathBuf};
 pub enum PluginLang {
     Rust,
     Python,
+    /// JavaScript, built with componentize-js (pinned by the project's
+    /// package-lock.json).
+    #[value(name = "js")]
+    Js,
 }
 
 const WIT: &str = include_str!("../../../wit/plugins.wit");
 const CARGO_TOML: &str = include_str!("scaffold/Cargo.toml.tmpl");
 const LIB_RS: &str = include_str!("scaffold/lib.rs.tmpl");
 const APP_PY: &str = include_str!("scaffold/app.py.tmpl");
+const APP_JS: &str = include_str!("scaffold/app.js.tmpl");
+const PACKAGE_JSON: &str = include_str!("scaffold/package.json.tmpl");
+const PACKAGE_LOCK: &str = include_str!("scaffold/package-lock.json.tmpl");
+/// What git should not keep of a JavaScript project.
+const GITIGNORE_JS: &str = "node_modules/\n*.wasm\n";
 
 /// Writes the project for tool `name` into `out` (created; must not exist or
 /// be empty) and returns the files written, in order.
@@ -41,6 +51,12 @@ pub fn new_plugin(name: &str, lang: PluginLang, out: &Path) -> Result<Vec<PathBu
             files.push(("src/lib.rs", fill(LIB_RS)));
         }
         PluginLang::Python => files.push(("app.py", fill(APP_PY))),
+        PluginLang::Js => {
+            files.push(("package.json", fill(PACKAGE_JSON)));
+            files.push(("package-lock.json", fill(PACKAGE_LOCK)));
+            files.push(("app.js", fill(APP_JS)));
+            files.push((".gitignore", GITIGNORE_JS.to_string()));
+        }
     }
     let mut written = vec![];
     for (rel, text) in files {
@@ -62,7 +78,7 @@ pub fn built_component(name: &str, lang: PluginLang) -> PathBuf {
             "target/wasm32-wasip2/release/{}.wasm",
             name.replace('-', "_")
         )),
-        PluginLang::Python => PathBuf::from(format!("{name}.wasm")),
+        PluginLang::Python | PluginLang::Js => PathBuf::from(format!("{name}.wasm")),
     }
 }
 
@@ -73,6 +89,8 @@ pub fn build_command(name: &str, lang: PluginLang) -> String {
         PluginLang::Python => {
             format!("componentize-py -d wit -w tool componentize app -o {name}.wasm")
         }
+        // `npm ci`: exactly the versions of package-lock.json.
+        PluginLang::Js => "npm ci && npm run build".into(),
     }
 }
 
@@ -127,6 +145,23 @@ mod tests {
         let app = std::fs::read_to_string(dir.join("app.py")).unwrap();
         assert!(app.contains("name=\"wc2\"") && !app.contains("{{"));
         assert!(dir.join("wit/plugins.wit").exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn javascript_project_is_filled_in() {
+        let dir = scratch("js");
+        let files = new_plugin("wc-js", PluginLang::Js, &dir).unwrap();
+        assert_eq!(files.len(), 5);
+        let app = std::fs::read_to_string(dir.join("app.js")).unwrap();
+        assert!(app.contains("name: 'wc-js'") && !app.contains("{{"));
+        for f in ["package.json", "package-lock.json"] {
+            let v: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
+            assert_eq!(v["name"], "wc-js", "{f}");
+        }
+        let pkg = std::fs::read_to_string(dir.join("package.json")).unwrap();
+        assert!(pkg.contains("--out wc-js.wasm app.js"), "{pkg}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
