@@ -234,3 +234,78 @@ fn plugin_prompt_prints_the_agent_system_prompt() {
         "error: --protocol: `xml` is not one of tool_call, search_tags\n"
     );
 }
+
+#[test]
+fn plugin_bench_measures_any_tool_single_and_pooled() {
+    let Some(plugins) = plugin_dir("plugin_bench_measures_any_tool_single_and_pooled") else {
+        return;
+    };
+    let cache = plugins.join(".cache");
+    let dir = scratch("cli-plugin-bench");
+    let json = dir.join("bench.json");
+    let counter = plugins.join("counting-tool.wasm").display().to_string();
+    let out = igpo(
+        &cache,
+        &[
+            "plugin",
+            "bench",
+            &counter,
+            "--args",
+            r#"{"text": "a"}"#,
+            "--args",
+            r#"{"text": "b", "times": 2}"#,
+            "--calls",
+            "40",
+            "--instances",
+            "3",
+            "--out",
+            json.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    assert!(
+        s.contains("(`counter`)") && s.contains("single   1 thread(s)"),
+        "{s}"
+    );
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(r["tool"], "counter");
+    assert_eq!(
+        (
+            r["single"]["threads"].as_u64(),
+            r["single"]["calls"].as_u64()
+        ),
+        (Some(1), Some(40))
+    );
+    assert_eq!(
+        (
+            r["pooled"]["threads"].as_u64(),
+            r["pooled"]["calls"].as_u64()
+        ),
+        (Some(3), Some(40))
+    );
+    for key in ["compile_s", "first_instance_s"] {
+        assert!(r[key].as_f64().unwrap() > 0.0, "{key}: {r}");
+    }
+    // The counter's static data and stack: at least one 64 KiB page.
+    assert!(r["instance_memory_bytes"].as_u64().unwrap() >= 65536, "{r}");
+    assert_eq!(
+        r["component_bytes"].as_u64().unwrap(),
+        std::fs::metadata(&counter).unwrap().len()
+    );
+    // Arguments the tool refuses stop the bench with one line naming them.
+    let out = igpo(
+        &cache,
+        &["plugin", "bench", &counter, "--args", r#"{"txt": "a"}"#],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with(r#"error: a call with arguments {"txt": "a"} failed: tool `counter`: invalid arguments: "#),
+        "{err}"
+    );
+    let out = igpo(&cache, &["plugin", "bench", &counter]);
+    assert!(text(&out.stderr).contains("give the call arguments: --args JSON"));
+}

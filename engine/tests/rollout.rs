@@ -393,7 +393,8 @@ fn tool_sft_search_on_a_pool_without_it_is_an_unknown_tool_turn() {
 #[test]
 fn tool_sft_search_rejected_by_a_hostile_plugin_is_a_tool_error_turn() {
     // The hostile plugin, named `search`, under a short deadline: the model's
-    // `{"query": ..}` has no `mode`, so every call is rejected.
+    // `{"query": ..}` has no `mode`, so every call is rejected (by the host,
+    // which checks the arguments against the tool's schema).
     let Some(trajs) = run_with_pool(
         "tool_sft_search_rejected_by_a_hostile_plugin_is_a_tool_error_turn",
         |host, plugins| {
@@ -412,7 +413,11 @@ fn tool_sft_search_rejected_by_a_hostile_plugin_is_a_tool_error_turn() {
     ) else {
         return;
     };
-    check_failed_searches(&trajs, "Error: invalid arguments: missing field `mode`");
+    // (refused by the host against hostile's parameters_schema)
+    check_failed_searches(
+        &trajs,
+        r#"Error: invalid arguments: "mode" is a required property"#,
+    );
 }
 
 // ------------------------------------------- the tool step, one turn at a time

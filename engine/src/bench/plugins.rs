@@ -122,12 +122,12 @@ impl PluginBenchReport {
         vec![
             format!(
                 "{} (`{}`): {:.2} MiB component; compile {:.2} s (first load on a machine), \
-                 {:.3} s from the cache; first instance {:.1} ms; {:.2} MiB linear memory per instance",
+                 {:.1} ms from the cache; first instance {:.1} ms; {:.2} MiB linear memory per instance",
                 self.file,
                 self.tool,
                 mib(self.component_bytes),
                 self.compile_s,
-                self.cached_load_s,
+                self.cached_load_s * 1e3,
                 self.first_instance_s * 1e3,
                 mib(self.instance_memory_bytes)
             ),
