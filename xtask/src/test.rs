@@ -7,6 +7,13 @@ use crate::tool_sft::smollm2_tool_dir;
 use crate::{cargo, data, kernels, readme, run, Result};
 
 pub(crate) fn test(args: &[String]) -> Result<()> {
+    // First the lints, so a formatting slip fails in minutes, not at the end
+    // (skipped, like the README, when only some tests were asked for).
+    if args.is_empty() {
+        lints()?;
+    } else {
+        eprintln!("xtask: fmt and clippy skipped (test arguments given)");
+    }
     let cuda_env = kernels::prepare()?;
     let plugin_dir = plugins()?;
     let gguf = smollm2_gguf()?;
@@ -32,4 +39,19 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         eprintln!("xtask: README check skipped (test arguments given)");
         Ok(())
     }
+}
+
+/// `cargo fmt --check` and clippy with warnings as errors, over the workspace
+/// and every target (tests, benches, xtask).
+fn lints() -> Result<()> {
+    run(cargo().args(["fmt", "--all", "--check"]))
+        .map_err(|e| format!("{e}\n(run `cargo fmt --all` to format)"))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }

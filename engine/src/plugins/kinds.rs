@@ -175,6 +175,11 @@ impl ToolPlugin {
         &self.info
     }
 
+    /// Instances alive now, idle or busy (at most `SandboxLimits::instances`).
+    pub fn live_instances(&self) -> usize {
+        self.pool.live()
+    }
+
     /// Linear memory of an instance, in bytes (the largest idle one).
     pub fn instance_memory_bytes(&self) -> u64 {
         self.pool.memory_bytes()

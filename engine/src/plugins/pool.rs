@@ -266,7 +266,6 @@ impl<K: Kind> Pool<K> {
     }
 
     /// Instances alive now (idle or busy).
-    #[allow(dead_code)]
     pub(crate) fn live(&self) -> usize {
         self.lock().live
     }
