@@ -68,13 +68,13 @@ fn pooled_tool_soak_200k_calls_with_traps_timeouts_and_memory_hits() {
             _ => "echo",
         }
     };
-    let run = |range: std::ops::Range<usize>| -> [usize; 5] {
+    let run = |range: std::ops::Range<usize>| -> [usize; 6] {
         let next = std::sync::atomic::AtomicUsize::new(range.start);
-        let counts: Vec<[usize; 5]> = std::thread::scope(|s| {
+        let counts: Vec<[usize; 6]> = std::thread::scope(|s| {
             let hs: Vec<_> = (0..THREADS)
                 .map(|_| {
                     s.spawn(|| {
-                        let mut c = [0usize; 5];
+                        let mut c = [0usize; 6];
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             if i >= range.end {
@@ -105,7 +105,7 @@ fn pooled_tool_soak_200k_calls_with_traps_timeouts_and_memory_hits() {
                 .collect();
             hs.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        let mut total = [0usize; 5];
+        let mut total = [0usize; 6];
         for c in counts {
             for (t, n) in total.iter_mut().zip(c) {
                 *t += n;
@@ -119,10 +119,19 @@ fn pooled_tool_soak_200k_calls_with_traps_timeouts_and_memory_hits() {
     let t0 = Instant::now();
     let rest = run(CALLS / 10..CALLS);
     let took = t0.elapsed();
-    let (rss1, fds1, threads1) = process_footprint();
-    let total: Vec<usize> = (0..5).map(|k| warm[k] + rest[k]).collect();
+    // Joined threads can linger in /proc for a moment: let it settle.
+    let mut after = process_footprint();
+    for _ in 0..100 {
+        if (after.1, after.2) == (fds0, threads0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+        after = process_footprint();
+    }
+    let (rss1, fds1, threads1) = after;
+    let total: Vec<usize> = (0..6).map(|k| warm[k] + rest[k]).collect();
     eprintln!(
-        "soak: {CALLS} calls, the last {} in {:.1} s (echo, trap, timeout, memory cap, refused: {total:?}); \
+        "soak: {CALLS} calls, the last {} in {:.1} s (echo, trap, timeout, memory cap, refused, bomb timed out: {total:?}); \
          RSS {:.1} -> {:.1} MiB, fds {fds0} -> {fds1}, threads {threads0} -> {threads1}, {} instances live",
         CALLS - CALLS / 10,
         took.as_secs_f64(),
@@ -133,7 +142,7 @@ fn pooled_tool_soak_200k_calls_with_traps_timeouts_and_memory_hits() {
     // Every call answered, each kind as expected.
     assert_eq!(total.iter().sum::<usize>(), CALLS);
     assert!(
-        total[1] > 1000 && total[2] > 20 && total[3] > 200 && total[4] > 5000,
+        total[1] > 1000 && total[2] > 20 && total[3] > 10 * total[5] && total[4] > 5000,
         "{total:?}"
     );
     // No leak: memory within one instance's cap of where it was, and the

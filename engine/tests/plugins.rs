@@ -1240,6 +1240,17 @@ fn a_javascript_tool_that_throws_an_error_object_is_told_what_to_throw() {
             "{what}: {s}"
         );
     }
+    // Returning an object instead of a string.
+    let e = tool
+        .call(r#"{"throw": "return-object"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains(
+            "call trapped: JavaScript: `call` must return a string (JSON.stringify an object)"
+        ),
+        "{e}"
+    );
     // The trapped instance was replaced.
     assert_eq!(
         tool.call(r#"{"throw": "nothing"}"#).unwrap(),

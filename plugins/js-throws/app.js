@@ -1,5 +1,5 @@
 // `js-throws`: a test component (never ship it) for the host's advice to
-// JavaScript authors. `call` throws what its arguments ask for; `init`
+// JavaScript authors. `call` throws (or returns) what its arguments ask for; `init`
 // throws an Error object when the config says so. Built by `cargo xtask
 // plugins` with componentize-js (package-lock.json pins it).
 
@@ -17,7 +17,7 @@ export const toolApi = {
       },
       parametersSchema: JSON.stringify({
         type: 'object', additionalProperties: false,
-        properties: { throw: { enum: ['error', 'object', 'tagged', 'nothing'] } },
+        properties: { throw: { enum: ['error', 'object', 'tagged', 'return-object', 'nothing'] } },
         required: ['throw'],
       }),
     };
@@ -37,6 +37,8 @@ export const toolApi = {
         throw { message: 'the index is not loaded' };
       case 'tagged':
         throw { tag: 'failed', val: 'the index is not loaded' };
+      case 'return-object':
+        return { words: 3 };
       default:
         return 'nothing thrown';
     }

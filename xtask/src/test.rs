@@ -45,7 +45,7 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
 /// and every target (tests, benches, xtask).
 fn lints() -> Result<()> {
     run(cargo().args(["fmt", "--all", "--check"]))
-        .map_err(|e| format!("{e}\n(run `cargo fmt --all` to format)"))?;
+        .map_err(|e| format!("{e}; run `cargo fmt --all` to format"))?;
     run(cargo().args([
         "clippy",
         "--workspace",

@@ -69,9 +69,12 @@ pub fn plugin_bench(
     host: &PluginHost,
     spec: &PluginBenchSpec,
 ) -> Result<PluginBenchReport, PluginBenchError> {
-    if spec.arguments.is_empty() || spec.calls == 0 || spec.instances == 0 {
+    if spec.arguments.is_empty() {
+        return Err(PluginBenchError::Input("no call arguments given".into()));
+    }
+    if spec.calls == 0 || spec.instances == 0 {
         return Err(PluginBenchError::Input(
-            "give at least one arguments object, --calls >= 1 and --instances >= 1".into(),
+            "--calls and --instances must be at least 1".into(),
         ));
     }
     let component_bytes = std::fs::metadata(&spec.file)
@@ -95,6 +98,7 @@ pub fn plugin_bench(
     let t0 = Instant::now();
     let tool = ToolPlugin::load(host, &plugin)?;
     let first_instance_s = t0.elapsed().as_secs_f64();
+    tool.fill(spec.instances)?;
     let single = bench_tool(&tool, &spec.arguments, 1, Stop::Calls(spec.calls))?;
     let pooled = bench_tool(
         &tool,
@@ -190,8 +194,9 @@ fn thread_cpu_s() -> Option<f64> {
 }
 
 /// Calls `tool` with `args` round-robin from `threads` threads until
-/// `stop` (after one warm-up call per thread, which also makes the pool's
-/// instances). Returns the first failed call instead of timing it.
+/// `stop`, after one warm-up call per thread (fill the pool first with
+/// [`ToolPlugin::fill`] so no instance is made while timing). Returns the
+/// first failed call instead of timing it.
 pub fn bench_tool(
     tool: &ToolPlugin,
     args: &[String],

@@ -73,6 +73,7 @@ pub enum PluginCommand {
     /// the memory of an instance, and calls/s with p50/p99 latency on one
     /// thread and pooled over several.
     Bench {
+        /// The tool component (`.wasm`).
         file: PathBuf,
         /// JSON arguments of a call (repeat for several; calls rotate).
         #[arg(long = "args", value_name = "JSON")]

@@ -134,19 +134,3 @@ pub fn build_corpus(squad: Option<&Path>, wiki: Option<&Path>) -> Result<Vec<Pas
     }
     Ok(out)
 }
-
-/// Every question of a SQuAD file, in file order.
-pub fn squad_questions(path: &Path) -> Result<Vec<String>, DataError> {
-    let v = read_json(path)?;
-    let mut out = vec![];
-    for a in v["data"].as_array().into_iter().flatten() {
-        for p in a["paragraphs"].as_array().into_iter().flatten() {
-            for q in p["qas"].as_array().into_iter().flatten() {
-                if let Some(q) = q["question"].as_str() {
-                    out.push(q.to_string());
-                }
-            }
-        }
-    }
-    Ok(out)
-}

@@ -17,19 +17,28 @@ pub(crate) fn advice(call: &str, stderr: &str) -> Option<String> {
                 .into(),
         );
     }
-    // A `result<_, string>` error that is not a string. An Error object's
-    // message is lost on the way.
+    // A string slot got something else: a field of `describe`'s record, what
+    // `call` returned (or a thrown tag's `val`), or an error of a
+    // `result<_, string>` export. An Error object's message is lost on the way.
     if stderr.contains("expected a string, received [") {
-        return Some(match call {
-            "describe" => "JavaScript: a field of what `describe` returned is not a string; \
-                           record fields are camelCase (configSchema, parametersSchema)"
-                .into(),
-            _ => format!(
+        return match call {
+            "describe" => Some(
+                "JavaScript: a field of what `describe` returned is not a string; \
+                 record fields are camelCase (configSchema, parametersSchema)"
+                    .into(),
+            ),
+            "call" => Some(
+                "JavaScript: `call` must return a string (JSON.stringify an object), and a \
+                 thrown { tag, val } must have a string `val`"
+                    .into(),
+            ),
+            "init" | "score" | "len" | "get" => Some(format!(
                 "JavaScript: `{call}` must throw a string as its error \
                  (e.g. throw `config: ${{e.message}}`); it threw an Error or another \
                  object, and its message is lost"
-            ),
-        });
+            )),
+            _ => None,
+        };
     }
     None
 }
@@ -51,6 +60,9 @@ mod tests {
         assert!(a.contains("`init` must throw a string"), "{a}");
         let describe = "expected a string, received [undefined] | Stack: | x";
         assert!(advice("describe", describe).unwrap().contains("camelCase"));
+        let returned = "expected a string, received [object] | Stack: | x";
+        assert!(advice("call", returned).unwrap().contains("JSON.stringify"));
+        assert_eq!(advice("instantiate", returned), None);
         assert_eq!(
             advice("call", "thread 'main' panicked at src/lib.rs:3:5"),
             None

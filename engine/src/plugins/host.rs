@@ -228,37 +228,28 @@ pub struct CompileCosts {
     pub cached_load_s: f64,
 }
 
-/// Compiles the component at `path` (bypassing the host's caches), writes
-/// the compiled code to a scratch file and loads it back, timing both.
+/// Compiles the component at `path` (bypassing the host's caches) and
+/// loads the compiled code back from its serialized form, timing both.
 pub fn compile_costs(path: &Path) -> Result<CompileCosts, PluginError> {
-    let io = |source| PluginError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
     let compile_err = |e: wasmtime::Error| PluginError::Compile {
         path: path.to_path_buf(),
         message: one_line(&e),
     };
-    let bytes = std::fs::read(path).map_err(io)?;
+    let bytes = std::fs::read(path).map_err(|source| PluginError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let t0 = std::time::Instant::now();
     let component = Component::new(engine(), &bytes).map_err(compile_err)?;
     let compile_s = t0.elapsed().as_secs_f64();
-    let scratch = std::env::temp_dir().join(format!(
-        "igpo-compile-costs-{}-{:?}.cwasm",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    std::fs::write(&scratch, component.serialize().map_err(compile_err)?).map_err(io)?;
+    let serialized = component.serialize().map_err(compile_err)?;
     let t0 = std::time::Instant::now();
-    // SAFETY: the file was written just above by `Component::serialize` of
-    // this engine.
-    let loaded = unsafe { Component::deserialize_file(engine(), &scratch) };
-    let cached_load_s = t0.elapsed().as_secs_f64();
-    let _ = std::fs::remove_file(&scratch);
-    loaded.map_err(compile_err)?;
+    // SAFETY: the bytes were made just above by `Component::serialize` of
+    // this engine, and never left this process.
+    unsafe { Component::deserialize(engine(), &serialized) }.map_err(compile_err)?;
     Ok(CompileCosts {
         compile_s,
-        cached_load_s,
+        cached_load_s: t0.elapsed().as_secs_f64(),
     })
 }
 

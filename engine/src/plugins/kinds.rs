@@ -175,6 +175,12 @@ impl ToolPlugin {
         &self.info
     }
 
+    /// Makes instances until `n` are alive (at most the limit): what a
+    /// measurement does first, so it times calls and not `init`s.
+    pub fn fill(&self, n: usize) -> Result<(), PluginError> {
+        self.pool.fill(n)
+    }
+
     /// Instances alive now, idle or busy (at most `SandboxLimits::instances`).
     pub fn live_instances(&self) -> usize {
         self.pool.live()
@@ -192,7 +198,7 @@ impl ToolPlugin {
     pub fn call(&self, arguments: &str) -> Result<String, ToolError> {
         let max = self.pool.spec.limits.max_output_bytes;
         let tool = &self.info.name;
-        if let Some(schema) = &self.pool.arguments {
+        if let Some(schema) = &self.pool.arguments_schema {
             schema
                 .check_arguments(arguments)
                 .map_err(|message| ToolError::InvalidArguments {

@@ -46,7 +46,7 @@ pub(crate) struct Pool<K: Kind> {
     /// What the plugin said about itself, before its first `init`.
     pub(crate) described: Described,
     /// A tool's `parameters_schema`, compiled (every call is checked).
-    pub(crate) arguments: Option<Schema>,
+    pub(crate) arguments_schema: Option<Schema>,
     config: String,
     pre: K::Pre,
     http: Arc<HttpGate>,
@@ -117,7 +117,7 @@ impl<K: Kind> Pool<K> {
             label,
             spec: spec.clone(),
             described: Described::default(),
-            arguments: None,
+            arguments_schema: None,
             config,
             pre,
             http,
@@ -148,7 +148,9 @@ impl<K: Kind> Pool<K> {
                 plugin: pool.label.clone(),
                 message,
             })?;
-        pool.arguments = arguments;
+        pool.arguments_schema = arguments;
+        // An `init` trap quotes only what `init` wrote.
+        first.store.data().stderr.clear();
         let first = pool.init(first)?;
         let mut st = pool.lock();
         st.live = 1;
@@ -255,6 +257,22 @@ impl<K: Kind> Pool<K> {
                 self.retire();
                 Err(err)
             }
+        }
+    }
+
+    /// Makes instances until `n` (at most the limit) are alive, so a
+    /// measurement does not pay for their `init`.
+    pub(crate) fn fill(&self, n: usize) -> Result<(), PluginError> {
+        loop {
+            let mut st = self.lock();
+            if st.live >= n.min(self.max) {
+                return Ok(());
+            }
+            st.live += 1;
+            drop(st);
+            let inst = self.create().inspect_err(|_| self.retire())?;
+            self.lock().idle.push(inst);
+            self.cv.notify_one();
         }
     }
 

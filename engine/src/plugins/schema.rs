@@ -10,6 +10,9 @@ use serde_json::Value;
 
 /// At most this many violations are listed in one message.
 const MAX_LISTED: usize = 3;
+/// A violation longer than this (it quotes the offending value) is told
+/// without the value: the agent gets its own long text back only once.
+const MAX_VIOLATION_CHARS: usize = 200;
 
 /// One compiled schema (any draft the schema names with `$schema`; 2020-12
 /// when it names none). `$ref`s must stay inside the schema: nothing is
@@ -32,10 +35,15 @@ impl Schema {
     /// `at /k: 0 is less than the minimum of 1; "query" is a required property`.
     pub(crate) fn check(&self, value: &Value) -> Result<(), String> {
         let mut found: Vec<String> = vec![];
+        let mut seen = std::collections::HashSet::new();
         let mut more = 0usize;
         for e in self.validator.iter_errors(value) {
-            let line = located(e.instance_path().as_str(), &e.to_string());
-            if found.contains(&line) {
+            let mut told = e.to_string();
+            if told.chars().count() > MAX_VIOLATION_CHARS {
+                told = e.masked().to_string();
+            }
+            let line = located(e.instance_path().as_str(), &told);
+            if !seen.insert(line.clone()) {
                 continue;
             }
             match found.len() < MAX_LISTED {
@@ -99,6 +107,17 @@ mod tests {
         }
         let e = s.check_arguments(r#"{"query": "x""#).unwrap_err();
         assert!(e.starts_with("not valid JSON (EOF while parsing"), "{e}");
+    }
+
+    #[test]
+    fn a_long_value_is_not_quoted_back() {
+        let s =
+            Schema::compile(r#"{"properties":{"text":{"type":"string","maxLength":10}}}"#).unwrap();
+        let long = "word ".repeat(10_000);
+        let e = s
+            .check_arguments(&serde_json::json!({ "text": long }).to_string())
+            .unwrap_err();
+        assert_eq!(e, "at /text: value is longer than 10 characters");
     }
 
     #[test]
