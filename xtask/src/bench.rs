@@ -359,38 +359,38 @@ fn write_squad_queries(squad: &std::path::Path, out: &std::path::Path, n: usize)
 }
 
 /// `igpo plugin new word-count-LANG` for Rust, Python and JavaScript under
-/// `dir`, each built with the command its project says; their components.
+/// `dir`, each built with the `build:` command `igpo plugin new` prints (it
+/// runs `cd PROJECT && COMMAND`); their components, from its `check:` line.
 fn word_counters(igpo: &std::path::Path, dir: &std::path::Path) -> Result<Vec<(String, PathBuf)>> {
     let path = crate::plugins::guest_path()?;
     let mut built = vec![];
-    for (lang, build, wasm) in [
-        (
-            "rust",
-            "cargo build --release --target wasm32-wasip2",
-            "target/wasm32-wasip2/release/word_count_rust.wasm",
-        ),
-        (
-            "python",
-            "componentize-py -d wit -w tool componentize app -o word-count-python.wasm",
-            "word-count-python.wasm",
-        ),
-        (
-            "js",
-            "npm ci --no-audit --no-fund && npm run build",
-            "word-count-js.wasm",
-        ),
-    ] {
+    for lang in ["rust", "python", "js"] {
         let name = format!("word-count-{lang}");
-        let project = dir.join(&name);
-        run(Command::new(igpo)
+        let out = Command::new(igpo)
             .args(["plugin", "new", &name, "--lang", lang, "--out"])
-            .arg(&project))?;
+            .arg(dir.join(&name))
+            .output()
+            .map_err(|e| format!("igpo plugin new: {e}"))?;
+        let printed = String::from_utf8_lossy(&out.stdout);
+        let line = |tag: &str| {
+            printed
+                .lines()
+                .find_map(|l| l.strip_prefix(tag))
+                .map(str::trim)
+                .ok_or_else(|| format!("igpo plugin new printed no `{tag}` line: {printed}"))
+        };
+        if !out.status.success() {
+            return Err(format!(
+                "igpo plugin new {name} failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
         run(Command::new("bash")
-            .args(["-c", build])
-            .current_dir(&project)
+            .args(["-c", line("build:")?])
             .env("PATH", &path)
             .env_remove("CARGO_TARGET_DIR"))?;
-        built.push((lang.to_string(), project.join(wasm)));
+        let wasm = line("check:")?.trim_start_matches("igpo plugin check ");
+        built.push((lang.to_string(), PathBuf::from(wasm)));
     }
     Ok(built)
 }

@@ -9,9 +9,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::plugins::{
-    compile_costs, PluginError, PluginHost, PluginSpec, SandboxLimits, ToolError, ToolPlugin,
-};
+use crate::plugins::{PluginError, PluginHost, PluginSpec, SandboxLimits, ToolError, ToolPlugin};
 
 /// Why the plugin bench stopped.
 #[derive(Debug, thiserror::Error)]
@@ -63,8 +61,8 @@ pub struct PluginBenchReport {
     pub pooled: CallStats,
 }
 
-/// Measures the tool of `spec` (compile costs without any cache; calls
-/// through `host`, whose cache is then warm).
+/// Measures the tool of `spec` (compile costs without any cache, whose
+/// result `host` then keeps; calls through `host`).
 pub fn plugin_bench(
     host: &PluginHost,
     spec: &PluginBenchSpec,
@@ -83,7 +81,7 @@ pub fn plugin_bench(
             source,
         })?
         .len();
-    let costs = compile_costs(&spec.file)?;
+    let costs = host.compile_costs(&spec.file)?;
     let mut plugin = PluginSpec::new(&spec.file)
         .config(spec.config.clone())
         .allow_http(spec.allow_http.clone())
@@ -92,9 +90,8 @@ pub fn plugin_bench(
             ..SandboxLimits::default()
         });
     plugin.readonly_dir = spec.readonly_dir.clone();
-    // Compiled (or loaded from the cache) first, so the timing below is the
+    // The host now holds the compiled component: the timing below is the
     // instance alone.
-    crate::plugins::inspect(host, &spec.file)?;
     let t0 = Instant::now();
     let tool = ToolPlugin::load(host, &plugin)?;
     let first_instance_s = t0.elapsed().as_secs_f64();

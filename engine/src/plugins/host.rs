@@ -116,27 +116,10 @@ impl PluginHost {
 
     /// The compiled component at `path`.
     pub(crate) fn component(&self, path: &Path) -> Result<Component, PluginError> {
-        let bytes = std::fs::read(path).map_err(|source| PluginError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let engine = engine();
-        let mut h = Sha256::new();
-        h.update(&bytes);
-        let mut compat = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut compat);
-        h.update(compat.finish().to_le_bytes());
-        let key: [u8; 32] = h.finalize().into();
-
-        static MEMO: OnceLock<Memo> = OnceLock::new();
-        let cell = MEMO
-            .get_or_init(Default::default)
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let bytes = read(path)?;
+        let key = cache_key(&bytes);
         // Concurrent loaders of the same bytes wait for one compile.
+        let cell = memo_cell(&key);
         let result = cell.get_or_init(|| self.compile_cached(&bytes, &key));
         result.clone().map_err(|message| PluginError::Compile {
             path: path.to_path_buf(),
@@ -144,21 +127,63 @@ impl PluginHost {
         })
     }
 
-    fn compile_cached(&self, bytes: &[u8], key: &[u8; 32]) -> Result<Component, String> {
-        let engine = engine();
-        let file = self.cache_dir.as_ref().map(|d| {
+    /// Times what loading the component at `path` costs without any cache: a
+    /// compile, then loading the compiled code back from its serialized
+    /// form. The result then serves this host's later loads, as if
+    /// [`component`](Self::component) had compiled it.
+    pub fn compile_costs(&self, path: &Path) -> Result<CompileCosts, PluginError> {
+        let compile_err = |e: wasmtime::Error| PluginError::Compile {
+            path: path.to_path_buf(),
+            message: one_line(&e),
+        };
+        let bytes = read(path)?;
+        let t0 = std::time::Instant::now();
+        let component = Component::new(engine(), &bytes).map_err(compile_err)?;
+        let compile_s = t0.elapsed().as_secs_f64();
+        let serialized = component.serialize().map_err(compile_err)?;
+        let t0 = std::time::Instant::now();
+        // SAFETY: the bytes were made just above by `Component::serialize`
+        // of this engine, and never left this process.
+        unsafe { Component::deserialize(engine(), &serialized) }.map_err(compile_err)?;
+        let cached_load_s = t0.elapsed().as_secs_f64();
+        let key = cache_key(&bytes);
+        self.store(&key, &serialized);
+        let _ = memo_cell(&key).set(Ok(component));
+        Ok(CompileCosts {
+            compile_s,
+            cached_load_s,
+        })
+    }
+
+    /// Where the compiled form of the component with `key` is cached.
+    fn cache_file(&self, key: &[u8; 32]) -> Option<PathBuf> {
+        self.cache_dir.as_ref().map(|d| {
             let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
             d.join(format!("{hex}.cwasm"))
-        });
-        if let Some(file) = &file {
-            if file.exists() {
-                // SAFETY: the file is named by the hash of the component and
-                // of this engine's compatibility settings, and was written by
-                // `Component::serialize` below (atomically).
-                if let Ok(c) = unsafe { Component::deserialize_file(engine, file) } {
-                    tracing::debug!("component from the cache: {}", file.display());
-                    return Ok(c);
-                }
+        })
+    }
+
+    /// Writes the compiled form to the disk cache (a cache that cannot be
+    /// written only costs time next run).
+    fn store(&self, key: &[u8; 32], serialized: &[u8]) {
+        if let Some(file) = self.cache_file(key) {
+            let _ = file
+                .parent()
+                .map(std::fs::create_dir_all)
+                .transpose()
+                .and_then(|_| crate::fsutil::write_atomic(&file, serialized));
+        }
+    }
+
+    fn compile_cached(&self, bytes: &[u8], key: &[u8; 32]) -> Result<Component, String> {
+        let engine = engine();
+        if let Some(file) = self.cache_file(key).filter(|f| f.exists()) {
+            // SAFETY: the file is named by the hash of the component and of
+            // this engine's compatibility settings, and was written by
+            // `Component::serialize` (`store`, atomically).
+            if let Ok(c) = unsafe { Component::deserialize_file(engine, &file) } {
+                tracing::debug!("component from the cache: {}", file.display());
+                return Ok(c);
             }
         }
         let start = std::time::Instant::now();
@@ -168,15 +193,8 @@ impl PluginHost {
             bytes.len(),
             start.elapsed().as_secs_f64()
         );
-        if let Some(file) = &file {
-            // A cache that cannot be written only costs time next run.
-            if let Ok(serialized) = component.serialize() {
-                let _ = file
-                    .parent()
-                    .map(std::fs::create_dir_all)
-                    .transpose()
-                    .and_then(|_| crate::fsutil::write_atomic(file, &serialized));
-            }
+        if let Ok(serialized) = component.serialize() {
+            self.store(key, &serialized);
         }
         Ok(component)
     }
@@ -228,29 +246,33 @@ pub struct CompileCosts {
     pub cached_load_s: f64,
 }
 
-/// Compiles the component at `path` (bypassing the host's caches) and
-/// loads the compiled code back from its serialized form, timing both.
-pub fn compile_costs(path: &Path) -> Result<CompileCosts, PluginError> {
-    let compile_err = |e: wasmtime::Error| PluginError::Compile {
-        path: path.to_path_buf(),
-        message: one_line(&e),
-    };
-    let bytes = std::fs::read(path).map_err(|source| PluginError::Io {
+fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
+    std::fs::read(path).map_err(|source| PluginError::Io {
         path: path.to_path_buf(),
         source,
-    })?;
-    let t0 = std::time::Instant::now();
-    let component = Component::new(engine(), &bytes).map_err(compile_err)?;
-    let compile_s = t0.elapsed().as_secs_f64();
-    let serialized = component.serialize().map_err(compile_err)?;
-    let t0 = std::time::Instant::now();
-    // SAFETY: the bytes were made just above by `Component::serialize` of
-    // this engine, and never left this process.
-    unsafe { Component::deserialize(engine(), &serialized) }.map_err(compile_err)?;
-    Ok(CompileCosts {
-        compile_s,
-        cached_load_s: t0.elapsed().as_secs_f64(),
     })
+}
+
+/// The cache key of component bytes: their hash and this engine's
+/// compatibility settings.
+fn cache_key(bytes: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(bytes);
+    let mut compat = std::hash::DefaultHasher::new();
+    engine().precompile_compatibility_hash().hash(&mut compat);
+    h.update(compat.finish().to_le_bytes());
+    h.finalize().into()
+}
+
+/// The process-wide compiled component of `key` (filled once).
+fn memo_cell(key: &[u8; 32]) -> Arc<OnceLock<Result<Component, String>>> {
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    MEMO.get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(*key)
+        .or_default()
+        .clone()
 }
 
 /// Stops memory growth past the cap (over all memories of the instance)

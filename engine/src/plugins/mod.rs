@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use host::{compile_costs, inspect, CompileCosts, PluginDescription, PluginHost, World};
+pub use host::{inspect, CompileCosts, PluginDescription, PluginHost, World};
 pub use http::Origin;
 pub use kinds::{
     DatasetPlugin, Example, PluginInfo, RewardOutput, RewardPlugin, ToolInfo, ToolPlugin, ToolPool,

@@ -221,6 +221,12 @@ impl<K: Kind> Pool<K> {
         }
     }
 
+    /// Hands a healthy instance back to the idle list.
+    fn checkin(&self, inst: Inst<K>) {
+        self.lock().idle.push(inst);
+        self.cv.notify_one();
+    }
+
     fn retire(&self) {
         self.lock().live -= 1;
         self.cv.notify_one();
@@ -240,8 +246,7 @@ impl<K: Kind> Pool<K> {
         inst.store.set_epoch_deadline(ticks(limits.call_timeout));
         match f(&inst.guest, &mut inst.store) {
             Ok(r) => {
-                self.lock().idle.push(inst);
-                self.cv.notify_one();
+                self.checkin(inst);
                 Ok(r)
             }
             Err(e) => {
@@ -261,19 +266,20 @@ impl<K: Kind> Pool<K> {
     }
 
     /// Makes instances until `n` (at most the limit) are alive, so a
-    /// measurement does not pay for their `init`.
+    /// measurement does not pay for their `init`: holding that many at once
+    /// makes `checkout` create the missing ones.
     pub(crate) fn fill(&self, n: usize) -> Result<(), PluginError> {
-        loop {
-            let mut st = self.lock();
-            if st.live >= n.min(self.max) {
-                return Ok(());
+        let held = (0..n.min(self.max))
+            .map(|_| self.checkout())
+            .collect::<Vec<_>>();
+        let mut first_error = None;
+        for inst in held {
+            match inst {
+                Ok(inst) => self.checkin(inst),
+                Err(e) => first_error = first_error.or(Some(e)),
             }
-            st.live += 1;
-            drop(st);
-            let inst = self.create().inspect_err(|_| self.retire())?;
-            self.lock().idle.push(inst);
-            self.cv.notify_one();
         }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// The largest linear-memory footprint among the idle instances.
