@@ -4,23 +4,92 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::Path;
 
+/// The temporary name of `stem` while this process writes it
+/// (`<stem>.tmp-<pid>`); see [`remove_stale_temps`].
+pub fn temp_name(stem: &str) -> String {
+    format!("{stem}.tmp-{}", std::process::id())
+}
+
 /// Writes `bytes` to a temporary sibling of `path`, syncs it and renames it
 /// into place, so a crash never leaves a half-written file under `path`.
+/// Temporaries of the same file left by a killed process are removed.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    {
+    let stem = format!(".{}", name.to_string_lossy());
+    if let Some(dir) = path.parent() {
+        remove_stale_temps(dir, |s| s == stem);
+    }
+    let tmp = path.with_file_name(temp_name(&stem));
+    let written = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
-    }
-    fs::rename(&tmp, path).inspect_err(|_| {
+        fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
         let _ = fs::remove_file(&tmp);
-    })
+    }
+    written
+}
+
+/// Removes the temporaries `<stem>.tmp-<pid>` (files or folders) in `dir`
+/// whose stem `matches` and whose process is gone (killed mid-write), or is
+/// this one (a failed earlier attempt). Another live process's are kept.
+pub fn remove_stale_temps(dir: &Path, matches: impl Fn(&str) -> bool) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some((stem, pid)) = name.to_str().and_then(|n| n.rsplit_once(".tmp-")) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
+        if matches(stem) && (pid == std::process::id() || !process_alive(pid)) {
+            let p = e.path();
+            let _ = if p.is_dir() {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+    }
+}
+
+/// Whether process `pid` runs (Linux: `/proc/<pid>`; elsewhere assumed, so
+/// nothing is removed that might be in use).
+fn process_alive(pid: u32) -> bool {
+    let proc = Path::new("/proc");
+    !proc.is_dir() || proc.join(pid.to_string()).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_processes_go_and_live_ones_stay() {
+        let dir = std::env::temp_dir().join(format!("igpo-fsutil-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // pid 1 runs; a pid above the kernel's maximum (2^22) never does.
+        let dead = dir.join(".m.jsonl.tmp-4294967290");
+        let live = dir.join(".m.jsonl.tmp-1");
+        let other = dir.join(".other.tmp-4294967290");
+        let folder = dir.join(".step-3.tmp-4294967291");
+        for f in [&dead, &live, &other] {
+            fs::write(f, "x").unwrap();
+        }
+        fs::create_dir_all(folder.join("state")).unwrap();
+        write_atomic(&dir.join("m.jsonl"), b"line\n").unwrap();
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert_eq!(fs::read(dir.join("m.jsonl")).unwrap(), b"line\n");
+        remove_stale_temps(&dir, |s| s.starts_with(".step-"));
+        assert!(!folder.exists() && other.exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -370,6 +370,24 @@ static void test_adamw() {
     check("adamw_step m", M, wm, 0, 1e-6);
     check("adamw_step v", V, wv, 0, 1e-6);
     check("adamw_step bf16 copy", from_bf(pb), wpb, 0, 1.0 / 128);
+    // A norm that is not finite: the factor is NaN and the step changes
+    // nothing (the trainer skips the update).
+    for (double bad : {std::nan(""), (double)INFINITY}) {
+        vector<double> bad_sumsq{bad};
+        emu_launch({1}, {32}, [&] { clip_factor(scale.data(), norm.data(), bad_sumsq.data(), avg, max_norm); });
+        if (!std::isnan(scale[0]) || std::isfinite(norm[0])) {
+            ++failures;
+            std::printf("FAIL clip_factor with a non-finite norm: scale %g, norm %g\n", scale[0], norm[0]);
+        }
+        auto P2 = p, M2 = m, V2 = v;
+        emu_launch({4}, {64}, [&] {
+            adamw_step(P2.data(), nullptr, g.data(), M2.data(), V2.data(), scale.data(), n, lr, b1, b2, eps, wd,
+                       bc1, bc2, 1.0f);
+        });
+        check("adamw_step skipped: param", P2, p, 0, 0);
+        check("adamw_step skipped: m", M2, m, 0, 0);
+        check("adamw_step skipped: v", V2, v, 0, 0);
+    }
 }
 
 // --------------------------------------------------------------- logprob

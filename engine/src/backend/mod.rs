@@ -463,6 +463,8 @@ pub trait Backend: Clone + Send + Sync {
     /// factor `max_norm / (norm + 1e-6)` when `max_norm > 0` and the norm
     /// exceeds it (else 1), then [`Backend::adamw`] on each parameter with
     /// `grad_scale = avg * clip` (the steps' own `grad_scale` is ignored).
+    /// A norm that is not finite (a NaN or infinite gradient) changes
+    /// nothing: no parameter, no moment (`train::guard` skips the update).
     /// The default reads each gradient's squares through the host; the CUDA
     /// backend keeps the sums and the factor on the device and reads only
     /// the norm, once.
@@ -477,6 +479,9 @@ pub trait Backend: Clone + Send + Sync {
     ) -> f64 {
         let sq: f64 = grads.iter().map(|g| self.sum_squares(g)).sum();
         let grad_norm = sq.sqrt() * avg;
+        if !grad_norm.is_finite() {
+            return grad_norm;
+        }
         let clip = clip_factor(grad_norm, max_norm);
         for (i, p) in params.iter_mut().enumerate() {
             let step = AdamWStep {

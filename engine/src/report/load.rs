@@ -13,9 +13,7 @@ use super::ReportError;
 
 /// A metric that was NaN or infinite is written as `null` (JSON has no
 /// NaN); it reads back as NaN and the figures leave that point out.
-fn nan_if_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-    Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::NAN))
-}
+use crate::train::guard::nan_as_null::deserialize as nan_if_null;
 
 /// One line of `metrics.jsonl` (the fields the report draws).
 #[derive(Clone, Debug, Deserialize)]

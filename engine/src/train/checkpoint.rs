@@ -22,6 +22,7 @@ use crate::backend::Backend;
 use crate::model::folder::{copy_model_files, MASTER_WEIGHTS};
 use crate::model::{init::write_model_dir, save_safetensors, Model, ModelError, TensorMap};
 use crate::tensor::{decode_le, DType, Tensor};
+use crate::train::guard::SkipCounts;
 use crate::train::optim::AdamW;
 
 /// Where the data stream stands: epoch and index inside its shuffled order.
@@ -66,6 +67,14 @@ pub struct TrainerState {
     pub data: DataPosition,
     /// The data order of the current epoch (indices into the dataset).
     pub order: Vec<u64>,
+    /// AdamW updates applied (its bias corrections count them): more than
+    /// `step` with several PPO mini-batches per step, fewer after skips.
+    /// Absent in checkpoints written before it was kept: `step`.
+    #[serde(default)]
+    pub optimizer_steps: Option<u64>,
+    /// Updates skipped as not finite (`train::guard`).
+    #[serde(default)]
+    pub skips: SkipCounts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +89,13 @@ pub enum CheckpointError {
     Model(#[from] ModelError),
     #[error("{path}: {msg}")]
     Bad { path: String, msg: String },
+    /// Writing checkpoint `step` failed; nothing of it is left.
+    #[error("checkpoint step-{step} not written (the newest complete one is {newest}): {source}")]
+    Write {
+        step: u64,
+        newest: String,
+        source: Box<CheckpointError>,
+    },
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
@@ -140,7 +156,8 @@ pub fn resume_point(run_dir: &Path) -> Result<Option<(u64, PathBuf)>, Checkpoint
 
 /// Writes checkpoint `state.step` (the model folder in `model_dtype`, the
 /// tokenizer and generation files copied from `base_model`) and keeps only
-/// the newest `keep_last`.
+/// the newest `keep_last`. A write that fails (a full disk) leaves nothing
+/// of the new checkpoint behind and the older ones as they were.
 pub fn save_checkpoint<B: Backend>(
     run_dir: &Path,
     model: &Model<B>,
@@ -152,11 +169,49 @@ pub fn save_checkpoint<B: Backend>(
 ) -> Result<PathBuf, CheckpointError> {
     let root = run_dir.join("checkpoints");
     fs::create_dir_all(&root).map_err(io(&root))?;
+    // What a process killed mid-write left.
+    crate::fsutil::remove_stale_temps(&root, |stem| stem.starts_with(".step-"));
     let fin = root.join(format!("step-{}", state.step));
-    let tmp = root.join(format!(".step-{}.tmp-{}", state.step, std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
+    let tmp = root.join(crate::fsutil::temp_name(&format!(".step-{}", state.step)));
+    let written =
+        write_checkpoint(&tmp, model, opt, state, base_model, model_dtype).and_then(|()| {
+            if fin.exists() {
+                fs::remove_dir_all(&fin).map_err(io(&fin))?;
+            }
+            fs::rename(&tmp, &fin).map_err(io(&fin))
+        });
+    if let Err(e) = written {
+        let _ = fs::remove_dir_all(&tmp);
+        let newest = list_checkpoints(run_dir)
+            .pop()
+            .map_or("none".to_string(), |(s, _)| format!("step-{s}"));
+        return Err(CheckpointError::Write {
+            step: state.step,
+            newest,
+            source: Box::new(e),
+        });
+    }
+    tracing::debug!("wrote checkpoint {}", fin.display());
+    let all = list_checkpoints(run_dir);
+    for (_, old) in all.iter().take(all.len().saturating_sub(keep_last.max(1))) {
+        let _ = fs::remove_dir_all(old);
+    }
+    Ok(fin)
+}
+
+/// The files of a checkpoint, into the folder `dir` (the trainer state
+/// last: a folder without it is never resumed from).
+fn write_checkpoint<B: Backend>(
+    dir: &Path,
+    model: &Model<B>,
+    opt: &AdamW<B>,
+    state: &TrainerState,
+    base_model: &Path,
+    model_dtype: CheckpointDType,
+) -> Result<(), CheckpointError> {
+    let _ = fs::remove_dir_all(dir);
     let weights = model.to_tensor_map();
-    let model_dir = tmp.join("model");
+    let model_dir = dir.join("model");
     write_model_dir(
         &model_dir,
         &model.config,
@@ -165,9 +220,9 @@ pub fn save_checkpoint<B: Backend>(
         None,
     )?;
     copy_model_files(base_model, &model_dir)?;
-    let state_dir = tmp.join("state");
+    let state_dir = dir.join("state");
     fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
-    save_safetensors(&tmp.join(MASTER_WEIGHTS), &weights, DType::F32)?;
+    save_safetensors(&dir.join(MASTER_WEIGHTS), &weights, DType::F32)?;
     drop(weights);
     let b = model.backend();
     let mut moments = TensorMap::new();
@@ -175,19 +230,9 @@ pub fn save_checkpoint<B: Backend>(
         moments.insert(format!("m.{name}"), b.download(&opt.m[i]));
         moments.insert(format!("v.{name}"), b.download(&opt.v[i]));
     }
-    save_safetensors(&tmp.join(OPTIMIZER_STATE), &moments, DType::F32)?;
+    save_safetensors(&dir.join(OPTIMIZER_STATE), &moments, DType::F32)?;
     let json = serde_json::to_vec_pretty(state).expect("state serializes");
-    crate::fsutil::write_atomic(&tmp.join(TRAINER_STATE), &json).map_err(io(&tmp))?;
-    if fin.exists() {
-        fs::remove_dir_all(&fin).map_err(io(&fin))?;
-    }
-    fs::rename(&tmp, &fin).map_err(io(&fin))?;
-    tracing::debug!("wrote checkpoint {}", fin.display());
-    let all = list_checkpoints(run_dir);
-    for (_, old) in all.iter().take(all.len().saturating_sub(keep_last.max(1))) {
-        let _ = fs::remove_dir_all(old);
-    }
-    Ok(fin)
+    crate::fsutil::write_atomic(&dir.join(TRAINER_STATE), &json).map_err(io(dir))
 }
 
 /// Loads the trainer state and optimizer moments of a checkpoint into `opt`
@@ -232,6 +277,6 @@ pub fn load_checkpoint_state<B: Backend>(
             *dst = b.upload(&t);
         }
     }
-    opt.step = state.step;
+    opt.step = state.optimizer_steps.unwrap_or(state.step);
     Ok(state)
 }

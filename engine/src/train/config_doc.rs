@@ -243,6 +243,7 @@ pub fn train_sections() -> Vec<Section> {
                 key("weight_decay", "float", "Decoupled weight decay for parameters not matched by `no_decay`."),
                 key("no_decay", "list of strings", "Parameters whose name contains one of these get no weight decay."),
                 key("grad_clip", "float", "Clip the global gradient norm to this; 0 = off."),
+                key("max_consecutive_skips", "integer", "An update whose loss, gradient norm, advantages or log-probs are not finite is skipped (logged, counted as `skipped_updates` in metrics.jsonl); this many skips in a row stop the run with an error (>= 1)."),
             ],
             defaults: Some(|| table(OptimConfig::default())),
         },

@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod config_doc;
+pub mod guard;
 pub mod optim;
 pub mod rl;
 mod run;

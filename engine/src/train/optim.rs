@@ -20,6 +20,9 @@ pub struct OptimConfig {
     pub no_decay: Vec<String>,
     /// Clip the global gradient norm to this value; 0 disables clipping.
     pub grad_clip: f64,
+    /// Stop the run after this many updates in a row were skipped for a
+    /// non-finite loss, gradient norm, advantage or log-prob (`train::guard`).
+    pub max_consecutive_skips: u32,
 }
 
 impl Default for OptimConfig {
@@ -32,7 +35,21 @@ impl Default for OptimConfig {
             weight_decay: 0.01,
             no_decay: vec!["norm".into(), "bias".into()],
             grad_clip: 1.0,
+            max_consecutive_skips: 5,
         }
+    }
+}
+
+impl OptimConfig {
+    /// The settings' own rules, as the run file's one error line.
+    pub fn check(&self) -> Result<(), String> {
+        if self.lr.is_nan() || self.lr < 0.0 {
+            return Err("optim.lr must be >= 0".into());
+        }
+        if self.max_consecutive_skips == 0 {
+            return Err("optim.max_consecutive_skips must be >= 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -98,6 +115,9 @@ pub struct StepStats {
     /// Global gradient norm before clipping (of the averaged gradient).
     pub grad_norm: f64,
     pub lr: f64,
+    /// False when the norm was not finite: nothing changed (the step count
+    /// included).
+    pub applied: bool,
 }
 
 impl<B: Backend> AdamW<B> {
@@ -133,7 +153,8 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// One update with the gradients `grads` (sums over `accumulated`
-    /// micro-batches, averaged here), clipping by global norm first.
+    /// micro-batches, averaged here), clipping by global norm first. A
+    /// gradient whose norm is not finite changes nothing (`applied` false).
     pub fn update(
         &mut self,
         backend: &B,
@@ -173,7 +194,15 @@ impl<B: Backend> AdamW<B> {
             avg,
             c.grad_clip,
         );
-        StepStats { grad_norm, lr }
+        let applied = grad_norm.is_finite();
+        if !applied {
+            self.step -= 1;
+        }
+        StepStats {
+            grad_norm,
+            lr,
+            applied,
+        }
     }
 }
 
@@ -267,5 +296,35 @@ mod tests {
             "norm of the averaged gradient"
         );
         assert!((p[0].data()[0] + 1.0).abs() < 1e-6 && (p[0].data()[1] + 1.0).abs() < 1e-6);
+    }
+
+    /// A NaN or infinite gradient leaves weights, moments and the step
+    /// count as they were; the next finite one updates as if it never came.
+    #[test]
+    fn a_non_finite_gradient_changes_nothing() {
+        let cfg = OptimConfig::default();
+        let names = vec!["w".to_string()];
+        let start = vec![Tensor::from_vec(&[2], vec![0.5, -1.0])];
+        let good = vec![Tensor::from_vec(&[2], vec![0.1, 0.2])];
+        let mut clean = start.clone();
+        let mut opt = AdamW::new(&Cpu, cfg.clone(), &names, &clean);
+        opt.update(&Cpu, &mut clean, &good, 1e-2, 1);
+        for bad in [f32::NAN, f32::INFINITY] {
+            let mut p = start.clone();
+            let mut opt2 = AdamW::new(&Cpu, cfg.clone(), &names, &p);
+            let g = vec![Tensor::from_vec(&[2], vec![bad, 0.2])];
+            let s = opt2.update(&Cpu, &mut p, &g, 1e-2, 1);
+            assert!(!s.applied && !s.grad_norm.is_finite());
+            assert_eq!(opt2.step, 0);
+            assert_eq!(p[0].data(), start[0].data());
+            assert!(opt2.m[0]
+                .data()
+                .iter()
+                .chain(opt2.v[0].data())
+                .all(|&x| x == 0.0));
+            assert!(opt2.update(&Cpu, &mut p, &good, 1e-2, 1).applied);
+            assert_eq!(p[0].data(), clean[0].data());
+            assert_eq!(opt2.step, opt.step);
+        }
     }
 }

@@ -14,6 +14,7 @@ use super::checkpoint::{
     load_checkpoint_state, resume_point, save_checkpoint, CheckpointDType, CheckpointError,
     DataPosition, TrainerState,
 };
+use super::guard::SkipCounts;
 use super::optim::{AdamW, OptimConfig};
 use super::sft_data::SftDataError;
 use super::tensorboard::{json_lines, EventWriter};
@@ -51,6 +52,17 @@ pub enum TrainError {
     NoTrainingExamples(PathBuf),
     #[error("rl.probe_template: {0}")]
     ProbeTemplate(String),
+    /// `optim.max_consecutive_skips` updates in a row were not finite.
+    #[error(
+        "step {step}: {skips} updates in a row were skipped (the last: {why}), the limit of \
+         optim.max_consecutive_skips; the newest checkpoint holds the last good weights: lower \
+         optim.lr or check the data, then --resume"
+    )]
+    Diverged {
+        step: u64,
+        skips: u32,
+        why: super::guard::Skip,
+    },
     /// A metrics line handed to the TensorBoard writer that it cannot log.
     #[error("{path}: line to log {msg}")]
     LogLine { path: PathBuf, msg: String },
@@ -270,6 +282,8 @@ impl<B: Backend> Start<B> {
             rng: rng.state(),
             data: DataPosition::default(),
             order,
+            optimizer_steps: None,
+            skips: SkipCounts::default(),
         };
         if let Some((step, dir)) = &from {
             state = load_checkpoint_state(dir, &model, &mut opt)?;
@@ -351,6 +365,7 @@ impl<B: Backend, M: LogLine> Run<B, M> {
             let end = step(self, n)?;
             self.state.step = n;
             self.state.rng = self.rng.state();
+            self.state.optimizer_steps = Some(self.opt.step);
             self.metrics.append(&end.metrics, &mut self.tb)?;
             if let Some(line) = end.line {
                 bar.line(line);
@@ -406,6 +421,8 @@ mod tests {
             rng: rng.state(),
             data: DataPosition::default(),
             order: order.clone(),
+            optimizer_steps: None,
+            skips: SkipCounts::default(),
         };
         let first: Vec<usize> = (0..4)
             .map(|_| next_example(&mut state, &mut rng, 4))

@@ -7,6 +7,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::checkpoint::CheckpointDType;
+use super::guard::{nan_as_null, Inject, NanInjection, Skip};
 use super::optim::{OptimConfig, ScheduleConfig};
 use super::run::{io_err, next_example, LogLine, LoopConfig, Run, Start, StepEnd};
 pub use super::run::{RunOptions as SftRunOptions, TrainError};
@@ -114,9 +115,7 @@ impl SftConfig {
                 "train.logprob_chunk must be >= 1 and data.max_seq_len >= 2",
             ));
         }
-        if cfg.optim.lr.is_nan() || cfg.optim.lr < 0.0 {
-            return Err(bad("optim.lr must be >= 0"));
-        }
+        cfg.optim.check().map_err(|m| bad(&m))?;
         Ok(cfg)
     }
 }
@@ -125,7 +124,11 @@ impl SftConfig {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct SftMetrics {
     pub step: u64,
+    /// NaN (`null`) when not finite: that update was skipped.
+    #[serde(with = "nan_as_null")]
     pub loss: f64,
+    /// NaN (`null`) when not finite or not computed (a skipped update).
+    #[serde(with = "nan_as_null")]
     pub grad_norm: f64,
     pub lr: f64,
     /// Loss-bearing tokens in the step.
@@ -134,6 +137,9 @@ pub struct SftMetrics {
     pub processed_tokens: usize,
     /// `processed_tokens` per second of the step.
     pub tokens_per_s: f64,
+    /// Updates skipped as not finite since the run began (`train::guard`).
+    #[serde(default)]
+    pub skipped_updates: u64,
 }
 
 impl LogLine for SftMetrics {
@@ -241,9 +247,10 @@ pub fn run_sft<B: Backend>(
         tb_prefix: "",
         options: opts.clone(),
     };
+    let inject = NanInjection::from_env(&[Inject::Loss, Inject::Grad])?;
     let start = Start::load(backend, &loop_cfg, data.examples.len())?;
     let mut run = Run::start(start, loop_cfg, config_text, &[])?;
-    run.drive(|run, step| Ok(sft_step(run, cfg, &data.examples, step)))?;
+    run.drive(|run, step| sft_step(run, cfg, &data.examples, step, &inject))?;
     Ok(SftOutcome {
         metrics: run.history,
         skipped_lines: data.skipped_lines,
@@ -251,13 +258,15 @@ pub fn run_sft<B: Backend>(
     })
 }
 
-/// One optimizer step over `grad_accum` micro-batches from the data cursor.
+/// One optimizer step over `grad_accum` micro-batches from the data cursor
+/// (skipped when its loss or gradient norm is not finite).
 fn sft_step<B: Backend>(
     run: &mut Run<B, SftMetrics>,
     cfg: &SftConfig,
     examples: &[SftExample],
     step: u64,
-) -> StepEnd<SftMetrics> {
+    inject: &NanInjection,
+) -> Result<StepEnd<SftMetrics>, TrainError> {
     let start = Instant::now();
     let t = &cfg.train;
     let mut grads = run.model.zero_grads();
@@ -279,24 +288,46 @@ fn sft_step<B: Backend>(
     }
     let lr = cfg.schedule.lr(cfg.optim.lr, step, t.steps);
     let b = run.model.backend().clone();
-    let stats = run
-        .opt
-        .update(&b, run.model.params_mut(), &grads, lr, t.grad_accum);
+    let mut loss = loss_sum / t.grad_accum as f64;
+    if inject.at(Inject::Loss, step) {
+        loss = f64::NAN;
+    }
+    if inject.at(Inject::Grad, step) {
+        b.scale(&mut grads[0], f32::NAN);
+    }
+    let (grad_norm, skip) = if loss.is_finite() {
+        let stats = run
+            .opt
+            .update(&b, run.model.params_mut(), &grads, lr, t.grad_accum);
+        (stats.grad_norm, (!stats.applied).then_some(Skip::GradNorm))
+    } else {
+        (f64::NAN, Some(Skip::Loss))
+    };
+    let limit = cfg.optim.max_consecutive_skips;
+    run.state.skips.record(step, skip, limit)?;
     let m = SftMetrics {
         step,
-        loss: loss_sum / t.grad_accum as f64,
-        grad_norm: stats.grad_norm,
+        loss,
+        grad_norm,
         lr,
         tokens,
         processed_tokens: processed,
         tokens_per_s: processed as f64 / start.elapsed().as_secs_f64(),
+        skipped_updates: run.state.skips.total,
     };
-    StepEnd {
+    Ok(StepEnd {
         message: format!(
-            "loss {:.4}, grad norm {:.3}, {:.0} tok/s",
-            m.loss, m.grad_norm, m.tokens_per_s
+            "loss {:.4}, grad norm {:.3}, {:.0} tok/s{}",
+            m.loss,
+            m.grad_norm,
+            m.tokens_per_s,
+            if skip.is_some() {
+                ", update skipped"
+            } else {
+                ""
+            }
         ),
         line: None,
         metrics: m,
-    }
+    })
 }

@@ -7,6 +7,7 @@ typedef __nv_bfloat16 bf16;
 #define IGPO_FULL_MASK 0xffffffffu
 #define IGPO_NEG_INF __int_as_float(0xff800000)
 #define IGPO_POS_INF __int_as_float(0x7f800000)
+#define IGPO_NAN __int_as_float(0x7fc00000)
 
 __device__ __forceinline__ float to_f32(bf16 v) { return __bfloat162float(v); }
 __device__ __forceinline__ bf16 to_bf16(float v) { return __float2bfloat16_rn(v); }

@@ -6,7 +6,9 @@
 // Global-norm clipping: `sum_squares_partial` + `sum_f64` (norm.cu) give the
 // squared norm; the clip factor folds into grad_scale. When the factor must
 // stay on the device (no host sync), `clip_factor` writes it and `scale_dev`
-// passes it in (it multiplies grad_scale; null means 1).
+// passes it in (it multiplies grad_scale; null means 1). A gradient whose
+// norm is not finite makes the factor NaN, and a step whose scale is not
+// finite changes nothing (the trainer skips that update).
 
 extern "C" __global__ void adamw_step(float* __restrict__ master, bf16* __restrict__ param_bf16,
                                       const float* __restrict__ grad, float* __restrict__ m,
@@ -15,6 +17,7 @@ extern "C" __global__ void adamw_step(float* __restrict__ master, bf16* __restri
                                       float weight_decay, float bias_correction1,
                                       float bias_correction2, float grad_scale) {
     const float gs = grad_scale * (scale_dev != nullptr ? scale_dev[0] : 1.0f);
+    if (!isfinite(gs)) return;  // the same for every thread: no barrier below
     const float decay = 1.0f - lr * weight_decay;
     IGPO_GRID_STRIDE(i, n) {
         const float g = grad[i] * gs;
@@ -32,7 +35,8 @@ extern "C" __global__ void adamw_step(float* __restrict__ master, bf16* __restri
 
 // The gradient scale on the device, as engine/src/train/optim.rs computes it:
 // norm = sqrt(sumsq) * avg; clip = max_norm / (norm + 1e-6) when
-// max_norm > 0 and norm > max_norm, else 1; out = avg * clip. Also writes the
+// max_norm > 0 and norm > max_norm, else 1; out = avg * clip (NaN when the
+// norm is not finite). Also writes the
 // pre-clip norm (for the metrics) when `norm_out` is not null.
 extern "C" __global__ void clip_factor(float* __restrict__ out, double* __restrict__ norm_out,
                                        const double* __restrict__ sumsq, double avg,
@@ -40,7 +44,7 @@ extern "C" __global__ void clip_factor(float* __restrict__ out, double* __restri
     if (blockIdx.x == 0 && threadIdx.x == 0) {
         const double norm = sqrt(sumsq[0]) * avg;
         const double clip = (max_norm > 0.0 && norm > max_norm) ? max_norm / (norm + 1e-6) : 1.0;
-        out[0] = (float)(avg * clip);
+        out[0] = isfinite(norm) ? (float)(avg * clip) : IGPO_NAN;
         if (norm_out != nullptr) norm_out[0] = norm;
     }
 }

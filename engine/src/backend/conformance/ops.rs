@@ -1272,4 +1272,25 @@ pub(crate) fn adamw_clipped<B: Backend>(b: &B, tol: Tol) {
             same_bits("adamw_clipped twice", a, c);
         }
     }
+    // A NaN or infinite gradient anywhere: the norm says so and nothing
+    // moves (the trainer skips that update).
+    for bad in [f32::NAN, f32::INFINITY] {
+        let mut gs = gs.clone();
+        gs[1].data_mut()[17] = bad;
+        let mut pd: Vec<_> = ps.iter().map(|p| b.upload(p)).collect();
+        let gd: Vec<_> = gs.iter().map(|g| b.upload(g)).collect();
+        let ones = |s: &[usize]| b.upload(&Tensor::from_vec(s, vec![0.25; s.iter().product()]));
+        let (mut m, mut v): (Vec<_>, Vec<_>) = shapes.iter().map(|s| (ones(s), ones(s))).unzip();
+        let norm = b.adamw_clipped(&mut pd, &gd, (&mut m, &mut v), &steps, avg, 0.5);
+        assert!(
+            !norm.is_finite(),
+            "adamw_clipped with a {bad} gradient: norm {norm}"
+        );
+        for (i, p) in pd.iter().enumerate() {
+            same_bits("adamw_clipped non-finite: param", &b.download(p), &ps[i]);
+            let quarter = Tensor::from_vec(shapes[i], vec![0.25; ps[i].numel()]);
+            same_bits("adamw_clipped non-finite: m", &b.download(&m[i]), &quarter);
+            same_bits("adamw_clipped non-finite: v", &b.download(&v[i]), &quarter);
+        }
+    }
 }

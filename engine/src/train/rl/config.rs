@@ -227,9 +227,7 @@ impl RlRunConfig {
                 "train.mini_batches must be in 1..={rollouts} (the rollouts of a step)"
             )));
         }
-        if cfg.optim.lr.is_nan() || cfg.optim.lr < 0.0 {
-            return Err(bad("optim.lr must be >= 0".into()));
-        }
+        cfg.optim.check().map_err(bad)?;
         let plugins = cfg
             .tools
             .iter()

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::step::StepData;
 use super::update::Update;
+use crate::train::guard::nan_as_null;
 use crate::train::run::{io_err, LogLine, TrainError};
 
 /// One line of `metrics.jsonl`.
@@ -32,6 +33,8 @@ pub struct RlMetrics {
     /// Mean importance ratio `pi / pi_old` over the loss tokens (1 on policy).
     pub ratio_mean: f64,
     pub pg_loss: f64,
+    /// The last update's; NaN (`null`) when that update was skipped.
+    #[serde(with = "nan_as_null")]
     pub grad_norm: f64,
     pub lr: f64,
     /// Tokens that produced gradients this step (every epoch counted).
@@ -44,6 +47,9 @@ pub struct RlMetrics {
     pub rollout_s: f64,
     pub scoring_s: f64,
     pub update_s: f64,
+    /// Updates skipped as not finite since the run began (`train::guard`).
+    #[serde(default)]
+    pub skipped_updates: u64,
     /// Dev F1 when the step ended with an evaluation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dev_f1: Option<f64>,
@@ -127,6 +133,7 @@ pub(crate) fn step_metrics(d: &StepData, u: &Update, lr: f64, cum_grad_tokens: u
         rollout_s: d.timings.rollout_s,
         scoring_s: d.timings.scoring_s,
         update_s: d.timings.update_s,
+        skipped_updates: 0,
         dev_f1: None,
     }
 }

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use super::config::{RlConfig, RlRunConfig};
 use super::logs::{bar_message, step_line, step_metrics, write_samples, DevEval, RlMetrics};
-use super::update::{ppo_epochs, sequence_logprobs, Sample, UpdateSettings};
+use super::update::{ppo_epochs, sequence_logprobs, Guard, Sample, UpdateSettings};
 use crate::backend::Backend;
 use crate::model::Model;
 use crate::plugins::{PluginHost, RewardOutput, RewardPlugin, ToolPool, TrajectoryRecord};
@@ -25,6 +25,7 @@ use crate::rollout::{AgentConfig, RolloutStats, Task, Trajectory};
 use crate::tasks::{f1_em, load_tasks, reward_record, rollout_tasks, score_report, DatasetConfig};
 use crate::tokenizer::Tokenizer;
 use crate::train::checkpoint::TrainerState;
+use crate::train::guard::{Inject, NanInjection};
 use crate::train::run::{io_err, next_example, on_cadence, JsonlLog, Run, StepEnd, TrainError};
 
 /// What every step reads and none changes: the run file, the tokenizer and
@@ -37,12 +38,20 @@ pub(crate) struct RlEnv<'a> {
     pub reward: RewardPlugin,
     pub train_tasks: Vec<Task>,
     pub dev_tasks: Vec<Task>,
+    /// The `IGPO_INJECT_NAN` test hook (`train::guard`).
+    pub inject: NanInjection,
 }
 
 impl<'a> RlEnv<'a> {
     /// Loads everything that can fail on input, before the first rollout,
     /// and makes the run folder's `samples/`.
     pub(crate) fn load(cfg: &'a RlRunConfig) -> Result<RlEnv<'a>, TrainError> {
+        let inject = NanInjection::from_env(&[
+            Inject::Loss,
+            Inject::Grad,
+            Inject::Advantage,
+            Inject::LogProb,
+        ])?;
         let host = PluginHost::default();
         let tools = if cfg.tools.is_empty() {
             None
@@ -80,6 +89,7 @@ impl<'a> RlEnv<'a> {
             reward,
             train_tasks,
             dev_tasks,
+            inject,
         })
     }
 
@@ -154,7 +164,7 @@ pub(crate) fn rl_step<B: Backend>(
     let t2 = Instant::now();
     let rewards = rewards(&trajs, &p, &cfg.rl, |rec| env.reward.score(rec));
     let adv = turn_advantages(&trajs, &rewards, &cfg.rl);
-    let (samples, logprob_delta) = old_logprobs(
+    let (mut samples, logprob_delta) = old_logprobs(
         &run.model,
         lp.reference.as_ref(),
         &trajs,
@@ -162,8 +172,16 @@ pub(crate) fn rl_step<B: Backend>(
         &adv,
         &settings,
     );
+    inject_nan(&env.inject, step, &mut samples);
     let lr = cfg.schedule.lr(cfg.optim.lr, step, cfg.train.steps);
     let passes = (cfg.train.ppo_epochs, cfg.train.mini_batches);
+    let mut guard = Guard {
+        counts: &mut run.state.skips,
+        limit: cfg.optim.max_consecutive_skips,
+        step,
+        nan_loss: env.inject.at(Inject::Loss, step),
+        nan_grad: env.inject.at(Inject::Grad, step),
+    };
     let update = ppo_epochs(
         &mut run.model,
         &mut run.opt,
@@ -172,7 +190,8 @@ pub(crate) fn rl_step<B: Backend>(
         passes,
         lr,
         &mut run.rng,
-    );
+        &mut guard,
+    )?;
     timings.update_s = t2.elapsed().as_secs_f64();
     lp.cum_tokens += update.stats.tokens;
     let data = StepData {
@@ -186,6 +205,7 @@ pub(crate) fn rl_step<B: Backend>(
         timings,
     };
     let mut m = step_metrics(&data, &update, lr, lp.cum_tokens);
+    m.skipped_updates = run.state.skips.total;
     write_samples(&cfg.train.run_dir, &data, cfg.train.samples_per_step)?;
     let every = cfg.eval.as_ref().map_or(0, |e| e.every);
     if env.has_eval() && on_cadence(step, cfg.train.steps, every) {
@@ -199,6 +219,23 @@ pub(crate) fn rl_step<B: Backend>(
         message: bar_message(&m),
         metrics: m,
     })
+}
+
+/// The `IGPO_INJECT_NAN` test hook: a NaN advantage or old log-prob on the
+/// first loss token of the first sample.
+fn inject_nan(inject: &NanInjection, step: u64, samples: &mut [Sample]) {
+    let Some(s) = samples.first_mut() else {
+        return;
+    };
+    let Some(j) = s.traj.loss_mask.iter().position(|&m| m == 1) else {
+        return;
+    };
+    if inject.at(Inject::Advantage, step) {
+        s.adv[j] = f32::NAN;
+    }
+    if inject.at(Inject::LogProb, step) {
+        s.old[j] = f32::NAN;
+    }
 }
 
 /// Phase 1: the step's `prompts_per_step` prompts from the data cursor,

@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use super::config::RlConfig;
 use super::logs::{sample_lines, step_metrics};
 use super::step::{next_tasks, old_logprobs, rewards, turn_advantages, Rewards, StepData, Timings};
-use super::update::{ppo_epochs, sequence_logprobs, Update, UpdateSettings};
+use super::update::{ppo_epochs, sequence_logprobs, Guard, Sample, Update, UpdateSettings};
 use crate::backend::Cpu;
 use crate::model::init::random_weights;
 use crate::model::{Arch, Model, ModelConfig};
@@ -15,6 +15,7 @@ use crate::rl::{spread_over_tokens, Advantages, Estimator, LossConfig, LossStats
 use crate::rng::Rng;
 use crate::rollout::{RolloutStats, Segment, SpanKind, Task, Trajectory, TurnMeta};
 use crate::train::checkpoint::{DataPosition, TrainerState};
+use crate::train::guard::SkipCounts;
 use crate::train::optim::{AdamW, OptimConfig};
 use crate::train::run::shuffled;
 
@@ -154,6 +155,8 @@ fn next_tasks_repeat_each_prompt_group_size_times_across_epochs() {
         rng: rng.state(),
         data: DataPosition::default(),
         order: order.clone(),
+        optimizer_steps: None,
+        skips: SkipCounts::default(),
     };
     let rl = RlConfig {
         group_size: 2,
@@ -208,6 +211,7 @@ fn step_metrics_and_samples_of_a_hand_made_step() {
         },
         grad_norm: 0.5,
         updates: 2,
+        skipped: 0,
     };
     let m = step_metrics(&d, &u, 1e-3, 30);
     assert_eq!(m.step, 7);
@@ -323,18 +327,24 @@ fn old_logprobs_make_samples_of_the_kept_rollouts() {
     assert_eq!(with_ref[1].reference, expected[1]);
 }
 
-#[test]
-fn ppo_epochs_make_epochs_times_mini_batches_updates() {
+/// The tiny model and the samples of three hand-made rollouts with
+/// advantages 1, -1 and 0.5.
+fn ppo_world(loss: &LossConfig) -> (Model<Cpu>, Vec<Sample>) {
     let (trajs, _) = hand_made();
-    let loss = LossConfig::default();
     let adv = Advantages {
         turns: vec![vec![1.0, 1.0], vec![-1.0, -1.0], vec![0.5, 0.5]],
         zero_groups: 0,
         groups: 1,
     };
-    let kept = [0, 1, 2];
-    let mut model = tiny_model();
-    let (samples, _) = old_logprobs(&model, None, &trajs, &kept, &adv, &settings(&loss));
+    let model = tiny_model();
+    let (samples, _) = old_logprobs(&model, None, &trajs, &[0, 1, 2], &adv, &settings(loss));
+    (model, samples)
+}
+
+#[test]
+fn ppo_epochs_make_epochs_times_mini_batches_updates() {
+    let loss = LossConfig::default();
+    let (mut model, samples) = ppo_world(&loss);
     let before = weights(&model);
     let optim = |lr| OptimConfig {
         lr,
@@ -351,7 +361,9 @@ fn ppo_epochs_make_epochs_times_mini_batches_updates() {
         (2, 2),
         0.0,
         &mut rng,
-    );
+        &mut guard(&mut SkipCounts::default(), false),
+    )
+    .unwrap();
     assert_eq!(u.updates, 4);
     assert_eq!(u.stats.tokens, 2 * 3 * 6);
     assert!((u.stats.ratio_mean() - 1.0).abs() < 1e-5);
@@ -373,7 +385,92 @@ fn ppo_epochs_make_epochs_times_mini_batches_updates() {
         (1, 3),
         1e-2,
         &mut rng,
-    );
+        &mut guard(&mut SkipCounts::default(), false),
+    )
+    .unwrap();
     assert_eq!(u.updates, 3);
     assert_ne!(weights(&model), before);
+}
+
+fn guard(counts: &mut SkipCounts, nan_grad: bool) -> Guard<'_> {
+    Guard {
+        counts,
+        limit: 3,
+        step: 1,
+        nan_loss: false,
+        nan_grad,
+    }
+}
+
+/// A NaN advantage or old log-prob, or a NaN gradient: the update is
+/// skipped and counted, the weights and moments stay, its loss statistics
+/// are left out; the third skip in a row stops the run.
+#[test]
+fn non_finite_updates_are_skipped_and_counted() {
+    let loss = LossConfig::default();
+    let (mut model, clean) = ppo_world(&loss);
+    let before = weights(&model);
+    let optim = OptimConfig {
+        lr: 1e-2,
+        ..OptimConfig::default()
+    };
+    let mut opt = AdamW::new(&Cpu, optim, model.param_names(), model.params());
+    let mut counts = SkipCounts::default();
+    let mut nan_adv = clean.clone();
+    nan_adv[1].adv[4] = f32::NAN;
+    let mut nan_old = clean.clone();
+    nan_old[2].old[10] = f32::NEG_INFINITY;
+    let cases = [(&nan_adv, false), (&nan_old, false), (&clean, true)];
+    for (i, (samples, nan_grad)) in cases.into_iter().enumerate() {
+        let r = ppo_epochs(
+            &mut model,
+            &mut opt,
+            samples,
+            &settings(&loss),
+            (1, 1),
+            1e-2,
+            &mut Rng::new(1),
+            &mut guard(&mut counts, nan_grad),
+        );
+        assert_eq!(weights(&model), before, "case {i}");
+        assert!(opt.m.iter().all(|m| m.data().iter().all(|&x| x == 0.0)));
+        assert_eq!(opt.step, 0);
+        if i < 2 {
+            let u = r.unwrap();
+            assert_eq!((u.updates, u.skipped, u.stats.tokens), (0, 1, 0));
+            assert!(u.grad_norm.is_nan());
+        } else {
+            let e = r.expect_err("the third skip in a row stops").to_string();
+            assert!(e.contains("3 updates in a row"), "{e}");
+            assert!(e.contains("non-finite gradient norm"), "{e}");
+        }
+    }
+    assert_eq!(
+        counts,
+        SkipCounts {
+            total: 3,
+            in_a_row: 3
+        }
+    );
+    // A finite update afterwards applies and resets the run of skips.
+    let u = ppo_epochs(
+        &mut model,
+        &mut opt,
+        &clean,
+        &settings(&loss),
+        (1, 1),
+        1e-2,
+        &mut Rng::new(1),
+        &mut guard(&mut counts, false),
+    )
+    .unwrap();
+    assert_eq!((u.updates, u.skipped), (1, 0));
+    assert_ne!(weights(&model), before);
+    assert_eq!(
+        counts,
+        SkipCounts {
+            total: 3,
+            in_a_row: 0
+        }
+    );
 }

@@ -7,10 +7,12 @@ use crate::rl::{policy_loss, token_weights, LossConfig, LossInputs, LossStats};
 use crate::rng::Rng;
 use crate::rollout::Trajectory;
 use crate::tensor::Tensor;
+use crate::train::guard::{first_non_finite, Skip, SkipCounts};
 use crate::train::optim::AdamW;
-use crate::train::run::shuffled;
+use crate::train::run::{shuffled, TrainError};
 
 /// A scored rollout ready for the update.
+#[derive(Clone)]
 pub(crate) struct Sample {
     pub(crate) traj: Trajectory,
     /// Per-token advantage (0 off the loss mask).
@@ -96,7 +98,34 @@ pub(crate) struct UpdateSettings<'a> {
     pub recompute: bool,
 }
 
-/// One optimizer update on a mini-batch of samples; adds into `stats`.
+/// The numerical guard over one step's updates (`train::guard`).
+pub(crate) struct Guard<'a> {
+    pub counts: &'a mut SkipCounts,
+    /// `optim.max_consecutive_skips`.
+    pub limit: u32,
+    pub step: u64,
+    /// `IGPO_INJECT_NAN` puts a NaN in this step's losses / gradients.
+    pub nan_loss: bool,
+    pub nan_grad: bool,
+}
+
+/// Why a mini-batch's inputs cannot make an update: a non-finite advantage,
+/// old or reference log-prob (checked before any gradient is computed, so
+/// none reaches the weights).
+fn bad_inputs(batch: &[&Sample]) -> Option<Skip> {
+    if batch.iter().any(|s| first_non_finite(&s.adv).is_some()) {
+        return Some(Skip::Advantage);
+    }
+    let bad_lp = |s: &&Sample| {
+        first_non_finite(&s.old).is_some() || first_non_finite(&s.reference).is_some()
+    };
+    batch.iter().any(bad_lp).then_some(Skip::LogProb)
+}
+
+/// One optimizer update on a mini-batch of samples, or a skip (its inputs,
+/// loss or gradient norm not finite, see [`Guard`]); an applied update adds
+/// its loss statistics into `stats`. Returns the gradient norm (NaN when
+/// not computed) and whether the update was skipped.
 fn update_mini_batch<B: Backend>(
     model: &mut Model<B>,
     opt: &mut AdamW<B>,
@@ -104,11 +133,33 @@ fn update_mini_batch<B: Backend>(
     settings: &UpdateSettings<'_>,
     lr: f64,
     stats: &mut LossStats,
-) -> f64 {
-    let grads = mini_batch_grads(model, batch, settings, stats);
-    let b = model.backend().clone();
-    let params = model.params_mut();
-    opt.update(&b, params, &grads, lr, 1).grad_norm
+    guard: &mut Guard<'_>,
+) -> Result<(f64, bool), TrainError> {
+    let (norm, skip) = match bad_inputs(batch) {
+        Some(skip) => (f64::NAN, Some(skip)),
+        None => {
+            let mut mine = LossStats::default();
+            let mut grads = mini_batch_grads(model, batch, settings, &mut mine);
+            let b = model.backend().clone();
+            if guard.nan_loss {
+                mine.loss = f64::NAN;
+            }
+            if guard.nan_grad {
+                b.scale(&mut grads[0], f32::NAN);
+            }
+            if !mine.loss.is_finite() {
+                (f64::NAN, Some(Skip::Loss))
+            } else {
+                let s = opt.update(&b, model.params_mut(), &grads, lr, 1);
+                if s.applied {
+                    stats.add(&mine);
+                }
+                (s.grad_norm, (!s.applied).then_some(Skip::GradNorm))
+            }
+        }
+    };
+    guard.counts.record(guard.step, skip, guard.limit)?;
+    Ok((norm, skip.is_some()))
 }
 
 /// The policy-loss gradient of a mini-batch (summed over its micro-batches
@@ -205,17 +256,21 @@ pub(crate) fn mini_batch_grads<B: Backend>(
     grads
 }
 
-/// What the PPO epochs did: loss statistics summed over every update, the
-/// last update's gradient norm, and the number of updates.
+/// What the PPO epochs did: loss statistics summed over every applied
+/// update, the last update's gradient norm, the number of updates applied
+/// and skipped.
 #[derive(Debug, Default)]
 pub(crate) struct Update {
     pub stats: LossStats,
     pub grad_norm: f64,
     pub updates: usize,
+    pub skipped: usize,
 }
 
 /// Phase: `epochs` passes over the samples, each in a fresh order drawn
 /// from `rng`, split into `mini_batches` optimizer updates at rate `lr`.
+/// Errs when `guard` has seen too many skips in a row.
+#[allow(clippy::too_many_arguments)] // the phase's inputs, each named
 pub(crate) fn ppo_epochs<B: Backend>(
     model: &mut Model<B>,
     opt: &mut AdamW<B>,
@@ -224,16 +279,23 @@ pub(crate) fn ppo_epochs<B: Backend>(
     (epochs, mini_batches): (usize, usize),
     lr: f64,
     rng: &mut Rng,
-) -> Update {
+    guard: &mut Guard<'_>,
+) -> Result<Update, TrainError> {
     let mut out = Update::default();
     for _ in 0..epochs {
         let order = shuffled(samples.len(), rng);
         let per = samples.len().div_ceil(mini_batches).max(1);
         for mb in order.chunks(per) {
             let batch: Vec<&Sample> = mb.iter().map(|&i| &samples[i as usize]).collect();
-            out.grad_norm = update_mini_batch(model, opt, &batch, settings, lr, &mut out.stats);
-            out.updates += 1;
+            let (norm, skipped) =
+                update_mini_batch(model, opt, &batch, settings, lr, &mut out.stats, guard)?;
+            out.grad_norm = norm;
+            if skipped {
+                out.skipped += 1;
+            } else {
+                out.updates += 1;
+            }
         }
     }
-    out
+    Ok(out)
 }
