@@ -51,6 +51,13 @@ pub fn build_index(
         .file_name()
         .map_or("index".into(), |n| n.to_string_lossy().to_string());
     let building = out.with_file_name(format!(".{name}.building-{}", std::process::id()));
+    // The first write: a parent that is missing, a file or read-only fails
+    // here, named as `out` (not as the temporary folder).
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir(&building).map_err(|source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let result = write_index(corpora, &building, run_budget_bytes);
     match result {
         Ok(summary) => {
