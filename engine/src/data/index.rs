@@ -33,6 +33,12 @@ pub fn build_index(
     if corpora.is_empty() {
         return Err(fmt(out, "no corpus file given".into()));
     }
+    if out.exists() && !out.is_dir() {
+        return Err(fmt(
+            out,
+            "is a file; --out is the index folder to create".into(),
+        ));
+    }
     let occupied = out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
