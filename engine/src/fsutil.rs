@@ -93,3 +93,45 @@ mod tests {
         fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// Checks, before any long work, that a file can be written at `path`: it is
+/// not a folder, and a temporary sibling can be created there (then removed),
+/// which also catches a parent that is missing, a file or read-only. The
+/// error names `path`.
+pub fn check_writable(path: &Path) -> Result<(), String> {
+    if path.is_dir() {
+        return Err(format!(
+            "{}: is a directory; expected a file to write",
+            path.display()
+        ));
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| format!("{}: has no file name", path.display()))?;
+    let probe = path.with_file_name(format!(
+        ".{}.probe-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    fs::File::create(&probe).map_err(|e| format!("{}: cannot be written: {e}", path.display()))?;
+    let _ = fs::remove_file(&probe);
+    Ok(())
+}
+
+/// Removes `dir` if it did not exist before a command (`existed_before`)
+/// and holds no file now, only (nested) empty folders: what a command that
+/// failed early leaves behind. Anything with a file in it stays.
+pub fn remove_if_empty_tree(dir: &Path, existed_before: bool) {
+    fn has_file(dir: &Path) -> bool {
+        match fs::read_dir(dir) {
+            Ok(entries) => entries.flatten().any(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => has_file(&e.path()),
+                _ => true,
+            }),
+            Err(_) => true,
+        }
+    }
+    if !existed_before && dir.is_dir() && !has_file(dir) {
+        let _ = fs::remove_dir_all(dir);
+    }
+}

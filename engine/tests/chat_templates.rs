@@ -142,7 +142,7 @@ fn inspect_names_the_template_and_rejects_unsupported_jinja() {
     )
     .unwrap();
     let (code, _, err) = inspect();
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 2, "{err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(

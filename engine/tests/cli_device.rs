@@ -226,7 +226,7 @@ fn cuda_without_a_gpu_fails_before_any_work_with_one_line() {
             let a = with_device(&args, device);
             let refs: Vec<&str> = a.iter().map(String::as_str).collect();
             let (code, out, err) = igpo(&refs, None);
-            assert_eq!(code, 1, "{a:?}: {err}");
+            assert_eq!(code, 2, "{a:?}: {err}");
             // With a driver but no usable GPU / NVRTC the reason differs;
             // the device is named either way.
             let why = if igpo_kernels::launch::driver_present() {

@@ -1,4 +1,4 @@
-//! Bad input gets one clear error line naming what is wrong, and exit code 1.
+//! Bad input gets one clear error line naming what is wrong, and exit code 2.
 
 mod common;
 
@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 /// Asserts failure with exactly one stderr line that contains every `needle`.
 fn assert_one_line_error(args: &[&str], needles: &[&str]) {
     let (code, _, err) = igpo(args);
-    assert_eq!(code, 1, "{args:?} should fail; stderr: {err}");
+    assert_eq!(code, 2, "{args:?} should fail; stderr: {err}");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(
         lines.len(),

@@ -112,7 +112,7 @@ fn an_error_is_one_line_at_every_level() {
         let mut args = flags.to_vec();
         args.extend(["generate", "--model", m, "--prompt", "hi"]);
         let (code, _, err) = igpo_log(&args, rust_log);
-        assert_eq!(code, 1, "{flags:?} {rust_log:?}: {err}");
+        assert_eq!(code, 2, "{flags:?} {rust_log:?}: {err}");
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "{flags:?} {rust_log:?}: {err}");
         assert!(

@@ -1192,9 +1192,9 @@ fn a_schema_that_is_not_json_schema_fails_check_and_load() {
         .unwrap()
         .to_string();
     assert!(e.contains(want), "{e}");
-    // The CLI: one error line, exit code 1.
+    // The CLI: one error line, exit code 2.
     let (code, out, err) = common::igpo(&["plugin", "check", file.to_str().unwrap()]);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains(want), "{err}");
 }

@@ -1,5 +1,5 @@
 //! `igpo plugin check|describe|call|prompt` and `igpo data corpus` as a user runs
-//! them: one clear line on error, exit code 1.
+//! them: one clear line on error, exit code 2.
 
 mod common;
 mod plugins_support;
@@ -118,7 +118,7 @@ fn plugin_errors_are_one_line() {
     for (args, want) in cases {
         let out = igpo(&cache, &args);
         let err = text(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.starts_with(&want), "{args:?}:\n{err}\nwanted: {want}");
         assert_eq!(
             err.trim_end().lines().count(),
@@ -164,7 +164,7 @@ fn data_corpus_writes_12100_passages() {
             "x.jsonl",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         text(&out.stderr).starts_with("error: /nonexistent.json: No such file"),
         "{}",
@@ -228,7 +228,7 @@ fn plugin_prompt_prints_the_agent_system_prompt() {
             "xml",
         ],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         text(&out.stderr),
         "error: --protocol: `xml` is not one of tool_call, search_tags\n"
@@ -299,7 +299,7 @@ fn plugin_bench_measures_any_tool_single_and_pooled() {
         &cache,
         &["plugin", "bench", &counter, "--args", r#"{"txt": "a"}"#],
     );
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(

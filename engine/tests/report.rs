@@ -201,7 +201,7 @@ fn bad_runs_get_one_error_line() {
     // A folder that does not exist.
     let missing = root.join("no-such-run");
     let (code, err) = igpo(&["report", missing.to_str().unwrap(), "--out", out]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with("error: run folder")
@@ -211,7 +211,7 @@ fn bad_runs_get_one_error_line() {
     );
     // A folder without metrics.jsonl.
     let (code, err) = igpo(&["report", root.to_str().unwrap(), "--out", out]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert!(err.contains("no metrics.jsonl"), "{err}");
     // A malformed metrics line names the file and the line.
     let run = root.join("broken");
@@ -226,7 +226,7 @@ fn bad_runs_get_one_error_line() {
         "--out",
         out,
     ]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.contains("broken/metrics.jsonl:11: malformed line"),

@@ -70,7 +70,7 @@ fn data_index_then_serve_retrieval_answers_search_r1_requests_and_stops_on_sigte
     // Again without --force: one error line, the index untouched.
     let out = data_index(&corpus, &index);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("--force"), "{stderr}");
     // A bad line: the line number, and no index folder left behind.

@@ -177,7 +177,7 @@ fn bad_run_files_fail_with_one_line_before_any_work() {
         let path = dir.join(format!("bad{i}.toml"));
         std::fs::write(&path, text).unwrap();
         let (code, err) = igpo_cli(&["train", "--config", path.to_str().unwrap()]);
-        assert_eq!(code, 1, "case {i}: {err}");
+        assert_eq!(code, 2, "case {i}: {err}");
         let lines: Vec<&str> = err.lines().collect();
         assert_eq!(lines.len(), 1, "case {i}: expected one line, got:\n{err}");
         assert!(
@@ -209,7 +209,7 @@ fn bad_run_files_fail_with_one_line_before_any_work() {
             "--set",
             set,
         ]);
-        assert_eq!(code, 1, "--set {set}: {err}");
+        assert_eq!(code, 2, "--set {set}: {err}");
         assert_eq!(err.lines().count(), 1, "--set {set}: {err}");
         assert!(err.contains(needle), "--set {set}: {err}");
         assert!(

@@ -107,6 +107,55 @@ impl Index {
             sparse.push((term, off));
             at += 10 + len;
         }
+        // A truncated `docs.jsonl` or `terms.bin` is found now, not at the
+        // first query that reaches its end: the last document ends where
+        // the file does, and the last block of terms (every entry after the
+        // last sparse one) ends where `terms.bin` does.
+        if meta.documents > 0 {
+            let o = offsets.read(meta.documents * 8, 8)?;
+            if u64::from_le_bytes(o.try_into().unwrap()) != docs.len {
+                return Err(IndexError::format(
+                    &docs.path,
+                    "its size does not match docs.offsets (truncated?)",
+                ));
+            }
+        }
+        let expected_blocks = meta.terms.div_ceil(format::TERMS_PER_BLOCK as u64);
+        if sparse.len() as u64 != expected_blocks {
+            return Err(IndexError::format(
+                &idx_path,
+                format!(
+                    "{} entries, index.json's {} terms need {expected_blocks}",
+                    sparse.len(),
+                    meta.terms
+                ),
+            ));
+        }
+        if let Some((_, start)) = sparse.last() {
+            let bad = || {
+                IndexError::format(
+                    &terms.path,
+                    "its size does not match terms.idx (truncated?)",
+                )
+            };
+            let start = *start;
+            if start >= terms.len {
+                return Err(bad());
+            }
+            let block = terms.read(start, (terms.len - start) as usize)?;
+            let in_last = meta.terms - (expected_blocks - 1) * format::TERMS_PER_BLOCK as u64;
+            let mut at = 0usize;
+            for _ in 0..in_last {
+                let len = block
+                    .get(at..at + 2)
+                    .map(|b| u16::from_le_bytes(b.try_into().unwrap()) as usize)
+                    .ok_or_else(bad)?;
+                at += 18 + len;
+            }
+            if at != block.len() {
+                return Err(bad());
+            }
+        }
         Ok(Index {
             avg_len: f32::from_bits(meta.avg_len_bits),
             meta,

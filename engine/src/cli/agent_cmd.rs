@@ -48,6 +48,12 @@ pub struct EvalArgs {
 pub fn run_rollout(a: RolloutArgs) -> CliResult {
     let backend = open_device(&a.device)?;
     let cfg = AgentRunConfig::from_run_file(&RunFile::read(&a.config, &a.set)?)?;
+    // The outputs are written at the end: find out now, not after the
+    // rollouts, that they cannot be.
+    crate::fsutil::check_writable(&a.out)?;
+    if let Some(path) = &a.stats {
+        crate::fsutil::check_writable(path)?;
+    }
     let host = PluginHost::default();
     let (trajs, stats) = crate::with_backend!(backend, b => rollout(b, &cfg, &host))?;
     let mut text = String::new();
@@ -87,27 +93,50 @@ pub fn run_rollout(a: RolloutArgs) -> CliResult {
 
 pub fn run_eval(a: EvalArgs) -> CliResult {
     let backend = open_device(&a.device)?;
+    // The output folder is made up front (a file there, or an unwritable
+    // parent, fails before any rollout) and removed again if the command
+    // fails before writing into it.
+    let made_out_dir = match &a.out_dir {
+        Some(dir) => {
+            let existed = dir.exists();
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            crate::fsutil::check_writable(&dir.join(".igpo-eval"))?;
+            Some((dir.clone(), existed))
+        }
+        None => None,
+    };
+    let result = eval_all(&a, &backend);
+    if let (Err(_), Some((dir, existed))) = (&result, &made_out_dir) {
+        crate::fsutil::remove_if_empty_tree(dir, *existed);
+    }
+    result
+}
+
+fn eval_all(a: &EvalArgs, backend: &crate::backend::AnyBackend) -> CliResult {
     let host = PluginHost::default();
     let mut rows = vec![];
+    // Trajectory files are written once every run has been evaluated: a
+    // failing run file leaves none of them.
+    let mut files = vec![];
     for path in &a.config {
         let cfg = AgentRunConfig::from_run_file(&RunFile::read(path, &a.set)?)?;
         let (report, trajs) = crate::with_backend!(backend.clone(), b => eval(b, &cfg, &host))?;
         if let Some(dir) = &a.out_dir {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-            let name = path
-                .file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            // NAME.jsonl, NAME as it is on disk (not necessarily UTF-8).
+            let mut name = path.file_stem().unwrap_or_default().to_os_string();
+            name.push(".jsonl");
             let mut text = String::new();
             for t in &trajs {
                 text.push_str(&serde_json::to_string(t)?);
                 text.push('\n');
             }
-            let out = dir.join(format!("{name}.jsonl"));
-            crate::fsutil::write_atomic(&out, text.as_bytes())
-                .map_err(|e| format!("{}: {e}", out.display()))?;
+            files.push((dir.join(name), text));
         }
         rows.push((path.display().to_string(), report));
+    }
+    for (out, text) in &files {
+        crate::fsutil::write_atomic(out, text.as_bytes())
+            .map_err(|e| format!("{}: {e}", out.display()))?;
     }
     let mut out = std::io::stdout();
     writeln!(

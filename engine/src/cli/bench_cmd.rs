@@ -144,6 +144,17 @@ pub struct ScoreArgs {
 }
 
 pub fn run(cmd: BenchCommand) -> CliResult {
+    // `--out` is written after the measurement: find out now that it can be.
+    let out = match &cmd {
+        BenchCommand::Forward(a) => &a.out,
+        BenchCommand::Agent(a) => &a.out,
+        BenchCommand::Attention(a) => &a.out,
+        BenchCommand::Score(a) => &a.out,
+        BenchCommand::Retrieval(a) => &a.out,
+    };
+    if let Some(path) = out {
+        crate::fsutil::check_writable(path)?;
+    }
     let (json, out) = match cmd {
         BenchCommand::Forward(a) => (forward(&a)?, a.out),
         BenchCommand::Agent(a) => (agent(&a)?, a.out),

@@ -1,5 +1,8 @@
 //! The `igpo` command line: parses arguments and calls the library. Nothing
-//! here computes; every error reaches the user as one line and exit code 1.
+//! here computes; every error reaches the user as one `error: ` line on
+//! stderr and exit code 2 (bad input, a file that cannot be read or written,
+//! a bad value of an `IGPO_*` variable alike; clap's usage errors exit 2
+//! too). A panic, a bug, exits 101.
 //! Logs are `tracing` events on stderr (`logging.rs`: `-q`, `-v`, `RUST_LOG`);
 //! results go to stdout.
 
@@ -87,6 +90,9 @@ pub(crate) fn open_device(device: &Device) -> Result<AnyBackend, String> {
         .map_err(|e| format!("--device {e}; use --device cpu"))
 }
 
+/// The exit code of every error the CLI reports (its one `error: ` line).
+const EXIT_ERROR: i32 = 2;
+
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
@@ -101,11 +107,15 @@ pub fn main() -> i32 {
         {
             let text = e.render().to_string();
             eprintln!("{}", text.lines().next().unwrap_or("error: invalid value"));
-            return 2;
+            return EXIT_ERROR;
         }
         Err(e) => e.exit(),
     };
     logging::init(cli.quiet, cli.verbose);
+    if let Err(e) = crate::backend::cpu::check_env() {
+        eprintln!("error: {e}");
+        return EXIT_ERROR;
+    }
     let verbose = cli.verbose > 0;
     let result = match cli.command {
         Command::Generate(args) => generate_cmd::run(args),
@@ -132,7 +142,7 @@ pub fn main() -> i32 {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("error: {e}");
-            1
+            EXIT_ERROR
         }
     }
 }

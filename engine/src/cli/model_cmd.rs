@@ -168,7 +168,15 @@ fn init(a: InitArgs) -> CliResult {
     }
     config.eos_token_ids = tok.end_of_turn_ids().into_iter().take(1).collect();
     let tensors = random_weights(&config, a.seed);
-    write_model_dir(&a.out_dir, &config, &tensors, dtype, Some(&a.vocab_from))?;
+    // A folder this command created is removed again if writing fails.
+    let existed = a.out_dir.exists();
+    write_model_dir(&a.out_dir, &config, &tensors, dtype, Some(&a.vocab_from)).inspect_err(
+        |_| {
+            if !existed {
+                let _ = std::fs::remove_dir_all(&a.out_dir);
+            }
+        },
+    )?;
     println!(
         "wrote {} ({} parameters, {}) to {}",
         config.arch.hf_class(),

@@ -240,15 +240,29 @@ pub fn run(cmd: PluginCommand) -> CliResult {
             instances,
             out,
         } => {
+            if let Some(path) = &out {
+                crate::fsutil::check_writable(path)?;
+            }
             let mut arguments = args;
             if let Some(f) = args_file {
                 let text =
                     std::fs::read_to_string(&f).map_err(|e| format!("{}: {e}", f.display()))?;
-                arguments.extend(
-                    text.lines()
-                        .filter(|l| !l.trim().is_empty())
-                        .map(String::from),
-                );
+                for (i, line) in text.lines().enumerate() {
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    // Each line is one JSON object; a bad line is named here,
+                    // not as a failed call.
+                    serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(line)
+                        .map_err(|e| {
+                            format!(
+                                "{}:{}: not a JSON object of call arguments: {e}",
+                                f.display(),
+                                i + 1
+                            )
+                        })?;
+                    arguments.push(line.to_string());
+                }
             }
             if arguments.is_empty() {
                 return Err(

@@ -1,4 +1,6 @@
-//! `igpo sft`, `igpo train` and `igpo report`.
+//! `igpo sft`, `igpo train` and `igpo report`. A run that fails before it
+//! wrote any file (a model or data file that cannot be read) leaves no run
+//! folder behind when there was none before.
 
 use std::path::PathBuf;
 
@@ -34,7 +36,10 @@ pub fn sft(a: SftArgs) -> CliResult {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = crate::with_backend!(backend, b => run_sft(b, &cfg, &file.text, &opts))?;
+    let run_dir = cfg.train.run_dir.clone();
+    let existed = run_dir.exists();
+    let out = crate::with_backend!(backend, b => run_sft(b, &cfg, &file.text, &opts))
+        .inspect_err(|_| crate::fsutil::remove_if_empty_tree(&run_dir, existed))?;
     let (first, last) = (out.metrics.first(), out.metrics.last());
     if let (Some(f), Some(l)) = (first, last) {
         println!(
@@ -80,7 +85,10 @@ pub fn train(a: TrainArgs) -> CliResult {
         resume: a.resume,
         stop_after: a.stop_after,
     };
-    let out = crate::with_backend!(backend, b => run_train(b, &cfg, &file.text, &opts))?;
+    let run_dir = cfg.train.run_dir.clone();
+    let existed = run_dir.exists();
+    let out = crate::with_backend!(backend, b => run_train(b, &cfg, &file.text, &opts))
+        .inspect_err(|_| crate::fsutil::remove_if_empty_tree(&run_dir, existed))?;
     if let (Some(f), Some(l)) = (out.metrics.first(), out.metrics.last()) {
         println!(
             "train ({:?}): steps {}..{}, training F1 {:.3} -> {:.3}, zero-advantage groups {:.2} -> {:.2}, run folder {}",
@@ -117,6 +125,7 @@ pub struct ReportArgs {
 }
 
 pub fn report(a: ReportArgs) -> CliResult {
+    crate::fsutil::check_writable(&a.out)?;
     let runs = crate::report::write_report(&a.runs, &a.out)?;
     let names: Vec<String> = runs.iter().map(|r| r.label()).collect();
     println!("report: {} -> {}", names.join(" vs "), a.out.display());

@@ -33,6 +33,12 @@ pub fn build_index(
     if corpora.is_empty() {
         return Err(fmt(out, "no corpus file given".into()));
     }
+    if out.exists() && !out.is_dir() {
+        return Err(fmt(
+            out,
+            "is a file; --out is the index folder to create".into(),
+        ));
+    }
     let occupied = out.exists()
         && std::fs::read_dir(out)
             .map(|mut d| d.next().is_some())
@@ -51,6 +57,13 @@ pub fn build_index(
         .file_name()
         .map_or("index".into(), |n| n.to_string_lossy().to_string());
     let building = out.with_file_name(format!(".{name}.building-{}", std::process::id()));
+    // The first write: a parent that is missing, a file or read-only fails
+    // here, named as `out` (not as the temporary folder).
+    let _ = std::fs::remove_dir_all(&building);
+    std::fs::create_dir(&building).map_err(|source| DataError::Io {
+        path: out.to_path_buf(),
+        source,
+    })?;
     let result = write_index(corpora, &building, run_budget_bytes);
     match result {
         Ok(summary) => {

@@ -90,7 +90,8 @@ pub fn wiki_passages(path: &Path) -> Result<Vec<Passage>, DataError> {
             })
         }
     };
-    Ok(records
+    let n = records.len();
+    let out: Vec<Passage> = records
         .into_iter()
         .filter_map(|r| {
             let title = r["title"].as_str()?;
@@ -101,7 +102,16 @@ pub fn wiki_passages(path: &Path) -> Result<Vec<Passage>, DataError> {
                 text: text.to_string(),
             })
         })
-        .collect())
+        .collect();
+    if out.is_empty() && n > 0 {
+        return Err(DataError::Format {
+            path: path.to_path_buf(),
+            message: format!(
+                "none of its {n} records has a `title` and an `extract` (not Wikipedia summaries)"
+            ),
+        });
+    }
+    Ok(out)
 }
 
 /// Writes passages as JSONL, atomically.

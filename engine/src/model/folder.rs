@@ -97,12 +97,21 @@ pub fn export(src: &Path, out: &Path, dtype: DType) -> Result<(), ModelError> {
         .unwrap_or_else(|| "export".into());
     let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    write_model_dir(&tmp, &config, &tensors, dtype, None)?;
-    copy_model_files(src, &tmp)?;
-    if out.exists() {
-        fs::remove_dir(out).map_err(io(out))?;
+    // Creating the temp folder is the first write: a parent that is missing,
+    // a file or read-only fails here, named as `out`.
+    fs::create_dir(&tmp).map_err(io(out))?;
+    let written = write_model_dir(&tmp, &config, &tensors, dtype, None)
+        .and_then(|()| copy_model_files(src, &tmp))
+        .and_then(|()| {
+            if out.exists() {
+                fs::remove_dir(out).map_err(io(out))?;
+            }
+            fs::rename(&tmp, out).map_err(io(out))
+        });
+    if written.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
     }
-    fs::rename(&tmp, out).map_err(io(out))
+    written
 }
 
 #[cfg(test)]

@@ -246,11 +246,29 @@ pub struct CompileCosts {
     pub cached_load_s: f64,
 }
 
+/// The bytes of the component at `path`; a file that is not WebAssembly at
+/// all (no `\0asm` magic) is said so here, in words, rather than by the
+/// parser.
 fn read(path: &Path) -> Result<Vec<u8>, PluginError> {
-    std::fs::read(path).map_err(|source| PluginError::Io {
+    let bytes = std::fs::read(path).map_err(|source| PluginError::Io {
         path: path.to_path_buf(),
         source,
-    })
+    })?;
+    if !bytes.starts_with(b"\0asm") {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(PluginError::Compile {
+            path: path.to_path_buf(),
+            message: if head.is_empty() {
+                "the file is empty".into()
+            } else {
+                format!(
+                    "it starts with bytes {} (a .wasm file starts with \"\\0asm\")",
+                    head.join(" ")
+                )
+            },
+        });
+    }
+    Ok(bytes)
 }
 
 /// The cache key of component bytes: their hash and this engine's

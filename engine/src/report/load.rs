@@ -220,6 +220,9 @@ fn describe(dir: &Path) -> Result<(String, String), ReportError> {
 
 /// Reads one run folder.
 pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
+    if dir.exists() && !dir.is_dir() {
+        return Err(ReportError::NotAFolder(dir.display().to_string()));
+    }
     if !dir.is_dir() {
         return Err(ReportError::MissingRun(dir.display().to_string()));
     }

@@ -25,6 +25,8 @@ pub use plot::{hex, run_color, PALETTE, PHASES};
 pub enum ReportError {
     #[error("run folder {0} does not exist")]
     MissingRun(String),
+    #[error("{0} is a file, not a run folder of `igpo train`")]
+    NotAFolder(String),
     #[error("{0} is not a run folder of `igpo train` (no metrics.jsonl)")]
     NotARun(String),
     #[error("{path}: {source}")]

@@ -21,21 +21,54 @@ impl Isa {
         })
     }
 
-    /// The instruction set `detect` settles on.
+    /// The instruction set `detect` settles on (panics on a bad
+    /// `IGPO_CPU_ISA`; the binary checks it first with [`Isa::from_env`]).
     fn choose() -> Isa {
+        Isa::from_env().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The instruction set `IGPO_CPU_ISA` asks for (unset or empty: the best
+    /// this CPU has), or one line naming the variable, its value and the
+    /// accepted values.
+    pub fn from_env() -> Result<Isa, String> {
         let best = Isa::available_here().pop().unwrap_or(Isa::Portable);
-        let asked = match std::env::var("IGPO_CPU_ISA").as_deref() {
-            Err(_) | Ok("") => return best,
-            Ok("avx512") => Isa::Avx512,
-            Ok("avx2") => Isa::Avx2,
-            Ok("portable") => Isa::Portable,
-            Ok(other) => panic!("IGPO_CPU_ISA={other}: expected avx512, avx2 or portable"),
+        let asked = match std::env::var("IGPO_CPU_ISA") {
+            Err(std::env::VarError::NotPresent) => return Ok(best),
+            Ok(v) if v.is_empty() => return Ok(best),
+            Ok(v) if v == "avx512" => Isa::Avx512,
+            Ok(v) if v == "avx2" => Isa::Avx2,
+            Ok(v) if v == "portable" => Isa::Portable,
+            other => {
+                let shown = match other {
+                    Ok(v) => v,
+                    Err(_) => "(not UTF-8)".to_string(),
+                };
+                return Err(format!(
+                    "IGPO_CPU_ISA={shown:?}: expected avx512, avx2 or portable (or unset: the best this CPU has)"
+                ));
+            }
         };
-        assert!(
-            Isa::available_here().contains(&asked),
-            "IGPO_CPU_ISA: this CPU cannot run {asked:?} (it has {best:?})"
-        );
-        asked
+        if !Isa::available_here().contains(&asked) {
+            return Err(format!(
+                "IGPO_CPU_ISA={:?}: this CPU cannot run it (it has {best:?}); use {}",
+                std::env::var("IGPO_CPU_ISA").unwrap_or_default(),
+                Isa::available_here()
+                    .iter()
+                    .map(|i| i.env_name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(asked)
+    }
+
+    /// The `IGPO_CPU_ISA` value that asks for this instruction set.
+    fn env_name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Portable => "portable",
+        }
     }
 
     /// Every instruction set this CPU can run, best last.

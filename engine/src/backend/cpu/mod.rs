@@ -32,18 +32,37 @@ pub enum MatmulKernel {
 }
 
 impl MatmulKernel {
-    /// The process's choice (`IGPO_CPU_MATMUL`, read once).
+    /// The process's choice (`IGPO_CPU_MATMUL`, read once; panics on a bad
+    /// value, which the binary checks first with [`check_env`]).
     pub fn current() -> MatmulKernel {
         static KERNEL: std::sync::OnceLock<MatmulKernel> = std::sync::OnceLock::new();
-        *KERNEL.get_or_init(|| match std::env::var("IGPO_CPU_MATMUL").as_deref() {
-            Err(_) | Ok("") | Ok("packed") => MatmulKernel::Packed,
-            Ok("gemm") => MatmulKernel::Gemm,
-            Ok("dot") => MatmulKernel::Dot,
-            Ok(other) => {
-                panic!("IGPO_CPU_MATMUL={other}: expected `packed` (the default), `gemm` or `dot`")
-            }
-        })
+        *KERNEL.get_or_init(|| MatmulKernel::from_env().unwrap_or_else(|e| panic!("{e}")))
     }
+
+    /// The kernel `IGPO_CPU_MATMUL` asks for, or one line naming the
+    /// variable, its value and the accepted values.
+    pub fn from_env() -> Result<MatmulKernel, String> {
+        match std::env::var("IGPO_CPU_MATMUL") {
+            Err(std::env::VarError::NotPresent) => Ok(MatmulKernel::Packed),
+            Ok(v) if v.is_empty() || v == "packed" => Ok(MatmulKernel::Packed),
+            Ok(v) if v == "gemm" => Ok(MatmulKernel::Gemm),
+            Ok(v) if v == "dot" => Ok(MatmulKernel::Dot),
+            other => Err(format!(
+                "IGPO_CPU_MATMUL={:?}: expected packed (the default), gemm or dot",
+                other.unwrap_or_else(|_| "(not UTF-8)".to_string())
+            )),
+        }
+    }
+}
+
+/// Checks the environment variables of the CPU kernels (`IGPO_CPU_MATMUL`,
+/// `IGPO_CPU_ISA`) up front: a bad value is one line naming the variable,
+/// the value and the accepted values, instead of a panic at the first
+/// matrix product.
+pub fn check_env() -> Result<(), String> {
+    MatmulKernel::from_env()?;
+    isa::Isa::from_env()?;
+    Ok(())
 }
 
 /// Deterministic test values in [-1, 1] (the kernels' tests share them).

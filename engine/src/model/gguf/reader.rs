@@ -148,7 +148,15 @@ pub struct GgufFile {
 impl GgufFile {
     pub fn open(path: &Path) -> Result<Self, GgufError> {
         let file = File::open(path).map_err(|e| GgufError::io(path, e))?;
-        let len = file.metadata().map_err(|e| GgufError::io(path, e))?.len();
+        let meta = file.metadata().map_err(|e| GgufError::io(path, e))?;
+        if meta.is_dir() {
+            // A directory opens, but cannot be mapped ("No such device").
+            return Err(GgufError::io(
+                path,
+                std::io::Error::from(std::io::ErrorKind::IsADirectory),
+            ));
+        }
+        let len = meta.len();
         let shown = path.display().to_string();
         if len < 4 {
             return Err(GgufError::NotGguf {
