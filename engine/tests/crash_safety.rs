@@ -299,7 +299,7 @@ fn a_full_disk_during_a_checkpoint_is_one_error_and_keeps_the_previous_one() {
         .parse()
         .unwrap();
     let err = std::fs::read_to_string(out.join("stderr")).unwrap();
-    assert_ne!(code, 0, "a full disk must fail the run");
+    assert_eq!(code, 2, "a full disk fails the run");
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "one error line, got:\n{err}");
     for needle in [
@@ -387,7 +387,7 @@ fn injected_nans_skip_their_updates_and_stop_a_run_that_keeps_failing() {
         ],
         &[("IGPO_INJECT_NAN", "grad@2,grad@3,loss@4")],
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, 2);
     let last = err.lines().last().unwrap_or_default();
     assert!(
         last.starts_with(
@@ -400,7 +400,7 @@ fn injected_nans_skip_their_updates_and_stop_a_run_that_keeps_failing() {
         &["sft", "--config", c],
         &[("IGPO_INJECT_NAN", "advantage@1")],
     );
-    assert_ne!(code, 0);
+    assert_eq!(code, 2);
     assert!(
         err.contains("IGPO_INJECT_NAN") && err.contains("no Advantage"),
         "{err}"
