@@ -198,7 +198,8 @@ fn train_killed_at_random_moments_resumes_exactly() {
     };
     let dir = plugins_support::scratch("crash_train");
     rl_support::setup(&dir);
-    let cfg = rl_support::run_file(&dir, &plugins, "", "");
+    // Two PPO updates per step: the AdamW step count is not the trainer's.
+    let cfg = rl_support::run_file(&dir, &plugins, "", "mini_batches = 2");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("steps = 2", "steps = 4")).unwrap();
     let run_dir = dir.join("run");
