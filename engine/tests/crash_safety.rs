@@ -435,4 +435,21 @@ fn train_skips_updates_with_nan_advantages_or_log_probs() {
     assert_eq!(skips(&run_dir), [(1, true), (2, true), (2, false)]);
     assert!(master(&run_dir, 1) == master(&run_dir, 2));
     assert!(master(&run_dir, 2) != master(&run_dir, 3));
+    // The report's summary counts them: its next-to-last column.
+    let html = dir.join("report.html");
+    ok(
+        &[
+            "report",
+            run_dir.to_str().unwrap(),
+            "--out",
+            html.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let html = std::fs::read_to_string(html).unwrap();
+    let summary = html.split("<table id=\"summary\">").nth(1).unwrap();
+    let row = summary.split("</tr>").nth(1).unwrap();
+    let cells: Vec<&str> = row.split("<td class=\"num\">").collect();
+    assert!(summary.contains("<th>skipped updates</th><th>wall time (s)</th>"));
+    assert_eq!(cells[cells.len() - 2], "2</td>", "{row}");
 }

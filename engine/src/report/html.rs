@@ -271,9 +271,9 @@ fn page_head(out: &mut String, runs: &[RunData]) {
     out.push_str("</div>\n");
 }
 
-/// One row per run: estimator, dev set, steps, dev F1, reward, zero-advantage ratio, tokens, time.
+/// One row per run: estimator, dev set, steps, dev F1, reward, zero-advantage ratio, tokens, updates skipped as not finite, time.
 fn summary_table(out: &mut String, runs: &[RunData]) {
-    out.push_str("<table id=\"summary\"><tr><th>run</th><th>estimator</th><th>dev set</th><th>steps</th><th>dev F1 first → last (best)</th><th>train reward first → last</th><th>zero-adv. ratio (mean)</th><th>gradient tokens</th><th>wall time (s)</th></tr>\n");
+    out.push_str("<table id=\"summary\"><tr><th>run</th><th>estimator</th><th>dev set</th><th>steps</th><th>dev F1 first → last (best)</th><th>train reward first → last</th><th>zero-adv. ratio (mean)</th><th>gradient tokens</th><th>skipped updates</th><th>wall time (s)</th></tr>\n");
     for (i, r) in runs.iter().enumerate() {
         let first = r.evals.first().map(|e| e.f1);
         let last = r.evals.last().map(|e| e.f1);
@@ -290,7 +290,7 @@ fn summary_table(out: &mut String, runs: &[RunData]) {
             .sum();
         let _ = writeln!(
             out,
-            "<tr><td><span style=\"color:{}\">■</span> {}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{} → {} ({})</td><td class=\"num\">{} → {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{secs:.1}</td></tr>",
+            "<tr><td><span style=\"color:{}\">■</span> {}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{} → {} ({})</td><td class=\"num\">{} → {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{secs:.1}</td></tr>",
             plot::hex(plot::run_color(i)),
             escape(&r.name),
             escape(&r.estimator),
@@ -303,6 +303,7 @@ fn summary_table(out: &mut String, runs: &[RunData]) {
             fmt_opt(r.metrics.last().map(|m| m.outcome_reward), 3),
             fmt_opt(zero, 3),
             r.metrics.last().map(|m| m.cum_grad_tokens).unwrap_or(0),
+            r.metrics.last().map(|m| m.skipped_updates).unwrap_or(0),
         );
     }
     out.push_str("</table>\n");

@@ -40,6 +40,9 @@ pub struct StepMetrics {
     #[serde(deserialize_with = "nan_if_null")]
     pub clip_frac: f64,
     pub cum_grad_tokens: usize,
+    /// Updates skipped as not finite so far (absent before it was logged).
+    #[serde(default)]
+    pub skipped_updates: u64,
     #[serde(deserialize_with = "nan_if_null")]
     pub rollout_s: f64,
     #[serde(deserialize_with = "nan_if_null")]
