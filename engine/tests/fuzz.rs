@@ -133,3 +133,8 @@ fn regressions() {
     }
     assert!(n >= 3, "only {n} regression inputs found");
 }
+
+#[test]
+fn seeds_are_valid_inputs() {
+    igpo::fuzz::check_seeds().unwrap();
+}

@@ -19,7 +19,7 @@ mod gguf_seed;
 pub mod mutate;
 mod targets;
 
-pub use targets::TARGETS;
+pub use targets::{check_seeds, TARGETS};
 
 use std::path::Path;
 

@@ -755,3 +755,74 @@ fn plugin_call_seeds() -> Vec<Vec<u8>> {
         b"{}".to_vec(),
     ]
 }
+
+/// The seeds are valid inputs: each one gets past the format's checks
+/// (otherwise the mutations would only ever test the first check).
+pub fn check_seeds() -> Result<(), String> {
+    let scratch = std::env::temp_dir().join(format!("igpo-fuzz-seeds-{}", std::process::id()));
+    let fresh = |name: &str| {
+        let d = scratch.join(name);
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).expect("scratch");
+        d
+    };
+    let fail = |what: &str, e: &dyn std::fmt::Display| format!("seed of {what}: {e}");
+    for (i, seed) in gguf_seeds().iter().enumerate() {
+        let d = fresh("gguf");
+        write(&d.join("m.gguf"), seed);
+        let s = crate::model::gguf::import_gguf(&d.join("m.gguf"), &d.join("out"))
+            .map_err(|e| fail(&format!("gguf #{i}"), &e))?;
+        if s.n_tensors != 11 {
+            return Err(format!("gguf seed #{i}: {} tensors", s.n_tensors));
+        }
+    }
+    for seed in safetensors_seeds() {
+        let d = fresh("st");
+        write(&d.join("model.safetensors"), &seed);
+        crate::model::load_weights(&d, &tiny_config()).map_err(|e| fail("safetensors", &e))?;
+    }
+    for seed in model_config_seeds() {
+        let v: serde_json::Value = serde_json::from_slice(&seed).map_err(|e| fail("config", &e))?;
+        crate::model::ModelConfig::from_json(&v, "config.json").map_err(|e| fail("config", &e))?;
+    }
+    for seed in runfile_seeds() {
+        let all = text(&seed);
+        let mut pieces = all.split('\0');
+        let file_text = pieces.next().unwrap_or_default().to_string();
+        let sets: Vec<String> = pieces.map(str::to_string).collect();
+        crate::runfile::apply_overrides(&file_text, &sets).map_err(|e| fail("runfile", &e))?;
+    }
+    for seed in tokenizer_seeds() {
+        let d = fresh("tok");
+        let p = parts(&seed, 3);
+        write(&d.join("tokenizer.json"), p[0]);
+        if !p[1].is_empty() {
+            write(&d.join("tokenizer_config.json"), p[1]);
+        }
+        let tok = crate::tokenizer::Tokenizer::load_dir(&d).map_err(|e| fail("tokenizer", &e))?;
+        tok.encode("the fox").map_err(|e| fail("tokenizer", &e))?;
+    }
+    for seed in report_seeds() {
+        let d = fresh("report");
+        let p = parts(&seed, 4);
+        write(&d.join("metrics.jsonl"), p[0]);
+        for (name, part) in [
+            ("eval.jsonl", p[1]),
+            ("samples/step-3.jsonl", p[2]),
+            ("config.toml", p[3]),
+        ] {
+            if !part.is_empty() {
+                write(&d.join(name), part);
+            }
+        }
+        let run = crate::report::load_run(&d).map_err(|e| fail("report", &e))?;
+        crate::report::render(&[run]).map_err(|e| fail("report", &e))?;
+    }
+    for seed in plugin_args_seeds().iter().take(3) {
+        let p = parts(seed, 3);
+        crate::plugins::schema::Schema::compile(&text(p[0]))
+            .map_err(|e| fail("plugin_args", &e))?;
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
