@@ -5,6 +5,9 @@ pub mod cli;
 pub mod data;
 pub mod eval;
 pub mod fsutil;
+/// Fuzz targets and driver (engine/tests/fuzz.rs, `cargo xtask fuzz`).
+#[doc(hidden)]
+pub mod fuzz;
 pub mod kv;
 pub mod model;
 pub mod plugins;

@@ -5,6 +5,7 @@
 mod bench;
 mod data;
 mod demo;
+mod fuzz;
 mod gpu_kit;
 mod kernels;
 mod plugins;
@@ -20,13 +21,14 @@ use std::process::{Command, ExitCode};
 type Result<T> = std::result::Result<T, String>;
 
 /// What `cargo xtask` without a known command prints.
-const USAGE: &str = "usage: cargo xtask <demo|test|data|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  data     unpack data/*.json.zst (SQuAD, Wikipedia summaries, QA sets, the Qwen2.5 tokenizer) into target/data, sha256-checked\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward|plugins|rollout` runs one part;\n           `bench --device cuda`: Qwen2.5-0.5B/1.5B shapes on the GPU beside PyTorch)";
+const USAGE: &str = "usage: cargo xtask <demo|test|fuzz|data|plugins|kernels|gpu-kit|readme|bench> [args]\n  demo     run the main job on the embedded default (`demo smollm2 [PROMPT]`: the real SmolLM2 answers)\n  test     run the whole test suite (what CI runs)\n  fuzz     run the fuzz targets for longer (`fuzz [TARGET...] [--seconds S | --cases N] [--seed S] [--replay FILE]`; docs/fuzzing.md)\n  data     unpack data/*.json.zst (SQuAD, Wikipedia summaries, QA sets, the Qwen2.5 tokenizer) into target/data, sha256-checked\n  plugins  build the first-party plugins (wasm32-wasip2) into target/plugins\n  kernels  compile every CUDA kernel with NVRTC (sm_80, sm_90), report ptxas registers/smem/spills, run them in the CPU emulator\n  gpu-kit  build the GPU checks into .gpu-kit/ for a GPU machine without Rust (`bash .gpu-kit/run.sh` there)\n  readme   run README.md's shell blocks as one session (long runs shortened; part of `test`)\n  bench    measure the engine against PyTorch on CPU, and the plugin host\n           (`bench forward|plugins|rollout` runs one part;\n           `bench --device cuda`: Qwen2.5-0.5B/1.5B shapes on the GPU beside PyTorch)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("demo") => demo::demo(&args[1..]),
         Some("test") => test::test(&args[1..]),
+        Some("fuzz") => fuzz::fuzz(&args[1..]),
         Some("bench") => bench::bench(&args[1..]),
         Some("data") => data::unpack().map(|dir| eprintln!("xtask: data in {}", dir.display())),
         Some("plugins") => {

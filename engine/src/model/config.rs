@@ -82,14 +82,26 @@ fn field<'a>(obj: &'a Map<String, Value>, key: &str, file: &str) -> Result<&'a V
     })
 }
 
+/// The largest size a config field may declare: far above any real model
+/// (vocabularies of 256K, hidden sizes of 16K), low enough that what is
+/// derived from the sizes (the tensor list, parameter counts) cannot run
+/// away. A fuzzed config with 2^64 - 2 layers asked for a 1.5 GB list.
+const MAX_SIZE: u64 = 1 << 24;
+/// The same for `num_hidden_layers` (real models: up to ~130).
+const MAX_LAYERS: u64 = 1 << 12;
+
 fn usize_field(obj: &Map<String, Value>, key: &str, file: &str) -> Result<usize, ModelError> {
+    let max = match key {
+        "num_hidden_layers" => MAX_LAYERS,
+        _ => MAX_SIZE,
+    };
     field(obj, key, file)?
         .as_u64()
-        .filter(|v| *v > 0)
+        .filter(|v| (1..=max).contains(v))
         .map(|v| v as usize)
         .ok_or_else(|| ModelError::Config {
             file: file.to_string(),
-            msg: format!("field `{key}` must be a positive integer"),
+            msg: format!("field `{key}` must be a positive integer of at most {max}"),
         })
 }
 
@@ -156,6 +168,11 @@ impl ModelConfig {
                 "num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"
             )));
         }
+        if head_dim == 0 {
+            return Err(err(format!(
+                "head_dim is 0 (hidden_size {hidden_size} / num_attention_heads {num_heads}); it must be positive"
+            )));
+        }
         if head_dim % 2 != 0 {
             return Err(err(format!("head_dim {head_dim} must be even for RoPE")));
         }
@@ -192,6 +209,23 @@ impl ModelConfig {
             .get("max_position_embeddings")
             .and_then(|v| v.as_u64())
             .unwrap_or(32768) as usize;
+        // Stored as f32: 1e308 would become inf (and its JSON null).
+        let rms_norm_eps = float("rms_norm_eps", 1e-6)? as f32;
+        if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0) {
+            return Err(err(format!(
+                "`rms_norm_eps` {rms_norm_eps} must be a non-negative f32"
+            )));
+        }
+        // transformers >= 5 writes `rope_parameters: {rope_theta, rope_type}`.
+        let rope_theta = match obj.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| err("`rope_parameters.rope_theta` must be a number".into()))?,
+            None => float("rope_theta", 10000.0)?,
+        };
+        if !(rope_theta.is_finite() && rope_theta > 0.0) {
+            return Err(err(format!("`rope_theta` {rope_theta} must be positive")));
+        }
         Ok(ModelConfig {
             arch,
             vocab_size: usize_field(obj, "vocab_size", file)?,
@@ -201,14 +235,8 @@ impl ModelConfig {
             num_heads,
             num_kv_heads,
             head_dim,
-            rms_norm_eps: float("rms_norm_eps", 1e-6)? as f32,
-            // transformers >= 5 writes `rope_parameters: {rope_theta, rope_type}`.
-            rope_theta: match obj.get("rope_parameters").and_then(|r| r.get("rope_theta")) {
-                Some(v) => v
-                    .as_f64()
-                    .ok_or_else(|| err("`rope_parameters.rope_theta` must be a number".into()))?,
-                None => float("rope_theta", 10000.0)?,
-            },
+            rms_norm_eps,
+            rope_theta,
             rope_scaling: RopeScaling::from_config(obj, file, max_position_embeddings)?,
             max_position_embeddings,
             tie_word_embeddings: obj
@@ -399,5 +427,39 @@ mod tests {
                        "num_key_value_heads": 3, "tie_word_embeddings": true});
         let c = ModelConfig::from_json(&v, "c").unwrap();
         assert_eq!(c.num_parameters(), 134_515_008);
+    }
+
+    /// Found by the fuzz tests (engine/tests/fuzz.rs): a derived head_dim
+    /// of 0 was accepted (and the config's own JSON then refused), and a
+    /// layer count of 2^64 - 2 made `tensor_shapes` allocate without bound.
+    #[test]
+    fn refuses_zero_head_dim_and_absurd_sizes() {
+        let base = crate::model::init::preset("smollm2-135m")
+            .unwrap()
+            .to_json();
+        let load = |edit: &dyn Fn(&mut Value)| {
+            let mut v = base.clone();
+            edit(&mut v);
+            ModelConfig::from_json(&v, "config.json").map_err(|e| e.to_string())
+        };
+        assert!(load(&|_| {}).is_ok());
+        let err = load(&|v| {
+            v["hidden_size"] = 1.into();
+            v.as_object_mut().unwrap().remove("head_dim");
+        })
+        .unwrap_err();
+        assert!(err.contains("head_dim is 0"), "{err}");
+        let err = load(&|v| v["num_hidden_layers"] = (u64::MAX - 1).into()).unwrap_err();
+        assert!(
+            err.contains("`num_hidden_layers` must be a positive integer of at most 4096"),
+            "{err}"
+        );
+        let err = load(&|v| v["vocab_size"] = (1u64 << 40).into()).unwrap_err();
+        assert!(err.contains("`vocab_size`"), "{err}");
+        // 1e308 is inf as an f32.
+        let err = load(&|v| v["rms_norm_eps"] = 1e308.into()).unwrap_err();
+        assert!(err.contains("rms_norm_eps"), "{err}");
+        let err = load(&|v| v["rope_theta"] = (-1.0).into()).unwrap_err();
+        assert!(err.contains("rope_theta"), "{err}");
     }
 }

@@ -410,43 +410,58 @@ impl RewardPlugin {
                 plugin: plugin.clone(),
                 message,
             })?;
-        let bad = |message: String| PluginError::InvalidOutput {
-            plugin: plugin.clone(),
-            message,
-        };
-        if !out.outcome.is_finite() {
-            return Err(bad(format!("outcome is {}", out.outcome)));
-        }
-        if let Some(r) = &out.turn_rewards {
-            if r.len() != t.turns.len() {
-                return Err(bad(format!(
-                    "{} turn rewards for {} turns",
-                    r.len(),
-                    t.turns.len()
-                )));
-            }
-            if let Some(i) = r.iter().position(|x| !x.is_finite()) {
-                return Err(bad(format!("turn reward {i} is {}", r[i])));
-            }
-        }
-        let details = match out.details {
-            None => None,
-            Some(d) => match serde_json::from_str::<serde_json::Value>(&d) {
-                Ok(v @ serde_json::Value::Object(_)) => Some(v),
-                _ => {
-                    return Err(bad(format!(
-                        "details is not a JSON object: {}",
-                        truncate_output(d, 200)
-                    )))
-                }
-            },
-        };
-        Ok(RewardOutput {
-            outcome: out.outcome,
-            turn_rewards: out.turn_rewards,
-            details,
-        })
+        check_reward_output(
+            plugin,
+            out.outcome,
+            out.turn_rewards,
+            out.details,
+            t.turns.len(),
+        )
     }
+}
+
+/// What the host accepts of a reward plugin's output: a finite outcome,
+/// finite turn rewards (one per turn) and details that are a JSON object.
+/// Anything else is [`PluginError::InvalidOutput`].
+pub(crate) fn check_reward_output(
+    plugin: &str,
+    outcome: f64,
+    turn_rewards: Option<Vec<f64>>,
+    details: Option<String>,
+    n_turns: usize,
+) -> Result<RewardOutput, PluginError> {
+    let bad = |message: String| PluginError::InvalidOutput {
+        plugin: plugin.to_string(),
+        message,
+    };
+    if !outcome.is_finite() {
+        return Err(bad(format!("outcome is {outcome}")));
+    }
+    if let Some(r) = &turn_rewards {
+        if r.len() != n_turns {
+            return Err(bad(format!("{} turn rewards for {n_turns} turns", r.len())));
+        }
+        if let Some(i) = r.iter().position(|x| !x.is_finite()) {
+            return Err(bad(format!("turn reward {i} is {}", r[i])));
+        }
+    }
+    let details = match details {
+        None => None,
+        Some(d) => match serde_json::from_str::<serde_json::Value>(&d) {
+            Ok(v @ serde_json::Value::Object(_)) => Some(v),
+            _ => {
+                return Err(bad(format!(
+                    "details is not a JSON object: {}",
+                    truncate_output(d, 200)
+                )))
+            }
+        },
+    };
+    Ok(RewardOutput {
+        outcome,
+        turn_rewards,
+        details,
+    })
 }
 
 // ------------------------------------------------------------- datasets
@@ -544,14 +559,7 @@ impl DatasetPlugin {
                 g.igpo_plugins_dataset_api().call_get(s, split, index)
             })?
             .map_err(|m| self.failed(m))?;
-        let metadata = if e.metadata_json.trim().is_empty() {
-            serde_json::Value::Object(Default::default())
-        } else {
-            serde_json::from_str(&e.metadata_json).map_err(|err| PluginError::InvalidOutput {
-                plugin: self.pool.label.clone(),
-                message: format!("example {index}: metadata-json: {err}"),
-            })?
-        };
+        let metadata = example_metadata(&self.pool.label, index, &e.metadata_json)?;
         Ok(Example {
             id: e.id,
             question: e.question,
@@ -564,6 +572,21 @@ impl DatasetPlugin {
     pub fn examples(&self, split: Option<&str>) -> Result<Vec<Example>, PluginError> {
         (0..self.len(split)?).map(|i| self.get(split, i)).collect()
     }
+}
+
+/// A dataset example's `metadata-json`: empty is `{}`, else it must be JSON.
+pub(crate) fn example_metadata(
+    plugin: &str,
+    index: u64,
+    text: &str,
+) -> Result<serde_json::Value, PluginError> {
+    if text.trim().is_empty() {
+        return Ok(serde_json::Value::Object(Default::default()));
+    }
+    serde_json::from_str(text).map_err(|err| PluginError::InvalidOutput {
+        plugin: plugin.to_string(),
+        message: format!("example {index}: metadata-json: {err}"),
+    })
 }
 
 // --------------------------------------------------------- inspection

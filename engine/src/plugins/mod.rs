@@ -36,10 +36,10 @@
 mod guest_hints;
 mod host;
 mod http;
-mod kinds;
+pub(crate) mod kinds;
 mod pool;
 pub mod scaffold;
-mod schema;
+pub(crate) mod schema;
 mod stderr;
 
 use std::path::PathBuf;

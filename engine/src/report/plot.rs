@@ -168,6 +168,10 @@ pub fn line_figure(fig: &LineFigure) -> Result<String, ReportError> {
                 .iter()
                 .copied()
                 .filter(|p| p.0.is_finite() && p.1.is_finite())
+                // A point outside a fixed y range (a ratio of -1e19 in a
+                // hand-edited metrics.jsonl) is drawn at the edge: far
+                // outside, plotters' pixel arithmetic overflows i32.
+                .map(|(x, y)| (x, y.clamp(y0.min(y1), y0.max(y1))))
                 .collect();
             chart
                 .draw_series(LineSeries::new(

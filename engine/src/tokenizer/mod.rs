@@ -65,10 +65,23 @@ impl Tokenizer {
     }
 
     pub fn from_file(path: &Path) -> Result<Tokenizer, TokenizerError> {
-        let inner = tokenizers::Tokenizer::from_file(path).map_err(|e| TokenizerError::Load {
+        let load_err = |msg: String| TokenizerError::Load {
             path: path.display().to_string(),
-            msg: e.to_string(),
-        })?;
+            msg,
+        };
+        // The tokenizers crate panics on some malformed files (e.g. a
+        // `decoder` whose JSON does not parse, found by the fuzz tests):
+        // that is a bad file, so an error, not a crash.
+        let inner = std::panic::catch_unwind(|| tokenizers::Tokenizer::from_file(path))
+            .map_err(|panic| {
+                let why = panic
+                    .downcast_ref::<String>()
+                    .cloned()
+                    .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                    .unwrap_or_default();
+                load_err(format!("not a valid tokenizer file ({why})"))
+            })?
+            .map_err(|e| load_err(e.to_string()))?;
         Ok(Tokenizer {
             inner,
             chat: ChatTemplate::default(),

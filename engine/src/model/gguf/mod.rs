@@ -18,9 +18,9 @@
 //! llama.cpp's q/k row permutation and writes the folder (temp file + rename,
 //! `config.json` last, so an interrupted import never looks complete).
 
-mod dequant;
+pub(crate) mod dequant;
 mod import;
-mod reader;
+pub(crate) mod reader;
 pub(crate) mod rope_factors;
 mod vocab;
 

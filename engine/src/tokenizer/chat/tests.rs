@@ -186,3 +186,16 @@ fn raise_exception_is_the_template_s_own_error() {
         "{err}"
     );
 }
+
+/// Found by the fuzz tests: `{%}` (its `%}` overlapping the `{%`) panicked
+/// while slicing the tag's inside.
+#[test]
+fn generation_tag_rewrite_survives_overlapping_delimiters() {
+    use super::jinja::without_generation_tags;
+    assert_eq!(without_generation_tags("{%}"), "{%}");
+    assert_eq!(without_generation_tags("a{%}b"), "a{%}b");
+    assert_eq!(
+        without_generation_tags("{%- generation %}x{% endgeneration -%}"),
+        "{%- if true %}x{% endif -%}"
+    );
+}
