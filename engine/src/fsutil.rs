@@ -67,33 +67,6 @@ fn process_alive(pid: u32) -> bool {
     !proc.is_dir() || proc.join(pid.to_string()).exists()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stale_temps_of_dead_processes_go_and_live_ones_stay() {
-        let dir = std::env::temp_dir().join(format!("igpo-fsutil-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        // pid 1 runs; a pid above the kernel's maximum (2^22) never does.
-        let dead = dir.join(".m.jsonl.tmp-4294967290");
-        let live = dir.join(".m.jsonl.tmp-1");
-        let other = dir.join(".other.tmp-4294967290");
-        let folder = dir.join(".step-3.tmp-4294967291");
-        for f in [&dead, &live, &other] {
-            fs::write(f, "x").unwrap();
-        }
-        fs::create_dir_all(folder.join("state")).unwrap();
-        write_atomic(&dir.join("m.jsonl"), b"line\n").unwrap();
-        assert!(!dead.exists() && live.exists() && other.exists());
-        assert_eq!(fs::read(dir.join("m.jsonl")).unwrap(), b"line\n");
-        remove_stale_temps(&dir, |s| s.starts_with(".step-"));
-        assert!(!folder.exists() && other.exists());
-        fs::remove_dir_all(&dir).unwrap();
-    }
-}
-
 /// Checks, before any long work, that a file can be written at `path`: it is
 /// not a folder, and a temporary sibling can be created there (then removed),
 /// which also catches a parent that is missing, a file or read-only. The
@@ -133,5 +106,32 @@ pub fn remove_if_empty_tree(dir: &Path, existed_before: bool) {
     }
     if !existed_before && dir.is_dir() && !has_file(dir) {
         let _ = fs::remove_dir_all(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stale_temps_of_dead_processes_go_and_live_ones_stay() {
+        let dir = std::env::temp_dir().join(format!("igpo-fsutil-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        // pid 1 runs; a pid above the kernel's maximum (2^22) never does.
+        let dead = dir.join(".m.jsonl.tmp-4294967290");
+        let live = dir.join(".m.jsonl.tmp-1");
+        let other = dir.join(".other.tmp-4294967290");
+        let folder = dir.join(".step-3.tmp-4294967291");
+        for f in [&dead, &live, &other] {
+            fs::write(f, "x").unwrap();
+        }
+        fs::create_dir_all(folder.join("state")).unwrap();
+        write_atomic(&dir.join("m.jsonl"), b"line\n").unwrap();
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert_eq!(fs::read(dir.join("m.jsonl")).unwrap(), b"line\n");
+        remove_stale_temps(&dir, |s| s.starts_with(".step-"));
+        assert!(!folder.exists() && other.exists());
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
