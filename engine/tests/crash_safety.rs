@@ -103,20 +103,35 @@ struct Kills {
     random_mid_write: usize,
     /// Kills aimed at a checkpoint write (as soon as its temporary showed).
     aimed_mid_write: usize,
-    /// Kills that found the process already ended (the run was complete).
+    /// Kills that found the process already ended.
     after_the_end: usize,
+    /// Runs brought to their end through kills and resumes (each checked).
+    rounds: usize,
 }
 
-/// Runs `args` (a `--resume`d `igpo sft`/`train`) again and again: `random`
-/// times killed with SIGKILL after a random delay below `span`, and after
-/// every fifth of those once more killed as soon as a checkpoint write has
-/// begun; then once to the end. Returns what the kills hit.
-fn kill_and_resume(args: &[&str], run_dir: &Path, random: usize, span: Duration) -> Kills {
+/// Runs `args` (a `--resume`d `igpo sft`/`train` of `steps` steps) again
+/// and again: `random` times killed with SIGKILL after a random delay below
+/// a span, and after every fifth of those once more killed as soon as a
+/// checkpoint write has begun. Whenever the run reaches its end, `check`
+/// compares it with the straight run and it starts over from scratch;
+/// after the last kill it is resumed to the end and checked.
+///
+/// The span starts at `span` and adapts so that the kills spread over the
+/// run whatever the machine's load: longer after an attempt that
+/// checkpointed nothing new, shorter after one that got more than a step on.
+fn kill_and_resume(
+    args: &[&str],
+    run_dir: &Path,
+    (steps, random): (u64, usize),
+    mut span: Duration,
+    check: impl Fn(),
+) -> Kills {
     let mut rng = Rng::new(2026);
     let mut k = Kills::default();
-    let mut resumed_from = vec![];
+    let mut progress = vec![];
     for i in 0..random + random / 5 {
         let aimed = i % 6 == 5;
+        let before = newest_checkpoint(run_dir);
         let mut child = igpo_cmd(args, &[])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -131,9 +146,8 @@ fn kill_and_resume(args: &[&str], run_dir: &Path, random: usize, span: Duration)
         } else {
             std::thread::sleep(span.mul_f64((rng.next_u64() % 10_000) as f64 / 10_000.0));
         }
-        if child.try_wait().unwrap().is_some() {
-            k.after_the_end += 1;
-        }
+        let ended = child.try_wait().unwrap().is_some();
+        k.after_the_end += ended as usize;
         child.kill().ok(); // SIGKILL
         child.wait().unwrap();
         match (half_written(run_dir, Some(child.id())) > 0, aimed) {
@@ -141,13 +155,28 @@ fn kill_and_resume(args: &[&str], run_dir: &Path, random: usize, span: Duration)
             (true, false) => k.random_mid_write += 1,
             _ => {}
         }
-        resumed_from.push(newest_checkpoint(run_dir));
+        let after = newest_checkpoint(run_dir);
+        progress.push(after);
+        if !aimed {
+            match (after - before, ended) {
+                (0, false) => span = span.mul_f64(1.25),
+                (0 | 1, _) => {}
+                _ => span = span.mul_f64(0.6),
+            }
+        }
+        if after == steps {
+            check();
+            k.rounds += 1;
+            std::fs::remove_dir_all(run_dir).unwrap();
+        }
     }
     eprintln!(
-        "{random} kills at random moments below {span:?} and {} aimed at checkpoint writes:          {k:?}; newest checkpoint after each: {resumed_from:?}",
+        "{random} kills at random moments and {} aimed at checkpoint writes: {k:?}; \
+         newest checkpoint after each: {progress:?}",
         random / 5
     );
     ok(args, &[]);
+    check();
     assert_eq!(half_written(run_dir, None), 0, "temporaries left behind");
     assert!(
         k.aimed_mid_write > 0,
@@ -167,28 +196,45 @@ fn newest_checkpoint(run: &Path) -> u64 {
         .unwrap_or(0)
 }
 
+/// Runs `igpo COMMAND --config CFG` straight, then again from scratch
+/// killed at random moments (`kill_and_resume`, delays below a `1/span_div`
+/// of the straight run's time) and resumed: the JSONL `logs` of the run
+/// folder (wall times aside) and the final weights must be the same.
+fn resumes_exactly_after_kills(
+    command: &str,
+    cfg: &Path,
+    steps: u64,
+    logs: &[&str],
+    span_div: u32,
+) {
+    let run_dir = cfg.parent().unwrap().join("run");
+    let c = cfg.to_str().unwrap();
+    let t0 = Instant::now();
+    ok(&["-q", command, "--config", c], &[]);
+    let span = t0.elapsed() / span_div;
+    let read_logs = || -> Vec<_> {
+        logs.iter()
+            .map(|l| untimed_lines(&run_dir.join(l)))
+            .collect()
+    };
+    let straight = read_logs();
+    assert_eq!(straight[0].len() as u64, steps);
+    let weights = master(&run_dir, steps);
+    std::fs::remove_dir_all(&run_dir).unwrap();
+
+    let check = || {
+        assert!(read_logs() == straight, "resumed logs differ");
+        assert!(master(&run_dir, steps) == weights, "resumed weights differ");
+    };
+    let args = ["-q", command, "--config", c, "--resume"];
+    kill_and_resume(&args, &run_dir, (steps, 20), span, check);
+}
+
 #[test]
 fn sft_killed_at_random_moments_resumes_exactly() {
     let dir = plugins_support::scratch("crash_sft");
     let cfg = sft_world(&dir, 10);
-    let run_dir = dir.join("run");
-    let c = cfg.to_str().unwrap();
-    let t0 = Instant::now();
-    ok(&["-q", "sft", "--config", c], &[]);
-    let straight_time = t0.elapsed();
-    let straight = untimed_lines(&run_dir.join("metrics.jsonl"));
-    let weights = master(&run_dir, 10);
-    assert_eq!(straight.len(), 10);
-    std::fs::remove_dir_all(&run_dir).unwrap();
-
-    kill_and_resume(
-        &["-q", "sft", "--config", c, "--resume"],
-        &run_dir,
-        20,
-        straight_time / 5,
-    );
-    assert_eq!(untimed_lines(&run_dir.join("metrics.jsonl")), straight);
-    assert!(master(&run_dir, 10) == weights, "resumed weights differ");
+    resumes_exactly_after_kills("sft", &cfg, 10, &["metrics.jsonl"], 5);
 }
 
 #[test]
@@ -202,26 +248,7 @@ fn train_killed_at_random_moments_resumes_exactly() {
     let cfg = rl_support::run_file(&dir, &plugins, "", "mini_batches = 2");
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, text.replace("steps = 2", "steps = 4")).unwrap();
-    let run_dir = dir.join("run");
-    let c = cfg.to_str().unwrap();
-    let t0 = Instant::now();
-    ok(&["-q", "train", "--config", c], &[]);
-    let straight_time = t0.elapsed();
-    let straight = untimed_lines(&run_dir.join("metrics.jsonl"));
-    let evals = untimed_lines(&run_dir.join("eval.jsonl"));
-    let weights = master(&run_dir, 4);
-    assert_eq!(straight.len(), 4);
-    std::fs::remove_dir_all(&run_dir).unwrap();
-
-    kill_and_resume(
-        &["-q", "train", "--config", c, "--resume"],
-        &run_dir,
-        20,
-        straight_time / 3,
-    );
-    assert_eq!(untimed_lines(&run_dir.join("metrics.jsonl")), straight);
-    assert_eq!(untimed_lines(&run_dir.join("eval.jsonl")), evals);
-    assert!(master(&run_dir, 4) == weights, "resumed weights differ");
+    resumes_exactly_after_kills("train", &cfg, 4, &["metrics.jsonl", "eval.jsonl"], 3);
 }
 
 /// A shell command run as root in a private mount namespace (a tmpfs can be
