@@ -41,6 +41,12 @@ impl Row {
         self.outputs = o.iter().map(|p| p.to_path_buf()).collect();
         self
     }
+
+    /// The error names `p` instead.
+    fn naming(mut self, p: impl AsRef<OsStr>) -> Row {
+        self.named = Path::new(p.as_ref()).display().to_string();
+        self
+    }
 }
 
 fn os(s: &str) -> &OsStr {
@@ -156,22 +162,44 @@ fn input_rows(
     }
 }
 
+/// Rows for `before OUT after` over the two outputs OUT that cannot be
+/// written: one under a regular file, and a file where a folder belongs
+/// (`want_dir`) or a folder where a file belongs. Each error names OUT.
+fn output_rows(
+    w: &World,
+    cmd: &str,
+    before: &[&OsStr],
+    after: &[&OsStr],
+    want_dir: bool,
+) -> [Row; 2] {
+    let (wrong_kind, wrong) = if want_dir {
+        ("a file for the output folder", &w.file)
+    } else {
+        ("a folder for the output file", &w.dir)
+    };
+    [
+        ("unwritable output", w.file.join("out")),
+        (wrong_kind, wrong.clone()),
+    ]
+    .map(|(case, out)| {
+        let mut args = before.to_vec();
+        args.push(out.as_os_str());
+        args.extend_from_slice(after);
+        row(&format!("{cmd}: {case}"), &args, &out)
+    })
+}
+
 fn run(r: &Row, cache: &Path) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .arg("-q")
-        .args(&r.args)
-        .env_remove("IGPO_CPU_MATMUL")
-        .env_remove("IGPO_CPU_ISA")
-        .env_remove("RUST_LOG")
-        .env("IGPO_CACHE_DIR", cache)
-        .envs(r.env.iter().copied())
-        .current_dir(cache.parent().unwrap())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    common::output(
+        common::igpo_command()
+            .arg("-q")
+            .args(&r.args)
+            .env_remove("IGPO_CPU_MATMUL")
+            .env_remove("IGPO_CPU_ISA")
+            .env_remove("RUST_LOG")
+            .env("IGPO_CACHE_DIR", cache)
+            .envs(r.env.iter().copied())
+            .current_dir(cache.parent().unwrap()),
     )
 }
 
@@ -287,43 +315,17 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
 
     // model init: --vocab-from a tokenizer.json; the output folder.
     let init_out = d.join("init-out");
-    let init = |tok: &OsStr, out: &OsStr| -> Vec<OsString> {
-        [
-            "model",
-            "init",
-            "--arch",
-            "qwen2",
-            "--layers",
-            "1",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--vocab-from",
-        ]
-        .iter()
-        .map(OsString::from)
-        .chain([tok.to_os_string(), out.to_os_string()])
-        .collect()
-    };
     for (case, path) in bad_inputs(&w, &trunc_tok, &w.png, false) {
-        let a = init(path.as_os_str(), init_out.as_os_str());
+        let mut a = common::tiny_model_args("qwen2", &path);
+        a.push(init_out.clone().into());
         let refs: Vec<&OsStr> = a.iter().map(OsString::as_os_str).collect();
         rows.push(
             row(&format!("model init --vocab-from: {case}"), &refs, &path).outputs(&[&init_out]),
         );
     }
-    let real_tok = w.model.join("tokenizer.json");
-    for (case, out) in [
-        ("unwritable folder", &unwritable),
-        ("a file for a folder", &w.file),
-    ] {
-        let a = init(real_tok.as_os_str(), out.as_os_str());
-        let refs: Vec<&OsStr> = a.iter().map(OsString::as_os_str).collect();
-        rows.push(row(&format!("model init out: {case}"), &refs, out));
-    }
+    let real_tok = common::tiny_model_args("qwen2", &w.model.join("tokenizer.json"));
+    let refs: Vec<&OsStr> = real_tok.iter().map(OsString::as_os_str).collect();
+    rows.extend(output_rows(&w, "model init", &refs, &[], true));
 
     // model import-gguf: a GGUF file.
     let gguf_out = d.join("gguf-out");
@@ -352,22 +354,18 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
         true,
         &[&export_out],
     );
-    rows.push(row(
-        "model export: unwritable out",
-        &[os("model"), os("export"), m, unwritable.as_os_str()],
-        &unwritable,
-    ));
-    rows.push(row(
-        "model export: a file for the out folder",
-        &[os("model"), os("export"), m, w.file.as_os_str()],
-        &w.file,
+    rows.extend(output_rows(
+        &w,
+        "model export",
+        &[os("model"), os("export"), m],
+        &[],
+        true,
     ));
 
     // sft: the run file, the data file it names, its run folder.
-    let sft_jsonl = r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}"#;
+    let sft_jsonl = common::SFT_LINE;
     std::fs::write(d.join("sft.jsonl"), format!("{sft_jsonl}\n")).unwrap();
-    let sft_toml = "model = \"model\"\n[data]\ntrain = \"sft.jsonl\"\nmax_seq_len = 32\n\n\
-         [train]\nrun_dir = \"sft-run\"\nsteps = 1\nmicro_batch = 1\nlogprob_chunk = 40000\n";
+    let sft_toml = common::SFT_TOML;
     // Cut inside a quoted string, so that the rest is not valid TOML either.
     let cut = |text: &str, at: &str| text[..text.find(at).unwrap() + at.len() / 2].to_string();
     let sft_trunc = d.join("sft-trunc.toml");
@@ -460,25 +458,12 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
         true,
         &[&report_out],
     );
-    rows.push(row(
-        "report: unwritable --out",
-        &[
-            os("report"),
-            fixture.as_os_str(),
-            os("--out"),
-            unwritable.as_os_str(),
-        ],
-        &unwritable,
-    ));
-    rows.push(row(
-        "report: a folder for --out",
-        &[
-            os("report"),
-            fixture.as_os_str(),
-            os("--out"),
-            w.dir.as_os_str(),
-        ],
-        &w.dir,
+    rows.extend(output_rows(
+        &w,
+        "report",
+        &[os("report"), fixture.as_os_str(), os("--out")],
+        &[],
+        false,
     ));
 
     // data corpus: SQuAD / wiki JSON files; the JSONL written.
@@ -511,30 +496,20 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
         )
         .outputs(&[&corpus_out]),
     );
-    rows.push(row(
-        "data corpus: unwritable --out",
+    let [unwritable_corpus, folder_corpus] = output_rows(
+        &w,
+        "data corpus",
         &[
             os("data"),
             os("corpus"),
             os("--squad"),
             d.join("squad.json").as_os_str(),
             os("--out"),
-            unwritable.as_os_str(),
         ],
-        w.file.as_os_str(),
-    ));
-    rows.push(row(
-        "data corpus: a folder for --out",
-        &[
-            os("data"),
-            os("corpus"),
-            os("--squad"),
-            d.join("squad.json").as_os_str(),
-            os("--out"),
-            w.dir.as_os_str(),
-        ],
-        &w.dir,
-    ));
+        &[],
+        false,
+    );
+    rows.extend([unwritable_corpus.naming(&w.file), folder_corpus]);
 
     // data index: corpus JSONL files; the index folder. serve retrieval: the index.
     let corpus = "{\"id\":\"p0\",\"title\":\"France\",\"text\":\"Paris is the capital of France.\"}\n{\"id\":\"p1\",\"title\":\"Italy\",\"text\":\"Rome is the capital of Italy.\"}\n";
@@ -552,27 +527,17 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
         &[&index_out],
     );
     let corpus_path = d.join("corpus.jsonl");
-    rows.push(row(
-        "data index: unwritable --out",
+    rows.extend(output_rows(
+        &w,
+        "data index",
         &[
             os("data"),
             os("index"),
             corpus_path.as_os_str(),
             os("--out"),
-            unwritable.as_os_str(),
         ],
-        &unwritable,
-    ));
-    rows.push(row(
-        "data index: a file for --out",
-        &[
-            os("data"),
-            os("index"),
-            corpus_path.as_os_str(),
-            os("--out"),
-            w.file.as_os_str(),
-        ],
-        &w.file,
+        &[],
+        true,
     ));
     let index = d.join("index");
     let (code, _, err) = common::igpo(&[
@@ -623,8 +588,9 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
     ));
 
     // plugin new: the project folder.
-    rows.push(row(
-        "plugin new: unwritable --out",
+    let [unwritable_new, file_new] = output_rows(
+        &w,
+        "plugin new",
         &[
             os("plugin"),
             os("new"),
@@ -632,23 +598,11 @@ fn every_command_x_bad_input_is_one_error_line_and_exit_code_2() {
             os("--lang"),
             os("rust"),
             os("--out"),
-            unwritable.as_os_str(),
         ],
-        w.file.as_os_str(),
-    ));
-    rows.push(row(
-        "plugin new: a file for --out",
-        &[
-            os("plugin"),
-            os("new"),
-            os("my-tool"),
-            os("--lang"),
-            os("rust"),
-            os("--out"),
-            w.file.as_os_str(),
-        ],
-        &w.file,
-    ));
+        &[],
+        true,
+    );
+    rows.extend([unwritable_new.naming(&w.file), file_new]);
 
     // The CPU kernels' environment variables.
     for (var, value) in [("IGPO_CPU_MATMUL", "fastest"), ("IGPO_CPU_ISA", "sse4")] {
@@ -846,12 +800,7 @@ fn plugin_rows(rows: &mut Vec<Row>, w: &World, p: &Path, models: (&Path, &Path))
 
     // rollout, eval, train: run files; their outputs.
     std::fs::create_dir_all(d.join("data")).unwrap();
-    std::fs::write(
-        d.join("data/qa.jsonl"),
-        "{\"id\":\"q0\",\"question\":\"What is the capital of France?\",\"golden_answers\":[\"Paris\"]}\n\
-         {\"id\":\"q1\",\"question\":\"What is the capital of Italy?\",\"golden_answers\":[\"Rome\"]}\n",
-    )
-    .unwrap();
+    std::fs::write(d.join("data/qa.jsonl"), common::QA_JSONL).unwrap();
     let pd = p.display();
     let agent = format!(
         "model = \"model\"\nbatch = 1\n[agent]\nmax_turns = 1\nmax_new_tokens_per_turn = 4\nmax_new_tokens_per_rollout = 4\n\n\
@@ -875,27 +824,12 @@ fn plugin_rows(rows: &mut Vec<Row>, w: &World, p: &Path, models: (&Path, &Path))
         &[&roll_out],
     );
     let ap = agent_path.as_os_str();
-    rows.push(row(
-        "rollout: unwritable --out",
-        &[
-            os("rollout"),
-            os("--config"),
-            ap,
-            os("--out"),
-            unwritable.as_os_str(),
-        ],
-        &unwritable,
-    ));
-    rows.push(row(
-        "rollout: a folder for --out",
-        &[
-            os("rollout"),
-            os("--config"),
-            ap,
-            os("--out"),
-            w.dir.as_os_str(),
-        ],
-        &w.dir,
+    rows.extend(output_rows(
+        w,
+        "rollout",
+        &[os("rollout"), os("--config"), ap, os("--out")],
+        &[],
+        false,
     ));
     rows.push(
         row(
@@ -924,27 +858,12 @@ fn plugin_rows(rows: &mut Vec<Row>, w: &World, p: &Path, models: (&Path, &Path))
         false,
         &[&eval_out],
     );
-    rows.push(row(
-        "eval: unwritable --out-dir",
-        &[
-            os("eval"),
-            os("--config"),
-            ap,
-            os("--out-dir"),
-            unwritable.as_os_str(),
-        ],
-        &unwritable,
-    ));
-    rows.push(row(
-        "eval: a file for --out-dir",
-        &[
-            os("eval"),
-            os("--config"),
-            ap,
-            os("--out-dir"),
-            w.file.as_os_str(),
-        ],
-        &w.file,
+    rows.extend(output_rows(
+        w,
+        "eval",
+        &[os("eval"), os("--config"), ap, os("--out-dir")],
+        &[],
+        true,
     ));
     // A second run file that fails: no trajectories of the first are written.
     rows.push(
@@ -1043,21 +962,19 @@ fn plugin_rows(rows: &mut Vec<Row>, w: &World, p: &Path, models: (&Path, &Path))
         false,
         &[&synth_out],
     );
-    for (case, out) in [
-        ("unwritable --out", &unwritable),
-        ("a file for --out", &w.file),
-    ] {
-        let mut args = vec![
+    rows.extend(output_rows(
+        w,
+        "data synth",
+        &[
             os("data"),
             os("synth"),
             os("--agent-config"),
             synth_path.as_os_str(),
             os("--out"),
-            out.as_os_str(),
-        ];
-        args.extend_from_slice(&small);
-        rows.push(row(&format!("data synth: {case}"), &args, out));
-    }
+        ],
+        &small,
+        true,
+    ));
 }
 
 /// A `&'static OsStr` of a path built inline (the test process is short).
@@ -1079,33 +996,7 @@ fn non_utf8_paths_work() {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     let model = d.join(OsStr::from_bytes(b"model-\xff"));
-    let tok = common::data_dir().join("qwen2.5-tokenizer.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .args([
-            "-q",
-            "model",
-            "init",
-            "--arch",
-            "qwen2",
-            "--layers",
-            "1",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--intermediate",
-            "64",
-            "--vocab-from",
-        ])
-        .arg(&tok)
-        .arg(&model)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::init_tiny_model(&model, &[]);
     let exported = d.join(OsStr::from_bytes(b"export-\xfe"));
     for args in [
         vec![os("model"), os("inspect"), model.as_os_str()],
@@ -1125,16 +1016,8 @@ fn non_utf8_paths_work() {
             exported.as_os_str(),
         ],
     ] {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_igpo"))
-            .arg("-q")
-            .args(&args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (code, _, err) = common::output(common::igpo_command().arg("-q").args(&args));
+        assert_eq!(code, 0, "{args:?}: {err}");
     }
     assert!(exported.join("config.json").is_file());
     let _ = std::fs::remove_dir_all(&d);

@@ -3,19 +3,11 @@
 
 mod common;
 
-use std::process::Command;
-
+/// Runs `igpo args`, which must succeed: its stdout.
 fn igpo(args: &[&str]) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    let (code, out, err) = common::igpo(args);
+    assert_eq!(code, 0, "{err}");
+    out
 }
 
 #[test]

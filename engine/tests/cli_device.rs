@@ -51,26 +51,11 @@ fn inputs(name: &str, plugins: &Path) -> Inputs {
     let dir = scratch(name);
     let model = dir.join("model");
     common::init_tiny_model(&model, &["--dtype", "f32"]);
-    std::fs::write(
-        dir.join("sft.jsonl"),
-        r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}
-"#,
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("sft.toml"),
-        "model = \"model\"\n[data]\ntrain = \"sft.jsonl\"\nmax_seq_len = 32\n\n\
-         [train]\nrun_dir = \"sft-run\"\nsteps = 1\nmicro_batch = 1\nlogprob_chunk = 40000\n",
-    )
-    .unwrap();
+    std::fs::write(dir.join("sft.jsonl"), format!("{}\n", common::SFT_LINE)).unwrap();
+    std::fs::write(dir.join("sft.toml"), common::SFT_TOML).unwrap();
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
-    std::fs::write(
-        data.join("qa.jsonl"),
-        "{\"id\":\"q0\",\"question\":\"What is the capital of France?\",\"golden_answers\":[\"Paris\"]}\n\
-         {\"id\":\"q1\",\"question\":\"What is the capital of Italy?\",\"golden_answers\":[\"Rome\"]}\n",
-    )
-    .unwrap();
+    std::fs::write(data.join("qa.jsonl"), common::QA_JSONL).unwrap();
     let p = plugins.display();
     let common_part = format!(
         r#"model = "model"

@@ -159,31 +159,7 @@ fn bad_flags_are_explained() {
 #[test]
 fn inspect_prints_the_architecture_and_the_rope_scaling() {
     let tok = common::data_dir().join("qwen2.5-tokenizer.json");
-    let init = |dir: &Path, arch: &str| {
-        let d = dir.to_str().unwrap();
-        let args = [
-            "model",
-            "init",
-            d,
-            "--arch",
-            arch,
-            "--layers",
-            "1",
-            "--hidden",
-            "32",
-            "--heads",
-            "2",
-            "--kv-heads",
-            "1",
-            "--intermediate",
-            "64",
-            "--vocab-from",
-        ];
-        let mut args = args.to_vec();
-        args.push(tok.to_str().unwrap());
-        let (code, _, err) = igpo(&args);
-        assert_eq!(code, 0, "{err}");
-    };
+    let init = |dir: &Path, arch: &str| common::init_tiny_model_of(dir, arch, &tok, &[]);
     let qwen3 = scratch("inspect-qwen3");
     init(&qwen3, "qwen3");
     let (code, out, err) = igpo(&["model", "inspect", qwen3.to_str().unwrap()]);

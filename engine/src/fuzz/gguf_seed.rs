@@ -9,13 +9,25 @@ const KV_HEADS: u64 = 1;
 const HEAD_DIM: u64 = 16;
 const FF: u64 = 64;
 
-enum Kv {
+/// A GGUF metadata value, of the types the importer reads.
+#[derive(Clone)]
+pub(crate) enum Kv {
     U32(u32),
     F32(f32),
     Bool(bool),
     Str(String),
     StrArr(Vec<String>),
     I32Arr(Vec<i32>),
+}
+
+/// One tensor: its name, dimensions (innermost first), ggml type id and
+/// bytes.
+#[derive(Clone)]
+pub(crate) struct Tensor {
+    pub(crate) name: String,
+    pub(crate) dims: Vec<u64>,
+    pub(crate) ty: u32,
+    pub(crate) data: Vec<u8>,
 }
 
 fn put_str(out: &mut Vec<u8>, s: &str) {
@@ -61,8 +73,52 @@ fn put_kv(out: &mut Vec<u8>, key: &str, v: &Kv) {
     }
 }
 
-/// The GPT-2 byte alphabet, three specials and three merges.
-fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
+/// A GGUF file of format `version`: the header, the metadata `kv` in
+/// order, the tensor infos, then each tensor's data at a multiple of
+/// `alignment` (which goes into the file only as a `general.alignment`
+/// entry of `kv`).
+pub(crate) fn write<K: AsRef<str>>(
+    version: u32,
+    alignment: u64,
+    kv: &[(K, Kv)],
+    tensors: &[Tensor],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend(b"GGUF");
+    out.extend(version.to_le_bytes());
+    out.extend((tensors.len() as u64).to_le_bytes());
+    out.extend((kv.len() as u64).to_le_bytes());
+    for (k, v) in kv {
+        put_kv(&mut out, k.as_ref(), v);
+    }
+    let mut offsets = Vec::new();
+    let mut cur = 0u64;
+    for t in tensors {
+        cur = cur.next_multiple_of(alignment);
+        offsets.push(cur);
+        cur += t.data.len() as u64;
+    }
+    for (t, off) in tensors.iter().zip(&offsets) {
+        put_str(&mut out, &t.name);
+        out.extend((t.dims.len() as u32).to_le_bytes());
+        for d in &t.dims {
+            out.extend(d.to_le_bytes());
+        }
+        out.extend(t.ty.to_le_bytes());
+        out.extend(off.to_le_bytes());
+    }
+    let data_start = (out.len() as u64).next_multiple_of(alignment);
+    for (t, off) in tensors.iter().zip(&offsets) {
+        out.resize((data_start + off) as usize, 0);
+        out.extend(&t.data);
+    }
+    out
+}
+
+/// A byte-level BPE vocabulary: three specials (`<|endoftext|>`,
+/// `<|im_start|>`, `<|im_end|>`), the GPT-2 byte alphabet and three merges
+/// (tokens, token types, merges).
+pub(crate) fn vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
     let mut toks: Vec<String> = vec![
         "<|endoftext|>".into(),
         "<|im_start|>".into(),
@@ -139,7 +195,7 @@ pub fn tiny_llama(alignment: u64) -> Vec<u8> {
     }
     let q = HEADS * HEAD_DIM;
     let kvd = KV_HEADS * HEAD_DIM;
-    let tensors: Vec<(&str, Vec<u64>, u32)> = vec![
+    let layout: Vec<(&str, Vec<u64>, u32)> = vec![
         ("token_embd.weight", vec![HIDDEN, rows], 8),
         ("output_norm.weight", vec![HIDDEN], 0),
         ("blk.0.attn_norm.weight", vec![HIDDEN], 0),
@@ -153,39 +209,14 @@ pub fn tiny_llama(alignment: u64) -> Vec<u8> {
         ("blk.0.ffn_down.weight", vec![FF, HIDDEN], 0),
     ];
     let mut rng = Rng::new(7);
-    let blobs: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, dims, ty)| data(*ty, dims.iter().product(), &mut rng))
+    let tensors: Vec<Tensor> = layout
+        .into_iter()
+        .map(|(name, dims, ty)| Tensor {
+            name: name.into(),
+            data: data(ty, dims.iter().product(), &mut rng),
+            dims,
+            ty,
+        })
         .collect();
-
-    let mut out = Vec::new();
-    out.extend(b"GGUF");
-    out.extend(3u32.to_le_bytes());
-    out.extend((tensors.len() as u64).to_le_bytes());
-    out.extend((kv.len() as u64).to_le_bytes());
-    for (k, v) in &kv {
-        put_kv(&mut out, k, v);
-    }
-    let mut offsets = Vec::new();
-    let mut cur = 0u64;
-    for blob in &blobs {
-        cur = cur.next_multiple_of(alignment);
-        offsets.push(cur);
-        cur += blob.len() as u64;
-    }
-    for ((name, dims, ty), off) in tensors.iter().zip(&offsets) {
-        put_str(&mut out, name);
-        out.extend((dims.len() as u32).to_le_bytes());
-        for d in dims {
-            out.extend(d.to_le_bytes());
-        }
-        out.extend(ty.to_le_bytes());
-        out.extend(off.to_le_bytes());
-    }
-    let data_start = (out.len() as u64).next_multiple_of(alignment);
-    for (blob, off) in blobs.iter().zip(&offsets) {
-        out.resize((data_start + off) as usize, 0);
-        out.extend(blob);
-    }
-    out
+    write(3, alignment, &kv, &tensors)
 }

@@ -15,7 +15,7 @@
 
 pub mod alloc;
 pub mod driver;
-mod gguf_seed;
+pub(crate) mod gguf_seed;
 pub mod mutate;
 mod targets;
 

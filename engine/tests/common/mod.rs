@@ -1,7 +1,9 @@
 //! Helpers shared by the engine's integration tests.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
@@ -25,6 +27,17 @@ pub fn data_dir() -> PathBuf {
     );
     dir
 }
+
+/// One SFT conversation, one JSONL line (no newline).
+pub const SFT_LINE: &str = r#"{"messages":[{"role":"user","content":"Capital of France?"},{"role":"assistant","content":"Paris."}]}"#;
+
+/// An SFT run file over `model` and `sft.jsonl`: one step into `sft-run`.
+pub const SFT_TOML: &str = "model = \"model\"\n[data]\ntrain = \"sft.jsonl\"\nmax_seq_len = 32\n\n\
+     [train]\nrun_dir = \"sft-run\"\nsteps = 1\nmicro_batch = 1\nlogprob_chunk = 40000\n";
+
+/// Two QA rows for the `qa-dataset` plugin (JSONL).
+pub const QA_JSONL: &str = "{\"id\":\"q0\",\"question\":\"What is the capital of France?\",\"golden_answers\":[\"Paris\"]}\n\
+     {\"id\":\"q1\",\"question\":\"What is the capital of Italy?\",\"golden_answers\":[\"Rome\"]}\n";
 
 /// The Python of `cargo xtask test` (`IGPO_PYTHON`: a venv with torch,
 /// transformers, tensorboard and pyarrow, `tools/reference/requirements.txt`);
@@ -66,14 +79,15 @@ pub fn smollm2_tool_dir(test: &str) -> Option<PathBuf> {
     }
 }
 
-/// Runs this package's `igpo` binary with `envs` set: (exit code, stdout,
-/// stderr).
-pub fn igpo_env(args: &[&str], envs: &[(&str, &std::path::Path)]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_igpo"))
-        .args(args)
-        .envs(envs.iter().copied())
-        .output()
-        .unwrap();
+/// A `Command` of this package's `igpo` binary, to add arguments,
+/// environment and a working folder to before [`output`].
+pub fn igpo_command() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_igpo"))
+}
+
+/// Runs `cmd` to the end: (exit code, stdout, stderr).
+pub fn output(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -81,27 +95,21 @@ pub fn igpo_env(args: &[&str], envs: &[(&str, &std::path::Path)]) -> (i32, Strin
     )
 }
 
+/// Runs this package's `igpo` binary with `envs` set: (exit code, stdout,
+/// stderr).
+pub fn igpo_env(args: &[&str], envs: &[(&str, &Path)]) -> (i32, String, String) {
+    output(igpo_command().args(args).envs(envs.iter().copied()))
+}
+
 /// Runs this package's `igpo` binary: (exit code, stdout, stderr).
 pub fn igpo(args: &[&str]) -> (i32, String, String) {
     igpo_env(args, &[])
 }
 
-/// `igpo model init` of a 1-layer, hidden-32 Qwen2 with the real Qwen2.5
-/// tokenizer into `dir`, plus `extra` flags (e.g. `--dtype f32`).
-pub fn init_tiny_model(dir: &std::path::Path, extra: &[&str]) {
-    let tok = data_dir().join("qwen2.5-tokenizer.json");
-    init_tiny_model_of(dir, "qwen2", &tok, extra);
-}
-
-/// `igpo model init` of a 1-layer, hidden-32 `arch` model with the
-/// vocabulary of `tok` (a tokenizer.json) into `dir`, plus `extra` flags.
-pub fn init_tiny_model_of(
-    dir: &std::path::Path,
-    arch: &str,
-    tok: &std::path::Path,
-    extra: &[&str],
-) {
-    let mut args = vec![
+/// The `igpo model init` arguments of a 1-layer, hidden-32 `arch` model
+/// with the vocabulary of `tok` (a tokenizer.json), less the output folder.
+pub fn tiny_model_args(arch: &str, tok: &Path) -> Vec<OsString> {
+    let mut args: Vec<OsString> = [
         "model",
         "init",
         "--arch",
@@ -117,10 +125,30 @@ pub fn init_tiny_model_of(
         "--intermediate",
         "64",
         "--vocab-from",
-        tok.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    args.push(dir.to_str().unwrap());
-    let (code, _, err) = igpo(&args);
+    ]
+    .iter()
+    .map(OsString::from)
+    .collect();
+    args.push(tok.into());
+    args
+}
+
+/// `igpo model init` of a 1-layer, hidden-32 Qwen2 with the real Qwen2.5
+/// tokenizer into `dir`, plus `extra` flags (e.g. `--dtype f32`).
+pub fn init_tiny_model(dir: &Path, extra: &[&str]) {
+    let tok = data_dir().join("qwen2.5-tokenizer.json");
+    init_tiny_model_of(dir, "qwen2", &tok, extra);
+}
+
+/// `igpo model init` of a 1-layer, hidden-32 `arch` model with the
+/// vocabulary of `tok` (a tokenizer.json) into `dir` (any path, UTF-8 or
+/// not), plus `extra` flags.
+pub fn init_tiny_model_of(dir: &Path, arch: &str, tok: &Path, extra: &[&str]) {
+    let (code, _, err) = output(
+        igpo_command()
+            .args(tiny_model_args(arch, tok))
+            .args(extra)
+            .arg(dir),
+    );
     assert_eq!(code, 0, "model init failed: {err}");
 }

@@ -1,28 +1,11 @@
-//! Tests of the GGUF import: a tiny GGUF writer, synthetic models for the
-//! happy path and every error the importer reports, and the real SmolLM2
-//! file when `IGPO_SMOLLM2_GGUF` names it.
+//! Tests of the GGUF import: synthetic models for the happy path and every
+//! error the importer reports (written with the fuzz seed's GGUF writer),
+//! and the real SmolLM2 file when `IGPO_SMOLLM2_GGUF` names it.
 use super::*;
+use crate::fuzz::gguf_seed::{Kv, Tensor};
 use std::str::FromStr;
 
-// ---- a tiny GGUF writer -------------------------------------------------
-
-#[derive(Clone)]
-enum Kv {
-    U32(u32),
-    F32(f32),
-    Bool(bool),
-    Str(String),
-    StrArr(Vec<String>),
-    I32Arr(Vec<i32>),
-}
-
-#[derive(Clone)]
-struct Tensor {
-    name: String,
-    dims: Vec<u64>,
-    ty: u32,
-    data: Vec<u8>,
-}
+// ---- a GGUF file under construction -------------------------------------
 
 #[derive(Clone)]
 struct Gguf {
@@ -30,11 +13,6 @@ struct Gguf {
     alignment: u64,
     kv: Vec<(String, Kv)>,
     tensors: Vec<Tensor>,
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
 }
 
 impl Gguf {
@@ -57,70 +35,7 @@ impl Gguf {
     }
 
     fn bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend(b"GGUF");
-        out.extend(self.version.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((self.kv.len() as u64).to_le_bytes());
-        for (k, v) in &self.kv {
-            put_str(&mut out, k);
-            match v {
-                Kv::U32(x) => {
-                    out.extend(4u32.to_le_bytes());
-                    out.extend(x.to_le_bytes());
-                }
-                Kv::F32(x) => {
-                    out.extend(6u32.to_le_bytes());
-                    out.extend(x.to_le_bytes());
-                }
-                Kv::Bool(x) => {
-                    out.extend(7u32.to_le_bytes());
-                    out.push(u8::from(*x));
-                }
-                Kv::Str(s) => {
-                    out.extend(8u32.to_le_bytes());
-                    put_str(&mut out, s);
-                }
-                Kv::StrArr(items) => {
-                    out.extend(9u32.to_le_bytes());
-                    out.extend(8u32.to_le_bytes());
-                    out.extend((items.len() as u64).to_le_bytes());
-                    for s in items {
-                        put_str(&mut out, s);
-                    }
-                }
-                Kv::I32Arr(items) => {
-                    out.extend(9u32.to_le_bytes());
-                    out.extend(5u32.to_le_bytes());
-                    out.extend((items.len() as u64).to_le_bytes());
-                    for x in items {
-                        out.extend(x.to_le_bytes());
-                    }
-                }
-            }
-        }
-        let mut offsets = Vec::new();
-        let mut cur = 0u64;
-        for t in &self.tensors {
-            cur = cur.next_multiple_of(self.alignment);
-            offsets.push(cur);
-            cur += t.data.len() as u64;
-        }
-        for (t, off) in self.tensors.iter().zip(&offsets) {
-            put_str(&mut out, &t.name);
-            out.extend((t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                out.extend(d.to_le_bytes());
-            }
-            out.extend(t.ty.to_le_bytes());
-            out.extend(off.to_le_bytes());
-        }
-        let data_start = (out.len() as u64).next_multiple_of(self.alignment);
-        for (t, off) in self.tensors.iter().zip(&offsets) {
-            out.resize((data_start + off) as usize, 0);
-            out.extend(&t.data);
-        }
-        out
+        crate::fuzz::gguf_seed::write(self.version, self.alignment, &self.kv, &self.tensors)
     }
 }
 
@@ -188,38 +103,12 @@ fn llama_cpp_permute(w: &[f32], rows: usize, cols: usize, n_head: usize) -> Vec<
     out
 }
 
+/// The fuzz seed's byte-level BPE vocabulary (independent of vocab.rs),
+/// plus `<think>` (type 4).
 fn tokens() -> (Vec<String>, Vec<i32>, Vec<String>) {
-    let table = {
-        // GPT-2 byte alphabet, independently of vocab.rs: printable
-        // bytes, then the rest from U+0100 on.
-        let mut t = Vec::new();
-        let mut next = 256u32;
-        for b in 0u32..256 {
-            let printable =
-                (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-            let c = if printable {
-                b
-            } else {
-                next += 1;
-                next - 1
-            };
-            t.push(char::from_u32(c).unwrap().to_string());
-        }
-        t
-    };
-    let mut toks: Vec<String> = vec![
-        "<|endoftext|>".into(),
-        "<|im_start|>".into(),
-        "<|im_end|>".into(),
-    ];
-    let mut types = vec![3, 3, 3];
-    toks.extend(table);
-    types.extend(std::iter::repeat_n(1, 256));
-    toks.extend(["Ġt".to_string(), "he".into(), "Ġthe".into()]);
-    types.extend([1, 1, 1]);
+    let (mut toks, mut types, merges) = crate::fuzz::gguf_seed::vocab();
     toks.push("<think>".into());
     types.push(4);
-    let merges = vec!["Ġ t".to_string(), "h e".into(), "Ġt he".into()];
     (toks, types, merges)
 }
 
