@@ -1022,3 +1022,43 @@ fn non_utf8_paths_work() {
     assert!(exported.join("config.json").is_file());
     let _ = std::fs::remove_dir_all(&d);
 }
+
+/// An output under folders that do not exist yet makes them (`mkdir -p`),
+/// as the README's `igpo model export ... target/models/NAME` needs.
+#[test]
+fn outputs_under_missing_folders_are_made() {
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-missing-parents");
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let model = d.join("model");
+    common::init_tiny_model(&model, &[]);
+    let corpus = d.join("corpus.jsonl");
+    std::fs::write(
+        &corpus,
+        "{\"id\":\"p0\",\"title\":\"T\",\"text\":\"Paris is in France.\"}\n",
+    )
+    .unwrap();
+    let exported = d.join("new/models/export");
+    let index = d.join("new/corpus/index");
+    for args in [
+        vec![
+            os("model"),
+            os("export"),
+            model.as_os_str(),
+            exported.as_os_str(),
+        ],
+        vec![
+            os("data"),
+            os("index"),
+            corpus.as_os_str(),
+            os("--out"),
+            index.as_os_str(),
+        ],
+    ] {
+        let (code, _, err) = common::output(common::igpo_command().arg("-q").args(&args));
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    assert!(exported.join("config.json").is_file());
+    assert!(index.is_dir());
+    let _ = std::fs::remove_dir_all(&d);
+}

@@ -57,9 +57,16 @@ pub fn build_index(
         .file_name()
         .map_or("index".into(), |n| n.to_string_lossy().to_string());
     let building = out.with_file_name(format!(".{name}.building-{}", std::process::id()));
-    // The first write: a parent that is missing, a file or read-only fails
-    // here, named as `out` (not as the temporary folder).
+    // The first writes: missing parents are made (as `mkdir -p`); a parent
+    // that is a file or read-only fails here, named as `out` (not as the
+    // temporary folder).
     let _ = std::fs::remove_dir_all(&building);
+    if let Some(parent) = building.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| DataError::Io {
+            path: out.to_path_buf(),
+            source,
+        })?;
+    }
     std::fs::create_dir(&building).map_err(|source| DataError::Io {
         path: out.to_path_buf(),
         source,

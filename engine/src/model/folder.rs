@@ -97,8 +97,11 @@ pub fn export(src: &Path, out: &Path, dtype: DType) -> Result<(), ModelError> {
         .unwrap_or_else(|| "export".into());
     let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    // Creating the temp folder is the first write: a parent that is missing,
-    // a file or read-only fails here, named as `out`.
+    // The first writes: missing parents are made (as `mkdir -p`); a parent
+    // that is a file or read-only fails here, named as `out`.
+    if let Some(parent) = tmp.parent() {
+        fs::create_dir_all(parent).map_err(io(out))?;
+    }
     fs::create_dir(&tmp).map_err(io(out))?;
     let written = write_model_dir(&tmp, &config, &tensors, dtype, None)
         .and_then(|()| copy_model_files(src, &tmp))
