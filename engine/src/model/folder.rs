@@ -95,7 +95,7 @@ pub fn export(src: &Path, out: &Path, dtype: DType) -> Result<(), ModelError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "export".into());
-    let tmp = out.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let tmp = out.with_file_name(crate::fsutil::temp_name(&format!(".{name}")));
     let _ = fs::remove_dir_all(&tmp);
     // The first writes: missing parents are made (as `mkdir -p`); a parent
     // that is a file or read-only fails here, named as `out`.

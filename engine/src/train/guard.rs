@@ -67,9 +67,9 @@ impl SkipCounts {
     }
 }
 
-/// Whether every value is finite (`None` names the first that is not).
-pub fn first_non_finite(values: &[f32]) -> Option<usize> {
-    values.iter().position(|v| !v.is_finite())
+/// Whether every value is finite.
+pub fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
 }
 
 /// Where `IGPO_INJECT_NAN` puts a NaN.

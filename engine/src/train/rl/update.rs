@@ -7,7 +7,7 @@ use crate::rl::{policy_loss, token_weights, LossConfig, LossInputs, LossStats};
 use crate::rng::Rng;
 use crate::rollout::Trajectory;
 use crate::tensor::Tensor;
-use crate::train::guard::{first_non_finite, Skip, SkipCounts};
+use crate::train::guard::{all_finite, Skip, SkipCounts};
 use crate::train::optim::AdamW;
 use crate::train::run::{shuffled, TrainError};
 
@@ -113,13 +113,11 @@ pub(crate) struct Guard<'a> {
 /// old or reference log-prob (checked before any gradient is computed, so
 /// none reaches the weights).
 fn bad_inputs(batch: &[&Sample]) -> Option<Skip> {
-    if batch.iter().any(|s| first_non_finite(&s.adv).is_some()) {
+    if !batch.iter().all(|s| all_finite(&s.adv)) {
         return Some(Skip::Advantage);
     }
-    let bad_lp = |s: &&Sample| {
-        first_non_finite(&s.old).is_some() || first_non_finite(&s.reference).is_some()
-    };
-    batch.iter().any(bad_lp).then_some(Skip::LogProb)
+    let finite_lp = |s: &&Sample| all_finite(&s.old) && all_finite(&s.reference);
+    (!batch.iter().all(finite_lp)).then_some(Skip::LogProb)
 }
 
 /// One optimizer update on a mini-batch of samples, or a skip (its inputs,
