@@ -16,6 +16,7 @@ pub mod rl;
 pub mod rng;
 pub mod rollout;
 pub mod runfile;
+pub mod sweep;
 pub mod tasks;
 pub mod tensor;
 pub mod tokenizer;

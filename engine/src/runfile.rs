@@ -92,7 +92,11 @@ pub fn apply_overrides(text: &str, sets: &[String]) -> Result<String, String> {
     if sets.is_empty() {
         return Ok(text.to_string());
     }
-    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    // One line, like `RunFile::parse` (toml's Display draws the source).
+    let mut root: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let at = e.span().map(|s| format!(" (at byte {})", s.start));
+        format!("{}{}", e.message(), at.unwrap_or_default())
+    })?;
     for set in sets {
         let (key, value) = set
             .split_once('=')
@@ -221,6 +225,9 @@ path = "b.wasm"
         assert!(msg("model.x=1").contains("`model` is a string, not a table"));
         assert!(msg("tools.7.path=x").contains("has 2 entries, no index 7"));
         assert!(msg("tools.first.path=x").contains("index it with a number"));
+        // A file that is not TOML: one line, with where.
+        let err = apply_overrides("model = \"m\"\nnot toml at all\n", &["a=1".into()]).unwrap_err();
+        assert!(!err.contains('\n') && err.contains("at byte"), "{err}");
     }
 
     #[test]

@@ -94,6 +94,10 @@ pub fn reward_record(t: &Trajectory) -> TrajectoryRecord {
 pub struct EvalReport {
     pub examples: usize,
     pub f1: f64,
+    /// Standard error of `f1` (the questions' sample standard deviation over
+    /// sqrt(n); NaN, written null, below two questions): how far another
+    /// draw of as many questions could move it.
+    pub f1_se: f64,
     pub em: f64,
     /// F1 when a rollout without an `<answer>` is scored on its last turn's
     /// text instead (an untrained model rarely uses the answer format).
@@ -122,6 +126,8 @@ pub fn score_report(
         wall_s: stats.wall_s,
         ..Default::default()
     };
+    // Each question's F1 (0 when the reward plugin failed, as in the mean).
+    let mut f1s = Vec::with_capacity(trajs.len());
     for t in trajs {
         r.mean_turns += t.turns.len() as f64 / n;
         r.truncation_rate += t.truncated as u8 as f64 / n;
@@ -138,6 +144,7 @@ pub fn score_report(
         let mut rec = reward_record(t);
         match f1_of(&rec) {
             Some((f1, em)) => {
+                f1s.push(f1);
                 r.f1 += f1 / n;
                 r.em += em / n;
                 if t.final_answer.is_none() {
@@ -147,10 +154,25 @@ pub fn score_report(
                     r.lenient_f1 += f1 / n;
                 }
             }
-            None => r.reward_failures += 1,
+            None => {
+                f1s.push(0.0);
+                r.reward_failures += 1
+            }
         }
     }
+    r.f1_se = standard_error(&f1s);
     r
+}
+
+/// `sd / sqrt(n)` with the sample standard deviation; NaN below two values.
+pub fn standard_error(values: &[f64]) -> f64 {
+    let n = values.len();
+    if n < 2 {
+        return f64::NAN;
+    }
+    let mean = values.iter().sum::<f64>() / n as f64;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    (var / n as f64).sqrt()
 }
 
 /// F1 and EM of a reward plugin's verdict: its `details` when it reports
@@ -159,4 +181,18 @@ pub fn f1_em(out: &RewardOutput) -> (f64, f64) {
     let d = out.details.clone().unwrap_or_default();
     let f1 = d.get("f1").and_then(|v| v.as_f64()).unwrap_or(out.outcome);
     (f1, d.get("em").and_then(|v| v.as_f64()).unwrap_or(0.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::standard_error;
+
+    #[test]
+    fn standard_error_of_a_mean() {
+        // 0, 1, 0, 1: sample var 1/3, se sqrt(1/12).
+        let se = standard_error(&[0.0, 1.0, 0.0, 1.0]);
+        assert!((se - (1.0f64 / 12.0).sqrt()).abs() < 1e-12);
+        assert_eq!(standard_error(&[0.5, 0.5, 0.5]), 0.0);
+        assert!(standard_error(&[1.0]).is_nan() && standard_error(&[]).is_nan());
+    }
 }

@@ -240,3 +240,120 @@ fn bad_runs_get_one_error_line() {
         .unwrap()
         .contains("fig-time-split"));
 }
+
+/// A copy of fixture `run` as `to` with `train.seed = seed` and every dev
+/// F1 raised by `lift`.
+fn seeded_copy(run: &str, to: &Path, seed: u64, lift: f64) {
+    copy_dir(&fixture(run), to);
+    let cfg = to.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.replacen("[train]\n", &format!("[train]\nseed = {seed}\n"), 1);
+    assert!(text.contains(&format!("seed = {seed}")));
+    std::fs::write(&cfg, text).unwrap();
+    let evals = to.join("eval.jsonl");
+    let lines: Vec<String> = std::fs::read_to_string(&evals)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v["f1"] = (v["f1"].as_f64().unwrap() + lift).into();
+            v["f1_se"] = 0.02.into();
+            v.to_string()
+        })
+        .collect();
+    std::fs::write(&evals, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn runs_that_differ_by_seed_are_one_group() {
+    let dir = tmp("seeds");
+    // IGPO seeds 0-2 (final F1 0.96 + 0, 0.02, 0.04), GRPO seeds 0-1.
+    for (seed, lift) in [(0, 0.0), (1, 0.02), (2, 0.04)] {
+        seeded_copy("igpo", &dir.join(format!("igpo/seed-{seed}")), seed, lift);
+    }
+    for (seed, lift) in [(0, 0.0), (1, 0.01)] {
+        seeded_copy("grpo", &dir.join(format!("grpo/seed-{seed}")), seed, lift);
+    }
+    let dirs: Vec<PathBuf> = [
+        "igpo/seed-0",
+        "igpo/seed-1",
+        "igpo/seed-2",
+        "grpo/seed-0",
+        "grpo/seed-1",
+    ]
+    .iter()
+    .map(|d| dir.join(d))
+    .collect();
+    let runs = load_runs(&dirs).unwrap();
+    assert_eq!(runs[1].seed, Some(1));
+    assert_eq!(runs[0].setting, runs[2].setting);
+    assert_ne!(runs[0].setting, runs[3].setting);
+    let html = render(&runs).unwrap();
+    assert!(html.contains("igpo (igpo, 3 seeds)") && html.contains("grpo (grpo, 2 seeds)"));
+    assert!(html.contains("5 run(s) in 2 settings"));
+    let (igpo, grpo) = (hex(run_color(0)), hex(run_color(1)));
+    // One mean line per group, one point per evaluation, a band under it.
+    let svg = figure(&html, "fig-dev-f1");
+    assert_eq!(points(svg, &igpo), 3);
+    assert_eq!(points(svg, &grpo), 3);
+    assert_eq!(lines(svg, &igpo), vec![3]);
+    assert_eq!(svg.matches("<polygon").count(), 2, "one band per group");
+    assert_eq!(points(figure(&html, "fig-reward"), &igpo), 10);
+    // The tables over seeds.
+    let table = |id: &str| {
+        let start = html.find(&format!("<table id=\"{id}\"")).unwrap();
+        &html[start..start + html[start..].find("</table>").unwrap()]
+    };
+    let igpo_final = runs[0].evals.last().unwrap().f1;
+    let mean = format!("{:.3}", igpo_final + 0.02);
+    assert!(
+        table("seed-summary").contains(&mean),
+        "{}",
+        table("seed-summary")
+    );
+    assert_eq!(table("seed-runs").matches("<tr>").count(), 1 + 5);
+    assert!(table("seed-runs").contains(&format!("{igpo_final:.3} ± 0.020")));
+    // Paired: seeds 0 and 1 only.
+    let grpo_final = runs[3].evals.last().unwrap().f1;
+    let diff = (igpo_final - grpo_final) + (0.02 - 0.01) / 2.0;
+    let paired = table("paired");
+    assert!(paired.contains(&format!("{diff:+.3}")), "{paired}");
+    assert!(paired.contains("<td class=\"num\">2</td>"), "{paired}");
+    // A run with another setting is a group of its own, drawn as before.
+    let other = dir.join("igpo-lr");
+    seeded_copy("igpo", &other, 0, 0.0);
+    let cfg = other.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    assert!(text.contains("lr = 5e-4"));
+    std::fs::write(&cfg, text.replace("lr = 5e-4", "lr = 1e-3")).unwrap();
+    let mut all = dirs.clone();
+    all.push(other);
+    let runs = load_runs(&all).unwrap();
+    let html = render(&runs).unwrap();
+    assert!(html.contains("6 run(s) in 3 settings"), "{html}");
+    assert!(html.contains("igpo-lr (igpo)"));
+}
+
+#[test]
+fn a_sweep_folder_missing_a_run_is_one_error_naming_it() {
+    let dir = tmp("sweep-missing");
+    seeded_copy("igpo", &dir.join("a/seed-0"), 0, 0.0);
+    std::fs::create_dir_all(dir.join("a/seed-1")).unwrap();
+    std::fs::write(
+        dir.join("sweep.json"),
+        r#"{"runs":[{"setting":"a","seed":0,"config":"x.toml","sets":[],"dir":"a/seed-0","steps":10},
+                   {"setting":"a","seed":1,"config":"x.toml","sets":[],"dir":"a/seed-1","steps":10}]}"#,
+    )
+    .unwrap();
+    let err = load_runs(&[dir.clone()]).unwrap_err().to_string();
+    assert!(
+        err.contains("a/seed-1: no metrics.jsonl") && err.contains("sweep"),
+        "{err}"
+    );
+    seeded_copy("igpo", &dir.join("a/seed-1-full"), 1, 0.0);
+    std::fs::remove_dir_all(dir.join("a/seed-1")).unwrap();
+    std::fs::rename(dir.join("a/seed-1-full"), dir.join("a/seed-1")).unwrap();
+    let runs = load_runs(&[dir.clone()]).unwrap();
+    assert_eq!(runs.len(), 2);
+    assert_eq!(runs[1].seed, Some(1));
+}

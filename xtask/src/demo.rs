@@ -9,10 +9,21 @@ use crate::{cargo, igpo_release, root, run, target, Result};
 
 pub(crate) fn demo(args: &[String]) -> Result<()> {
     match args.first().map(String::as_str) {
-        None => demo_search_agent(),
+        None => demo_search_agent(None),
+        Some("--seeds") => {
+            let n = match args.get(1) {
+                None => 1,
+                Some(n) => n
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("--seeds {n}: expected a whole number >= 1"))?,
+            };
+            demo_search_agent(Some(n))
+        }
         Some("smollm2") => demo_smollm2(&args[1..]),
         Some(other) => Err(format!(
-            "unknown demo `{other}`: `cargo xtask demo` (the search agent, from scratch) or `cargo xtask demo smollm2 [PROMPT]`"
+            "unknown demo `{other}`: `cargo xtask demo [--seeds N]` (the search agent, from scratch; with --seeds, the paper's ablation over N seeds) or `cargo xtask demo smollm2 [PROMPT]`"
         )),
     }
 }
@@ -57,7 +68,13 @@ const DEMO_MODEL: &[&str] = &[
 /// its defaults). 70% of the 2-hop demonstrations are lazy (half stop after
 /// one search, half do not search), so the SFT policy reads and copies well
 /// but often stops after one search on 2-hop questions: what RL should fix.
-const DEMO_WORLD: &[&str] = &["--seed", "0", "--lazy", "0.7"];
+/// 300 dev questions: one run's dev F1 then has a standard error near 0.025.
+const DEMO_WORLD: &[&str] = &["--seed", "0", "--lazy", "0.7", "--dev", "300"];
+
+/// The paper's ablation (Table 3) as `rl.estimator` values: IGPO (F1 + IG),
+/// F1 only with IGPO's turn machinery, IG only, and GRPO. IGPO first: the
+/// sweep's table compares every other setting with it.
+const ABLATION: &str = "rl.estimator=igpo,f1_only,ig_only,grpo";
 
 /// Wall time of each stage of the demo, printed at the end.
 struct Stages(Vec<(String, f64)>);
@@ -112,8 +129,9 @@ impl Demo {
 /// `cargo xtask demo`: the whole job on the embedded default, from nothing,
 /// on CPU: a synthetic multi-hop world served by the bm25-search plugin, a
 /// tiny model taught the agent protocol by SFT on demonstrations, its dev F1,
-/// then IGPO training and the dev F1 after it.
-fn demo_search_agent() -> Result<()> {
+/// then IGPO training and the dev F1 after it. With `seeds`, the RL stage
+/// is the paper's ablation instead (`ablation_demo`).
+fn demo_search_agent(seeds: Option<u64>) -> Result<()> {
     let mut stages = Stages(vec![]);
     let demo = Demo {
         dir: target().join("demo"),
@@ -163,6 +181,15 @@ fn demo_search_agent() -> Result<()> {
     })?;
     // ---- RL: `igpo train` (IGPO) from the SFT checkpoint, then the dev
     // eval of the trained policy. Added by the RL work; see train_demo. ----
+    if let Some(n) = seeds {
+        ablation_demo(&demo, &mut stages, n)?;
+        stages.print();
+        println!(
+            "dev F1 of the SFT model: {:.3} greedy, {:.3} at temperature 1",
+            sft_eval[0].f1, sft_eval[1].f1
+        );
+        return Ok(());
+    }
     let rl_eval = train_demo(&demo, &mut stages)?;
     stages.print();
     println!(
@@ -256,6 +283,37 @@ fn train_demo(demo: &Demo, stages: &mut Stages) -> Result<Option<EvalSummary>> {
         eval_demo(demo, &[&trained], "eval-igpo")
     })?;
     Ok(out.into_iter().next())
+}
+
+/// `cargo xtask demo --seeds N`: the four settings of `ABLATION` x N seeds
+/// from the SFT checkpoint by `igpo sweep` (which prints the table with
+/// intervals), and their report, `target/demo/ablation.html`.
+fn ablation_demo(demo: &Demo, stages: &mut Stages, seeds: u64) -> Result<()> {
+    let cfg = demo.run_file("igpo.toml", "igpo.toml", |t| t)?;
+    let out = demo.dir.join("ablation");
+    stages.time(&format!("igpo sweep (4 settings x {seeds} seeds)"), || {
+        // The SFT model was just made again: earlier runs are of another one.
+        let _ = std::fs::remove_dir_all(&out);
+        run(demo
+            .igpo()
+            .args(["sweep", "--config"])
+            .arg(&cfg)
+            .args([
+                "--seeds",
+                &format!("0..{seeds}"),
+                "--set",
+                ABLATION,
+                "--out",
+            ])
+            .arg(&out))
+    })?;
+    let report = demo.dir.join("ablation.html");
+    run(demo
+        .igpo()
+        .arg("report")
+        .arg(&out)
+        .arg("--out")
+        .arg(&report))
 }
 
 /// One eval run of the demo, with what the demo prints about it.

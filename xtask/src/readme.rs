@@ -141,6 +141,21 @@ fn rewrites(scratch: &Path) -> Vec<(&'static str, Option<String>)> {
                 "igpo model export {s}/runs/squad-igpo/checkpoints/step-1 {s}/models/squad-igpo --dtype bf16"
             )),
         ),
+        // Four runs of one step on 10 dev questions instead of 20 of 30 steps.
+        (
+            "igpo sweep --config target/demo/igpo.toml --seeds 0..5 --set rl.estimator=igpo,f1_only,ig_only,grpo --out target/demo/ablation",
+            Some(format!(
+                "igpo sweep --config target/demo/igpo.toml --seeds 0..2 \
+                 --set rl.estimator=igpo,f1_only --set train.steps=1 --set eval.limit=10 \
+                 --out {s}/ablation"
+            )),
+        ),
+        (
+            "igpo report target/demo/ablation --out target/demo/ablation.html",
+            Some(format!(
+                "igpo report {s}/ablation --out {s}/ablation.html"
+            )),
+        ),
         (
             "igpo report target/runs/squad-igpo target/runs/squad-grpo --out target/runs/squad.html",
             Some(format!(

@@ -13,6 +13,7 @@ mod logging;
 mod model_cmd;
 mod plugin_cmd;
 mod serve_cmd;
+mod sweep_cmd;
 mod train_cmd;
 
 use clap::error::ErrorKind;
@@ -55,6 +56,8 @@ enum Command {
     Sft(train_cmd::SftArgs),
     /// Train an agent with IGPO or a baseline estimator (`[rl] estimator`).
     Train(train_cmd::TrainArgs),
+    /// Run `igpo train` over seeds and a grid of settings (resumable).
+    Sweep(sweep_cmd::SweepArgs),
     /// Print the `igpo train` run file reference.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -122,6 +125,7 @@ pub fn main() -> i32 {
         Command::Model(cmd) => model_cmd::run(cmd),
         Command::Sft(args) => train_cmd::sft(args),
         Command::Train(args) => train_cmd::train(args),
+        Command::Sweep(args) => sweep_cmd::sweep(args),
         Command::Config(ConfigCommand::Default) => {
             print!("{}", crate::train::config_doc::default_train_toml());
             Ok(())

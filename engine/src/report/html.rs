@@ -3,8 +3,10 @@
 
 use std::fmt::Write;
 
-use super::load::{RunData, SampleLine};
+use super::groups::{compare, group_curve, group_runs, per_run, step_curve, Group, MeanCurve};
+use super::load::{DevPoint, RunData, SampleLine, StepMetrics};
 use super::plot::{self, LineFigure, Series};
+use super::stats::Summary;
 use super::ReportError;
 
 /// HTML/XML escaping for text and attribute values.
@@ -59,18 +61,58 @@ fn finite(v: f64) -> f64 {
 }
 
 fn fmt_opt(v: Option<f64>, digits: usize) -> String {
-    v.map(|v| format!("{v:.digits$}"))
+    v.filter(|v| !v.is_nan())
+        .map(|v| format!("{v:.digits$}"))
         .unwrap_or_else(|| "–".into())
 }
 
-/// A per-step series of every run, from `f` over its metrics lines.
-fn per_step(runs: &[RunData], f: impl Fn(&super::load::StepMetrics) -> f64) -> Vec<Series> {
-    runs.iter()
+/// A dev F1 with its standard error over the questions, when logged.
+fn fmt_f1(p: Option<&DevPoint>) -> String {
+    match p {
+        Some(p) if p.f1_se.is_finite() => format!("{:.3} ± {:.3}", p.f1, p.f1_se),
+        Some(p) => fmt_opt(Some(p.f1), 3),
+        None => "–".into(),
+    }
+}
+
+/// Mean ± half the 95 % interval (just the mean for one run).
+fn fmt_mean(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        Some(s) if s.n >= 2 && s.half_width().is_finite() => {
+            format!("{:.digits$} ± {:.digits$}", s.mean, s.half_width())
+        }
+        Some(s) => format!("{:.digits$}", s.mean),
+        None => "–".into(),
+    }
+}
+
+/// Mean, standard deviation and the 95 % interval.
+fn fmt_full(s: Option<Summary>, digits: usize) -> String {
+    match s {
+        Some(s) if s.n >= 2 => format!(
+            "{:.digits$} <span class=\"note\">sd {:.digits$}</span><br>[{:.digits$}, {:.digits$}]",
+            s.mean, s.sd, s.lo, s.hi
+        ),
+        Some(s) => format!("{:.digits$}", s.mean),
+        None => "–".into(),
+    }
+}
+
+/// A figure series of group `i`'s mean curve.
+fn series(i: usize, c: MeanCurve) -> Series {
+    Series {
+        color: plot::run_color(i),
+        points: c.points,
+        band: c.band,
+    }
+}
+
+/// A per-step series of every group, from `f` over its metrics lines.
+fn per_step(groups: &[Group], f: impl Fn(&StepMetrics) -> f64 + Copy) -> Vec<Series> {
+    groups
+        .iter()
         .enumerate()
-        .map(|(i, r)| Series {
-            color: plot::run_color(i),
-            points: r.metrics.iter().map(|m| (m.step as f64, f(m))).collect(),
-        })
+        .map(|(i, g)| series(i, step_curve(g, f)))
         .collect()
 }
 
@@ -154,12 +196,12 @@ fn ig_style(ig: f64, scale: f64) -> (&'static str, String) {
     }
 }
 
-fn samples_table(out: &mut String, run: &RunData, color: &str) {
+fn samples_table(out: &mut String, run: &RunData, label: &str, color: &str) {
     let Some((step, samples)) = &run.samples else {
         let _ = writeln!(
             out,
             "<h3><span style=\"color:{color}\">■</span> {}</h3><p class=\"note\">no samples/step-N.jsonl in this run</p>",
-            escape(&run.label())
+            escape(label)
         );
         return;
     };
@@ -172,7 +214,7 @@ fn samples_table(out: &mut String, run: &RunData, color: &str) {
     let _ = writeln!(
         out,
         "<h3><span style=\"color:{color}\">■</span> {} — step {step}, {} of {} samples</h3>",
-        escape(&run.label()),
+        escape(label),
         picked.len(),
         samples.len()
     );
@@ -223,33 +265,48 @@ fn samples_table(out: &mut String, run: &RunData, color: &str) {
     out.push_str("</table>\n");
 }
 
-/// The whole page for `runs` (already loaded).
+/// The whole page for `runs` (already loaded). Runs that differ only by
+/// seed are drawn as one group (`groups`): mean curves with 95 % bands, and
+/// the seed tables.
 pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
+    let groups = group_runs(runs);
     let mut out = String::new();
-    page_head(&mut out, runs);
-    summary_table(&mut out, runs);
-    paper_figures(&mut out, runs)?;
-    training_signals(&mut out, runs)?;
-    time_split(&mut out, runs)?;
-    sampled_trajectories(&mut out, runs);
+    page_head(&mut out, runs, &groups);
+    summary_table(&mut out, &groups);
+    if groups.iter().any(|g| g.runs.len() > 1) {
+        seed_tables(&mut out, &groups);
+    }
+    paper_figures(&mut out, &groups)?;
+    training_signals(&mut out, &groups)?;
+    time_split(&mut out, &groups)?;
+    sampled_trajectories(&mut out, &groups);
     out.push_str("</body></html>\n");
     Ok(out)
 }
 
-/// The document head, title, run list and colour legend.
-fn page_head(out: &mut String, runs: &[RunData]) {
+/// The document head, title, run list and colour legend (one entry per group).
+fn page_head(out: &mut String, runs: &[RunData], groups: &[Group]) {
     out.push_str("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n");
-    let names: Vec<String> = runs.iter().map(|r| r.label()).collect();
+    let names: Vec<String> = groups.iter().map(|g| g.label()).collect();
     let _ = writeln!(
         out,
         "<title>IGPO report: {}</title>\n<style>{CSS}</style></head><body>",
         escape(&names.join(" vs "))
     );
     out.push_str("<h1>IGPO run report</h1>\n");
+    let grouped = if groups.len() < runs.len() {
+        format!(
+            " in {} settings (runs that differ only by seed are one setting: its mean is drawn, with a 95 % band)",
+            groups.len()
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "<p class=\"sub\">{} run(s): {}</p>",
+        "<p class=\"sub\">{} run(s){}: {}</p>",
         runs.len(),
+        escape(&grouped),
         escape(
             &runs
                 .iter()
@@ -260,57 +317,158 @@ fn page_head(out: &mut String, runs: &[RunData]) {
     );
 
     out.push_str("<div class=\"legend\" id=\"legend\">");
-    for (i, r) in runs.iter().enumerate() {
+    for (i, g) in groups.iter().enumerate() {
         let _ = write!(
             out,
             "<div><span class=\"sw\" style=\"background:{}\"></span>{}</div>",
             plot::hex(plot::run_color(i)),
-            escape(&r.label())
+            escape(&g.label())
         );
     }
     out.push_str("</div>\n");
 }
 
-/// One row per run: estimator, dev set, steps, dev F1, reward, zero-advantage ratio, tokens, updates skipped as not finite, time.
-fn summary_table(out: &mut String, runs: &[RunData]) {
+/// One row per group: estimator, dev set, steps, dev F1, reward,
+/// zero-advantage ratio, tokens, updates skipped as not finite, time. A
+/// group of one run shows the run (dev F1 ± its standard error over the
+/// questions); a larger group the means over its runs (± half the 95 %
+/// interval over seeds).
+fn summary_table(out: &mut String, groups: &[Group]) {
     out.push_str("<table id=\"summary\"><tr><th>run</th><th>estimator</th><th>dev set</th><th>steps</th><th>dev F1 first → last (best)</th><th>train reward first → last</th><th>zero-adv. ratio (mean)</th><th>gradient tokens</th><th>skipped updates</th><th>wall time (s)</th></tr>\n");
-    for (i, r) in runs.iter().enumerate() {
-        let first = r.evals.first().map(|e| e.f1);
-        let last = r.evals.last().map(|e| e.f1);
-        let best = r.evals.iter().map(|e| e.f1).reduce(f64::max);
-        let zero = if r.metrics.is_empty() {
-            None
-        } else {
-            Some(r.metrics.iter().map(|m| m.zero_adv_ratio).sum::<f64>() / r.metrics.len() as f64)
+    for (i, g) in groups.iter().enumerate() {
+        let secs = |r: &RunData| -> Option<f64> {
+            Some(
+                r.metrics
+                    .iter()
+                    .map(|m| finite(m.rollout_s) + finite(m.scoring_s) + finite(m.update_s))
+                    .sum(),
+            )
         };
-        let secs: f64 = r
-            .metrics
+        let first_f1 = |r: &RunData| r.evals.first().map(|e| e.f1);
+        let first_reward = |r: &RunData| r.metrics.first().map(|m| m.outcome_reward);
+        let last_reward = |r: &RunData| r.metrics.last().map(|m| m.outcome_reward);
+        let (dev, name) = if let [r] = g.runs.as_slice() {
+            (
+                format!(
+                    "{} → {} ({})",
+                    fmt_f1(r.evals.first()),
+                    fmt_f1(r.evals.last()),
+                    fmt_opt(per_run::best_f1(r), 3)
+                ),
+                escape(&r.name),
+            )
+        } else {
+            (
+                format!(
+                    "{} → {} ({})",
+                    fmt_mean(g.summary(first_f1), 3),
+                    fmt_mean(g.summary(per_run::final_f1), 3),
+                    fmt_mean(g.summary(per_run::best_f1), 3)
+                ),
+                format!("{} ({} seeds)", escape(&g.name), g.runs.len()),
+            )
+        };
+        let steps = g.summary(|r| Some(r.metrics.len() as f64));
+        let skipped: u64 = g
+            .runs
             .iter()
-            .map(|m| finite(m.rollout_s) + finite(m.scoring_s) + finite(m.update_s))
+            .filter_map(|r| r.metrics.last().map(|m| m.skipped_updates))
             .sum();
         let _ = writeln!(
             out,
-            "<tr><td><span style=\"color:{}\">■</span> {}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{} → {} ({})</td><td class=\"num\">{} → {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{secs:.1}</td></tr>",
+            "<tr><td><span style=\"color:{}\">■</span> {name}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{dev}</td><td class=\"num\">{} → {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{skipped}</td><td class=\"num\">{}</td></tr>",
             plot::hex(plot::run_color(i)),
-            escape(&r.name),
-            escape(&r.estimator),
-            escape(&r.dataset),
-            r.metrics.len(),
-            fmt_opt(first, 3),
-            fmt_opt(last, 3),
-            fmt_opt(best, 3),
-            fmt_opt(r.metrics.first().map(|m| m.outcome_reward), 3),
-            fmt_opt(r.metrics.last().map(|m| m.outcome_reward), 3),
-            fmt_opt(zero, 3),
-            r.metrics.last().map(|m| m.cum_grad_tokens).unwrap_or(0),
-            r.metrics.last().map(|m| m.skipped_updates).unwrap_or(0),
+            escape(&g.estimator),
+            escape(&g.dataset),
+            fmt_opt(steps.map(|s| s.mean), 0),
+            fmt_mean(g.summary(first_reward), 3),
+            fmt_mean(g.summary(last_reward), 3),
+            fmt_mean(g.summary(per_run::zero_adv), 3),
+            fmt_opt(g.summary(per_run::grad_tokens).map(|s| s.mean), 0),
+            fmt_opt(g.summary(secs).map(|s| s.mean), 1),
         );
+    }
+    out.push_str("</table>\n");
+    if groups.iter().any(|g| g.runs.len() == 1) {
+        out.push_str("<p class=\"note\">A dev F1 written a ± b is the F1 over the dev questions ± its standard error (their standard deviation over √n).</p>\n");
+    }
+}
+
+/// The judgement of a sweep: per setting mean, standard deviation and 95 %
+/// interval over seeds (`#seed-summary`), every run (`#seed-runs`), and
+/// every pair of settings compared seed by seed (`#paired`).
+fn seed_tables(out: &mut String, groups: &[Group]) {
+    out.push_str("<h2 id=\"seeds\">Over seeds</h2>\n<p class=\"note\">Mean, sample standard deviation and the Student-t 95 % interval of the mean over a setting's runs (one value per seed). Final dev F1 is the last evaluation; best the highest; zero-advantage ratio and ground-truth entropy drop are means over each run's steps; gradient tokens are each run's total.</p>\n");
+    out.push_str("<table id=\"seed-summary\"><tr><th>setting</th><th>seeds</th><th>final dev F1</th><th>best dev F1</th><th>zero-adv. ratio</th><th>gt entropy drop (nats)</th><th>gradient tokens</th></tr>\n");
+    for (i, g) in groups.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "<tr><td><span style=\"color:{}\">■</span> {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+            plot::hex(plot::run_color(i)),
+            escape(&g.label()),
+            g.runs.len(),
+            fmt_full(g.summary(per_run::final_f1), 3),
+            fmt_full(g.summary(per_run::best_f1), 3),
+            fmt_full(g.summary(per_run::zero_adv), 3),
+            fmt_full(g.summary(per_run::gt_entropy_drop), 2),
+            fmt_full(g.summary(per_run::grad_tokens), 0),
+        );
+    }
+    out.push_str("</table>\n");
+
+    out.push_str("<h3>Every run</h3>\n<table id=\"seed-runs\"><tr><th>setting</th><th>seed</th><th>final dev F1 ± s.e.</th><th>best dev F1</th><th>zero-adv. ratio</th><th>gt entropy drop</th><th>gradient tokens</th><th>run folder</th></tr>\n");
+    for (i, g) in groups.iter().enumerate() {
+        for r in &g.runs {
+            let _ = writeln!(
+                out,
+                "<tr><td><span style=\"color:{}\">■</span> {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                plot::hex(plot::run_color(i)),
+                escape(&g.name),
+                r.seed.map_or("–".into(), |s| s.to_string()),
+                fmt_f1(r.evals.last()),
+                fmt_opt(per_run::best_f1(r), 3),
+                fmt_opt(per_run::zero_adv(r), 3),
+                fmt_opt(per_run::gt_entropy_drop(r), 2),
+                fmt_opt(per_run::grad_tokens(r), 0),
+                escape(&r.dir.display().to_string()),
+            );
+        }
+    }
+    out.push_str("</table>\n");
+
+    out.push_str("<h3>Settings compared seed by seed</h3>\n<p class=\"note\">For each pair of settings, the final dev F1 of A minus that of B on each seed both ran: the mean difference, its 95 % interval and the paired t-test's two-sided p-value. An interval that contains 0 does not tell the settings apart.</p>\n");
+    out.push_str("<table id=\"paired\"><tr><th>A</th><th>B</th><th>seeds</th><th>final dev F1, A − B</th><th>95 % interval</th><th>p</th></tr>\n");
+    let mut any = false;
+    for (i, a) in groups.iter().enumerate() {
+        for b in &groups[i + 1..] {
+            let Some(p) = compare(a, b, per_run::final_f1) else {
+                continue;
+            };
+            any = true;
+            let _ = writeln!(
+                out,
+                "<tr><td>{}</td><td>{}</td><td class=\"num\">{}</td><td class=\"num\">{:+.3}</td><td class=\"num\">{}</td><td class=\"num\">{}</td></tr>",
+                escape(&a.name),
+                escape(&b.name),
+                p.diff.n,
+                p.diff.mean,
+                if p.diff.n >= 2 {
+                    format!("[{:+.3}, {:+.3}]", p.diff.lo, p.diff.hi)
+                } else {
+                    "–".into()
+                },
+                fmt_opt(Some(p.p_value), 3),
+            );
+        }
+    }
+    if !any {
+        out.push_str("<tr><td colspan=\"6\">no two settings share a seed</td></tr>\n");
     }
     out.push_str("</table>\n");
 }
 
 /// The paper's figures: zero-advantage groups, dev F1 per dev set, the ground truth's entropy drop, F1 against gradient tokens.
-fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
+fn paper_figures(out: &mut String, groups: &[Group]) -> Result<(), ReportError> {
     out.push_str("<h2>The paper's figures</h2>\n<div class=\"grid\">\n");
     let svg = plot::line_figure(&LineFigure {
         id: "fig-zero-adv",
@@ -318,7 +476,7 @@ fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> 
         x_desc: "step",
         y_desc: "share of prompt groups",
         y_range: Some((-0.02, 1.02)),
-        series: per_step(runs, |m| m.zero_adv_ratio),
+        series: per_step(groups, |m| m.zero_adv_ratio),
     })?;
     figure(
         out,
@@ -328,11 +486,12 @@ fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> 
 
     // Dev F1: one figure per dev set (today one).
     let mut sets: Vec<&str> = Vec::new();
-    for r in runs {
-        if !sets.contains(&r.dataset.as_str()) {
-            sets.push(&r.dataset);
+    for g in groups {
+        if !sets.contains(&g.dataset.as_str()) {
+            sets.push(&g.dataset);
         }
     }
+    let dev_curve = |r: &RunData| r.evals.iter().map(|e| (e.step as f64, e.f1)).collect();
     for (k, set) in sets.iter().enumerate() {
         let id = if k == 0 {
             "fig-dev-f1".to_string()
@@ -340,14 +499,11 @@ fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> 
             format!("fig-dev-f1-{}", k + 1)
         };
         let title = format!("Dev F1 per step: {set}");
-        let series = runs
+        let series = groups
             .iter()
             .enumerate()
-            .filter(|(_, r)| r.dataset == *set)
-            .map(|(i, r)| Series {
-                color: plot::run_color(i),
-                points: r.evals.iter().map(|e| (e.step as f64, e.f1)).collect(),
-            })
+            .filter(|(_, g)| g.dataset == *set)
+            .map(|(i, g)| series(i, group_curve(g, dev_curve)))
             .collect();
         let svg = plot::line_figure(&LineFigure {
             id: &id,
@@ -360,27 +516,20 @@ fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> 
         figure(
             out,
             &svg,
-            &format!("Dev-set F1 (greedy unless the run file says otherwise) from eval.jsonl; step 0 is before training. Dataset: {set}."),
+            &format!("Dev-set F1 (greedy unless the run file says otherwise) from eval.jsonl; step 0 is before training. Dataset: {set}. A setting run with several seeds is drawn as their mean with its 95 % interval as a band."),
         );
     }
 
-    let scored: Vec<Series> = runs
+    let scored: Vec<Series> = groups
         .iter()
         .enumerate()
-        .filter(|(_, r)| r.scored())
-        .map(|(i, r)| Series {
-            color: plot::run_color(i),
-            points: r
-                .metrics
-                .iter()
-                .map(|m| (m.step as f64, m.gt_entropy_drop))
-                .collect(),
-        })
+        .filter(|(_, g)| g.scored())
+        .map(|(i, g)| series(i, step_curve(g, |m| m.gt_entropy_drop)))
         .collect();
-    let unscored: Vec<String> = runs
+    let unscored: Vec<String> = groups
         .iter()
-        .filter(|r| !r.scored())
-        .map(|r| r.label())
+        .filter(|g| !g.scored())
+        .map(|g| g.label())
         .collect();
     let svg = plot::line_figure(&LineFigure {
         id: "fig-gt-entropy-drop",
@@ -400,16 +549,26 @@ fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> 
     }
     figure(out, &svg, &cap);
 
-    let series = runs
+    // Runs of a group spend different token counts by the same step: the
+    // mean point of each evaluation (tokens and F1 averaged over seeds).
+    let series = groups
         .iter()
         .enumerate()
-        .map(|(i, r)| Series {
-            color: plot::run_color(i),
-            points: r
-                .evals
-                .iter()
-                .map(|e| (e.cum_grad_tokens as f64, e.f1))
-                .collect(),
+        .map(|(i, g)| {
+            let n = g.runs.iter().map(|r| r.evals.len()).min().unwrap_or(0);
+            let points = (0..n)
+                .map(|k| {
+                    let at = |f: fn(&DevPoint) -> f64| {
+                        g.runs.iter().map(|r| f(&r.evals[k])).sum::<f64>() / g.runs.len() as f64
+                    };
+                    (at(|e| e.cum_grad_tokens as f64), at(|e| e.f1))
+                })
+                .collect();
+            Series {
+                color: plot::run_color(i),
+                points,
+                band: vec![],
+            }
         })
         .collect();
     let svg = plot::line_figure(&LineFigure {
@@ -423,16 +582,16 @@ fn paper_figures(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> 
     figure(
         out,
         &svg,
-        "Token efficiency: dev F1 against the cumulative number of tokens that produced gradients (every epoch counted).",
+        "Token efficiency: dev F1 against the cumulative number of tokens that produced gradients (every epoch counted); a setting's seeds averaged per evaluation.",
     );
     out.push_str("</div>\n");
     Ok(())
 }
 
 /// Reward, KL, entropy, clip fraction and turns per step.
-fn training_signals(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
+fn training_signals(out: &mut String, groups: &[Group]) -> Result<(), ReportError> {
     out.push_str("<h2>Training signals</h2>\n<div class=\"grid\">\n");
-    type Metric = fn(&super::load::StepMetrics) -> f64;
+    type Metric = fn(&StepMetrics) -> f64;
     let signals: [(&str, &str, &str, Metric, &str); 5] = [
         (
             "fig-reward",
@@ -477,26 +636,32 @@ fn training_signals(out: &mut String, runs: &[RunData]) -> Result<(), ReportErro
             x_desc: "step",
             y_desc: y,
             y_range: None,
-            series: per_step(runs, f),
+            series: per_step(groups, f),
         })?;
         figure(out, &svg, cap);
     }
     Ok(())
 }
 
-/// Seconds per phase (rollout, scoring, update): a figure and a table.
-fn time_split(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
-    let rows: Vec<(String, [f64; 3])> = runs
+/// Seconds per phase (rollout, scoring, update): a figure and a table (a
+/// group's mean per run).
+fn time_split(out: &mut String, groups: &[Group]) -> Result<(), ReportError> {
+    let rows: Vec<(String, [f64; 3])> = groups
         .iter()
-        .map(|r| {
-            let t = r.metrics.iter().fold([0.0; 3], |a, m| {
-                [
-                    a[0] + finite(m.rollout_s),
-                    a[1] + finite(m.scoring_s),
-                    a[2] + finite(m.update_s),
-                ]
-            });
-            (r.label(), t)
+        .map(|g| {
+            let t = g
+                .runs
+                .iter()
+                .flat_map(|r| &r.metrics)
+                .fold([0.0; 3], |a, m| {
+                    [
+                        a[0] + finite(m.rollout_s),
+                        a[1] + finite(m.scoring_s),
+                        a[2] + finite(m.update_s),
+                    ]
+                });
+            let n = g.runs.len() as f64;
+            (g.label(), t.map(|v| v / n))
         })
         .collect();
     let svg = plot::time_split_figure("fig-time-split", &rows)?;
@@ -510,11 +675,12 @@ fn time_split(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
     }
     let _ = writeln!(
         out,
-        "<figure>{svg}<figcaption>{cap}<br>Seconds per phase summed over steps: rollout (generation and tool calls), scoring (ground-truth probes after every turn), update (old/ref log-probs and PPO updates).</figcaption></figure>"
+        "<figure>{svg}<figcaption>{cap}<br>Seconds per phase summed over steps (a setting's mean per run): rollout (generation and tool calls), scoring (ground-truth probes after every turn), update (old/ref log-probs and PPO updates).</figcaption></figure>"
     );
     out.push_str("</div>\n<table id=\"time-table\"><tr><th>run</th><th>rollout s</th><th>scoring s</th><th>update s</th><th>per step s</th></tr>\n");
-    for (r, (name, t)) in runs.iter().zip(&rows) {
-        let steps = r.metrics.len().max(1) as f64;
+    for (g, (name, t)) in groups.iter().zip(&rows) {
+        let steps =
+            g.runs.iter().map(|r| r.metrics.len()).sum::<usize>() as f64 / g.runs.len() as f64;
         let _ = writeln!(
             out,
             "<tr><td>{}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.1}</td><td class=\"num\">{:.2}</td></tr>",
@@ -522,18 +688,25 @@ fn time_split(out: &mut String, runs: &[RunData]) -> Result<(), ReportError> {
             t[0],
             t[1],
             t[2],
-            t.iter().sum::<f64>() / steps
+            t.iter().sum::<f64>() / steps.max(1.0)
         );
     }
     out.push_str("</table>\n");
     Ok(())
 }
 
-/// The last step's sampled trajectories of every run, turns coloured by information gain.
-fn sampled_trajectories(out: &mut String, runs: &[RunData]) {
+/// The last step's sampled trajectories (of a group's first run), turns
+/// coloured by information gain.
+fn sampled_trajectories(out: &mut String, groups: &[Group]) {
     out.push_str("<h2 id=\"samples\">Sampled trajectories (last step)</h2>\n<p class=\"note\">Each tool turn is coloured by its information gain: <span class=\"turn ig-pos\" style=\"background: rgba(44,160,44,0.6)\">green: the turn raised p(ground truth)</span> <span class=\"turn ig-neg\" style=\"background: rgba(214,39,40,0.6)\">red: it lowered it</span> <span class=\"turn ig-zero\">grey: |gain| &lt; 0.001</span>; strength relative to the largest |gain| in the table.</p>\n");
-    for (i, r) in runs.iter().enumerate() {
-        samples_table(out, r, &plot::hex(plot::run_color(i)));
+    for (i, g) in groups.iter().enumerate() {
+        let r = g.runs[0];
+        let label = match (g.runs.len(), r.seed) {
+            (1, _) => r.label(),
+            (_, Some(seed)) => format!("{}, seed {seed}", g.label()),
+            (_, None) => format!("{}, {}", g.label(), r.name),
+        };
+        samples_table(out, r, &label, &plot::hex(plot::run_color(i)));
     }
 }
 

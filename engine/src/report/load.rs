@@ -58,8 +58,16 @@ pub struct DevPoint {
     pub cum_grad_tokens: usize,
     #[serde(deserialize_with = "nan_if_null")]
     pub f1: f64,
+    /// Standard error of `f1` over the dev questions (NaN when the run did
+    /// not log it).
+    #[serde(default = "nan", deserialize_with = "nan_if_null")]
+    pub f1_se: f64,
     #[serde(default, deserialize_with = "nan_if_null")]
     pub em: f64,
+}
+
+fn nan() -> f64 {
+    f64::NAN
 }
 
 /// One line of `samples/step-N.jsonl`.
@@ -112,6 +120,12 @@ pub struct RunData {
     pub estimator: String,
     /// The dev set: dataset file of the run file (or the plugin's name) and split.
     pub dataset: String,
+    /// `[train] seed` of the run's `config.toml`.
+    pub seed: Option<u64>,
+    /// The run's `config.toml` without `train.seed` and `train.run_dir`
+    /// (canonical TOML): runs with equal settings differ only by seed and
+    /// are drawn as one group.
+    pub setting: String,
     pub metrics: Vec<StepMetrics>,
     pub evals: Vec<DevPoint>,
     /// The last step that wrote samples, and its samples.
@@ -188,16 +202,41 @@ fn last_samples(dir: &Path) -> Result<Option<(u64, Vec<SampleLine>)>, ReportErro
     }
 }
 
-/// Estimator and dev-set label from the run's copy of its run file.
-fn describe(dir: &Path) -> Result<(String, String), ReportError> {
+/// What the report reads from the run's copy of its run file.
+struct Described {
+    estimator: String,
+    dataset: String,
+    seed: Option<u64>,
+    setting: String,
+}
+
+/// Estimator, dev-set label, seed and setting from the run's `config.toml`.
+fn describe(dir: &Path) -> Result<Described, ReportError> {
     let path = dir.join("config.toml");
     if !path.is_file() {
-        return Ok(("?".into(), "dev".into()));
+        // No run file: a group of its own.
+        return Ok(Described {
+            estimator: "?".into(),
+            dataset: "dev".into(),
+            seed: None,
+            setting: format!("(no config.toml in {})", dir.display()),
+        });
     }
     let v: toml::Value = toml::from_str(&read_text(&path)?).map_err(|e| ReportError::Config {
         path: path.display().to_string(),
         message: e.message().to_string(),
     })?;
+    let seed = v
+        .get("train")
+        .and_then(|t| t.get("seed"))
+        .and_then(|s| s.as_integer())
+        .map(|s| s as u64);
+    let mut rest = v.clone();
+    if let Some(train) = rest.get_mut("train").and_then(|t| t.as_table_mut()) {
+        train.remove("seed");
+        train.remove("run_dir");
+    }
+    let setting = toml::to_string(&rest).unwrap_or_default();
     let get = |keys: &[&str]| {
         keys.iter()
             .try_fold(&v, |v, k| v.get(k))
@@ -218,7 +257,12 @@ fn describe(dir: &Path) -> Result<(String, String), ReportError> {
         Some(d) => format!("{d} ({split})"),
         None => split,
     };
-    Ok((estimator, dataset))
+    Ok(Described {
+        estimator,
+        dataset,
+        seed,
+        setting,
+    })
 }
 
 /// Reads one run folder.
@@ -240,7 +284,7 @@ pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
     } else {
         Vec::new()
     };
-    let (estimator, dataset) = describe(dir)?;
+    let d = describe(dir)?;
     let name = dir
         .canonicalize()
         .unwrap_or_else(|_| dir.to_path_buf())
@@ -250,18 +294,50 @@ pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
     Ok(RunData {
         dir: dir.to_path_buf(),
         name,
-        estimator,
-        dataset,
+        estimator: d.estimator,
+        dataset: d.dataset,
+        seed: d.seed,
+        setting: d.setting,
         metrics,
         evals,
         samples: last_samples(dir)?,
     })
 }
 
-/// Reads every run folder; two runs with the same folder name are told
-/// apart by their parent folder.
+/// The run folders of `dirs` with every sweep folder of `igpo sweep` (one
+/// holding `sweep.json`) replaced by its runs, in the sweep's order. A run
+/// of a sweep that has not written its `metrics.jsonl` is an error naming
+/// it: a report of a partial sweep would compare groups of different sizes
+/// without saying so.
+fn expand_sweeps(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
+    let mut out = Vec::new();
+    for dir in dirs {
+        let file = crate::sweep::SweepFile::read(dir).map_err(|e| ReportError::Config {
+            path: dir.join(crate::sweep::SWEEP_FILE).display().to_string(),
+            message: e.to_string(),
+        })?;
+        let Some(file) = file else {
+            out.push(dir.clone());
+            continue;
+        };
+        for run in &file.runs {
+            let run_dir = dir.join(&run.dir);
+            if !run_dir.join("metrics.jsonl").is_file() {
+                return Err(ReportError::IncompleteSweep {
+                    sweep: dir.display().to_string(),
+                    run: run_dir.display().to_string(),
+                });
+            }
+            out.push(run_dir);
+        }
+    }
+    Ok(out)
+}
+
+/// Reads every run folder (sweep folders stand for their runs); two runs
+/// with the same folder name are told apart by their parent folder.
 pub fn load_runs(dirs: &[PathBuf]) -> Result<Vec<RunData>, ReportError> {
-    let mut runs = dirs
+    let mut runs = expand_sweeps(dirs)?
         .iter()
         .map(|d| load_run(d))
         .collect::<Result<Vec<_>, _>>()?;

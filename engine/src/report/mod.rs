@@ -11,15 +11,19 @@
 //! `fig-f1-vs-tokens`, `fig-reward`, `fig-kl`, `fig-entropy`,
 //! `fig-clip-frac`, `fig-turns`, `fig-time-split`.
 
+pub mod groups;
 mod html;
 mod load;
 mod plot;
+pub mod stats;
+mod table;
 
 use std::path::{Path, PathBuf};
 
 pub use html::{escape, render};
 pub use load::{load_run, load_runs, DevPoint, RunData, SampleLine, StepMetrics};
 pub use plot::{hex, run_color, PALETTE, PHASES};
+pub use table::seed_table;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
@@ -42,6 +46,8 @@ pub enum ReportError {
     },
     #[error("{path}: not a run file: {message}")]
     Config { path: String, message: String },
+    #[error("{run}: no metrics.jsonl, but sweep {sweep} lists this run (run the sweep again to finish it, or report the run folders you have)")]
+    IncompleteSweep { sweep: String, run: String },
     #[error("no run folders given")]
     NoRuns,
     #[error("drawing {0}")]

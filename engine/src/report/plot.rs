@@ -44,6 +44,9 @@ pub const HEIGHT: u32 = 340;
 pub struct Series {
     pub color: RGBColor,
     pub points: Vec<(f64, f64)>,
+    /// A confidence band `(x, lo, hi)` drawn under the line, translucent
+    /// (empty: none).
+    pub band: Vec<(f64, f64, f64)>,
 }
 
 /// A line figure.
@@ -115,8 +118,13 @@ fn tick(v: f64) -> String {
 pub fn line_figure(fig: &LineFigure) -> Result<String, ReportError> {
     let pts = || fig.series.iter().flat_map(|s| s.points.iter());
     let finite = |v: &f64| v.is_finite();
+    let bands = || fig.series.iter().flat_map(|s| s.band.iter());
     let xs: Vec<f64> = pts().map(|p| p.0).filter(finite).collect();
-    let ys: Vec<f64> = pts().map(|p| p.1).filter(finite).collect();
+    let ys: Vec<f64> = pts()
+        .map(|p| p.1)
+        .chain(bands().flat_map(|b| [b.1, b.2]))
+        .filter(finite)
+        .collect();
     let (x0, x1) = if xs.is_empty() {
         (0.0, 1.0)
     } else {
@@ -162,6 +170,29 @@ pub fn line_figure(fig: &LineFigure) -> Result<String, ReportError> {
             .axis_desc_style(("sans-serif", 14))
             .draw()
             .map_err(&err)?;
+        let (ylo, yhi) = (y0.min(y1), y0.max(y1));
+        for s in &fig.series {
+            // The band: the upper edge left to right, the lower back.
+            let band: Vec<(f64, f64, f64)> = s
+                .band
+                .iter()
+                .copied()
+                .filter(|b| b.0.is_finite() && b.1.is_finite() && b.2.is_finite())
+                .collect();
+            if band.len() >= 2 {
+                let outline: Vec<(f64, f64)> = band
+                    .iter()
+                    .map(|b| (b.0, b.2.clamp(ylo, yhi)))
+                    .chain(band.iter().rev().map(|b| (b.0, b.1.clamp(ylo, yhi))))
+                    .collect();
+                chart
+                    .draw_series(std::iter::once(Polygon::new(
+                        outline,
+                        s.color.mix(0.18).filled(),
+                    )))
+                    .map_err(&err)?;
+            }
+        }
         for s in &fig.series {
             let points: Vec<(f64, f64)> = s
                 .points
@@ -171,7 +202,7 @@ pub fn line_figure(fig: &LineFigure) -> Result<String, ReportError> {
                 // A point outside a fixed y range (a ratio of -1e19 in a
                 // hand-edited metrics.jsonl) is drawn at the edge: far
                 // outside, plotters' pixel arithmetic overflows i32.
-                .map(|(x, y)| (x, y.clamp(y0.min(y1), y0.max(y1))))
+                .map(|(x, y)| (x, y.clamp(ylo, yhi)))
                 .collect();
             chart
                 .draw_series(LineSeries::new(

@@ -20,6 +20,13 @@ pub enum Estimator {
     Igpo,
     /// Information gain only: the answer turn's reward is left out.
     IgOnly,
+    /// Outcome F1 only through IGPO's turn machinery: the turns are scored
+    /// (so the ground-truth entropy drop is measured like IGPO's) but their
+    /// information gain is left out; the outcome is z-scored over the group
+    /// and discounted back over the turns. The paper's "F1 only" ablation;
+    /// with `gamma = 1` it differs from GRPO only in the z-score (population
+    /// std, as the reference's IGPO code does).
+    F1Only,
     /// Outcome only, z-normalized per group, one advantage per sequence.
     Grpo,
     /// Outcome minus the mean of the other rollouts of the group.
@@ -34,7 +41,10 @@ pub enum Estimator {
 impl Estimator {
     /// Whether the estimator needs ground-truth scoring (probes).
     pub fn uses_information_gain(self) -> bool {
-        matches!(self, Estimator::Igpo | Estimator::IgOnly)
+        matches!(
+            self,
+            Estimator::Igpo | Estimator::IgOnly | Estimator::F1Only
+        )
     }
 }
 
@@ -112,31 +122,43 @@ fn discounted(a: &[f64], gamma: f64) -> Vec<f64> {
     out
 }
 
+/// Which rewards of a rollout the IGPO family keeps (the paper's ablation).
+#[derive(Clone, Copy, PartialEq)]
+enum TurnRewards {
+    /// Information gain and outcome (IGPO).
+    Both,
+    IgOnly,
+    OutcomeOnly,
+}
+
 /// The IGPO family: per-turn rewards, pooled z-normalization per group,
 /// discounted sum over turns.
 fn igpo_group(
     group: &[RolloutRewards],
     norm: Normalization,
-    with_outcome: bool,
+    kept: TurnRewards,
     gamma: f64,
 ) -> Vec<Vec<f64>> {
     let igs: Vec<f64> = group.iter().flat_map(|r| r.ig.iter().copied()).collect();
     let outcomes: Vec<f64> = group.iter().map(|r| r.outcome).collect();
-    // `None`: the outcome is left out (IG only).
-    let (z_ig, z_out) = match (norm, with_outcome) {
-        (_, false) => (ZScore::of(&igs), None),
-        (Normalization::Joint, true) => {
+    // `None`: that kind of reward is left out.
+    let (z_ig, z_out) = match (norm, kept) {
+        (_, TurnRewards::IgOnly) => (Some(ZScore::of(&igs)), None),
+        (_, TurnRewards::OutcomeOnly) => (None, Some(ZScore::of(&outcomes))),
+        (Normalization::Joint, TurnRewards::Both) => {
             let all: Vec<f64> = igs.iter().chain(&outcomes).copied().collect();
-            (ZScore::of(&all), Some(ZScore::of(&all)))
+            (Some(ZScore::of(&all)), Some(ZScore::of(&all)))
         }
-        (Normalization::Separate, true) => (ZScore::of(&igs), Some(ZScore::of(&outcomes))),
+        (Normalization::Separate, TurnRewards::Both) => {
+            (Some(ZScore::of(&igs)), Some(ZScore::of(&outcomes)))
+        }
     };
     group
         .iter()
         .map(|r| {
             let a: Vec<f64> =
                 r.ig.iter()
-                    .map(|&v| z_ig.z(v))
+                    .map(|&v| z_ig.map_or(0.0, |z| z.z(v)))
                     .chain([z_out.map_or(0.0, |z| z.z(r.outcome))])
                     .collect();
             discounted(&a, gamma)
@@ -192,8 +214,9 @@ pub fn advantages(
     let mut turns: Vec<Vec<f64>> = vec![];
     for group in groups {
         let per_rollout: Vec<Vec<f64>> = match estimator {
-            Estimator::Igpo => igpo_group(group, norm, true, gamma),
-            Estimator::IgOnly => igpo_group(group, norm, false, gamma),
+            Estimator::Igpo => igpo_group(group, norm, TurnRewards::Both, gamma),
+            Estimator::IgOnly => igpo_group(group, norm, TurnRewards::IgOnly, gamma),
+            Estimator::F1Only => igpo_group(group, norm, TurnRewards::OutcomeOnly, gamma),
             Estimator::Grpo | Estimator::Gspo | Estimator::Rloo => {
                 let seq = if estimator == Estimator::Rloo {
                     rloo_group(group)
@@ -404,6 +427,7 @@ mod tests {
         for e in [
             Estimator::Igpo,
             Estimator::IgOnly,
+            Estimator::F1Only,
             Estimator::Grpo,
             Estimator::Rloo,
             Estimator::Gspo,
@@ -423,6 +447,32 @@ mod tests {
             );
             assert_eq!(a.zero_groups, 1, "{e:?}");
         }
+    }
+
+    /// F1 only: outcomes {1, 0} z-scored alone (mean 0.5, population var
+    /// 0.25); information gain left out; gamma 0.5 discounts the outcome
+    /// back over the earlier turns.
+    #[test]
+    fn f1_only_ignores_information_gain() {
+        let group = vec![rr(&[0.2, 0.4], 1.0), rr(&[0.9], 0.0)];
+        let d = (0.25f64 + 1e-8).sqrt() + 1e-6;
+        let a = advantages(
+            Estimator::F1Only,
+            Normalization::Joint,
+            0.5,
+            std::slice::from_ref(&group),
+            &[],
+        );
+        let (hi, lo) = (0.5 / d, -0.5 / d);
+        close(&a.turns[0], &[0.25 * hi, 0.5 * hi, hi]);
+        close(&a.turns[1], &[0.5 * lo, lo]);
+        // Same outcomes, different gains: nothing to learn from.
+        let same = vec![rr(&[0.3], 1.0), rr(&[-0.2], 1.0)];
+        assert_eq!(
+            advantages(Estimator::F1Only, Normalization::Joint, 1.0, &[same], &[]).zero_groups,
+            1
+        );
+        assert!(Estimator::F1Only.uses_information_gain());
     }
 
     #[test]

@@ -204,7 +204,7 @@ pub fn train_sections() -> Vec<Section> {
             header: "[rl]",
             doc: "Rollouts per step, rewards and advantages.",
             keys: vec![
-                key("estimator", "\"igpo\" | \"ig_only\" | \"grpo\" | \"rloo\" | \"reinforce_pp\" | \"gspo\"", "Advantage estimator: IGPO (information gain + outcome), IG only, GRPO (outcome only), RLOO, REINFORCE++ (batch-whitened), GSPO (sequence-level ratio)."),
+                key("estimator", "\"igpo\" | \"ig_only\" | \"f1_only\" | \"grpo\" | \"rloo\" | \"reinforce_pp\" | \"gspo\"", "Advantage estimator: IGPO (information gain + outcome), IG only, F1 only (IGPO with turn rewards off: turns scored, outcome only), GRPO (outcome only), RLOO, REINFORCE++ (batch-whitened), GSPO (sequence-level ratio)."),
                 key("group_size", "integer >= 2", "Rollouts per prompt (G)."),
                 key("prompts_per_step", "integer", "Prompts per training step."),
                 key("gamma", "float in (0, 1]", "Discount of turn advantages: A_t = a_t + gamma * A_{t+1}."),

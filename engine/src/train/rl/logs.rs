@@ -61,6 +61,9 @@ pub struct DevEval {
     pub step: u64,
     pub cum_grad_tokens: usize,
     pub f1: f64,
+    /// Standard error of `f1` over the dev questions (null below two).
+    #[serde(with = "nan_as_null", default = "not_logged")]
+    pub f1_se: f64,
     pub em: f64,
     pub answered: f64,
     pub mean_turns: f64,
@@ -72,6 +75,11 @@ impl LogLine for RlMetrics {
     fn step(&self) -> u64 {
         self.step
     }
+}
+
+/// A field older logs do not have.
+fn not_logged() -> f64 {
+    f64::NAN
 }
 
 impl LogLine for DevEval {

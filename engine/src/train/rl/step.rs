@@ -500,6 +500,7 @@ pub(crate) fn dev_eval<B: Backend>(
         step,
         cum_grad_tokens,
         f1: r.f1,
+        f1_se: r.f1_se,
         em: r.em,
         answered: r.answered,
         mean_turns: r.mean_turns,

@@ -1,0 +1,104 @@
+//! The report's interval arithmetic (engine/src/report/stats.rs) against
+//! scipy: `tools/reference/intervals.json`, written by
+//! `tools/reference/intervals.py`. Under `cargo xtask test` the script is
+//! also run again in its Python (IGPO_PYTHON, which has scipy) and must
+//! print what is committed.
+
+mod common;
+
+use igpo::report::stats::{paired, t_quantile, Summary};
+use serde_json::Value;
+
+fn reference() -> Value {
+    let path = common::workspace().join("tools/reference/intervals.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+fn close(got: f64, want: f64, what: &str) {
+    let tol = 1e-10 * want.abs().max(1.0);
+    assert!((got - want).abs() <= tol, "{what}: {got} vs scipy {want}");
+}
+
+fn values(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+fn check_summary(s: &Summary, want: &Value, what: &str) {
+    assert_eq!(s.n as u64, want["n"].as_u64().unwrap(), "{what}");
+    for (got, key) in [
+        (s.mean, "mean"),
+        (s.sd, "sd"),
+        (s.se, "se"),
+        (s.lo, "lo"),
+        (s.hi, "hi"),
+    ] {
+        close(got, want[key].as_f64().unwrap(), &format!("{what}.{key}"));
+    }
+}
+
+#[test]
+fn t_quantiles_match_scipy() {
+    let r = reference();
+    let qs = r["t_quantiles"].as_array().unwrap();
+    assert!(qs.len() >= 40);
+    for q in qs {
+        let (p, df) = (q["p"].as_f64().unwrap(), q["df"].as_f64().unwrap());
+        close(
+            t_quantile(p, df),
+            q["t"].as_f64().unwrap(),
+            &format!("t({p}, {df})"),
+        );
+    }
+}
+
+#[test]
+fn summaries_and_paired_comparison_match_scipy() {
+    let r = reference();
+    for (name, want) in r["samples"].as_object().unwrap() {
+        let s = Summary::of(&values(&want["values"])).unwrap();
+        check_summary(&s, want, name);
+    }
+    let p = &r["paired"];
+    let seeded = |v: &Value| -> Vec<(u64, f64)> {
+        values(v)
+            .into_iter()
+            .enumerate()
+            .map(|(i, x)| (i as u64, x))
+            .collect()
+    };
+    let got = paired(&seeded(&p["a"]), &seeded(&p["b"])).unwrap();
+    check_summary(&got.diff, p, "paired");
+    close(
+        got.p_value,
+        p["p_value"].as_f64().unwrap(),
+        "paired p-value",
+    );
+}
+
+#[test]
+fn committed_reference_is_what_scipy_prints() {
+    let Some(python) = common::python("committed_reference_is_what_scipy_prints") else {
+        return;
+    };
+    let script = common::workspace().join("tools/reference/intervals.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        fresh,
+        reference(),
+        "tools/reference/intervals.json is stale: rerun {}",
+        script.display()
+    );
+}
