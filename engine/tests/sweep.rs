@@ -198,6 +198,7 @@ fn bad_sweeps_fail_with_one_line_before_any_run() {
         ),
         (vec!["--set", "rl.group_size=1"], "group_size"),
         (vec!["--jobs", "0"], "--jobs 0"),
+        (vec!["--set", "model=no-such-model"], "is not a model folder"),
     ] {
         let mut a = vec!["sweep", "--config", cfg, "--out", out];
         a.extend(args.iter());
@@ -218,7 +219,7 @@ fn bad_sweeps_fail_with_one_line_before_any_run() {
         "--seeds",
         "0",
         "--set",
-        "model=\"no-such-model\"",
+        "dataset.plugin.config.file=missing.jsonl",
     ]);
     assert_eq!(code, 2, "{stderr}");
     assert!(

@@ -92,6 +92,9 @@ pub fn t_quantile(p: f64, df: f64) -> f64 {
     if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
         return f64::NAN;
     }
+    if p == 0.5 {
+        return 0.0;
+    }
     if p < 0.5 {
         return -t_quantile(1.0 - p, df);
     }
