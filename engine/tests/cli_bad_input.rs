@@ -923,6 +923,29 @@ fn plugin_rows(rows: &mut Vec<Row>, w: &World, p: &Path, models: (&Path, &Path))
         );
     }
 
+    // sweep: the run file (checked before any run starts: nothing is
+    // written); the sweep folder.
+    let sweep_out = d.join("sweep-out");
+    input_rows(
+        rows,
+        w,
+        "sweep --config",
+        &[os("sweep"), os("--config")],
+        &[os("--out"), sweep_out.as_os_str()],
+        (&train_trunc, &p.join("echo-tool.wasm")),
+        false,
+        &[&sweep_out, &train_run],
+    );
+    let sweep_ok = d.join("sweep-ok.toml");
+    std::fs::write(&sweep_ok, &train).unwrap();
+    rows.extend(output_rows(
+        w,
+        "sweep --out",
+        &[os("sweep"), os("--config"), sweep_ok.as_os_str(), os("--out")],
+        &[],
+        true,
+    ));
+
     // data synth: the agent run file; the output folder.
     let synth = format!(
         "model = \"model\"\n[agent]\nmax_turns = 2\nsystem_prompt = \"Answer.\"\n[[tools]]\npath = \"{pd}/bm25-search.wasm\"\n\
