@@ -941,7 +941,12 @@ fn plugin_rows(rows: &mut Vec<Row>, w: &World, p: &Path, models: (&Path, &Path))
     rows.extend(output_rows(
         w,
         "sweep --out",
-        &[os("sweep"), os("--config"), sweep_ok.as_os_str(), os("--out")],
+        &[
+            os("sweep"),
+            os("--config"),
+            sweep_ok.as_os_str(),
+            os("--out"),
+        ],
         &[],
         true,
     ));

@@ -198,7 +198,10 @@ fn bad_sweeps_fail_with_one_line_before_any_run() {
         ),
         (vec!["--set", "rl.group_size=1"], "group_size"),
         (vec!["--jobs", "0"], "--jobs 0"),
-        (vec!["--set", "model=no-such-model"], "is not a model folder"),
+        (
+            vec!["--set", "model=no-such-model"],
+            "is not a model folder",
+        ),
     ] {
         let mut a = vec!["sweep", "--config", cfg, "--out", out];
         a.extend(args.iter());
