@@ -20,12 +20,11 @@ pub enum Estimator {
     Igpo,
     /// Information gain only: the answer turn's reward is left out.
     IgOnly,
-    /// Outcome F1 only through IGPO's turn machinery: the turns are scored
-    /// (so the ground-truth entropy drop is measured like IGPO's) but their
-    /// information gain is left out; the outcome is z-scored over the group
-    /// and discounted back over the turns. The paper's "F1 only" ablation;
-    /// with `gamma = 1` it differs from GRPO only in the z-score (population
-    /// std, as the reference's IGPO code does).
+    /// The paper's "F1 only" arm on IGPO's own path: the information gain is
+    /// left out, the outcome z-scored over the group (population std, as
+    /// the reference's IGPO code) and discounted back over the turns, so the
+    /// ablation changes one thing. With `gamma = 1` it is GRPO up to the std
+    /// convention.
     F1Only,
     /// Outcome only, z-normalized per group, one advantage per sequence.
     Grpo,
@@ -41,10 +40,7 @@ pub enum Estimator {
 impl Estimator {
     /// Whether the estimator needs ground-truth scoring (probes).
     pub fn uses_information_gain(self) -> bool {
-        matches!(
-            self,
-            Estimator::Igpo | Estimator::IgOnly | Estimator::F1Only
-        )
+        matches!(self, Estimator::Igpo | Estimator::IgOnly)
     }
 }
 
@@ -472,7 +468,7 @@ mod tests {
             advantages(Estimator::F1Only, Normalization::Joint, 1.0, &[same], &[]).zero_groups,
             1
         );
-        assert!(Estimator::F1Only.uses_information_gain());
+        assert!(!Estimator::F1Only.uses_information_gain());
     }
 
     #[test]

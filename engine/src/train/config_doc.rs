@@ -204,7 +204,7 @@ pub fn train_sections() -> Vec<Section> {
             header: "[rl]",
             doc: "Rollouts per step, rewards and advantages.",
             keys: vec![
-                key("estimator", "\"igpo\" | \"ig_only\" | \"f1_only\" | \"grpo\" | \"rloo\" | \"reinforce_pp\" | \"gspo\"", "Advantage estimator: IGPO (information gain + outcome), IG only, F1 only (IGPO with turn rewards off: turns scored, outcome only), GRPO (outcome only), RLOO, REINFORCE++ (batch-whitened), GSPO (sequence-level ratio)."),
+                key("estimator", "\"igpo\" | \"ig_only\" | \"f1_only\" | \"grpo\" | \"rloo\" | \"reinforce_pp\" | \"gspo\"", "Advantage estimator: IGPO (information gain + outcome), IG only, F1 only (IGPO's path with the information gain left out), GRPO (outcome only), RLOO, REINFORCE++ (batch-whitened), GSPO (sequence-level ratio)."),
                 key("group_size", "integer >= 2", "Rollouts per prompt (G)."),
                 key("prompts_per_step", "integer", "Prompts per training step."),
                 key("gamma", "float in (0, 1]", "Discount of turn advantages: A_t = a_t + gamma * A_{t+1}."),
@@ -212,7 +212,7 @@ pub fn train_sections() -> Vec<Section> {
                 key("ig_form", "\"prob_diff\" | \"log_prob_diff\"", "Information gain as the change of p = exp(mean log-prob) of the answer, or of the mean log-prob itself."),
                 key("probe_template", "string", "What follows a turn boundary when the ground truth is scored; `{answer}` marks the scored answer tokens."),
                 key("probe_answers", "\"first\" | \"max\"", "Probe the first reference answer, or every one and take the most probable."),
-                key("score_baselines", "bool", "Also score the ground truth after every turn for estimators that do not reward with it (grpo, rloo, reinforce_pp, gspo): never a reward there, but the ground-truth entropy figure and the samples then compare runs; one packed forward per rollout."),
+                key("score_baselines", "bool", "Also score the ground truth after every turn for estimators that do not reward with it (f1_only, grpo, rloo, reinforce_pp, gspo): never a reward there, but the ground-truth entropy figure and the samples then compare runs; one packed forward per rollout."),
                 key("format_penalty", "float", "Outcome reward of a rollout that never answered or left a tag unbalanced."),
                 key("rollout_batch", "integer", "Rollouts decoding together."),
             ],
