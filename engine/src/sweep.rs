@@ -111,23 +111,30 @@ pub fn parse_seeds(s: &str) -> Result<Vec<u64>, SweepError> {
             .parse::<u64>()
             .map_err(|_| bad("expected A..B, A..=B or a list a,b,c of whole numbers"))
     };
+    const MAX: u64 = 10_000;
+    let range = |a: u64, end: u64| {
+        if end <= a {
+            Err(bad("no seeds in this range"))
+        } else if end - a > MAX {
+            Err(bad("more than 10,000 seeds"))
+        } else {
+            Ok((a..end).collect::<Vec<u64>>())
+        }
+    };
     let seeds: Vec<u64> = if let Some((a, b)) = s.split_once("..=") {
-        (num(a)?..=num(b)?).collect()
+        range(num(a)?, num(b)?.saturating_add(1))?
     } else if let Some((a, b)) = s.split_once("..") {
-        (num(a)?..num(b)?).collect()
+        range(num(a)?, num(b)?)?
     } else {
         s.split(',').map(num).collect::<Result<_, _>>()?
     };
-    if seeds.is_empty() {
-        return Err(bad("no seeds in this range"));
-    }
     let mut sorted = seeds.clone();
     sorted.sort_unstable();
     sorted.dedup();
     if sorted.len() != seeds.len() {
         return Err(bad("a seed is listed twice"));
     }
-    if seeds.len() > 10_000 {
+    if seeds.len() as u64 > MAX {
         return Err(bad("more than 10,000 seeds"));
     }
     Ok(seeds)
@@ -280,11 +287,41 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
                     .map_err(|e| plan_err(e.to_string()))?;
                 let cfg = RlRunConfig::from_run_file(&file).map_err(|e| plan_err(e.to_string()))?;
                 run.steps = cfg.train.steps;
+                // Two settings in one folder (`a/b` and `a_b` are both `a_b`).
+                if runs.iter().any(|r: &PlannedRun| r.dir == run.dir) {
+                    return Err(plan_err(
+                        "two settings of this sweep have this folder name: tell them apart".into(),
+                    ));
+                }
+                // A run folder of another setting (an edited run file, a
+                // different grid into the same --out) is never continued.
+                let existing = spec.out.join(&run.dir).join("config.toml");
+                if existing.is_file() {
+                    let was = std::fs::read_to_string(&existing).map_err(io_err(&existing))?;
+                    if setting_of(&was) != setting_of(&file.text) {
+                        return Err(plan_err(format!(
+                            "{} holds a run of another setting (its config.toml differs from this run file \
+                             with its --set values beyond seed and run folder): use another --out, or remove it",
+                            spec.out.join(&run.dir).display()
+                        )));
+                    }
+                }
                 runs.push(run);
             }
         }
     }
     Ok(runs)
+}
+
+/// A run file's settings: its TOML without `train.seed` and `train.run_dir`
+/// (`None` when it is not TOML). Runs of one setting differ only there.
+pub fn setting_of(run_file_text: &str) -> Option<toml::Table> {
+    let mut t: toml::Table = run_file_text.parse().ok()?;
+    if let Some(train) = t.get_mut("train").and_then(|v| v.as_table_mut()) {
+        train.remove("seed");
+        train.remove("run_dir");
+    }
+    Some(t)
 }
 
 /// Whether the run folder holds the run's last checkpoint.
@@ -356,7 +393,7 @@ impl Progress {
             .iter()
             .map(|r| format!("{}/seed-{}", r.run.setting, r.run.seed))
             .collect();
-        let mut line = format!(
+        let line = format!(
             "\rsweep [{}{}] {:>3.0}% {runs_done}/{runs} runs, {:.0} s, running {}",
             "#".repeat(filled),
             ".".repeat(width - filled),
@@ -364,7 +401,7 @@ impl Progress {
             self.start.elapsed().as_secs_f64(),
             names.join(" ")
         );
-        line.truncate(200);
+        let line: String = line.chars().take(200).collect();
         eprint!("{line}\x1b[K");
         let _ = std::io::stderr().flush();
     }
@@ -375,6 +412,40 @@ impl Progress {
         }
         eprintln!("sweep: {text}");
     }
+}
+
+/// Starts `igpo train --resume` for `run`, its output appended to its log
+/// (a resumed run's log keeps why the last attempt ended).
+fn start(
+    run: &PlannedRun,
+    spec: &SweepSpec,
+    igpo: &Path,
+    threads: usize,
+) -> Result<Child, SweepError> {
+    let log_path = run.log(&spec.out);
+    if let Some(parent) = log_path.parent() {
+        std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(io_err(&log_path))?;
+    let err_log = log.try_clone().map_err(io_err(&log_path))?;
+    let mut cmd = Command::new(igpo);
+    cmd.args(["train", "--resume", "--device", &spec.device, "--config"])
+        .arg(&run.config);
+    for s in run.all_sets(&spec.out) {
+        cmd.arg("--set").arg(s);
+    }
+    if spec.jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        cmd.env("RAYON_NUM_THREADS", threads.to_string());
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(err_log))
+        .spawn()
+        .map_err(io_err(igpo))
 }
 
 /// Runs the sweep: `igpo` is the binary the runs are started with.
@@ -419,37 +490,26 @@ pub fn run_sweep(spec: &SweepSpec, igpo: &Path) -> Result<SweepOutcome, SweepErr
     let mut running: Vec<Running> = Vec::new();
     let mut failed: Vec<String> = Vec::new();
     let mut finished_now = 0;
+    // No `?` in this loop: every error is one run's failure, so the loop
+    // never returns while children are still running.
     loop {
         while running.len() < spec.jobs {
             let Some(run) = queue.next() else { break };
-            let log_path = run.log(&spec.out);
-            if let Some(parent) = log_path.parent() {
-                std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+            let name = format!("{}/seed-{}", run.setting, run.seed);
+            match start(&run, spec, igpo, threads) {
+                Ok(child) => {
+                    progress.event(&format!(
+                        "started {name} (log {})",
+                        run.log(&spec.out).display()
+                    ));
+                    running.push(Running { run, child });
+                }
+                Err(e) => {
+                    let why = format!("{name} (not started: {e})");
+                    progress.event(&format!("FAILED {why}"));
+                    failed.push(why);
+                }
             }
-            let log = std::fs::File::create(&log_path).map_err(io_err(&log_path))?;
-            let err_log = log.try_clone().map_err(io_err(&log_path))?;
-            let mut cmd = Command::new(igpo);
-            cmd.args(["train", "--resume", "--device", &spec.device, "--config"])
-                .arg(&run.config);
-            for s in run.all_sets(&spec.out) {
-                cmd.arg("--set").arg(s);
-            }
-            if spec.jobs > 1 && std::env::var_os("RAYON_NUM_THREADS").is_none() {
-                cmd.env("RAYON_NUM_THREADS", threads.to_string());
-            }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(log))
-                .stderr(Stdio::from(err_log))
-                .spawn()
-                .map_err(io_err(igpo))?;
-            progress.event(&format!(
-                "started {}/seed-{} (log {})",
-                run.setting,
-                run.seed,
-                log_path.display()
-            ));
-            running.push(Running { run, child });
         }
         if running.is_empty() {
             break;
@@ -457,18 +517,23 @@ pub fn run_sweep(spec: &SweepSpec, igpo: &Path) -> Result<SweepOutcome, SweepErr
         std::thread::sleep(Duration::from_millis(250));
         let mut i = 0;
         while i < running.len() {
-            let status = running[i].child.try_wait().map_err(io_err(igpo))?;
-            let Some(status) = status else {
-                i += 1;
-                continue;
+            let ended = match running[i].child.try_wait() {
+                Ok(None) => {
+                    i += 1;
+                    continue;
+                }
+                Ok(Some(status)) if status.success() => Ok(()),
+                Ok(Some(status)) => Err(status.to_string()),
+                Err(e) => {
+                    let _ = running[i].child.kill();
+                    let _ = running[i].child.wait();
+                    Err(format!("lost: {e}"))
+                }
             };
             let r = running.remove(i);
             let name = format!("{}/seed-{}", r.run.setting, r.run.seed);
             let log = r.run.log(&spec.out);
-            if status.success() {
-                finished_now += 1;
-                progress.event(&format!("finished {name}"));
-            } else {
+            if let Err(status) = ended {
                 let why = format!(
                     "{name} ({status}: {}; log {})",
                     last_line(&log),
@@ -476,7 +541,13 @@ pub fn run_sweep(spec: &SweepSpec, igpo: &Path) -> Result<SweepOutcome, SweepErr
                 );
                 progress.event(&format!("FAILED {why}"));
                 failed.push(why);
+            } else {
+                finished_now += 1;
+                progress.event(&format!("finished {name}"));
             }
+        }
+        if !progress.tty {
+            continue;
         }
         let done_steps: u64 = runs
             .iter()

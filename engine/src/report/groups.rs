@@ -31,13 +31,12 @@ impl Group<'_> {
         }
     }
 
-    /// Each run's `(seed, value)` of `f`; runs without a seed count from 0
-    /// in order (they pair with nothing named).
+    /// Each run's `(seed, value)` of `f`; a run whose config.toml names no
+    /// seed is left out (it pairs with nothing).
     pub fn per_seed(&self, f: impl Fn(&RunData) -> Option<f64>) -> Vec<(u64, f64)> {
         self.runs
             .iter()
-            .enumerate()
-            .filter_map(|(i, r)| Some((r.seed.unwrap_or(u64::MAX - i as u64), f(r)?)))
+            .filter_map(|r| Some((r.seed?, f(r)?)))
             .collect()
     }
 

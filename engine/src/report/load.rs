@@ -310,14 +310,24 @@ pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
 /// it: a report of a partial sweep would compare groups of different sizes
 /// without saying so.
 fn expand_sweeps(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
-    let mut out = Vec::new();
+    let mut out: Vec<PathBuf> = Vec::new();
+    // A run named twice (a sweep folder and one of its runs) counts once.
+    let mut push = |dir: PathBuf| {
+        let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
+        if !out
+            .iter()
+            .any(|d| d.canonicalize().unwrap_or_else(|_| d.clone()) == key)
+        {
+            out.push(dir);
+        }
+    };
     for dir in dirs {
         let file = crate::sweep::SweepFile::read(dir).map_err(|e| ReportError::Config {
             path: dir.join(crate::sweep::SWEEP_FILE).display().to_string(),
             message: e.to_string(),
         })?;
         let Some(file) = file else {
-            out.push(dir.clone());
+            push(dir.clone());
             continue;
         };
         for run in &file.runs {
@@ -328,7 +338,7 @@ fn expand_sweeps(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
                     run: run_dir.display().to_string(),
                 });
             }
-            out.push(run_dir);
+            push(run_dir);
         }
     }
     Ok(out)

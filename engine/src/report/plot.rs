@@ -118,13 +118,10 @@ fn tick(v: f64) -> String {
 pub fn line_figure(fig: &LineFigure) -> Result<String, ReportError> {
     let pts = || fig.series.iter().flat_map(|s| s.points.iter());
     let finite = |v: &f64| v.is_finite();
-    let bands = || fig.series.iter().flat_map(|s| s.band.iter());
+    // The y range fits the lines, not the bands: two seeds' interval is
+    // +-12.7 standard errors and would squash every line flat.
     let xs: Vec<f64> = pts().map(|p| p.0).filter(finite).collect();
-    let ys: Vec<f64> = pts()
-        .map(|p| p.1)
-        .chain(bands().flat_map(|b| [b.1, b.2]))
-        .filter(finite)
-        .collect();
+    let ys: Vec<f64> = pts().map(|p| p.1).filter(finite).collect();
     let (x0, x1) = if xs.is_empty() {
         (0.0, 1.0)
     } else {

@@ -181,7 +181,7 @@ fn beta_fraction(a: f64, b: f64, x: f64) -> f64 {
                 return h;
             }
         }
-        if (d * c - 1.0).abs() < 1e-16 {
+        if (d * c - 1.0).abs() < 3.0 * f64::EPSILON {
             break;
         }
     }

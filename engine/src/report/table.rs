@@ -77,13 +77,13 @@ fn comparison(out: &mut String, g: &Group, base: &Group) {
     let Some(p) = compare(g, base, per_run::final_f1) else {
         return;
     };
-    let interval = if p.diff.n >= 2 {
-        format!(
+    let interval = match (p.diff.n >= 2, p.p_value.is_finite()) {
+        (true, true) => format!(
             ", 95% CI [{:+.3}, {:+.3}], p = {:.3}",
             p.diff.lo, p.diff.hi, p.p_value
-        )
-    } else {
-        String::new()
+        ),
+        (true, false) => format!(", 95% CI [{:+.3}, {:+.3}]", p.diff.lo, p.diff.hi),
+        _ => String::new(),
     };
     let _ = writeln!(
         out,
