@@ -47,10 +47,13 @@ fn t_quantiles_match_scipy() {
     assert!(qs.len() >= 40);
     for q in qs {
         let (p, df) = (q["p"].as_f64().unwrap(), q["df"].as_f64().unwrap());
-        close(
-            t_quantile(p, df),
-            q["t"].as_f64().unwrap(),
-            &format!("t({p}, {df})"),
+        let (got, want) = (t_quantile(p, df), q["t"].as_f64().unwrap());
+        // Past ~1e4 degrees of freedom ln Γ(a+b) - ln Γ(a) - ln Γ(b)
+        // cancels (each ~5e5 at df 1e5): 1e-9 relative there.
+        let tol = if df > 1e4 { 1e-9 } else { 1e-10 } * want.abs().max(1.0);
+        assert!(
+            (got - want).abs() <= tol,
+            "t({p}, {df}): {got} vs scipy {want}"
         );
     }
 }
@@ -62,7 +65,6 @@ fn summaries_and_paired_comparison_match_scipy() {
         let s = Summary::of(&values(&want["values"])).unwrap();
         check_summary(&s, want, name);
     }
-    let p = &r["paired"];
     let seeded = |v: &Value| -> Vec<(u64, f64)> {
         values(v)
             .into_iter()
@@ -70,13 +72,19 @@ fn summaries_and_paired_comparison_match_scipy() {
             .map(|(i, x)| (i as u64, x))
             .collect()
     };
-    let got = paired(&seeded(&p["a"]), &seeded(&p["b"])).unwrap();
-    check_summary(&got.diff, p, "paired");
-    close(
-        got.p_value,
-        p["p_value"].as_f64().unwrap(),
-        "paired p-value",
-    );
+    let pairs = r["paired"].as_object().unwrap();
+    assert_eq!(pairs.len(), 3);
+    for (name, p) in pairs {
+        let got = paired(&seeded(&p["a"]), &seeded(&p["b"])).unwrap();
+        check_summary(&got.diff, p, name);
+        // A tiny p-value is checked relative to itself.
+        let want = p["p_value"].as_f64().unwrap();
+        assert!(
+            (got.p_value - want).abs() <= 1e-9 * want + 1e-14,
+            "{name} p-value: {} vs scipy {want}",
+            got.p_value
+        );
+    }
 }
 
 #[test]
@@ -95,10 +103,41 @@ fn committed_reference_is_what_scipy_prints() {
         String::from_utf8_lossy(&out.stderr)
     );
     let fresh: Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        fresh,
-        reference(),
-        "tools/reference/intervals.json is stale: rerun {}",
+    // Equal up to the last bits numpy's vectorized sums may change between CPUs.
+    let mut diffs = vec![];
+    same_json(&fresh, &reference(), "", &mut diffs);
+    assert!(
+        diffs.is_empty(),
+        "tools/reference/intervals.json is stale (rerun {}): {diffs:?}",
         script.display()
     );
+}
+
+fn same_json(a: &Value, b: &Value, at: &str, diffs: &mut Vec<String>) {
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            if x.len() != y.len() {
+                diffs.push(format!("{at}: keys differ"));
+            }
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) => same_json(v, w, &format!("{at}/{k}"), diffs),
+                    None => diffs.push(format!("{at}/{k}: missing")),
+                }
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                same_json(v, w, &format!("{at}/{i}"), diffs);
+            }
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            if (x - y).abs() > 1e-12 * x.abs().max(y.abs()).max(1e-300) {
+                diffs.push(format!("{at}: {x} vs {y}"));
+            }
+        }
+        _ if a == b => {}
+        _ => diffs.push(format!("{at}: {a} vs {b}")),
+    }
 }

@@ -136,7 +136,10 @@ fn a_sweep_runs_its_grid_resumes_and_reports() {
     );
     assert_eq!(untimed(&a), before);
     let log = std::fs::read_to_string(out.join("run,rl.estimator=igpo/seed-0.log")).unwrap();
-    assert!(log.contains("resuming from") && log.contains("(step 1)"), "{log}");
+    assert!(
+        log.contains("resuming from") && log.contains("(step 1)"),
+        "{log}"
+    );
 
     // The run file edited: its old run folders are never continued.
     let text = std::fs::read_to_string(&cfg).unwrap();
@@ -144,7 +147,10 @@ fn a_sweep_runs_its_grid_resumes_and_reports() {
     let (code, _, stderr) = run(&[]);
     assert_eq!(code, 2, "{stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
-    assert!(stderr.contains("holds a run of another setting"), "{stderr}");
+    assert!(
+        stderr.contains("holds a run of another setting"),
+        "{stderr}"
+    );
     std::fs::write(&cfg, text).unwrap();
 
     // The report of the sweep folder: one group per setting.

@@ -19,7 +19,12 @@ SAMPLES = {
     "ten": [0.31, 0.29, 0.35, 0.4, 0.27, 0.33, 0.38, 0.3, 0.36, 0.32],
     "with_negatives": [-1.25, 0.5, 2.0, -0.75, 0.0, 1.5],
 }
-PAIRS = {"a": [0.712, 0.768, 0.735, 0.801, 0.744], "b": [0.701, 0.745, 0.742, 0.760, 0.731]}
+# Paired comparisons: a small effect, a strong one (tiny p), none (p near 1).
+PAIRS = {
+    "small": {"a": [0.712, 0.768, 0.735, 0.801, 0.744], "b": [0.701, 0.745, 0.742, 0.760, 0.731]},
+    "strong": {"a": [0.91, 0.93, 0.92, 0.94, 0.95, 0.93], "b": [0.51, 0.52, 0.50, 0.53, 0.52, 0.54]},
+    "none": {"a": [0.5, 0.6, 0.7, 0.4], "b": [0.6, 0.5, 0.4, 0.7]},
+}
 
 
 def summary(xs):
@@ -36,16 +41,17 @@ def main():
     quantiles = [
         {"p": p, "df": df, "t": float(stats.t.ppf(p, df))}
         for p in (0.975, 0.95, 0.995, 0.6)
-        for df in (1, 2, 3, 4, 5, 7, 9, 19, 29, 99, 1000)
+        for df in (1, 2, 3, 4, 5, 7, 9, 19, 29, 99, 1000, 100000)
     ]
-    a, b = np.asarray(PAIRS["a"]), np.asarray(PAIRS["b"])
-    paired = summary(list(a - b))
-    paired["p_value"] = float(stats.ttest_rel(a, b).pvalue)
+    paired = {}
+    for name, pair in PAIRS.items():
+        a, b = np.asarray(pair["a"]), np.asarray(pair["b"])
+        paired[name] = {**pair, **summary(list(a - b)), "p_value": float(stats.ttest_rel(a, b).pvalue)}
     out = {
         "scipy": scipy.__version__,
         "t_quantiles": quantiles,
         "samples": {k: {"values": v, **summary(v)} for k, v in SAMPLES.items()},
-        "paired": {"a": PAIRS["a"], "b": PAIRS["b"], **paired},
+        "paired": paired,
     }
     print(json.dumps(out, indent=1))
 

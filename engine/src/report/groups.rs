@@ -177,8 +177,12 @@ pub mod per_run {
     }
 }
 
-/// Group `a` against group `b` on `f`, over the seeds both ran.
+/// Group `a` against group `b` on `f`, over the seeds both ran (`None`
+/// when they share no seed, or were evaluated on different dev sets).
 pub fn compare(a: &Group, b: &Group, f: impl Fn(&RunData) -> Option<f64>) -> Option<Paired> {
+    if a.dataset != b.dataset {
+        return None;
+    }
     paired(&a.per_seed(&f), &b.per_seed(&f))
 }
 
