@@ -345,7 +345,7 @@ fn a_sweep_folder_missing_a_run_is_one_error_naming_it() {
                    {"setting":"a","seed":1,"config":"x.toml","sets":[],"dir":"a/seed-1","steps":10}]}"#,
     )
     .unwrap();
-    let err = load_runs(&[dir.clone()]).unwrap_err().to_string();
+    let err = load_runs(std::slice::from_ref(&dir)).unwrap_err().to_string();
     assert!(
         err.contains("a/seed-1: no metrics.jsonl") && err.contains("sweep"),
         "{err}"
@@ -353,7 +353,7 @@ fn a_sweep_folder_missing_a_run_is_one_error_naming_it() {
     seeded_copy("igpo", &dir.join("a/seed-1-full"), 1, 0.0);
     std::fs::remove_dir_all(dir.join("a/seed-1")).unwrap();
     std::fs::rename(dir.join("a/seed-1-full"), dir.join("a/seed-1")).unwrap();
-    let runs = load_runs(&[dir.clone()]).unwrap();
+    let runs = load_runs(std::slice::from_ref(&dir)).unwrap();
     assert_eq!(runs.len(), 2);
     assert_eq!(runs[1].seed, Some(1));
 }

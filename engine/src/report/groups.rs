@@ -77,12 +77,10 @@ pub fn group_runs(runs: &[RunData]) -> Vec<Group<'_>> {
                     .map(|n| n.to_string_lossy().into_owned())
             })
         };
-        let first = parent(g.runs[0]);
-        if first.is_some() && g.runs.iter().all(|r| parent(r) == first) {
-            g.name = first.unwrap();
-        } else {
-            g.name = format!("{} +{}", g.runs[0].name, g.runs.len() - 1);
-        }
+        g.name = match parent(g.runs[0]) {
+            Some(p) if g.runs.iter().all(|r| parent(r).as_ref() == Some(&p)) => p,
+            _ => format!("{} +{}", g.runs[0].name, g.runs.len() - 1),
+        };
     }
     groups
 }

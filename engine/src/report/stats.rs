@@ -89,7 +89,9 @@ pub fn paired(a: &[(u64, f64)], b: &[(u64, f64)]) -> Option<Paired> {
 
 /// The `p` quantile of Student's t with `df` degrees of freedom (0 < p < 1).
 pub fn t_quantile(p: f64, df: f64) -> f64 {
-    if !(p > 0.0 && p < 1.0) || !(df > 0.0) {
+    // NaN fails every comparison, so it is caught here too.
+    let valid = p > 0.0 && p < 1.0 && df > 0.0;
+    if !valid {
         return f64::NAN;
     }
     if p == 0.5 {
