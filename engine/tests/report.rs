@@ -345,7 +345,9 @@ fn a_sweep_folder_missing_a_run_is_one_error_naming_it() {
                    {"setting":"a","seed":1,"config":"x.toml","sets":[],"dir":"a/seed-1","steps":10}]}"#,
     )
     .unwrap();
-    let err = load_runs(std::slice::from_ref(&dir)).unwrap_err().to_string();
+    let err = load_runs(std::slice::from_ref(&dir))
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("a/seed-1: no metrics.jsonl") && err.contains("sweep"),
         "{err}"
