@@ -162,7 +162,7 @@ fn a_sweep_runs_its_grid_resumes_and_reports() {
         html_path.to_str().unwrap(),
     ]);
     assert_eq!(code, 0, "{stderr}");
-    assert!(stdout.contains("seed-0"), "{stdout}");
+    assert!(stdout.contains("report: 4 runs: run,rl.estimator=igpo (igpo, 2 seeds) vs run,rl.estimator=grpo (grpo, 2 seeds)"), "{stdout}");
     let html = std::fs::read_to_string(&html_path).unwrap();
     assert!(
         html.contains("run,rl.estimator=igpo (igpo, 2 seeds)"),

@@ -127,7 +127,17 @@ pub struct ReportArgs {
 pub fn report(a: ReportArgs) -> CliResult {
     crate::fsutil::check_writable(&a.out)?;
     let runs = crate::report::write_report(&a.runs, &a.out)?;
-    let names: Vec<String> = runs.iter().map(|r| r.label()).collect();
-    println!("report: {} -> {}", names.join(" vs "), a.out.display());
+    // One name per setting: a sweep's runs are named by their setting.
+    let groups = crate::report::groups::group_runs(&runs);
+    let names: Vec<String> = groups.iter().map(|g| g.label()).collect();
+    let count = match groups.len() < runs.len() {
+        true => format!("{} runs: ", runs.len()),
+        false => String::new(),
+    };
+    println!(
+        "report: {count}{} -> {}",
+        names.join(" vs "),
+        a.out.display()
+    );
     Ok(())
 }

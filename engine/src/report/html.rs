@@ -279,9 +279,40 @@ pub fn render(runs: &[RunData]) -> Result<String, ReportError> {
     paper_figures(&mut out, &groups)?;
     training_signals(&mut out, &groups)?;
     time_split(&mut out, &groups)?;
+    if groups.iter().any(|g| g.runs.len() > 1) {
+        every_run_table(&mut out, &groups);
+    }
     sampled_trajectories(&mut out, &groups);
     out.push_str("</body></html>\n");
     Ok(out)
+}
+
+/// The run folders, a folder holding several of them (a sweep's setting)
+/// named once with their number.
+fn folders(runs: &[RunData]) -> Vec<String> {
+    let mut out: Vec<(String, usize)> = Vec::new();
+    for r in runs {
+        let parent = r.dir.parent().filter(|p| !p.as_os_str().is_empty());
+        let shared =
+            parent.filter(|p| runs.iter().filter(|o| o.dir.parent() == Some(*p)).count() > 1);
+        let name = match shared {
+            Some(p) => p.display().to_string(),
+            None => r.dir.display().to_string(),
+        };
+        match out.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, k)) => *k += 1,
+            None => out.push((name, 1)),
+        }
+    }
+    out.into_iter()
+        .map(|(name, k)| {
+            if k > 1 {
+                format!("{name}/ ({k} runs)")
+            } else {
+                name
+            }
+        })
+        .collect()
 }
 
 /// The document head, title, run list and colour legend (one entry per group).
@@ -307,13 +338,7 @@ fn page_head(out: &mut String, runs: &[RunData], groups: &[Group]) {
         "<p class=\"sub\">{} run(s){}: {}</p>",
         runs.len(),
         escape(&grouped),
-        escape(
-            &runs
-                .iter()
-                .map(|r| r.dir.display().to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
+        escape(&folders(runs).join(", "))
     );
 
     out.push_str("<div class=\"legend\" id=\"legend\">");
@@ -395,8 +420,9 @@ fn summary_table(out: &mut String, groups: &[Group]) {
 }
 
 /// The judgement of a sweep: per setting mean, standard deviation and 95 %
-/// interval over seeds (`#seed-summary`), every run (`#seed-runs`), and
-/// every pair of settings compared seed by seed (`#paired`).
+/// interval over seeds (`#seed-summary`), and every pair of settings
+/// compared seed by seed (`#paired`); every run is listed at the end
+/// (`every_run_table`).
 fn seed_tables(out: &mut String, groups: &[Group]) {
     out.push_str("<h2 id=\"seeds\">Over seeds</h2>\n<p class=\"note\">Mean, sample standard deviation and the Student-t 95 % interval of the mean over a setting's runs (one value per seed). Final dev F1 is the last evaluation; best the highest; zero-advantage ratio and ground-truth entropy drop are means over each run's steps; gradient tokens are each run's total.</p>\n");
     out.push_str("<table id=\"seed-summary\"><tr><th>setting</th><th>seeds</th><th>final dev F1</th><th>best dev F1</th><th>zero-adv. ratio</th><th>gt entropy drop (nats)</th><th>gradient tokens</th></tr>\n");
@@ -413,26 +439,6 @@ fn seed_tables(out: &mut String, groups: &[Group]) {
             fmt_full(g.summary(per_run::gt_entropy_drop), 2),
             fmt_full(g.summary(per_run::grad_tokens), 0),
         );
-    }
-    out.push_str("</table>\n");
-
-    out.push_str("<h3>Every run</h3>\n<table id=\"seed-runs\"><tr><th>setting</th><th>seed</th><th>final dev F1 ± s.e.</th><th>best dev F1</th><th>zero-adv. ratio</th><th>gt entropy drop</th><th>gradient tokens</th><th>run folder</th></tr>\n");
-    for (i, g) in groups.iter().enumerate() {
-        for r in &g.runs {
-            let _ = writeln!(
-                out,
-                "<tr><td><span style=\"color:{}\">■</span> {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
-                plot::hex(plot::run_color(i)),
-                escape(&g.name),
-                r.seed.map_or("–".into(), |s| s.to_string()),
-                fmt_f1(r.evals.last()),
-                fmt_opt(per_run::best_f1(r), 3),
-                fmt_opt(per_run::zero_adv(r), 3),
-                fmt_opt(per_run::gt_entropy_drop(r), 2),
-                fmt_opt(per_run::grad_tokens(r), 0),
-                escape(&r.dir.display().to_string()),
-            );
-        }
     }
     out.push_str("</table>\n");
 
@@ -463,6 +469,30 @@ fn seed_tables(out: &mut String, groups: &[Group]) {
     }
     if !any {
         out.push_str("<tr><td colspan=\"6\">no two settings share a seed</td></tr>\n");
+    }
+    out.push_str("</table>\n");
+}
+
+/// Every run of the groups: seed, final dev F1 with its standard error, and
+/// the numbers the groups are judged by (`#seed-runs`).
+fn every_run_table(out: &mut String, groups: &[Group]) {
+    out.push_str("<h2 id=\"every-run\">Every run</h2>\n<table id=\"seed-runs\"><tr><th>setting</th><th>seed</th><th>final dev F1 ± s.e.</th><th>best dev F1</th><th>zero-adv. ratio</th><th>gt entropy drop</th><th>gradient tokens</th><th>run folder</th></tr>\n");
+    for (i, g) in groups.iter().enumerate() {
+        for r in &g.runs {
+            let _ = writeln!(
+                out,
+                "<tr><td><span style=\"color:{}\">■</span> {}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
+                plot::hex(plot::run_color(i)),
+                escape(&g.name),
+                r.seed.map_or("–".into(), |s| s.to_string()),
+                fmt_f1(r.evals.last()),
+                fmt_opt(per_run::best_f1(r), 3),
+                fmt_opt(per_run::zero_adv(r), 3),
+                fmt_opt(per_run::gt_entropy_drop(r), 2),
+                fmt_opt(per_run::grad_tokens(r), 0),
+                escape(&r.dir.display().to_string()),
+            );
+        }
     }
     out.push_str("</table>\n");
 }
