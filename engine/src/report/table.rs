@@ -87,7 +87,11 @@ fn comparison(out: &mut String, g: &Group, base: &Group) {
     };
     let _ = writeln!(
         out,
-        "  {} - {}: final dev F1 {:+.3} over {} paired seeds{interval}",
-        g.name, base.name, p.diff.mean, p.diff.n
+        "  {} - {}: final dev F1 {:+.3} over {} paired seed{}{interval}",
+        g.name,
+        base.name,
+        p.diff.mean,
+        p.diff.n,
+        if p.diff.n == 1 { "" } else { "s" }
     );
 }
