@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// The temporary name of `stem` while this process writes it
 /// (`<stem>.tmp-<pid>`); see [`remove_stale_temps`].
@@ -109,9 +109,83 @@ pub fn remove_if_empty_tree(dir: &Path, existed_before: bool) {
     }
 }
 
+/// This process's claim on a folder: the file `<dir>/<name>` holding its
+/// pid, removed when the claim is dropped. See [`lock_folder`].
+#[derive(Debug)]
+pub struct FolderLock {
+    path: PathBuf,
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Claims `dir` for this process (two `igpo sweep`s into one folder would
+/// run the same runs twice): creates `<dir>/<name>` exclusively with this
+/// pid. A claim left by a process that is gone (killed) is taken over; one
+/// held by a live process (this one included) is an error naming it.
+pub fn lock_folder(dir: &Path, name: &str) -> Result<FolderLock, String> {
+    let path = dir.join(name);
+    for _ in 0..2 {
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                f.write_all(std::process::id().to_string().as_bytes())
+                    .map_err(|e| format!("{}: {e}", path.display()))?;
+                return Ok(FolderLock { path });
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let holder = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                if let Some(pid) = holder.filter(|&pid| process_alive(pid)) {
+                    return Err(format!(
+                        "{}: in use by another igpo process (pid {pid}; its claim is {}: remove it if that process is not igpo)",
+                        dir.display(),
+                        path.display()
+                    ));
+                }
+                // Gone, or not a pid: a stale claim.
+                let _ = fs::remove_file(&path);
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        }
+    }
+    Err(format!("{}: could not be claimed", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn folder_locks_refuse_a_live_holder_and_take_over_a_dead_one() {
+        let dir = std::env::temp_dir().join(format!("igpo-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let lock = lock_folder(&dir, ".lock").unwrap();
+        let err = lock_folder(&dir, ".lock").unwrap_err();
+        assert!(
+            err.contains("in use by another igpo process") && !err.contains('\n'),
+            "{err}"
+        );
+        drop(lock);
+        assert!(!dir.join(".lock").exists());
+        // A pid no process can have (above Linux's pid_max), and garbage.
+        for stale in ["4294967294", "not a pid"] {
+            fs::write(dir.join(".lock"), stale).unwrap();
+            let lock = lock_folder(&dir, ".lock").unwrap();
+            let held = fs::read_to_string(dir.join(".lock")).unwrap();
+            assert_eq!(held, std::process::id().to_string());
+            drop(lock);
+        }
+        fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn stale_temps_of_dead_processes_go_and_live_ones_stay() {

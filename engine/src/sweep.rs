@@ -200,6 +200,9 @@ pub struct SweepFile {
 
 pub const SWEEP_FILE: &str = "sweep.json";
 
+/// `OUT/.sweep.lock`: the pid of the sweep running into `OUT`.
+const SWEEP_LOCK: &str = ".sweep.lock";
+
 impl SweepFile {
     pub fn read(out: &Path) -> Result<Option<SweepFile>, SweepError> {
         let path = out.join(SWEEP_FILE);
@@ -452,6 +455,8 @@ fn start(
 pub fn run_sweep(spec: &SweepSpec, igpo: &Path) -> Result<SweepOutcome, SweepError> {
     let runs = plan(spec)?;
     std::fs::create_dir_all(&spec.out).map_err(io_err(&spec.out))?;
+    // One sweep at a time per folder: two would train the same runs at once.
+    let _claim = crate::fsutil::lock_folder(&spec.out, SWEEP_LOCK).map_err(SweepError::Spec)?;
     // sweep.json: this sweep's runs after any earlier ones into this folder.
     let mut file = SweepFile::read(&spec.out)?.unwrap_or_default();
     for r in &runs {

@@ -229,6 +229,21 @@ fn bad_sweeps_fail_with_one_line_before_any_run() {
         // Nothing ran.
         assert!(!Path::new(out).join("sweep.json").exists(), "{args:?}");
     }
+    // Another sweep running into the folder (here: this test process holds
+    // its claim): one line, nothing run.
+    std::fs::create_dir_all(out).unwrap();
+    let claim = Path::new(out).join(".sweep.lock");
+    std::fs::write(&claim, std::process::id().to_string()).unwrap();
+    let (code, _, stderr) = common::igpo(&["sweep", "--config", cfg, "--out", out, "--seeds", "0"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("in use by another igpo process"),
+        "{stderr}"
+    );
+    assert!(!Path::new(out).join("sweep.json").exists());
+    std::fs::remove_file(&claim).unwrap();
+
     // A run that fails while running: the sweep says which, and where its log is.
     let (code, _, stderr) = common::igpo(&[
         "sweep",
