@@ -320,11 +320,17 @@ pub fn plan(spec: &SweepSpec) -> Result<Vec<PlannedRun>, SweepError> {
 /// (`None` when it is not TOML). Runs of one setting differ only there.
 pub fn setting_of(run_file_text: &str) -> Option<toml::Table> {
     let mut t: toml::Table = run_file_text.parse().ok()?;
-    if let Some(train) = t.get_mut("train").and_then(|v| v.as_table_mut()) {
+    forget_seed_and_run_dir(&mut t);
+    Some(t)
+}
+
+/// Removes `train.seed` and `train.run_dir` from a run file's table: what
+/// is left is its setting (also how `igpo report` groups runs).
+pub fn forget_seed_and_run_dir(run_file: &mut toml::Table) {
+    if let Some(train) = run_file.get_mut("train").and_then(|v| v.as_table_mut()) {
         train.remove("seed");
         train.remove("run_dir");
     }
-    Some(t)
 }
 
 /// Whether the run folder holds the run's last checkpoint.

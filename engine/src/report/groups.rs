@@ -170,8 +170,8 @@ pub mod per_run {
     }
 
     fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-        let v: Vec<f64> = values.filter(|v| v.is_finite()).collect();
-        (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        let v: Vec<f64> = values.collect();
+        super::Summary::of(&v).map(|s| s.mean)
     }
 }
 

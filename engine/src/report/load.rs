@@ -232,9 +232,8 @@ fn describe(dir: &Path) -> Result<Described, ReportError> {
         .and_then(|s| s.as_integer())
         .map(|s| s as u64);
     let mut rest = v.clone();
-    if let Some(train) = rest.get_mut("train").and_then(|t| t.as_table_mut()) {
-        train.remove("seed");
-        train.remove("run_dir");
+    if let Some(table) = rest.as_table_mut() {
+        crate::sweep::forget_seed_and_run_dir(table);
     }
     let setting = toml::to_string(&rest).unwrap_or_default();
     let get = |keys: &[&str]| {
@@ -312,12 +311,11 @@ pub fn load_run(dir: &Path) -> Result<RunData, ReportError> {
 fn expand_sweeps(dirs: &[PathBuf]) -> Result<Vec<PathBuf>, ReportError> {
     let mut out: Vec<PathBuf> = Vec::new();
     // A run named twice (a sweep folder and one of its runs) counts once.
+    let mut seen: Vec<PathBuf> = Vec::new();
     let mut push = |dir: PathBuf| {
         let key = dir.canonicalize().unwrap_or_else(|_| dir.clone());
-        if !out
-            .iter()
-            .any(|d| d.canonicalize().unwrap_or_else(|_| d.clone()) == key)
-        {
+        if !seen.contains(&key) {
+            seen.push(key);
             out.push(dir);
         }
     };
