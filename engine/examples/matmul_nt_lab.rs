@@ -16,10 +16,23 @@ type Kernel<'a> = &'a dyn Fn(&[f32], &[f32], &mut [f32], usize, usize, usize);
 /// GFLOP/s of `kernel` on `copies` distinct weight matrices used in turn
 /// (more copies than the caches hold: every call reads its weights from
 /// memory).
-fn gflops(kernel: Kernel, (m, n, k): (usize, usize, usize), copies: usize) -> f64 {
+fn gflops(kernel: Kernel, (m, n, k): (usize, usize, usize), copies: usize, bf16: bool) -> f64 {
     let x: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
+    // 0.1 steps are not bf16 values; rounded, the packed kernel also keeps
+    // bf16 panels (which calls of up to 16 rows stream).
+    let value = |v: f32| {
+        if bf16 {
+            f32::from_bits(v.to_bits() & 0xffff_0000)
+        } else {
+            v
+        }
+    };
     let ws: Vec<Vec<f32>> = (0..copies)
-        .map(|c| (0..n * k).map(|i| ((i + c) % 5) as f32 * 0.1).collect())
+        .map(|c| {
+            (0..n * k)
+                .map(|i| value(((i + c) % 5) as f32 * 0.1))
+                .collect()
+        })
         .collect();
     let mut out = vec![0.0f32; m * n];
     for w in &ws {
@@ -35,8 +48,10 @@ fn gflops(kernel: Kernel, (m, n, k): (usize, usize, usize), copies: usize) -> f6
 }
 
 fn main() {
-    println!("| m x n x k | weights | gemm crate | dot | packed | GFLOP/s |");
-    println!("|---|---|---:|---:|---:|---|");
+    println!(
+        "| m x n x k | weights | gemm crate | dot | packed | packed, bf16 weights | GFLOP/s |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---|");
     let cache: std::cell::RefCell<Vec<(usize, PackedWeights)>> = Default::default();
     let packed_kernel = |x: &[f32], w: &[f32], out: &mut [f32], m, n, k| {
         // Pack each distinct weight matrix once (keyed by its address).
@@ -53,19 +68,24 @@ fn main() {
         ((1, 1536, 576), 24),
         ((1, 576, 1536), 24),
         ((1, 49152, 576), 1),
+        ((4, 1536, 576), 24),
+        ((8, 1536, 576), 24),
         ((16, 1536, 576), 24),
+        ((16, 576, 1536), 24),
         ((64, 1536, 576), 24),
         ((512, 1536, 576), 1),
         ((512, 576, 1536), 1),
         ((2048, 8192, 576), 1),
     ] {
         cache.borrow_mut().clear();
-        let g = gflops(&gemm::matmul_nt, shape, copies);
-        let d = gflops(&dot::matmul_nt, shape, copies);
-        let p = gflops(&packed_kernel, shape, copies);
+        let g = gflops(&gemm::matmul_nt, shape, copies, false);
+        let d = gflops(&dot::matmul_nt, shape, copies, false);
+        let p = gflops(&packed_kernel, shape, copies, false);
+        cache.borrow_mut().clear();
+        let b = gflops(&packed_kernel, shape, copies, true);
         let weights = if copies > 1 { "cold" } else { "cached" };
         println!(
-            "| {} x {} x {} | {weights} | {g:.1} | {d:.1} | {p:.1} |",
+            "| {} x {} x {} | {weights} | {g:.1} | {d:.1} | {p:.1} | {b:.1} |",
             shape.0, shape.1, shape.2
         );
     }

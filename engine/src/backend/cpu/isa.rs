@@ -95,3 +95,39 @@ impl Isa {
         Isa::available_here()
     }
 }
+
+/// Defines `fn $name(args) -> ret { body }` whose body is compiled three
+/// times (AVX-512F, AVX2 + FMA, portable) and run for the process's
+/// [`Isa`]: loops over slices then vectorize at the widest width. The body
+/// is the same IEEE operations in the same order on every instruction set
+/// (Rust never contracts `a * b + c` into an FMA), so the results are the
+/// same bits wherever it runs; a body that wants lanes writes them out.
+macro_rules! simd_fn {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+        $(#[$doc])*
+        $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $(-> $ret)? $body
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            unsafe fn avx512($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
+                body($($arg),*)
+            }
+            match $crate::backend::cpu::isa::Isa::detect() {
+                // SAFETY: `Isa::detect` found the instruction set on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                $crate::backend::cpu::isa::Isa::Avx512 => unsafe { avx512($($arg),*) },
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                $crate::backend::cpu::isa::Isa::Avx2 => unsafe { avx2($($arg),*) },
+                _ => body($($arg),*),
+            }
+        }
+    };
+}
+pub(super) use simd_fn;

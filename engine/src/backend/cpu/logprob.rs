@@ -6,7 +6,7 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Layout};
-use super::{matmul_nt, softmax};
+use super::{matmul_nn, matmul_nt, softmax};
 use crate::tensor::Tensor;
 
 /// Running softmax statistics of one row over the chunks seen so far.
@@ -145,16 +145,9 @@ pub fn backward(
             let target = (lo..hi).contains(&t).then(|| t - lo);
             softmax::softmax_grad(zr, lse[r], dlogp[r], ent, target);
         });
-        // dh += dz W_c ; dW_c += dz^T h
-        gemm(
-            (rows, d, c),
-            (&mut dh, Layout::row_major(0, d)),
-            (z, Layout::row_major(0, c)),
-            (w.data(), Layout::row_major(lo * d, d)),
-            1.0,
-            true,
-            true,
-        );
+        // dh += dz W_c (one FMA chain per output over the whole vocabulary
+        // on the packed kernel); dW_c += dz^T h
+        matmul_nn(z, rows, w, lo..hi, &mut dh, true);
         gemm(
             (c, d, rows),
             (dw, Layout::row_major(lo * d, d)),

@@ -6,6 +6,7 @@ mod attention;
 #[cfg(test)]
 mod conformance_tests;
 pub mod dot;
+mod elementwise;
 pub mod gemm;
 mod isa;
 mod logprob;
@@ -73,6 +74,29 @@ fn test_values(len: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
+/// What the CPU backend keeps with a weight tensor (a `Tensor::derived`
+/// value, dropped when the weight changes): its panels for `x @ w^T`, and,
+/// from the first backward through it, the transpose's for `dy @ w`.
+struct WeightPanels {
+    forward: packed::PackedWeights,
+    transposed: std::sync::OnceLock<packed::PackedWeights>,
+}
+
+fn panels(w: &Tensor) -> std::sync::Arc<WeightPanels> {
+    w.derived(|w| WeightPanels {
+        forward: packed::PackedWeights::pack(w.data(), w.rows(), w.cols()),
+        transposed: std::sync::OnceLock::new(),
+    })
+}
+
+/// The panels of `w`'s transpose (packed on first use, kept with `w`).
+fn transposed_panels(w: &Tensor) -> std::sync::Arc<WeightPanels> {
+    let p = panels(w);
+    p.transposed
+        .get_or_init(|| packed::PackedWeights::pack_transposed(w.data(), w.rows(), w.cols()));
+    p
+}
+
 /// `dst[m, cols.len()] = x[m, k] @ w[cols, k]^T`: the outputs of rows `cols`
 /// of the weight `w[n, k]`, with the process's [`MatmulKernel`] (the packed
 /// one packs `w` on first use and keeps it with the tensor).
@@ -80,12 +104,62 @@ pub fn matmul_nt(x: &[f32], m: usize, w: &Tensor, cols: Range<usize>, dst: &mut 
     let k = w.cols();
     let rows = || &w.data()[cols.start * k..cols.end * k];
     match MatmulKernel::current() {
-        MatmulKernel::Packed => {
-            let p = w.derived(|w| packed::PackedWeights::pack(w.data(), w.rows(), k));
-            packed::matmul_nt(x, m, &p, cols, dst)
-        }
+        MatmulKernel::Packed => packed::matmul_nt(x, m, &panels(w).forward, cols, dst),
         MatmulKernel::Gemm => gemm::matmul_nt(x, rows(), dst, m, cols.len(), k),
         MatmulKernel::Dot => dot::matmul_nt(x, rows(), dst, m, cols.len(), k),
+    }
+}
+
+/// `x[m, k] @ w[n, k]^T` as a new `[m, n]` tensor (the packed kernel writes
+/// each output once; nothing is zeroed first).
+fn matmul_nt_new(x: &[f32], m: usize, w: &Tensor) -> Tensor {
+    let n = w.rows();
+    match MatmulKernel::current() {
+        MatmulKernel::Packed => Tensor::from_vec(
+            &[m, n],
+            packed::matmul_nt_new(x, m, &panels(w).forward, 0..n),
+        ),
+        _ => {
+            let mut out = Tensor::zeros(&[m, n]);
+            matmul_nt(x, m, w, 0..n, out.data_mut());
+            out
+        }
+    }
+}
+
+/// `dst[m, k] (+)= dy[m, rows] @ w[rows, k]`, the backward's product through
+/// a weight: on the packed kernel over `w`'s transposed panels (each output
+/// one FMA chain over `rows`, so batch invariant, and with `accumulate`
+/// continued from `dst`), else the `gemm` crate.
+fn matmul_nn(
+    dy: &[f32],
+    m: usize,
+    w: &Tensor,
+    rows: Range<usize>,
+    dst: &mut [f32],
+    accumulate: bool,
+) {
+    let k = w.cols();
+    match MatmulKernel::current() {
+        MatmulKernel::Packed => {
+            let p = transposed_panels(w);
+            let write = if accumulate {
+                packed::Write::Accumulate
+            } else {
+                packed::Write::Overwrite
+            };
+            let wt = p.transposed.get().expect("packed above");
+            packed::matmul_nt_part(dy, m, wt, 0..k, rows, dst, write);
+        }
+        _ => gemm(
+            (m, k, rows.len()),
+            (dst, Layout::row_major(0, k)),
+            (dy, Layout::row_major(0, rows.len())),
+            (w.data(), Layout::row_major(rows.start * k, k)),
+            1.0,
+            accumulate,
+            true,
+        ),
     }
 }
 
@@ -134,22 +208,40 @@ fn rotate(x: &mut Tensor, positions: &[usize], rope: &Rope, sign: f32) {
     let half = d / 2;
     assert_eq!(positions.len(), x.rows(), "rope: one position per row");
     assert_eq!(cols % d, 0, "rope: row not a multiple of head_dim");
-    x.data_mut()
-        .par_chunks_mut(cols)
-        .zip(positions.par_iter())
-        .for_each(|(row, &pos)| {
-            for (i, f) in rope.inv_freq.iter().enumerate() {
-                let angle = pos as f32 * f;
-                let (sin, cos) = angle.sin_cos();
-                let s = rope.attention_scaling;
-                let (sin, cos) = (sign * sin * s, cos * s);
-                for head in row.chunks_mut(d) {
-                    let (a, b) = (head[i], head[i + half]);
-                    head[i] = a * cos - b * sin;
-                    head[i + half] = b * cos + a * sin;
-                }
+    let rotate_row = |(row, &pos): (&mut [f32], &usize)| {
+        for (i, f) in rope.inv_freq.iter().enumerate() {
+            let angle = pos as f32 * f;
+            let (sin, cos) = angle.sin_cos();
+            let s = rope.attention_scaling;
+            let (sin, cos) = (sign * sin * s, cos * s);
+            for head in row.chunks_mut(d) {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos - b * sin;
+                head[i + half] = b * cos + a * sin;
             }
-        });
+        }
+    };
+    if elementwise::parallel(x.numel()) {
+        x.data_mut()
+            .par_chunks_mut(cols)
+            .zip(positions.par_iter())
+            .for_each(rotate_row);
+    } else {
+        x.data_mut()
+            .chunks_mut(cols)
+            .zip(positions.iter())
+            .for_each(rotate_row);
+    }
+}
+
+/// Per-sequence outputs `[rows_s, cols]` stacked into one `[rows, cols]`.
+fn stack(outs: Vec<Vec<f32>>, cols: usize) -> Tensor {
+    let data = if outs.len() == 1 {
+        outs.into_iter().next().expect("one")
+    } else {
+        outs.concat()
+    };
+    Tensor::from_vec(&[data.len() / cols.max(1), cols], data)
 }
 
 fn vec_tensor(v: Vec<f32>) -> Tensor {
@@ -231,13 +323,10 @@ impl Backend for Cpu {
             "linear: x has {k} columns, weight {:?}",
             w.shape()
         );
-        let mut out = Tensor::zeros(&[m, n]);
-        matmul_nt(x.data(), m, w, 0..n, out.data_mut());
+        let mut out = matmul_nt_new(x.data(), m, w);
         if let Some(b) = bias {
             assert_eq!(b.numel(), n, "linear: bias length");
-            out.data_mut()
-                .par_chunks_mut(n)
-                .for_each(|row| row.iter_mut().zip(b.data()).for_each(|(o, b)| *o += b));
+            elementwise::add_bias(out.data_mut(), b.data());
         }
         out
     }
@@ -270,30 +359,110 @@ impl Backend for Cpu {
 
     fn swiglu(&self, gate: &Tensor, up: &Tensor) -> Tensor {
         assert_eq!(gate.shape(), up.shape(), "swiglu: shapes");
-        let mut out = Tensor::zeros(gate.shape());
-        out.data_mut()
-            .par_iter_mut()
-            .zip(gate.data().par_iter().zip(up.data().par_iter()))
-            .for_each(|(o, (g, u))| *o = g / (1.0 + (-g).exp()) * u);
-        out
+        Tensor::from_vec(gate.shape(), elementwise::swiglu(gate.data(), up.data()))
     }
 
     fn embedding(&self, table: &Tensor, ids: &[u32]) -> Tensor {
         let d = table.cols();
-        let mut out = Tensor::zeros(&[ids.len(), d]);
-        out.data_mut()
-            .par_chunks_mut(d)
-            .zip(ids.par_iter())
-            .for_each(|(o, &id)| o.copy_from_slice(table.row(id as usize)));
-        out
+        let mut data = Vec::with_capacity(ids.len() * d);
+        ids.iter()
+            .for_each(|&id| data.extend_from_slice(table.row(id as usize)));
+        Tensor::from_vec(&[ids.len(), d], data)
     }
 
     fn add_assign(&self, x: &mut Tensor, y: &Tensor) {
         assert_eq!(x.shape(), y.shape(), "add_assign: shapes");
-        x.data_mut()
+        elementwise::add(x.data_mut(), y.data());
+    }
+
+    fn cached_attention(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        caches: &mut [(&mut Tensor, &mut Tensor)],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> Tensor {
+        assert_eq!(
+            caches.len(),
+            bounds.len(),
+            "cached_attention: one cache per sequence"
+        );
+        // The per-sequence default's computation, sequences in parallel (a
+        // decode step's sequences are one query row each: one parallel pass
+        // instead of one per sequence).
+        let outs: Vec<Vec<f32>> = caches
             .par_iter_mut()
-            .zip(y.data().par_iter())
-            .for_each(|(a, b)| *a += b);
+            .zip(bounds.par_iter())
+            .map(|((kc, vc), range)| {
+                let offset = kc.rows();
+                kc.append_rows(&self.slice_rows(k, range.clone()));
+                vc.append_rows(&self.slice_rows(v, range.clone()));
+                let qs = &q.data()[range.start * q.cols()..range.end * q.cols()];
+                let mask = AttnMask::Causal { offset };
+                attention::forward(
+                    qs,
+                    kc.data(),
+                    vc.data(),
+                    range.len(),
+                    kc.rows(),
+                    shape,
+                    &mask,
+                )
+                .0
+            })
+            .collect();
+        stack(outs, shape.n_heads * shape.head_dim)
+    }
+
+    fn paged_attention(
+        &self,
+        q: &Tensor,
+        k_pool: &Tensor,
+        v_pool: &Tensor,
+        keys: &[Vec<usize>],
+        bounds: &[Range<usize>],
+        shape: AttnShape,
+    ) -> Tensor {
+        assert_eq!(
+            keys.len(),
+            bounds.len(),
+            "paged_attention: one key list per sequence"
+        );
+        // `paged_attention_per_sequence`'s computation (the same bits),
+        // sequences in parallel.
+        let outs: Vec<Vec<f32>> = keys
+            .par_iter()
+            .zip(bounds.par_iter())
+            .map(|(slots, range)| {
+                assert!(
+                    range.len() <= slots.len(),
+                    "paged_attention: {} queries but {} keys",
+                    range.len(),
+                    slots.len()
+                );
+                let (kc, vc) = (
+                    self.gather_rows(k_pool, slots),
+                    self.gather_rows(v_pool, slots),
+                );
+                let qs = &q.data()[range.start * q.cols()..range.end * q.cols()];
+                let mask = AttnMask::Causal {
+                    offset: slots.len() - range.len(),
+                };
+                attention::forward(
+                    qs,
+                    kc.data(),
+                    vc.data(),
+                    range.len(),
+                    slots.len(),
+                    shape,
+                    &mask,
+                )
+                .0
+            })
+            .collect();
+        stack(outs, shape.n_heads * shape.head_dim)
     }
 
     fn append_rows(&self, dst: &mut Tensor, new: &Tensor) {
@@ -411,16 +580,7 @@ impl Backend for Cpu {
         let (m, k, n) = (x.rows(), x.cols(), w.rows());
         assert_eq!(dy.shape(), &[m, n], "linear_backward: dy shape");
         let mut dx = Tensor::zeros(&[m, k]);
-        // dx = dy W
-        gemm(
-            (m, k, n),
-            (dx.data_mut(), Layout::row_major(0, k)),
-            (dy.data(), Layout::row_major(0, n)),
-            (w.data(), Layout::row_major(0, k)),
-            1.0,
-            false,
-            true,
-        );
+        matmul_nn(dy.data(), m, w, 0..n, dx.data_mut(), false);
         // dW += dy^T x
         gemm(
             (n, k, m),
@@ -556,7 +716,7 @@ impl Backend for Cpu {
     }
 
     fn scale(&self, x: &mut Tensor, s: f32) {
-        x.data_mut().par_iter_mut().for_each(|v| *v *= s);
+        elementwise::scale(x.data_mut(), s);
     }
 
     fn adamw(
@@ -568,20 +728,13 @@ impl Backend for Cpu {
         st: &AdamWStep,
     ) {
         assert_eq!(param.shape(), grad.shape(), "adamw: grad shape");
-        let decay = 1.0 - st.lr * st.weight_decay;
-        param
-            .data_mut()
-            .par_iter_mut()
-            .zip(grad.data().par_iter())
-            .zip(m.data_mut().par_iter_mut().zip(v.data_mut().par_iter_mut()))
-            .for_each(|((p, g), (m, v))| {
-                let g = g * st.grad_scale;
-                *m = st.beta1 * *m + (1.0 - st.beta1) * g;
-                *v = st.beta2 * *v + (1.0 - st.beta2) * g * g;
-                let mhat = *m / st.bias_correction1;
-                let vhat = *v / st.bias_correction2;
-                *p = *p * decay - st.lr * mhat / (vhat.sqrt() + st.eps);
-            });
+        elementwise::adamw(
+            param.data_mut(),
+            grad.data(),
+            m.data_mut(),
+            v.data_mut(),
+            st,
+        );
     }
 }
 

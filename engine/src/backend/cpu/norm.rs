@@ -8,10 +8,20 @@
 
 use rayon::prelude::*;
 
+use super::isa::simd_fn;
 use crate::tensor::Tensor;
 
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
     1.0 / (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt()
+}
+
+simd_fn! {
+    /// `o = x * inv * w`, elementwise.
+    fn scale_row(o: &mut [f32], x: &[f32], inv: f32, w: &[f32]) {
+        for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
+            *o = x * inv * w;
+        }
+    }
 }
 
 /// Normalizes every `w.numel()`-wide group of `x`'s rows.
@@ -23,15 +33,18 @@ pub(super) fn forward(x: &Tensor, w: &Tensor, eps: f32) -> Tensor {
         x.cols()
     );
     let mut out = Tensor::zeros(x.shape());
-    out.data_mut()
-        .par_chunks_mut(d)
-        .zip(x.data().par_chunks(d))
-        .for_each(|(o, xr)| {
-            let inv = inv_rms(xr, eps);
-            for ((o, x), w) in o.iter_mut().zip(xr).zip(w.data()) {
-                *o = x * inv * w;
-            }
-        });
+    let row = |(o, xr): (&mut [f32], &[f32])| scale_row(o, xr, inv_rms(xr, eps), w.data());
+    if super::elementwise::parallel(x.numel()) {
+        out.data_mut()
+            .par_chunks_mut(d)
+            .zip(x.data().par_chunks(d))
+            .for_each(row);
+    } else {
+        out.data_mut()
+            .chunks_mut(d)
+            .zip(x.data().chunks(d))
+            .for_each(row);
+    }
     out
 }
 
