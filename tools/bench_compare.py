@@ -5,6 +5,7 @@
     python3 tools/bench_compare.py --title "Qwen2.5-0.5B shape, H200" \
         --forward IGPO.json TORCH.json [--forward IGPO2.json TORCH2.json ...] \
         [--score IGPO.json TORCH.json] [--attention IGPO.json TORCH.json] [--peak-tflops 989] \
+        [--machine MACHINE.json] \
         [--out COMBINED.json] [--markdown TABLE.md]
 
 Each `--forward` pair adds its rows (e.g. one run at 1x2048 and one at 8x2048 with gradient
@@ -15,12 +16,18 @@ with a `profile` (IGPO_PROFILE=1) adds its per-phase breakdown below the table.
 Ratios are "how many times better igpo is": throughput igpo / pytorch, time pytorch / igpo, memory
 pytorch / igpo; above 1 the engine wins. MFU = tokens/s x training FLOPs per token (igpo's
 `train_flops_per_token`, PaLM's formula, the same number for both sides) / the device's peak
-(`--peak-tflops`; dense bf16 of an H100 SXM or H200 is 989 TFLOP/s). Standard library only.
+(`--peak-tflops`; dense bf16 of an H100 SXM or H200 is 989 TFLOP/s). On a CPU, `--machine` takes
+`igpo bench machine`'s JSON instead: the measured f32 GEMM peak of this machine becomes the peak, and
+prefill, training and scoring get a row with their share of it. Standard library only.
 """
 
 import argparse
 import json
 import math
+
+
+# What the peak is called in the rows: the GPU's datasheet peak (MFU) or the CPU's measured GEMM peak.
+PEAK_NAME = "MFU"
 
 
 def load(path):
@@ -59,8 +66,14 @@ def bandwidth_share(tokens_per_s, batch, step_bytes, peak_gbs):
 def forward_rows(a, b, peak_tflops, with_inference, peak_gbs=None):
     out = []
     if with_inference:
-        out.append((f"prefill 1x{int(get(a, 'prefill_tokens') or 0)}", "tokens/s",
-                    get(a, "prefill_tokens_per_s"), get(b, "prefill_tokens_per_s"), "higher"))
+        prefill = f"prefill 1x{int(get(a, 'prefill_tokens') or 0)}"
+        pa, pb = get(a, "prefill_tokens_per_s"), get(b, "prefill_tokens_per_s")
+        out.append((prefill, "tokens/s", pa, pb, "higher"))
+        flops = get(a, "train_flops_per_token")
+        if peak_tflops and flops:
+            # The forward is a third of a training step's FLOPs.
+            out.append((f"{prefill} {PEAK_NAME}", "%",
+                        *[None if x is None else x * flops / 3 / 1e12 / peak_tflops for x in (pa, pb)], "higher"))
         for batch in sorted(a.get("decode_tokens_per_s", {}), key=int):
             ta, tb = get(a, "decode_tokens_per_s", batch), get(b, "decode_tokens_per_s", batch)
             out.append((f"decode batch {batch}", "tokens/s", ta, tb, "higher"))
@@ -80,8 +93,8 @@ def forward_rows(a, b, peak_tflops, with_inference, peak_gbs=None):
             tf = [None if x is None else x * flops / 1e12 for x in (ta, tb)]
             out.append((f"train {shape} achieved", "TFLOP/s", tf[0], tf[1], "higher"))
             if peak_tflops:
-                out.append((f"train {shape} MFU", "%", *[None if x is None else x / peak_tflops for x in tf],
-                            "higher"))
+                out.append((f"train {shape} {PEAK_NAME}", "%",
+                            *[None if x is None else x / peak_tflops for x in tf], "higher"))
         tc = get(b, "train_compiled_tokens_per_s")
         if tc is not None:
             out.append((f"train {shape} vs torch.compile", "tokens/s", ta, tc, "higher"))
@@ -105,9 +118,18 @@ def rows(forwards, score, peak_tflops, peak_gbs=None):
     if score:
         a, b = score
         shape = f"{int(get(a, 'tokens') or 0)}x{int(get(a, 'vocab') or 0)}"
-        out.append((f"score {shape} forward", "ms", get(a, "forward_seconds"), get(b, "forward_seconds"), "lower"))
-        out.append((f"score {shape} fwd+bwd", "ms", get(a, "forward_backward_seconds"),
-                    get(b, "forward_backward_seconds"), "lower"))
+        fa, fb = get(a, "forward_seconds"), get(b, "forward_seconds")
+        ba, bb = get(a, "forward_backward_seconds"), get(b, "forward_backward_seconds")
+        out.append((f"score {shape} forward", "ms", fa, fb, "lower"))
+        # lm-head FLOPs: 2 T H V forward, 3 times that with the backward.
+        lm = 2 * (get(a, "tokens") or 0) * (get(a, "hidden") or 0) * (get(a, "vocab") or 0)
+        if peak_tflops and lm:
+            out.append((f"score {shape} forward {PEAK_NAME}", "%",
+                        *[None if t is None else lm / t / 1e12 / peak_tflops for t in (fa, fb)], "higher"))
+        out.append((f"score {shape} fwd+bwd", "ms", ba, bb, "lower"))
+        if peak_tflops and lm:
+            out.append((f"score {shape} fwd+bwd {PEAK_NAME}", "%",
+                        *[None if t is None else 3 * lm / t / 1e12 / peak_tflops for t in (ba, bb)], "higher"))
         out.append((f"score {shape} forward peak", "MiB", get(a, "forward_peak_bytes"),
                     get(b, "forward_peak_bytes"), "lower"))
         out.append((f"score {shape} fwd+bwd peak", "MiB", get(a, "forward_backward_peak_bytes"),
@@ -150,11 +172,17 @@ def main():
     ap.add_argument("--peak-tflops", type=float, default=None)
     ap.add_argument("--peak-gbs", type=float, default=None,
                     help="the device's peak memory bandwidth, GB/s: decode rows get their share of it")
+    ap.add_argument("--machine", help="`igpo bench machine` JSON: its GEMM peak is the peak")
     ap.add_argument("--out", help="combined JSON (inputs, table, ratios)")
     ap.add_argument("--markdown", help="write the table here too")
     args = ap.parse_args()
     if not args.forward and not args.score and not args.attention:
         ap.error("give --forward, --score and/or --attention")
+    global PEAK_NAME
+    machine = load(args.machine) if args.machine else None
+    if machine:
+        args.peak_tflops = machine["peak_gflops"] / 1e3
+        PEAK_NAME = "of the GEMM peak"
     forwards = [tuple(load(p) for p in pair) for pair in args.forward]
     score = tuple(load(p) for p in args.score) if args.score else None
 
@@ -162,8 +190,14 @@ def main():
     attention = tuple(load(p) for p in args.attention) if args.attention else None
     if attention:
         table += attention_rows(*attention)
-    lines = [f"### {args.title}", "", "| measurement | unit | igpo | pytorch | igpo better by |",
-             "|---|---|---:|---:|---:|"]
+    lines = [f"### {args.title}", ""]
+    if machine:
+        lines += [f"This machine (`igpo bench machine`, {machine['threads']} threads): f32 GEMM peak "
+                  f"{machine['peak_gflops']:.0f} GFLOP/s ({machine['gemm_size']}^3: packed kernel "
+                  f"{machine['packed_gflops']:.0f}, gemm crate {machine['gemm_crate_gflops']:.0f}); memory read "
+                  f"{machine['read_gb_per_s']:.1f} GB/s, copy {machine['copy_gb_per_s']:.1f} GB/s "
+                  f"(read + written).", ""]
+    lines += ["| measurement | unit | igpo | pytorch | igpo better by |", "|---|---|---:|---:|---:|"]
     result = []
     for label, unit, x, y, better in table:
         r = ratio(x, y, better)
@@ -179,7 +213,7 @@ def main():
         with open(args.markdown, "w") as f:
             f.write(text + "\n")
     if args.out:
-        combined = {"title": args.title, "peak_tflops": args.peak_tflops, "table": result,
+        combined = {"title": args.title, "peak_tflops": args.peak_tflops, "machine": machine, "table": result,
                     "forward": [{"igpo": a, "pytorch": b} for a, b in forwards],
                     "score": {"igpo": score[0], "pytorch": score[1]} if score else None,
                     "attention": {"igpo": attention[0], "pytorch": attention[1]} if attention else None}

@@ -110,6 +110,11 @@ fn bench_forward_cpu() -> Result<()> {
         "3",
     ];
     let file = |name: &str| out.join(name);
+    // The machine's own limits first (GEMM peak, memory bandwidth): the
+    // table gives each row's share of the GEMM peak.
+    run(Command::new(&igpo)
+        .args(["bench", "machine", "--out"])
+        .arg(file("machine.json")))?;
     run(Command::new(&igpo)
         .args(["bench", "forward", "--model"])
         .arg(&dir)
@@ -139,6 +144,8 @@ fn bench_forward_cpu() -> Result<()> {
         .args([file("forward-igpo.json"), file("forward-pytorch.json")])
         .arg("--score")
         .args([file("score-igpo.json"), file("score-pytorch.json")])
+        .arg("--machine")
+        .arg(file("machine.json"))
         .arg("--out")
         .arg(file("forward.json"))
         .arg("--markdown")

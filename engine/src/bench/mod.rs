@@ -7,6 +7,7 @@
 //! download.
 
 pub mod agent;
+pub mod machine;
 pub mod plugins;
 pub mod retrieval;
 

@@ -1,4 +1,4 @@
-//! `igpo bench forward | agent | attention | score`: measurements of
+//! `igpo bench forward | agent | attention | score | retrieval | machine`: measurements of
 //! `crate::bench`, printed as JSON (and written to `--out`).
 
 use std::path::PathBuf;
@@ -30,6 +30,24 @@ pub enum BenchCommand {
     /// index (build time, peak memory, size), query latency through the
     /// bm25-search plugin (one instance and a pool) and its smallest memory cap.
     Retrieval(RetrievalArgs),
+    /// This CPU's measured limits: the f32 GEMM peak (GFLOP/s, every
+    /// thread) and memory read and copy bandwidth (GB/s), what the model
+    /// benchmarks are compared with.
+    Machine(MachineArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MachineArgs {
+    /// m = n = k of the timed GEMM.
+    #[arg(long, default_value_t = 2048)]
+    gemm_size: usize,
+    /// MiB read and copied (far above the caches).
+    #[arg(long, default_value_t = 1024)]
+    buffer_mib: usize,
+    #[arg(long, default_value_t = 5)]
+    repeats: usize,
+    #[arg(long)]
+    out: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -151,6 +169,7 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Attention(a) => &a.out,
         BenchCommand::Score(a) => &a.out,
         BenchCommand::Retrieval(a) => &a.out,
+        BenchCommand::Machine(a) => &a.out,
     };
     if let Some(path) = out {
         crate::fsutil::check_writable(path)?;
@@ -161,6 +180,16 @@ pub fn run(cmd: BenchCommand) -> CliResult {
         BenchCommand::Attention(a) => (attention(&a)?, a.out),
         BenchCommand::Score(a) => (score(&a)?, a.out),
         BenchCommand::Retrieval(a) => (retrieval(&a)?, a.out.clone()),
+        BenchCommand::Machine(a) => {
+            if a.gemm_size == 0 || a.buffer_mib == 0 || a.repeats == 0 {
+                return Err(
+                    "bench machine: --gemm-size, --buffer-mib and --repeats must be positive"
+                        .into(),
+                );
+            }
+            let r = bench::machine::machine_bench(a.gemm_size, a.buffer_mib, a.repeats);
+            (serde_json::to_string_pretty(&r)?, a.out)
+        }
     };
     println!("{json}");
     if let Some(path) = out {

@@ -8,6 +8,8 @@
 use rayon::prelude::*;
 
 use super::gemm::{gemm, Layout};
+use super::isa::simd_fn;
+use super::softmax;
 use crate::backend::{AttnMask, AttnShape};
 
 const BLOCK: usize = 128;
@@ -44,25 +46,73 @@ fn keys_seen(mask: &AttnMask, r0: usize, rows: usize, n: usize) -> usize {
     end.max(1).min(n)
 }
 
-/// Softmax of `row` over the keys flagged in `keep` (the rest become 0).
-/// Returns the log-sum-exp of the visible scores.
-fn masked_softmax(row: &mut [f32], keep: &[bool]) -> f32 {
-    let max = row
-        .iter()
-        .zip(keep)
-        .filter(|(_, k)| **k)
-        .fold(f32::NEG_INFINITY, |m, (v, _)| m.max(*v));
-    let mut total = 0.0f32;
-    for (v, k) in row.iter_mut().zip(keep) {
-        *v = if *k { (*v - max).exp() } else { 0.0 };
-        total += *v;
+/// Lanes of the softmax's max and sum: one AVX-512 vector of f32.
+const LANES: usize = 16;
+
+simd_fn! {
+    /// Softmax of `row` over the keys flagged in `keep` (the rest become 0).
+    /// Returns the log-sum-exp of the visible scores. Max and sum run in
+    /// [`LANES`] fixed lanes (then a fixed tree), `exp` is `softmax::exp`:
+    /// vectorized, the same bits on every instruction set.
+    fn masked_softmax [masked_softmax_on] (row: &mut [f32], keep: &[bool]) -> f32 {
+        assert_eq!(row.len(), keep.len(), "masked_softmax: lengths");
+        // Element i goes to lane i % LANES (blocks, then the tail).
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let most = row.len() / LANES * LANES;
+        for (r, k) in row[..most].chunks_exact(LANES).zip(keep.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                let v = if k[l] { r[l] } else { f32::NEG_INFINITY };
+                lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+            }
+        }
+        for (l, (v, k)) in row[most..].iter().zip(&keep[most..]).enumerate() {
+            let v = if *k { *v } else { f32::NEG_INFINITY };
+            lanes[l] = if v > lanes[l] { v } else { lanes[l] };
+        }
+        let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sums = [0.0f32; LANES];
+        let (body, tail) = row.split_at_mut(most);
+        for (r, k) in body.chunks_exact_mut(LANES).zip(keep.chunks_exact(LANES)) {
+            for l in 0..LANES {
+                let e = softmax::exp(r[l] - max);
+                r[l] = if k[l] { e } else { 0.0 };
+                sums[l] += r[l];
+            }
+        }
+        for (l, (v, k)) in tail.iter_mut().zip(&keep[most..]).enumerate() {
+            let e = softmax::exp(*v - max);
+            *v = if *k { e } else { 0.0 };
+            sums[l] += *v;
+        }
+        let total = tree_sum(sums);
+        for (v, k) in row.iter_mut().zip(keep) {
+            *v = if *k { *v / total } else { 0.0 };
+        }
+        max + total.ln()
     }
-    for (v, k) in row.iter_mut().zip(keep) {
-        if *k {
-            *v /= total;
+}
+
+/// The lanes added in a fixed tree.
+#[inline(always)]
+fn tree_sum(mut v: [f32; LANES]) -> f32 {
+    let mut width = LANES;
+    while width > 1 {
+        width /= 2;
+        for l in 0..width {
+            v[l] += v[l + width];
         }
     }
-    max + total.ln()
+    v[0]
+}
+
+simd_fn! {
+    /// `p = exp(z - lse)` where `keep`, else 0 (the backward's probabilities).
+    fn probs_from_lse [probs_from_lse_on] (row: &mut [f32], keep: &[bool], lse: f32) {
+        for (v, k) in row.iter_mut().zip(keep) {
+            let e = softmax::exp(*v - lse);
+            *v = if *k { e } else { 0.0 };
+        }
+    }
 }
 
 /// Forward attention. `q[m, H*d]`, `k, v[n, KV*d]`; returns `out[m, H*d]`
@@ -186,9 +236,7 @@ fn recompute_probs(
     for (i, row) in p.chunks_mut(n).enumerate() {
         let l = lse[(r0 + i) * s.n_heads + h];
         visible_keys(mask, r0 + i, &mut keep);
-        for (v, k) in row.iter_mut().zip(&keep) {
-            *v = if *k { (*v - l).exp() } else { 0.0 };
-        }
+        probs_from_lse(row, &keep, l);
     }
     p
 }
@@ -368,6 +416,34 @@ mod tests {
     use super::*;
 
     use super::super::test_values as values;
+
+    /// The softmax kernels give the same bits on every instruction set this
+    /// CPU runs; masked keys are 0 and the visible ones sum to 1.
+    #[test]
+    fn softmax_kernels_agree_across_instruction_sets() {
+        use super::super::isa::Isa;
+        for n in [1, 15, 16, 17, 100, 515] {
+            let z: Vec<f32> = values(n, 8).iter().map(|v| v * 9.0).collect();
+            let keep: Vec<bool> = (0..n).map(|i| i % 3 != 1 || n == 1).collect();
+            let run = |isa: Isa| {
+                let mut p = z.clone();
+                let lse = masked_softmax_on(isa, &mut p, &keep);
+                let mut q = z.clone();
+                probs_from_lse_on(isa, &mut q, &keep, lse);
+                (p, lse, q)
+            };
+            let (p, lse, q) = run(Isa::Portable);
+            let total: f64 = p.iter().map(|v| *v as f64).sum();
+            assert!((total - 1.0).abs() < 1e-6, "{n}: sum {total}");
+            assert!(p.iter().zip(&keep).all(|(v, k)| *k || *v == 0.0));
+            for (a, b) in p.iter().zip(&q) {
+                assert!((a - b).abs() < 1e-6, "{n}: probabilities from the lse");
+            }
+            for isa in Isa::available() {
+                assert!(run(isa) == (p.clone(), lse, q.clone()), "{isa:?} {n}");
+            }
+        }
+    }
 
     /// Dense f64 attention and its gradients, straight from the formulas:
     /// P = softmax(scale Q K^T) over the visible keys, O = P V; dV = P^T dO,

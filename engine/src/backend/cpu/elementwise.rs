@@ -8,6 +8,7 @@
 use rayon::prelude::*;
 
 use super::isa::simd_fn;
+use super::softmax;
 use crate::backend::AdamWStep;
 
 /// Elements below which an op runs on the calling thread; also the chunk
@@ -32,7 +33,7 @@ fn zip2(dst: &mut [f32], src: &[f32], f: impl Fn(&mut [f32], &[f32]) + Sync) {
 }
 
 simd_fn! {
-    fn add_kernel(dst: &mut [f32], src: &[f32]) {
+    fn add_kernel [add_kernel_on] (dst: &mut [f32], src: &[f32]) {
         for (a, b) in dst.iter_mut().zip(src) {
             *a += b;
         }
@@ -40,7 +41,7 @@ simd_fn! {
 }
 
 simd_fn! {
-    fn scale_kernel(dst: &mut [f32], s: f32) {
+    fn scale_kernel [scale_kernel_on] (dst: &mut [f32], s: f32) {
         for v in dst.iter_mut() {
             *v *= s;
         }
@@ -75,11 +76,43 @@ pub(super) fn scale(x: &mut [f32], s: f32) {
 }
 
 simd_fn! {
-    fn swiglu_kernel(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    fn swiglu_kernel [swiglu_kernel_on] (out: &mut [f32], gate: &[f32], up: &[f32]) {
         for ((o, g), u) in out.iter_mut().zip(gate).zip(up) {
-            *o = g / (1.0 + (-g).exp()) * u;
+            *o = g / (1.0 + softmax::exp(-g)) * u;
         }
     }
+}
+
+simd_fn! {
+    fn swiglu_backward_kernel [swiglu_backward_kernel_on] (dg: &mut [f32], du: &mut [f32], gate: &[f32], up: &[f32], dy: &[f32]) {
+        for ((((dg, du), g), u), d) in dg.iter_mut().zip(du.iter_mut()).zip(gate).zip(up).zip(dy) {
+            let sig = 1.0 / (1.0 + softmax::exp(-g));
+            let silu = g * sig;
+            *du = d * silu;
+            *dg = d * u * sig * (1.0 + g * (1.0 - sig));
+        }
+    }
+}
+
+/// The gradients of `silu(gate) * up`: `(dgate, dup)` as new vectors.
+pub(super) fn swiglu_backward(gate: &[f32], up: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let n = gate.len();
+    assert!(up.len() == n && dy.len() == n, "swiglu_backward: lengths");
+    let (mut dg, mut du) = (vec![0.0f32; n], vec![0.0f32; n]);
+    if parallel(n) {
+        let c = PARALLEL_MIN;
+        dg.par_chunks_mut(c)
+            .zip(du.par_chunks_mut(c))
+            .zip(
+                gate.par_chunks(c)
+                    .zip(up.par_chunks(c))
+                    .zip(dy.par_chunks(c)),
+            )
+            .for_each(|((dg, du), ((g, u), d))| swiglu_backward_kernel(dg, du, g, u, d));
+    } else {
+        swiglu_backward_kernel(&mut dg, &mut du, gate, up, dy)
+    }
+    (dg, du)
 }
 
 /// `silu(gate) * up` as a new vector.
@@ -100,7 +133,7 @@ pub(super) fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
 }
 
 simd_fn! {
-    fn adamw_kernel(p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], st: &AdamWStep) {
+    fn adamw_kernel [adamw_kernel_on] (p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32], st: &AdamWStep) {
         let decay = 1.0 - st.lr * st.weight_decay;
         for (((p, g), m), v) in p.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
             let g = g * st.grad_scale;
@@ -136,6 +169,45 @@ pub(super) fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32
 mod tests {
     use super::*;
 
+    /// Every kernel gives the same bits on every instruction set this CPU
+    /// runs (the portable build is the reference).
+    #[test]
+    fn kernels_agree_across_instruction_sets() {
+        use super::super::isa::Isa;
+        let n = 1000;
+        let (a, b, c) = (
+            super::super::test_values(n, 3),
+            super::super::test_values(n, 4),
+            super::super::test_values(n, 5),
+        );
+        let st = AdamWStep {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+            bias_correction1: 0.1,
+            bias_correction2: 0.001,
+            grad_scale: 0.5,
+        };
+        let all = |isa: Isa| {
+            let mut x = a.clone();
+            add_kernel_on(isa, &mut x, &b);
+            scale_kernel_on(isa, &mut x, 0.7);
+            let mut s = vec![0.0; n];
+            swiglu_kernel_on(isa, &mut s, &a, &b);
+            let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+            swiglu_backward_kernel_on(isa, &mut dg, &mut du, &a, &b, &c);
+            let (mut p, mut m, mut v) = (a.clone(), b.clone(), vec![0.5; n]);
+            adamw_kernel_on(isa, &mut p, &c, &mut m, &mut v, &st);
+            [x, s, dg, du, p, m, v]
+        };
+        let want = all(Isa::Portable);
+        for isa in Isa::available() {
+            assert!(all(isa) == want, "{isa:?}");
+        }
+    }
+
     /// The chunked, instruction-set-compiled ops give the plain loops' bits,
     /// small (inline) and large (parallel chunks).
     #[test]
@@ -153,12 +225,23 @@ mod tests {
                 "scale {n}"
             );
             let s = swiglu(&a, &b);
-            let want: Vec<f32> = a
-                .iter()
-                .zip(&b)
-                .map(|(g, u)| g / (1.0 + (-g).exp()) * u)
-                .collect();
+            let silu = |g: f32| g / (1.0 + softmax::exp(-g));
+            let want: Vec<f32> = a.iter().zip(&b).map(|(g, u)| silu(*g) * u).collect();
             assert!(s == want, "swiglu {n}");
+            for (g, u) in a.iter().zip(&b) {
+                let exact = *g as f64 / (1.0 + (-*g as f64).exp()) * *u as f64;
+                assert!(
+                    (silu(*g) as f64 * *u as f64 - exact).abs() < 1e-6,
+                    "silu({g})"
+                );
+            }
+            let (dg, du) = swiglu_backward(&a, &b, &want);
+            for i in 0..n {
+                let sig = 1.0 / (1.0 + softmax::exp(-a[i]));
+                assert!(du[i] == want[i] * (a[i] * sig), "swiglu_backward {n}");
+                let g = want[i] * b[i] * sig * (1.0 + a[i] * (1.0 - sig));
+                assert!(dg[i] == g, "swiglu_backward {n}");
+            }
             let mut rows = a.clone();
             add_bias(&mut rows, &b[..n.min(7)]);
             if n % n.min(7) == 0 {

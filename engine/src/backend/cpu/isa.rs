@@ -102,10 +102,17 @@ impl Isa {
 /// is the same IEEE operations in the same order on every instruction set
 /// (Rust never contracts `a * b + c` into an FMA), so the results are the
 /// same bits wherever it runs; a body that wants lanes writes them out.
+/// `fn name [name_on] (...)` also defines `name_on(isa, args)`, which runs
+/// the body compiled for `isa` (tests compare the instruction sets with it).
 macro_rules! simd_fn {
-    ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
+    ($(#[$doc:meta])* $vis:vis fn $name:ident [$on:ident] ($($arg:ident: $ty:ty),* $(,)?) $(-> $ret:ty)? $body:block) => {
         $(#[$doc])*
         $vis fn $name($($arg: $ty),*) $(-> $ret)? {
+            $on($crate::backend::cpu::isa::Isa::detect(), $($arg),*)
+        }
+
+        /// The body compiled for `isa` (which this CPU must run).
+        $vis fn $on(isa: $crate::backend::cpu::isa::Isa, $($arg: $ty),*) $(-> $ret)? {
             #[inline(always)]
             fn body($($arg: $ty),*) $(-> $ret)? $body
             #[cfg(target_arch = "x86_64")]
@@ -118,8 +125,9 @@ macro_rules! simd_fn {
             unsafe fn avx2($($arg: $ty),*) $(-> $ret)? {
                 body($($arg),*)
             }
-            match $crate::backend::cpu::isa::Isa::detect() {
-                // SAFETY: `Isa::detect` found the instruction set on this CPU.
+            match isa {
+                // SAFETY: callers pass an instruction set this CPU runs
+                // (`Isa::detect`, `Isa::available`).
                 #[cfg(target_arch = "x86_64")]
                 $crate::backend::cpu::isa::Isa::Avx512 => unsafe { avx512($($arg),*) },
                 // SAFETY: as above.

@@ -627,24 +627,11 @@ impl Backend for Cpu {
     }
 
     fn swiglu_backward(&self, gate: &Tensor, up: &Tensor, dy: &Tensor) -> (Tensor, Tensor) {
-        let mut dg = Tensor::zeros(gate.shape());
-        let mut du = Tensor::zeros(up.shape());
-        dg.data_mut()
-            .par_iter_mut()
-            .zip(du.data_mut().par_iter_mut())
-            .zip(
-                gate.data()
-                    .par_iter()
-                    .zip(up.data().par_iter())
-                    .zip(dy.data().par_iter()),
-            )
-            .for_each(|((dg, du), ((g, u), d))| {
-                let sig = 1.0 / (1.0 + (-g).exp());
-                let silu = g * sig;
-                *du = d * silu;
-                *dg = d * u * sig * (1.0 + g * (1.0 - sig));
-            });
-        (dg, du)
+        let (dg, du) = elementwise::swiglu_backward(gate.data(), up.data(), dy.data());
+        (
+            Tensor::from_vec(gate.shape(), dg),
+            Tensor::from_vec(up.shape(), du),
+        )
     }
 
     fn embedding_backward(&self, ids: &[u32], dy: &Tensor, dtable: &mut Tensor) {

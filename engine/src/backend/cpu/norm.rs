@@ -11,13 +11,36 @@ use rayon::prelude::*;
 use super::isa::simd_fn;
 use crate::tensor::Tensor;
 
-fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    1.0 / (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32 + eps).sqrt()
+simd_fn! {
+    /// `1 / sqrt(mean(x^2) + eps)`, the squares summed in 16 fixed lanes
+    /// (then a fixed tree): vectorized, the same bits on every instruction set.
+    fn inv_rms [inv_rms_on] (x: &[f32], eps: f32) -> f32 {
+        // Element i goes to lane i % 16 (blocks, then the tail).
+        let mut lanes = [0.0f32; 16];
+        let blocks = x.chunks_exact(16);
+        let tail = blocks.remainder();
+        for block in blocks {
+            for l in 0..16 {
+                lanes[l] += block[l] * block[l];
+            }
+        }
+        for (l, v) in tail.iter().enumerate() {
+            lanes[l] += v * v;
+        }
+        let mut width = 16;
+        while width > 1 {
+            width /= 2;
+            for l in 0..width {
+                lanes[l] += lanes[l + width];
+            }
+        }
+        1.0 / (lanes[0] / x.len() as f32 + eps).sqrt()
+    }
 }
 
 simd_fn! {
     /// `o = x * inv * w`, elementwise.
-    fn scale_row(o: &mut [f32], x: &[f32], inv: f32, w: &[f32]) {
+    fn scale_row [scale_row_on] (o: &mut [f32], x: &[f32], inv: f32, w: &[f32]) {
         for ((o, x), w) in o.iter_mut().zip(x).zip(w) {
             *o = x * inv * w;
         }
@@ -79,4 +102,39 @@ pub(super) fn backward(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f32, dw: &mut T
             .for_each(|(dw, (x, g))| *dw += g * x * r);
     }
     dx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::isa::Isa;
+    use super::*;
+
+    /// The norm's kernels give the same bits on every instruction set this
+    /// CPU runs, and the lanes' sum of squares is right.
+    #[test]
+    fn kernels_agree_across_instruction_sets() {
+        for n in [1, 15, 16, 17, 576, 1000] {
+            let x = super::super::test_values(n, 6);
+            let w = super::super::test_values(n, 7);
+            let want =
+                1.0 / ((x.iter().map(|v| (v * v) as f64).sum::<f64>() / n as f64) + 1e-6).sqrt();
+            let inv = inv_rms_on(Isa::Portable, &x, 1e-6);
+            assert!(
+                (inv as f64 - want).abs() < 1e-5 * want,
+                "{n}: {inv} vs {want}"
+            );
+            let mut row = vec![0.0; n];
+            scale_row_on(Isa::Portable, &mut row, &x, inv, &w);
+            for isa in Isa::available() {
+                assert_eq!(
+                    inv_rms_on(isa, &x, 1e-6).to_bits(),
+                    inv.to_bits(),
+                    "{isa:?} {n}"
+                );
+                let mut other = vec![0.0; n];
+                scale_row_on(isa, &mut other, &x, inv, &w);
+                assert!(other == row, "{isa:?} {n}");
+            }
+        }
+    }
 }

@@ -7,7 +7,7 @@
 //! FMA contraction, no reassociation), so the results are the same bits
 //! whichever instruction set runs them.
 
-use super::isa::Isa;
+use super::isa::simd_fn;
 
 /// Lanes of the f64 partial sums: one vector of f32 under AVX-512.
 const LANES: usize = 16;
@@ -39,26 +39,11 @@ pub fn exp(x: f32) -> f32 {
     e * scale
 }
 
+simd_fn! {
 /// The largest value of a row chunk (-inf for an empty one; NaN values are
 /// skipped, as `f32::max` does). Max is exact in any order: 16 lanes, so it
 /// vectorizes.
-pub fn max(z: &[f32]) -> f32 {
-    match Isa::detect() {
-        // SAFETY: `Isa::detect` found the instruction set on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { max_avx512(z) },
-        _ => max_body(z),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn max_avx512(z: &[f32]) -> f32 {
-    max_body(z)
-}
-
-#[inline(always)]
-fn max_body(z: &[f32]) -> f32 {
+pub fn max [max_on] (z: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; LANES];
     let blocks = z.chunks_exact(LANES);
     let tail = blocks.remainder();
@@ -72,33 +57,11 @@ fn max_body(z: &[f32]) -> f32 {
         .chain(m.iter())
         .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
 }
+}
 
+simd_fn! {
 /// `(sum e^(z - max), sum e^(z - max) * z)` over a row chunk, in f64.
-pub fn exp_sums(z: &[f32], max: f32) -> (f64, f64) {
-    match Isa::detect() {
-        // SAFETY: `Isa::detect` found the instruction set on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { exp_sums_avx512(z, max) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { exp_sums_avx2(z, max) },
-        _ => exp_sums_body(z, max),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn exp_sums_avx512(z: &[f32], max: f32) -> (f64, f64) {
-    exp_sums_body(z, max)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn exp_sums_avx2(z: &[f32], max: f32) -> (f64, f64) {
-    exp_sums_body(z, max)
-}
-
-#[inline(always)]
-fn exp_sums_body(z: &[f32], max: f32) -> (f64, f64) {
+pub fn exp_sums [exp_sums_on] (z: &[f32], max: f32) -> (f64, f64) {
     let (mut s, mut zs) = ([0.0f64; LANES], [0.0f64; LANES]);
     let blocks = z.chunks_exact(LANES);
     let tail = blocks.remainder();
@@ -115,6 +78,7 @@ fn exp_sums_body(z: &[f32], max: f32) -> (f64, f64) {
         zs[l] += e * v as f64;
     }
     (sum_lanes(&s), sum_lanes(&zs))
+}
 }
 
 /// The lanes added in a fixed tree.
@@ -140,33 +104,14 @@ pub fn softmax_grad(
     entropy: Option<(f32, f32)>,
     target: Option<usize>,
 ) {
-    match Isa::detect() {
-        // SAFETY: `Isa::detect` found the instruction set on this CPU.
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => unsafe { softmax_grad_avx512(z, lse, g, entropy) },
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => unsafe { softmax_grad_avx2(z, lse, g, entropy) },
-        _ => softmax_grad_body(z, lse, g, entropy),
-    }
+    softmax_grad_row(z, lse, g, entropy);
     if let Some(t) = target {
         z[t] += g;
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-unsafe fn softmax_grad_avx512(z: &mut [f32], lse: f32, g: f32, entropy: Option<(f32, f32)>) {
-    softmax_grad_body(z, lse, g, entropy)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn softmax_grad_avx2(z: &mut [f32], lse: f32, g: f32, entropy: Option<(f32, f32)>) {
-    softmax_grad_body(z, lse, g, entropy)
-}
-
-#[inline(always)]
-fn softmax_grad_body(z: &mut [f32], lse: f32, g: f32, entropy: Option<(f32, f32)>) {
+simd_fn! {
+fn softmax_grad_row [softmax_grad_row_on] (z: &mut [f32], lse: f32, g: f32, entropy: Option<(f32, f32)>) {
     match entropy {
         None => {
             for v in z.iter_mut() {
@@ -182,9 +127,11 @@ fn softmax_grad_body(z: &mut [f32], lse: f32, g: f32, entropy: Option<(f32, f32)
         }
     }
 }
+}
 
 #[cfg(test)]
 mod tests {
+    use super::super::isa::Isa;
     use super::*;
 
     /// Within 2 ulp-ish (relative 2.5e-7) of the f64 exponential over the
@@ -234,7 +181,7 @@ mod tests {
         for n in [1, 15, 16, 17, 1000, 8192] {
             let z = row(n);
             let max = z.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-            let (s, zs) = exp_sums_body(&z, max);
+            let (s, zs) = exp_sums_on(Isa::Portable, &z, max);
             let want_s: f64 = z.iter().map(|&v| ((v - max) as f64).exp()).sum();
             let want_zs: f64 = z.iter().map(|&v| ((v - max) as f64).exp() * v as f64).sum();
             assert!((s - want_s).abs() < 1e-6 * want_s, "n {n}: {s} vs {want_s}");
@@ -243,16 +190,7 @@ mod tests {
                 "n {n}"
             );
             for isa in Isa::available() {
-                // SAFETY: `available` lists what this CPU runs.
-                let got = unsafe {
-                    match isa {
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx512 => exp_sums_avx512(&z, max),
-                        #[cfg(target_arch = "x86_64")]
-                        Isa::Avx2 => exp_sums_avx2(&z, max),
-                        _ => exp_sums_body(&z, max),
-                    }
-                };
+                let got = exp_sums_on(isa, &z, max);
                 assert!(got == (s, zs), "{isa:?}, n {n}");
             }
         }
@@ -281,18 +219,7 @@ mod tests {
         }
         for isa in Isa::available() {
             let mut other = z.clone();
-            // SAFETY: `available` lists what this CPU runs.
-            unsafe {
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx512 => {
-                        softmax_grad_avx512(&mut other, lse as f32, g, Some((h as f32, ge)))
-                    }
-                    #[cfg(target_arch = "x86_64")]
-                    Isa::Avx2 => softmax_grad_avx2(&mut other, lse as f32, g, Some((h as f32, ge))),
-                    _ => softmax_grad_body(&mut other, lse as f32, g, Some((h as f32, ge))),
-                }
-            }
+            softmax_grad_row_on(isa, &mut other, lse as f32, g, Some((h as f32, ge)));
             other[t] += g;
             assert!(other == dz, "{isa:?}");
         }
