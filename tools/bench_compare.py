@@ -69,11 +69,10 @@ def forward_rows(a, b, peak_tflops, with_inference, peak_gbs=None):
         prefill = f"prefill 1x{int(get(a, 'prefill_tokens') or 0)}"
         pa, pb = get(a, "prefill_tokens_per_s"), get(b, "prefill_tokens_per_s")
         out.append((prefill, "tokens/s", pa, pb, "higher"))
-        flops = get(a, "train_flops_per_token")
+        flops = get(a, "prefill_flops_per_token")
         if peak_tflops and flops:
-            # The forward is a third of a training step's FLOPs.
             out.append((f"{prefill} {PEAK_NAME}", "%",
-                        *[None if x is None else x * flops / 3 / 1e12 / peak_tflops for x in (pa, pb)], "higher"))
+                        *[None if x is None else x * flops / 1e12 / peak_tflops for x in (pa, pb)], "higher"))
         for batch in sorted(a.get("decode_tokens_per_s", {}), key=int):
             ta, tb = get(a, "decode_tokens_per_s", batch), get(b, "decode_tokens_per_s", batch)
             out.append((f"decode batch {batch}", "tokens/s", ta, tb, "higher"))

@@ -222,6 +222,17 @@ pub trait Backend: Clone + Send + Sync {
     type Tensor: Clone + Send + Sync;
 
     fn name(&self) -> String;
+    /// Runs `f`, a model step's ops, where this backend issues them
+    /// cheapest. The default runs it right here; the CPU runs it on a thread
+    /// of its rayon pool, so each op's parallel split is a fork the other
+    /// threads steal instead of a job injected into the pool from outside
+    /// and waited for (2x decode at batch 1, measured: docs/benchmarks.md).
+    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R
+    where
+        Self: Sized,
+    {
+        f()
+    }
     /// Bytes per element of the weights and KV caches a forward reads (a
     /// decode step's memory traffic is counted in these).
     fn stored_elem_bytes(&self) -> usize {

@@ -228,6 +228,9 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
     fn stored_elem_bytes(&self) -> usize {
         self.inner.stored_elem_bytes()
     }
+    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.inner.in_pool(f)
+    }
     fn take_profile(&self) -> Option<Profile> {
         let spans = std::mem::take(&mut *self.spans.lock().expect("profile lock"));
         let mut phases = PhaseTimes::new();

@@ -67,6 +67,8 @@ pub struct ForwardBenchResult {
     /// [`train_flops_per_token`] at `train_seq`: achieved FLOP/s is this
     /// times `train_tokens_per_s`, MFU that over the device's peak.
     pub train_flops_per_token: f64,
+    /// [`forward_flops_per_token`] at `prefill_tokens`.
+    pub prefill_flops_per_token: f64,
     /// `IGPO_PROFILE=1`: one more run of each measurement (prefill, decode at
     /// each batch, train) with its op times per phase; empty otherwise.
     #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
@@ -117,12 +119,18 @@ fn profile_once<B: Backend>(
 /// attention scores and their weighted sum (causal masking not discounted).
 /// PyTorch's side of the benchmark is divided by the same number.
 pub fn train_flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
+    3.0 * forward_flops_per_token(c, seq) + 6.0 * (c.vocab_size * c.hidden_size) as f64
+}
+
+/// FLOPs per token of a forward pass over `seq` tokens without the lm head
+/// (a prefill that wants the logits of its last token only): a third of
+/// [`train_flops_per_token`] less the lm head.
+pub fn forward_flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
     let d = c.hidden_size as f64;
     let q = (c.num_heads * c.head_dim) as f64;
     let kv = (c.num_kv_heads * c.head_dim) as f64;
     let layer = d * q + 2.0 * d * kv + q * d + 3.0 * d * c.intermediate_size as f64;
-    let matmul = c.num_layers as f64 * layer + c.vocab_size as f64 * d;
-    6.0 * matmul + 12.0 * c.num_layers as f64 * q * seq as f64
+    2.0 * c.num_layers as f64 * layer + 4.0 * c.num_layers as f64 * q * seq as f64
 }
 
 /// The least a decode step of `batch` rows reads: every weight (an untied
@@ -315,6 +323,7 @@ pub fn forward_bench<B: Backend>(
         train_tokens_per_s: train,
         parameters: model.config.num_parameters(),
         train_flops_per_token: train_flops_per_token(&model.config, spec.train_seq),
+        prefill_flops_per_token: forward_flops_per_token(&model.config, spec.prefill_tokens),
         profile,
     }
 }
@@ -438,6 +447,9 @@ mod tests {
         let f = train_flops_per_token(&c, 2048);
         let want = 6.0 * 493_961_216.0 + 12.0 * 24.0 * 896.0 * 2048.0;
         assert!((f - want).abs() < 1.0, "{f} vs {want}");
+        let fwd = forward_flops_per_token(&c, 2048);
+        let want = 2.0 * (493_961_216.0 - 151_936.0 * 896.0) + 4.0 * 24.0 * 896.0 * 2048.0;
+        assert!((fwd - want).abs() < 1.0, "{fwd} vs {want}");
     }
 
     #[test]

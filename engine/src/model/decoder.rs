@@ -313,8 +313,21 @@ impl<B: Backend> Model<B> {
 
     /// The decoder over the stacked `tokens` of several sequences at
     /// `positions`; `attend(layer, q, k, v, bounds)` is each layer's
-    /// attention (sequence `s` owns rows `bounds[s]`).
+    /// attention (sequence `s` owns rows `bounds[s]`). Runs where the
+    /// backend issues ops cheapest ([`Backend::in_pool`]).
     fn forward_with(
+        &self,
+        tokens: &[&[u32]],
+        positions: &[usize],
+        rows: LogitRows,
+        attend: impl FnMut(usize, &B::Tensor, &B::Tensor, &B::Tensor, &[std::ops::Range<usize>]) -> B::Tensor
+            + Send,
+    ) -> B::Tensor {
+        self.backend
+            .in_pool(|| self.forward_in_place(tokens, positions, rows, attend))
+    }
+
+    fn forward_in_place(
         &self,
         tokens: &[&[u32]],
         positions: &[usize],

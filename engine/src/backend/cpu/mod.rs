@@ -263,6 +263,10 @@ impl Backend for Cpu {
         )
     }
 
+    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        rayon::scope(|_| f())
+    }
+
     fn memory_usage(&self) -> Option<MemoryUsage> {
         memory::process_memory()
     }
