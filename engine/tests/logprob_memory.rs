@@ -61,11 +61,23 @@ fn fused_logprob_memory_is_bounded_by_the_chunk() {
     let targets: Vec<u32> = (0..ROWS).map(|i| (i * 74 % VOCAB) as u32).collect();
     let unfused = ROWS * VOCAB * 4;
     let chunk_bytes = ROWS * CHUNK * 4;
-    // The weight's own packed copy (the CPU GEMM's panels, made on first
-    // use and kept with the weight as rollout decode leaves it) is not the
-    // op's memory: one row made it before the measurement.
+    // The weight's own packed copies (the CPU GEMM's panels and, from the
+    // first backward, the transposed ones, made on first use and kept with
+    // the weight as training leaves them) are not the op's memory: one row
+    // made them before the measurement.
     let one = Tensor::from_vec(&[1, D], h.row(0).to_vec());
-    Cpu.token_logprobs(&one, &w, &targets[..1], CHUNK, false);
+    let first = Cpu.token_logprobs(&one, &w, &targets[..1], CHUNK, false);
+    let mut dw1 = Tensor::zeros(&[VOCAB, D]);
+    let g1 = Tensor::from_vec(&[1], vec![-1.0]);
+    Cpu.token_logprobs_backward(
+        (&one, &w),
+        &targets[..1],
+        &first,
+        (&g1, None),
+        CHUNK,
+        &mut dw1,
+    );
+    drop(dw1);
     let (out, fwd) = peak_extra(|| Cpu.token_logprobs(&h, &w, &targets, CHUNK, true));
     let mut dw = Tensor::zeros(&[VOCAB, D]);
     let dlogp = Tensor::from_vec(&[ROWS], vec![-1.0 / ROWS as f32; ROWS]);

@@ -231,7 +231,7 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
     println!("chat template: {}", chat.source());
     println!("tool calls:    {}", chat.tool_call_format());
     println!(
-        "inference:     {:.2} GiB on CPU (f32 and the GEMM's packed copy), {:.2} GiB on GPU (bf16), plus KV cache",
+        "inference:     {:.2} GiB on CPU (f32, the GEMM's packed copy, bf16 panels of a bf16 checkpoint), {:.2} GiB on GPU (bf16), plus KV cache",
         gib(mem.inference_cpu_bytes),
         gib(mem.inference_gpu_bytes)
     );
@@ -241,7 +241,7 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         mem.kv_values_per_token as f64 * 4.0 / 1024.0
     );
     println!(
-        "training:      {:.2} GiB on CPU (f32 weights, packed copy, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
+        "training:      {:.2} GiB on CPU (f32 weights, packed and transposed copies, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
         gib(mem.training_cpu_bytes),
         gib(mem.training_gpu_bytes)
     );

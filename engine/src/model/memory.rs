@@ -12,7 +12,8 @@ pub struct MemoryEstimate {
     pub parameters: u64,
     /// The weights on disk at their stored dtype.
     pub disk_bytes: u64,
-    /// Inference on the CPU: f32 weights and the GEMM's packed copy.
+    /// Inference on the CPU: f32 weights and the GEMM's packed copy, plus
+    /// the bf16 panels decode streams when the checkpoint is bf16.
     pub inference_cpu_bytes: u64,
     /// Inference on a GPU: bf16 weights.
     pub inference_gpu_bytes: u64,
@@ -30,7 +31,7 @@ impl MemoryEstimate {
         MemoryEstimate {
             parameters: n,
             disk_bytes: n * stored.size_of() as u64,
-            inference_cpu_bytes: n * 8,
+            inference_cpu_bytes: n * if stored == DType::BF16 { 10 } else { 8 },
             inference_gpu_bytes: n * 2,
             kv_values_per_token: 2 * c.num_layers * c.num_kv_heads * c.head_dim,
             training_cpu_bytes: n * Device::Cpu.training_bytes_per_param(),
