@@ -93,9 +93,9 @@ impl Device {
     }
 
     /// Bytes of training state per parameter (activations not included).
-    /// CPU: f32 weights + their packed panels for `x @ w^T` and the
-    /// transposed ones for the backward's `dy W` (`backend/cpu/packed.rs`)
-    /// + gradients + AdamW m, v. CUDA: bf16 weights + bf16
+    /// CPU: f32 weights, their packed panels for `x @ w^T` and the
+    /// transposed ones for the backward's `dy W` (`backend/cpu/packed.rs`),
+    /// gradients, AdamW m and v. CUDA: bf16 weights + bf16
     /// gradients + f32 master + AdamW m, v + a frozen bf16 reference policy
     /// for the KL term.
     pub fn training_bytes_per_param(&self) -> u64 {
