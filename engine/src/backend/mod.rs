@@ -238,6 +238,11 @@ pub trait Backend: Clone + Send + Sync {
     fn stored_elem_bytes(&self) -> usize {
         4
     }
+    /// Bytes a decode step reads to use weight `w` once (the CPU streams
+    /// bf16 panels of a weight whose values are all bf16).
+    fn weight_read_bytes(&self, w: &Self::Tensor) -> usize {
+        self.shape(w).iter().product::<usize>() * self.stored_elem_bytes()
+    }
     fn upload(&self, t: &Tensor) -> Self::Tensor;
     fn download(&self, t: &Self::Tensor) -> Tensor;
     fn shape<'a>(&self, t: &'a Self::Tensor) -> &'a [usize];

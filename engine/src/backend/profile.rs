@@ -231,6 +231,9 @@ impl<B: Backend + Timeline> Backend for Profiled<B> {
     fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
         self.inner.in_pool(f)
     }
+    fn weight_read_bytes(&self, w: &Self::Tensor) -> usize {
+        self.inner.weight_read_bytes(w)
+    }
     fn take_profile(&self) -> Option<Profile> {
         let spans = std::mem::take(&mut *self.spans.lock().expect("profile lock"));
         let mut phases = PhaseTimes::new();

@@ -133,7 +133,8 @@ pub fn forward_flops_per_token(c: &ModelConfig, seq: usize) -> f64 {
     2.0 * c.num_layers as f64 * layer + 4.0 * c.num_layers as f64 * q * seq as f64
 }
 
-/// The least a decode step of `batch` rows reads: every weight (an untied
+/// The least a decode step of `batch` rows reads: every weight at the bytes
+/// the backend streams it in ([`Backend::weight_read_bytes`]; an untied
 /// embedding table not counted: a lookup reads only its rows; a tied one is
 /// read whole as the lm head) and the keys and values of each row's
 /// context, taken at the mean over the timed steps.
@@ -146,12 +147,15 @@ fn decode_bytes_per_step<B: Backend>(
     let elem = model.backend().stored_elem_bytes() as f64;
     let kv_per_pos = (2 * c.num_layers * c.num_kv_heads * c.head_dim) as f64 * elem;
     let mean_ctx = spec.decode_prompt_tokens as f64 + (spec.decode_tokens as f64 + 1.0) / 2.0;
-    let lookup_only = if c.tie_word_embeddings {
-        0
-    } else {
-        c.vocab_size * c.hidden_size
-    };
-    (c.num_parameters() as f64 - lookup_only as f64) * elem + batch as f64 * mean_ctx * kv_per_pos
+    let b = model.backend();
+    let weights: usize = model
+        .param_names()
+        .iter()
+        .zip(model.params())
+        .filter(|(name, _)| c.tie_word_embeddings || name.as_str() != "model.embed_tokens.weight")
+        .map(|(_, w)| b.weight_read_bytes(w))
+        .sum();
+    weights as f64 + batch as f64 * mean_ctx * kv_per_pos
 }
 
 /// Median of `repeats` runs of `run` (each returns its seconds) after one

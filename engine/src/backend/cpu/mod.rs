@@ -267,6 +267,16 @@ impl Backend for Cpu {
         rayon::scope(|_| f())
     }
 
+    fn weight_read_bytes(&self, w: &Tensor) -> usize {
+        // Matrices go through the packed kernel, which streams bf16 panels
+        // of a bf16-valued weight in decode (`packed::BF16_MAX_ROWS`).
+        let bf16 = MatmulKernel::current() == MatmulKernel::Packed
+            && w.shape().len() == 2
+            && w.rows() > 1
+            && packed::is_bf16_valued(w.data());
+        w.numel() * if bf16 { 2 } else { 4 }
+    }
+
     fn memory_usage(&self) -> Option<MemoryUsage> {
         memory::process_memory()
     }
@@ -777,6 +787,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A decode step reads a bf16-valued matrix at 2 bytes per value (its
+    /// bf16 panels), any other weight at 4.
+    #[test]
+    fn weight_read_bytes_count_the_panels_decode_streams() {
+        let bf16 = Tensor::from_vec(&[3, 2], vec![1.0, -2.5, 0.5, 0.0, 3.0, 0.25]);
+        let f32s = Tensor::from_vec(&[3, 2], vec![1.0, -2.5, 0.1, 0.0, 3.0, 0.25]);
+        let norm = Tensor::from_vec(&[2], vec![1.0, 0.5]);
+        let packed = MatmulKernel::current() == MatmulKernel::Packed;
+        assert_eq!(Cpu.weight_read_bytes(&bf16), if packed { 12 } else { 24 });
+        assert_eq!(Cpu.weight_read_bytes(&f32s), 24);
+        assert_eq!(Cpu.weight_read_bytes(&norm), 8);
     }
 
     /// `linear` never computes with a stale packed copy of a weight: changing

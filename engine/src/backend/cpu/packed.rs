@@ -105,6 +105,12 @@ fn is_bf16(v: f32) -> bool {
     v.to_bits() & 0xffff == 0
 }
 
+/// Whether every value of `w` is a bf16 value: [`PackedWeights::pack`]
+/// then also keeps bf16 panels.
+pub fn is_bf16_valued(w: &[f32]) -> bool {
+    w.par_iter().all(|&v| is_bf16(v))
+}
+
 impl PackedWeights {
     /// Packs row-major `w[n, k]` for this CPU's kernel.
     pub fn pack(w: &[f32], n: usize, k: usize) -> PackedWeights {
@@ -158,7 +164,7 @@ impl PackedWeights {
                     }
                 });
         }
-        let bf16 = w.par_iter().all(|&v| is_bf16(v)).then(|| {
+        let bf16 = is_bf16_valued(w).then(|| {
             let (nr, lanes) = (nr_bf16(isa), lanes(isa));
             let mut data = vec![0u16; n.div_ceil(nr) * nr * k];
             if k > 0 {
