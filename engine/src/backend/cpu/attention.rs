@@ -84,25 +84,12 @@ simd_fn! {
             *v = if *k { e } else { 0.0 };
             sums[l] += *v;
         }
-        let total = tree_sum(sums);
+        let total = softmax::tree_sum(sums);
         for (v, k) in row.iter_mut().zip(keep) {
             *v = if *k { *v / total } else { 0.0 };
         }
         max + total.ln()
     }
-}
-
-/// The lanes added in a fixed tree.
-#[inline(always)]
-fn tree_sum(mut v: [f32; LANES]) -> f32 {
-    let mut width = LANES;
-    while width > 1 {
-        width /= 2;
-        for l in 0..width {
-            v[l] += v[l + width];
-        }
-    }
-    v[0]
 }
 
 simd_fn! {

@@ -169,6 +169,17 @@ pub(super) fn adamw(param: &mut [f32], grad: &[f32], m: &mut [f32], v: &mut [f32
 mod tests {
     use super::*;
 
+    const TEST_STEP: AdamWStep = AdamWStep {
+        lr: 1e-3,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: 0.01,
+        bias_correction1: 0.1,
+        bias_correction2: 0.001,
+        grad_scale: 0.5,
+    };
+
     /// Every kernel gives the same bits on every instruction set this CPU
     /// runs (the portable build is the reference).
     #[test]
@@ -180,16 +191,7 @@ mod tests {
             super::super::test_values(n, 4),
             super::super::test_values(n, 5),
         );
-        let st = AdamWStep {
-            lr: 1e-3,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-            bias_correction1: 0.1,
-            bias_correction2: 0.001,
-            grad_scale: 0.5,
-        };
+        let st = TEST_STEP;
         let all = |isa: Isa| {
             let mut x = a.clone();
             add_kernel_on(isa, &mut x, &b);
@@ -250,16 +252,7 @@ mod tests {
                     .enumerate()
                     .all(|(i, r)| *r == a[i] + b[i % n.min(7)]));
             }
-            let st = AdamWStep {
-                lr: 1e-3,
-                beta1: 0.9,
-                beta2: 0.999,
-                eps: 1e-8,
-                weight_decay: 0.01,
-                bias_correction1: 0.1,
-                bias_correction2: 0.001,
-                grad_scale: 0.5,
-            };
+            let st = TEST_STEP;
             let (mut p, mut m, mut v) = (a.clone(), b.clone(), vec![0.25f32; n]);
             adamw(&mut p, &b, &mut m, &mut v, &st);
             for i in 0..n {

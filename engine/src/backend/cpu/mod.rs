@@ -89,14 +89,6 @@ fn panels(w: &Tensor) -> std::sync::Arc<WeightPanels> {
     })
 }
 
-/// The panels of `w`'s transpose (packed on first use, kept with `w`).
-fn transposed_panels(w: &Tensor) -> std::sync::Arc<WeightPanels> {
-    let p = panels(w);
-    p.transposed
-        .get_or_init(|| packed::PackedWeights::pack_transposed(w.data(), w.rows(), w.cols()));
-    p
-}
-
 /// `dst[m, cols.len()] = x[m, k] @ w[cols, k]^T`: the outputs of rows `cols`
 /// of the weight `w[n, k]`, with the process's [`MatmulKernel`] (the packed
 /// one packs `w` on first use and keeps it with the tensor).
@@ -142,13 +134,16 @@ fn matmul_nn(
     let k = w.cols();
     match MatmulKernel::current() {
         MatmulKernel::Packed => {
-            let p = transposed_panels(w);
+            // The transpose's panels: packed on first use, kept with `w`.
+            let p = panels(w);
+            let wt = p
+                .transposed
+                .get_or_init(|| packed::PackedWeights::pack_transposed(w.data(), w.rows(), k));
             let write = if accumulate {
                 packed::Write::Accumulate
             } else {
                 packed::Write::Overwrite
             };
-            let wt = p.transposed.get().expect("packed above");
             packed::matmul_nt_part(dy, m, wt, 0..k, rows, dst, write);
         }
         _ => gemm(

@@ -27,14 +27,7 @@ simd_fn! {
         for (l, v) in tail.iter().enumerate() {
             lanes[l] += v * v;
         }
-        let mut width = 16;
-        while width > 1 {
-            width /= 2;
-            for l in 0..width {
-                lanes[l] += lanes[l + width];
-            }
-        }
-        1.0 / (lanes[0] / x.len() as f32 + eps).sqrt()
+        1.0 / (super::softmax::tree_sum(lanes) / x.len() as f32 + eps).sqrt()
     }
 }
 

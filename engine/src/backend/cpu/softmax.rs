@@ -77,14 +77,16 @@ pub fn exp_sums [exp_sums_on] (z: &[f32], max: f32) -> (f64, f64) {
         s[l] += e;
         zs[l] += e * v as f64;
     }
-    (sum_lanes(&s), sum_lanes(&zs))
+    (tree_sum(s), tree_sum(zs))
 }
 }
 
-/// The lanes added in a fixed tree.
-fn sum_lanes(a: &[f64; LANES]) -> f64 {
-    let mut v = *a;
-    let mut width = LANES;
+/// The lanes added in a fixed tree (halves added pairwise): the one lane
+/// reduction of the CPU kernels' fixed-lane sums.
+#[inline(always)]
+pub(super) fn tree_sum<T: Copy + std::ops::AddAssign, const N: usize>(mut v: [T; N]) -> T {
+    debug_assert!(N.is_power_of_two());
+    let mut width = N;
     while width > 1 {
         width /= 2;
         for l in 0..width {
