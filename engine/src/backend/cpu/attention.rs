@@ -102,6 +102,74 @@ simd_fn! {
     }
 }
 
+simd_fn! {
+    /// [`masked_softmax`] for a row whose visible keys are its first `len`
+    /// (a causal row): the same lanes, sums and bits, without a flag per key.
+    fn prefix_softmax [prefix_softmax_on] (row: &mut [f32], len: usize) -> f32 {
+        assert!(
+            (1..=row.len()).contains(&len),
+            "prefix_softmax: {len} visible keys of {}",
+            row.len()
+        );
+        let (seen, hidden) = row.split_at_mut(len);
+        hidden.fill(0.0);
+        // Element i goes to lane i % LANES, as in `masked_softmax`.
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let most = len / LANES * LANES;
+        let (body, tail) = seen.split_at_mut(most);
+        for r in body.chunks_exact(LANES) {
+            for l in 0..LANES {
+                lanes[l] = if r[l] > lanes[l] { r[l] } else { lanes[l] };
+            }
+        }
+        for (l, v) in tail.iter().enumerate() {
+            lanes[l] = if *v > lanes[l] { *v } else { lanes[l] };
+        }
+        let max = lanes.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        let mut sums = [0.0f32; LANES];
+        for r in body.chunks_exact_mut(LANES) {
+            for l in 0..LANES {
+                r[l] = softmax::exp(r[l] - max);
+                sums[l] += r[l];
+            }
+        }
+        for (l, v) in tail.iter_mut().enumerate() {
+            *v = softmax::exp(*v - max);
+            sums[l] += *v;
+        }
+        let total = softmax::tree_sum(sums);
+        for v in seen.iter_mut() {
+            *v /= total;
+        }
+        max + total.ln()
+    }
+}
+
+simd_fn! {
+    /// [`probs_from_lse`] for a row whose visible keys are its first `len`.
+    fn prefix_probs_from_lse [prefix_probs_from_lse_on] (row: &mut [f32], len: usize, lse: f32) {
+        let (seen, hidden) = row.split_at_mut(len);
+        for v in seen.iter_mut() {
+            *v = softmax::exp(*v - lse);
+        }
+        hidden.fill(0.0);
+    }
+}
+
+/// Softmax of query row `j`'s scores over the keys `mask` lets it see
+/// (`keep`: scratch for a span mask's key flags); returns its log-sum-exp.
+/// A causal row's keys are a prefix: the flag-free kernel, same bits.
+fn softmax_row(mask: &AttnMask, j: usize, row: &mut [f32], keep: &mut Vec<bool>) -> f32 {
+    match mask {
+        AttnMask::Causal { offset } => prefix_softmax(row, offset + j + 1),
+        AttnMask::Spans(_) => {
+            keep.resize(row.len(), false);
+            visible_keys(mask, j, keep);
+            masked_softmax(row, keep)
+        }
+    }
+}
+
 /// Forward attention. `q[m, H*d]`, `k, v[n, KV*d]`; returns `out[m, H*d]`
 /// and the log-sum-exp of every (query, head) `[m, H]` for the backward.
 pub fn forward(
@@ -130,14 +198,11 @@ pub fn forward(
             let g = h / group;
             let n = keys_seen(mask, r0, rows, n);
             let mut scores = scaled_scores(q, k, (h, g, r0, rows, n), s);
-            let mut keep = vec![false; n];
+            let mut keep = Vec::new();
             let lse: Vec<f32> = scores
                 .chunks_mut(n)
                 .enumerate()
-                .map(|(i, row)| {
-                    visible_keys(mask, r0 + i, &mut keep);
-                    masked_softmax(row, &keep)
-                })
+                .map(|(i, row)| softmax_row(mask, r0 + i, row, &mut keep))
                 .collect();
             let mut tile = vec![0.0f32; rows * d];
             gemm(
@@ -219,11 +284,17 @@ fn recompute_probs(
     mask: &AttnMask,
 ) -> Vec<f32> {
     let mut p = scaled_scores(q, k, (h, g, r0, rows, n), s);
-    let mut keep = vec![false; n];
+    let mut keep = Vec::new();
     for (i, row) in p.chunks_mut(n).enumerate() {
         let l = lse[(r0 + i) * s.n_heads + h];
-        visible_keys(mask, r0 + i, &mut keep);
-        probs_from_lse(row, &keep, l);
+        match mask {
+            AttnMask::Causal { offset } => prefix_probs_from_lse(row, offset + r0 + i + 1, l),
+            AttnMask::Spans(_) => {
+                keep.resize(n, false);
+                visible_keys(mask, r0 + i, &mut keep);
+                probs_from_lse(row, &keep, l);
+            }
+        }
     }
     p
 }
@@ -428,6 +499,30 @@ mod tests {
             }
             for isa in Isa::available() {
                 assert!(run(isa) == (p.clone(), lse, q.clone()), "{isa:?} {n}");
+            }
+        }
+    }
+
+    /// A causal row's flag-free kernels give the bits of the flagged ones
+    /// with the first `len` keys visible, on every instruction set.
+    #[test]
+    fn prefix_kernels_give_the_flagged_kernels_bits() {
+        use super::super::isa::Isa;
+        for n in [1, 16, 17, 40, 515] {
+            let z: Vec<f32> = values(n, 9).iter().map(|v| v * 9.0).collect();
+            for len in [1, n / 2 + 1, n.saturating_sub(16).max(1), n] {
+                let keep: Vec<bool> = (0..n).map(|i| i < len).collect();
+                for isa in Isa::available() {
+                    let (mut flagged, mut prefix) = (z.clone(), z.clone());
+                    let lse = masked_softmax_on(isa, &mut flagged, &keep);
+                    let lse_prefix = prefix_softmax_on(isa, &mut prefix, len);
+                    assert!(lse.to_bits() == lse_prefix.to_bits(), "{isa:?} {n} {len}");
+                    assert!(flagged == prefix, "{isa:?} {n} {len}: probabilities");
+                    let (mut flagged, mut prefix) = (z.clone(), z.clone());
+                    probs_from_lse_on(isa, &mut flagged, &keep, lse);
+                    prefix_probs_from_lse_on(isa, &mut prefix, len, lse);
+                    assert!(flagged == prefix, "{isa:?} {n} {len}: from the lse");
+                }
             }
         }
     }
