@@ -31,6 +31,11 @@ use super::isa::Isa;
 /// stream the bf16 panels when a weight has them.
 pub const BF16_MAX_ROWS: usize = 16;
 
+/// The most depth one pass of a tile covers (see `run`): 768 f32 of each x
+/// row and a 48-wide panel's 144 KiB slice. Deeper products run in equal
+/// blocks (the model's 576- and 1536-deep products in one and two).
+const KC: usize = 768;
+
 /// A weight matrix `w[n, k]` in column panels for [`matmul_nt`]; when every
 /// weight is a bf16 value (a bf16 checkpoint before any optimizer step), a
 /// second copy of the panels in bf16 for the skinny products of decode
@@ -324,7 +329,7 @@ fn run(
     // (their x rows stay in L2 while a panel is reused across them), panel
     // groups sized so both threads of a decode step get work.
     let threads = rayon::current_num_threads().max(1);
-    let rb = (mr * 8).min(m);
+    let rb = (mr * 32).min(m);
     let row_blocks = m.div_ceil(rb);
     let want_groups = (4 * threads).div_ceil(row_blocks).max(1);
     let pg = panels.len().div_ceil(want_groups).clamp(1, 16);
@@ -334,26 +339,41 @@ fn run(
         .collect();
     let task = |&(i0, p0): &(usize, usize)| {
         let rows = i0..(i0 + rb).min(m);
-        for p in p0..(p0 + pg).min(panels.end) {
-            // This panel's columns inside the call's range.
-            let (c0, c1) = ((p * nr).max(cols.start), ((p + 1) * nr).min(cols.end));
-            let keep = (c0 - p * nr)..(c1 - p * nr);
-            let mut i = rows.start;
-            while i < rows.end {
-                let r = (rows.end - i).min(mr);
-                let xs = &x[i * k..(i + r) * k];
-                let at = (out.at(i * width + c0 - cols.start), width);
-                let panel = w.k * nr * p + inner.start * nr..w.k * nr * p + inner.end * nr;
-                // SAFETY: the tile writes dst[(i..i + r) * width + (c0..c1) -
-                // cols.start], inside dst and disjoint from every other tile's
-                // (tasks split rows and panels); the panel slice holds nr * k.
-                unsafe {
-                    match bf16 {
-                        Some(b) => tile_bf16(isa, r, xs, k, &b[panel], at, keep.clone(), write),
-                        None => tile(isa, r, xs, k, &w.data[panel], at, keep.clone(), write),
+        // Depth blocks of at most KC: a tile's slice of the panel and of its
+        // x rows stay in L1/L2 however deep the product (the scoring
+        // backward's `dz W` runs over a whole vocabulary chunk). Each later
+        // block continues the outputs' FMA chains: the bits of one pass.
+        let kc = k.div_ceil(k.div_ceil(KC));
+        for (b, t0) in (0..k).step_by(kc).enumerate() {
+            let depth = t0..(t0 + kc).min(k);
+            let write = if b == 0 { write } else { Write::Accumulate };
+            for p in p0..(p0 + pg).min(panels.end) {
+                // This panel's columns inside the call's range.
+                let (c0, c1) = ((p * nr).max(cols.start), ((p + 1) * nr).min(cols.end));
+                let keep = (c0 - p * nr)..(c1 - p * nr);
+                let base = w.k * nr * p + (inner.start + depth.start) * nr;
+                let panel = base..base + depth.len() * nr;
+                let mut i = rows.start;
+                while i < rows.end {
+                    let r = (rows.end - i).min(mr);
+                    let xs = (&x[i * k + depth.start..(i + r - 1) * k + depth.end], k);
+                    let at = (out.at(i * width + c0 - cols.start), width);
+                    // SAFETY: the tile writes dst[(i..i + r) * width + (c0..c1)
+                    // - cols.start], inside dst and disjoint from every other
+                    // task's (tasks split rows and panels); the panel slice
+                    // holds nr * depth values.
+                    unsafe {
+                        match bf16 {
+                            Some(b) => {
+                                tile_bf16(isa, r, xs, &b[panel.clone()], at, keep.clone(), write)
+                            }
+                            None => {
+                                tile(isa, r, xs, &w.data[panel.clone()], at, keep.clone(), write)
+                            }
+                        }
                     }
+                    i += r;
                 }
-                i += r;
             }
         }
     };
@@ -378,7 +398,7 @@ impl DstPtr {
     }
 }
 
-/// One register tile: `rows` rows of `x` (`rows * k` values) times one f32
+/// One register tile: `rows` rows of `x` (`ldx` apart) times one f32
 /// panel, its outputs `keep` (of `NR`) stored at `out + r * ld + (c - keep.start)`.
 ///
 /// # Safety
@@ -387,20 +407,20 @@ impl DstPtr {
 unsafe fn tile(
     isa: Isa,
     rows: usize,
-    x: &[f32],
-    k: usize,
+    (x, ldx): (&[f32], usize),
     panel: &[f32],
     out: (*mut f32, usize),
     keep: Range<usize>,
     write: Write,
 ) {
-    debug_assert!(rows >= 1 && rows <= mr(isa) && x.len() == rows * k);
+    let k = panel.len() / nr(isa);
+    debug_assert!(rows >= 1 && rows <= mr(isa) && x.len() == (rows - 1) * ldx + k);
     debug_assert!(panel.len() == nr(isa) * k && keep.end <= nr(isa));
     let acc = write == Write::Accumulate;
     macro_rules! by_rows {
         ($kernel:ident, $nv:literal, $($r:literal)*) => {
             match rows {
-                $($r => $kernel::tile::<$r, $nv, false>(x, k, panel.as_ptr().cast(), out, keep, acc),)*
+                $($r => $kernel::tile::<$r, $nv, false>((x, ldx), k, panel.as_ptr().cast(), out, keep, acc),)*
                 _ => unreachable!("tile of {rows} rows"),
             }
         };
@@ -422,20 +442,20 @@ unsafe fn tile(
 unsafe fn tile_bf16(
     isa: Isa,
     rows: usize,
-    x: &[f32],
-    k: usize,
+    (x, ldx): (&[f32], usize),
     panel: &[u16],
     out: (*mut f32, usize),
     keep: Range<usize>,
     write: Write,
 ) {
-    debug_assert!(rows >= 1 && rows <= mr_bf16(isa) && x.len() == rows * k);
+    let k = panel.len() / nr_bf16(isa);
+    debug_assert!(rows >= 1 && rows <= mr_bf16(isa) && x.len() == (rows - 1) * ldx + k);
     debug_assert!(panel.len() == nr_bf16(isa) * k && keep.end <= nr_bf16(isa));
     let acc = write == Write::Accumulate;
     macro_rules! by_rows {
         ($kernel:ident, $nv:literal, $($r:literal)*) => {
             match rows {
-                $($r => $kernel::tile::<$r, $nv, true>(x, k, panel.as_ptr().cast(), out, keep, acc),)*
+                $($r => $kernel::tile::<$r, $nv, true>((x, ldx), k, panel.as_ptr().cast(), out, keep, acc),)*
                 _ => unreachable!("tile of {rows} rows"),
             }
         };
@@ -484,7 +504,7 @@ mod portable {
     /// As [`super::tile`]; `panel` points at `f32` (or with `BF16` `u16`)
     /// values, `LANES * NV * k` of them.
     pub(super) unsafe fn tile<const R: usize, const NV: usize, const BF16: bool>(
-        x: &[f32],
+        (x, ldx): (&[f32], usize),
         k: usize,
         panel: *const u8,
         out: (*mut f32, usize),
@@ -508,7 +528,7 @@ mod portable {
                 *panel.cast::<[f32; NR]>().add(t)
             };
             for r in 0..R {
-                let xv = x[r * k + t];
+                let xv = x[r * ldx + t];
                 for c in 0..NR {
                     acc[r][c] += xv * w[c];
                 }
@@ -544,7 +564,7 @@ macro_rules! x86_tile {
         #[target_feature(enable = $feature)]
         #[allow(clippy::needless_range_loop)] // register tiles, indexed on purpose
         pub(super) unsafe fn tile<const R: usize, const NV: usize, const BF16: bool>(
-            x: &[f32],
+            (x, ldx): (&[f32], usize),
             k: usize,
             panel: *const u8,
             (out, ld): (*mut f32, usize),
@@ -596,7 +616,7 @@ macro_rules! x86_tile {
                     }
                 }
                 for r in 0..R {
-                    let xv = $splat(*xp.add(r * k + t));
+                    let xv = $splat(*xp.add(r * ldx + t));
                     for v in 0..NV {
                         acc[r][v] = $fma(xv, w[v], acc[r][v]);
                     }
@@ -691,6 +711,32 @@ mod tests {
                             "{isa:?} [{m}x{n}x{k}] ({i},{j}): {g} vs {want}"
                         );
                     }
+                }
+            }
+        }
+    }
+
+    /// Every output is one chain over the whole depth in order (fused
+    /// multiply-adds on x86, multiply then add on the portable kernel),
+    /// however many `KC` depth blocks the product runs in.
+    #[test]
+    fn depth_blocks_continue_one_chain_per_output() {
+        let (m, n, k) = (11, 53, 2 * KC + 77);
+        let (x, w) = (data(m * k, 8), data(n * k, 9));
+        for isa in Isa::available() {
+            let got = run(isa, &x, m, &w, n, 0..n);
+            for i in 0..m {
+                for j in 0..n {
+                    let pairs = x[i * k..(i + 1) * k].iter().zip(&w[j * k..(j + 1) * k]);
+                    let want = match isa {
+                        Isa::Portable => pairs.fold(0.0f32, |a, (x, w)| a + x * w),
+                        _ => pairs.fold(0.0f32, |a, (x, w)| x.mul_add(*w, a)),
+                    };
+                    assert!(
+                        got[i * n + j].to_bits() == want.to_bits(),
+                        "{isa:?} ({i},{j}): {} vs {want}",
+                        got[i * n + j]
+                    );
                 }
             }
         }
