@@ -3,6 +3,7 @@ pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod data;
+pub mod dist;
 pub mod eval;
 pub mod fsutil;
 /// Fuzz targets and driver (engine/tests/fuzz.rs, `cargo xtask fuzz`).

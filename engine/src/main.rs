@@ -5,5 +5,16 @@ static ALLOCATOR: igpo::backend::cpu::CountingAllocator = igpo::backend::cpu::Co
 
 fn main() {
     igpo::backend::cpu::keep_freed_memory();
-    std::process::exit(igpo::cli::main())
+    // Under mpirun / srun: join the job first; leave it (MPI_Finalize)
+    // before exiting, as every rank must.
+    let membership = match igpo::dist::init() {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2)
+        }
+    };
+    let code = igpo::cli::main();
+    membership.leave();
+    std::process::exit(code)
 }

@@ -128,3 +128,15 @@ fn the_scan_sees_imports() {
     let train = layer("train");
     assert!(train.iter().any(|(_, n)| n.contains("tasks")));
 }
+
+#[test]
+fn the_collectives_know_only_backends_and_tensors() {
+    // Training calls `dist`; `dist` never reaches back (DESIGN: training
+    // code calls the interface, the interface knows no training).
+    forbid(
+        "dist",
+        &[
+            "train", "model", "rl", "rollout", "cli", "eval", "plugins", "tasks",
+        ],
+    );
+}

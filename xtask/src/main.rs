@@ -8,6 +8,7 @@ mod demo;
 mod fuzz;
 mod gpu_kit;
 mod kernels;
+mod mpi;
 mod plugins;
 mod python;
 mod readme;

@@ -1,5 +1,6 @@
 //! `cargo xtask test`: the whole test suite as CI runs it, with what it needs made first.
 
+use crate::mpi::{ensure_open_mpi, TEST_FEATURES};
 use crate::plugins::plugins;
 use crate::python::python_env;
 use crate::smollm2::{smollm2_dir, smollm2_gguf};
@@ -9,6 +10,8 @@ use crate::{cargo, data, kernels, readme, run, Result};
 pub(crate) fn test(args: &[String]) -> Result<()> {
     // First the lints, so a formatting slip fails in minutes, not at the end
     // (skipped, like the README, when only some tests were asked for).
+    // Open MPI first: the lints and the tests build the `mpi` feature.
+    ensure_open_mpi()?;
     if args.is_empty() {
         lints()?;
     } else {
@@ -23,6 +26,7 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     let python = python_env()?;
     run(cargo()
         .args(["test", "--workspace"])
+        .args(TEST_FEATURES)
         .args(args)
         .env("IGPO_SMOLLM2_GGUF", &gguf)
         .env("IGPO_SMOLLM2_DIR", &dir)
@@ -50,6 +54,8 @@ fn lints() -> Result<()> {
         "clippy",
         "--workspace",
         "--all-targets",
+        TEST_FEATURES[0],
+        TEST_FEATURES[1],
         "--",
         "-D",
         "warnings",

@@ -136,8 +136,11 @@ pub(crate) fn smollm2_tool_dir(
         return Ok(dir);
     }
     let path_str = |p: &std::path::Path| serde_json::Value::String(p.display().to_string());
-    // The dev-profile binary (`cargo test` builds the same one).
-    run(cargo().args(["build", "--quiet", "-p", "igpo"]))?;
+    // The dev-profile binary (`cargo test` builds the same one, with the
+    // same features).
+    run(cargo()
+        .args(["build", "--quiet", "-p", "igpo"])
+        .args(crate::mpi::TEST_FEATURES))?;
     let igpo = target().join("debug/igpo");
     let work = target().join("tool-sft");
     let _ = std::fs::remove_dir_all(&work);

@@ -40,6 +40,10 @@ pub fn sft(a: SftArgs) -> CliResult {
     let existed = run_dir.exists();
     let out = crate::with_backend!(backend, b => run_sft(b, &cfg, &file.text, &opts))
         .inspect_err(|_| crate::fsutil::remove_if_empty_tree(&run_dir, existed))?;
+    if crate::dist::world().rank() != 0 {
+        // Rank 0 reports the run (every rank holds the same metrics).
+        return Ok(());
+    }
     let (first, last) = (out.metrics.first(), out.metrics.last());
     if let (Some(f), Some(l)) = (first, last) {
         println!(

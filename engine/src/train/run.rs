@@ -63,6 +63,9 @@ pub enum TrainError {
         skips: u32,
         why: super::guard::Skip,
     },
+    /// A collective of a data-parallel run failed.
+    #[error("data parallel: {0}")]
+    Collective(crate::dist::CommError),
     /// A metrics line handed to the TensorBoard writer that it cannot log.
     #[error("{path}: line to log {msg}")]
     LogLine { path: PathBuf, msg: String },
@@ -153,7 +156,8 @@ pub(crate) trait LogLine: Serialize + DeserializeOwned {
 /// TensorBoard, tagged `tag_prefix` + key.
 pub(crate) struct JsonlLog {
     path: PathBuf,
-    file: std::fs::File,
+    /// None: a log that discards (a data-parallel rank other than 0).
+    file: Option<std::fs::File>,
     tag_prefix: &'static str,
 }
 
@@ -166,6 +170,24 @@ impl JsonlLog {
         tag_prefix: &'static str,
         keep_to: Option<u64>,
     ) -> Result<(Vec<T>, JsonlLog), TrainError> {
+        let (kept, mut log) = JsonlLog::read_kept(path, tag_prefix, keep_to);
+        let text: String = json_lines(&kept).iter().map(|l| l.clone() + "\n").collect();
+        crate::fsutil::write_atomic(&log.path, text.as_bytes()).map_err(io_err(&log.path))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log.path)
+            .map_err(io_err(&log.path))?;
+        log.file = Some(file);
+        Ok((kept, log))
+    }
+
+    /// The lines of `path` up to step `keep_to` and a log that discards what
+    /// is appended: [`JsonlLog::reopen`] for a rank that does not write.
+    pub(crate) fn read_kept<T: LogLine>(
+        path: PathBuf,
+        tag_prefix: &'static str,
+        keep_to: Option<u64>,
+    ) -> (Vec<T>, JsonlLog) {
         let kept: Vec<T> = match keep_to {
             Some(s) => std::fs::read_to_string(&path)
                 .unwrap_or_default()
@@ -175,18 +197,12 @@ impl JsonlLog {
                 .collect(),
             None => vec![],
         };
-        let text: String = json_lines(&kept).iter().map(|l| l.clone() + "\n").collect();
-        crate::fsutil::write_atomic(&path, text.as_bytes()).map_err(io_err(&path))?;
-        let file = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
         let log = JsonlLog {
             path,
-            file,
+            file: None,
             tag_prefix,
         };
-        Ok((kept, log))
+        (kept, log)
     }
 
     /// Appends `v` as one line, and its scalars to `tb`.
@@ -195,9 +211,11 @@ impl JsonlLog {
         v: &T,
         tb: &mut EventWriter,
     ) -> Result<(), TrainError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let line = serde_json::to_string(v).expect("json") + "\n";
-        self.file
-            .write_all(line.as_bytes())
+        file.write_all(line.as_bytes())
             .map_err(io_err(&self.path))?;
         tb.write_json_line(self.tag_prefix, &line)
     }
@@ -325,19 +343,31 @@ impl<B: Backend, M: LogLine> Run<B, M> {
         other_logs: &[(&str, &[String])],
     ) -> Result<Self, TrainError> {
         let run_dir = &cfg.run_dir;
-        std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
-        crate::fsutil::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())
-            .map_err(io_err(run_dir))?;
-        let (history, metrics) = JsonlLog::reopen::<M>(
-            run_dir.join("metrics.jsonl"),
-            cfg.tb_prefix,
-            start.resumed_at,
-        )?;
-        let mut tb = EventWriter::restart(run_dir)?;
-        let lines = json_lines(&history);
-        let mut logs = other_logs.to_vec();
-        logs.push((cfg.tb_prefix, &lines));
-        tb.write_history(&logs)?;
+        let mut start = start;
+        // Data parallel: rank 0's weights on every rank; rank 0 alone
+        // writes the run folder (logs, TensorBoard, checkpoints).
+        let comm = crate::dist::world();
+        let b = start.model.backend().clone();
+        crate::dist::broadcast_tensors(&b, comm, start.model.params_mut())
+            .map_err(TrainError::Collective)?;
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let (history, metrics, tb) = if comm.rank() != 0 {
+            let (history, metrics) =
+                JsonlLog::read_kept::<M>(metrics_path, cfg.tb_prefix, start.resumed_at);
+            (history, metrics, EventWriter::discarding())
+        } else {
+            std::fs::create_dir_all(run_dir).map_err(io_err(run_dir))?;
+            crate::fsutil::write_atomic(&run_dir.join("config.toml"), config_text.as_bytes())
+                .map_err(io_err(run_dir))?;
+            let (history, metrics) =
+                JsonlLog::reopen::<M>(metrics_path, cfg.tb_prefix, start.resumed_at)?;
+            let mut tb = EventWriter::restart(run_dir)?;
+            let lines = json_lines(&history);
+            let mut logs = other_logs.to_vec();
+            logs.push((cfg.tb_prefix, &lines));
+            tb.write_history(&logs)?;
+            (history, metrics, tb)
+        };
         Ok(Run {
             model: start.model,
             opt: start.opt,
@@ -374,7 +404,8 @@ impl<B: Backend, M: LogLine> Run<B, M> {
             bar.0.set_message(end.message);
             self.history.push(end.metrics);
             let stop_here = self.cfg.options.stop_after == Some(n);
-            if stop_here || on_cadence(n, total, self.cfg.checkpoint_every) {
+            let writes = crate::dist::world().rank() == 0;
+            if writes && (stop_here || on_cadence(n, total, self.cfg.checkpoint_every)) {
                 self.final_checkpoint = Some(save_checkpoint(
                     &self.cfg.run_dir,
                     &self.model,

@@ -235,6 +235,16 @@ pub fn run_sft<B: Backend>(
         );
     }
     let t = &cfg.train;
+    let ranks = crate::dist::world().size();
+    if !t.grad_accum.is_multiple_of(ranks) {
+        return Err(TrainError::Config {
+            path: "train.grad_accum".into(),
+            msg: format!(
+                "{} micro-batches a step do not split over {ranks} ranks: use a multiple of {ranks}",
+                t.grad_accum
+            ),
+        });
+    }
     let loop_cfg = LoopConfig {
         run_dir: run_dir.clone(),
         model: cfg.model.clone(),
@@ -271,10 +281,16 @@ fn sft_step<B: Backend>(
     let t = &cfg.train;
     let mut grads = run.model.zero_grads();
     let (mut loss_sum, mut tokens, mut processed) = (0.0, 0usize, 0usize);
-    for _ in 0..t.grad_accum {
+    // Data parallel: every rank walks the same data cursor and takes every
+    // `ranks`-th micro-batch, so the step's examples are the solo run's.
+    let comm = crate::dist::world();
+    for i in 0..t.grad_accum {
         let batch: Vec<&SftExample> = (0..t.micro_batch)
             .map(|_| &examples[next_example(&mut run.state, &mut run.rng, examples.len())])
             .collect();
+        if i % comm.size() != comm.rank() {
+            continue;
+        }
         let (l, n) = sft_micro_batch(
             &run.model,
             &batch,
@@ -286,8 +302,16 @@ fn sft_step<B: Backend>(
         tokens += n;
         processed += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
     }
-    let lr = cfg.schedule.lr(cfg.optim.lr, step, t.steps);
     let b = run.model.backend().clone();
+    if comm.size() > 1 {
+        let mut sums = [loss_sum, tokens as f64, processed as f64];
+        comm.all_reduce_sum_f64(&mut sums)
+            .map_err(TrainError::Collective)?;
+        loss_sum = sums[0];
+        (tokens, processed) = (sums[1] as usize, sums[2] as usize);
+        crate::dist::all_reduce_tensors(&b, comm, &mut grads).map_err(TrainError::Collective)?;
+    }
+    let lr = cfg.schedule.lr(cfg.optim.lr, step, t.steps);
     let mut loss = loss_sum / t.grad_accum as f64;
     if inject.at(Inject::Loss, step) {
         loss = f64::NAN;

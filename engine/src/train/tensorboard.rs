@@ -52,7 +52,8 @@ const FILE_VERSION: &str = "brain.Event:2";
 
 /// Appends records to one event file.
 pub struct EventWriter {
-    file: File,
+    /// None: a writer that discards (a data-parallel rank other than 0).
+    file: Option<File>,
     path: PathBuf,
 }
 
@@ -81,9 +82,21 @@ impl EventWriter {
             std::process::id()
         ));
         let file = File::create(&path).map_err(io_error(&path))?;
-        let mut writer = EventWriter { file, path };
+        let mut writer = EventWriter {
+            file: Some(file),
+            path,
+        };
         writer.write_event(&encode_event(wall_time(), 0, EventBody::FileVersion))?;
         Ok(writer)
+    }
+
+    /// A writer that writes nothing: the TensorBoard log of a rank that
+    /// leaves the run folder to rank 0.
+    pub fn discarding() -> EventWriter {
+        EventWriter {
+            file: None,
+            path: PathBuf::new(),
+        }
     }
 
     /// The event file being written.
@@ -142,10 +155,12 @@ impl EventWriter {
     }
 
     fn write_event(&mut self, event: &[u8]) -> Result<(), TrainError> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(());
+        };
         let record = encode_record(event);
-        self.file
-            .write_all(&record)
-            .and_then(|()| self.file.flush())
+        file.write_all(&record)
+            .and_then(|()| file.flush())
             .map_err(io_error(&self.path))
     }
 }

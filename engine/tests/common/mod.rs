@@ -152,3 +152,26 @@ pub fn init_tiny_model_of(dir: &Path, arch: &str, tok: &Path, extra: &[&str]) {
     );
     assert_eq!(code, 0, "model init failed: {err}");
 }
+
+/// The tests' tiny random Qwen2 (hidden 32, 2 layers, 4 heads over 2 KV
+/// heads) at the real Qwen2.5 vocabulary, `max_positions` long.
+pub fn tiny_qwen2(max_positions: usize) -> igpo::model::ModelConfig {
+    igpo::model::ModelConfig {
+        arch: igpo::model::Arch::Qwen2,
+        vocab_size: 151936,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_layers: 2,
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-6,
+        rope_theta: 1e6,
+        rope_scaling: None,
+        max_position_embeddings: max_positions,
+        tie_word_embeddings: true,
+        attention_bias: true,
+        bos_token_id: None,
+        eos_token_ids: vec![151645],
+    }
+}

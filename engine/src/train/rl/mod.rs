@@ -46,6 +46,14 @@ pub fn run_train<B: Backend>(
     config_text: &str,
     opts: &RlRunOptions,
 ) -> Result<RlOutcome, TrainError> {
+    let ranks = crate::dist::world().size();
+    if ranks > 1 {
+        // Not yet: rollouts split by whole groups, batch statistics reduced.
+        return Err(TrainError::Collective(crate::dist::CommError(format!(
+            "`igpo train` runs as one process for now (launched as {ranks} ranks); \
+             `igpo sft` runs data parallel"
+        ))));
+    }
     let env = RlEnv::load(cfg)?;
     let loop_cfg = cfg.loop_config(opts);
     let start = Start::load(backend.clone(), &loop_cfg, env.train_tasks.len())?;

@@ -1,0 +1,233 @@
+//! Data-parallel training's one seam: [`Collective`], the collectives over
+//! flat buffers that training code calls (never MPI or NCCL directly).
+//!
+//! A process started alone uses [`Solo`] (every collective the identity), so
+//! a single process computes bit for bit what it did before ranks existed.
+//! Under `mpirun` / `srun`, [`init`] (called once by the `igpo` binary) joins
+//! the job over MPI (cargo feature `mpi`) and [`world`] hands out that
+//! communicator from then on.
+
+#[cfg(feature = "mpi")]
+mod mpi;
+
+use std::sync::OnceLock;
+
+use crate::backend::Backend;
+use crate::tensor::Tensor;
+
+/// A collective that failed (a rank gone, a size mismatch): one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CommError(pub String);
+
+/// Collectives over the ranks of one job. Every rank calls the same
+/// collectives in the same order with buffers of the same lengths.
+pub trait Collective: Send + Sync {
+    /// This process's rank, `0..size()`.
+    fn rank(&self) -> usize;
+    /// How many ranks the job has.
+    fn size(&self) -> usize;
+    /// `buf` becomes the element-wise sum of every rank's `buf`.
+    fn all_reduce_sum(&self, buf: &mut [f32]) -> Result<(), CommError>;
+    /// [`Collective::all_reduce_sum`] of f64 values (metrics, statistics).
+    fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), CommError>;
+    /// Rank r's `recv` (`send.len() / size()` values) becomes the sum over
+    /// ranks of the r-th block of `send`.
+    fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError>;
+    /// `recv` (`size() * send.len()` values) becomes every rank's `send`,
+    /// in rank order.
+    fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError>;
+    /// Every rank's `buf` becomes rank `root`'s.
+    fn broadcast(&self, buf: &mut [f32], root: usize) -> Result<(), CommError>;
+    /// Returns once every rank has called it.
+    fn barrier(&self) -> Result<(), CommError>;
+}
+
+/// The job of one process: rank 0 of 1.
+pub struct Solo;
+
+impl Collective for Solo {
+    fn rank(&self) -> usize {
+        0
+    }
+    fn size(&self) -> usize {
+        1
+    }
+    fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<(), CommError> {
+        Ok(())
+    }
+    fn reduce_scatter_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
+        check_len("reduce_scatter", recv.len(), send.len())?;
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+    fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
+        check_len("all_gather", recv.len(), send.len())?;
+        recv.copy_from_slice(send);
+        Ok(())
+    }
+    fn broadcast(&self, _: &mut [f32], root: usize) -> Result<(), CommError> {
+        if root != 0 {
+            return Err(CommError(format!("broadcast from rank {root} of 1")));
+        }
+        Ok(())
+    }
+    fn barrier(&self) -> Result<(), CommError> {
+        Ok(())
+    }
+}
+
+fn check_len(op: &str, got: usize, want: usize) -> Result<(), CommError> {
+    if got != want {
+        return Err(CommError(format!(
+            "{op}: buffer of {got} values where {want} are needed"
+        )));
+    }
+    Ok(())
+}
+
+/// Sums `tensors` over the ranks in one flat all-reduce (the gradients of
+/// a data-parallel step). A solo job returns at once, leaving them as they
+/// are, bit for bit.
+pub fn all_reduce_tensors<B: Backend>(
+    b: &B,
+    comm: &dyn Collective,
+    tensors: &mut [B::Tensor],
+) -> Result<(), CommError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let host: Vec<Tensor> = tensors.iter().map(|t| b.download(t)).collect();
+    let mut flat: Vec<f32> = host.iter().flat_map(|t| t.data().iter().copied()).collect();
+    comm.all_reduce_sum(&mut flat)?;
+    let mut at = 0;
+    for (t, h) in tensors.iter_mut().zip(&host) {
+        let n = h.numel();
+        *t = b.upload(&Tensor::from_vec(h.shape(), flat[at..at + n].to_vec()));
+        at += n;
+    }
+    Ok(())
+}
+
+/// Every rank's `tensors` become rank 0's (the weights at the start of a
+/// data-parallel run). A solo job returns at once.
+pub fn broadcast_tensors<B: Backend>(
+    b: &B,
+    comm: &dyn Collective,
+    tensors: &mut [B::Tensor],
+) -> Result<(), CommError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    for t in tensors.iter_mut() {
+        let mut h = b.download(t);
+        comm.broadcast(h.data_mut(), 0)?;
+        *t = b.upload(&h);
+    }
+    Ok(())
+}
+
+static WORLD: OnceLock<Box<dyn Collective>> = OnceLock::new();
+
+/// The job's communicator: the one [`init`] joined, else [`Solo`].
+pub fn world() -> &'static dyn Collective {
+    WORLD.get_or_init(|| Box::new(Solo)).as_ref()
+}
+
+/// The rank and size a launcher (Open MPI's `mpirun`, Slurm's `srun`, any
+/// PMI launcher) gave this process, from its environment; `None` when it
+/// was started alone.
+pub fn launched_rank() -> Option<(usize, usize)> {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .find_map(|n| std::env::var(n).ok()?.parse::<usize>().ok())
+    };
+    let size = var(&[
+        "OMPI_COMM_WORLD_SIZE",
+        "PMI_SIZE",
+        "PMIX_SIZE",
+        "SLURM_NTASKS",
+    ])?;
+    let rank = var(&[
+        "OMPI_COMM_WORLD_RANK",
+        "PMI_RANK",
+        "PMIX_RANK",
+        "SLURM_PROCID",
+    ])?;
+    (size > 1).then_some((rank, size))
+}
+
+/// Held by `main` for the life of the process: dropping it leaves the job
+/// (MPI_Finalize), which every rank must do before it exits.
+pub struct Membership {
+    #[cfg(feature = "mpi")]
+    _universe: Option<::mpi::environment::Universe>,
+}
+
+impl Membership {
+    /// Leaves the job (MPI_Finalize under MPI): the last thing before exit.
+    pub fn leave(self) {
+        #[cfg(feature = "mpi")]
+        drop(self._universe);
+    }
+}
+
+/// Joins the job this process was launched into (nothing for a process
+/// started alone). Launched as one of several ranks by a binary built
+/// without the `mpi` feature, it is an error, not a silent solo run.
+pub fn init() -> Result<Membership, CommError> {
+    let Some((rank, size)) = launched_rank() else {
+        return Ok(Membership {
+            #[cfg(feature = "mpi")]
+            _universe: None,
+        });
+    };
+    #[cfg(feature = "mpi")]
+    {
+        let (universe, comm) = mpi::join()?;
+        if (comm.rank(), comm.size()) != (rank, size) {
+            return Err(CommError(format!(
+                "MPI says rank {} of {}, the launcher's environment rank {rank} of {size}",
+                comm.rank(),
+                comm.size()
+            )));
+        }
+        if WORLD.set(Box::new(comm)).is_err() {
+            return Err(CommError("the communicator was joined twice".into()));
+        }
+        Ok(Membership {
+            _universe: Some(universe),
+        })
+    }
+    #[cfg(not(feature = "mpi"))]
+    Err(CommError(format!(
+        "launched as rank {rank} of {size}, but this igpo was built without MPI: build it \
+         with `cargo build --release --features igpo/mpi` (needs Open MPI and libclang)"
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_solo_job_is_rank_0_of_1_and_every_collective_the_identity() {
+        let w = Solo;
+        assert_eq!((w.rank(), w.size()), (0, 1));
+        let mut buf = vec![1.5f32, -2.0];
+        w.all_reduce_sum(&mut buf).unwrap();
+        w.broadcast(&mut buf, 0).unwrap();
+        assert_eq!(buf, [1.5, -2.0]);
+        let mut out = vec![0.0; 2];
+        w.all_gather(&buf, &mut out).unwrap();
+        assert_eq!(out, buf);
+        w.reduce_scatter_sum(&buf, &mut out).unwrap();
+        assert_eq!(out, buf);
+        assert!(w.broadcast(&mut buf, 1).is_err());
+        assert!(w.all_gather(&buf, &mut [0.0; 3]).is_err());
+    }
+}
