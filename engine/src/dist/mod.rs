@@ -130,6 +130,43 @@ pub fn broadcast_tensors<B: Backend>(
     Ok(())
 }
 
+/// A cheap fingerprint of a model's weights that needs no copy to the
+/// host: each tensor's sum of squares (the backend's own reduction, the same
+/// bits for the same weights), weighted by its position.
+pub fn weights_checksum<B: Backend>(b: &B, tensors: &[B::Tensor]) -> f64 {
+    tensors
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (i + 1) as f64 * b.sum_squares(t))
+        .sum()
+}
+
+/// Checks that every rank holds rank 0's `checksum` (of its weights, which
+/// data parallelism keeps identical). Each rank's value reaches every rank
+/// exactly: an all-reduce of a vector that is zero but at the rank's own
+/// place (adding zeros changes no bits).
+pub fn replicas_agree(comm: &dyn Collective, checksum: f64, step: u64) -> Result<(), CommError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut all = vec![0.0f64; comm.size()];
+    all[comm.rank()] = checksum;
+    comm.all_reduce_sum_f64(&mut all)?;
+    let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+    let differ: Vec<String> = (1..all.len())
+        .filter(|&r| !same(all[r], all[0]))
+        .map(|r| format!("rank {r} ({:e})", all[r]))
+        .collect();
+    if differ.is_empty() {
+        return Ok(());
+    }
+    Err(CommError(format!(
+        "step {step}: the weights of {} differ from rank 0's ({:e}); the ranks no longer train          one model",
+        differ.join(", "),
+        all[0]
+    )))
+}
+
 static WORLD: OnceLock<Box<dyn Collective>> = OnceLock::new();
 
 /// The job's communicator: the one [`init`] joined, else [`Solo`].
@@ -229,5 +266,67 @@ mod tests {
         assert_eq!(out, buf);
         assert!(w.broadcast(&mut buf, 1).is_err());
         assert!(w.all_gather(&buf, &mut [0.0; 3]).is_err());
+        assert!(replicas_agree(&w, 1.25, 3).is_ok());
+    }
+
+    /// One rank of a two-rank job whose other rank holds `other`'s
+    /// checksum: its all-reduce adds what the other rank contributes.
+    struct OneOfTwo {
+        rank: usize,
+        other: f64,
+    }
+
+    impl Collective for OneOfTwo {
+        fn rank(&self) -> usize {
+            self.rank
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), CommError> {
+            buf[1 - self.rank] += self.other;
+            Ok(())
+        }
+        fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn barrier(&self) -> Result<(), CommError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn replicas_agree_only_on_the_same_bits_and_name_the_rank_that_differs() {
+        let x = 0.1f64 + 0.2;
+        for rank in 0..2 {
+            assert!(replicas_agree(&OneOfTwo { rank, other: x }, x, 4).is_ok());
+            let next = f64::from_bits(x.to_bits() + 1);
+            let err = replicas_agree(&OneOfTwo { rank, other: next }, x, 4).unwrap_err();
+            let differing = if rank == 0 {
+                "rank 1"
+            } else {
+                "rank 1 (3.0000000000000004e-1)"
+            };
+            assert!(
+                err.0.contains("step 4") && err.0.contains(differing),
+                "{err}"
+            );
+        }
+        let sums = |scale: f32| {
+            let t = |v: Vec<f32>| Tensor::from_vec(&[v.len()], v);
+            let ts = [t(vec![1.0, -2.0]), t(vec![scale])];
+            weights_checksum(&crate::backend::Cpu, &ts)
+        };
+        assert_eq!(sums(3.0), 5.0 + 2.0 * 9.0);
+        assert_ne!(sums(3.0), sums(3.0001));
     }
 }

@@ -404,8 +404,16 @@ impl<B: Backend, M: LogLine> Run<B, M> {
             bar.0.set_message(end.message);
             self.history.push(end.metrics);
             let stop_here = self.cfg.options.stop_after == Some(n);
-            let writes = crate::dist::world().rank() == 0;
-            if writes && (stop_here || on_cadence(n, total, self.cfg.checkpoint_every)) {
+            let comm = crate::dist::world();
+            let checkpoint = stop_here || on_cadence(n, total, self.cfg.checkpoint_every);
+            if checkpoint && comm.size() > 1 {
+                // Data parallel: the ranks still hold one model (every rank
+                // takes part; a solo run skips it).
+                let b = self.model.backend();
+                let sum = crate::dist::weights_checksum(b, self.model.params());
+                crate::dist::replicas_agree(comm, sum, n).map_err(TrainError::Collective)?;
+            }
+            if checkpoint && comm.rank() == 0 {
                 self.final_checkpoint = Some(save_checkpoint(
                     &self.cfg.run_dir,
                     &self.model,
