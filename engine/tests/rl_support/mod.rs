@@ -6,7 +6,6 @@
 use std::path::{Path, PathBuf};
 
 use igpo::model::init::{random_weights, write_model_dir};
-use igpo::model::{Arch, ModelConfig};
 use igpo::tensor::DType;
 
 use crate::common;
@@ -15,24 +14,7 @@ use crate::common;
 /// a small question file.
 pub fn setup(dir: &Path) {
     let tok = common::data_dir().join("qwen2.5-tokenizer.json");
-    let config = ModelConfig {
-        arch: Arch::Qwen2,
-        vocab_size: 151936,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_layers: 2,
-        num_heads: 4,
-        num_kv_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 1e6,
-        rope_scaling: None,
-        max_position_embeddings: 4096,
-        tie_word_embeddings: true,
-        attention_bias: true,
-        bos_token_id: None,
-        eos_token_ids: vec![151645],
-    };
+    let config = common::tiny_qwen2(4096);
     write_model_dir(
         &dir.join("model"),
         &config,
