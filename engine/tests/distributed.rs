@@ -1,11 +1,15 @@
-//! Data-parallel SFT over MPI: `mpirun -np 2 igpo sft` against one process
-//! with the same global batch, a 2-rank run resumed from its checkpoint (by
-//! 2 ranks and by 1), a rank killed mid-run, and a step that does not split
-//! over the ranks.
+//! Data-parallel SFT and RL over MPI: `mpirun -np 2 igpo sft` and `igpo
+//! train` against one process with the same global batch, 2-rank runs
+//! resumed from their checkpoints (SFT by 2 ranks and by 1), a rank killed
+//! mid-run, and steps that do not split over the ranks.
 //! Needs the `mpi` feature and Open MPI's `mpirun` (`cargo xtask test`
 //! installs it and enables the feature).
 
 mod common;
+#[cfg(feature = "mpi")]
+mod plugins_support;
+#[cfg(feature = "mpi")]
+mod rl_support;
 
 #[cfg(not(feature = "mpi"))]
 #[test]
@@ -14,6 +18,45 @@ fn data_parallel_needs_the_mpi_feature() {
         "not run: this test binary was built without the `mpi` feature \
          (`cargo xtask test` builds with it; by hand: `cargo test --features igpo/mpi`)"
     );
+}
+
+/// `igpo model inspect --ranks N`: the training state per rank, whole and
+/// with AdamW's moments sharded (no MPI needed to plan a job).
+#[test]
+fn inspect_reports_the_training_state_per_rank() {
+    let d = std::env::temp_dir().join(format!("igpo-inspect-ranks-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    common::init_tiny_model(&d, &[]);
+    let dir = d.to_str().unwrap();
+    let gib = |line: &str, after: &str| -> f64 {
+        let rest = line
+            .split(after)
+            .nth(1)
+            .unwrap_or_else(|| panic!("{after}: {line}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let (code, out, err) = common::igpo(&["model", "inspect", dir, "--ranks", "4"]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("per rank:"))
+        .unwrap_or_else(|| panic!("no per-rank line: {out}"));
+    let (whole, sharded) = (gib(line, "ranks: "), gib(line, "zero_stage = 0); "));
+    assert!(sharded < whole, "{line}");
+    assert!(line.contains("1/4 = "), "{line}");
+    let fit = out.lines().find(|l| l.starts_with("fits on cpu")).unwrap();
+    assert!(
+        fit.contains("one of 4 ranks with optim.zero_stage = 1"),
+        "{fit}"
+    );
+    // One rank: no per-rank line, the single-process check.
+    let (code, out, _) = common::igpo(&["model", "inspect", dir]);
+    assert_eq!(code, 0);
+    assert!(!out.contains("per rank:"), "{out}");
+    let (code, _, err) = common::igpo(&["model", "inspect", dir, "--ranks", "0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--ranks"), "{err}");
+    let _ = std::fs::remove_dir_all(d);
 }
 
 #[cfg(feature = "mpi")]
@@ -25,7 +68,7 @@ mod mpi {
     use igpo::model::init::{random_weights, write_model_dir};
     use igpo::tensor::DType;
 
-    use super::common;
+    use super::{common, plugins_support, rl_support};
 
     fn scratch(name: &str) -> PathBuf {
         let dir = std::env::temp_dir().join(format!("igpo-dist-{name}-{}", std::process::id()));
@@ -87,16 +130,25 @@ mod mpi {
         c
     }
 
-    /// `igpo sft` with `args`, as `ranks` MPI ranks (1: a plain process).
-    fn sft(ranks: usize, config: &Path, args: &[&str]) -> std::process::Output {
+    /// `igpo <command> --config <config>` with `args`, as `ranks` MPI
+    /// ranks (1: a plain process).
+    fn igpo(ranks: usize, command: &str, config: &Path, args: &[&str]) -> std::process::Output {
         let igpo = env!("CARGO_BIN_EXE_igpo");
         let mut cmd = if ranks == 1 {
             Command::new(igpo)
         } else {
             mpirun(ranks)
         };
-        cmd.args(["sft", "--config"]).arg(config).args(args);
+        cmd.args([command, "--config"]).arg(config).args(args);
+        if let Some(plugins) = std::env::var_os("IGPO_PLUGIN_DIR") {
+            // Plugins compiled once, not once per rank and run.
+            cmd.env("IGPO_CACHE_DIR", Path::new(&plugins).join(".cache"));
+        }
         cmd.output().expect("mpirun runs (Open MPI installed?)")
+    }
+
+    fn sft(ranks: usize, config: &Path, args: &[&str]) -> std::process::Output {
+        igpo(ranks, "sft", config, args)
     }
 
     fn ok(out: std::process::Output, what: &str) {
@@ -203,6 +255,60 @@ mod mpi {
         }
     }
 
+    #[test]
+    fn zero_1_equals_plain_data_parallel_and_resumes_exactly() {
+        let plain = scratch("zero-plain");
+        let zero = scratch("zero-1");
+        let cut = scratch("zero-cut");
+        ok(sft(2, &setup(&plain), &[]), "2 ranks");
+        let stage_1 = ["--set", "optim.zero_stage=1"];
+        let out = sft(2, &setup(&zero), &stage_1);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        ok(out, "2 ranks, ZeRO-1");
+        // Each rank keeps the AdamW state of its share of the parameters.
+        let kept: Vec<(u64, u64)> = err
+            .lines()
+            .filter_map(|l| {
+                let rest = l.split("keeps the AdamW state of ").nth(1)?;
+                let mut w = rest.split_whitespace();
+                let kept = w.next()?.parse().ok()?;
+                let all = w.nth(1)?.parse().ok()?;
+                Some((kept, all))
+            })
+            .collect();
+        eprintln!("ZeRO-1 shares (values kept, of): {kept:?}");
+        assert_eq!(kept.len(), 2, "one line a rank: {err}");
+        assert_eq!(
+            kept[0].0 + kept[1].0,
+            kept[0].1,
+            "the shares cover the model once"
+        );
+        assert!(kept.iter().all(|&(k, all)| k > 0 && k < all));
+        // The same sums, the same AdamW arithmetic per element: plain data
+        // parallelism's metrics, weights and moments, bit for bit.
+        assert_eq!(metrics(&zero.join("run")), metrics(&plain.join("run")));
+        let state = |d: &Path, f: &str| {
+            std::fs::read(d.join("run/checkpoints/step-6/state").join(f)).unwrap()
+        };
+        for f in ["master.safetensors", "optimizer.safetensors"] {
+            assert!(state(&zero, f) == state(&plain, f), "{f} differs");
+        }
+        // Stopped after step 3 and resumed (each rank loads its share of
+        // the moments): the uninterrupted run, bit for bit.
+        let config = setup(&cut);
+        let stopped = [&stage_1[..], &["--stop-after", "3"]].concat();
+        ok(sft(2, &config, &stopped), "ZeRO-1, stopped");
+        let resumed = [&stage_1[..], &["--resume"]].concat();
+        ok(sft(2, &config, &resumed), "ZeRO-1, resumed");
+        assert_eq!(metrics(&cut.join("run")), metrics(&plain.join("run")));
+        for f in ["master.safetensors", "optimizer.safetensors"] {
+            assert!(state(&cut, f) == state(&plain, f), "resumed: {f} differs");
+        }
+        for d in [plain, zero, cut] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
     /// The pids of the ranks of `igpo sft --config <config>` with rank
     /// `rank` in their environment (Open MPI's `OMPI_COMM_WORLD_RANK`).
     fn rank_pids(config: &Path, rank: usize) -> Vec<u32> {
@@ -305,6 +411,326 @@ mod mpi {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             err.contains("train.grad_accum") && err.contains("multiple of 2"),
+            "{err}"
+        );
+        assert!(
+            !dir.join("run/metrics.jsonl").exists(),
+            "nothing written before the error"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// Every number of an RL run's `metrics.jsonl` (wall times left out),
+    /// a step per entry, by field name (list fields numbered).
+    fn rl_numbers(run: &Path, file: &str) -> Vec<Vec<(String, f64)>> {
+        std::fs::read_to_string(run.join(file))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                let mut out = vec![];
+                for (k, v) in v.as_object().unwrap() {
+                    if k.ends_with("_s") {
+                        continue;
+                    }
+                    match v {
+                        serde_json::Value::Array(a) => {
+                            for (i, x) in a.iter().enumerate() {
+                                out.push((format!("{k}[{i}]"), x.as_f64().unwrap()));
+                            }
+                        }
+                        v => out.push((k.clone(), v.as_f64().unwrap_or(f64::NAN))),
+                    }
+                }
+                out
+            })
+            .collect()
+    }
+
+    /// The largest relative difference between two runs' numbers (the
+    /// same fields in the same steps), and where.
+    fn largest_relative(a: &[Vec<(String, f64)>], b: &[Vec<(String, f64)>]) -> (f64, String) {
+        assert_eq!(a.len(), b.len(), "steps");
+        let mut worst = (0.0f64, String::new());
+        for (step, (x, y)) in a.iter().zip(b).enumerate() {
+            let names = |v: &[(String, f64)]| v.iter().map(|p| p.0.clone()).collect::<Vec<_>>();
+            assert_eq!(names(x), names(y), "fields of step {}", step + 1);
+            for ((k, u), (_, v)) in x.iter().zip(y) {
+                let d = (u - v).abs() / u.abs().max(v.abs()).max(1e-12);
+                if d > worst.0 {
+                    worst = (d, format!("{k} of line {}", step + 1));
+                }
+            }
+        }
+        worst
+    }
+
+    /// The text of every rollout of a step's samples file.
+    fn sample_texts(run: &Path, step: u64) -> Vec<String> {
+        std::fs::read_to_string(run.join(format!("samples/step-{step}.jsonl")))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v["text"].as_str().unwrap().to_string()
+            })
+            .collect()
+    }
+
+    /// The tiny RL world of `rl_train.rs` (IGPO with KL and an entropy
+    /// bonus, 2 prompts x 3 rollouts a step, a dev split of 2 questions),
+    /// 3 steps of 2 mini-batches each.
+    fn rl_setup(dir: &Path, plugins: &Path) -> PathBuf {
+        rl_support::setup(dir);
+        let path = rl_support::run_file(dir, plugins, "", "mini_batches = 2");
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("steps = 2", "steps = 3")).unwrap();
+        path
+    }
+
+    /// `from` copied into `to`, recursively.
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap().flatten() {
+            let (src, dst) = (e.path(), to.join(e.file_name()));
+            if src.is_dir() {
+                copy_dir(&src, &dst);
+            } else {
+                std::fs::copy(&src, &dst).unwrap();
+            }
+        }
+    }
+
+    /// Each step of a 2-rank RL run against the same step of one process
+    /// from the same weights (the random model never answers, so only the KL
+    /// and entropy terms have gradients; see the SmolLM2 test for
+    /// advantages): after a step the two hold weights that differ
+    /// in their last bits (the ranks' gradient sums add in another order),
+    /// and a random model's nearly flat next-token distribution turns such a
+    /// difference into another sampled token within a few dozen. So step
+    /// `k` of one process starts from the 2-rank run's checkpoint of step
+    /// `k - 1` (`--resume --stop-after k`).
+    #[test]
+    fn rl_two_ranks_equal_one_process_and_resume_exactly() {
+        let name = "rl_two_ranks_equal_one_process_and_resume_exactly";
+        let Some(plugins) = plugins_support::plugin_dir(name) else {
+            return;
+        };
+        let duo = scratch("rl-duo");
+        ok(igpo(2, "train", &rl_setup(&duo, &plugins), &[]), "2 ranks");
+        let d = duo.join("run");
+        let b = rl_numbers(&d, "metrics.jsonl");
+        assert_eq!(b.len(), 3, "rank 0 alone writes the metrics, a line a step");
+        let (mut worst, mut worst_eval, mut worst_w) = ((0.0f64, String::new()), 0.0f64, 0.0f64);
+        for step in 1..=3u64 {
+            let solo = scratch(&format!("rl-solo-{step}"));
+            let config = rl_setup(&solo, &plugins);
+            let s = solo.join("run");
+            let mut args = vec!["--stop-after".to_string(), step.to_string()];
+            if step > 1 {
+                copy_dir(&d, &s);
+                for later in step..=3 {
+                    std::fs::remove_dir_all(s.join(format!("checkpoints/step-{later}"))).unwrap();
+                }
+                args.push("--resume".into());
+            }
+            let args: Vec<&str> = args.iter().map(|a| &a[..]).collect();
+            ok(igpo(1, "train", &config, &args), "1 process");
+            let a = rl_numbers(&s, "metrics.jsonl");
+            assert_eq!(a.len() as u64, step);
+            let k = step as usize - 1;
+            // Each rank rolled out its own groups, each rollout from its own
+            // stream, GEMM rows batch invariant: one process's rollouts, so
+            // the counts agree exactly and the rest within float-summation
+            // tolerance.
+            assert_eq!(
+                sample_texts(&s, step),
+                sample_texts(&d, step),
+                "rollouts of step {step}"
+            );
+            for ((k, u), (_, v)) in a[k].iter().zip(&b[k]) {
+                if ["generated_tokens", "grad_tokens", "step", "reward_failures"].contains(&&k[..])
+                {
+                    assert_eq!(u, v, "{k} of step {step}");
+                }
+            }
+            let w = largest_relative(&a[k..], &b[k..k + 1]);
+            if w.0 >= worst.0 {
+                worst = (
+                    w.0,
+                    format!("{} of step {step}", w.1.split(" of").next().unwrap()),
+                );
+            }
+            let e = largest_relative(
+                &rl_numbers(&s, "eval.jsonl"),
+                &rl_numbers(&d, "eval.jsonl")[..rl_numbers(&s, "eval.jsonl").len()],
+            );
+            worst_eval = worst_eval.max(e.0);
+            let ckpt = |r: &Path| r.join(format!("checkpoints/step-{step}"));
+            worst_w = worst_w.max(largest_difference(&weights(&ckpt(&s)), &weights(&ckpt(&d))));
+            let _ = std::fs::remove_dir_all(solo);
+        }
+        eprintln!(
+            "RL, each step of 2 ranks vs 1 process from the same weights: largest relative \
+             difference of the metrics {:.1e} ({}), of the evaluations {worst_eval:.1e}; largest \
+             weight difference {worst_w:.1e}",
+            worst.0, worst.1
+        );
+        assert!(
+            worst.0 < 1e-4,
+            "metrics differ: {:e} at {}",
+            worst.0,
+            worst.1
+        );
+        assert!(worst_eval < 1e-9, "evaluations differ: {worst_eval:e}");
+        assert!(worst_w < 1e-5, "weights after a step differ by {worst_w}");
+
+        // ZeRO-1 (AdamW state sharded): plain data parallelism, bit for bit.
+        let zero = scratch("rl-zero");
+        let config = rl_setup(&zero, &plugins);
+        ok(
+            igpo(2, "train", &config, &["--set", "optim.zero_stage=1"]),
+            "2 ranks, ZeRO-1",
+        );
+        assert_eq!(
+            rl_numbers(&zero.join("run"), "metrics.jsonl"),
+            b,
+            "ZeRO-1 metrics"
+        );
+        let last = |r: &Path| weights(&r.join("run/checkpoints/step-3"));
+        assert!(last(&zero) == last(&duo), "ZeRO-1 weights");
+
+        // Stopped after step 1 and resumed by 2 ranks: the uninterrupted
+        // 2-rank run, bit for bit.
+        let cut = scratch("rl-cut");
+        let config = rl_setup(&cut, &plugins);
+        ok(
+            igpo(2, "train", &config, &["--stop-after", "1"]),
+            "2 ranks, stopped",
+        );
+        ok(igpo(2, "train", &config, &["--resume"]), "2 ranks, resumed");
+        assert_eq!(
+            rl_numbers(&cut.join("run"), "metrics.jsonl"),
+            b,
+            "resumed metrics"
+        );
+        assert!(last(&cut) == last(&duo), "resumed weights");
+        for d in [duo, zero, cut] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    /// The tool-tuned SmolLM2-135M on SQuAD with the real plugins: it
+    /// searches and sometimes answers, so its groups have advantages (the
+    /// tiny random model's never do). One IGPO step of 2 prompts x 3
+    /// rollouts in 2 mini-batches, by one process and by 2 ranks.
+    #[test]
+    fn rl_with_advantages_two_ranks_equal_one_process() {
+        let name = "rl_with_advantages_two_ranks_equal_one_process";
+        let (Some(model), Some(plugins)) = (
+            common::smollm2_tool_dir(name),
+            plugins_support::plugin_dir(name),
+        ) else {
+            return;
+        };
+        let passages = igpo::data::build_corpus(
+            Some(&common::data_dir().join("squad-dev-v1.1.json")),
+            Some(&common::data_dir().join("wiki-summaries-en.json")),
+        )
+        .unwrap();
+        let run_file = |dir: &Path| {
+            std::fs::create_dir_all(dir.join("corpus")).unwrap();
+            igpo::data::write_jsonl(&dir.join("corpus/corpus.jsonl"), &passages).unwrap();
+            let text = format!(
+                r#"model = "{model}"
+
+[agent]
+max_turns = 2
+max_new_tokens_per_turn = 32
+max_new_tokens_per_rollout = 64
+max_tool_result_tokens = 64
+
+[[tools]]
+path = "{p}/bm25-search.wasm"
+readonly_dir = "corpus"
+config = {{ k = 1, max_chars = 200 }}
+
+[dataset]
+limit = 2
+[dataset.plugin]
+path = "{p}/qa-dataset.wasm"
+readonly_dir = "{data}"
+config = {{ file = "squad-dev-v1.1.json", shuffle = true, seed = 7 }}
+
+[reward]
+path = "{p}/qa-reward.wasm"
+
+[rl]
+group_size = 3
+prompts_per_step = 2
+
+[loss]
+kl_beta = 0.0
+
+[optim]
+lr = 1e-5
+
+[train]
+run_dir = "run"
+steps = 1
+micro_batch = 2
+mini_batches = 2
+checkpoint_every = 1
+samples_per_step = 6
+"#,
+                model = model.display(),
+                p = plugins.display(),
+                data = common::data_dir().display(),
+            );
+            std::fs::write(dir.join("run.toml"), text).unwrap();
+            dir.join("run.toml")
+        };
+        let (solo, duo) = (scratch("rl-adv-solo"), scratch("rl-adv-duo"));
+        ok(igpo(1, "train", &run_file(&solo), &[]), "1 process");
+        ok(igpo(2, "train", &run_file(&duo), &[]), "2 ranks");
+        let (s, d) = (solo.join("run"), duo.join("run"));
+        assert_eq!(sample_texts(&s, 1), sample_texts(&d, 1), "rollouts");
+        let (a, b) = (
+            rl_numbers(&s, "metrics.jsonl"),
+            rl_numbers(&d, "metrics.jsonl"),
+        );
+        let field = |name: &str| b[0].iter().find(|p| p.0 == name).expect("field").1;
+        assert!(
+            field("zero_adv_ratio") < 1.0 && field("pg_loss") != 0.0,
+            "the step has advantages: {b:?}"
+        );
+        let (worst, at) = largest_relative(&a, &b);
+        let ckpt = |r: &Path| weights(&r.join("checkpoints/step-1"));
+        let dw = largest_difference(&ckpt(&s), &ckpt(&d));
+        eprintln!(
+            "RL with advantages (SmolLM2), 2 ranks vs 1 process: largest relative difference \
+             of the metrics {worst:.1e} ({at}); largest weight difference {dw:.1e}"
+        );
+        assert!(worst < 1e-4, "metrics differ: {worst:e} at {at}");
+        assert!(dw < 1e-6, "weights differ by {dw}");
+        for d in [solo, duo] {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+
+    #[test]
+    fn rl_prompts_that_do_not_split_over_the_ranks_are_one_error_line() {
+        let name = "rl_prompts_that_do_not_split_over_the_ranks_are_one_error_line";
+        let Some(plugins) = plugins_support::plugin_dir(name) else {
+            return;
+        };
+        let dir = scratch("rl-split");
+        let config = rl_setup(&dir, &plugins);
+        let out = igpo(2, "train", &config, &["--set", "rl.prompts_per_step=3"]);
+        assert!(!out.status.success(), "3 prompts over 2 ranks must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("rl.prompts_per_step") && err.contains("multiple of 2"),
             "{err}"
         );
         assert!(

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use super::{CliResult, Device};
 use crate::backend::Fit;
 use crate::model::init::{preset, random_weights, write_model_dir, Dims, PRESETS};
-use crate::model::{stored_dtype, Arch, MemoryEstimate, ModelConfig};
+use crate::model::{stored_dtype, Arch, MemoryEstimate, ModelConfig, RankMemory};
 use crate::tensor::DType;
 use crate::tokenizer::Tokenizer;
 
@@ -24,6 +24,11 @@ pub enum ModelCommand {
         /// Device to check the training memory estimate against: cpu, or cuda[:N].
         #[arg(long, default_value = "cpu")]
         device: Device,
+        /// Data-parallel ranks: also print the training state per rank,
+        /// replicated and with AdamW's moments sharded (`optim.zero_stage = 1`),
+        /// and check the sharded one against the device.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=65536))]
+        ranks: u32,
     },
     /// Convert a GGUF checkpoint into a Hugging Face model folder (bf16).
     ImportGguf { file: PathBuf, out_dir: PathBuf },
@@ -79,7 +84,7 @@ pub struct InitArgs {
 pub fn run(cmd: ModelCommand) -> CliResult {
     match cmd {
         ModelCommand::Init(a) => init(a),
-        ModelCommand::Inspect { dir, device } => inspect(&dir, &device),
+        ModelCommand::Inspect { dir, device, ranks } => inspect(&dir, &device, ranks as usize),
         ModelCommand::ImportGguf { file, out_dir } => import_gguf(&file, &out_dir),
         ModelCommand::Export {
             checkpoint,
@@ -189,7 +194,7 @@ fn init(a: InitArgs) -> CliResult {
 
 const GIB: f64 = (1u64 << 30) as f64;
 
-fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
+fn inspect(dir: &std::path::Path, device: &Device, ranks: usize) -> CliResult {
     let c = ModelConfig::load(dir)?;
     let dtype = stored_dtype(dir)?;
     let mem = MemoryEstimate::new(&c, dtype);
@@ -245,13 +250,40 @@ fn inspect(dir: &std::path::Path, device: &Device) -> CliResult {
         gib(mem.training_cpu_bytes),
         gib(mem.training_gpu_bytes)
     );
-    let needs = mem.training_bytes(device);
+    let mut needs = mem.training_bytes(device);
+    if ranks > 1 {
+        let [cpu, gpu] = [Device::Cpu, Device::Cuda(0)].map(|d| RankMemory::new(&c, &d, ranks));
+        println!(
+            "per rank:      {ranks} data-parallel ranks: {:.2} GiB on CPU, {:.2} GiB on GPU with the \
+             whole state on every rank (optim.zero_stage = 0); {:.2} GiB on CPU, {:.2} GiB on GPU \
+             with AdamW's moments sharded (optim.zero_stage = 1: the largest share {:.1} M values, \
+             1/{ranks} = {:.1} M), plus activations",
+            gib(cpu.replicated_bytes),
+            gib(gpu.replicated_bytes),
+            gib(cpu.zero1_bytes),
+            gib(gpu.zero1_bytes),
+            cpu.largest_share as f64 / 1e6,
+            mem.parameters as f64 / ranks as f64 / 1e6,
+        );
+        needs = RankMemory::new(&c, device, ranks).zero1_bytes;
+    }
     match device.memory() {
         Ok(mem) => {
             if let Some(name) = &mem.name {
                 println!("device:        {device} ({name})");
             }
-            println!("{}", Fit::new(needs, &mem).line(device));
+            let line = Fit::new(needs, &mem).line(device);
+            match ranks {
+                1 => println!("{line}"),
+                _ => println!(
+                    "{}",
+                    line.replacen(
+                        "for training",
+                        &format!("for training as one of {ranks} ranks with optim.zero_stage = 1"),
+                        1
+                    )
+                ),
+            }
         }
         Err(e) if *device == Device::Cpu => {
             println!("fits on cpu for training: unknown ({e})")

@@ -10,6 +10,7 @@
 #[cfg(feature = "mpi")]
 mod mpi;
 
+use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::backend::Backend;
@@ -161,10 +162,100 @@ pub fn replicas_agree(comm: &dyn Collective, checksum: f64, step: u64) -> Result
         return Ok(());
     }
     Err(CommError(format!(
-        "step {step}: the weights of {} differ from rank 0's ({:e}); the ranks no longer train          one model",
+        "step {step}: the weights of {} differ from rank 0's ({:e}); the ranks no longer train one model",
         differ.join(", "),
         all[0]
     )))
+}
+
+/// How `ranks` shard matrices (ZeRO): `shapes` are `(rows, cols)` in
+/// order, seen as one run of elements cut into `ranks` equal spans at row
+/// boundaries (a row goes to the span that holds its first element). Per
+/// matrix, per rank, the rows that rank owns (empty for most).
+pub fn partition_rows(shapes: &[(usize, usize)], ranks: usize) -> Vec<Vec<Range<usize>>> {
+    let total: usize = shapes.iter().map(|(r, c)| r * c).sum();
+    let span_of = |at: usize| {
+        let r = at as u128 * ranks as u128 / total.max(1) as u128;
+        (r as usize).min(ranks.saturating_sub(1))
+    };
+    let mut before = 0usize;
+    shapes
+        .iter()
+        .map(|&(rows, cols)| {
+            let mut out = vec![0..0; ranks];
+            let mut row = 0;
+            while row < rows {
+                let r = span_of(before + row * cols);
+                let mut end = row + 1;
+                while end < rows && span_of(before + end * cols) == r {
+                    end += 1;
+                }
+                out[r] = row..end;
+                row = end;
+            }
+            before += rows * cols;
+            out
+        })
+        .collect()
+}
+
+/// Every rank's `n`, in rank order, exactly (one f64 per rank).
+pub fn all_counts(comm: &dyn Collective, n: usize) -> Result<Vec<usize>, CommError> {
+    if comm.size() == 1 {
+        return Ok(vec![n]);
+    }
+    let mut all = vec![0.0f64; comm.size()];
+    all[comm.rank()] = n as f64;
+    comm.all_reduce_sum_f64(&mut all)?;
+    Ok(all.iter().map(|&v| v as usize).collect())
+}
+
+/// Every rank's `mine`, in rank order: for a step's small records (a few
+/// kilobytes to megabytes), never for tensors. The bytes travel three to an
+/// f32 (integers below 2^24 are exact floats) in one all-gather padded to
+/// the longest message.
+pub fn all_gather_bytes(comm: &dyn Collective, mine: &[u8]) -> Result<Vec<Vec<u8>>, CommError> {
+    if comm.size() == 1 {
+        return Ok(vec![mine.to_vec()]);
+    }
+    let lens = all_counts(comm, mine.len())?;
+    let words = lens.iter().max().copied().unwrap_or(0).div_ceil(3);
+    let mut send = vec![0.0f32; words];
+    for (w, c) in send.iter_mut().zip(mine.chunks(3)) {
+        let v = c.iter().rev().fold(0u32, |acc, &b| (acc << 8) | b as u32);
+        *w = v as f32;
+    }
+    let mut recv = vec![0.0f32; words * comm.size()];
+    comm.all_gather(&send, &mut recv)?;
+    Ok(lens
+        .iter()
+        .enumerate()
+        .map(|(r, &len)| {
+            let words = &recv[r * words..(r + 1) * words];
+            let mut bytes: Vec<u8> = words
+                .iter()
+                .flat_map(|&w| {
+                    let v = w as u32;
+                    [v as u8, (v >> 8) as u8, (v >> 16) as u8]
+                })
+                .collect();
+            bytes.truncate(len);
+            bytes
+        })
+        .collect())
+}
+
+/// Every rank's `value`, in rank order ([`all_gather_bytes`] of its
+/// `postcard` encoding: exact floats, NaN included).
+pub fn all_gather_values<T>(comm: &dyn Collective, value: &T) -> Result<Vec<T>, CommError>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned,
+{
+    let bytes = postcard::to_allocvec(value).map_err(|e| CommError(format!("encode: {e}")))?;
+    all_gather_bytes(comm, &bytes)?
+        .iter()
+        .map(|b| postcard::from_bytes(b).map_err(|e| CommError(format!("decode: {e}"))))
+        .collect()
 }
 
 static WORLD: OnceLock<Box<dyn Collective>> = OnceLock::new();
@@ -328,5 +419,108 @@ mod tests {
         };
         assert_eq!(sums(3.0), 5.0 + 2.0 * 9.0);
         assert_ne!(sums(3.0), sums(3.0001));
+    }
+
+    /// Rank 0 of two whose twin sends exactly what it sends.
+    struct Twin;
+    impl Collective for Twin {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), CommError> {
+            buf[1] += buf[0];
+            Ok(())
+        }
+        fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
+            check_len("all_gather", recv.len(), 2 * send.len())?;
+            recv[..send.len()].copy_from_slice(send);
+            recv[send.len()..].copy_from_slice(send);
+            Ok(())
+        }
+        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<(), CommError> {
+            unimplemented!("not used here")
+        }
+        fn barrier(&self) -> Result<(), CommError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn gathered_values_arrive_bit_for_bit_through_the_f32_packing() {
+        // Every byte value, a length that is not a multiple of 3, floats
+        // whose last bits matter, NaN and infinities.
+        let value: (Vec<u8>, Vec<f64>, String) = (
+            (0..=255u8).chain([7, 255]).collect(),
+            vec![0.1 + 0.2, f64::NAN, -f64::INFINITY, 1e-310, f64::MAX],
+            "Zürich, 東京".into(),
+        );
+        for v in [value.clone(), (vec![], vec![], String::new())] {
+            let all = all_gather_values(&Twin, &v).unwrap();
+            assert_eq!(all.len(), 2);
+            for got in &all {
+                assert_eq!(got.0, v.0);
+                assert_eq!(got.2, v.2);
+                let bits = |x: &[f64]| x.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got.1), bits(&v.1));
+            }
+        }
+        assert_eq!(all_counts(&Twin, 5).unwrap(), vec![5, 5]);
+        assert_eq!(
+            all_gather_bytes(&Solo, b"ab").unwrap(),
+            vec![b"ab".to_vec()]
+        );
+    }
+
+    #[test]
+    fn a_partition_cuts_the_rows_into_equal_spans() {
+        // 4 matrices of 10 values over 2 ranks: two each.
+        let p = partition_rows(&[(5, 2); 4], 2);
+        assert_eq!(
+            p,
+            vec![
+                vec![0..5, 0..0],
+                vec![0..5, 0..0],
+                vec![0..0, 0..5],
+                vec![0..0, 0..5]
+            ]
+        );
+        // One big matrix is cut between ranks at a row.
+        let p = partition_rows(&[(1, 4), (10, 8), (1, 4)], 3);
+        assert_eq!(
+            p,
+            vec![
+                vec![0..1, 0..0, 0..0],
+                vec![0..4, 4..7, 7..10],
+                vec![0..0, 0..0, 0..1]
+            ]
+        );
+        // Every row has one owner; every rank's load is within a row of
+        // an equal share.
+        let shapes: Vec<(usize, usize)> = (1..=30)
+            .map(|i| ((i * 7) % 13 + 1, (i * 5) % 11 + 1))
+            .collect();
+        let p = partition_rows(&shapes, 4);
+        let total: usize = shapes.iter().map(|(r, c)| r * c).sum();
+        for (i, per_rank) in p.iter().enumerate() {
+            let rows: usize = per_rank.iter().map(|r| r.len()).sum();
+            assert_eq!(rows, shapes[i].0, "matrix {i}");
+        }
+        for r in 0..4 {
+            let load: usize = p.iter().zip(&shapes).map(|(pr, s)| pr[r].len() * s.1).sum();
+            assert!(
+                load.abs_diff(total / 4) <= 11 * 2,
+                "rank {r}: {load} of {total}"
+            );
+        }
+        assert_eq!(partition_rows(&[(3, 1)], 1), vec![vec![0..3]]);
     }
 }

@@ -45,6 +45,57 @@ impl MemoryEstimate {
     }
 }
 
+/// AdamW's first and second moments: the part of the training state
+/// ZeRO-1 shards (f32 each).
+pub const MOMENT_BYTES_PER_PARAM: u64 = 8;
+
+/// The training state of one data-parallel rank.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankMemory {
+    pub ranks: usize,
+    /// Values in the largest rank's share (`dist::partition_rows` over the
+    /// parameters' rows, as the trainer shards them).
+    pub largest_share: u64,
+    /// Every rank keeps the whole state (`optim.zero_stage = 0`).
+    pub replicated_bytes: u64,
+    /// AdamW moments sharded (`optim.zero_stage = 1`): the largest rank's.
+    pub zero1_bytes: u64,
+}
+
+impl RankMemory {
+    /// The state per rank on `device` when `ranks` train `c` together.
+    pub fn new(c: &ModelConfig, device: &Device, ranks: usize) -> RankMemory {
+        let shapes: Vec<(usize, usize)> = c
+            .tensor_shapes()
+            .iter()
+            .map(|(_, s)| match s[..] {
+                [rows, ref rest @ ..] if !rest.is_empty() => (rows, rest.iter().product()),
+                _ => (1, s.iter().product()),
+            })
+            .collect();
+        let parts = crate::dist::partition_rows(&shapes, ranks.max(1));
+        let largest_share = (0..ranks.max(1))
+            .map(|r| {
+                parts
+                    .iter()
+                    .zip(&shapes)
+                    .map(|(p, &(_, cols))| (p[r].len() * cols) as u64)
+                    .sum::<u64>()
+            })
+            .max()
+            .unwrap_or(0);
+        let n = c.num_parameters();
+        let per_param = device.training_bytes_per_param();
+        RankMemory {
+            ranks,
+            largest_share,
+            replicated_bytes: n * per_param,
+            zero1_bytes: n * (per_param - MOMENT_BYTES_PER_PARAM)
+                + largest_share * MOMENT_BYTES_PER_PARAM,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -81,5 +132,23 @@ mod tests {
         assert!(ModelConfig::from_dims(Arch::Llama, Dims { heads: 3, ..d }).is_err());
         assert!(ModelConfig::from_dims(Arch::Llama, Dims { kv_heads: 3, ..d }).is_err());
         assert!(ModelConfig::from_dims(Arch::Llama, Dims { hidden: 36, ..d }).is_err());
+    }
+
+    #[test]
+    fn zero_1_divides_the_moments_over_the_ranks() {
+        let c = preset("qwen2.5-0.5b").unwrap();
+        let n = c.num_parameters();
+        let one = RankMemory::new(&c, &Device::Cuda(0), 1);
+        assert_eq!(one.largest_share, n);
+        assert_eq!(one.zero1_bytes, one.replicated_bytes);
+        let eight = RankMemory::new(&c, &Device::Cuda(0), 8);
+        assert_eq!(eight.replicated_bytes, one.replicated_bytes);
+        // Shares are cut at row boundaries: n / 8 within a row (the MLP's
+        // down projection has the longest, 4864 values).
+        assert!(eight.largest_share.abs_diff(n / 8) <= 4864, "{eight:?}");
+        assert_eq!(
+            one.zero1_bytes - eight.zero1_bytes,
+            (n - eight.largest_share) * MOMENT_BYTES_PER_PARAM
+        );
     }
 }

@@ -17,7 +17,7 @@ pub use backward::{Activations, TrainSeq};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{KvCache, LogitRows, Model, PagedStep, SeqStep};
 pub use folder::{export, hf_dir, is_checkpoint};
-pub use memory::MemoryEstimate;
+pub use memory::{MemoryEstimate, RankMemory, MOMENT_BYTES_PER_PARAM};
 pub use rope_scaling::RopeScaling;
 pub use weights::{
     load_weights, save_model_weights, save_safetensors, stored_dtype, TensorMap, MAX_SHARD_BYTES,

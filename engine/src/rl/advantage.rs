@@ -56,7 +56,7 @@ pub enum Normalization {
 }
 
 /// The rewards of one rollout.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RolloutRewards {
     /// Reward of each tool-calling turn (every turn but the last).
     pub ig: Vec<f64>,
@@ -71,7 +71,7 @@ impl RolloutRewards {
 }
 
 /// Advantages of a batch.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Advantages {
     /// Per rollout (groups flattened in order), per turn.
     pub turns: Vec<Vec<f64>>,
@@ -207,6 +207,25 @@ pub fn advantages(
     groups: &[Vec<RolloutRewards>],
     tokens: &[Vec<usize>],
 ) -> Advantages {
+    let alone = |_: &mut [f64]| Ok::<(), std::convert::Infallible>(());
+    match advantages_over(estimator, norm, gamma, groups, tokens, alone) {
+        Ok(a) => a,
+        Err(never) => match never {},
+    }
+}
+
+/// [`advantages`] of one share of a batch whose other shares live
+/// elsewhere (data-parallel ranks): groups stay whole, so only the
+/// batch-wide sums (REINFORCE++'s whitening) go through `sum_over_shares`,
+/// which adds the same vector of every share in place.
+pub fn advantages_over<E>(
+    estimator: Estimator,
+    norm: Normalization,
+    gamma: f64,
+    groups: &[Vec<RolloutRewards>],
+    tokens: &[Vec<usize>],
+    mut sum_over_shares: impl FnMut(&mut [f64]) -> Result<(), E>,
+) -> Result<Advantages, E> {
     let mut turns: Vec<Vec<f64>> = vec![];
     for group in groups {
         let per_rollout: Vec<Vec<f64>> = match estimator {
@@ -239,7 +258,7 @@ pub fn advantages(
         turns.extend(per_rollout);
     }
     if estimator == Estimator::ReinforcePp {
-        whiten_over_tokens(&mut turns, tokens);
+        whiten_over_tokens(&mut turns, tokens, &mut sum_over_shares)?;
     }
     let mut zero_groups = 0;
     let mut at = 0;
@@ -250,41 +269,49 @@ pub fn advantages(
         }
         at += group.len();
     }
-    Advantages {
+    Ok(Advantages {
         turns,
         zero_groups,
         groups: groups.len(),
-    }
+    })
 }
 
 /// Token-weighted whitening over the batch, `(x - mean) / sqrt(var + 1e-8)`
 /// with the unbiased variance (verl's `masked_whiten`).
-fn whiten_over_tokens(turns: &mut [Vec<f64>], tokens: &[Vec<usize>]) {
+fn whiten_over_tokens<E>(
+    turns: &mut [Vec<f64>],
+    tokens: &[Vec<usize>],
+    sum_over_shares: &mut impl FnMut(&mut [f64]) -> Result<(), E>,
+) -> Result<(), E> {
     let weight =
         |i: usize, k: usize| tokens.get(i).and_then(|t| t.get(k)).copied().unwrap_or(0) as f64;
-    let (mut n, mut sum) = (0.0, 0.0);
+    let mut n_sum = [0.0, 0.0];
     for (i, t) in turns.iter().enumerate() {
         for (k, &a) in t.iter().enumerate() {
-            n += weight(i, k);
-            sum += weight(i, k) * a;
+            n_sum[0] += weight(i, k);
+            n_sum[1] += weight(i, k) * a;
         }
     }
+    sum_over_shares(&mut n_sum)?;
+    let [n, sum] = n_sum;
     if n < 2.0 {
-        return;
+        return Ok(());
     }
     let mean = sum / n;
-    let mut var = 0.0;
+    let mut var = [0.0];
     for (i, t) in turns.iter().enumerate() {
         for (k, &a) in t.iter().enumerate() {
-            var += weight(i, k) * (a - mean).powi(2);
+            var[0] += weight(i, k) * (a - mean).powi(2);
         }
     }
-    let denom = (var / (n - 1.0) + 1e-8).sqrt();
+    sum_over_shares(&mut var)?;
+    let denom = (var[0] / (n - 1.0) + 1e-8).sqrt();
     for t in turns.iter_mut() {
         for a in t.iter_mut() {
             *a = (*a - mean) / denom;
         }
     }
+    Ok(())
 }
 
 /// Generated tokens per turn of a trajectory.
@@ -581,5 +608,60 @@ mod tests {
         );
         assert_eq!(tokens_per_turn(&t), vec![3, 3]);
         assert_eq!(crate::rl::scoring::turn_boundaries(&t), vec![3, 9]);
+    }
+
+    /// Two shares of a batch (whole groups each, as data-parallel ranks
+    /// hold them), their sums added through a rendezvous of two threads,
+    /// get the advantages the whole batch gets: REINFORCE++'s whitening is
+    /// batch-wide, the other estimators' statistics stay in a group.
+    #[test]
+    fn shares_of_a_batch_summed_together_get_the_whole_batchs_advantages() {
+        use std::sync::{Arc, Barrier, Mutex};
+        let groups = vec![
+            vec![rr(&[0.2], 1.0), rr(&[-0.1, 0.4], 0.0)],
+            vec![rr(&[], 0.5), rr(&[0.3], 0.25)],
+            vec![rr(&[0.7, 0.1], 1.0), rr(&[], 0.0)],
+        ];
+        let tokens = vec![
+            vec![3, 5],
+            vec![2, 2, 7],
+            vec![4],
+            vec![6, 1],
+            vec![2, 3, 4],
+            vec![9],
+        ];
+        for e in [Estimator::ReinforcePp, Estimator::Igpo, Estimator::Grpo] {
+            let whole = advantages(e, Normalization::Joint, 0.9, &groups, &tokens);
+            let sums = Arc::new(Mutex::new(vec![]));
+            let meet = Arc::new(Barrier::new(2));
+            let share = |g: std::ops::Range<usize>, t: std::ops::Range<usize>| {
+                let (groups, tokens) = (groups[g].to_vec(), tokens[t].to_vec());
+                let (sums, meet) = (sums.clone(), meet.clone());
+                std::thread::spawn(move || {
+                    let add = |v: &mut [f64]| {
+                        sums.lock().unwrap().push(v.to_vec());
+                        meet.wait();
+                        let total: Vec<f64> = (0..v.len())
+                            .map(|i| sums.lock().unwrap().iter().map(|s| s[i]).sum())
+                            .collect();
+                        meet.wait();
+                        sums.lock().unwrap().clear();
+                        meet.wait();
+                        v.copy_from_slice(&total);
+                        Ok::<(), ()>(())
+                    };
+                    advantages_over(e, Normalization::Joint, 0.9, &groups, &tokens, add).unwrap()
+                })
+            };
+            let first = share(0..1, 0..2);
+            let rest = share(1..3, 2..6);
+            let (first, rest) = (first.join().unwrap(), rest.join().unwrap());
+            let joined: Vec<Vec<f64>> = first.turns.into_iter().chain(rest.turns).collect();
+            assert_eq!(joined.len(), whole.turns.len());
+            for (a, b) in joined.iter().flatten().zip(whole.turns.iter().flatten()) {
+                assert!((a - b).abs() < 1e-12, "{e:?}: {a} vs {b}");
+            }
+            assert_eq!(first.zero_groups + rest.zero_groups, whole.zero_groups);
+        }
     }
 }

@@ -123,15 +123,43 @@ pub struct LossOutput {
 
 /// Weight of each token in the aggregate (they sum to 1 over the mini-batch).
 pub fn token_weights(agg: Aggregation, seq: &[usize]) -> Vec<f64> {
+    token_weights_in(agg, seq, MiniBatchCounts::of(seq))
+}
+
+/// A mini-batch's loss tokens and the sequences that have any: what the
+/// aggregate divides by. A data-parallel rank holds part of a mini-batch
+/// and sums these over the ranks.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MiniBatchCounts {
+    pub tokens: usize,
+    pub sequences: usize,
+}
+
+impl MiniBatchCounts {
+    /// The counts of the tokens' sequence indices `seq`.
+    pub fn of(seq: &[usize]) -> MiniBatchCounts {
+        let mut seen: Vec<usize> = seq.to_vec();
+        seen.dedup();
+        seen.sort_unstable();
+        seen.dedup();
+        MiniBatchCounts {
+            tokens: seq.len(),
+            sequences: seen.len(),
+        }
+    }
+}
+
+/// [`token_weights`] of part of a mini-batch whose whole counts are `all`.
+pub fn token_weights_in(agg: Aggregation, seq: &[usize], all: MiniBatchCounts) -> Vec<f64> {
     let n_seq = seq.iter().copied().max().map_or(0, |m| m + 1);
     let mut len = vec![0usize; n_seq];
     for &s in seq {
         len[s] += 1;
     }
-    let present = len.iter().filter(|&&l| l > 0).count().max(1) as f64;
+    let present = all.sequences.max(1) as f64;
     seq.iter()
         .map(|&s| match agg {
-            Aggregation::TokenMean => 1.0 / seq.len() as f64,
+            Aggregation::TokenMean => 1.0 / all.tokens as f64,
             Aggregation::SeqMeanTokenSum => 1.0 / present,
             Aggregation::SeqMeanTokenMean => 1.0 / (present * len[s] as f64),
         })

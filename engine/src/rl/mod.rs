@@ -9,11 +9,12 @@ pub mod reward;
 pub mod scoring;
 
 pub use advantage::{
-    advantages, spread_over_tokens, tokens_per_turn, Advantages, Estimator, Normalization,
-    RolloutRewards,
+    advantages, advantages_over, spread_over_tokens, tokens_per_turn, Advantages, Estimator,
+    Normalization, RolloutRewards,
 };
 pub use loss::{
-    policy_loss, token_weights, Aggregation, KlEstimator, LossConfig, LossInputs, LossStats,
+    policy_loss, token_weights, token_weights_in, Aggregation, KlEstimator, LossConfig, LossInputs,
+    LossStats, MiniBatchCounts,
 };
 pub use reward::{
     gt_probabilities, information_gain, outcome_reward, rollout_rewards, IgForm, ProbeAnswers,

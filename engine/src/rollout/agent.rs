@@ -252,7 +252,7 @@ pub struct Trajectory {
 }
 
 /// Wall-clock accounting of one batch of rollouts.
-#[derive(Clone, Copy, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub struct RolloutStats {
     pub generated_tokens: usize,
     pub wall_s: f64,

@@ -155,13 +155,14 @@ pub fn resume_point(run_dir: &Path) -> Result<Option<(u64, PathBuf)>, Checkpoint
 }
 
 /// Writes checkpoint `state.step` (the model folder in `model_dtype`, the
-/// tokenizer and generation files copied from `base_model`) and keeps only
+/// tokenizer and generation files copied from `base_model`, every
+/// parameter's AdamW `moments`) and keeps only
 /// the newest `keep_last`. A write that fails (a full disk) leaves nothing
 /// of the new checkpoint behind and the older ones as they were.
 pub fn save_checkpoint<B: Backend>(
     run_dir: &Path,
     model: &Model<B>,
-    opt: &AdamW<B>,
+    moments: Vec<(Tensor, Tensor)>,
     state: &TrainerState,
     base_model: &Path,
     model_dtype: CheckpointDType,
@@ -174,7 +175,7 @@ pub fn save_checkpoint<B: Backend>(
     let fin = root.join(format!("step-{}", state.step));
     let tmp = root.join(crate::fsutil::temp_name(&format!(".step-{}", state.step)));
     let written =
-        write_checkpoint(&tmp, model, opt, state, base_model, model_dtype).and_then(|()| {
+        write_checkpoint(&tmp, model, moments, state, base_model, model_dtype).and_then(|()| {
             if fin.exists() {
                 fs::remove_dir_all(&fin).map_err(io(&fin))?;
             }
@@ -204,7 +205,7 @@ pub fn save_checkpoint<B: Backend>(
 fn write_checkpoint<B: Backend>(
     dir: &Path,
     model: &Model<B>,
-    opt: &AdamW<B>,
+    moments: Vec<(Tensor, Tensor)>,
     state: &TrainerState,
     base_model: &Path,
     model_dtype: CheckpointDType,
@@ -224,20 +225,19 @@ fn write_checkpoint<B: Backend>(
     fs::create_dir_all(&state_dir).map_err(io(&state_dir))?;
     save_safetensors(&dir.join(MASTER_WEIGHTS), &weights, DType::F32)?;
     drop(weights);
-    let b = model.backend();
-    let mut moments = TensorMap::new();
-    for (i, name) in model.param_names().iter().enumerate() {
-        moments.insert(format!("m.{name}"), b.download(&opt.m[i]));
-        moments.insert(format!("v.{name}"), b.download(&opt.v[i]));
+    let mut state_map = TensorMap::new();
+    for (name, (m, v)) in model.param_names().iter().zip(moments) {
+        state_map.insert(format!("m.{name}"), m);
+        state_map.insert(format!("v.{name}"), v);
     }
-    save_safetensors(&dir.join(OPTIMIZER_STATE), &moments, DType::F32)?;
+    save_safetensors(&dir.join(OPTIMIZER_STATE), &state_map, DType::F32)?;
     let json = serde_json::to_vec_pretty(state).expect("state serializes");
     crate::fsutil::write_atomic(&dir.join(TRAINER_STATE), &json).map_err(io(dir))
 }
 
 /// Loads the trainer state and optimizer moments of a checkpoint into `opt`
-/// (the caller loads the weights by giving the checkpoint folder as the
-/// model: its f32 master weights).
+/// (those it keeps, see [`AdamW::owns`]; the caller loads the weights by
+/// giving the checkpoint folder as the model: its f32 master weights).
 pub fn load_checkpoint_state<B: Backend>(
     dir: &Path,
     model: &Model<B>,
@@ -257,25 +257,25 @@ pub fn load_checkpoint_state<B: Backend>(
     })?;
     let b = model.backend();
     for (i, name) in model.param_names().iter().enumerate() {
-        for (which, dst) in [("m", &mut opt.m[i]), ("v", &mut opt.v[i])] {
+        let want = b.shape(&model.params()[i]);
+        let [m, v] = ["m", "v"].map(|which| -> Result<Tensor, CheckpointError> {
             let key = format!("{which}.{name}");
             let view = st.tensor(&key).map_err(|_| CheckpointError::Bad {
                 path: op.display().to_string(),
                 msg: format!("missing `{key}`"),
             })?;
-            let t = Tensor::from_vec(view.shape(), decode_le(view.data(), DType::F32));
-            if view.shape() != b.shape(dst) {
+            if view.shape() != want {
                 return Err(CheckpointError::Bad {
                     path: op.display().to_string(),
-                    msg: format!(
-                        "`{key}` has shape {:?}, expected {:?}",
-                        view.shape(),
-                        b.shape(dst)
-                    ),
+                    msg: format!("`{key}` has shape {:?}, expected {:?}", view.shape(), want),
                 });
             }
-            *dst = b.upload(&t);
-        }
+            Ok(Tensor::from_vec(
+                view.shape(),
+                decode_le(view.data(), DType::F32),
+            ))
+        });
+        opt.set_moments(b, i, &m?, &v?);
     }
     opt.step = state.optimizer_steps.unwrap_or(state.step);
     Ok(state)

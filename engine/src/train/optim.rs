@@ -1,9 +1,14 @@
 //! AdamW with decoupled weight decay and bias correction over f32 master
-//! weights, global-norm gradient clipping, and the learning-rate schedule.
+//! weights, global-norm gradient clipping, its state optionally sharded over
+//! data-parallel ranks (ZeRO-1), and the learning-rate schedule.
+
+use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{AdamWStep, Backend};
+use crate::backend::{clip_factor, AdamWStep, Backend};
+use crate::dist::{Collective, CommError};
+use crate::tensor::Tensor;
 
 /// Optimizer settings (`[optim]` in a run config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -23,6 +28,10 @@ pub struct OptimConfig {
     /// Stop the run after this many updates in a row were skipped for a
     /// non-finite loss, gradient norm, advantage or log-prob (`train::guard`).
     pub max_consecutive_skips: u32,
+    /// Data parallel: 0 keeps the whole AdamW state on every rank; 1 shards
+    /// it (ZeRO-1): each rank keeps the moments of, and updates, its share
+    /// of the parameters, then sends the updated weights to the others.
+    pub zero_stage: u8,
 }
 
 impl Default for OptimConfig {
@@ -36,6 +45,7 @@ impl Default for OptimConfig {
             no_decay: vec!["norm".into(), "bias".into()],
             grad_clip: 1.0,
             max_consecutive_skips: 5,
+            zero_stage: 0,
         }
     }
 }
@@ -48,6 +58,13 @@ impl OptimConfig {
         }
         if self.max_consecutive_skips == 0 {
             return Err("optim.max_consecutive_skips must be >= 1".into());
+        }
+        if self.zero_stage > 1 {
+            return Err(format!(
+                "optim.zero_stage = {}: 0 (replicated) or 1 (AdamW state sharded over the \
+                 ranks); stage 2 (gradients sharded too) is not built",
+                self.zero_stage
+            ));
         }
         Ok(())
     }
@@ -102,11 +119,50 @@ impl ScheduleConfig {
 /// AdamW state: first and second moments per parameter, and the step count.
 pub struct AdamW<B: Backend> {
     pub config: OptimConfig,
+    /// Moments of what this process updates: the whole parameter, the rows
+    /// of it [`Shards`] give this rank, or an empty tensor.
     pub m: Vec<B::Tensor>,
     pub v: Vec<B::Tensor>,
     /// Optimizer steps taken so far.
     pub step: u64,
     decay: Vec<bool>,
+    shapes: Vec<Vec<usize>>,
+    shards: Option<Shards>,
+}
+
+/// ZeRO-1: the rows of each parameter whose moments each rank keeps and
+/// which it updates (`dist::partition_rows`: equal shares of the model's
+/// values), and which rank this is. A parameter of one dimension is one
+/// row.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Shards {
+    /// Per parameter, per rank.
+    pub rows: Vec<Vec<Range<usize>>>,
+    pub rank: usize,
+}
+
+impl Shards {
+    /// Equal shares of parameters shaped `shapes` over `ranks`, as `rank`.
+    pub fn even(shapes: &[Vec<usize>], ranks: usize, rank: usize) -> Shards {
+        let m: Vec<(usize, usize)> = shapes.iter().map(|s| matrix(s)).collect();
+        Shards {
+            rows: crate::dist::partition_rows(&m, ranks),
+            rank,
+        }
+    }
+
+    fn mine(&self, i: usize) -> Range<usize> {
+        self.rows[i][self.rank].clone()
+    }
+}
+
+/// A parameter as `(rows, cols)`: its first dimension by the rest (one
+/// row when it has one dimension).
+fn matrix(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [rows, rest @ ..] if !rest.is_empty() => (*rows, rest.iter().product()),
+        _ => (1, shape.iter().product()),
+    }
 }
 
 /// What one optimizer step did.
@@ -128,10 +184,28 @@ impl<B: Backend> AdamW<B> {
         names: &[String],
         params: &[B::Tensor],
     ) -> AdamW<B> {
+        Self::with_shards(backend, config, names, params, None)
+    }
+
+    /// Fresh state that keeps moments only for the rows `shards` gives
+    /// this rank (for all of every parameter without).
+    pub fn with_shards(
+        backend: &B,
+        config: OptimConfig,
+        names: &[String],
+        params: &[B::Tensor],
+        shards: Option<Shards>,
+    ) -> AdamW<B> {
+        let shapes: Vec<Vec<usize>> = params.iter().map(|p| backend.shape(p).to_vec()).collect();
+        let kept = |i: usize| -> Vec<usize> {
+            match &shards {
+                None => shapes[i].clone(),
+                Some(s) => piece_shape(&shapes[i], s.mine(i)),
+            }
+        };
         let zeros = || {
-            params
-                .iter()
-                .map(|p| backend.zeros(backend.shape(p)))
+            (0..params.len())
+                .map(|i| backend.zeros(&kept(i)))
                 .collect::<Vec<_>>()
         };
         let decay = names
@@ -143,7 +217,42 @@ impl<B: Backend> AdamW<B> {
             v: zeros(),
             step: 0,
             decay,
+            shapes,
+            shards,
             config,
+        }
+    }
+
+    /// The values this process keeps moments for, and those of all
+    /// parameters.
+    pub fn kept_values(&self) -> (usize, usize) {
+        let all = self
+            .shapes
+            .iter()
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        let kept = match &self.shards {
+            None => all,
+            Some(s) => (0..self.shapes.len())
+                .map(|i| s.mine(i).len() * matrix(&self.shapes[i]).1)
+                .sum(),
+        };
+        (kept, all)
+    }
+
+    /// Sets parameter `i`'s moments from the whole `m` and `v` (a
+    /// checkpoint's), keeping the rows this process keeps.
+    pub fn set_moments(&mut self, backend: &B, i: usize, m: &Tensor, v: &Tensor) {
+        let span = self.shards.as_ref().map(|s| s.mine(i));
+        let (_, cols) = matrix(&self.shapes[i]);
+        for (src, dst) in [(m, &mut self.m[i]), (v, &mut self.v[i])] {
+            *dst = match &span {
+                None => backend.upload(src),
+                Some(span) => backend.upload(&Tensor::from_vec(
+                    &piece_shape(&self.shapes[i], span.clone()),
+                    src.data()[span.start * cols..span.end * cols].to_vec(),
+                )),
+            };
         }
     }
 
@@ -155,6 +264,7 @@ impl<B: Backend> AdamW<B> {
     /// One update with the gradients `grads` (sums over `accumulated`
     /// micro-batches, averaged here), clipping by global norm first. A
     /// gradient whose norm is not finite changes nothing (`applied` false).
+    /// State sharded over ranks updates through [`AdamW::update_over`].
     pub fn update(
         &mut self,
         backend: &B,
@@ -163,6 +273,51 @@ impl<B: Backend> AdamW<B> {
         lr: f64,
         accumulated: usize,
     ) -> StepStats {
+        assert!(
+            self.shards.is_none(),
+            "sharded AdamW state updates through update_over"
+        );
+        self.apply(backend, params, grads, lr, accumulated).0
+    }
+
+    /// [`AdamW::update`] in a data-parallel job: with sharded state each
+    /// rank updates its rows and broadcasts them, so every rank holds the
+    /// whole updated model again.
+    pub fn update_over(
+        &mut self,
+        backend: &B,
+        comm: &dyn Collective,
+        params: &mut [B::Tensor],
+        grads: &[B::Tensor],
+        lr: f64,
+        accumulated: usize,
+    ) -> Result<StepStats, CommError> {
+        let (s, mut pieces) = self.apply(backend, params, grads, lr, accumulated);
+        if let (Some(shards), true) = (&self.shards, s.applied) {
+            for (i, p) in params.iter_mut().enumerate() {
+                let mine = match pieces[i].take() {
+                    Some(piece) => backend.download(&piece),
+                    None if shards.mine(i).is_empty() => Tensor::zeros(&[0]),
+                    None => backend.download(p),
+                };
+                let whole = assemble(&self.shapes[i], &shards.rows[i], comm, shards.rank, mine)?;
+                *p = backend.upload(&whole);
+            }
+        }
+        Ok(s)
+    }
+
+    /// The step: the global norm, then AdamW on what this process updates.
+    /// Returns the rows it updated apart from their parameter (ZeRO-1), by
+    /// parameter.
+    fn apply(
+        &mut self,
+        backend: &B,
+        params: &mut [B::Tensor],
+        grads: &[B::Tensor],
+        lr: f64,
+        accumulated: usize,
+    ) -> (StepStats, Vec<Option<B::Tensor>>) {
         assert_eq!(
             params.len(),
             grads.len(),
@@ -186,24 +341,130 @@ impl<B: Backend> AdamW<B> {
                 grad_scale: 1.0, // set by adamw_clipped: avg x clip factor
             })
             .collect();
-        let grad_norm = backend.adamw_clipped(
-            params,
-            grads,
-            (&mut self.m, &mut self.v),
-            &steps,
-            avg,
-            c.grad_clip,
-        );
+        let mut pieces: Vec<Option<B::Tensor>> = (0..params.len()).map(|_| None).collect();
+        let grad_norm = match &self.shards {
+            None => backend.adamw_clipped(
+                params,
+                grads,
+                (&mut self.m, &mut self.v),
+                &steps,
+                avg,
+                c.grad_clip,
+            ),
+            // Every rank holds every summed gradient: the norm is the whole
+            // model's (`Backend::adamw_clipped`'s default arithmetic, so a
+            // CPU run's bits are plain data parallelism's); AdamW is
+            // elementwise, so updating rows apart gives the same bits.
+            Some(shards) => {
+                let sq: f64 = grads.iter().map(|g| backend.sum_squares(g)).sum();
+                let grad_norm = sq.sqrt() * avg;
+                if grad_norm.is_finite() {
+                    let clip = clip_factor(grad_norm, c.grad_clip);
+                    for (i, p) in params.iter_mut().enumerate() {
+                        let mine = shards.mine(i);
+                        let step = AdamWStep {
+                            grad_scale: (avg * clip) as f32,
+                            ..steps[i]
+                        };
+                        let (m, v) = (&mut self.m[i], &mut self.v[i]);
+                        if mine.len() == matrix(&self.shapes[i]).0 {
+                            backend.adamw(p, &grads[i], m, v, &step);
+                        } else if !mine.is_empty() {
+                            let mut rows = backend.slice_rows(p, mine.clone());
+                            let g = backend.slice_rows(&grads[i], mine);
+                            backend.adamw(&mut rows, &g, m, v, &step);
+                            pieces[i] = Some(rows);
+                        }
+                    }
+                }
+                grad_norm
+            }
+        };
         let applied = grad_norm.is_finite();
         if !applied {
             self.step -= 1;
         }
-        StepStats {
+        let stats = StepStats {
             grad_norm,
             lr,
             applied,
-        }
+        };
+        (stats, pieces)
     }
+
+    /// Every parameter's moments `(m, v)` on the host of rank 0 (`None` on
+    /// the others), for a checkpoint: with sharded state each rank
+    /// broadcasts its rows, one parameter at a time. Every rank calls it.
+    pub fn host_moments(
+        &self,
+        backend: &B,
+        comm: &dyn Collective,
+    ) -> Result<Option<Vec<(Tensor, Tensor)>>, CommError> {
+        let Some(s) = &self.shards else {
+            return Ok((comm.rank() == 0).then(|| {
+                let pairs = self.m.iter().zip(&self.v);
+                pairs
+                    .map(|(m, v)| (backend.download(m), backend.download(v)))
+                    .collect()
+            }));
+        };
+        let mut out = vec![];
+        for i in 0..self.shapes.len() {
+            let [m, v] = [&self.m[i], &self.v[i]].map(|t| {
+                assemble(
+                    &self.shapes[i],
+                    &s.rows[i],
+                    comm,
+                    s.rank,
+                    backend.download(t),
+                )
+            });
+            if comm.rank() == 0 {
+                out.push((m?, v?));
+            }
+        }
+        Ok((comm.rank() == 0).then_some(out))
+    }
+}
+
+/// The shape of rows `span` of a parameter shaped `shape`.
+fn piece_shape(shape: &[usize], span: Range<usize>) -> Vec<usize> {
+    let (rows, _) = matrix(shape);
+    match span.len() {
+        0 => vec![0],
+        n if n == rows => shape.to_vec(),
+        n => [&[n][..], &shape[1..]].concat(),
+    }
+}
+
+/// A whole parameter-shaped tensor from every rank's rows (`spans`, per
+/// rank): `mine` holds this rank's. Each rank broadcasts its rows in turn.
+fn assemble(
+    shape: &[usize],
+    spans: &[Range<usize>],
+    comm: &dyn Collective,
+    rank: usize,
+    mine: Tensor,
+) -> Result<Tensor, CommError> {
+    let (rows, cols) = matrix(shape);
+    if spans[rank].len() == rows {
+        // This rank holds it whole: the others take it from here.
+        let mut mine = mine;
+        comm.broadcast(mine.data_mut(), rank)?;
+        return Ok(mine);
+    }
+    let mut whole = vec![0.0f32; rows * cols];
+    for (r, span) in spans.iter().enumerate() {
+        if span.is_empty() {
+            continue;
+        }
+        let dst = &mut whole[span.start * cols..span.end * cols];
+        if r == rank {
+            dst.copy_from_slice(mine.data());
+        }
+        comm.broadcast(dst, r)?;
+    }
+    Ok(Tensor::from_vec(shape, whole))
 }
 
 #[cfg(test)]

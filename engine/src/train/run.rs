@@ -15,7 +15,7 @@ use super::checkpoint::{
     DataPosition, TrainerState,
 };
 use super::guard::SkipCounts;
-use super::optim::{AdamW, OptimConfig};
+use super::optim::{AdamW, OptimConfig, Shards};
 use super::sft_data::SftDataError;
 use super::tensorboard::{json_lines, EventWriter};
 use crate::backend::Backend;
@@ -171,6 +171,10 @@ impl JsonlLog {
         keep_to: Option<u64>,
     ) -> Result<(Vec<T>, JsonlLog), TrainError> {
         let (kept, mut log) = JsonlLog::read_kept(path, tag_prefix, keep_to);
+        if crate::dist::world().rank() != 0 {
+            // Rank 0 alone writes the run folder.
+            return Ok((kept, log));
+        }
         let text: String = json_lines(&kept).iter().map(|l| l.clone() + "\n").collect();
         crate::fsutil::write_atomic(&log.path, text.as_bytes()).map_err(io_err(&log.path))?;
         let file = std::fs::OpenOptions::new()
@@ -287,12 +291,30 @@ impl<B: Backend> Start<B> {
         };
         let weights_dir = from.as_ref().map_or(&cfg.model, |(_, d)| d);
         let model = crate::model::load(weights_dir, backend.clone())?;
-        let mut opt = AdamW::new(
+        let comm = crate::dist::world();
+        let shards = (cfg.optim.zero_stage == 1 && comm.size() > 1).then(|| {
+            let shapes: Vec<Vec<usize>> = model
+                .params()
+                .iter()
+                .map(|p| backend.shape(p).to_vec())
+                .collect();
+            Shards::even(&shapes, comm.size(), comm.rank())
+        });
+        let mut opt = AdamW::with_shards(
             &backend,
             cfg.optim.clone(),
             model.param_names(),
             model.params(),
+            shards,
         );
+        if cfg.optim.zero_stage == 1 && comm.size() > 1 {
+            let (kept, all) = opt.kept_values();
+            tracing::info!(
+                "ZeRO-1: rank {} keeps the AdamW state of {kept} of {all} values ({:.1} %)",
+                comm.rank(),
+                100.0 * kept as f64 / all.max(1) as f64
+            );
+        }
         let mut rng = Rng::new(cfg.seed);
         let order = shuffled(n_examples, &mut rng);
         let mut state = TrainerState {
@@ -413,11 +435,18 @@ impl<B: Backend, M: LogLine> Run<B, M> {
                 let sum = crate::dist::weights_checksum(b, self.model.params());
                 crate::dist::replicas_agree(comm, sum, n).map_err(TrainError::Collective)?;
             }
-            if checkpoint && comm.rank() == 0 {
+            let moments = match checkpoint {
+                true => self
+                    .opt
+                    .host_moments(self.model.backend(), comm)
+                    .map_err(TrainError::Collective)?,
+                false => None,
+            };
+            if let Some(moments) = moments {
                 self.final_checkpoint = Some(save_checkpoint(
                     &self.cfg.run_dir,
                     &self.model,
-                    &self.opt,
+                    moments,
                     &self.state,
                     &self.cfg.model,
                     self.cfg.checkpoint_dtype,

@@ -322,7 +322,8 @@ fn sft_step<B: Backend>(
     let (grad_norm, skip) = if loss.is_finite() {
         let stats = run
             .opt
-            .update(&b, run.model.params_mut(), &grads, lr, t.grad_accum);
+            .update_over(&b, comm, run.model.params_mut(), &grads, lr, t.grad_accum)
+            .map_err(TrainError::Collective)?;
         (stats.grad_norm, (!stats.applied).then_some(Skip::GradNorm))
     } else {
         (f64::NAN, Some(Skip::Loss))

@@ -317,8 +317,9 @@ fn rl_step<B: Backend>(
         micro: 2,
         chunk: STEP_CHUNK,
         recompute: false,
+        comm: &crate::dist::Solo,
     };
-    let grads = mini_batch_grads(&model, &batch, &settings, &mut stats);
+    let grads = mini_batch_grads(&model, &batch, &settings, &mut stats).expect("one process");
     let mut out = finish_step(model, grads, 1);
     out.loss = stats.loss;
     out.stats = stats;

@@ -135,7 +135,7 @@ pub(crate) fn step_metrics(d: &StepData, u: &Update, lr: f64, cum_grad_tokens: u
         lr,
         grad_tokens: s.tokens,
         cum_grad_tokens,
-        logprob_delta: d.logprob_delta,
+        logprob_delta: d.logprob_delta.mean(),
         reward_failures: d.rewards.failures,
         generated_tokens: d.rollout.generated_tokens,
         rollout_s: d.timings.rollout_s,

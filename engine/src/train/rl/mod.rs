@@ -5,13 +5,15 @@
 //! - `config.rs`: the run file;
 //! - `step.rs`: one step, phase by phase in the order they run;
 //! - `update.rs`: old/ref log-probs and the PPO epochs (`mini_batch_grads`);
-//! - `logs.rs`: metrics.jsonl, eval.jsonl, samples/, the step line.
+//! - `logs.rs`: metrics.jsonl, eval.jsonl, samples/, the step line;
+//! - `ranks.rs`: how a step splits over data-parallel ranks.
 //!
 //! Resume, the data cursor, the logs' files, the progress bar and the
 //! checkpoints are the loop `igpo sft` shares (`train::run`).
 
 mod config;
 mod logs;
+mod ranks;
 mod step;
 mod update;
 
@@ -46,14 +48,7 @@ pub fn run_train<B: Backend>(
     config_text: &str,
     opts: &RlRunOptions,
 ) -> Result<RlOutcome, TrainError> {
-    let ranks = crate::dist::world().size();
-    if ranks > 1 {
-        // Not yet: rollouts split by whole groups, batch statistics reduced.
-        return Err(TrainError::Collective(crate::dist::CommError(format!(
-            "`igpo train` runs as one process for now (launched as {ranks} ranks); \
-             `igpo sft` runs data parallel"
-        ))));
-    }
+    ranks::check_split(cfg.rl.prompts_per_step, crate::dist::world().size())?;
     let env = RlEnv::load(cfg)?;
     let loop_cfg = cfg.loop_config(opts);
     let start = Start::load(backend.clone(), &loop_cfg, env.train_tasks.len())?;

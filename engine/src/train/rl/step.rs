@@ -8,14 +8,20 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde::{Deserialize, Serialize};
+
 use super::config::{RlConfig, RlRunConfig};
 use super::logs::{bar_message, step_line, step_metrics, write_samples, DevEval, RlMetrics};
-use super::update::{ppo_epochs, sequence_logprobs, Guard, Sample, UpdateSettings};
+use super::ranks::{even_block, gather_rollouts, rollout_block, whole_step};
+use super::update::{
+    ppo_epochs, sequence_logprobs, sum_over_ranks, Guard, Sample, SampleShare, UpdateSettings,
+};
 use crate::backend::Backend;
+use crate::dist::Collective;
 use crate::model::Model;
 use crate::plugins::{PluginHost, RewardOutput, RewardPlugin, ToolPool, TrajectoryRecord};
 use crate::rl::{
-    advantages, gt_probabilities, outcome_reward, rollout_rewards, score, spread_over_tokens,
+    advantages_over, gt_probabilities, outcome_reward, rollout_rewards, score, spread_over_tokens,
     tokens_per_turn, turn_boundaries, Advantages, Estimator, Probe, ProbeAnswers, ProbeTemplate,
     RolloutRewards, ScoreRequest,
 };
@@ -80,7 +86,9 @@ impl<'a> RlEnv<'a> {
         let template =
             ProbeTemplate::parse(&cfg.rl.probe_template).map_err(TrainError::ProbeTemplate)?;
         let samples = cfg.train.run_dir.join("samples");
-        std::fs::create_dir_all(&samples).map_err(io_err(&cfg.train.run_dir))?;
+        if crate::dist::world().rank() == 0 {
+            std::fs::create_dir_all(&samples).map_err(io_err(&cfg.train.run_dir))?;
+        }
         Ok(RlEnv {
             cfg,
             tok,
@@ -106,6 +114,7 @@ impl<'a> RlEnv<'a> {
             micro: c.train.micro_batch,
             chunk: c.train.logprob_chunk,
             recompute: c.train.recompute_activations,
+            comm: crate::dist::world(),
         }
     }
 }
@@ -121,7 +130,7 @@ pub(crate) struct RlLoop<B: Backend> {
 }
 
 /// Wall time of a step's stages.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Timings {
     pub rollout_s: f64,
     pub scoring_s: f64,
@@ -139,9 +148,22 @@ pub(crate) struct StepData {
     pub rewards: Rewards,
     /// Per kept rollout, per turn.
     pub adv: Advantages,
-    /// Mean |sampled - recomputed old log-prob| over generated tokens.
-    pub logprob_delta: f64,
+    pub logprob_delta: LogprobDelta,
     pub timings: Timings,
+}
+
+/// |sampled - recomputed old log-prob| summed over the generated tokens:
+/// how far the sampler's numbers are from the trainer's.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct LogprobDelta {
+    pub sum: f64,
+    pub tokens: usize,
+}
+
+impl LogprobDelta {
+    pub(crate) fn mean(&self) -> f64 {
+        self.sum / self.tokens.max(1) as f64
+    }
 }
 
 /// The RL step: every phase in order; its metrics go to the shared loop.
@@ -153,17 +175,21 @@ pub(crate) fn rl_step<B: Backend>(
 ) -> Result<StepEnd<RlMetrics>, TrainError> {
     let cfg = env.cfg;
     let settings = env.update_settings();
+    let comm = settings.comm;
     let mut timings = Timings::default();
+    // Every rank draws the step's tasks and seed; each runs its groups.
     let tasks = next_tasks(&env.train_tasks, &cfg.rl, &mut run.state, &mut run.rng);
+    let mine = rollout_block(tasks.len(), cfg.rl.group_size, comm);
+    let seed = run.rng.next_u64().wrapping_add(mine.start as u64);
     let t0 = Instant::now();
-    let (trajs, rollout) = rollouts(&run.model, env, &tasks, run.rng.next_u64())?;
+    let (trajs, rollout) = rollouts(&run.model, env, &tasks[mine], seed)?;
     timings.rollout_s = t0.elapsed().as_secs_f64();
     let t1 = Instant::now();
     let p = ground_truth(&run.model, env, &trajs)?;
     timings.scoring_s = t1.elapsed().as_secs_f64();
     let t2 = Instant::now();
     let rewards = rewards(&trajs, &p, &cfg.rl, |rec| env.reward.score(rec));
-    let adv = turn_advantages(&trajs, &rewards, &cfg.rl);
+    let adv = turn_advantages(&trajs, &rewards, &cfg.rl, comm)?;
     let (mut samples, logprob_delta) = old_logprobs(
         &run.model,
         lp.reference.as_ref(),
@@ -172,7 +198,10 @@ pub(crate) fn rl_step<B: Backend>(
         &adv,
         &settings,
     );
-    inject_nan(&env.inject, step, &mut samples);
+    if comm.rank() == 0 {
+        inject_nan(&env.inject, step, &mut samples);
+    }
+    let share = SampleShare::exchange(comm, samples.len())?;
     let lr = cfg.schedule.lr(cfg.optim.lr, step, cfg.train.steps);
     let passes = (cfg.train.ppo_epochs, cfg.train.mini_batches);
     let mut guard = Guard {
@@ -186,6 +215,7 @@ pub(crate) fn rl_step<B: Backend>(
         &mut run.model,
         &mut run.opt,
         &samples,
+        share,
         &settings,
         passes,
         lr,
@@ -204,9 +234,12 @@ pub(crate) fn rl_step<B: Backend>(
         logprob_delta,
         timings,
     };
+    let data = whole_step(comm, data)?;
     let mut m = step_metrics(&data, &update, lr, lp.cum_tokens);
     m.skipped_updates = run.state.skips.total;
-    write_samples(&cfg.train.run_dir, &data, cfg.train.samples_per_step)?;
+    if comm.rank() == 0 {
+        write_samples(&cfg.train.run_dir, &data, cfg.train.samples_per_step)?;
+    }
     let every = cfg.eval.as_ref().map_or(0, |e| e.every);
     if env.has_eval() && on_cadence(step, cfg.train.steps, every) {
         let e = dev_eval(&run.model, env, step, lp.cum_tokens)?;
@@ -330,7 +363,7 @@ pub(crate) fn ground_truth<B: Backend>(
 }
 
 /// The rewards of a step's rollouts, groups of `group_size` in order.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Rewards {
     /// Per group, the rewards of its kept rollouts.
     pub groups: Vec<Vec<RolloutRewards>>,
@@ -408,29 +441,32 @@ pub(crate) fn rewards<E: std::fmt::Display>(
     r
 }
 
-/// Phase 5: per kept rollout, per turn, the estimator's advantage.
+/// Phase 5: per kept rollout, per turn, the estimator's advantage (the
+/// batch-wide sums over every rank's groups).
 pub(crate) fn turn_advantages(
     trajs: &[Trajectory],
     rewards: &Rewards,
     rl: &RlConfig,
-) -> Advantages {
+    comm: &dyn Collective,
+) -> Result<Advantages, TrainError> {
     let tokens: Vec<Vec<usize>> = rewards
         .kept
         .iter()
         .map(|&i| tokens_per_turn(&trajs[i]))
         .collect();
-    advantages(
+    advantages_over(
         rl.estimator,
         rl.normalization,
         rl.gamma,
         &rewards.groups,
         &tokens,
+        |v| sum_over_ranks(comm, v),
     )
 }
 
 /// Phase 6: the kept rollouts as samples for the update: advantages spread
 /// over their tokens, old (and reference) log-probs under the weights that
-/// sampled. Also the mean |sampled - recomputed| old log-prob.
+/// sampled. Also |sampled - recomputed| old log-prob.
 pub(crate) fn old_logprobs<B: Backend>(
     model: &Model<B>,
     reference: Option<&Model<B>>,
@@ -438,7 +474,7 @@ pub(crate) fn old_logprobs<B: Backend>(
     kept: &[usize],
     adv: &Advantages,
     settings: &UpdateSettings<'_>,
-) -> (Vec<Sample>, f64) {
+) -> (Vec<Sample>, LogprobDelta) {
     let refs: Vec<&Trajectory> = kept.iter().map(|&i| &trajs[i]).collect();
     let (mut old, mut reference_lp) = (vec![], vec![]);
     for part in refs.chunks(settings.micro) {
@@ -447,12 +483,12 @@ pub(crate) fn old_logprobs<B: Backend>(
             reference_lp.extend(sequence_logprobs(r, part, settings.chunk));
         }
     }
-    let (mut delta, mut delta_n) = (0.0, 0usize);
+    let mut delta = LogprobDelta::default();
     for (t, o) in refs.iter().zip(&old) {
         for ((&mask, &sampled), &recomputed) in t.loss_mask.iter().zip(&t.sample_logprobs).zip(o) {
             if mask == 1 {
-                delta += (sampled - recomputed).abs() as f64;
-                delta_n += 1;
+                delta.sum += (sampled - recomputed).abs() as f64;
+                delta.tokens += 1;
             }
         }
     }
@@ -469,11 +505,11 @@ pub(crate) fn old_logprobs<B: Backend>(
             traj: trajs[i].clone(),
         })
         .collect();
-    (samples, delta / delta_n.max(1) as f64)
+    (samples, delta)
 }
 
 /// Phase 10: the dev split through the agent (greedy by default) and the
-/// reward plugin.
+/// reward plugin; data-parallel ranks each run a block of the questions.
 pub(crate) fn dev_eval<B: Backend>(
     model: &Model<B>,
     env: &RlEnv<'_>,
@@ -486,15 +522,19 @@ pub(crate) fn dev_eval<B: Backend>(
         temperature: e.temperature,
         ..cfg.agent.clone()
     };
+    let comm = crate::dist::world();
+    let mine = even_block(env.dev_tasks.len(), comm);
+    let seed = cfg.train.seed.wrapping_add(mine.start as u64);
     let (trajs, stats) = rollout_tasks(
         model,
         &env.tok,
         env.tools.clone(),
         &agent,
-        &env.dev_tasks,
+        &env.dev_tasks[mine],
         e.batch,
-        cfg.train.seed,
+        seed,
     )?;
+    let (trajs, stats) = gather_rollouts(comm, trajs, stats)?;
     let r = score_report(&trajs, &stats, &env.reward);
     Ok(DevEval {
         step,

@@ -5,8 +5,12 @@ use std::cell::RefCell;
 
 use super::config::RlConfig;
 use super::logs::{sample_lines, step_metrics};
-use super::step::{next_tasks, old_logprobs, rewards, turn_advantages, Rewards, StepData, Timings};
-use super::update::{ppo_epochs, sequence_logprobs, Guard, Sample, Update, UpdateSettings};
+use super::step::{
+    next_tasks, old_logprobs, rewards, turn_advantages, LogprobDelta, Rewards, StepData, Timings,
+};
+use super::update::{
+    ppo_epochs, sequence_logprobs, Guard, Sample, SampleShare, Update, UpdateSettings,
+};
 use crate::backend::Cpu;
 use crate::model::init::random_weights;
 use crate::model::{Arch, Model, ModelConfig};
@@ -84,7 +88,7 @@ fn rewarded() -> (Vec<Trajectory>, Vec<Vec<f64>>, Rewards, Advantages) {
     let (trajs, p) = hand_made();
     let rl = grpo(2);
     let r = rewards(&trajs, &p, &rl, score);
-    let adv = turn_advantages(&trajs, &r, &rl);
+    let adv = turn_advantages(&trajs, &r, &rl, &crate::dist::Solo).unwrap();
     (trajs, p, r, adv)
 }
 
@@ -135,7 +139,7 @@ fn advantages_of_kept_rollouts_follow_their_group() {
         estimator: Estimator::Igpo,
         ..rl
     };
-    let adv = turn_advantages(&trajs, &r, &igpo);
+    let adv = turn_advantages(&trajs, &r, &igpo, &crate::dist::Solo).unwrap();
     assert!(adv.turns[0][0] > adv.turns[1][0]);
 }
 
@@ -197,7 +201,10 @@ fn step_metrics_and_samples_of_a_hand_made_step() {
         p,
         rewards: r,
         adv,
-        logprob_delta: 0.125,
+        logprob_delta: LogprobDelta {
+            sum: 0.5,
+            tokens: 4,
+        },
         timings: Timings::default(),
     };
     let u = Update {
@@ -285,6 +292,7 @@ fn settings(loss: &LossConfig) -> UpdateSettings<'_> {
         micro: 2,
         chunk: 16,
         recompute: false,
+        comm: &crate::dist::Solo,
     }
 }
 
@@ -321,7 +329,7 @@ fn old_logprobs_make_samples_of_the_kept_rollouts() {
     assert!(samples[0].old[3] < 0.0 && samples[0].old[6] == 0.0);
     assert_eq!(samples[0].reference, vec![0.0; 12]);
     assert_eq!(samples[0].adv, spread_over_tokens(&trajs[0], &[1.0, -0.5]));
-    assert!((delta - 0.25).abs() < 1e-5, "{delta}");
+    assert!((delta.mean() - 0.25).abs() < 1e-5, "{delta:?}");
     // With a reference policy its log-probs come along.
     let (with_ref, _) = old_logprobs(&model, Some(&model), &trajs, &kept, &adv, &settings(&loss));
     assert_eq!(with_ref[1].reference, expected[1]);
@@ -357,6 +365,7 @@ fn ppo_epochs_make_epochs_times_mini_batches_updates() {
         &mut model,
         &mut opt,
         &samples,
+        SampleShare::all(samples.len()),
         &settings(&loss),
         (2, 2),
         0.0,
@@ -381,6 +390,7 @@ fn ppo_epochs_make_epochs_times_mini_batches_updates() {
         &mut model,
         &mut opt,
         &samples,
+        SampleShare::all(samples.len()),
         &settings(&loss),
         (1, 3),
         1e-2,
@@ -426,6 +436,7 @@ fn non_finite_updates_are_skipped_and_counted() {
             &mut model,
             &mut opt,
             samples,
+            SampleShare::all(samples.len()),
             &settings(&loss),
             (1, 1),
             1e-2,
@@ -457,6 +468,7 @@ fn non_finite_updates_are_skipped_and_counted() {
         &mut model,
         &mut opt,
         &clean,
+        SampleShare::all(clean.len()),
         &settings(&loss),
         (1, 1),
         1e-2,

@@ -2,8 +2,11 @@
 //! rollouts, and the PPO epochs of clipped-surrogate mini-batch updates.
 
 use crate::backend::Backend;
+use crate::dist::Collective;
 use crate::model::{Model, TrainSeq};
-use crate::rl::{policy_loss, token_weights, LossConfig, LossInputs, LossStats};
+use crate::rl::{
+    policy_loss, token_weights_in, LossConfig, LossInputs, LossStats, MiniBatchCounts,
+};
 use crate::rng::Rng;
 use crate::rollout::Trajectory;
 use crate::tensor::Tensor;
@@ -86,7 +89,7 @@ fn loss_rows(trajs: &[&Trajectory]) -> Vec<usize> {
 
 /// How a mini-batch's gradient is computed (from `[loss]`, `[rl]` and
 /// `[train]`).
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy)]
 pub(crate) struct UpdateSettings<'a> {
     pub loss: &'a LossConfig,
     /// One importance ratio per sequence (GSPO) instead of per token.
@@ -96,6 +99,9 @@ pub(crate) struct UpdateSettings<'a> {
     /// Vocabulary rows per chunk of the fused log-prob op.
     pub chunk: usize,
     pub recompute: bool,
+    /// The data-parallel ranks a mini-batch is spread over (`dist::Solo`
+    /// alone): counts, statistics and gradients are summed over them.
+    pub comm: &'a dyn Collective,
 }
 
 /// The numerical guard over one step's updates (`train::guard`).
@@ -110,14 +116,56 @@ pub(crate) struct Guard<'a> {
 }
 
 /// Why a mini-batch's inputs cannot make an update: a non-finite advantage,
-/// old or reference log-prob (checked before any gradient is computed, so
-/// none reaches the weights).
-fn bad_inputs(batch: &[&Sample]) -> Option<Skip> {
-    if !batch.iter().all(|s| all_finite(&s.adv)) {
-        return Some(Skip::Advantage);
-    }
+/// old or reference log-prob on any rank's part (checked before any
+/// gradient is computed, so none reaches the weights).
+fn bad_inputs(batch: &[&Sample], comm: &dyn Collective) -> Result<Option<Skip>, TrainError> {
     let finite_lp = |s: &&Sample| all_finite(&s.old) && all_finite(&s.reference);
-    (!batch.iter().all(finite_lp)).then_some(Skip::LogProb)
+    let mut bad = [
+        f64::from(!batch.iter().all(|s| all_finite(&s.adv))),
+        f64::from(!batch.iter().all(finite_lp)),
+    ];
+    sum_over_ranks(comm, &mut bad)?;
+    Ok(if bad[0] > 0.0 {
+        Some(Skip::Advantage)
+    } else {
+        (bad[1] > 0.0).then_some(Skip::LogProb)
+    })
+}
+
+/// `v` summed over the data-parallel ranks (nothing to do alone).
+pub(crate) fn sum_over_ranks(comm: &dyn Collective, v: &mut [f64]) -> Result<(), TrainError> {
+    if comm.size() > 1 {
+        comm.all_reduce_sum_f64(v).map_err(TrainError::Collective)?;
+    }
+    Ok(())
+}
+
+/// Loss statistics summed over the ranks' parts of a mini-batch.
+fn stats_over_ranks(comm: &dyn Collective, s: &mut LossStats) -> Result<(), TrainError> {
+    if comm.size() == 1 {
+        return Ok(());
+    }
+    let mut v = [
+        s.loss,
+        s.pg_loss,
+        s.kl,
+        s.entropy,
+        s.clipped as f64,
+        s.ratio_sum,
+        s.tokens as f64,
+    ];
+    sum_over_ranks(comm, &mut v)?;
+    let [loss, pg_loss, kl, entropy, clipped, ratio_sum, tokens] = v;
+    *s = LossStats {
+        loss,
+        pg_loss,
+        kl,
+        entropy,
+        clipped: clipped as usize,
+        ratio_sum,
+        tokens: tokens as usize,
+    };
+    Ok(())
 }
 
 /// One optimizer update on a mini-batch of samples, or a skip (its inputs,
@@ -133,12 +181,16 @@ fn update_mini_batch<B: Backend>(
     stats: &mut LossStats,
     guard: &mut Guard<'_>,
 ) -> Result<(f64, bool), TrainError> {
-    let (norm, skip) = match bad_inputs(batch) {
+    let comm = settings.comm;
+    let (norm, skip) = match bad_inputs(batch, comm)? {
         Some(skip) => (f64::NAN, Some(skip)),
         None => {
             let mut mine = LossStats::default();
-            let mut grads = mini_batch_grads(model, batch, settings, &mut mine);
+            let mut grads = mini_batch_grads(model, batch, settings, &mut mine)?;
             let b = model.backend().clone();
+            crate::dist::all_reduce_tensors(&b, comm, &mut grads)
+                .map_err(TrainError::Collective)?;
+            stats_over_ranks(comm, &mut mine)?;
             if guard.nan_loss {
                 mine.loss = f64::NAN;
             }
@@ -148,7 +200,9 @@ fn update_mini_batch<B: Backend>(
             if !mine.loss.is_finite() {
                 (f64::NAN, Some(Skip::Loss))
             } else {
-                let s = opt.update(&b, model.params_mut(), &grads, lr, 1);
+                let s = opt
+                    .update_over(&b, comm, model.params_mut(), &grads, lr, 1)
+                    .map_err(TrainError::Collective)?;
                 if s.applied {
                     stats.add(&mine);
                 }
@@ -161,19 +215,22 @@ fn update_mini_batch<B: Backend>(
 }
 
 /// The policy-loss gradient of a mini-batch (summed over its micro-batches
-/// of `settings.micro` samples); adds into `stats`.
+/// of `settings.micro` samples); adds into `stats`. Under data parallelism
+/// `batch` is this rank's part: the aggregate's weights divide by the
+/// whole mini-batch's counts, so the ranks' gradients sum to the whole's.
 pub(crate) fn mini_batch_grads<B: Backend>(
     model: &Model<B>,
     batch: &[&Sample],
     settings: &UpdateSettings<'_>,
     stats: &mut LossStats,
-) -> Vec<B::Tensor> {
+) -> Result<Vec<B::Tensor>, TrainError> {
     let UpdateSettings {
         loss: loss_cfg,
         sequence_ratio,
         micro,
         chunk,
         recompute,
+        comm,
     } = *settings;
     let b = model.backend().clone();
     // Aggregation weights over the whole mini-batch.
@@ -184,7 +241,14 @@ pub(crate) fn mini_batch_grads<B: Backend>(
             std::iter::repeat_n(i, s.traj.loss_mask.iter().filter(|&&m| m == 1).count())
         })
         .collect();
-    let weights = token_weights(loss_cfg.aggregation, &seq_of);
+    let mine = MiniBatchCounts::of(&seq_of);
+    let mut all = [mine.tokens as f64, mine.sequences as f64];
+    sum_over_ranks(comm, &mut all)?;
+    let all = MiniBatchCounts {
+        tokens: all[0] as usize,
+        sequences: all[1] as usize,
+    };
+    let weights = token_weights_in(loss_cfg.aggregation, &seq_of, all);
     let mut grads = model.zero_grads();
     let mut w_at = 0;
     for (mi, part) in batch.chunks(micro).enumerate() {
@@ -251,7 +315,7 @@ pub(crate) fn mini_batch_grads<B: Backend>(
         let d_hidden = crate::backend::scatter_rows(&b, &d_picked, &rows, targets.len());
         model.backward(&acts, &d_hidden, &mut grads);
     }
-    grads
+    Ok(grads)
 }
 
 /// What the PPO epochs did: loss statistics summed over every applied
@@ -265,14 +329,43 @@ pub(crate) struct Update {
     pub skipped: usize,
 }
 
-/// Phase: `epochs` passes over the samples, each in a fresh order drawn
-/// from `rng`, split into `mini_batches` optimizer updates at rate `lr`.
-/// Errs when `guard` has seen too many skips in a row.
+/// Where a rank's samples sit among the step's: the kept rollouts of every
+/// rank in rank order (ranks hold consecutive groups), so sample `i` here is
+/// the step's `first + i` of `total`. One process holds all of them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct SampleShare {
+    pub first: usize,
+    pub total: usize,
+}
+
+impl SampleShare {
+    /// The share of a process that holds all `n` samples.
+    #[cfg(test)]
+    pub(crate) fn all(n: usize) -> SampleShare {
+        SampleShare { first: 0, total: n }
+    }
+
+    /// This rank's share, from every rank's count of `mine` samples.
+    pub(crate) fn exchange(comm: &dyn Collective, mine: usize) -> Result<Self, TrainError> {
+        let counts = crate::dist::all_counts(comm, mine).map_err(TrainError::Collective)?;
+        Ok(SampleShare {
+            first: counts[..comm.rank()].iter().sum(),
+            total: counts.iter().sum(),
+        })
+    }
+}
+
+/// Phase: `epochs` passes over the step's samples, each in a fresh order
+/// drawn from `rng`, split into `mini_batches` optimizer updates at rate
+/// `lr`. Every rank draws the same order over all the step's samples and
+/// computes the part of each mini-batch it holds (`share`), so the updates
+/// are one process's. Errs when `guard` has seen too many skips in a row.
 #[allow(clippy::too_many_arguments)] // the phase's inputs, each named
 pub(crate) fn ppo_epochs<B: Backend>(
     model: &mut Model<B>,
     opt: &mut AdamW<B>,
     samples: &[Sample],
+    share: SampleShare,
     settings: &UpdateSettings<'_>,
     (epochs, mini_batches): (usize, usize),
     lr: f64,
@@ -280,11 +373,17 @@ pub(crate) fn ppo_epochs<B: Backend>(
     guard: &mut Guard<'_>,
 ) -> Result<Update, TrainError> {
     let mut out = Update::default();
+    let mine = share.first..share.first + samples.len();
     for _ in 0..epochs {
-        let order = shuffled(samples.len(), rng);
-        let per = samples.len().div_ceil(mini_batches).max(1);
+        let order = shuffled(share.total, rng);
+        let per = share.total.div_ceil(mini_batches).max(1);
         for mb in order.chunks(per) {
-            let batch: Vec<&Sample> = mb.iter().map(|&i| &samples[i as usize]).collect();
+            let batch: Vec<&Sample> = mb
+                .iter()
+                .map(|&i| i as usize)
+                .filter(|i| mine.contains(i))
+                .map(|i| &samples[i - share.first])
+                .collect();
             let (norm, skipped) =
                 update_mini_batch(model, opt, &batch, settings, lr, &mut out.stats, guard)?;
             out.grad_norm = norm;
