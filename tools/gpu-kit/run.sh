@@ -10,6 +10,9 @@
 #   a  the kernels' GPU tests (kernels/tests/gpu.rs)
 #   b  the CUDA backend against the CPU backend, op by op (backend::cuda::tests)
 #   d  one SFT step and one RL step, CUDA vs CPU (backend::cuda::tests::train_step_*)
+#   h  the NCCL path with one rank (nccl.sh): 2 steps of the demo's IGPO run
+#      with the gradients summed through a one-rank NCCL group, equal to a
+#      plain run
 #   e  tools/bench_side_by_side.sh: igpo and PyTorch on the Qwen2.5-0.5B shape
 #      (prefill, decode at batch 1/64/256, a training step at 1x2048 and at
 #      8x2048 in micro-batches with MFU, fused scoring vs log_softmax+gather,
@@ -236,6 +239,12 @@ TT=(--test-threads=1 --nocapture)
 step a-kernels-gpu 60 -- "$KT" "${TT[@]}"
 step b-backend-cuda 75 -- "$ET" backend::cuda "${TT[@]}" --skip train_step
 step d-train-step 45 -- "$ET" backend::cuda::tests::train_step "${TT[@]}"
+if [ "$GPU" = 1 ]; then
+    step h-nccl-one-rank 90 -- env DEVICE=cuda IGPO="$BIN/igpo" PLUGINS="$KIT/plugins" \
+        OUT="$OUT" bash "$KIT/nccl.sh"
+else
+    record h-nccl-one-rank SKIPPED 0 "no GPU"
+fi
 # The issue's side by side with PyTorch (the machine's python3 has torch):
 # tools/bench_side_by_side.sh, the same script `cargo xtask bench --device cuda`
 # runs; each half under its own timeout so one slow half loses only itself.

@@ -35,7 +35,18 @@ pub fn gpu_kit() -> Result<()> {
             test_executable(&["-p", "igpo", "--lib"], "igpo")?,
         ),
         ("igpo", {
-            run(cargo().args(["build", "--release", "-p", "igpo", "--bin", "igpo"]))?;
+            // NCCL (loaded at run time) for nccl.sh; no MPI: the GPU
+            // machine has no Open MPI to link against.
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "igpo",
+                "--bin",
+                "igpo",
+                "--features",
+                "nccl",
+            ]))?;
             target().join("release/igpo")
         }),
     ];
@@ -109,6 +120,7 @@ pub fn gpu_kit() -> Result<()> {
     for (src, dest) in [
         ("tools/gpu-kit/run.sh", "run.sh"),
         ("tools/gpu-kit/demo.sh", "demo.sh"),
+        ("tools/gpu-kit/nccl.sh", "nccl.sh"),
         ("tools/gpu-kit/tokenizer.json", "tokenizer.json"),
     ] {
         std::fs::copy(root().join(src), kit.join(dest))

@@ -9,7 +9,9 @@ use crate::{run, Result};
 
 /// The cargo arguments of every build `cargo xtask test` makes of the
 /// engine (tests, clippy, the tool-SFT binary): one feature set, one build.
-pub(crate) const TEST_FEATURES: [&str; 2] = ["--features", "igpo/mpi"];
+/// `nccl` compiles the CUDA backend's NCCL group (nothing to link: NCCL is
+/// loaded at run time, and only on a GPU).
+pub(crate) const TEST_FEATURES: [&str; 2] = ["--features", "igpo/mpi,igpo/nccl"];
 
 const PACKAGES: [&str; 3] = ["openmpi-bin", "libopenmpi-dev", "libclang-dev"];
 

@@ -508,6 +508,36 @@ pub trait Backend: Clone + Send + Sync {
         }
         grad_norm
     }
+
+    /// Data-parallel collectives on the device (NCCL on CUDA, cargo feature
+    /// `nccl`), which `dist` prefers to its host round trip once the ranks
+    /// joined a group: a new group's id (made by one rank, sent to the
+    /// others over MPI), or `None` when this backend has no device
+    /// collectives.
+    fn new_device_group_id(&self) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+
+    /// Joins the device group `id` as `rank` of `size`.
+    fn join_device_group(&self, _id: &[u8], _rank: usize, _size: usize) -> Result<(), String> {
+        Err(format!("{} has no device collectives", self.name()))
+    }
+
+    /// Sums every tensor over the device group, in place; `None` when this
+    /// backend joined no group.
+    fn device_all_reduce(&self, _tensors: &mut [Self::Tensor]) -> Option<Result<(), String>> {
+        None
+    }
+
+    /// Every tensor becomes rank `root`'s (each of a parameter's stored
+    /// copies); `None` when this backend joined no group.
+    fn device_broadcast(
+        &self,
+        _tensors: &mut [Self::Tensor],
+        _root: usize,
+    ) -> Option<Result<(), String>> {
+        None
+    }
 }
 
 /// Global-norm clipping: `max_norm / (norm + 1e-6)` when clipping is on

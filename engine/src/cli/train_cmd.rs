@@ -23,13 +23,22 @@ pub struct SftArgs {
     /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// cpu, or cuda[:N].
+    /// cpu, or cuda[:N] (under mpirun or srun, `cuda` is each rank's GPU of its node).
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
 
+/// In a data-parallel job `cuda` (`cuda:0`) is this rank's GPU of its
+/// node, `cuda:LOCAL_RANK`; any other device is taken as given.
+fn rank_device(device: Device) -> Device {
+    match device {
+        Device::Cuda(0) => Device::Cuda(crate::dist::local_rank()),
+        d => d,
+    }
+}
+
 pub fn sft(a: SftArgs) -> CliResult {
-    let backend = open_device(&a.device)?;
+    let backend = open_device(&rank_device(a.device))?;
     let file = RunFile::read(&a.config, &a.set)?;
     let cfg = SftConfig::from_run_file(&file)?;
     let opts = SftRunOptions {
@@ -76,13 +85,13 @@ pub struct TrainArgs {
     /// (repeatable): `--set rl.group_size=4 --set optim.lr=1e-6`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// cpu, or cuda[:N].
+    /// cpu, or cuda[:N] (under mpirun or srun, `cuda` is each rank's GPU of its node).
     #[arg(long, default_value = "cpu")]
     device: Device,
 }
 
 pub fn train(a: TrainArgs) -> CliResult {
-    let backend = open_device(&a.device)?;
+    let backend = open_device(&rank_device(a.device))?;
     let file = RunFile::read(&a.config, &a.set)?;
     let cfg = RlRunConfig::from_run_file(&file)?;
     let opts = RlRunOptions {

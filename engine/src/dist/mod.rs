@@ -90,14 +90,19 @@ fn check_len(op: &str, got: usize, want: usize) -> Result<(), CommError> {
     Ok(())
 }
 
-/// Sums `tensors` over the ranks in one flat all-reduce (the gradients of
-/// a data-parallel step). A solo job returns at once, leaving them as they
-/// are, bit for bit.
+/// Sums `tensors` over the ranks (the gradients of a data-parallel step):
+/// on the device when the ranks joined a device group
+/// ([`join_device_group`]), else in one flat all-reduce through host
+/// buffers. A solo job without a device group returns at once, leaving them
+/// as they are, bit for bit.
 pub fn all_reduce_tensors<B: Backend>(
     b: &B,
     comm: &dyn Collective,
     tensors: &mut [B::Tensor],
 ) -> Result<(), CommError> {
+    if let Some(done) = b.device_all_reduce(tensors) {
+        return done.map_err(CommError);
+    }
     if comm.size() == 1 {
         return Ok(());
     }
@@ -114,12 +119,16 @@ pub fn all_reduce_tensors<B: Backend>(
 }
 
 /// Every rank's `tensors` become rank 0's (the weights at the start of a
-/// data-parallel run). A solo job returns at once.
+/// data-parallel run), on the device when the ranks joined a device group.
+/// A solo job without one returns at once.
 pub fn broadcast_tensors<B: Backend>(
     b: &B,
     comm: &dyn Collective,
     tensors: &mut [B::Tensor],
 ) -> Result<(), CommError> {
+    if let Some(done) = b.device_broadcast(tensors, 0) {
+        return done.map_err(CommError);
+    }
     if comm.size() == 1 {
         return Ok(());
     }
@@ -287,6 +296,54 @@ pub fn launched_rank() -> Option<(usize, usize)> {
         "SLURM_PROCID",
     ])?;
     (size > 1).then_some((rank, size))
+}
+
+/// This rank's index among the job's ranks on its node (the launcher's
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, `SLURM_LOCALID`, `MPI_LOCALRANKID` or
+/// `PMI_LOCAL_RANK`): which GPU of the node it takes. 0 alone.
+pub fn local_rank() -> usize {
+    [
+        "OMPI_COMM_WORLD_LOCAL_RANK",
+        "SLURM_LOCALID",
+        "MPI_LOCALRANKID",
+        "PMI_LOCAL_RANK",
+    ]
+    .iter()
+    .find_map(|n| std::env::var(n).ok()?.parse().ok())
+    .filter(|_| world().size() > 1)
+    .unwrap_or(0)
+}
+
+/// Whether the ranks sum on the device: always in a job of several ranks
+/// whose backend has device collectives, and alone with `IGPO_NCCL=1` (a
+/// one-rank group: the NCCL path checked on one GPU).
+fn wants_device_group(comm: &dyn Collective) -> bool {
+    comm.size() > 1 || std::env::var("IGPO_NCCL").is_ok_and(|v| v == "1")
+}
+
+/// Joins the job's ranks in a device group (NCCL) when `b` offers one:
+/// rank 0 makes the group's id and every rank learns it over `comm`.
+/// Returns whether the collectives now run on the device.
+pub fn join_device_group<B: Backend>(b: &B, comm: &dyn Collective) -> Result<bool, CommError> {
+    if !wants_device_group(comm) {
+        return Ok(false);
+    }
+    let id = match comm.rank() {
+        0 => b.new_device_group_id().map_err(CommError)?,
+        _ => None,
+    };
+    let ids = all_gather_values(comm, &id)?;
+    let Some(id) = &ids[0] else {
+        return Ok(false);
+    };
+    b.join_device_group(id, comm.rank(), comm.size())
+        .map_err(CommError)?;
+    tracing::info!(
+        "rank {}: gradients summed on the device ({} ranks)",
+        comm.rank(),
+        comm.size()
+    );
+    Ok(true)
 }
 
 /// Held by `main` for the life of the process: dropping it leaves the job

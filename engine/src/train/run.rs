@@ -370,6 +370,7 @@ impl<B: Backend, M: LogLine> Run<B, M> {
         // writes the run folder (logs, TensorBoard, checkpoints).
         let comm = crate::dist::world();
         let b = start.model.backend().clone();
+        crate::dist::join_device_group(&b, comm).map_err(TrainError::Collective)?;
         crate::dist::broadcast_tensors(&b, comm, start.model.params_mut())
             .map_err(TrainError::Collective)?;
         let metrics_path = run_dir.join("metrics.jsonl");

@@ -121,6 +121,9 @@ pub struct Cuda {
     rope_freqs: Arc<Reused<f32>>,
     /// How `paged_attention` runs (`IGPO_PAGED_ATTENTION`).
     paged_mode: PagedMode,
+    /// The NCCL group of a data-parallel job, once joined.
+    #[cfg(feature = "nccl")]
+    group: Arc<std::sync::Mutex<Option<nccl::Group>>>,
 }
 
 /// Profiling marks are CUDA events recorded on the stream (timing enabled):
@@ -222,6 +225,8 @@ impl Cuda {
             rope_positions: Arc::default(),
             rope_freqs: Arc::default(),
             paged_mode: PagedMode::from_env()?,
+            #[cfg(feature = "nccl")]
+            group: Arc::default(),
         })
     }
 
@@ -853,11 +858,41 @@ impl Backend for Cuda {
     ) -> f64 {
         optimizer::adamw_clipped(self, params, grads, (m, v), steps, avg, max_norm)
     }
+
+    #[cfg(feature = "nccl")]
+    fn new_device_group_id(&self) -> Result<Option<Vec<u8>>, String> {
+        nccl::new_id().map(Some)
+    }
+
+    #[cfg(feature = "nccl")]
+    fn join_device_group(&self, id: &[u8], rank: usize, size: usize) -> Result<(), String> {
+        let group = nccl::Group::join(self.stream().clone(), id, rank, size)?;
+        *self.group.lock().unwrap_or_else(|e| e.into_inner()) = Some(group);
+        Ok(())
+    }
+
+    #[cfg(feature = "nccl")]
+    fn device_all_reduce(&self, tensors: &mut [CudaTensor]) -> Option<Result<(), String>> {
+        let group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        Some(group.as_ref()?.all_reduce(tensors))
+    }
+
+    #[cfg(feature = "nccl")]
+    fn device_broadcast(
+        &self,
+        tensors: &mut [CudaTensor],
+        root: usize,
+    ) -> Option<Result<(), String>> {
+        let group = self.group.lock().unwrap_or_else(|e| e.into_inner());
+        Some(group.as_ref()?.broadcast(tensors, root))
+    }
 }
 
 mod attention;
 mod dense;
 mod logprob;
+#[cfg(feature = "nccl")]
+mod nccl;
 mod norm;
 mod optimizer;
 mod paged;
