@@ -400,6 +400,62 @@ mod mpi {
     }
 
     #[test]
+    fn a_hung_rank_stops_the_job_after_the_collective_timeout() {
+        let dir = scratch("hung");
+        let config = setup(&dir);
+        let job = mpirun(2)
+            .env("IGPO_COLLECTIVE_TIMEOUT_S", "3")
+            .args(["sft", "--config"])
+            .arg(&config)
+            .args([
+                "--set",
+                "train.steps=100000",
+                "--set",
+                "train.checkpoint_every=1",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let checkpoints = dir.join("run/checkpoints");
+        let started = std::time::Instant::now();
+        while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) < 2 {
+            assert!(
+                started.elapsed().as_secs() < 120,
+                "no checkpoint in 2 minutes"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // Rank 1 stops (as a process stuck in the kernel would): alive, in
+        // no collective. Rank 0 waits in its next one.
+        let victims = rank_pids(&config, 1);
+        assert_eq!(victims.len(), 1, "rank 1's process");
+        let signal = |sig: &str| {
+            Command::new("kill")
+                .args([sig, &victims[0].to_string()])
+                .status()
+                .unwrap()
+        };
+        signal("-STOP");
+        let stopped = std::time::Instant::now();
+        let out = job.wait_with_output().unwrap();
+        let waited = stopped.elapsed().as_secs_f64();
+        let _ = signal("-KILL");
+        let err = String::from_utf8_lossy(&out.stderr);
+        eprintln!("job ended {waited:.1} s after rank 1 stopped:\n{err}");
+        assert!(!out.status.success(), "the job must fail");
+        assert!(
+            waited < 60.0,
+            "the job outlived the 3 s timeout by a minute"
+        );
+        assert!(
+            err.contains("error: rank 0: ") && err.contains("hung or gone"),
+            "one line from the rank that waited: {err}"
+        );
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn a_step_that_does_not_split_over_the_ranks_is_one_error_line() {
         let dir = scratch("split");
         let config = setup(&dir);

@@ -9,6 +9,9 @@
 
 #[cfg(feature = "mpi")]
 mod mpi;
+mod watchdog;
+
+pub use watchdog::{timeout_from_env, Watched};
 
 use std::ops::Range;
 use std::sync::OnceLock;
@@ -381,6 +384,11 @@ pub fn init() -> Result<Membership, CommError> {
                 comm.size()
             )));
         }
+        let timeout = timeout_from_env()?;
+        let comm = Watched::new(comm, timeout, |line| {
+            eprintln!("error: {line}");
+            std::process::exit(2);
+        });
         if WORLD.set(Box::new(comm)).is_err() {
             return Err(CommError("the communicator was joined twice".into()));
         }
