@@ -689,11 +689,13 @@ mod mpi {
         ) else {
             return;
         };
-        let passages = igpo::data::build_corpus(
+        // 400 passages: enough to search, quick to index twice per run.
+        let mut passages = igpo::data::build_corpus(
             Some(&common::data_dir().join("squad-dev-v1.1.json")),
             Some(&common::data_dir().join("wiki-summaries-en.json")),
         )
         .unwrap();
+        passages.truncate(400);
         let run_file = |dir: &Path| {
             std::fs::create_dir_all(dir.join("corpus")).unwrap();
             igpo::data::write_jsonl(&dir.join("corpus/corpus.jsonl"), &passages).unwrap();
@@ -704,12 +706,12 @@ mod mpi {
 max_turns = 2
 max_new_tokens_per_turn = 32
 max_new_tokens_per_rollout = 64
-max_tool_result_tokens = 64
+max_tool_result_tokens = 48
 
 [[tools]]
 path = "{p}/bm25-search.wasm"
 readonly_dir = "corpus"
-config = {{ k = 1, max_chars = 200 }}
+config = {{ k = 1, max_chars = 150 }}
 
 [dataset]
 limit = 2
