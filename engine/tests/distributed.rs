@@ -330,13 +330,17 @@ mod mpi {
             .collect()
     }
 
-    #[test]
-    fn a_rank_killed_mid_run_stops_the_job_and_the_last_checkpoint_resumes() {
-        let dir = scratch("killed");
-        let config = setup(&dir);
+    /// A 2-rank SFT job of endless steps, a checkpoint each, with `envs`,
+    /// once it has written two checkpoints; and its checkpoint folder.
+    fn endless_sft(
+        dir: &Path,
+        config: &Path,
+        envs: &[(&str, &str)],
+    ) -> (std::process::Child, PathBuf) {
         let job = mpirun(2)
+            .envs(envs.iter().copied())
             .args(["sft", "--config"])
-            .arg(&config)
+            .arg(config)
             .args([
                 "--set",
                 "train.steps=100000",
@@ -356,6 +360,14 @@ mod mpi {
             );
             std::thread::sleep(std::time::Duration::from_millis(100));
         }
+        (job, checkpoints)
+    }
+
+    #[test]
+    fn a_rank_killed_mid_run_stops_the_job_and_the_last_checkpoint_resumes() {
+        let dir = scratch("killed");
+        let config = setup(&dir);
+        let (job, checkpoints) = endless_sft(&dir, &config, &[]);
         let victims = rank_pids(&config, 1);
         assert_eq!(victims.len(), 1, "rank 1's process");
         Command::new("kill")
@@ -403,29 +415,7 @@ mod mpi {
     fn a_hung_rank_stops_the_job_after_the_collective_timeout() {
         let dir = scratch("hung");
         let config = setup(&dir);
-        let job = mpirun(2)
-            .env("IGPO_COLLECTIVE_TIMEOUT_S", "3")
-            .args(["sft", "--config"])
-            .arg(&config)
-            .args([
-                "--set",
-                "train.steps=100000",
-                "--set",
-                "train.checkpoint_every=1",
-            ])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let checkpoints = dir.join("run/checkpoints");
-        let started = std::time::Instant::now();
-        while std::fs::read_dir(&checkpoints).map_or(0, |d| d.count()) < 2 {
-            assert!(
-                started.elapsed().as_secs() < 120,
-                "no checkpoint in 2 minutes"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
+        let (job, _) = endless_sft(&dir, &config, &[("IGPO_COLLECTIVE_TIMEOUT_S", "3")]);
         // Rank 1 stops (as a process stuck in the kernel would): alive, in
         // no collective. Rank 0 waits in its next one.
         let victims = rank_pids(&config, 1);

@@ -139,7 +139,6 @@ impl MiniBatchCounts {
     /// The counts of the tokens' sequence indices `seq`.
     pub fn of(seq: &[usize]) -> MiniBatchCounts {
         let mut seen: Vec<usize> = seq.to_vec();
-        seen.dedup();
         seen.sort_unstable();
         seen.dedup();
         MiniBatchCounts {
