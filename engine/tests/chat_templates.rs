@@ -7,7 +7,7 @@
 //! prompt on and off; a template's own `raise_exception` is an error here
 //! too.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -7,8 +7,8 @@
 //!
 //! Rows that need the built plugins run when `IGPO_PLUGIN_DIR` is set.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

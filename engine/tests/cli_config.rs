@@ -1,7 +1,7 @@
 //! `igpo config default` prints a run file that parses into the defaults;
 //! `igpo config doc` prints docs/config.md as committed.
 
-mod common;
+use crate::common;
 
 /// Runs `igpo args`, which must succeed: its stdout.
 fn igpo(args: &[&str]) -> String {

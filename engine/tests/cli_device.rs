@@ -4,8 +4,8 @@
 //! line too. The same inputs run with `--device cpu` (the plugin-backed
 //! commands when `IGPO_PLUGIN_DIR` is set), so a failure is about the device.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::path::{Path, PathBuf};
 

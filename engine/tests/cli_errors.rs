@@ -1,6 +1,6 @@
 //! Bad input gets one clear error line naming what is wrong, and exit code 2.
 
-mod common;
+use crate::common;
 
 use common::igpo;
 use std::path::{Path, PathBuf};

@@ -2,7 +2,7 @@
 //! errors only, `-v` debug with level and target, `RUST_LOG` over both; an
 //! error stays one line whatever the level.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -5,9 +5,9 @@
 //! loadable; NaNs injected through the `IGPO_INJECT_NAN` hook skip their
 //! updates (counted, weights untouched) and stop a run that keeps failing.
 
-mod common;
-mod plugins_support;
-mod rl_support;
+use crate::common;
+use crate::plugins_support;
+use crate::rl_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

@@ -5,11 +5,11 @@
 //! Needs the `mpi` feature and Open MPI's `mpirun` (`cargo xtask test`
 //! installs it and enables the feature).
 
-mod common;
+use crate::common;
 #[cfg(feature = "mpi")]
-mod plugins_support;
+use crate::plugins_support;
 #[cfg(feature = "mpi")]
-mod rl_support;
+use crate::rl_support;
 
 #[cfg(not(feature = "mpi"))]
 #[test]

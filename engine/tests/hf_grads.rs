@@ -6,7 +6,7 @@
 //! Reference: `tools/reference/hf_grads.py` (float64 autograd), outputs in
 //! `tests/fixtures/hf/*-grads.json`.
 
-mod common;
+use crate::common;
 
 use igpo::backend::{Backend, Cpu};
 use igpo::model::{init::fixture_weights, Model, ModelConfig, TrainSeq};

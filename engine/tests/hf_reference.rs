@@ -7,7 +7,7 @@
 //! with transformers; the weights are a closed-form function both sides
 //! compute (`igpo::model::init::fixture_weights`), so none are committed.
 
-mod common;
+use crate::common;
 
 use igpo::backend::{Backend, Cpu};
 use igpo::model::{init::fixture_weights, LogitRows, Model, ModelConfig, SeqStep};
@@ -53,15 +53,6 @@ fn f32s(v: &Value) -> Vec<f32> {
         .collect()
 }
 
-fn logsumexp(row: &[f32]) -> f32 {
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    max + row
-        .iter()
-        .map(|v| ((v - max) as f64).exp())
-        .sum::<f64>()
-        .ln() as f32
-}
-
 /// Compares every position of one fixture row against our logits rows.
 fn check_row(case: &str, row: &Value, ours: &Tensor, first: usize, probe_ids: &[u32]) -> f32 {
     let mut worst = 0.0f32;
@@ -86,7 +77,7 @@ fn check_row(case: &str, row: &Value, ours: &Tensor, first: usize, probe_ids: &[
             diff(got[*id as usize], w, &format!("top-5 logit of id {id}"));
         }
         diff(
-            logsumexp(got),
+            common::logsumexp(got) as f32,
             row["logsumexp"][p].as_f64().unwrap() as f32,
             "logsumexp",
         );

@@ -4,7 +4,7 @@
 //! also run again in its Python (IGPO_PYTHON, which has scipy) and must
 //! print what is committed.
 
-mod common;
+use crate::common;
 
 use igpo::report::stats::{paired, t_quantile, Summary};
 use serde_json::Value;

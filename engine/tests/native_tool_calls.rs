@@ -18,8 +18,8 @@
 //! Both models are built by `igpo model init` (1 layer, hidden 32) with
 //! the Qwen3 architecture (per-head q/k RMSNorm) for the Qwen3 case.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

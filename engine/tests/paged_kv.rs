@@ -13,7 +13,7 @@
 //! - each distinct prompt is prefilled once: the prompt tokens the decoder
 //!   ran equal the sum of the distinct prompts' lengths, not G times it.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -2,8 +2,8 @@
 //! the first-party tool/reward/dataset plugins on real data, the Python
 //! tool, and hostile components against the sandbox.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

@@ -1,8 +1,8 @@
 //! `igpo plugin check|describe|call|prompt` and `igpo data corpus` as a user runs
 //! them: one clear line on error, exit code 2.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::process::{Command, Output};
 

@@ -3,7 +3,7 @@
 //! host's gate: the allow list, no redirects, timeouts, the body cap, the
 //! concurrency cap, and the run going on after each failure.
 
-mod plugins_support;
+use crate::plugins_support;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};

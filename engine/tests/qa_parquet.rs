@@ -6,8 +6,8 @@
 //! codec the plugin cannot read, is one error line that names the file and
 //! the column.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::path::{Path, PathBuf};
 

@@ -3,7 +3,7 @@
 //! with one series per run and one point per step (or dev evaluation), text
 //! from runs is escaped, and bad input gets one clear error line.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -6,8 +6,8 @@
 //! keeps every group informative, GRPO's outcome-only advantage collapses in
 //! groups whose answers score the same.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::path::Path;
 

@@ -2,9 +2,9 @@
 //! metrics, samples, dev evaluation, exact resume, GRPO's advantage collapse
 //! against IGPO's dense rewards, and one-line errors on bad run files.
 
-mod common;
-mod plugins_support;
-mod rl_support;
+use crate::common;
+use crate::plugins_support;
+use crate::rl_support;
 
 use std::path::Path;
 

@@ -12,8 +12,8 @@
 //!   them exactly (whatever else shares the batch), and a `search` call that fails (no such tool, or a plugin
 //!   that rejects the call) is recorded and the rollout goes on.
 
-mod common;
-mod plugins_support;
+use crate::common;
+use crate::plugins_support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,7 +1,7 @@
 //! The real SmolLM2-135M-Instruct, imported from its GGUF by `cargo xtask
 //! test`, answers a question correctly under greedy decoding.
 
-mod common;
+use crate::common;
 
 use igpo::backend::Cpu;
 use igpo::rollout::{generate, GenerateOptions, SamplingParams, StopReason};

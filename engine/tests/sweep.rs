@@ -4,9 +4,9 @@
 //! next sweep finishes exactly as it would have run, the report of the
 //! sweep (groups by seed, the seed tables), and one-line errors.
 
-mod common;
-mod plugins_support;
-mod rl_support;
+use crate::common;
+use crate::plugins_support;
+use crate::rl_support;
 
 use std::path::Path;
 

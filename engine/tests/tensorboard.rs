@@ -4,9 +4,9 @@
 //! step with the same f32 value, nothing else is there, and a resume that
 //! truncates the logs leaves the events equal to them.
 
-mod common;
-mod plugins_support;
-mod rl_support;
+use crate::common;
+use crate::plugins_support;
+use crate::rl_support;
 
 use std::collections::BTreeMap;
 use std::path::Path;

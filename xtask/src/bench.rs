@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use crate::plugins::plugins;
-use crate::python::python_env;
+use crate::python::{python_env, Packages};
 use crate::smollm2::smollm2_dir;
 use crate::{cargo, data, igpo_release, root, run, target, Result};
 
@@ -72,7 +72,7 @@ fn bench_forward_cpu() -> Result<()> {
         .map(|n| n.get())
         .unwrap_or(1)
         .to_string();
-    let python = python_env()?;
+    let python = python_env(Packages::WithTorch)?;
     let torch = |what: &str| {
         let mut c = Command::new(&python);
         c.arg(root().join("tools/bench_torch.py")).args([
@@ -170,7 +170,7 @@ fn bench_cuda(device: &str) -> Result<()> {
     let python = if has_torch {
         PathBuf::from("python3")
     } else {
-        python_env()?
+        python_env(Packages::WithTorch)?
     };
     let out = target().join("bench/cuda");
     run(Command::new("bash")

@@ -2,10 +2,10 @@
 
 use crate::mpi::{ensure_open_mpi, TEST_FEATURES};
 use crate::plugins::plugins;
-use crate::python::python_env;
+use crate::python::{python_env, Packages};
 use crate::smollm2::{smollm2_dir, smollm2_gguf};
 use crate::tool_sft::smollm2_tool_dir;
-use crate::{cargo, data, kernels, readme, run, Result};
+use crate::{cargo, data, kernels, readme, run, target, Result};
 
 pub(crate) fn test(args: &[String]) -> Result<()> {
     // First the lints, so a formatting slip fails in minutes, not at the end
@@ -23,7 +23,7 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     let dir = smollm2_dir(&[])?;
     let data = data::unpack()?;
     let tool_dir = smollm2_tool_dir(&dir, &plugin_dir, &data)?;
-    let python = python_env()?;
+    let python = python_env(Packages::Readers)?;
     run(cargo()
         .args(["test", "--workspace"])
         .args(TEST_FEATURES)
@@ -35,6 +35,14 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
         .env("IGPO_PYTHON", &python)
         .env("IGPO_DATA", &data)
         .envs(cuda_env))?;
+    // The tests' scratch (`CARGO_TARGET_TMPDIR`: GBs of checkpoints from the
+    // crash tests) stays when a test fails, for a look; once all passed it
+    // goes, before the README's runs fill the disk again.
+    let scratch = target().join("tmp");
+    std::fs::remove_dir_all(&scratch).or_else(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Ok(()),
+        _ => Err(format!("{}: {e}", scratch.display())),
+    })?;
     // Last: the README, as a new user runs it (skipped when only some tests
     // were asked for).
     if args.is_empty() {

@@ -5,6 +5,17 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// A logits row's logsumexp, summed in f64 around the row's max.
+pub fn logsumexp(row: &[f32]) -> f64 {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    f64::from(max)
+        + row
+            .iter()
+            .map(|v| f64::from(v - max).exp())
+            .sum::<f64>()
+            .ln()
+}
+
 /// The workspace root.
 pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -39,8 +50,9 @@ pub const SFT_TOML: &str = "model = \"model\"\n[data]\ntrain = \"sft.jsonl\"\nma
 pub const QA_JSONL: &str = "{\"id\":\"q0\",\"question\":\"What is the capital of France?\",\"golden_answers\":[\"Paris\"]}\n\
      {\"id\":\"q1\",\"question\":\"What is the capital of Italy?\",\"golden_answers\":[\"Rome\"]}\n";
 
-/// The Python of `cargo xtask test` (`IGPO_PYTHON`: a venv with torch,
-/// transformers, tensorboard and pyarrow, `tools/reference/requirements.txt`);
+/// The Python of `cargo xtask test` (`IGPO_PYTHON`: a venv with
+/// transformers, tensorboard, pyarrow and scipy, no torch:
+/// `tools/reference/requirements.txt`);
 /// `None` prints why the caller skips.
 pub fn python(test: &str) -> Option<PathBuf> {
     match std::env::var_os("IGPO_PYTHON").map(PathBuf::from) {
