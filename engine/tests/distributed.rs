@@ -255,6 +255,27 @@ mod mpi {
         }
     }
 
+    /// A file of the `state/` of a 6-step run's last checkpoint.
+    fn final_state(dir: &Path, file: &str) -> Vec<u8> {
+        std::fs::read(dir.join("run/checkpoints/step-6/state").join(file)).unwrap()
+    }
+
+    /// A 2-rank SFT run with `args` in the fresh folder `dir`, stopped
+    /// after step 3 and resumed: `whole`'s metrics and final state, bit for
+    /// bit.
+    fn stop_and_resume_equals(dir: &Path, args: &[&str], whole: &Path, what: &str) {
+        let config = setup(dir);
+        let stopped = [args, &["--stop-after", "3"]].concat();
+        ok(sft(2, &config, &stopped), &format!("{what}, stopped"));
+        let resumed = [args, &["--resume"]].concat();
+        ok(sft(2, &config, &resumed), &format!("{what}, resumed"));
+        assert_eq!(metrics(&dir.join("run")), metrics(&whole.join("run")));
+        for f in ["master.safetensors", "optimizer.safetensors"] {
+            let same = final_state(dir, f) == final_state(whole, f);
+            assert!(same, "{what}, resumed: {f} differs");
+        }
+    }
+
     #[test]
     fn zero_1_equals_plain_data_parallel_and_resumes_exactly() {
         let plain = scratch("zero-plain");
@@ -287,23 +308,50 @@ mod mpi {
         // The same sums, the same AdamW arithmetic per element: plain data
         // parallelism's metrics, weights and moments, bit for bit.
         assert_eq!(metrics(&zero.join("run")), metrics(&plain.join("run")));
-        let state = |d: &Path, f: &str| {
-            std::fs::read(d.join("run/checkpoints/step-6/state").join(f)).unwrap()
-        };
         for f in ["master.safetensors", "optimizer.safetensors"] {
-            assert!(state(&zero, f) == state(&plain, f), "{f} differs");
+            assert!(
+                final_state(&zero, f) == final_state(&plain, f),
+                "{f} differs"
+            );
         }
         // Stopped after step 3 and resumed (each rank loads its share of
         // the moments): the uninterrupted run, bit for bit.
-        let config = setup(&cut);
-        let stopped = [&stage_1[..], &["--stop-after", "3"]].concat();
-        ok(sft(2, &config, &stopped), "ZeRO-1, stopped");
-        let resumed = [&stage_1[..], &["--resume"]].concat();
-        ok(sft(2, &config, &resumed), "ZeRO-1, resumed");
-        assert_eq!(metrics(&cut.join("run")), metrics(&plain.join("run")));
-        for f in ["master.safetensors", "optimizer.safetensors"] {
-            assert!(state(&cut, f) == state(&plain, f), "resumed: {f} differs");
+        stop_and_resume_equals(&cut, &stage_1, &plain, "ZeRO-1");
+        for d in [plain, zero, cut] {
+            let _ = std::fs::remove_dir_all(d);
         }
+    }
+
+    /// ZeRO-2 (each rank receives the summed gradients of its own rows
+    /// only): the plain run's losses and weights but for the order in which
+    /// the gradient norm adds the ranks' sums of squares; stopped and
+    /// resumed, its own uninterrupted run bit for bit.
+    #[test]
+    fn zero_2_equals_plain_data_parallel_within_rounding_and_resumes_exactly() {
+        let plain = scratch("zero2-plain");
+        let zero = scratch("zero-2");
+        let cut = scratch("zero2-cut");
+        ok(sft(2, &setup(&plain), &[]), "2 ranks");
+        let stage_2 = ["--set", "optim.zero_stage=2"];
+        let out = sft(2, &setup(&zero), &stage_2);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        ok(out, "2 ranks, ZeRO-2");
+        let said = "and receives the summed gradients of those only";
+        assert_eq!(err.matches(said).count(), 2, "one line a rank: {err}");
+        let (got, want) = (metrics(&zero.join("run")), metrics(&plain.join("run")));
+        let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-12);
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(g, w)| rel(g.0, w.0).max(rel(g.1, w.1)))
+            .fold(0.0, f64::max);
+        let last = |d: &Path| weights(&d.join("run/checkpoints/step-6"));
+        let w = largest_difference(&last(&zero), &last(&plain));
+        eprintln!("ZeRO-2 vs plain data parallel: metrics {worst:.1e} relative, weights {w:.1e}");
+        assert_eq!(got.len(), 6);
+        assert!(worst < 1e-5, "metrics {worst}");
+        assert!(w < 1e-5, "weights {w}");
+        stop_and_resume_equals(&cut, &stage_2, &zero, "ZeRO-2");
         for d in [plain, zero, cut] {
             let _ = std::fs::remove_dir_all(d);
         }

@@ -9,6 +9,8 @@
 
 #[cfg(feature = "mpi")]
 mod mpi;
+#[cfg(test)]
+pub(crate) mod threads;
 mod watchdog;
 
 pub use watchdog::{timeout_from_env, Watched};
@@ -119,6 +121,74 @@ pub fn all_reduce_tensors<B: Backend>(
         at += n;
     }
     Ok(())
+}
+
+/// ZeRO-2's gradient reduce: rank r receives the sum over the ranks of rows
+/// `rows[i][r]` of every tensor i (`partition_rows` of their shapes), and
+/// nothing else; returned per tensor, shaped as those rows (an empty tensor
+/// where this rank has none). One reduce-scatter through host buffers: rank
+/// r's rows of all tensors are the r-th block of the send buffer, blocks
+/// padded to the longest (the spans are equal but for whole rows).
+pub fn reduce_scatter_rows<B: Backend>(
+    b: &B,
+    comm: &dyn Collective,
+    tensors: &[B::Tensor],
+    rows: &[Vec<Range<usize>>],
+) -> Result<Vec<Tensor>, CommError> {
+    let (ranks, rank) = (comm.size(), comm.rank());
+    let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| b.shape(t).to_vec()).collect();
+    let cols: Vec<usize> = shapes.iter().map(|s| as_matrix(s).1).collect();
+    let block_len = (0..ranks)
+        .map(|r| {
+            (0..tensors.len())
+                .map(|i| rows[i][r].len() * cols[i])
+                .sum::<usize>()
+        })
+        .max()
+        .unwrap_or(0);
+    let mut send = vec![0.0f32; block_len * ranks];
+    let mut filled = vec![0usize; ranks];
+    for (i, t) in tensors.iter().enumerate() {
+        let host = b.download(t);
+        for (r, span) in rows[i].iter().enumerate() {
+            let values = &host.data()[span.start * cols[i]..span.end * cols[i]];
+            let at = r * block_len + filled[r];
+            send[at..at + values.len()].copy_from_slice(values);
+            filled[r] += values.len();
+        }
+    }
+    let mut recv = vec![0.0f32; block_len];
+    comm.reduce_scatter_sum(&send, &mut recv)?;
+    drop(send);
+    let mut at = 0;
+    Ok((0..tensors.len())
+        .map(|i| {
+            let span = rows[i][rank].clone();
+            let n = span.len() * cols[i];
+            let piece = Tensor::from_vec(&rows_shape(&shapes[i], span), recv[at..at + n].to_vec());
+            at += n;
+            piece
+        })
+        .collect())
+}
+
+/// A tensor shaped `shape` as the matrix ZeRO shards by rows: its first
+/// dimension by the rest (one row when it has one dimension).
+pub fn as_matrix(shape: &[usize]) -> (usize, usize) {
+    match shape {
+        [rows, rest @ ..] if !rest.is_empty() => (*rows, rest.iter().product()),
+        _ => (1, shape.iter().product()),
+    }
+}
+
+/// The shape of rows `span` of a tensor shaped `shape` (`[0]` for none).
+pub fn rows_shape(shape: &[usize], span: Range<usize>) -> Vec<usize> {
+    let (rows, _) = as_matrix(shape);
+    match span.len() {
+        0 => vec![0],
+        n if n == rows => shape.to_vec(),
+        n => [&[n][..], &shape[1..]].concat(),
+    }
 }
 
 /// Every rank's `tensors` become rank 0's (the weights at the start of a
@@ -405,6 +475,7 @@ pub fn init() -> Result<Membership, CommError> {
 
 #[cfg(test)]
 mod tests {
+    use super::threads::Threads;
     use super::*;
 
     #[test]
@@ -425,57 +496,26 @@ mod tests {
         assert!(replicas_agree(&w, 1.25, 3).is_ok());
     }
 
-    /// One rank of a two-rank job whose other rank holds `other`'s
-    /// checksum: its all-reduce adds what the other rank contributes.
-    struct OneOfTwo {
-        rank: usize,
-        other: f64,
-    }
-
-    impl Collective for OneOfTwo {
-        fn rank(&self) -> usize {
-            self.rank
-        }
-        fn size(&self) -> usize {
-            2
-        }
-        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), CommError> {
-            buf[1 - self.rank] += self.other;
-            Ok(())
-        }
-        fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn barrier(&self) -> Result<(), CommError> {
-            Ok(())
-        }
-    }
-
     #[test]
     fn replicas_agree_only_on_the_same_bits_and_name_the_rank_that_differs() {
         let x = 0.1f64 + 0.2;
-        for rank in 0..2 {
-            assert!(replicas_agree(&OneOfTwo { rank, other: x }, x, 4).is_ok());
-            let next = f64::from_bits(x.to_bits() + 1);
-            let err = replicas_agree(&OneOfTwo { rank, other: next }, x, 4).unwrap_err();
-            let differing = if rank == 0 {
-                "rank 1"
-            } else {
-                "rank 1 (3.0000000000000004e-1)"
-            };
-            assert!(
-                err.0.contains("step 4") && err.0.contains(differing),
-                "{err}"
-            );
+        let next = f64::from_bits(x.to_bits() + 1);
+        for (other, ok) in [(x, true), (next, false)] {
+            let got = Threads::run(2, |c| {
+                replicas_agree(c, if c.rank() == 1 { other } else { x }, 4)
+            });
+            for (rank, r) in got.into_iter().enumerate() {
+                match r {
+                    Ok(()) => assert!(ok),
+                    Err(err) => {
+                        assert!(!ok, "{err}");
+                        // Every rank names the one that differs, with its value.
+                        let want = "step 4: the weights of rank 1 (3.000000000000001e-1) \
+                                    differ from rank 0's (3.0000000000000004e-1)";
+                        assert!(err.0.contains(want), "rank {rank}: {err}");
+                    }
+                }
+            }
         }
         let sums = |scale: f32| {
             let t = |v: Vec<f32>| Tensor::from_vec(&[v.len()], v);
@@ -484,39 +524,6 @@ mod tests {
         };
         assert_eq!(sums(3.0), 5.0 + 2.0 * 9.0);
         assert_ne!(sums(3.0), sums(3.0001));
-    }
-
-    /// Rank 0 of two whose twin sends exactly what it sends.
-    struct Twin;
-    impl Collective for Twin {
-        fn rank(&self) -> usize {
-            0
-        }
-        fn size(&self) -> usize {
-            2
-        }
-        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn all_reduce_sum_f64(&self, buf: &mut [f64]) -> Result<(), CommError> {
-            buf[1] += buf[0];
-            Ok(())
-        }
-        fn reduce_scatter_sum(&self, _: &[f32], _: &mut [f32]) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn all_gather(&self, send: &[f32], recv: &mut [f32]) -> Result<(), CommError> {
-            check_len("all_gather", recv.len(), 2 * send.len())?;
-            recv[..send.len()].copy_from_slice(send);
-            recv[send.len()..].copy_from_slice(send);
-            Ok(())
-        }
-        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<(), CommError> {
-            unimplemented!("not used here")
-        }
-        fn barrier(&self) -> Result<(), CommError> {
-            Ok(())
-        }
     }
 
     #[test]
@@ -529,7 +536,7 @@ mod tests {
             "Zürich, 東京".into(),
         );
         for v in [value.clone(), (vec![], vec![], String::new())] {
-            let all = all_gather_values(&Twin, &v).unwrap();
+            let all = Threads::run(2, |c| all_gather_values(c, &v).unwrap()).remove(1);
             assert_eq!(all.len(), 2);
             for got in &all {
                 assert_eq!(got.0, v.0);
@@ -538,7 +545,8 @@ mod tests {
                 assert_eq!(bits(&got.1), bits(&v.1));
             }
         }
-        assert_eq!(all_counts(&Twin, 5).unwrap(), vec![5, 5]);
+        let counts = Threads::run(2, |c| all_counts(c, 5 + c.rank()).unwrap());
+        assert_eq!(counts, vec![vec![5, 6], vec![5, 6]]);
         assert_eq!(
             all_gather_bytes(&Solo, b"ab").unwrap(),
             vec![b"ab".to_vec()]

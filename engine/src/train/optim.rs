@@ -1,13 +1,14 @@
 //! AdamW with decoupled weight decay and bias correction over f32 master
 //! weights, global-norm gradient clipping, its state optionally sharded over
-//! data-parallel ranks (ZeRO-1), and the learning-rate schedule.
+//! data-parallel ranks (ZeRO-1, and ZeRO-2's reduce-scatter of the
+//! gradients), and the learning-rate schedule.
 
 use std::ops::Range;
 
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{clip_factor, AdamWStep, Backend};
-use crate::dist::{Collective, CommError};
+use crate::dist::{as_matrix, rows_shape, Collective, CommError};
 use crate::tensor::Tensor;
 
 /// Optimizer settings (`[optim]` in a run config).
@@ -30,7 +31,8 @@ pub struct OptimConfig {
     pub max_consecutive_skips: u32,
     /// Data parallel: 0 keeps the whole AdamW state on every rank; 1 shards
     /// it (ZeRO-1): each rank keeps the moments of, and updates, its share
-    /// of the parameters, then sends the updated weights to the others.
+    /// of the parameters, then sends the updated weights to the others; 2
+    /// also reduces the gradients to their owners only (reduce-scatter).
     pub zero_stage: u8,
 }
 
@@ -59,10 +61,10 @@ impl OptimConfig {
         if self.max_consecutive_skips == 0 {
             return Err("optim.max_consecutive_skips must be >= 1".into());
         }
-        if self.zero_stage > 1 {
+        if self.zero_stage > 2 {
             return Err(format!(
-                "optim.zero_stage = {}: 0 (replicated) or 1 (AdamW state sharded over the \
-                 ranks); stage 2 (gradients sharded too) is not built",
+                "optim.zero_stage = {}: 0 (replicated), 1 (AdamW state sharded over the \
+                 ranks) or 2 (the summed gradients too); stage 3 (weights) is not built",
                 self.zero_stage
             ));
         }
@@ -144,7 +146,7 @@ pub struct Shards {
 impl Shards {
     /// Equal shares of parameters shaped `shapes` over `ranks`, as `rank`.
     pub fn even(shapes: &[Vec<usize>], ranks: usize, rank: usize) -> Shards {
-        let m: Vec<(usize, usize)> = shapes.iter().map(|s| matrix(s)).collect();
+        let m: Vec<(usize, usize)> = shapes.iter().map(|s| as_matrix(s)).collect();
         Shards {
             rows: crate::dist::partition_rows(&m, ranks),
             rank,
@@ -153,15 +155,6 @@ impl Shards {
 
     fn mine(&self, i: usize) -> Range<usize> {
         self.rows[i][self.rank].clone()
-    }
-}
-
-/// A parameter as `(rows, cols)`: its first dimension by the rest (one
-/// row when it has one dimension).
-fn matrix(shape: &[usize]) -> (usize, usize) {
-    match shape {
-        [rows, rest @ ..] if !rest.is_empty() => (*rows, rest.iter().product()),
-        _ => (1, shape.iter().product()),
     }
 }
 
@@ -175,6 +168,24 @@ pub struct StepStats {
     /// included).
     pub applied: bool,
 }
+
+/// What a step did, and the rows a rank updated apart from their
+/// parameter (ZeRO), by parameter.
+type Applied<B> = (StepStats, Vec<Option<<B as Backend>::Tensor>>);
+
+/// A step's gradients, summed over the ranks: every rank holds the whole
+/// sums, or (ZeRO-2) only the rows its shard gives it.
+enum Summed<'a, B: Backend> {
+    Whole(&'a [B::Tensor]),
+    Rows(&'a [B::Tensor], &'a dyn Collective),
+}
+
+impl<B: Backend> Clone for Summed<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B: Backend> Copy for Summed<'_, B> {}
 
 impl<B: Backend> AdamW<B> {
     /// Fresh state for parameters `params` named `names`.
@@ -200,7 +211,7 @@ impl<B: Backend> AdamW<B> {
         let kept = |i: usize| -> Vec<usize> {
             match &shards {
                 None => shapes[i].clone(),
-                Some(s) => piece_shape(&shapes[i], s.mine(i)),
+                Some(s) => rows_shape(&shapes[i], s.mine(i)),
             }
         };
         let zeros = || {
@@ -234,7 +245,7 @@ impl<B: Backend> AdamW<B> {
         let kept = match &self.shards {
             None => all,
             Some(s) => (0..self.shapes.len())
-                .map(|i| s.mine(i).len() * matrix(&self.shapes[i]).1)
+                .map(|i| s.mine(i).len() * as_matrix(&self.shapes[i]).1)
                 .sum(),
         };
         (kept, all)
@@ -244,12 +255,12 @@ impl<B: Backend> AdamW<B> {
     /// checkpoint's), keeping the rows this process keeps.
     pub fn set_moments(&mut self, backend: &B, i: usize, m: &Tensor, v: &Tensor) {
         let span = self.shards.as_ref().map(|s| s.mine(i));
-        let (_, cols) = matrix(&self.shapes[i]);
+        let (_, cols) = as_matrix(&self.shapes[i]);
         for (src, dst) in [(m, &mut self.m[i]), (v, &mut self.v[i])] {
             *dst = match &span {
                 None => backend.upload(src),
                 Some(span) => backend.upload(&Tensor::from_vec(
-                    &piece_shape(&self.shapes[i], span.clone()),
+                    &rows_shape(&self.shapes[i], span.clone()),
                     src.data()[span.start * cols..span.end * cols].to_vec(),
                 )),
             };
@@ -277,7 +288,40 @@ impl<B: Backend> AdamW<B> {
             self.shards.is_none(),
             "sharded AdamW state updates through update_over"
         );
-        self.apply(backend, params, grads, lr, accumulated).0
+        self.apply(backend, params, Summed::Whole(grads), lr, accumulated)
+            .expect("no collective without shards")
+            .0
+    }
+
+    /// The step of a data-parallel job from this rank's own gradients
+    /// `grads` (consumed): summed over the ranks, then
+    /// [`AdamW::update_over`]. With `zero_stage = 2` (and sharded state)
+    /// each rank receives the sums of its own rows only (one reduce-scatter
+    /// instead of an all-reduce: half the bytes) and drops its whole local
+    /// gradients before the update; the norm adds the ranks' shares.
+    pub fn reduce_and_update(
+        &mut self,
+        backend: &B,
+        comm: &dyn Collective,
+        params: &mut [B::Tensor],
+        mut grads: Vec<B::Tensor>,
+        lr: f64,
+        accumulated: usize,
+    ) -> Result<StepStats, CommError> {
+        match &self.shards {
+            Some(shards) if self.config.zero_stage >= 2 => {
+                let rows = crate::dist::reduce_scatter_rows(backend, comm, &grads, &shards.rows)?;
+                drop(grads);
+                let rows: Vec<B::Tensor> = rows.iter().map(|t| backend.upload(t)).collect();
+                let summed = Summed::Rows(&rows, comm);
+                let (s, pieces) = self.apply(backend, params, summed, lr, accumulated)?;
+                self.share_rows(backend, comm, params, pieces, s)
+            }
+            _ => {
+                crate::dist::all_reduce_tensors(backend, comm, &mut grads)?;
+                self.update_over(backend, comm, params, &grads, lr, accumulated)
+            }
+        }
     }
 
     /// [`AdamW::update`] in a data-parallel job: with sharded state each
@@ -292,19 +336,41 @@ impl<B: Backend> AdamW<B> {
         lr: f64,
         accumulated: usize,
     ) -> Result<StepStats, CommError> {
-        let (s, mut pieces) = self.apply(backend, params, grads, lr, accumulated);
-        if let (Some(shards), true) = (&self.shards, s.applied) {
-            for (i, p) in params.iter_mut().enumerate() {
-                let mine = match pieces[i].take() {
-                    Some(piece) => backend.download(&piece),
-                    None if shards.mine(i).is_empty() => Tensor::zeros(&[0]),
-                    None => backend.download(p),
-                };
-                let whole = assemble(&self.shapes[i], &shards.rows[i], comm, shards.rank, mine)?;
+        let (s, pieces) = self.apply(backend, params, Summed::Whole(grads), lr, accumulated)?;
+        self.share_rows(backend, comm, params, pieces, s)
+    }
+
+    /// With sharded state, after an applied step: each rank broadcasts the
+    /// rows it updated (`pieces`, or its whole parameter), so every rank
+    /// holds the whole updated model again.
+    fn share_rows(
+        &self,
+        backend: &B,
+        comm: &dyn Collective,
+        params: &mut [B::Tensor],
+        mut pieces: Vec<Option<B::Tensor>>,
+        step: StepStats,
+    ) -> Result<StepStats, CommError> {
+        let Some(shards) = &self.shards else {
+            return Ok(step);
+        };
+        if !step.applied {
+            return Ok(step);
+        }
+        for (i, p) in params.iter_mut().enumerate() {
+            let (rows, mine) = (as_matrix(&self.shapes[i]).0, shards.mine(i));
+            let sent = match pieces[i].take() {
+                Some(piece) => backend.download(&piece),
+                None if mine.is_empty() => Tensor::zeros(&[0]),
+                None => backend.download(p),
+            };
+            let whole = assemble(&self.shapes[i], &shards.rows[i], comm, shards.rank, sent)?;
+            // A parameter this rank updated whole is already in place.
+            if mine.len() != rows {
                 *p = backend.upload(&whole);
             }
         }
-        Ok(s)
+        Ok(step)
     }
 
     /// The step: the global norm, then AdamW on what this process updates.
@@ -314,15 +380,12 @@ impl<B: Backend> AdamW<B> {
         &mut self,
         backend: &B,
         params: &mut [B::Tensor],
-        grads: &[B::Tensor],
+        grads: Summed<'_, B>,
         lr: f64,
         accumulated: usize,
-    ) -> (StepStats, Vec<Option<B::Tensor>>) {
-        assert_eq!(
-            params.len(),
-            grads.len(),
-            "adamw: one gradient per parameter"
-        );
+    ) -> Result<Applied<B>, CommError> {
+        let (Summed::Whole(g) | Summed::Rows(g, _)) = grads;
+        assert_eq!(params.len(), g.len(), "adamw: one gradient per parameter");
         let avg = 1.0 / accumulated.max(1) as f64;
         self.step += 1;
         let c = &self.config;
@@ -342,8 +405,8 @@ impl<B: Backend> AdamW<B> {
             })
             .collect();
         let mut pieces: Vec<Option<B::Tensor>> = (0..params.len()).map(|_| None).collect();
-        let grad_norm = match &self.shards {
-            None => backend.adamw_clipped(
+        let grad_norm = match (&self.shards, grads) {
+            (None, Summed::Whole(grads)) => backend.adamw_clipped(
                 params,
                 grads,
                 (&mut self.m, &mut self.v),
@@ -351,28 +414,50 @@ impl<B: Backend> AdamW<B> {
                 avg,
                 c.grad_clip,
             ),
+            (None, Summed::Rows(..)) => unreachable!("gradient rows without shards"),
             // Every rank holds every summed gradient: the norm is the whole
             // model's (`Backend::adamw_clipped`'s default arithmetic, so a
             // CPU run's bits are plain data parallelism's); AdamW is
             // elementwise, so updating rows apart gives the same bits.
-            Some(shards) => {
-                let sq: f64 = grads.iter().map(|g| backend.sum_squares(g)).sum();
+            // ZeRO-2: each rank holds its rows' sums; the norm adds the
+            // ranks' sums of squares (another order: not the same bits).
+            (Some(shards), grads) => {
+                let sq: f64 = match grads {
+                    Summed::Whole(g) => g.iter().map(|g| backend.sum_squares(g)).sum(),
+                    Summed::Rows(g, comm) => {
+                        let mut sq = [g.iter().map(|g| backend.sum_squares(g)).sum::<f64>()];
+                        comm.all_reduce_sum_f64(&mut sq)?;
+                        sq[0]
+                    }
+                };
                 let grad_norm = sq.sqrt() * avg;
                 if grad_norm.is_finite() {
                     let clip = clip_factor(grad_norm, c.grad_clip);
                     for (i, p) in params.iter_mut().enumerate() {
                         let mine = shards.mine(i);
+                        if mine.is_empty() {
+                            continue;
+                        }
                         let step = AdamWStep {
                             grad_scale: (avg * clip) as f32,
                             ..steps[i]
                         };
+                        let whole = mine.len() == as_matrix(&self.shapes[i]).0;
+                        let sliced;
+                        let g = match grads {
+                            Summed::Rows(g, _) => &g[i],
+                            Summed::Whole(g) if whole => &g[i],
+                            Summed::Whole(g) => {
+                                sliced = backend.slice_rows(&g[i], mine.clone());
+                                &sliced
+                            }
+                        };
                         let (m, v) = (&mut self.m[i], &mut self.v[i]);
-                        if mine.len() == matrix(&self.shapes[i]).0 {
-                            backend.adamw(p, &grads[i], m, v, &step);
-                        } else if !mine.is_empty() {
-                            let mut rows = backend.slice_rows(p, mine.clone());
-                            let g = backend.slice_rows(&grads[i], mine);
-                            backend.adamw(&mut rows, &g, m, v, &step);
+                        if whole {
+                            backend.adamw(p, g, m, v, &step);
+                        } else {
+                            let mut rows = backend.slice_rows(p, mine);
+                            backend.adamw(&mut rows, g, m, v, &step);
                             pieces[i] = Some(rows);
                         }
                     }
@@ -389,7 +474,7 @@ impl<B: Backend> AdamW<B> {
             lr,
             applied,
         };
-        (stats, pieces)
+        Ok((stats, pieces))
     }
 
     /// Every parameter's moments `(m, v)` on the host of rank 0 (`None` on
@@ -427,16 +512,6 @@ impl<B: Backend> AdamW<B> {
     }
 }
 
-/// The shape of rows `span` of a parameter shaped `shape`.
-fn piece_shape(shape: &[usize], span: Range<usize>) -> Vec<usize> {
-    let (rows, _) = matrix(shape);
-    match span.len() {
-        0 => vec![0],
-        n if n == rows => shape.to_vec(),
-        n => [&[n][..], &shape[1..]].concat(),
-    }
-}
-
 /// A whole parameter-shaped tensor from every rank's rows (`spans`, per
 /// rank): `mine` holds this rank's. Each rank broadcasts its rows in turn.
 fn assemble(
@@ -446,7 +521,7 @@ fn assemble(
     rank: usize,
     mine: Tensor,
 ) -> Result<Tensor, CommError> {
-    let (rows, cols) = matrix(shape);
+    let (rows, cols) = as_matrix(shape);
     if spans[rank].len() == rows {
         // This rank holds it whole: the others take it from here.
         let mut mine = mine;
@@ -557,6 +632,112 @@ mod tests {
             "norm of the averaged gradient"
         );
         assert!((p[0].data()[0] + 1.0).abs() < 1e-6 && (p[0].data()[1] + 1.0).abs() < 1e-6);
+    }
+
+    /// Two ranks (threads) with ZeRO-1 and ZeRO-2 each hold their own
+    /// gradients; three steps later both hold what one process makes of
+    /// the summed gradients: bit for bit where the norm does not matter
+    /// (no clipping) or is computed as one process does (ZeRO-1); within
+    /// rounding where ZeRO-2 adds the ranks' sums of squares. A NaN on one
+    /// rank skips the step on both.
+    #[test]
+    fn sharded_steps_over_two_ranks_equal_one_process_on_the_summed_gradients() {
+        use crate::dist::threads::Threads;
+        let shapes = [vec![3, 4], vec![5], vec![2, 2], vec![1, 6]];
+        let names: Vec<String> = ["w", "norm", "v", "bias"].map(String::from).to_vec();
+        let values = |shape: &[usize], seed: f32| {
+            let n: usize = shape.iter().product();
+            Tensor::from_vec(
+                shape,
+                (0..n).map(|i| ((i as f32 + seed) * 0.37).sin()).collect(),
+            )
+        };
+        let start: Vec<Tensor> = shapes.iter().map(|s| values(s, 0.0)).collect();
+        let grads_of = |rank: usize, step: usize| -> Vec<Tensor> {
+            let seed = (10 * rank + step + 1) as f32;
+            shapes.iter().map(|s| values(s, seed)).collect()
+        };
+        let sum = |a: &[Tensor], b: &[Tensor]| -> Vec<Tensor> {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| {
+                    let v = x.data().iter().zip(y.data()).map(|(p, q)| p + q);
+                    Tensor::from_vec(x.shape(), v.collect())
+                })
+                .collect()
+        };
+        for grad_clip in [0.0, 0.5] {
+            let cfg = OptimConfig {
+                lr: 0.05,
+                grad_clip,
+                ..OptimConfig::default()
+            };
+            let mut one = start.clone();
+            let mut opt = AdamW::new(&Cpu, cfg.clone(), &names, &one);
+            let norms: Vec<f64> = (0..3)
+                .map(|t| {
+                    let g = sum(&grads_of(0, t), &grads_of(1, t));
+                    opt.update(&Cpu, &mut one, &g, cfg.lr, 2).grad_norm
+                })
+                .collect();
+            for stage in [1u8, 2] {
+                let cfg = OptimConfig {
+                    zero_stage: stage,
+                    ..cfg.clone()
+                };
+                let ranks = Threads::run(2, |c| {
+                    let shards = Shards::even(&shapes, 2, c.rank());
+                    let mut p = start.clone();
+                    let mut opt = AdamW::with_shards(&Cpu, cfg.clone(), &names, &p, Some(shards));
+                    let norms: Vec<f64> = (0..3)
+                        .map(|t| {
+                            let g = grads_of(c.rank(), t);
+                            let s = opt.reduce_and_update(&Cpu, c, &mut p, g, cfg.lr, 2);
+                            s.unwrap().grad_norm
+                        })
+                        .collect();
+                    (p, norms, opt.kept_values())
+                });
+                let (kept_0, kept_1) = (ranks[0].2, ranks[1].2);
+                assert_eq!(kept_0.0 + kept_1.0, kept_0.1, "the shares cover the model");
+                for (p, got_norms, _) in &ranks {
+                    let exact = stage == 1 || grad_clip == 0.0;
+                    for (a, b) in p.iter().zip(&one) {
+                        for (x, y) in a.data().iter().zip(b.data()) {
+                            let ok = if exact { x == y } else { (x - y).abs() < 1e-6 };
+                            assert!(ok, "stage {stage}, clip {grad_clip}: {x} vs {y}");
+                        }
+                    }
+                    for (g, w) in got_norms.iter().zip(&norms) {
+                        assert!((g - w).abs() <= 1e-12 * w, "stage {stage}: norm {g} vs {w}");
+                    }
+                }
+                assert!(
+                    ranks[0].0 == ranks[1].0,
+                    "stage {stage}: the ranks hold one model"
+                );
+            }
+        }
+        // A NaN in rank 1's gradient: neither rank moves.
+        let cfg = OptimConfig {
+            zero_stage: 2,
+            ..OptimConfig::default()
+        };
+        let after = Threads::run(2, |c| {
+            let shards = Shards::even(&shapes, 2, c.rank());
+            let mut p = start.clone();
+            let mut opt = AdamW::with_shards(&Cpu, cfg.clone(), &names, &p, Some(shards));
+            let mut g = grads_of(c.rank(), 0);
+            if c.rank() == 1 {
+                g[3].data_mut()[2] = f32::NAN;
+            }
+            let s = opt.reduce_and_update(&Cpu, c, &mut p, g, 0.05, 2).unwrap();
+            (s.applied, opt.step, p)
+        });
+        for (applied, step, p) in after {
+            assert!(!applied && step == 0);
+            assert!(p == start);
+        }
     }
 
     /// A NaN or infinite gradient leaves weights, moments and the step

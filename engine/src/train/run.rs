@@ -292,7 +292,12 @@ impl<B: Backend> Start<B> {
         let weights_dir = from.as_ref().map_or(&cfg.model, |(_, d)| d);
         let model = crate::model::load(weights_dir, backend.clone())?;
         let comm = crate::dist::world();
-        let shards = (cfg.optim.zero_stage == 1 && comm.size() > 1).then(|| {
+        let stage = if comm.size() > 1 {
+            cfg.optim.zero_stage
+        } else {
+            0
+        };
+        let shards = (stage >= 1).then(|| {
             let shapes: Vec<Vec<usize>> = model
                 .params()
                 .iter()
@@ -307,12 +312,17 @@ impl<B: Backend> Start<B> {
             model.params(),
             shards,
         );
-        if cfg.optim.zero_stage == 1 && comm.size() > 1 {
+        if stage >= 1 {
             let (kept, all) = opt.kept_values();
             tracing::info!(
-                "ZeRO-1: rank {} keeps the AdamW state of {kept} of {all} values ({:.1} %)",
+                "ZeRO-{stage}: rank {} keeps the AdamW state of {kept} of {all} values ({:.1} %){}",
                 comm.rank(),
-                100.0 * kept as f64 / all.max(1) as f64
+                100.0 * kept as f64 / all.max(1) as f64,
+                if stage == 2 {
+                    " and receives the summed gradients of those only"
+                } else {
+                    ""
+                }
             );
         }
         let mut rng = Rng::new(cfg.seed);
@@ -413,6 +423,7 @@ impl<B: Backend, M: LogLine> Run<B, M> {
     ) -> Result<(), TrainError> {
         let total = self.cfg.steps;
         let bar = Progress::new(total, self.state.step);
+        let comm = crate::dist::world();
         while self.state.step < total {
             let n = self.state.step + 1;
             let end = step(self, n)?;
@@ -420,14 +431,14 @@ impl<B: Backend, M: LogLine> Run<B, M> {
             self.state.rng = self.rng.state();
             self.state.optimizer_steps = Some(self.opt.step);
             self.metrics.append(&end.metrics, &mut self.tb)?;
-            if let Some(line) = end.line {
+            // Every rank holds the whole step's metrics: rank 0 says them.
+            if let (Some(line), 0) = (end.line, comm.rank()) {
                 bar.line(line);
             }
             bar.0.set_position(n);
             bar.0.set_message(end.message);
             self.history.push(end.metrics);
             let stop_here = self.cfg.options.stop_after == Some(n);
-            let comm = crate::dist::world();
             let checkpoint = stop_here || on_cadence(n, total, self.cfg.checkpoint_every);
             if checkpoint && comm.size() > 1 {
                 // Data parallel: the ranks still hold one model (every rank

@@ -309,7 +309,6 @@ fn sft_step<B: Backend>(
             .map_err(TrainError::Collective)?;
         loss_sum = sums[0];
         (tokens, processed) = (sums[1] as usize, sums[2] as usize);
-        crate::dist::all_reduce_tensors(&b, comm, &mut grads).map_err(TrainError::Collective)?;
     }
     let lr = cfg.schedule.lr(cfg.optim.lr, step, t.steps);
     let mut loss = loss_sum / t.grad_accum as f64;
@@ -320,9 +319,10 @@ fn sft_step<B: Backend>(
         b.scale(&mut grads[0], f32::NAN);
     }
     let (grad_norm, skip) = if loss.is_finite() {
+        // Summed over the ranks in there (a NaN put in above reaches all).
         let stats = run
             .opt
-            .update_over(&b, comm, run.model.params_mut(), &grads, lr, t.grad_accum)
+            .reduce_and_update(&b, comm, run.model.params_mut(), grads, lr, t.grad_accum)
             .map_err(TrainError::Collective)?;
         (stats.grad_norm, (!stats.applied).then_some(Skip::GradNorm))
     } else {

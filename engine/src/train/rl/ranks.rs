@@ -161,45 +161,13 @@ pub(crate) fn whole_step(comm: &dyn Collective, d: StepData) -> Result<StepData,
 mod tests {
     use super::*;
 
-    /// Rank `rank` of `size`, for the block arithmetic.
-    struct Seat(usize, usize);
-    impl Collective for Seat {
-        fn rank(&self) -> usize {
-            self.0
-        }
-        fn size(&self) -> usize {
-            self.1
-        }
-        fn all_reduce_sum(&self, _: &mut [f32]) -> Result<(), crate::dist::CommError> {
-            unimplemented!("not used here")
-        }
-        fn all_reduce_sum_f64(&self, _: &mut [f64]) -> Result<(), crate::dist::CommError> {
-            unimplemented!("not used here")
-        }
-        fn reduce_scatter_sum(
-            &self,
-            _: &[f32],
-            _: &mut [f32],
-        ) -> Result<(), crate::dist::CommError> {
-            unimplemented!("not used here")
-        }
-        fn all_gather(&self, _: &[f32], _: &mut [f32]) -> Result<(), crate::dist::CommError> {
-            unimplemented!("not used here")
-        }
-        fn broadcast(&self, _: &mut [f32], _: usize) -> Result<(), crate::dist::CommError> {
-            unimplemented!("not used here")
-        }
-        fn barrier(&self) -> Result<(), crate::dist::CommError> {
-            unimplemented!("not used here")
-        }
-    }
-
     #[test]
     fn ranks_hold_consecutive_whole_groups_and_dev_blocks_cover_the_split() {
         // 6 prompts x 4 rollouts over 3 ranks: 2 groups (8 rollouts) each.
-        let blocks: Vec<Range<usize>> = (0..3).map(|r| rollout_block(24, 4, &Seat(r, 3))).collect();
+        let seats = crate::dist::threads::Threads::job(3);
+        let blocks: Vec<Range<usize>> = seats.iter().map(|r| rollout_block(24, 4, r)).collect();
         assert_eq!(blocks, vec![0..8, 8..16, 16..24]);
-        let dev: Vec<Range<usize>> = (0..3).map(|r| even_block(10, &Seat(r, 3))).collect();
+        let dev: Vec<Range<usize>> = seats.iter().map(|r| even_block(10, r)).collect();
         assert_eq!(dev, vec![0..3, 3..6, 6..10]);
         assert!(check_split(6, 3).is_ok());
         let e = check_split(6, 4).unwrap_err().to_string();

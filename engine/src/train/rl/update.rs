@@ -188,8 +188,6 @@ fn update_mini_batch<B: Backend>(
             let mut mine = LossStats::default();
             let mut grads = mini_batch_grads(model, batch, settings, &mut mine)?;
             let b = model.backend().clone();
-            crate::dist::all_reduce_tensors(&b, comm, &mut grads)
-                .map_err(TrainError::Collective)?;
             stats_over_ranks(comm, &mut mine)?;
             if guard.nan_loss {
                 mine.loss = f64::NAN;
@@ -200,8 +198,10 @@ fn update_mini_batch<B: Backend>(
             if !mine.loss.is_finite() {
                 (f64::NAN, Some(Skip::Loss))
             } else {
+                // Summed over the ranks in there (a NaN put in above
+                // reaches all).
                 let s = opt
-                    .update_over(&b, comm, model.params_mut(), &grads, lr, 1)
+                    .reduce_and_update(&b, comm, model.params_mut(), grads, lr, 1)
                     .map_err(TrainError::Collective)?;
                 if s.applied {
                     stats.add(&mine);
