@@ -121,24 +121,31 @@ fn rewrites(scratch: &Path) -> Vec<(&'static str, Option<String>)> {
                  --set model={tuned} --set dataset.limit=2"
             )),
         ),
+        // Disk (CI machines are small): each checkpoint of these runs is
+        // 1.8 GB, 0.3 of it the bf16 model the walkthrough goes on with; the
+        // rest (f32 master weights and AdamW moments, for a resume) goes
+        // once no later command needs it (its own line: under `set -e`, a
+        // command before `&&` may fail unnoticed).
         (
             "igpo train --config examples/agent/squad-igpo.toml",
             Some(format!(
                 "igpo train --config examples/agent/squad-igpo.toml {small_rl} \
-                 --set train.run_dir={s}/runs/squad-igpo"
+                 --set train.run_dir={s}/runs/squad-igpo\n\
+                 rm -r {s}/runs/squad-igpo/checkpoints/step-1/state"
             )),
         ),
         (
             "igpo train --config examples/agent/squad-igpo.toml --set rl.estimator=grpo --set train.run_dir=../../target/runs/squad-grpo",
             Some(format!(
                 "igpo train --config examples/agent/squad-igpo.toml {small_rl} \
-                 --set rl.estimator=grpo --set train.run_dir={s}/runs/squad-grpo"
+                 --set rl.estimator=grpo --set train.run_dir={s}/runs/squad-grpo\n\
+                 rm -r {s}/runs/squad-grpo/checkpoints {sft}/checkpoints"
             )),
         ),
         (
             "igpo model export target/runs/squad-igpo/checkpoints/step-20 target/models/squad-igpo --dtype bf16",
             Some(format!(
-                "igpo model export {s}/runs/squad-igpo/checkpoints/step-1 {s}/models/squad-igpo --dtype bf16"
+                "igpo model export {s}/runs/squad-igpo/checkpoints/step-1/model {s}/models/squad-igpo --dtype bf16"
             )),
         ),
         // Four runs of one step on 10 dev questions instead of 20 of 30 steps.

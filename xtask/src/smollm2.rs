@@ -55,7 +55,8 @@ pub(crate) fn smollm2_gguf() -> Result<PathBuf> {
 }
 
 /// The SmolLM2 GGUF imported into a Hugging Face folder under `target/models/`.
-pub(crate) fn smollm2_dir(profile: &[&str]) -> Result<PathBuf> {
+/// `build` are cargo's arguments for the engine it runs (profile, features).
+pub(crate) fn smollm2_dir(build: &[&str]) -> Result<PathBuf> {
     let gguf = smollm2_gguf()?;
     let dir = target().join("models/smollm2-135m-instruct");
     if dir.join("model.safetensors").exists() && dir.join("tokenizer.json").exists() {
@@ -64,7 +65,7 @@ pub(crate) fn smollm2_dir(profile: &[&str]) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(&dir);
     run(cargo()
         .args(["run", "--quiet", "-p", "igpo"])
-        .args(profile)
+        .args(build)
         .args(["--", "model", "import-gguf"])
         .arg(&gguf)
         .arg(&dir))?;

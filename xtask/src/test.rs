@@ -20,7 +20,9 @@ pub(crate) fn test(args: &[String]) -> Result<()> {
     let cuda_env = kernels::prepare()?;
     let plugin_dir = plugins()?;
     let gguf = smollm2_gguf()?;
-    let dir = smollm2_dir(&[])?;
+    // The suite's build (its features): the import does not compile a
+    // second engine.
+    let dir = smollm2_dir(&TEST_FEATURES)?;
     let data = data::unpack()?;
     let tool_dir = smollm2_tool_dir(&dir, &plugin_dir, &data)?;
     let python = python_env(Packages::Readers)?;

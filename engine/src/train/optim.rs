@@ -275,7 +275,7 @@ impl<B: Backend> AdamW<B> {
     /// One update with the gradients `grads` (sums over `accumulated`
     /// micro-batches, averaged here), clipping by global norm first. A
     /// gradient whose norm is not finite changes nothing (`applied` false).
-    /// State sharded over ranks updates through [`AdamW::update_over`].
+    /// State sharded over ranks updates through [`AdamW::reduce_and_update`].
     pub fn update(
         &mut self,
         backend: &B,
@@ -286,7 +286,7 @@ impl<B: Backend> AdamW<B> {
     ) -> StepStats {
         assert!(
             self.shards.is_none(),
-            "sharded AdamW state updates through update_over"
+            "sharded AdamW state updates through reduce_and_update"
         );
         self.apply(backend, params, Summed::Whole(grads), lr, accumulated)
             .expect("no collective without shards")
@@ -294,8 +294,7 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// The step of a data-parallel job from this rank's own gradients
-    /// `grads` (consumed): summed over the ranks, then
-    /// [`AdamW::update_over`]. With `zero_stage = 2` (and sharded state)
+    /// `grads` (consumed): summed over the ranks, then the update. With `zero_stage = 2` (and sharded state)
     /// each rank receives the sums of its own rows only (one reduce-scatter
     /// instead of an all-reduce: half the bytes) and drops its whole local
     /// gradients before the update; the norm adds the ranks' shares.
@@ -327,7 +326,7 @@ impl<B: Backend> AdamW<B> {
     /// [`AdamW::update`] in a data-parallel job: with sharded state each
     /// rank updates its rows and broadcasts them, so every rank holds the
     /// whole updated model again.
-    pub fn update_over(
+    fn update_over(
         &mut self,
         backend: &B,
         comm: &dyn Collective,
