@@ -294,10 +294,13 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// The step of a data-parallel job from this rank's own gradients
-    /// `grads` (consumed): summed over the ranks, then the update. With `zero_stage = 2` (and sharded state)
-    /// each rank receives the sums of its own rows only (one reduce-scatter
-    /// instead of an all-reduce: half the bytes) and drops its whole local
-    /// gradients before the update; the norm adds the ranks' shares.
+    /// `grads` (consumed): summed over the ranks, then the update; with
+    /// sharded state each rank updates its rows and broadcasts them, so
+    /// every rank holds the whole updated model again. With `zero_stage =
+    /// 2` each rank receives the sums of its own rows only (one
+    /// reduce-scatter instead of an all-reduce: half the bytes) and drops
+    /// its whole local gradients before the update; the norm adds the
+    /// ranks' shares.
     pub fn reduce_and_update(
         &mut self,
         backend: &B,
@@ -307,35 +310,24 @@ impl<B: Backend> AdamW<B> {
         lr: f64,
         accumulated: usize,
     ) -> Result<StepStats, CommError> {
-        match &self.shards {
+        // Whether this rank holds only its rows of the sums (ZeRO-2).
+        let mine_only = match &self.shards {
             Some(shards) if self.config.zero_stage >= 2 => {
                 let rows = crate::dist::reduce_scatter_rows(backend, comm, &grads, &shards.rows)?;
                 drop(grads);
-                let rows: Vec<B::Tensor> = rows.iter().map(|t| backend.upload(t)).collect();
-                let summed = Summed::Rows(&rows, comm);
-                let (s, pieces) = self.apply(backend, params, summed, lr, accumulated)?;
-                self.share_rows(backend, comm, params, pieces, s)
+                grads = rows.iter().map(|t| backend.upload(t)).collect();
+                true
             }
             _ => {
                 crate::dist::all_reduce_tensors(backend, comm, &mut grads)?;
-                self.update_over(backend, comm, params, &grads, lr, accumulated)
+                false
             }
-        }
-    }
-
-    /// [`AdamW::update`] in a data-parallel job: with sharded state each
-    /// rank updates its rows and broadcasts them, so every rank holds the
-    /// whole updated model again.
-    fn update_over(
-        &mut self,
-        backend: &B,
-        comm: &dyn Collective,
-        params: &mut [B::Tensor],
-        grads: &[B::Tensor],
-        lr: f64,
-        accumulated: usize,
-    ) -> Result<StepStats, CommError> {
-        let (s, pieces) = self.apply(backend, params, Summed::Whole(grads), lr, accumulated)?;
+        };
+        let summed = match mine_only {
+            true => Summed::Rows(&grads, comm),
+            false => Summed::Whole(&grads),
+        };
+        let (s, pieces) = self.apply(backend, params, summed, lr, accumulated)?;
         self.share_rows(backend, comm, params, pieces, s)
     }
 
