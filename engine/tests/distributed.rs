@@ -281,11 +281,27 @@ mod mpi {
         let plain = scratch("zero-plain");
         let zero = scratch("zero-1");
         let cut = scratch("zero-cut");
-        ok(sft(2, &setup(&plain), &[]), "2 ranks");
-        let stage_1 = ["--set", "optim.zero_stage=1"];
+        // Plain: the gradients summed in one piece after the backward;
+        // ZeRO-1: in buckets of 1 KiB while the backward runs.
+        ok(
+            sft(2, &setup(&plain), &["--set", "optim.bucket_mb=0"]),
+            "2 ranks",
+        );
+        let stage_1 = [
+            "--set",
+            "optim.zero_stage=1",
+            "--set",
+            "optim.bucket_mb=0.001",
+        ];
         let out = sft(2, &setup(&zero), &stage_1);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         ok(out, "2 ranks, ZeRO-1");
+        let buckets = buckets_per_rank(&err);
+        eprintln!("ZeRO-1 run, gradient buckets per rank: {buckets:?}");
+        assert!(
+            buckets.len() == 2 && buckets.iter().all(|&n| n > 2),
+            "{err}"
+        );
         // Each rank keeps the AdamW state of its share of the parameters.
         let kept: Vec<(u64, u64)> = err
             .lines()
@@ -322,6 +338,21 @@ mod mpi {
         }
     }
 
+    /// The bucket counts the ranks report (`gradients summed in N bucket(s)`).
+    fn buckets_per_rank(stderr: &str) -> Vec<usize> {
+        stderr
+            .lines()
+            .filter_map(|l| {
+                l.split("gradients summed in ")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            })
+            .collect()
+    }
+
     /// ZeRO-2 (each rank receives the summed gradients of its own rows
     /// only): the plain run's losses and weights but for the order in which
     /// the gradient norm adds the ranks' sums of squares; stopped and
@@ -332,10 +363,17 @@ mod mpi {
         let zero = scratch("zero-2");
         let cut = scratch("zero2-cut");
         ok(sft(2, &setup(&plain), &[]), "2 ranks");
-        let stage_2 = ["--set", "optim.zero_stage=2"];
+        // Reduce-scattered in buckets of 1 KiB while the backward runs.
+        let stage_2 = [
+            "--set",
+            "optim.zero_stage=2",
+            "--set",
+            "optim.bucket_mb=0.001",
+        ];
         let out = sft(2, &setup(&zero), &stage_2);
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         ok(out, "2 ranks, ZeRO-2");
+        assert!(buckets_per_rank(&err).iter().all(|&n| n > 2), "{err}");
         let said = "and receives the summed gradients of those only";
         assert_eq!(err.matches(said).count(), 2, "one line a rank: {err}");
         let (got, want) = (metrics(&zero.join("run")), metrics(&plain.join("run")));
@@ -679,13 +717,18 @@ mod mpi {
         assert!(worst_eval < 1e-9, "evaluations differ: {worst_eval:e}");
         assert!(worst_w < 1e-5, "weights after a step differ by {worst_w}");
 
-        // ZeRO-1 (AdamW state sharded): plain data parallelism, bit for bit.
+        // ZeRO-1 (AdamW state sharded), its gradients summed in buckets of
+        // 1 KiB while the backward runs: plain data parallelism (one
+        // bucket), bit for bit.
         let zero = scratch("rl-zero");
         let config = rl_setup(&zero, &plugins);
-        ok(
-            igpo(2, "train", &config, &["--set", "optim.zero_stage=1"]),
-            "2 ranks, ZeRO-1",
-        );
+        let args = [
+            "--set",
+            "optim.zero_stage=1",
+            "--set",
+            "optim.bucket_mb=0.001",
+        ];
+        ok(igpo(2, "train", &config, &args), "2 ranks, ZeRO-1");
         assert_eq!(
             rl_numbers(&zero.join("run"), "metrics.jsonl"),
             b,

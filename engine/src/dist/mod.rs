@@ -7,6 +7,7 @@
 //! the job over MPI (cargo feature `mpi`) and [`world`] hands out that
 //! communicator from then on.
 
+pub mod buckets;
 #[cfg(feature = "mpi")]
 mod mpi;
 #[cfg(test)]
@@ -19,7 +20,6 @@ use std::ops::Range;
 use std::sync::OnceLock;
 
 use crate::backend::Backend;
-use crate::tensor::Tensor;
 
 /// A collective that failed (a rank gone, a size mismatch): one line.
 #[derive(Debug, thiserror::Error)]
@@ -93,83 +93,6 @@ fn check_len(op: &str, got: usize, want: usize) -> Result<(), CommError> {
         )));
     }
     Ok(())
-}
-
-/// Sums `tensors` over the ranks (the gradients of a data-parallel step):
-/// on the device when the ranks joined a device group
-/// ([`join_device_group`]), else in one flat all-reduce through host
-/// buffers. A solo job without a device group returns at once, leaving them
-/// as they are, bit for bit.
-pub fn all_reduce_tensors<B: Backend>(
-    b: &B,
-    comm: &dyn Collective,
-    tensors: &mut [B::Tensor],
-) -> Result<(), CommError> {
-    if let Some(done) = b.device_all_reduce(tensors) {
-        return done.map_err(CommError);
-    }
-    if comm.size() == 1 {
-        return Ok(());
-    }
-    let host: Vec<Tensor> = tensors.iter().map(|t| b.download(t)).collect();
-    let mut flat: Vec<f32> = host.iter().flat_map(|t| t.data().iter().copied()).collect();
-    comm.all_reduce_sum(&mut flat)?;
-    let mut at = 0;
-    for (t, h) in tensors.iter_mut().zip(&host) {
-        let n = h.numel();
-        *t = b.upload(&Tensor::from_vec(h.shape(), flat[at..at + n].to_vec()));
-        at += n;
-    }
-    Ok(())
-}
-
-/// ZeRO-2's gradient reduce: rank r receives the sum over the ranks of rows
-/// `rows[i][r]` of every tensor i (`partition_rows` of their shapes), and
-/// nothing else; returned per tensor, shaped as those rows (an empty tensor
-/// where this rank has none). One reduce-scatter through host buffers: rank
-/// r's rows of all tensors are the r-th block of the send buffer, blocks
-/// padded to the longest (the spans are equal but for whole rows).
-pub fn reduce_scatter_rows<B: Backend>(
-    b: &B,
-    comm: &dyn Collective,
-    tensors: &[B::Tensor],
-    rows: &[Vec<Range<usize>>],
-) -> Result<Vec<Tensor>, CommError> {
-    let (ranks, rank) = (comm.size(), comm.rank());
-    let shapes: Vec<Vec<usize>> = tensors.iter().map(|t| b.shape(t).to_vec()).collect();
-    let cols: Vec<usize> = shapes.iter().map(|s| as_matrix(s).1).collect();
-    let block_len = (0..ranks)
-        .map(|r| {
-            (0..tensors.len())
-                .map(|i| rows[i][r].len() * cols[i])
-                .sum::<usize>()
-        })
-        .max()
-        .unwrap_or(0);
-    let mut send = vec![0.0f32; block_len * ranks];
-    let mut filled = vec![0usize; ranks];
-    for (i, t) in tensors.iter().enumerate() {
-        let host = b.download(t);
-        for (r, span) in rows[i].iter().enumerate() {
-            let values = &host.data()[span.start * cols[i]..span.end * cols[i]];
-            let at = r * block_len + filled[r];
-            send[at..at + values.len()].copy_from_slice(values);
-            filled[r] += values.len();
-        }
-    }
-    let mut recv = vec![0.0f32; block_len];
-    comm.reduce_scatter_sum(&send, &mut recv)?;
-    drop(send);
-    let mut at = 0;
-    Ok((0..tensors.len())
-        .map(|i| {
-            let span = rows[i][rank].clone();
-            let n = span.len() * cols[i];
-            let piece = Tensor::from_vec(&rows_shape(&shapes[i], span), recv[at..at + n].to_vec());
-            at += n;
-            piece
-        })
-        .collect())
 }
 
 /// A tensor shaped `shape` as the matrix ZeRO shards by rows: its first
@@ -477,6 +400,7 @@ pub fn init() -> Result<Membership, CommError> {
 mod tests {
     use super::threads::Threads;
     use super::*;
+    use crate::tensor::Tensor;
 
     #[test]
     fn a_solo_job_is_rank_0_of_1_and_every_collective_the_identity() {

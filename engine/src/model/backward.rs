@@ -66,6 +66,10 @@ pub struct Activations<B: Backend> {
     pub hidden: B::Tensor,
 }
 
+/// What [`Model::backward_handing_over`] calls with each group of
+/// parameter indices whose gradients (the slice) it is done with.
+pub type HandOver<'a, T> = dyn FnMut(&[usize], &mut [T]) + 'a;
+
 /// Two distinct mutable elements of a slice.
 fn two_mut<T>(v: &mut [T], a: usize, b: usize) -> (&mut T, &mut T) {
     assert_ne!(a, b);
@@ -237,6 +241,35 @@ impl<B: Backend> Model<B> {
     /// Backward from `d_hidden` (gradient of the final normed hidden states)
     /// to every parameter; adds into `grads` (layout of [`Model::params`]).
     pub fn backward(&self, acts: &Activations<B>, d_hidden: &B::Tensor, grads: &mut [B::Tensor]) {
+        self.backward_handing_over(acts, d_hidden, grads, &mut |_, _| {});
+    }
+
+    /// The groups of parameters in the order [`Model::backward`] finishes
+    /// their gradients: the final norm (and an untied lm-head, whose
+    /// gradient [`Model::token_logprobs_backward`] made before), each layer
+    /// from the last to the first, the embedding. Each parameter once.
+    pub fn grad_ready_order(&self) -> Vec<Vec<usize>> {
+        let mut first = vec![self.norm];
+        if self.lm_head != self.embed {
+            first.push(self.lm_head);
+        }
+        let mut order = vec![first];
+        order.extend(self.layers.iter().rev().map(LayerParams::indices));
+        order.push(vec![self.embed]);
+        order
+    }
+
+    /// [`Model::backward`], calling `ready` with each group of
+    /// [`Model::grad_ready_order`] as soon as the backward is done with its
+    /// gradients (so a data-parallel step sums them while the rest runs:
+    /// `dist::buckets`).
+    pub fn backward_handing_over(
+        &self,
+        acts: &Activations<B>,
+        d_hidden: &B::Tensor,
+        grads: &mut [B::Tensor],
+        ready: &mut HandOver<'_, B::Tensor>,
+    ) {
         let b = &self.backend;
         let eps = self.config.rms_norm_eps;
         let shape = self.attn_shape();
@@ -253,6 +286,9 @@ impl<B: Backend> Model<B> {
             eps,
             &mut grads[self.norm],
         );
+        let mut order = self.grad_ready_order().into_iter();
+        let first = order.next().expect("the final norm's group");
+        ready(&first, grads);
         for (layer, saved) in self.layers.iter().zip(&acts.layers).rev() {
             let recomputed;
             let a = match saved {
@@ -345,8 +381,10 @@ impl<B: Backend> Model<B> {
                 &mut grads[layer.input_norm],
             );
             b.add_assign(&mut dx, &d_norm1);
+            ready(&order.next().expect("a group per layer"), grads);
         }
         b.embedding_backward(&acts.ids, &dx, &mut grads[self.embed]);
+        ready(&order.next().expect("the embedding's group"), grads);
     }
 
     /// Backward of [`Model::qk_norm`]: `dy` itself without a norm.

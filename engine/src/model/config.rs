@@ -361,6 +361,32 @@ impl ModelConfig {
 }
 
 #[cfg(test)]
+impl ModelConfig {
+    /// A two-layer Qwen2 of a few thousand parameters (tied lm-head,
+    /// attention biases) for unit tests.
+    pub(crate) fn tiny_for_tests() -> ModelConfig {
+        ModelConfig {
+            arch: Arch::Qwen2,
+            vocab_size: 64,
+            hidden_size: 16,
+            intermediate_size: 32,
+            num_layers: 2,
+            num_heads: 2,
+            num_kv_heads: 1,
+            head_dim: 8,
+            rms_norm_eps: 1e-6,
+            rope_theta: 1e4,
+            rope_scaling: None,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+            attention_bias: true,
+            bos_token_id: None,
+            eos_token_ids: vec![3],
+        }
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

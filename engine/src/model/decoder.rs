@@ -31,6 +31,34 @@ pub(crate) struct LayerParams {
     pub down: usize,
 }
 
+impl LayerParams {
+    /// Every index of the layer's tensors.
+    pub fn indices(&self) -> Vec<usize> {
+        let fixed = [
+            self.input_norm,
+            self.q,
+            self.k,
+            self.v,
+            self.o,
+            self.post_norm,
+            self.gate,
+            self.up,
+            self.down,
+        ];
+        let optional = [
+            self.q_bias,
+            self.k_bias,
+            self.v_bias,
+            self.q_norm,
+            self.k_norm,
+        ];
+        fixed
+            .into_iter()
+            .chain(optional.into_iter().flatten())
+            .collect()
+    }
+}
+
 /// A decoder-only transformer on backend `B`.
 ///
 /// Parameters live in one vector in checkpoint order

@@ -13,7 +13,7 @@ mod weights;
 
 use std::path::Path;
 
-pub use backward::{Activations, TrainSeq};
+pub use backward::{Activations, HandOver, TrainSeq};
 pub use config::{Arch, ModelConfig};
 pub use decoder::{KvCache, LogitRows, Model, PagedStep, SeqStep};
 pub use folder::{export, hf_dir, is_checkpoint};

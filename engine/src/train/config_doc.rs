@@ -245,6 +245,7 @@ pub fn train_sections() -> Vec<Section> {
                 key("grad_clip", "float", "Clip the global gradient norm to this; 0 = off."),
                 key("max_consecutive_skips", "integer", "An update whose loss, gradient norm, advantages or log-probs are not finite is skipped (logged, counted as `skipped_updates` in metrics.jsonl); this many skips in a row stop the run with an error (>= 1)."),
                 key("zero_stage", "integer", "Data parallel (docs/distributed.md): 0 keeps the whole AdamW state on every rank; 1 shards it (ZeRO-1): each rank keeps the moments of, and updates, an equal share of the parameters' rows, then broadcasts them (the same numbers as 0); 2 also reduces the gradients to their rows' owners only (one reduce-scatter instead of an all-reduce; the norm adds the ranks' shares, so the last bits of the norm may differ). A single process ignores it."),
+                key("bucket_mb", "float", "Data parallel: the ranks' gradients are summed in buckets of about this many MiB (whole layers, last layer first), each as soon as a rank's last backward of the step is done with it, so the sums overlap the rest of the backward; 0 sums everything after the backward. The same sums either way (bit for bit on 2 ranks). A single process ignores it."),
             ],
             defaults: Some(|| table(OptimConfig::default())),
         },

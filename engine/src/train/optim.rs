@@ -8,6 +8,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::backend::{clip_factor, AdamWStep, Backend};
+use crate::dist::buckets::{BucketPlan, Summed};
 use crate::dist::{as_matrix, rows_shape, Collective, CommError};
 use crate::tensor::Tensor;
 
@@ -34,6 +35,10 @@ pub struct OptimConfig {
     /// of the parameters, then sends the updated weights to the others; 2
     /// also reduces the gradients to their owners only (reduce-scatter).
     pub zero_stage: u8,
+    /// Data parallel: the ranks' gradients are summed in buckets of about
+    /// this many MiB while the backward still runs (each bucket as soon as
+    /// the backward is done with it); 0 sums them all after the backward.
+    pub bucket_mb: f64,
 }
 
 impl Default for OptimConfig {
@@ -48,6 +53,7 @@ impl Default for OptimConfig {
             grad_clip: 1.0,
             max_consecutive_skips: 5,
             zero_stage: 0,
+            bucket_mb: 25.0,
         }
     }
 }
@@ -60,6 +66,9 @@ impl OptimConfig {
         }
         if self.max_consecutive_skips == 0 {
             return Err("optim.max_consecutive_skips must be >= 1".into());
+        }
+        if !(self.bucket_mb >= 0.0 && self.bucket_mb.is_finite()) {
+            return Err("optim.bucket_mb must be >= 0 (MiB; 0 sums after the backward)".into());
         }
         if self.zero_stage > 2 {
             return Err(format!(
@@ -173,20 +182,6 @@ pub struct StepStats {
 /// parameter (ZeRO), by parameter.
 type Applied<B> = (StepStats, Vec<Option<<B as Backend>::Tensor>>);
 
-/// A step's gradients, summed over the ranks: every rank holds the whole
-/// sums, or (ZeRO-2) only the rows its shard gives it.
-enum Summed<'a, B: Backend> {
-    Whole(&'a [B::Tensor]),
-    Rows(&'a [B::Tensor], &'a dyn Collective),
-}
-
-impl<B: Backend> Clone for Summed<'_, B> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<B: Backend> Copy for Summed<'_, B> {}
-
 impl<B: Backend> AdamW<B> {
     /// Fresh state for parameters `params` named `names`.
     pub fn new(
@@ -288,46 +283,68 @@ impl<B: Backend> AdamW<B> {
             self.shards.is_none(),
             "sharded AdamW state updates through reduce_and_update"
         );
-        self.apply(backend, params, Summed::Whole(grads), lr, accumulated)
+        self.apply(backend, params, (grads, None), lr, accumulated)
             .expect("no collective without shards")
             .0
     }
 
+    /// How a data-parallel step sums its gradients over the ranks of
+    /// `comm`: buckets of `optim.bucket_mb` cut from `ready_order`
+    /// ([`crate::model::Model::grad_ready_order`]), each rank receiving its
+    /// own rows only under `zero_stage = 2` (ZeRO-2: one reduce-scatter a
+    /// bucket, half an all-reduce's bytes). Run it with
+    /// [`crate::dist::buckets::reducing`], then [`AdamW::update_summed`].
+    pub fn bucket_plan(&self, ready_order: &[Vec<usize>]) -> BucketPlan {
+        let bytes = (self.config.bucket_mb * (1 << 20) as f64) as usize;
+        self.bucket_plan_of(ready_order, bytes)
+    }
+
+    fn bucket_plan_of(&self, ready_order: &[Vec<usize>], bucket_bytes: usize) -> BucketPlan {
+        let rows = match &self.shards {
+            Some(shards) if self.config.zero_stage >= 2 => Some(shards.rows.clone()),
+            _ => None,
+        };
+        BucketPlan::new(ready_order, &self.shapes, bucket_bytes, rows)
+    }
+
     /// The step of a data-parallel job from this rank's own gradients
-    /// `grads` (consumed): summed over the ranks, then the update; with
-    /// sharded state each rank updates its rows and broadcasts them, so
-    /// every rank holds the whole updated model again. With `zero_stage =
-    /// 2` each rank receives the sums of its own rows only (one
-    /// reduce-scatter instead of an all-reduce: half the bytes) and drops
-    /// its whole local gradients before the update; the norm adds the
-    /// ranks' shares.
+    /// `grads` (consumed), summed over the ranks after the backward (one
+    /// bucket), then [`AdamW::update_summed`].
     pub fn reduce_and_update(
         &mut self,
         backend: &B,
         comm: &dyn Collective,
         params: &mut [B::Tensor],
-        mut grads: Vec<B::Tensor>,
+        grads: Vec<B::Tensor>,
         lr: f64,
         accumulated: usize,
     ) -> Result<StepStats, CommError> {
-        // Whether this rank holds only its rows of the sums (ZeRO-2).
-        let mine_only = match &self.shards {
-            Some(shards) if self.config.zero_stage >= 2 => {
-                let rows = crate::dist::reduce_scatter_rows(backend, comm, &grads, &shards.rows)?;
-                drop(grads);
-                grads = rows.iter().map(|t| backend.upload(t)).collect();
-                true
-            }
-            _ => {
-                crate::dist::all_reduce_tensors(backend, comm, &mut grads)?;
-                false
-            }
+        let everything = vec![(0..grads.len()).collect::<Vec<_>>()];
+        let plan = self.bucket_plan_of(&everything, 0);
+        let summed = crate::dist::buckets::reducing(backend, comm, &plan, |b| b.finish(grads))?;
+        self.update_summed(backend, comm, params, summed, lr, accumulated)
+    }
+
+    /// The update from the gradients summed over the ranks of `comm`
+    /// ([`crate::dist::buckets`]); with sharded state each rank updates
+    /// its rows and broadcasts them, so every rank holds the whole updated
+    /// model again. Under ZeRO-2 (`Summed::Rows`) the norm adds the ranks'
+    /// sums of squares.
+    pub fn update_summed(
+        &mut self,
+        backend: &B,
+        comm: &dyn Collective,
+        params: &mut [B::Tensor],
+        summed: Summed<B::Tensor>,
+        lr: f64,
+        accumulated: usize,
+    ) -> Result<StepStats, CommError> {
+        let (grads, rows_over) = match &summed {
+            Summed::Whole(g) => (g, None),
+            Summed::Rows(g) => (g, Some(comm)),
         };
-        let summed = match mine_only {
-            true => Summed::Rows(&grads, comm),
-            false => Summed::Whole(&grads),
-        };
-        let (s, pieces) = self.apply(backend, params, summed, lr, accumulated)?;
+        let (s, pieces) = self.apply(backend, params, (grads, rows_over), lr, accumulated)?;
+        drop(summed);
         self.share_rows(backend, comm, params, pieces, s)
     }
 
@@ -371,11 +388,10 @@ impl<B: Backend> AdamW<B> {
         &mut self,
         backend: &B,
         params: &mut [B::Tensor],
-        grads: Summed<'_, B>,
+        (g, rows_over): (&[B::Tensor], Option<&dyn Collective>),
         lr: f64,
         accumulated: usize,
     ) -> Result<Applied<B>, CommError> {
-        let (Summed::Whole(g) | Summed::Rows(g, _)) = grads;
         assert_eq!(params.len(), g.len(), "adamw: one gradient per parameter");
         let avg = 1.0 / accumulated.max(1) as f64;
         self.step += 1;
@@ -396,26 +412,26 @@ impl<B: Backend> AdamW<B> {
             })
             .collect();
         let mut pieces: Vec<Option<B::Tensor>> = (0..params.len()).map(|_| None).collect();
-        let grad_norm = match (&self.shards, grads) {
-            (None, Summed::Whole(grads)) => backend.adamw_clipped(
+        let grad_norm = match (&self.shards, rows_over) {
+            (None, None) => backend.adamw_clipped(
                 params,
-                grads,
+                g,
                 (&mut self.m, &mut self.v),
                 &steps,
                 avg,
                 c.grad_clip,
             ),
-            (None, Summed::Rows(..)) => unreachable!("gradient rows without shards"),
+            (None, Some(_)) => unreachable!("gradient rows without shards"),
             // Every rank holds every summed gradient: the norm is the whole
             // model's (`Backend::adamw_clipped`'s default arithmetic, so a
             // CPU run's bits are plain data parallelism's); AdamW is
             // elementwise, so updating rows apart gives the same bits.
             // ZeRO-2: each rank holds its rows' sums; the norm adds the
             // ranks' sums of squares (another order: not the same bits).
-            (Some(shards), grads) => {
-                let sq: f64 = match grads {
-                    Summed::Whole(g) => g.iter().map(|g| backend.sum_squares(g)).sum(),
-                    Summed::Rows(g, comm) => {
+            (Some(shards), rows_over) => {
+                let sq: f64 = match rows_over {
+                    None => g.iter().map(|g| backend.sum_squares(g)).sum(),
+                    Some(comm) => {
                         let mut sq = [g.iter().map(|g| backend.sum_squares(g)).sum::<f64>()];
                         comm.all_reduce_sum_f64(&mut sq)?;
                         sq[0]
@@ -435,10 +451,11 @@ impl<B: Backend> AdamW<B> {
                         };
                         let whole = mine.len() == as_matrix(&self.shapes[i]).0;
                         let sliced;
-                        let g = match grads {
-                            Summed::Rows(g, _) => &g[i],
-                            Summed::Whole(g) if whole => &g[i],
-                            Summed::Whole(g) => {
+                        // ZeRO-2's sums are this rank's rows already.
+                        let g = match rows_over {
+                            Some(_) => &g[i],
+                            None if whole => &g[i],
+                            None => {
                                 sliced = backend.slice_rows(&g[i], mine.clone());
                                 &sliced
                             }

@@ -325,6 +325,18 @@ impl<B: Backend> Start<B> {
                 }
             );
         }
+        if comm.size() > 1 {
+            let plan = opt.bucket_plan(&model.grad_ready_order());
+            let how = match cfg.optim.bucket_mb {
+                0.0 => "after the backward (optim.bucket_mb = 0)".to_string(),
+                mb => format!(
+                    "in {} bucket(s) of about {mb} MiB, each as soon as the backward is done \
+                     with it",
+                    plan.buckets().len()
+                ),
+            };
+            tracing::info!("rank {}: gradients summed {how}", comm.rank());
+        }
         let mut rng = Rng::new(cfg.seed);
         let order = shuffled(n_examples, &mut rng);
         let mut state = TrainerState {

@@ -13,7 +13,7 @@ use super::run::{io_err, next_example, LogLine, LoopConfig, Run, Start, StepEnd}
 pub use super::run::{RunOptions as SftRunOptions, TrainError};
 use super::sft_data::{load_sft_jsonl, SftExample};
 use crate::backend::Backend;
-use crate::model::{Model, TrainSeq};
+use crate::model::{HandOver, Model, TrainSeq};
 use crate::runfile::RunFile;
 use crate::tensor::Tensor;
 use crate::tokenizer::Tokenizer;
@@ -164,6 +164,19 @@ pub fn sft_micro_batch<B: Backend>(
     recompute: bool,
     grads: &mut [B::Tensor],
 ) -> (f64, usize) {
+    micro_batch_handing_over(model, batch, (chunk, recompute), grads, &mut |_, _| {})
+}
+
+/// [`sft_micro_batch`], handing each group of final gradients to `ready`
+/// as the backward finishes it ([`Model::backward_handing_over`]): the
+/// call for a rank's last micro-batch of a step.
+fn micro_batch_handing_over<B: Backend>(
+    model: &Model<B>,
+    batch: &[&SftExample],
+    (chunk, recompute): (usize, bool),
+    grads: &mut [B::Tensor],
+    ready: &mut HandOver<'_, B::Tensor>,
+) -> (f64, usize) {
     let b = model.backend();
     let positions: Vec<Vec<usize>> = batch
         .iter()
@@ -206,7 +219,7 @@ pub fn sft_micro_batch<B: Backend>(
     ));
     let d_hidden =
         model.token_logprobs_backward(&acts.hidden, &targets, &out, (&dlogp, None), chunk, grads);
-    model.backward(&acts, &d_hidden, grads);
+    model.backward_handing_over(&acts, &d_hidden, grads, ready);
     (loss, n as usize)
 }
 
@@ -279,30 +292,49 @@ fn sft_step<B: Backend>(
 ) -> Result<StepEnd<SftMetrics>, TrainError> {
     let start = Instant::now();
     let t = &cfg.train;
+    let b = run.model.backend().clone();
     let mut grads = run.model.zero_grads();
+    if inject.at(Inject::Grad, step) {
+        // Before the sums: a NaN put in here reaches every rank.
+        b.scale(&mut grads[0], f32::NAN);
+    }
     let (mut loss_sum, mut tokens, mut processed) = (0.0, 0usize, 0usize);
     // Data parallel: every rank walks the same data cursor and takes every
-    // `ranks`-th micro-batch, so the step's examples are the solo run's.
+    // `ranks`-th micro-batch, so the step's examples are the solo run's. A
+    // rank's last micro-batch hands its gradients over to be summed while
+    // its backward runs.
     let comm = crate::dist::world();
-    for i in 0..t.grad_accum {
-        let batch: Vec<&SftExample> = (0..t.micro_batch)
-            .map(|_| &examples[next_example(&mut run.state, &mut run.rng, examples.len())])
-            .collect();
-        if i % comm.size() != comm.rank() {
-            continue;
+    let last_mine = (0..t.grad_accum)
+        .rev()
+        .find(|i| i % comm.size() == comm.rank());
+    let plan = run.opt.bucket_plan(&run.model.grad_ready_order());
+    let summed = crate::dist::buckets::reducing(&b, comm, &plan, |buckets| {
+        for i in 0..t.grad_accum {
+            let batch: Vec<&SftExample> = (0..t.micro_batch)
+                .map(|_| &examples[next_example(&mut run.state, &mut run.rng, examples.len())])
+                .collect();
+            if i % comm.size() != comm.rank() {
+                continue;
+            }
+            let mut hand_over = |idx: &[usize], g: &mut [B::Tensor]| {
+                if Some(i) == last_mine {
+                    buckets.ready(idx, g);
+                }
+            };
+            let (l, n) = micro_batch_handing_over(
+                &run.model,
+                &batch,
+                (t.logprob_chunk, t.recompute_activations),
+                &mut grads,
+                &mut hand_over,
+            );
+            loss_sum += l;
+            tokens += n;
+            processed += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
         }
-        let (l, n) = sft_micro_batch(
-            &run.model,
-            &batch,
-            t.logprob_chunk,
-            t.recompute_activations,
-            &mut grads,
-        );
-        loss_sum += l;
-        tokens += n;
-        processed += batch.iter().map(|e| e.tokens.len()).sum::<usize>();
-    }
-    let b = run.model.backend().clone();
+        buckets.finish(grads)
+    })
+    .map_err(TrainError::Collective)?;
     if comm.size() > 1 {
         let mut sums = [loss_sum, tokens as f64, processed as f64];
         comm.all_reduce_sum_f64(&mut sums)
@@ -315,14 +347,10 @@ fn sft_step<B: Backend>(
     if inject.at(Inject::Loss, step) {
         loss = f64::NAN;
     }
-    if inject.at(Inject::Grad, step) {
-        b.scale(&mut grads[0], f32::NAN);
-    }
     let (grad_norm, skip) = if loss.is_finite() {
-        // Summed over the ranks in there (a NaN put in above reaches all).
         let stats = run
             .opt
-            .reduce_and_update(&b, comm, run.model.params_mut(), grads, lr, t.grad_accum)
+            .update_summed(&b, comm, run.model.params_mut(), summed, lr, t.grad_accum)
             .map_err(TrainError::Collective)?;
         (stats.grad_norm, (!stats.applied).then_some(Skip::GradNorm))
     } else {

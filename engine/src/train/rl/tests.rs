@@ -13,7 +13,7 @@ use super::update::{
 };
 use crate::backend::Cpu;
 use crate::model::init::random_weights;
-use crate::model::{Arch, Model, ModelConfig};
+use crate::model::{Model, ModelConfig};
 use crate::plugins::RewardOutput;
 use crate::rl::{spread_over_tokens, Advantages, Estimator, LossConfig, LossStats};
 use crate::rng::Rng;
@@ -254,22 +254,10 @@ fn step_metrics_and_samples_of_a_hand_made_step() {
 
 fn tiny_model() -> Model<Cpu> {
     let config = ModelConfig {
-        arch: Arch::Qwen2,
-        vocab_size: 64,
-        hidden_size: 16,
-        intermediate_size: 32,
         num_layers: 1,
-        num_heads: 2,
-        num_kv_heads: 1,
-        head_dim: 8,
-        rms_norm_eps: 1e-6,
-        rope_theta: 1e4,
-        rope_scaling: None,
         max_position_embeddings: 64,
-        tie_word_embeddings: true,
-        attention_bias: true,
-        bos_token_id: None,
         eos_token_ids: vec![1],
+        ..ModelConfig::tiny_for_tests()
     };
     Model::from_tensors(config.clone(), random_weights(&config, 7), Cpu)
 }

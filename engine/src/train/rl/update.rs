@@ -3,7 +3,7 @@
 
 use crate::backend::Backend;
 use crate::dist::Collective;
-use crate::model::{Model, TrainSeq};
+use crate::model::{HandOver, Model, TrainSeq};
 use crate::rl::{
     policy_loss, token_weights_in, LossConfig, LossInputs, LossStats, MiniBatchCounts,
 };
@@ -186,22 +186,36 @@ fn update_mini_batch<B: Backend>(
         Some(skip) => (f64::NAN, Some(skip)),
         None => {
             let mut mine = LossStats::default();
-            let mut grads = mini_batch_grads(model, batch, settings, &mut mine)?;
             let b = model.backend().clone();
+            let mut grads = model.zero_grads();
+            if guard.nan_grad {
+                // Before the sums: a NaN put in here reaches every rank.
+                b.scale(&mut grads[0], f32::NAN);
+            }
+            // This rank's last backward hands its gradients over to be
+            // summed over the ranks while it runs.
+            let plan = opt.bucket_plan(&model.grad_ready_order());
+            let summed = crate::dist::buckets::reducing(&b, comm, &plan, |buckets| {
+                let model = &*model;
+                add_mini_batch_grads(
+                    model,
+                    batch,
+                    settings,
+                    &mut mine,
+                    &mut grads,
+                    &mut |i, g| buckets.ready(i, g),
+                )?;
+                buckets.finish(grads).map_err(TrainError::Collective)
+            })?;
             stats_over_ranks(comm, &mut mine)?;
             if guard.nan_loss {
                 mine.loss = f64::NAN;
             }
-            if guard.nan_grad {
-                b.scale(&mut grads[0], f32::NAN);
-            }
             if !mine.loss.is_finite() {
                 (f64::NAN, Some(Skip::Loss))
             } else {
-                // Summed over the ranks in there (a NaN put in above
-                // reaches all).
                 let s = opt
-                    .reduce_and_update(&b, comm, model.params_mut(), grads, lr, 1)
+                    .update_summed(&b, comm, model.params_mut(), summed, lr, 1)
                     .map_err(TrainError::Collective)?;
                 if s.applied {
                     stats.add(&mine);
@@ -218,12 +232,29 @@ fn update_mini_batch<B: Backend>(
 /// of `settings.micro` samples); adds into `stats`. Under data parallelism
 /// `batch` is this rank's part: the aggregate's weights divide by the
 /// whole mini-batch's counts, so the ranks' gradients sum to the whole's.
+#[cfg(test)]
 pub(crate) fn mini_batch_grads<B: Backend>(
     model: &Model<B>,
     batch: &[&Sample],
     settings: &UpdateSettings<'_>,
     stats: &mut LossStats,
 ) -> Result<Vec<B::Tensor>, TrainError> {
+    let mut grads = model.zero_grads();
+    add_mini_batch_grads(model, batch, settings, stats, &mut grads, &mut |_, _| {})?;
+    Ok(grads)
+}
+
+/// [`mini_batch_grads`] added into `grads`; the last backward hands each
+/// group of final gradients to `ready` as it finishes it
+/// ([`Model::backward_handing_over`]).
+fn add_mini_batch_grads<B: Backend>(
+    model: &Model<B>,
+    batch: &[&Sample],
+    settings: &UpdateSettings<'_>,
+    stats: &mut LossStats,
+    grads: &mut [B::Tensor],
+    ready: &mut HandOver<'_, B::Tensor>,
+) -> Result<(), TrainError> {
     let UpdateSettings {
         loss: loss_cfg,
         sequence_ratio,
@@ -249,7 +280,11 @@ pub(crate) fn mini_batch_grads<B: Backend>(
         sequences: all[1] as usize,
     };
     let weights = token_weights_in(loss_cfg.aggregation, &seq_of, all);
-    let mut grads = model.zero_grads();
+    let rows_of = |part: &[&Sample]| loss_rows(&part.iter().map(|s| &s.traj).collect::<Vec<_>>());
+    // The micro-batch whose backward is the mini-batch's last.
+    let last = batch
+        .chunks(micro)
+        .rposition(|part| !rows_of(part).is_empty());
     let mut w_at = 0;
     for (mi, part) in batch.chunks(micro).enumerate() {
         let trajs: Vec<&Trajectory> = part.iter().map(|s| &s.traj).collect();
@@ -310,12 +345,15 @@ pub(crate) fn mini_batch_grads<B: Backend>(
             &out,
             (&dlogp, dent.as_ref()),
             chunk,
-            &mut grads,
+            grads,
         );
         let d_hidden = crate::backend::scatter_rows(&b, &d_picked, &rows, targets.len());
-        model.backward(&acts, &d_hidden, &mut grads);
+        match Some(mi) == last {
+            true => model.backward_handing_over(&acts, &d_hidden, grads, ready),
+            false => model.backward(&acts, &d_hidden, grads),
+        }
     }
-    Ok(grads)
+    Ok(())
 }
 
 /// What the PPO epochs did: loss statistics summed over every applied
