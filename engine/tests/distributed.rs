@@ -44,6 +44,11 @@ fn inspect_reports_the_training_state_per_rank() {
     let (whole, sharded) = (gib(line, "ranks: "), gib(line, "zero_stage = 0); "));
     assert!(sharded < whole, "{line}");
     assert!(line.contains("1/4 = "), "{line}");
+    // ZeRO-2: the tiny model's tied embedding is nearly all of it, and it
+    // is live during the backward: at most stage 1's.
+    let gradients_too = gib(line, " M); ");
+    assert!(gradients_too <= sharded, "{line}");
+    assert!(line.contains("optim.zero_stage = 2"), "{line}");
     let fit = out.lines().find(|l| l.starts_with("fits on cpu")).unwrap();
     assert!(
         fit.contains("one of 4 ranks with optim.zero_stage = 1"),

@@ -95,13 +95,13 @@ impl Device {
     /// Bytes of training state per parameter (activations not included).
     /// CPU: f32 weights, their packed panels for `x @ w^T` and the
     /// transposed ones for the backward's `dy W` (`backend/cpu/packed.rs`),
-    /// gradients, AdamW m and v. CUDA: bf16 weights + bf16
-    /// gradients + f32 master + AdamW m, v + a frozen bf16 reference policy
-    /// for the KL term.
+    /// f32 gradients, AdamW m and v. CUDA: bf16 weights + f32 gradients
+    /// (what its `linear_backward` adds into) + f32 master + AdamW m, v + a
+    /// frozen bf16 reference policy for the KL term.
     pub fn training_bytes_per_param(&self) -> u64 {
         match self {
             Device::Cpu => 4 + 4 + 4 + 4 + 8,
-            Device::Cuda(_) => 2 + 2 + 4 + 8 + 2,
+            Device::Cuda(_) => 2 + 4 + 4 + 8 + 2,
         }
     }
 }

@@ -246,7 +246,7 @@ fn inspect(dir: &std::path::Path, device: &Device, ranks: usize) -> CliResult {
         mem.kv_values_per_token as f64 * 4.0 / 1024.0
     );
     println!(
-        "training:      {:.2} GiB on CPU (f32 weights, packed and transposed copies, grads, AdamW), {:.2} GiB on GPU (bf16 + f32 master + AdamW + reference), plus activations",
+        "training:      {:.2} GiB on CPU (f32 weights, packed and transposed copies, grads, AdamW), {:.2} GiB on GPU (bf16 weights, f32 grads + master, AdamW, bf16 reference), plus activations",
         gib(mem.training_cpu_bytes),
         gib(mem.training_gpu_bytes)
     );
@@ -257,13 +257,17 @@ fn inspect(dir: &std::path::Path, device: &Device, ranks: usize) -> CliResult {
             "per rank:      {ranks} data-parallel ranks: {:.2} GiB on CPU, {:.2} GiB on GPU with the \
              whole state on every rank (optim.zero_stage = 0); {:.2} GiB on CPU, {:.2} GiB on GPU \
              with AdamW's moments sharded (optim.zero_stage = 1: the largest share {:.1} M values, \
-             1/{ranks} = {:.1} M), plus activations",
+             1/{ranks} = {:.1} M); {:.2} GiB on CPU, {:.2} GiB on GPU with the gradients sharded \
+             too (optim.zero_stage = 2, one micro-batch a rank a step; more hold stage 1's), plus \
+             activations",
             gib(cpu.replicated_bytes),
             gib(gpu.replicated_bytes),
             gib(cpu.zero1_bytes),
             gib(gpu.zero1_bytes),
             cpu.largest_share as f64 / 1e6,
             mem.parameters as f64 / ranks as f64 / 1e6,
+            gib(cpu.zero2_bytes),
+            gib(gpu.zero2_bytes),
         );
         needs = RankMemory::new(&c, device, ranks).zero1_bytes;
     }

@@ -36,6 +36,15 @@ pub enum Summed<T> {
     Rows(Vec<T>),
 }
 
+impl<T> Summed<T> {
+    /// The sums, by parameter (whole or rows).
+    pub fn tensors_mut(&mut self) -> &mut [T] {
+        match self {
+            Summed::Whole(t) | Summed::Rows(t) => t,
+        }
+    }
+}
+
 /// Which parameters are summed together, in the order the backward
 /// finishes them, and (ZeRO-2) the rows each rank receives.
 #[derive(Clone, Debug)]
@@ -205,8 +214,14 @@ impl<B: Backend> Buckets<'_, B> {
         let Some(jobs) = self.jobs.clone() else {
             return; // one rank: its sums are its own gradients
         };
+        // A gradient never allocated ([`crate::model::Model::empty_grads`]:
+        // this rank's backward never reached it) is zeros.
         let free = |grads: &mut [B::Tensor], i: usize| {
-            b.download(&std::mem::replace(&mut grads[i], b.zeros(&[0])))
+            let t = std::mem::replace(&mut grads[i], b.zeros(&[0]));
+            match b.shape(&t) == &plan.shapes[i][..] {
+                true => b.download(&t),
+                false => Tensor::zeros(&plan.shapes[i]),
+            }
         };
         let job = match &plan.rows {
             None => Job::Sum(
@@ -315,7 +330,7 @@ mod tests {
     use crate::dist::threads::Threads;
     use crate::dist::{partition_rows, Solo};
     use crate::model::init::random_weights;
-    use crate::model::{Arch, Model, ModelConfig, TrainSeq};
+    use crate::model::{Arch, HandOver, Model, ModelConfig, TrainSeq};
     use crate::rng::Rng;
 
     fn tiny(tied: bool, arch: Arch) -> Model<Cpu> {
@@ -378,6 +393,91 @@ mod tests {
                 .flat_map(|h| &h.1)
                 .filter(|t| t.data().iter().any(|&v| v != 0.0));
             assert!(nonzero.count() > m.params().len() / 2);
+        }
+    }
+
+    /// One training backward of `m` on tokens drawn for `rank`, adding into
+    /// `grads`, handing over to `ready`.
+    fn backward_of(
+        m: &Model<Cpu>,
+        rank: usize,
+        grads: &mut [Tensor],
+        ready: &mut HandOver<'_, Tensor>,
+    ) {
+        let tokens: Vec<u32> = (0..12)
+            .map(|t| ((t * 5 + 3 * rank + 1) % 64) as u32)
+            .collect();
+        let positions: Vec<usize> = (0..tokens.len()).collect();
+        let acts = m.forward_train(&[TrainSeq::causal(&tokens, &positions)]);
+        let targets: Vec<u32> = tokens.iter().map(|t| (t + 9) % 64).collect();
+        let out = m.token_logprobs(&acts.hidden, &targets, 4, false);
+        let dlogp = Tensor::from_vec(&[tokens.len()], vec![-0.1; tokens.len()]);
+        let d_hidden =
+            m.token_logprobs_backward(&acts.hidden, &targets, &out, (&dlogp, None), 4, grads);
+        m.backward_handing_over(&acts, &d_hidden, grads, ready);
+    }
+
+    /// ZeRO-2's memory: a rank's one backward from empty gradients, its
+    /// buckets freeing what they send, never holds more than the embedding,
+    /// the final norm and one layer's gradients at once, ends with its own
+    /// rows only, and sums exactly what zeros summed after the backward sum.
+    #[test]
+    fn zero_2_buckets_from_empty_gradients_hold_one_layer_at_a_time() {
+        let m = tiny(true, Arch::Qwen2);
+        let shapes: Vec<Vec<usize>> = m.params().iter().map(|p| p.shape().to_vec()).collect();
+        let matrices: Vec<(usize, usize)> = shapes.iter().map(|s| as_matrix(s)).collect();
+        let rows = partition_rows(&matrices, 2);
+        let order = m.grad_ready_order();
+        let numel = |i: usize| shapes[i].iter().product::<usize>();
+        let layer_max = order[1..order.len() - 1]
+            .iter()
+            .map(|g| g.iter().map(|&i| numel(i)).sum::<usize>())
+            .max()
+            .unwrap();
+        let bound = numel(m.embed) + numel(m.norm) + layer_max;
+        let total: usize = (0..shapes.len()).map(numel).sum();
+        let rows_of = |plan: &BucketPlan, rank: usize, c: &Threads, lazy: bool| {
+            let mut grads = if lazy {
+                m.empty_grads()
+            } else {
+                m.zero_grads()
+            };
+            let mut most = 0;
+            let summed = reducing(&Cpu, c, plan, |buckets| {
+                backward_of(&m, rank, &mut grads, &mut |idx, g| {
+                    most = most.max(g.iter().map(|t| t.numel()).sum::<usize>());
+                    if lazy {
+                        buckets.ready(idx, g);
+                    }
+                });
+                buckets.finish(grads).unwrap()
+            });
+            let Summed::Rows(t) = summed else {
+                panic!("rows")
+            };
+            (t, most)
+        };
+        let small = BucketPlan::new(&order, &shapes, 1, Some(rows.clone()));
+        let one = BucketPlan::new(&order, &shapes, 0, Some(rows.clone()));
+        let got = Threads::run(2, |c| {
+            let (lazy, most) = rows_of(&small, c.rank(), c, true);
+            let (whole, all) = rows_of(&one, c.rank(), c, false);
+            (lazy, most, whole, all)
+        });
+        for (rank, (lazy, most, whole, all)) in got.into_iter().enumerate() {
+            eprintln!("rank {rank}: at most {most} gradient values live (bound {bound}), {all} without buckets, of {total}");
+            assert_eq!(all, total, "zeros hold every gradient");
+            assert!(
+                most <= bound && most < total,
+                "rank {rank}: {most} values live at once"
+            );
+            for (i, (a, b)) in lazy.iter().zip(&whole).enumerate() {
+                assert_eq!(
+                    a.shape(),
+                    &rows_shape(&shapes[i], rows[i][rank].clone())[..]
+                );
+                assert_eq!(a.data(), b.data(), "rank {rank}, parameter {i}");
+            }
         }
     }
 

@@ -91,6 +91,28 @@ impl<B: Backend> Model<B> {
             .collect()
     }
 
+    /// Gradients not allocated yet, one per parameter: the backward
+    /// allocates each (zeros) when it first adds into it. With ZeRO-2's
+    /// buckets, which free each gradient once it is sent, a rank's only
+    /// backward of a step then never holds every gradient at once.
+    pub fn empty_grads(&self) -> Vec<B::Tensor> {
+        self.params
+            .iter()
+            .map(|_| self.backend.zeros(&[0]))
+            .collect()
+    }
+
+    /// Allocates (zeros) the gradients `indices` still empty
+    /// ([`Model::empty_grads`]).
+    fn allocate_grads(&self, indices: &[usize], grads: &mut [B::Tensor]) {
+        let b = &self.backend;
+        for &i in indices {
+            if b.shape(&grads[i]) != b.shape(&self.params[i]) {
+                grads[i] = b.zeros(b.shape(&self.params[i]));
+            }
+        }
+    }
+
     /// Training forward over packed sequences; returns the activations, whose
     /// `hidden` field holds the final normed hidden states.
     pub fn forward_train(&self, seqs: &[TrainSeq<'_>]) -> Activations<B> {
@@ -279,6 +301,7 @@ impl<B: Backend> Model<B> {
             self.params.len(),
             "backward: one gradient per parameter"
         );
+        self.allocate_grads(&[self.norm], grads);
         let mut dx = b.rms_norm_backward(
             &acts.x_final,
             self.p(self.norm),
@@ -290,6 +313,7 @@ impl<B: Backend> Model<B> {
         let first = order.next().expect("the final norm's group");
         ready(&first, grads);
         for (layer, saved) in self.layers.iter().zip(&acts.layers).rev() {
+            self.allocate_grads(&layer.indices(), grads);
             let recomputed;
             let a = match saved {
                 Saved::Full(a) => a.as_ref(),
@@ -383,6 +407,7 @@ impl<B: Backend> Model<B> {
             b.add_assign(&mut dx, &d_norm1);
             ready(&order.next().expect("a group per layer"), grads);
         }
+        self.allocate_grads(&[self.embed], grads);
         b.embedding_backward(&acts.ids, &dx, &mut grads[self.embed]);
         ready(&order.next().expect("the embedding's group"), grads);
     }
@@ -449,6 +474,7 @@ impl<B: Backend> Model<B> {
         chunk: usize,
         grads: &mut [B::Tensor],
     ) -> B::Tensor {
+        self.allocate_grads(&[self.lm_head], grads);
         self.backend.token_logprobs_backward(
             (hidden, self.lm_head()),
             targets,

@@ -49,6 +49,10 @@ impl MemoryEstimate {
 /// ZeRO-1 shards (f32 each).
 pub const MOMENT_BYTES_PER_PARAM: u64 = 8;
 
+/// A parameter's gradient (f32 on every backend): the part of the
+/// training state ZeRO-2 shards.
+pub const GRADIENT_BYTES_PER_PARAM: u64 = 4;
+
 /// The training state of one data-parallel rank.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RankMemory {
@@ -60,6 +64,15 @@ pub struct RankMemory {
     pub replicated_bytes: u64,
     /// AdamW moments sharded (`optim.zero_stage = 1`): the largest rank's.
     pub zero1_bytes: u64,
+    /// The gradients too (`optim.zero_stage = 2`) when a rank's step is one
+    /// backward (one micro-batch a rank): the summed gradients of its rows,
+    /// plus those live during its backward (`dist::buckets`): two layers'
+    /// (one being computed, one in its bucket's buffer) and the
+    /// embedding's when tied (the lm-head starts it), else the larger of
+    /// two layers' and the untied embedding's with one layer's (it comes
+    /// last). More micro-batches a rank hold every gradient (stage 1's
+    /// bytes).
+    pub zero2_bytes: u64,
 }
 
 impl RankMemory {
@@ -86,12 +99,29 @@ impl RankMemory {
             .unwrap_or(0);
         let n = c.num_parameters();
         let per_param = device.training_bytes_per_param();
+        let zero1_bytes =
+            n * (per_param - MOMENT_BYTES_PER_PARAM) + largest_share * MOMENT_BYTES_PER_PARAM;
+        let numel = |s: &Vec<usize>| s.iter().product::<usize>() as u64;
+        let layer: u64 = c
+            .tensor_shapes()
+            .iter()
+            .filter(|(name, _)| name.starts_with("model.layers.0."))
+            .map(|(_, s)| numel(s))
+            .sum();
+        let embedding = (c.vocab_size * c.hidden_size) as u64;
+        let live = match c.tie_word_embeddings {
+            true => embedding + 2 * layer,
+            // The lm-head's goes with the first bucket; the embedding's
+            // comes last, beside the bucket of the first layer.
+            false => (embedding + layer).max(2 * layer),
+        };
+        let grad = GRADIENT_BYTES_PER_PARAM;
         RankMemory {
             ranks,
             largest_share,
             replicated_bytes: n * per_param,
-            zero1_bytes: n * (per_param - MOMENT_BYTES_PER_PARAM)
-                + largest_share * MOMENT_BYTES_PER_PARAM,
+            zero1_bytes,
+            zero2_bytes: zero1_bytes - n * grad + (largest_share + live).min(n) * grad,
         }
     }
 }
@@ -149,6 +179,15 @@ mod tests {
         assert_eq!(
             one.zero1_bytes - eight.zero1_bytes,
             (n - eight.largest_share) * MOMENT_BYTES_PER_PARAM
+        );
+        // ZeRO-2: one rank holds every gradient anyway; eight hold their
+        // rows' sums, the tied embedding's (136 M values) and two
+        // layers' (14.9 M values each) during the backward.
+        assert_eq!(one.zero2_bytes, one.zero1_bytes);
+        let live = 151_936 * 896 + 2 * 14_912_384;
+        assert_eq!(
+            eight.zero1_bytes - eight.zero2_bytes,
+            (n - eight.largest_share - live) * GRADIENT_BYTES_PER_PARAM
         );
     }
 }

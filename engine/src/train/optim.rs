@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::backend::{clip_factor, AdamWStep, Backend};
 use crate::dist::buckets::{BucketPlan, Summed};
 use crate::dist::{as_matrix, rows_shape, Collective, CommError};
+use crate::model::Model;
 use crate::tensor::Tensor;
 
 /// Optimizer settings (`[optim]` in a run config).
@@ -300,11 +301,25 @@ impl<B: Backend> AdamW<B> {
     }
 
     fn bucket_plan_of(&self, ready_order: &[Vec<usize>], bucket_bytes: usize) -> BucketPlan {
-        let rows = match &self.shards {
-            Some(shards) if self.config.zero_stage >= 2 => Some(shards.rows.clone()),
-            _ => None,
-        };
+        let rows = self.zero_2_rows().map(|s| s.rows.clone());
         BucketPlan::new(ready_order, &self.shapes, bucket_bytes, rows)
+    }
+
+    /// The shards whose rows each rank receives the sums of (ZeRO-2 in a
+    /// job of several ranks).
+    fn zero_2_rows(&self) -> Option<&Shards> {
+        self.shards.as_ref().filter(|_| self.config.zero_stage >= 2)
+    }
+
+    /// A step's gradients before its first backward: under ZeRO-2 not
+    /// allocated yet ([`Model::empty_grads`]: the backward allocates each,
+    /// its bucket frees it once sent, so a rank whose step is one backward
+    /// never holds every gradient at once), else zeros.
+    pub fn fresh_grads(&self, model: &Model<B>) -> Vec<B::Tensor> {
+        match self.zero_2_rows() {
+            Some(_) => model.empty_grads(),
+            None => model.zero_grads(),
+        }
     }
 
     /// The step of a data-parallel job from this rank's own gradients

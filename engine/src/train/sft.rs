@@ -293,11 +293,7 @@ fn sft_step<B: Backend>(
     let start = Instant::now();
     let t = &cfg.train;
     let b = run.model.backend().clone();
-    let mut grads = run.model.zero_grads();
-    if inject.at(Inject::Grad, step) {
-        // Before the sums: a NaN put in here reaches every rank.
-        b.scale(&mut grads[0], f32::NAN);
-    }
+    let mut grads = run.opt.fresh_grads(&run.model);
     let (mut loss_sum, mut tokens, mut processed) = (0.0, 0usize, 0usize);
     // Data parallel: every rank walks the same data cursor and takes every
     // `ranks`-th micro-batch, so the step's examples are the solo run's. A
@@ -308,7 +304,7 @@ fn sft_step<B: Backend>(
         .rev()
         .find(|i| i % comm.size() == comm.rank());
     let plan = run.opt.bucket_plan(&run.model.grad_ready_order());
-    let summed = crate::dist::buckets::reducing(&b, comm, &plan, |buckets| {
+    let mut summed = crate::dist::buckets::reducing(&b, comm, &plan, |buckets| {
         for i in 0..t.grad_accum {
             let batch: Vec<&SftExample> = (0..t.micro_batch)
                 .map(|_| &examples[next_example(&mut run.state, &mut run.rng, examples.len())])
@@ -335,6 +331,10 @@ fn sft_step<B: Backend>(
         buckets.finish(grads)
     })
     .map_err(TrainError::Collective)?;
+    if inject.at(Inject::Grad, step) {
+        // Every rank's sums (ZeRO-2: the norm adds the ranks' shares).
+        b.scale(&mut summed.tensors_mut()[0], f32::NAN);
+    }
     if comm.size() > 1 {
         let mut sums = [loss_sum, tokens as f64, processed as f64];
         comm.all_reduce_sum_f64(&mut sums)

@@ -187,15 +187,11 @@ fn update_mini_batch<B: Backend>(
         None => {
             let mut mine = LossStats::default();
             let b = model.backend().clone();
-            let mut grads = model.zero_grads();
-            if guard.nan_grad {
-                // Before the sums: a NaN put in here reaches every rank.
-                b.scale(&mut grads[0], f32::NAN);
-            }
+            let mut grads = opt.fresh_grads(model);
             // This rank's last backward hands its gradients over to be
             // summed over the ranks while it runs.
             let plan = opt.bucket_plan(&model.grad_ready_order());
-            let summed = crate::dist::buckets::reducing(&b, comm, &plan, |buckets| {
+            let mut summed = crate::dist::buckets::reducing(&b, comm, &plan, |buckets| {
                 let model = &*model;
                 add_mini_batch_grads(
                     model,
@@ -207,6 +203,10 @@ fn update_mini_batch<B: Backend>(
                 )?;
                 buckets.finish(grads).map_err(TrainError::Collective)
             })?;
+            if guard.nan_grad {
+                // Every rank's sums (ZeRO-2: the norm adds the ranks' shares).
+                b.scale(&mut summed.tensors_mut()[0], f32::NAN);
+            }
             stats_over_ranks(comm, &mut mine)?;
             if guard.nan_loss {
                 mine.loss = f64::NAN;
