@@ -301,7 +301,8 @@ impl<B: Backend> Buckets<'_, B> {
                 at += n;
             }
         }
-        // One rank alone owns every row: its gradients are the sums.
+        // One rank alone sent nothing: its gradients are its sums (all its
+        // rows, under ZeRO-2).
         Ok(match &self.plan.rows {
             None => Summed::Whole(grads),
             Some(_) => Summed::Rows(grads),
