@@ -4,8 +4,9 @@
 # the demo's synthetic world; an entropy bonus, so the untrained policy has
 # gradients), once as a plain process and once with its
 # gradients and start-up broadcast going through a one-rank NCCL group
-# (IGPO_NCCL=1). A one-rank sum is the identity, so the two runs' metrics
-# must be equal, bit for bit.
+# (IGPO_NCCL=1), in buckets of 0.05 MiB (each layer its own, summed with
+# ncclAllReduce while the backward runs). A one-rank sum is the identity, so
+# the two runs' metrics must be equal, bit for bit.
 #
 #     OUT=/some/dir bash .gpu-kit/nccl.sh            (run.sh calls it)
 #
@@ -55,6 +56,7 @@ for mode in plain nccl; do
     echo "== $mode"
     env $([ "$mode" = nccl ] && echo IGPO_NCCL=1) "$IGPO" train --config "$D/rl.toml" --device "$DEVICE" \
         --set train.steps=2 --set eval.limit=25 --set loss.entropy_coef=0.01 \
+        --set "optim.bucket_mb=$([ "$mode" = nccl ] && echo 0.05 || echo 0)" \
         --set "train.run_dir=\"../../target/demo/rl-$mode\"" \
         2>&1 | tee "$OUT/$mode.log"
     cp "$W/target/demo/rl-$mode/metrics.jsonl" "$OUT/$mode-metrics.jsonl"

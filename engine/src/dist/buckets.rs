@@ -3,7 +3,7 @@
 //!
 //! The backward finishes the gradients in a fixed order (the final norm
 //! first, then the layers from the last to the first, the embedding last:
-//! [`crate::model::Model::grad_ready_order`]). A [`BucketPlan`] cuts that
+//! `Model::grad_ready_order`). A [`BucketPlan`] cuts that
 //! order into buckets of about `optim.bucket_mb`; during a rank's last
 //! backward of a step the model hands each group over as it is done
 //! ([`Buckets::ready`]) and a complete bucket is summed at once: on the
@@ -214,7 +214,7 @@ impl<B: Backend> Buckets<'_, B> {
         let Some(jobs) = self.jobs.clone() else {
             return; // one rank: its sums are its own gradients
         };
-        // A gradient never allocated ([`crate::model::Model::empty_grads`]:
+        // A gradient never allocated (`Model::empty_grads`:
         // this rank's backward never reached it) is zeros.
         let free = |grads: &mut [B::Tensor], i: usize| {
             let t = std::mem::replace(&mut grads[i], b.zeros(&[0]));
