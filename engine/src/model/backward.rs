@@ -301,7 +301,9 @@ impl<B: Backend> Model<B> {
             self.params.len(),
             "backward: one gradient per parameter"
         );
-        self.allocate_grads(&[self.norm], grads);
+        let mut order = self.grad_ready_order().into_iter();
+        let first = order.next().expect("the final norm's group");
+        self.allocate_grads(&first, grads);
         let mut dx = b.rms_norm_backward(
             &acts.x_final,
             self.p(self.norm),
@@ -309,11 +311,10 @@ impl<B: Backend> Model<B> {
             eps,
             &mut grads[self.norm],
         );
-        let mut order = self.grad_ready_order().into_iter();
-        let first = order.next().expect("the final norm's group");
         ready(&first, grads);
         for (layer, saved) in self.layers.iter().zip(&acts.layers).rev() {
-            self.allocate_grads(&layer.indices(), grads);
+            let group = order.next().expect("a group per layer");
+            self.allocate_grads(&group, grads);
             let recomputed;
             let a = match saved {
                 Saved::Full(a) => a.as_ref(),
@@ -405,11 +406,12 @@ impl<B: Backend> Model<B> {
                 &mut grads[layer.input_norm],
             );
             b.add_assign(&mut dx, &d_norm1);
-            ready(&order.next().expect("a group per layer"), grads);
+            ready(&group, grads);
         }
-        self.allocate_grads(&[self.embed], grads);
+        let last = order.next().expect("the embedding's group");
+        self.allocate_grads(&last, grads);
         b.embedding_backward(&acts.ids, &dx, &mut grads[self.embed]);
-        ready(&order.next().expect("the embedding's group"), grads);
+        ready(&last, grads);
     }
 
     /// Backward of [`Model::qk_norm`]: `dy` itself without a norm.

@@ -271,7 +271,7 @@ impl<B: Backend> AdamW<B> {
     /// One update with the gradients `grads` (sums over `accumulated`
     /// micro-batches, averaged here), clipping by global norm first. A
     /// gradient whose norm is not finite changes nothing (`applied` false).
-    /// State sharded over ranks updates through [`AdamW::reduce_and_update`].
+    /// State sharded over ranks updates through [`AdamW::update_summed`].
     pub fn update(
         &mut self,
         backend: &B,
@@ -282,7 +282,7 @@ impl<B: Backend> AdamW<B> {
     ) -> StepStats {
         assert!(
             self.shards.is_none(),
-            "sharded AdamW state updates through reduce_and_update"
+            "sharded AdamW state updates through update_summed"
         );
         self.apply(backend, params, (grads, None), lr, accumulated)
             .expect("no collective without shards")
@@ -324,7 +324,9 @@ impl<B: Backend> AdamW<B> {
 
     /// The step of a data-parallel job from this rank's own gradients
     /// `grads` (consumed), summed over the ranks after the backward (one
-    /// bucket), then [`AdamW::update_summed`].
+    /// bucket), then [`AdamW::update_summed`]: the unit tests' way in
+    /// (training sums in buckets during the backward).
+    #[cfg(test)]
     pub fn reduce_and_update(
         &mut self,
         backend: &B,

@@ -280,11 +280,9 @@ fn add_mini_batch_grads<B: Backend>(
         sequences: all[1] as usize,
     };
     let weights = token_weights_in(loss_cfg.aggregation, &seq_of, all);
-    let rows_of = |part: &[&Sample]| loss_rows(&part.iter().map(|s| &s.traj).collect::<Vec<_>>());
-    // The micro-batch whose backward is the mini-batch's last.
-    let last = batch
-        .chunks(micro)
-        .rposition(|part| !rows_of(part).is_empty());
+    // The micro-batch whose backward is the mini-batch's last: the one
+    // holding the last loss token's sample.
+    let last = seq_of.last().map(|&i| i / micro);
     let mut w_at = 0;
     for (mi, part) in batch.chunks(micro).enumerate() {
         let trajs: Vec<&Trajectory> = part.iter().map(|s| &s.traj).collect();
